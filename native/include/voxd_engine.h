@@ -1,0 +1,153 @@
+/*
+ * voxd_engine.h - the public C API of voxd's Voxtral Realtime engine.
+ *
+ * A model is loaded once (weights are memory-mapped, read-only) and may be
+ * shared by any number of streams. A stream turns 16 kHz mono float audio
+ * into token events as the audio arrives.
+ *
+ * Concurrency:
+ *   - vx_model_* calls other than vx_model_free may run concurrently.
+ *   - Different streams of one model may be used from different threads at
+ *     the same time.
+ *   - One stream must not be used from two threads at once (no locking).
+ *   - vx_model_free only after every stream of the model is freed.
+ *
+ * Errors: every call that can fail returns a vx_status; VX_OK is 0. The
+ * message of the last failure is kept in the stream (vx_stream_error) or
+ * written to the caller's buffer (vx_model_load). Nothing in the engine
+ * exits the process or asserts on input.
+ */
+#ifndef VOXD_ENGINE_H
+#define VOXD_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define VX_API_VERSION 1
+
+typedef enum {
+    VX_OK = 0,
+    VX_ERR_IO = 1,      /* file missing, unreadable, mmap failed */
+    VX_ERR_FORMAT = 2,  /* malformed safetensors / JSON / tokenizer */
+    VX_ERR_SHAPE = 3,   /* tensor shape or dtype disagrees with params.json */
+    VX_ERR_ARG = 4,     /* bad argument: NaN samples, delay out of range ... */
+    VX_ERR_STATE = 5,   /* call not allowed now (e.g. feed after finish) */
+    VX_ERR_NOMEM = 6    /* allocation failed */
+} vx_status;
+
+typedef struct vx_model vx_model;
+typedef struct vx_stream vx_stream;
+
+typedef struct {
+    int n_threads;        /* worker threads for matrix work; 0 = all cores */
+    const char *backend;  /* NULL or "" = best for this CPU; "portable", "avx2", "neon" */
+} vx_model_options;
+
+typedef struct {
+    /* decoder */
+    int dim, n_layers, n_heads, n_kv_heads, head_dim, hidden_dim, vocab_size;
+    int sliding_window;
+    /* encoder */
+    int enc_dim, enc_layers, enc_heads, enc_kv_heads, enc_head_dim, enc_hidden_dim;
+    int enc_window, n_mels, downsample;
+    int sample_rate, hop_length, window_size;
+    int n_special;        /* ids below this are control tokens */
+    int bos_id, eos_id, pad_id;
+    int64_t weight_bytes; /* bytes of all mapped tensors */
+    const char *backend;  /* kernel backend in use */
+    int n_threads;
+} vx_model_info;
+
+/* Load a model directory (consolidated.safetensors, params.json, tekken.json).
+ * On failure *out is NULL and err holds a message naming the file and what is
+ * wrong. */
+vx_status vx_model_load(const char *dir, const vx_model_options *opt, vx_model **out,
+                        char *err, size_t err_len);
+void vx_model_free(vx_model *m);
+void vx_model_get_info(const vx_model *m, vx_model_info *out);
+/* Bytes of token id's text (no NUL); NULL with *len 0 for control ids. */
+const char *vx_model_token_bytes(const vx_model *m, int id, int *len);
+
+typedef struct {
+    int delay_ms;     /* 80..2400 in steps of 80; 0 = default 480 */
+    int interval_ms;  /* audio to batch before running the encoder; 0 = 80 (every position) */
+} vx_stream_options;
+
+typedef enum {
+    VX_EVENT_TOKEN = 0,          /* the decoder produced a token (control ids too) */
+    VX_EVENT_UTTERANCE_END = 1,  /* flush() or finish() completed an utterance */
+} vx_event_kind;
+
+#define VX_EVENT_TEXT_MAX 256
+
+typedef struct {
+    int32_t kind;        /* vx_event_kind */
+    int32_t token;       /* token id (VX_EVENT_TOKEN), -1 otherwise */
+    int64_t position;    /* decoder position in the utterance */
+    double audio_time;   /* seconds of utterance audio this position stands for */
+    int32_t text_len;    /* bytes in text: only complete UTF-8 characters */
+    char text[VX_EVENT_TEXT_MAX]; /* NUL-terminated */
+} vx_event;
+
+vx_status vx_stream_new(vx_model *m, const vx_stream_options *opt, vx_stream **out);
+void vx_stream_free(vx_stream *s);
+
+/* Feed n samples (float32, 16 kHz mono, in [-1, 1]). Runs as much of the
+ * model as the audio allows. NaN or Inf samples are rejected with VX_ERR_ARG
+ * and nothing of that call is used. */
+vx_status vx_stream_feed(vx_stream *s, const float *samples, size_t n);
+
+/* End of utterance, NOT terminal: pads the utterance as the model was trained
+ * (zeros up to a whole position plus delay+1+10 positions), decodes every
+ * pending position, emits the remaining tokens and one VX_EVENT_UTTERANCE_END,
+ * then restores the state saved after the left padding so that the next audio
+ * is transcribed as a fresh stream would. Flushing with no audio since the
+ * last flush only emits the utterance end. */
+vx_status vx_stream_flush(vx_stream *s);
+
+/* Terminal flush: like vx_stream_flush, after which feed/flush return
+ * VX_ERR_STATE until vx_stream_reset. */
+vx_status vx_stream_finish(vx_stream *s);
+
+/* Drop the utterance in progress and any unread events; the stream is ready
+ * for new audio (also after finish). */
+vx_status vx_stream_reset(vx_stream *s);
+
+/* Copy up to max pending events into out; returns how many were copied. */
+size_t vx_stream_read_events(vx_stream *s, vx_event *out, size_t max);
+
+/* Message of the last failed call on this stream ("" if none). */
+const char *vx_stream_error(const vx_stream *s);
+
+typedef struct {
+    int64_t positions;        /* decoder positions run (prefill included) */
+    int64_t decoder_passes;   /* weight passes of the decoder (batched passes count once) */
+    int64_t encoder_frames;   /* encoder frames computed */
+    double mel_ms, encoder_ms, decoder_ms; /* CPU wall time spent in each stage */
+    int64_t kv_positions;     /* decoder positions currently held in the KV cache */
+} vx_stream_stats;
+void vx_stream_get_stats(const vx_stream *s, vx_stream_stats *out);
+
+/* Debug capture of intermediate tensors (for --dump and the reference tests).
+ * Enable before feeding; each kind accumulates rows as they are computed. */
+typedef enum {
+    VX_DEBUG_MEL = 1,        /* [frames, n_mels] */
+    VX_DEBUG_ENCODER = 2,    /* [enc frames, enc_dim] after the final norm */
+    VX_DEBUG_ADAPTER = 4,    /* [positions, dim] */
+    VX_DEBUG_LOGITS = 8      /* [decoder steps that produced a token, vocab] */
+} vx_debug_kind;
+vx_status vx_stream_debug_enable(vx_stream *s, int kinds);
+/* Pointer to the captured rows (valid until the next feed/flush/reset/free). */
+vx_status vx_stream_debug_get(const vx_stream *s, int kind, const float **data,
+                              int64_t *rows, int64_t *cols);
+
+const char *vx_status_name(vx_status st);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* VOXD_ENGINE_H */
