@@ -29,6 +29,12 @@ extern "C" {
 
 #define VX_API_VERSION 1
 
+#if defined(__GNUC__)
+#define VX_EXPORT __attribute__((visibility("default")))
+#else
+#define VX_EXPORT
+#endif
+
 typedef enum {
     VX_OK = 0,
     VX_ERR_IO = 1,      /* file missing, unreadable, mmap failed */
@@ -65,12 +71,12 @@ typedef struct {
 /* Load a model directory (consolidated.safetensors, params.json, tekken.json).
  * On failure *out is NULL and err holds a message naming the file and what is
  * wrong. */
-vx_status vx_model_load(const char *dir, const vx_model_options *opt, vx_model **out,
+VX_EXPORT vx_status vx_model_load(const char *dir, const vx_model_options *opt, vx_model **out,
                         char *err, size_t err_len);
-void vx_model_free(vx_model *m);
-void vx_model_get_info(const vx_model *m, vx_model_info *out);
+VX_EXPORT void vx_model_free(vx_model *m);
+VX_EXPORT void vx_model_get_info(const vx_model *m, vx_model_info *out);
 /* Bytes of token id's text (no NUL); NULL with *len 0 for control ids. */
-const char *vx_model_token_bytes(const vx_model *m, int id, int *len);
+VX_EXPORT const char *vx_model_token_bytes(const vx_model *m, int id, int *len);
 
 typedef struct {
     int delay_ms;     /* 80..2400 in steps of 80; 0 = default 480 */
@@ -93,13 +99,13 @@ typedef struct {
     char text[VX_EVENT_TEXT_MAX]; /* NUL-terminated */
 } vx_event;
 
-vx_status vx_stream_new(vx_model *m, const vx_stream_options *opt, vx_stream **out);
-void vx_stream_free(vx_stream *s);
+VX_EXPORT vx_status vx_stream_new(vx_model *m, const vx_stream_options *opt, vx_stream **out);
+VX_EXPORT void vx_stream_free(vx_stream *s);
 
 /* Feed n samples (float32, 16 kHz mono, in [-1, 1]). Runs as much of the
  * model as the audio allows. NaN or Inf samples are rejected with VX_ERR_ARG
  * and nothing of that call is used. */
-vx_status vx_stream_feed(vx_stream *s, const float *samples, size_t n);
+VX_EXPORT vx_status vx_stream_feed(vx_stream *s, const float *samples, size_t n);
 
 /* End of utterance, NOT terminal: pads the utterance as the model was trained
  * (zeros up to a whole position plus delay+1+10 positions), decodes every
@@ -107,18 +113,18 @@ vx_status vx_stream_feed(vx_stream *s, const float *samples, size_t n);
  * then restores the state saved after the left padding so that the next audio
  * is transcribed as a fresh stream would. Flushing with no audio since the
  * last flush only emits the utterance end. */
-vx_status vx_stream_flush(vx_stream *s);
+VX_EXPORT vx_status vx_stream_flush(vx_stream *s);
 
 /* Terminal flush: like vx_stream_flush, after which feed/flush return
  * VX_ERR_STATE until vx_stream_reset. */
-vx_status vx_stream_finish(vx_stream *s);
+VX_EXPORT vx_status vx_stream_finish(vx_stream *s);
 
 /* Drop the utterance in progress and any unread events; the stream is ready
  * for new audio (also after finish). */
-vx_status vx_stream_reset(vx_stream *s);
+VX_EXPORT vx_status vx_stream_reset(vx_stream *s);
 
 /* Copy up to max pending events into out; returns how many were copied. */
-size_t vx_stream_read_events(vx_stream *s, vx_event *out, size_t max);
+VX_EXPORT size_t vx_stream_read_events(vx_stream *s, vx_event *out, size_t max);
 
 /* Message of the last failed call on this stream ("" if none). */
 const char *vx_stream_error(const vx_stream *s);
@@ -130,7 +136,7 @@ typedef struct {
     double mel_ms, encoder_ms, decoder_ms; /* CPU wall time spent in each stage */
     int64_t kv_positions;     /* decoder positions currently held in the KV cache */
 } vx_stream_stats;
-void vx_stream_get_stats(const vx_stream *s, vx_stream_stats *out);
+VX_EXPORT void vx_stream_get_stats(const vx_stream *s, vx_stream_stats *out);
 
 /* Debug capture of intermediate tensors (for --dump and the reference tests).
  * Enable before feeding; each kind accumulates rows as they are computed. */
@@ -140,12 +146,12 @@ typedef enum {
     VX_DEBUG_ADAPTER = 4,    /* [positions, dim] */
     VX_DEBUG_LOGITS = 8      /* [decoder steps that produced a token, vocab] */
 } vx_debug_kind;
-vx_status vx_stream_debug_enable(vx_stream *s, int kinds);
+VX_EXPORT vx_status vx_stream_debug_enable(vx_stream *s, int kinds);
 /* Pointer to the captured rows (valid until the next feed/flush/reset/free). */
-vx_status vx_stream_debug_get(const vx_stream *s, int kind, const float **data,
+VX_EXPORT vx_status vx_stream_debug_get(const vx_stream *s, int kind, const float **data,
                               int64_t *rows, int64_t *cols);
 
-const char *vx_status_name(vx_status st);
+VX_EXPORT const char *vx_status_name(vx_status st);
 
 #ifdef __cplusplus
 }

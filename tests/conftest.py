@@ -1,0 +1,6 @@
+"""Shared pytest setup. Fixtures live in fixtures_*.py modules, one per concern."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))

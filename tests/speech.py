@@ -1,0 +1,43 @@
+"""Speech for tests, made with espeak-ng (real synthesized speech, no files shipped)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import wave
+from pathlib import Path
+
+import numpy as np
+
+
+def have_espeak() -> bool:
+    return shutil.which("espeak-ng") is not None
+
+
+def synth(text: str, rate: int = 16000, voice: str = "en-us", wpm: int = 160) -> np.ndarray:
+    """Speak text with espeak-ng; float32 mono at `rate` Hz in [-1, 1]."""
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "s.wav"
+        subprocess.run(
+            ["espeak-ng", "-v", voice, "-s", str(wpm), "-w", str(wav), text],
+            check=True,
+            capture_output=True,
+        )
+        with wave.open(str(wav)) as w:
+            src_rate = w.getframerate()
+            pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    x = pcm.astype(np.float64) / 32768.0
+    if src_rate != rate:
+        # band-limited resampling via FFT is plenty for test audio
+        n_out = int(round(len(x) * rate / src_rate))
+        spec = np.fft.rfft(x)
+        keep = min(len(spec), n_out // 2 + 1)
+        out_spec = np.zeros(n_out // 2 + 1, dtype=complex)
+        out_spec[:keep] = spec[:keep]
+        x = np.fft.irfft(out_spec, n_out) * (n_out / len(x))
+    return x.astype(np.float32)
+
+
+def silence(seconds: float, rate: int = 16000) -> np.ndarray:
+    return np.zeros(int(round(seconds * rate)), dtype=np.float32)
