@@ -127,7 +127,7 @@ VX_EXPORT vx_status vx_stream_reset(vx_stream *s);
 VX_EXPORT size_t vx_stream_read_events(vx_stream *s, vx_event *out, size_t max);
 
 /* Message of the last failed call on this stream ("" if none). */
-const char *vx_stream_error(const vx_stream *s);
+VX_EXPORT const char *vx_stream_error(const vx_stream *s);
 
 typedef struct {
     int64_t positions;        /* decoder positions run (prefill included) */
