@@ -1,0 +1,154 @@
+/* engine.h - internal structures of the voxd engine (not installed). */
+#ifndef VX_ENGINE_H
+#define VX_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "safetensors.h"
+#include "tokenizer.h"
+#include "voxd_engine.h"
+
+/* ---- parameters (params.json) ---- */
+
+typedef struct {
+    int dim, n_layers, n_heads, n_kv_heads, head_dim, hidden_dim;
+    int window;
+    double norm_eps, rope_theta;
+} vx_tf_params; /* one transformer stack */
+
+typedef struct {
+    vx_tf_params dec;
+    vx_tf_params enc;
+    int vocab_size;
+    int ada_dim;        /* ada_rms_norm_t_cond_dim */
+    int n_mels, sample_rate, hop, window_size;
+    double log_mel_max;
+    int downsample;
+} vx_params;
+
+int vx_params_load(const char *path, vx_params *p, char *err, size_t err_len);
+
+/* ---- weights ---- */
+
+/* A 2-D weight [rows, cols] viewed in place inside the mapping. */
+typedef struct {
+    vx_dtype dtype;
+    int64_t rows, cols;
+    const void *data;
+} vx_weight;
+
+typedef struct {
+    vx_weight wq, wk, wv, wo, w1, w2, w3;
+    float *bq, *bv, *bo, *b2;     /* encoder only (NULL in the decoder) */
+    float *attn_norm, *ffn_norm;
+    vx_weight ada_down, ada_up;   /* decoder only */
+} vx_layer;
+
+typedef struct vx_pool vx_pool;
+typedef struct vx_backend vx_backend;
+
+struct vx_model {
+    char *dir;
+    vx_params p;
+    vx_safetensors st;
+    vx_tokenizer tok;
+    int bos_id, eos_id, pad_id;
+
+    vx_weight conv0, conv1;        /* [enc_dim, n_mels*3], [enc_dim, enc_dim*3] */
+    float *conv0_b, *conv1_b;
+    vx_layer *enc_layers;
+    float *enc_norm;
+    vx_weight adapt0, adapt2;      /* [dim, enc_dim*ds], [dim, dim] */
+    vx_weight tok_emb;             /* [vocab, dim]; also the output head */
+    vx_layer *dec_layers;
+    float *dec_norm;
+
+    /* mel front end tables */
+    int n_fft, n_freq;
+    double *hann;                  /* [n_fft] */
+    double *dft_cos, *dft_sin;     /* [n_freq, n_fft] */
+    float *mel_fb;                 /* [n_mels, n_freq] */
+
+    const vx_backend *be;
+    vx_pool *pool;
+    int n_threads;
+    int64_t weight_bytes;
+};
+
+/* ---- kernels seam (kernels.c picks a backend at load) ---- */
+
+struct vx_backend {
+    const char *name;
+    /* Y[i*ldy + r] = sum_c X[i*ldx + c] * W[r, c] for i < n, r0 <= r < r1.
+     * Each output element must be computed in an order that does not depend on
+     * n, r0 or r1, so results never depend on batching or threading. */
+    int (*matmul_rows)(const vx_weight *W, const float *X, int n, int ldx, float *Y, int ldy,
+                       int64_t r0, int64_t r1);
+    /* Which dtypes matmul_rows handles (bit per vx_dtype). */
+    unsigned dtypes;
+};
+
+const vx_backend *vx_backend_portable(void);
+const vx_backend *vx_backend_avx2(void);   /* NULL where not compiled / CPU lacks it */
+const vx_backend *vx_backend_neon(void);
+const vx_backend *vx_backend_select(const char *name, char *err, size_t err_len);
+
+/* Thread pool: run fn(ctx, task) for task in [0, n_tasks) on all threads. */
+vx_pool *vx_pool_new(int n_threads);
+void vx_pool_free(vx_pool *p);
+int vx_pool_size(const vx_pool *p);
+void vx_pool_run(vx_pool *p, int n_tasks, void (*fn)(void *ctx, int task), void *ctx);
+
+/* Threaded Y[n, W.rows] = X[n, W.cols] W^T (+ bias). */
+void vx_matmul(const vx_model *m, const vx_weight *W, const float *X, int n, float *Y,
+               const float *bias);
+/* Row r of an embedding-like weight, converted to float. */
+void vx_weight_row(const vx_weight *W, int64_t r, float *out);
+
+/* element-wise helpers (kernels.c) */
+void vx_rmsnorm(float *out, const float *x, const float *w, int n, double eps);
+void vx_rope_interleaved(float *x, int n_heads, int head_dim, int64_t pos, double theta);
+float vx_gelu(float x);
+float vx_silu(float x);
+float vx_bf16_to_f32(uint16_t h);
+float vx_f16_to_f32(uint16_t h);
+uint16_t vx_f32_to_f16(float f);
+
+/* ---- transformer stack shared by encoder and decoder ---- */
+
+/* Rolling KV cache of one stack: slot = pos % cap_max, grown lazily. */
+typedef struct {
+    int n_layers, kv_dim;
+    int64_t cap;       /* slots allocated now */
+    int64_t cap_max;   /* window + largest batch */
+    float **k, **v;    /* [n_layers][cap * kv_dim] */
+} vx_kv;
+
+int vx_kv_init(vx_kv *kv, int n_layers, int kv_dim, int64_t cap_max);
+int vx_kv_reserve(vx_kv *kv, int64_t pos_end); /* make slots for positions < pos_end */
+void vx_kv_free(vx_kv *kv);
+/* Copy every slot src holds into dst (same geometry); dst keeps any extra slots. */
+int vx_kv_copy(vx_kv *dst, const vx_kv *src);
+
+typedef struct {
+    float *x, *xn, *q, *k, *v, *att, *h1, *h3, *scores;
+    int cap_rows;
+    int64_t cap_keys; /* keys one query may see: scores is [rows, n_heads, cap_keys] */
+} vx_scratch;
+
+int vx_scratch_reserve(vx_scratch *s, const vx_tf_params *p, int rows, int64_t keys);
+void vx_scratch_free(vx_scratch *s);
+
+/* Run n positions [pos0, pos0+n) through every layer; h is [n, dim] in/out.
+ * ada: per-layer scale vectors (1 + s) or NULL. */
+int vx_stack_forward(const vx_model *m, const vx_tf_params *p, const vx_layer *layers,
+                     float **ada, vx_kv *kv, vx_scratch *s, float *h, int n, int64_t pos0);
+
+/* ---- mel ---- */
+int vx_mel_tables_init(vx_model *m);
+void vx_mel_tables_free(vx_model *m);
+/* log-mel of one frame from n_fft samples (already windowed region). */
+void vx_mel_frame(const vx_model *m, const float *samples, float *out);
+
+#endif

@@ -1,0 +1,114 @@
+/* kernels.c - the backend seam: picks kernels for this CPU, splits matrix
+ * work over the thread pool, and holds the small element-wise operations. */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "engine.h"
+#include "quant.h"
+
+#if !defined(VX_HAVE_AVX2)
+const vx_backend *vx_backend_avx2(void) { return NULL; }
+#endif
+#if !defined(VX_HAVE_NEON)
+const vx_backend *vx_backend_neon(void) { return NULL; }
+#endif
+
+const vx_backend *vx_backend_select(const char *name, char *err, size_t err_len) {
+    if (name && *name) {
+        const vx_backend *b = NULL;
+        if (strcmp(name, "portable") == 0) b = vx_backend_portable();
+        else if (strcmp(name, "avx2") == 0) b = vx_backend_avx2();
+        else if (strcmp(name, "neon") == 0) b = vx_backend_neon();
+        else {
+            snprintf(err, err_len, "unknown backend '%s' (portable, avx2, neon)", name);
+            return NULL;
+        }
+        if (!b) snprintf(err, err_len, "backend '%s' is not available on this CPU/build", name);
+        return b;
+    }
+    const vx_backend *b = vx_backend_avx2();
+    if (!b) b = vx_backend_neon();
+    return b ? b : vx_backend_portable();
+}
+
+/* ---- threaded matmul ---- */
+
+#define BATCH 64 /* rows of X per kernel call (the kernels' stack limit) */
+
+typedef struct {
+    const vx_model *m;
+    const vx_weight *W;
+    const float *X;
+    float *Y;
+    const float *bias;
+    int n;
+    int64_t rows_per_task;
+} mm_job;
+
+static void mm_task(void *ctx, int task) {
+    mm_job *j = ctx;
+    int64_t r0 = (int64_t)task * j->rows_per_task;
+    int64_t r1 = r0 + j->rows_per_task;
+    if (r1 > j->W->rows) r1 = j->W->rows;
+    const vx_backend *be = j->m->be;
+    if (!(be->dtypes & (1u << j->W->dtype))) be = vx_backend_portable();
+    for (int i0 = 0; i0 < j->n; i0 += BATCH) {
+        int nb = j->n - i0 < BATCH ? j->n - i0 : BATCH;
+        const float *x = j->X + (size_t)i0 * j->W->cols;
+        float *y = j->Y + (size_t)i0 * j->W->rows;
+        /* a backend may decline a shape (e.g. cols not a multiple of its width) */
+        if (be->matmul_rows(j->W, x, nb, (int)j->W->cols, y, (int)j->W->rows, r0, r1) != 0)
+            vx_backend_portable()->matmul_rows(j->W, x, nb, (int)j->W->cols, y, (int)j->W->rows,
+                                               r0, r1);
+        if (j->bias)
+            for (int i = 0; i < nb; i++)
+                for (int64_t r = r0; r < r1; r++) y[(size_t)i * j->W->rows + r] += j->bias[r];
+    }
+}
+
+void vx_matmul(const vx_model *m, const vx_weight *W, const float *X, int n, float *Y,
+               const float *bias) {
+    if (n <= 0) return;
+    int threads = vx_pool_size(m->pool);
+    /* several tasks per thread balance uneven cores; rows stay in 16s for SIMD */
+    int64_t tasks = (int64_t)threads * 4;
+    int64_t per = (W->rows + tasks - 1) / tasks;
+    per = (per + 15) / 16 * 16;
+    if (per < 16) per = 16;
+    mm_job j = {m, W, X, Y, bias, n, per};
+    int n_tasks = (int)((W->rows + per - 1) / per);
+    vx_pool_run(m->pool, n_tasks, mm_task, &j);
+}
+
+void vx_weight_row(const vx_weight *W, int64_t r, float *out) {
+    const uint8_t *row = (const uint8_t *)W->data + (size_t)r * vx_row_bytes(W->dtype, W->cols);
+    vx_row_to_f32(W->dtype, row, 0, W->cols, out);
+}
+
+/* ---- element-wise ---- */
+
+void vx_rmsnorm(float *out, const float *x, const float *w, int n, double eps) {
+    double ss = 0;
+    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    float inv = (float)(1.0 / sqrt(ss / n + eps));
+    for (int i = 0; i < n; i++) out[i] = x[i] * inv * w[i];
+}
+
+void vx_rope_interleaved(float *x, int n_heads, int head_dim, int64_t pos, double theta) {
+    int half = head_dim / 2;
+    for (int j = 0; j < half; j++) {
+        double a = (double)pos * pow(theta, -2.0 * j / head_dim);
+        float c = (float)cos(a), s = (float)sin(a);
+        for (int h = 0; h < n_heads; h++) {
+            float *p = x + (size_t)h * head_dim + 2 * j;
+            float x0 = p[0], x1 = p[1];
+            p[0] = x0 * c - x1 * s;
+            p[1] = x0 * s + x1 * c;
+        }
+    }
+}
+
+float vx_gelu(float x) { return (float)(0.5 * x * (1.0 + erf(x / sqrt(2.0)))); }
+
+float vx_silu(float x) { return x / (1.0f + expf(-x)); }

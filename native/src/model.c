@@ -1,0 +1,329 @@
+/* model.c - load a model directory: params.json, the mapped safetensors
+ * weights (used in place, never copied whole) and tekken.json; every tensor's
+ * shape is checked against params.json so that a mismatched checkpoint fails
+ * at load with a message instead of computing garbage. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "engine.h"
+#include "quant.h"
+
+#define E "mm_streams_embeddings.embedding_module."
+
+typedef struct {
+    vx_model *m;
+    const char *file; /* for messages */
+    char *err;
+    size_t err_len;
+} binder;
+
+static int fail(binder *b, const char *fmt, ...) {
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    snprintf(b->err, b->err_len, "%s: %s", b->file, msg);
+    return -1;
+}
+
+static const vx_st_tensor *find_shaped(binder *b, const char *name, int ndim, const int64_t *dims) {
+    const vx_st_tensor *t = vx_st_find(&b->m->st, name);
+    if (!t) {
+        fail(b, "missing tensor '%s'", name);
+        return NULL;
+    }
+    int ok = t->ndim == ndim;
+    for (int i = 0; ok && i < ndim; i++) ok = t->shape[i] == dims[i];
+    if (!ok) {
+        char got[96] = "", want[96] = "";
+        for (int i = 0; i < t->ndim; i++)
+            snprintf(got + strlen(got), sizeof got - strlen(got), "%s%lld", i ? ", " : "",
+                     (long long)t->shape[i]);
+        for (int i = 0; i < ndim; i++)
+            snprintf(want + strlen(want), sizeof want - strlen(want), "%s%lld", i ? ", " : "",
+                     (long long)dims[i]);
+        fail(b, "tensor '%s' has shape [%s] but params.json implies [%s]", name, got, want);
+        return NULL;
+    }
+    return t;
+}
+
+/* A matrix [rows, cols] (a 3-D conv weight is viewed as [out, in*k]). */
+static int bind_matrix(binder *b, vx_weight *w, int ndim, const int64_t *dims, const char *fmt, ...) {
+    char name[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    const vx_st_tensor *t = find_shaped(b, name, ndim, dims);
+    if (!t) return -1;
+    if (t->dtype != VX_DT_BF16 && t->dtype != VX_DT_F32 && t->dtype != VX_DT_F16 &&
+        t->dtype != VX_DT_Q8 && t->dtype != VX_DT_Q4)
+        return fail(b, "tensor '%s' has dtype %s; weights must be BF16, F16, F32, Q8 or Q4", name,
+                    vx_dtype_name(t->dtype));
+    w->dtype = t->dtype;
+    w->rows = dims[0];
+    w->cols = 1;
+    for (int i = 1; i < ndim; i++) w->cols *= dims[i];
+    w->data = t->data;
+    if (vx_row_bytes(w->dtype, w->cols) * (size_t)w->rows != t->nbytes)
+        return fail(b, "tensor '%s': %zu bytes do not fit shape and dtype %s", name, t->nbytes,
+                    vx_dtype_name(t->dtype));
+    b->m->weight_bytes += (int64_t)t->nbytes;
+    return 0;
+}
+
+/* A vector of n values, copied to float (norms and biases are small). */
+static float *bind_vector(binder *b, int64_t n, const char *fmt, ...) {
+    char name[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    const vx_st_tensor *t = find_shaped(b, name, 1, &n);
+    if (!t) return NULL;
+    if (t->dtype != VX_DT_BF16 && t->dtype != VX_DT_F32 && t->dtype != VX_DT_F16) {
+        fail(b, "tensor '%s' has dtype %s; vectors must be BF16, F16 or F32", name,
+             vx_dtype_name(t->dtype));
+        return NULL;
+    }
+    float *out = malloc(sizeof(float) * (size_t)n);
+    if (!out) {
+        fail(b, "out of memory");
+        return NULL;
+    }
+    vx_row_to_f32(t->dtype, t->data, 0, n, out);
+    b->m->weight_bytes += (int64_t)t->nbytes;
+    return out;
+}
+
+static int bind_stack(binder *b, const vx_tf_params *p, vx_layer *layers, const char *prefix,
+                      int encoder, int ada_dim) {
+    const int64_t dim = p->dim, qd = (int64_t)p->n_heads * p->head_dim,
+                  kvd = (int64_t)p->n_kv_heads * p->head_dim, hid = p->hidden_dim;
+    for (int i = 0; i < p->n_layers; i++) {
+        vx_layer *L = &layers[i];
+        const char *pre = prefix;
+        if (bind_matrix(b, &L->wq, 2, (int64_t[]){qd, dim}, "%slayers.%d.attention.wq.weight", pre, i) ||
+            bind_matrix(b, &L->wk, 2, (int64_t[]){kvd, dim}, "%slayers.%d.attention.wk.weight", pre, i) ||
+            bind_matrix(b, &L->wv, 2, (int64_t[]){kvd, dim}, "%slayers.%d.attention.wv.weight", pre, i) ||
+            bind_matrix(b, &L->wo, 2, (int64_t[]){dim, qd}, "%slayers.%d.attention.wo.weight", pre, i) ||
+            bind_matrix(b, &L->w1, 2, (int64_t[]){hid, dim}, "%slayers.%d.feed_forward.w1.weight", pre, i) ||
+            bind_matrix(b, &L->w3, 2, (int64_t[]){hid, dim}, "%slayers.%d.feed_forward.w3.weight", pre, i) ||
+            bind_matrix(b, &L->w2, 2, (int64_t[]){dim, hid}, "%slayers.%d.feed_forward.w2.weight", pre, i))
+            return -1;
+        if (!(L->attn_norm = bind_vector(b, dim, "%slayers.%d.attention_norm.weight", pre, i)) ||
+            !(L->ffn_norm = bind_vector(b, dim, "%slayers.%d.ffn_norm.weight", pre, i)))
+            return -1;
+        if (encoder) {
+            if (!(L->bq = bind_vector(b, qd, "%slayers.%d.attention.wq.bias", pre, i)) ||
+                !(L->bv = bind_vector(b, kvd, "%slayers.%d.attention.wv.bias", pre, i)) ||
+                !(L->bo = bind_vector(b, dim, "%slayers.%d.attention.wo.bias", pre, i)) ||
+                !(L->b2 = bind_vector(b, dim, "%slayers.%d.feed_forward.w2.bias", pre, i)))
+                return -1;
+        } else {
+            if (bind_matrix(b, &L->ada_down, 2, (int64_t[]){ada_dim, dim},
+                            "%slayers.%d.ada_rms_norm_t_cond.0.weight", pre, i) ||
+                bind_matrix(b, &L->ada_up, 2, (int64_t[]){dim, ada_dim},
+                            "%slayers.%d.ada_rms_norm_t_cond.2.weight", pre, i))
+                return -1;
+        }
+    }
+    return 0;
+}
+
+static void free_layers(vx_layer *layers, int n) {
+    if (!layers) return;
+    for (int i = 0; i < n; i++) {
+        free(layers[i].bq);
+        free(layers[i].bv);
+        free(layers[i].bo);
+        free(layers[i].b2);
+        free(layers[i].attn_norm);
+        free(layers[i].ffn_norm);
+    }
+    free(layers);
+}
+
+void vx_model_free(vx_model *m) {
+    if (!m) return;
+    vx_pool_free(m->pool);
+    free_layers(m->enc_layers, m->p.enc.n_layers);
+    free_layers(m->dec_layers, m->p.dec.n_layers);
+    free(m->conv0_b);
+    free(m->conv1_b);
+    free(m->enc_norm);
+    free(m->dec_norm);
+    vx_mel_tables_free(m);
+    vx_tok_free(&m->tok);
+    vx_st_close(&m->st);
+    free(m->dir);
+    free(m);
+}
+
+static int bind_all(binder *b) {
+    vx_model *m = b->m;
+    const vx_params *p = &m->p;
+    const int64_t ed = p->enc.dim, d = p->dec.dim;
+    m->enc_layers = calloc((size_t)p->enc.n_layers, sizeof(vx_layer));
+    m->dec_layers = calloc((size_t)p->dec.n_layers, sizeof(vx_layer));
+    if (!m->enc_layers || !m->dec_layers) return fail(b, "out of memory");
+    if (bind_matrix(b, &m->conv0, 3, (int64_t[]){ed, p->n_mels, 3},
+                    E "whisper_encoder.conv_layers.0.conv.weight") ||
+        bind_matrix(b, &m->conv1, 3, (int64_t[]){ed, ed, 3},
+                    E "whisper_encoder.conv_layers.1.conv.weight") ||
+        !(m->conv0_b = bind_vector(b, ed, E "whisper_encoder.conv_layers.0.conv.bias")) ||
+        !(m->conv1_b = bind_vector(b, ed, E "whisper_encoder.conv_layers.1.conv.bias")))
+        return -1;
+    if (bind_stack(b, &p->enc, m->enc_layers, E "whisper_encoder.transformer.", 1, 0)) return -1;
+    if (!(m->enc_norm = bind_vector(b, ed, E "whisper_encoder.transformer.norm.weight"))) return -1;
+    if (bind_matrix(b, &m->adapt0, 2, (int64_t[]){d, ed * p->downsample},
+                    E "audio_language_projection.0.weight") ||
+        bind_matrix(b, &m->adapt2, 2, (int64_t[]){d, d}, E "audio_language_projection.2.weight") ||
+        bind_matrix(b, &m->tok_emb, 2, (int64_t[]){p->vocab_size, d}, E "tok_embeddings.weight"))
+        return -1;
+    if (bind_stack(b, &p->dec, m->dec_layers, "", 0, p->ada_dim)) return -1;
+    if (!(m->dec_norm = bind_vector(b, d, "norm.weight"))) return -1;
+    return 0;
+}
+
+vx_status vx_model_load(const char *dir, const vx_model_options *opt, vx_model **out, char *err,
+                        size_t err_len) {
+    char path[4096], file_err[1024];
+    char scratch_err[8];
+    if (!err || err_len == 0) {
+        err = scratch_err;
+        err_len = sizeof scratch_err;
+    }
+    err[0] = 0;
+    if (!out) return VX_ERR_ARG;
+    *out = NULL;
+    if (!dir || !*dir) {
+        snprintf(err, err_len, "no model directory given");
+        return VX_ERR_ARG;
+    }
+    vx_model *m = calloc(1, sizeof *m);
+    if (!m || !(m->dir = strdup(dir))) {
+        free(m);
+        snprintf(err, err_len, "out of memory");
+        return VX_ERR_NOMEM;
+    }
+    vx_status st = VX_ERR_FORMAT;
+
+    snprintf(path, sizeof path, "%s/params.json", dir);
+    if (access(path, R_OK) != 0) {
+        snprintf(err, err_len, "%s: missing or unreadable (is '%s' a Voxtral model directory?)",
+                 path, dir);
+        st = VX_ERR_IO;
+        goto fail;
+    }
+    if (vx_params_load(path, &m->p, err, err_len) != 0) goto fail;
+
+    snprintf(path, sizeof path, "%s/consolidated.safetensors", dir);
+    if (access(path, R_OK) != 0) {
+        snprintf(err, err_len, "%s: missing or unreadable", path);
+        st = VX_ERR_IO;
+        goto fail;
+    }
+    if (vx_st_open(path, &m->st, err, err_len) != 0) goto fail;
+
+    binder b = {m, path, file_err, sizeof file_err};
+    if (bind_all(&b) != 0) {
+        snprintf(err, err_len, "%s", file_err);
+        st = strstr(file_err, "shape") || strstr(file_err, "dtype") ? VX_ERR_SHAPE : VX_ERR_FORMAT;
+        goto fail;
+    }
+
+    snprintf(path, sizeof path, "%s/tekken.json", dir);
+    if (access(path, R_OK) != 0) {
+        snprintf(err, err_len, "%s: missing or unreadable", path);
+        st = VX_ERR_IO;
+        goto fail;
+    }
+    if (vx_tok_load(path, m->p.vocab_size, &m->tok, err, err_len) != 0) goto fail;
+    int id;
+    m->bos_id = (id = vx_tok_special_id(&m->tok, "<s>")) >= 0 ? id : 1;
+    m->eos_id = (id = vx_tok_special_id(&m->tok, "</s>")) >= 0 ? id : 2;
+    m->pad_id = (id = vx_tok_special_id(&m->tok, "[STREAMING_PAD]")) >= 0 ? id : 32;
+
+    if (vx_mel_tables_init(m) != 0) {
+        snprintf(err, err_len, "out of memory for the mel tables");
+        st = VX_ERR_NOMEM;
+        goto fail;
+    }
+    m->be = vx_backend_select(opt ? opt->backend : NULL, err, err_len);
+    if (!m->be) {
+        st = VX_ERR_ARG;
+        goto fail;
+    }
+    int threads = opt && opt->n_threads > 0 ? opt->n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (threads < 1) threads = 1;
+    if (threads > 256) threads = 256;
+    m->pool = vx_pool_new(threads);
+    if (!m->pool) {
+        snprintf(err, err_len, "cannot start %d worker threads", threads);
+        st = VX_ERR_NOMEM;
+        goto fail;
+    }
+    m->n_threads = threads;
+    *out = m;
+    return VX_OK;
+fail:
+    vx_model_free(m);
+    return st;
+}
+
+void vx_model_get_info(const vx_model *m, vx_model_info *o) {
+    memset(o, 0, sizeof *o);
+    const vx_params *p = &m->p;
+    o->dim = p->dec.dim;
+    o->n_layers = p->dec.n_layers;
+    o->n_heads = p->dec.n_heads;
+    o->n_kv_heads = p->dec.n_kv_heads;
+    o->head_dim = p->dec.head_dim;
+    o->hidden_dim = p->dec.hidden_dim;
+    o->vocab_size = p->vocab_size;
+    o->sliding_window = p->dec.window;
+    o->enc_dim = p->enc.dim;
+    o->enc_layers = p->enc.n_layers;
+    o->enc_heads = p->enc.n_heads;
+    o->enc_kv_heads = p->enc.n_kv_heads;
+    o->enc_head_dim = p->enc.head_dim;
+    o->enc_hidden_dim = p->enc.hidden_dim;
+    o->enc_window = p->enc.window;
+    o->n_mels = p->n_mels;
+    o->downsample = p->downsample;
+    o->sample_rate = p->sample_rate;
+    o->hop_length = p->hop;
+    o->window_size = p->window_size;
+    o->n_special = m->tok.n_special;
+    o->bos_id = m->bos_id;
+    o->eos_id = m->eos_id;
+    o->pad_id = m->pad_id;
+    o->weight_bytes = m->weight_bytes;
+    o->backend = m->be->name;
+    o->n_threads = m->n_threads;
+}
+
+const char *vx_model_token_bytes(const vx_model *m, int id, int *len) {
+    const unsigned char *b = vx_tok_bytes(&m->tok, id, len);
+    if (!b) *len = 0;
+    return (const char *)b;
+}
+
+const char *vx_status_name(vx_status st) {
+    switch (st) {
+    case VX_OK: return "ok";
+    case VX_ERR_IO: return "io error";
+    case VX_ERR_FORMAT: return "format error";
+    case VX_ERR_SHAPE: return "shape error";
+    case VX_ERR_ARG: return "bad argument";
+    case VX_ERR_STATE: return "bad state";
+    case VX_ERR_NOMEM: return "out of memory";
+    }
+    return "unknown status";
+}

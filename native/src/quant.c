@@ -1,0 +1,140 @@
+/* quant.c - dtype conversions and the Q8 / Q4 block formats (see quant.h). */
+#include "quant.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "engine.h"
+
+float vx_bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+float vx_f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t exp = (h >> 10) & 0x1f, man = h & 0x3ff, u;
+    if (exp == 0) {
+        if (man == 0) {
+            u = sign;
+        } else { /* subnormal: renormalise */
+            int e = -1;
+            do {
+                e++;
+                man <<= 1;
+            } while (!(man & 0x400));
+            u = sign | ((uint32_t)(127 - 15 - e) << 23) | ((man & 0x3ff) << 13);
+        }
+    } else if (exp == 31) {
+        u = sign | 0x7f800000u | (man << 13);
+    } else {
+        u = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    }
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+uint16_t vx_f32_to_f16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint32_t sign = (u >> 16) & 0x8000;
+    int32_t exp = (int32_t)((u >> 23) & 0xff) - 127 + 15;
+    uint32_t man = u & 0x7fffff;
+    if (((u >> 23) & 0xff) == 0xff) return (uint16_t)(sign | 0x7c00 | (man ? 0x200 : 0));
+    if (exp >= 31) return (uint16_t)(sign | 0x7c00);
+    if (exp <= 0) {
+        if (exp < -10) return (uint16_t)sign;
+        man |= 0x800000;
+        uint32_t shift = (uint32_t)(14 - exp);
+        uint32_t half = man >> shift;
+        uint32_t rem = man & ((1u << shift) - 1), mid = 1u << (shift - 1);
+        if (rem > mid || (rem == mid && (half & 1))) half++;
+        return (uint16_t)(sign | half);
+    }
+    uint32_t h = sign | ((uint32_t)exp << 10) | (man >> 13);
+    uint32_t rem = man & 0x1fff;
+    if (rem > 0x1000 || (rem == 0x1000 && (h & 1))) h++; /* carries into exp correctly */
+    return (uint16_t)h;
+}
+
+size_t vx_row_bytes(int dtype, int64_t cols) {
+    switch (dtype) {
+    case VX_DT_F32: return (size_t)cols * 4;
+    case VX_DT_F16:
+    case VX_DT_BF16: return (size_t)cols * 2;
+    case VX_DT_Q8: return (size_t)(cols / VX_QBLOCK) * VX_Q8_BLOCK_BYTES;
+    case VX_DT_Q4: return (size_t)(cols / VX_QBLOCK) * VX_Q4_BLOCK_BYTES;
+    default: return 0;
+    }
+}
+
+static uint16_t load_u16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+
+void vx_row_to_f32(int dtype, const void *row, int64_t c0, int64_t n, float *out) {
+    const uint8_t *b = row;
+    switch (dtype) {
+    case VX_DT_F32: memcpy(out, b + c0 * 4, (size_t)n * 4); break;
+    case VX_DT_BF16:
+        for (int64_t i = 0; i < n; i++) out[i] = vx_bf16_to_f32(load_u16(b + (c0 + i) * 2));
+        break;
+    case VX_DT_F16:
+        for (int64_t i = 0; i < n; i++) out[i] = vx_f16_to_f32(load_u16(b + (c0 + i) * 2));
+        break;
+    case VX_DT_Q8:
+        for (int64_t i = 0; i < n; i++) {
+            int64_t c = c0 + i;
+            const uint8_t *blk = b + (c / VX_QBLOCK) * VX_Q8_BLOCK_BYTES;
+            out[i] = vx_f16_to_f32(load_u16(blk)) * (float)(int8_t)blk[2 + c % VX_QBLOCK];
+        }
+        break;
+    case VX_DT_Q4:
+        for (int64_t i = 0; i < n; i++) {
+            int64_t c = c0 + i, j = c % VX_QBLOCK;
+            const uint8_t *blk = b + (c / VX_QBLOCK) * VX_Q4_BLOCK_BYTES;
+            int nib = j < 16 ? (blk[2 + j] & 0x0f) : (blk[2 + j - 16] >> 4);
+            out[i] = vx_f16_to_f32(load_u16(blk)) * (float)(nib - 8);
+        }
+        break;
+    default: memset(out, 0, (size_t)n * 4); break;
+    }
+}
+
+void vx_quantize_row_q8(const float *x, int64_t cols, uint8_t *dst) {
+    for (int64_t b = 0; b < cols / VX_QBLOCK; b++, dst += VX_Q8_BLOCK_BYTES) {
+        const float *v = x + b * VX_QBLOCK;
+        float amax = 0;
+        for (int j = 0; j < VX_QBLOCK; j++) amax = fmaxf(amax, fabsf(v[j]));
+        uint16_t dh = vx_f32_to_f16(amax / 127.0f);
+        float d = vx_f16_to_f32(dh), inv = d > 0 ? 1.0f / d : 0.0f;
+        dst[0] = (uint8_t)(dh & 0xff);
+        dst[1] = (uint8_t)(dh >> 8);
+        for (int j = 0; j < VX_QBLOCK; j++) {
+            long q = lrintf(v[j] * inv);
+            q = q > 127 ? 127 : q < -127 ? -127 : q;
+            dst[2 + j] = (uint8_t)(int8_t)q;
+        }
+    }
+}
+
+void vx_quantize_row_q4(const float *x, int64_t cols, uint8_t *dst) {
+    for (int64_t b = 0; b < cols / VX_QBLOCK; b++, dst += VX_Q4_BLOCK_BYTES) {
+        const float *v = x + b * VX_QBLOCK;
+        /* scale from the signed extreme so it maps to -8 exactly (uses all 16 levels) */
+        float ext = 0;
+        for (int j = 0; j < VX_QBLOCK; j++)
+            if (fabsf(v[j]) > fabsf(ext)) ext = v[j];
+        uint16_t dh = vx_f32_to_f16(ext / -8.0f);
+        float d = vx_f16_to_f32(dh), inv = d != 0 ? 1.0f / d : 0.0f;
+        dst[0] = (uint8_t)(dh & 0xff);
+        dst[1] = (uint8_t)(dh >> 8);
+        for (int j = 0; j < 16; j++) {
+            long lo = lrintf(v[j] * inv) + 8, hi = lrintf(v[j + 16] * inv) + 8;
+            lo = lo < 0 ? 0 : lo > 15 ? 15 : lo;
+            hi = hi < 0 ? 0 : hi > 15 ? 15 : hi;
+            dst[2 + j] = (uint8_t)(lo | (hi << 4));
+        }
+    }
+}

@@ -1,0 +1,20 @@
+/* quant.h - voxd's block weight formats (blocks of 32 along a row).
+ *   Q8: fp16 scale d, then 32 int8 q;        value = d * q
+ *   Q4: fp16 scale d, then 16 bytes: byte j holds element j in its low nibble
+ *       and element j+16 in its high nibble;  value = d * (nibble - 8)
+ * A row of `cols` elements is cols/32 consecutive blocks. */
+#ifndef VX_QUANT_H
+#define VX_QUANT_H
+#include <stddef.h>
+#include <stdint.h>
+
+#define VX_QBLOCK 32
+
+/* Bytes of one row of cols elements in dtype (cols % 32 == 0 for block formats). */
+size_t vx_row_bytes(int dtype, int64_t cols);
+/* Dequantize / convert elements [c0, c0+n) of a row to float. */
+void vx_row_to_f32(int dtype, const void *row, int64_t c0, int64_t n, float *out);
+/* Quantize one row of cols floats (cols % 32 == 0) into dst. */
+void vx_quantize_row_q8(const float *x, int64_t cols, uint8_t *dst);
+void vx_quantize_row_q4(const float *x, int64_t cols, uint8_t *dst);
+#endif
