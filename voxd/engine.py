@@ -1,0 +1,414 @@
+"""ctypes binding of voxd's native engine (native/include/voxd_engine.h).
+
+ctypes releases the GIL during every foreign call, so audio capture and MQTT
+threads keep running while the engine computes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+import numpy.typing as npt
+
+LIB_NAME = "libvoxd_engine.so"
+EVENT_TEXT_MAX = 256
+
+VX_EVENT_TOKEN = 0
+VX_EVENT_UTTERANCE_END = 1
+
+DEBUG_MEL = 1
+DEBUG_ENCODER = 2
+DEBUG_ADAPTER = 4
+DEBUG_LOGITS = 8
+
+
+class EngineError(RuntimeError):
+    """A failed engine call; `status` is the C vx_status."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _ModelOptions(ctypes.Structure):
+    _fields_ = [("n_threads", ctypes.c_int), ("backend", ctypes.c_char_p)]
+
+
+class _ModelInfo(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_int)
+        for name in (
+            "dim n_layers n_heads n_kv_heads head_dim hidden_dim vocab_size sliding_window "
+            "enc_dim enc_layers enc_heads enc_kv_heads enc_head_dim enc_hidden_dim "
+            "enc_window n_mels downsample sample_rate hop_length window_size "
+            "n_special bos_id eos_id pad_id"
+        ).split()
+    ] + [
+        ("weight_bytes", ctypes.c_int64),
+        ("backend", ctypes.c_char_p),
+        ("n_threads", ctypes.c_int),
+    ]
+
+
+class _StreamOptions(ctypes.Structure):
+    _fields_ = [("delay_ms", ctypes.c_int), ("interval_ms", ctypes.c_int)]
+
+
+class _Event(ctypes.Structure):
+    _fields_ = [
+        ("kind", ctypes.c_int32),
+        ("token", ctypes.c_int32),
+        ("position", ctypes.c_int64),
+        ("audio_time", ctypes.c_double),
+        ("text_len", ctypes.c_int32),
+        ("text", ctypes.c_char * EVENT_TEXT_MAX),
+    ]
+
+
+class _StreamStats(ctypes.Structure):
+    _fields_ = [
+        ("positions", ctypes.c_int64),
+        ("decoder_passes", ctypes.c_int64),
+        ("encoder_frames", ctypes.c_int64),
+        ("mel_ms", ctypes.c_double),
+        ("encoder_ms", ctypes.c_double),
+        ("decoder_ms", ctypes.c_double),
+        ("kv_positions", ctypes.c_int64),
+    ]
+
+
+def _library_candidates() -> list[Path]:
+    env = os.environ.get("VOXD_ENGINE_LIB")
+    found = [Path(env)] if env else []
+    found.append(Path(__file__).resolve().parent / "_native" / LIB_NAME)
+    # editable installs keep the built library in site-packages, not the checkout
+    for entry in sys.path:
+        found.append(Path(entry) / "voxd" / "_native" / LIB_NAME)
+    return found
+
+
+def _load_library() -> ctypes.CDLL:
+    tried = []
+    for path in _library_candidates():
+        if path.is_file():
+            lib = ctypes.CDLL(str(path))
+            _declare(lib)
+            return lib
+        tried.append(str(path))
+    raise EngineError(
+        "voxd's native engine is not built: none of " + ", ".join(tried) + " exists. "
+        "Install the package with `pip install .` (it compiles native/) or set VOXD_ENGINE_LIB."
+    )
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    p, c_int, c_size = ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t
+    lib.vx_model_load.argtypes = [
+        ctypes.c_char_p,
+        ctypes.POINTER(_ModelOptions),
+        ctypes.POINTER(p),
+        ctypes.c_char_p,
+        c_size,
+    ]
+    lib.vx_model_load.restype = c_int
+    lib.vx_model_free.argtypes = [p]
+    lib.vx_model_free.restype = None
+    lib.vx_model_get_info.argtypes = [p, ctypes.POINTER(_ModelInfo)]
+    lib.vx_model_get_info.restype = None
+    lib.vx_model_token_bytes.argtypes = [p, c_int, ctypes.POINTER(c_int)]
+    lib.vx_model_token_bytes.restype = ctypes.POINTER(ctypes.c_char)
+    lib.vx_stream_new.argtypes = [p, ctypes.POINTER(_StreamOptions), ctypes.POINTER(p)]
+    lib.vx_stream_new.restype = c_int
+    lib.vx_stream_free.argtypes = [p]
+    lib.vx_stream_free.restype = None
+    lib.vx_stream_feed.argtypes = [p, ctypes.POINTER(ctypes.c_float), c_size]
+    lib.vx_stream_feed.restype = c_int
+    for name in ("vx_stream_flush", "vx_stream_finish", "vx_stream_reset"):
+        getattr(lib, name).argtypes = [p]
+        getattr(lib, name).restype = c_int
+    lib.vx_stream_read_events.argtypes = [p, ctypes.POINTER(_Event), c_size]
+    lib.vx_stream_read_events.restype = c_size
+    lib.vx_stream_error.argtypes = [p]
+    lib.vx_stream_error.restype = ctypes.c_char_p
+    lib.vx_stream_get_stats.argtypes = [p, ctypes.POINTER(_StreamStats)]
+    lib.vx_stream_get_stats.restype = None
+    lib.vx_stream_debug_enable.argtypes = [p, c_int]
+    lib.vx_stream_debug_enable.restype = c_int
+    lib.vx_stream_debug_get.argtypes = [
+        p,
+        c_int,
+        ctypes.POINTER(ctypes.POINTER(ctypes.c_float)),
+        ctypes.POINTER(ctypes.c_int64),
+        ctypes.POINTER(ctypes.c_int64),
+    ]
+    lib.vx_stream_debug_get.restype = c_int
+    lib.vx_status_name.argtypes = [c_int]
+    lib.vx_status_name.restype = ctypes.c_char_p
+
+
+_lib: ctypes.CDLL | None = None
+
+
+def library() -> ctypes.CDLL:
+    """The loaded native library (loaded once, on first use)."""
+    global _lib
+    if _lib is None:
+        _lib = _load_library()
+    return _lib
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    hidden_dim: int
+    vocab_size: int
+    sliding_window: int
+    enc_dim: int
+    enc_layers: int
+    enc_heads: int
+    enc_kv_heads: int
+    enc_head_dim: int
+    enc_hidden_dim: int
+    enc_window: int
+    n_mels: int
+    downsample: int
+    sample_rate: int
+    hop_length: int
+    window_size: int
+    n_special: int
+    bos_id: int
+    eos_id: int
+    pad_id: int
+    weight_bytes: int
+    backend: str
+    n_threads: int
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """The decoder produced a token; `text` holds only complete characters."""
+
+    token_id: int
+    text: str
+    position: int
+    audio_time: float
+
+
+@dataclass(frozen=True)
+class UtteranceEnd:
+    """flush()/finish() completed an utterance; `text` is any leftover partial character."""
+
+    text: str
+    position: int
+    audio_time: float
+
+
+StreamEvent = TokenEvent | UtteranceEnd
+
+
+@dataclass(frozen=True)
+class StreamStats:
+    positions: int
+    decoder_passes: int
+    encoder_frames: int
+    mel_ms: float
+    encoder_ms: float
+    decoder_ms: float
+    kv_positions: int
+
+
+class Engine:
+    """A loaded model. Streams made from it may run in different threads."""
+
+    def __init__(
+        self, model_dir: str | os.PathLike[str], threads: int = 0, backend: str | None = None
+    ) -> None:
+        self._lib = library()
+        opts = _ModelOptions(threads, backend.encode() if backend else None)
+        handle = ctypes.c_void_p()
+        err = ctypes.create_string_buffer(1024)
+        st = self._lib.vx_model_load(
+            os.fsencode(model_dir), ctypes.byref(opts), ctypes.byref(handle), err, len(err)
+        )
+        if st != 0:
+            raise EngineError(err.value.decode("utf-8", "replace"), st)
+        self._handle: ctypes.c_void_p | None = handle
+        raw = _ModelInfo()
+        self._lib.vx_model_get_info(handle, ctypes.byref(raw))
+        values = {name: getattr(raw, name) for name, _ in _ModelInfo._fields_}
+        values["backend"] = (raw.backend or b"").decode()
+        self.info = ModelInfo(**values)
+        self._streams: list[Stream] = []
+
+    def _ptr(self) -> ctypes.c_void_p:
+        if self._handle is None:
+            raise EngineError("the engine is closed")
+        return self._handle
+
+    def stream(self, delay_ms: int = 480, interval_ms: int = 80) -> Stream:
+        if not 80 <= delay_ms <= 2400 or delay_ms % 80:
+            raise EngineError(f"delay_ms {delay_ms} must be 80..2400 in steps of 80", 4)
+        if interval_ms < 0:
+            raise EngineError(f"interval_ms {interval_ms} must be >= 0", 4)
+        handle = ctypes.c_void_p()
+        opts = _StreamOptions(delay_ms, interval_ms)
+        st = self._lib.vx_stream_new(self._ptr(), ctypes.byref(opts), ctypes.byref(handle))
+        if st != 0:
+            raise EngineError(f"cannot create a stream: {self._status_name(st)}", st)
+        s = Stream(self, handle)
+        self._streams.append(s)
+        return s
+
+    def token_bytes(self, token_id: int) -> bytes:
+        n = ctypes.c_int(0)
+        ptr = self._lib.vx_model_token_bytes(self._ptr(), token_id, ctypes.byref(n))
+        return ctypes.string_at(ptr, n.value) if n.value else b""
+
+    def is_control(self, token_id: int) -> bool:
+        return token_id < self.info.n_special
+
+    def _status_name(self, st: int) -> str:
+        name: bytes = self._lib.vx_status_name(st)
+        return name.decode()
+
+    def _forget(self, stream: Stream) -> None:
+        if stream in self._streams:
+            self._streams.remove(stream)
+
+    def close(self) -> None:
+        for s in list(self._streams):
+            s.close()
+        self._streams.clear()
+        if self._handle is not None:
+            self._lib.vx_model_free(self._handle)
+            self._handle = None
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: nothing useful to do
+            pass
+
+
+class Stream:
+    """One audio stream: feed 16 kHz mono float audio, get token events."""
+
+    def __init__(self, engine: Engine, handle: ctypes.c_void_p) -> None:
+        self._engine = engine
+        self._lib = engine._lib
+        self._handle: ctypes.c_void_p | None = handle
+        self._buf = (_Event * 256)()
+
+    def _ptr(self) -> ctypes.c_void_p:
+        if self._handle is None:
+            raise EngineError("the stream is closed", 5)
+        return self._handle
+
+    def _check(self, st: int) -> None:
+        if st != 0:
+            msg: bytes = self._lib.vx_stream_error(self._ptr())
+            raise EngineError(msg.decode("utf-8", "replace") or self._engine._status_name(st), st)
+
+    def _drain(self) -> list[StreamEvent]:
+        out: list[StreamEvent] = []
+        while True:
+            n = self._lib.vx_stream_read_events(self._ptr(), self._buf, len(self._buf))
+            for ev in self._buf[:n]:
+                text = bytes(ev.text[: ev.text_len]).decode("utf-8", "replace")
+                if ev.kind == VX_EVENT_TOKEN:
+                    out.append(TokenEvent(ev.token, text, ev.position, ev.audio_time))
+                else:
+                    out.append(UtteranceEnd(text, ev.position, ev.audio_time))
+            if n < len(self._buf):
+                return out
+
+    def feed(self, samples: npt.ArrayLike) -> list[StreamEvent]:
+        x = np.ascontiguousarray(samples, dtype=np.float32).reshape(-1)
+        ptr = x.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        self._check(self._lib.vx_stream_feed(self._ptr(), ptr, x.size))
+        return self._drain()
+
+    def flush(self) -> list[StreamEvent]:
+        """End of utterance (not terminal): the rest of its tokens, then UtteranceEnd."""
+        self._check(self._lib.vx_stream_flush(self._ptr()))
+        return self._drain()
+
+    def finish(self) -> list[StreamEvent]:
+        """Terminal flush: feeding afterwards is an error until reset()."""
+        self._check(self._lib.vx_stream_finish(self._ptr()))
+        return self._drain()
+
+    def reset(self) -> None:
+        self._check(self._lib.vx_stream_reset(self._ptr()))
+
+    def stats(self) -> StreamStats:
+        raw = _StreamStats()
+        self._lib.vx_stream_get_stats(self._ptr(), ctypes.byref(raw))
+        return StreamStats(**{name: getattr(raw, name) for name, _ in _StreamStats._fields_})
+
+    def enable_debug(self, kinds: int) -> None:
+        """Capture intermediate tensors (DEBUG_* flags); enable before the first feed."""
+        self._check(self._lib.vx_stream_debug_enable(self._ptr(), kinds))
+
+    def debug_tensor(self, kind: int) -> npt.NDArray[np.float32]:
+        data = ctypes.POINTER(ctypes.c_float)()
+        rows, cols = ctypes.c_int64(), ctypes.c_int64()
+        self._check(
+            self._lib.vx_stream_debug_get(
+                self._ptr(), kind, ctypes.byref(data), ctypes.byref(rows), ctypes.byref(cols)
+            )
+        )
+        if rows.value == 0 or not data:
+            return np.zeros((0, max(cols.value, 0)), dtype=np.float32)
+        arr = np.ctypeslib.as_array(data, shape=(rows.value, cols.value))
+        return np.array(arr, dtype=np.float32, copy=True)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._lib.vx_stream_free(self._handle)
+            self._handle = None
+            self._engine._forget(self)
+
+
+def transcribe(
+    engine: Engine, audio: npt.ArrayLike, delay_ms: int = 480, chunk: int = 0
+) -> tuple[str, list[int]]:
+    """Offline transcription: feed everything (in chunks if given), finish.
+
+    Returns the final text (pieces joined, surrounding white space stripped) and
+    every token id the decoder produced, control ids included.
+    """
+    x = np.ascontiguousarray(audio, dtype=np.float32).reshape(-1)
+    stream = engine.stream(delay_ms=delay_ms)
+    try:
+        events: list[StreamEvent] = []
+        step = chunk if chunk > 0 else max(x.size, 1)
+        for i in range(0, x.size, step):
+            events += stream.feed(x[i : i + step])
+        events += stream.finish()
+    finally:
+        stream.close()
+    text = "".join(e.text for e in events)
+    ids = [e.token_id for e in events if isinstance(e, TokenEvent)]
+    return text.strip(), ids
