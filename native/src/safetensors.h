@@ -14,6 +14,23 @@ typedef enum {
 
 #define VX_MAX_DIMS 4
 
+/* voxd block formats (one block = 32 consecutive elements of the last dim):
+ * Q8: 2-byte fp16 scale + 32 int8               = 34 bytes
+ * Q4: 2-byte fp16 scale + 16 bytes of 4-bit pairs = 18 bytes
+ * A Q8/Q4 tensor's last dim must be a multiple of VX_Q_BLOCK_ELEMS and its
+ * size is product(shape) / 32 * block bytes. */
+#define VX_Q_BLOCK_ELEMS 32
+#define VX_Q8_BLOCK_BYTES 34
+#define VX_Q4_BLOCK_BYTES 18
+
+/* Alignment of vx_st_tensor.data: the mapping is page-aligned, but the data
+ * area starts at 8 + header length, which need not be a multiple of 4 or 8.
+ * vx_st_open guarantees only 2-byte alignment, and only for dtypes whose
+ * elements or block scales are 2 bytes (F16, BF16, Q8, Q4): an odd file
+ * offset for those is rejected. Readers may load those as uint16_t, but must
+ * read anything wider (F32, I32, I64, F64) with memcpy unless they check
+ * the pointer's alignment themselves. */
+
 typedef struct {
     char *name;
     vx_dtype dtype;
@@ -34,6 +51,10 @@ typedef struct {
 /* Bytes one element takes (0 for block formats), and the name ("BF16"...). */
 size_t vx_dtype_size(vx_dtype dt);
 const char *vx_dtype_name(vx_dtype dt);
+/* Bytes a tensor of this dtype and shape takes: returns 0 and sets *out, or
+ * -1 when the shape does not fit the dtype (negative dim; block format with
+ * no dims or a last dim that is not a multiple of 32) or the size overflows. */
+int vx_tensor_nbytes(vx_dtype dt, const int64_t *shape, int ndim, size_t *out);
 
 /* Map and validate a file: header length within the file, header is valid JSON,
  * each entry has a known dtype, a shape of <= 4 non-negative dims, offsets

@@ -1,0 +1,342 @@
+/* safetensors.c - map a .safetensors file read-only and validate every entry
+ * before any tensor is used, so that a damaged or foreign file fails at load
+ * with a message naming the tensor, never later with a crash.
+ *
+ * Layout: u64 little-endian header length N, N bytes of JSON, then the data
+ * area; data_offsets count from the start of the data area. */
+#define _POSIX_C_SOURCE 200809L
+#include "safetensors.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "json.h"
+
+/* Same cap as the reference implementation: a bigger header is not a real file. */
+#define VX_ST_MAX_HEADER 100000000ull
+
+static const char *const dtype_names[VX_DT_COUNT] = {
+    [VX_DT_F32] = "F32", [VX_DT_F16] = "F16", [VX_DT_BF16] = "BF16", [VX_DT_Q8] = "Q8",
+    [VX_DT_Q4] = "Q4",   [VX_DT_I8] = "I8",   [VX_DT_U8] = "U8",     [VX_DT_I32] = "I32",
+    [VX_DT_I64] = "I64", [VX_DT_F64] = "F64",
+};
+
+size_t vx_dtype_size(vx_dtype dt) {
+    switch (dt) {
+    case VX_DT_F32: return 4;
+    case VX_DT_F16: return 2;
+    case VX_DT_BF16: return 2;
+    case VX_DT_I8: return 1;
+    case VX_DT_U8: return 1;
+    case VX_DT_I32: return 4;
+    case VX_DT_I64: return 8;
+    case VX_DT_F64: return 8;
+    default: return 0; /* Q8/Q4: see vx_tensor_nbytes */
+    }
+}
+
+const char *vx_dtype_name(vx_dtype dt) {
+    if ((int)dt < 0 || dt >= VX_DT_COUNT) return "?";
+    return dtype_names[dt];
+}
+
+int vx_tensor_nbytes(vx_dtype dt, const int64_t *shape, int ndim, size_t *out) {
+    if (ndim < 0 || ndim > VX_MAX_DIMS || (int)dt < 0 || dt >= VX_DT_COUNT) return -1;
+    uint64_t elems = 1;
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] < 0) return -1;
+        uint64_t d = (uint64_t)shape[i];
+        if (d != 0 && elems > UINT64_MAX / d) return -1;
+        elems *= d;
+    }
+    uint64_t bytes;
+    if (dt == VX_DT_Q8 || dt == VX_DT_Q4) {
+        if (ndim < 1 || shape[ndim - 1] % VX_Q_BLOCK_ELEMS != 0) return -1;
+        uint64_t blocks = elems / VX_Q_BLOCK_ELEMS;
+        uint64_t bb = dt == VX_DT_Q8 ? VX_Q8_BLOCK_BYTES : VX_Q4_BLOCK_BYTES;
+        if (blocks > UINT64_MAX / bb) return -1;
+        bytes = blocks * bb;
+    } else {
+        uint64_t es = vx_dtype_size(dt);
+        if (elems > UINT64_MAX / es) return -1;
+        bytes = elems * es;
+    }
+    if (bytes > SIZE_MAX) return -1;
+    *out = (size_t)bytes;
+    return 0;
+}
+
+/* "PATH: tensor 'NAME': what" (name may be NULL -> "PATH: what"). */
+static int st_fail(char *err, size_t err_len, const char *path, const char *name,
+                   const char *fmt, ...) {
+    if (!err || err_len == 0) return -1;
+    int k = name ? snprintf(err, err_len, "%s: tensor '%s': ", path, name)
+                 : snprintf(err, err_len, "%s: ", path);
+    if (k < 0) k = 0;
+    if ((size_t)k < err_len) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err + k, err_len - (size_t)k, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}
+
+static void fmt_shape(char *buf, size_t n, const int64_t *shape, int ndim) {
+    size_t o = 0;
+    int k = snprintf(buf, n, "[");
+    if (k > 0) o = (size_t)k;
+    for (int i = 0; i < ndim && o < n; i++) {
+        k = snprintf(buf + o, n - o, "%s%lld", i ? ", " : "", (long long)shape[i]);
+        if (k > 0) o += (size_t)k;
+    }
+    if (o < n) snprintf(buf + o, n - o, "]");
+}
+
+typedef struct {
+    size_t begin, end;
+    int idx;
+} span;
+
+static int span_cmp(const void *a, const void *b) {
+    const span *x = a, *y = b;
+    if (x->begin != y->begin) return x->begin < y->begin ? -1 : 1;
+    if (x->end != y->end) return x->end < y->end ? -1 : 1;
+    return (x->idx > y->idx) - (x->idx < y->idx);
+}
+
+/* Validate one header entry and fill t (name already set). */
+static int read_entry(const json_value *e, vx_st_tensor *t, const unsigned char *data,
+                      size_t data_size, size_t data_start, size_t *begin_out,
+                      const char *path, char *err, size_t err_len) {
+    const char *nm = t->name;
+    if (e->type != JSON_OBJECT)
+        return st_fail(err, err_len, path, nm, "header entry is not a JSON object");
+
+    const json_value *dt = json_get(e, "dtype");
+    if (!dt) return st_fail(err, err_len, path, nm, "missing dtype");
+    if (dt->type != JSON_STRING) return st_fail(err, err_len, path, nm, "dtype is not a string");
+    int found = -1;
+    for (int i = 0; i < VX_DT_COUNT; i++)
+        if (strlen(dtype_names[i]) == dt->str_len && strcmp(dtype_names[i], dt->str) == 0) found = i;
+    if (found < 0)
+        return st_fail(err, err_len, path, nm,
+                       "unknown dtype '%.32s' (supported: F32 F16 BF16 Q8 Q4 I8 U8 I32 I64 F64)",
+                       dt->str);
+    t->dtype = (vx_dtype)found;
+
+    const json_value *sh = json_get(e, "shape");
+    if (!sh) return st_fail(err, err_len, path, nm, "missing shape");
+    if (sh->type != JSON_ARRAY) return st_fail(err, err_len, path, nm, "shape is not an array");
+    if (sh->n > VX_MAX_DIMS)
+        return st_fail(err, err_len, path, nm, "shape has %zu dims (at most %d supported)", sh->n,
+                       VX_MAX_DIMS);
+    t->ndim = (int)sh->n;
+    for (int i = 0; i < t->ndim; i++) {
+        long long d;
+        if (json_as_int(&sh->items[i], &d) != 0 || d < 0)
+            return st_fail(err, err_len, path, nm, "shape[%d] is not a non-negative integer", i);
+        t->shape[i] = (int64_t)d;
+    }
+    char shs[128];
+    fmt_shape(shs, sizeof shs, t->shape, t->ndim);
+
+    const json_value *off = json_get(e, "data_offsets");
+    if (!off) return st_fail(err, err_len, path, nm, "missing data_offsets");
+    long long b, en;
+    if (off->type != JSON_ARRAY || off->n != 2 || json_as_int(&off->items[0], &b) != 0 ||
+        json_as_int(&off->items[1], &en) != 0 || b < 0 || en < 0)
+        return st_fail(err, err_len, path, nm,
+                       "data_offsets must be [begin, end] with two non-negative integers");
+    if (b > en)
+        return st_fail(err, err_len, path, nm, "data_offsets begin %lld is after end %lld", b, en);
+    if ((unsigned long long)en > data_size)
+        return st_fail(err, err_len, path, nm,
+                       "data_offsets end %lld is past the data area (%zu bytes)", en, data_size);
+
+    size_t want;
+    if (t->dtype == VX_DT_Q8 || t->dtype == VX_DT_Q4) {
+        if (t->ndim < 1 || t->shape[t->ndim - 1] % VX_Q_BLOCK_ELEMS != 0)
+            return st_fail(err, err_len, path, nm,
+                           "%s needs a last dim that is a multiple of %d (shape %s)",
+                           vx_dtype_name(t->dtype), VX_Q_BLOCK_ELEMS, shs);
+    }
+    if (vx_tensor_nbytes(t->dtype, t->shape, t->ndim, &want) != 0)
+        return st_fail(err, err_len, path, nm, "shape %s of %s is too large", shs,
+                       vx_dtype_name(t->dtype));
+    size_t have = (size_t)(en - b);
+    if (have != want)
+        return st_fail(err, err_len, path, nm,
+                       "data_offsets [%lld, %lld] hold %zu bytes but shape %s of %s needs %zu", b,
+                       en, have, shs, vx_dtype_name(t->dtype), want);
+
+    /* 2-byte elements (and the fp16 block scales) must sit at even file
+     * offsets so readers can load them as uint16_t. */
+    int two_byte = t->dtype == VX_DT_F16 || t->dtype == VX_DT_BF16 || t->dtype == VX_DT_Q8 ||
+                   t->dtype == VX_DT_Q4;
+    if (two_byte && want > 0 && ((data_start + (size_t)b) & 1))
+        return st_fail(err, err_len, path, nm,
+                       "%s data at odd offset (data_offsets begin %lld, file offset %zu); "
+                       "2-byte elements must be 2-byte aligned",
+                       vx_dtype_name(t->dtype), b, data_start + (size_t)b);
+
+    t->data = data + b;
+    t->nbytes = want;
+    *begin_out = (size_t)b;
+    return 0;
+}
+
+int vx_st_open(const char *path, vx_safetensors *st, char *err, size_t err_len) {
+    if (err && err_len) err[0] = 0;
+    if (!st) return -1;
+    memset(st, 0, sizeof *st);
+    if (!path) return st_fail(err, err_len, "(null)", NULL, "no path");
+
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return st_fail(err, err_len, path, NULL, "cannot open: %s", strerror(errno));
+    struct stat sb;
+    if (fstat(fd, &sb) != 0) {
+        int e = errno;
+        close(fd);
+        return st_fail(err, err_len, path, NULL, "cannot stat: %s", strerror(e));
+    }
+    if (!S_ISREG(sb.st_mode)) {
+        close(fd);
+        return st_fail(err, err_len, path, NULL, "not a regular file");
+    }
+    if (sb.st_size < 8) {
+        close(fd);
+        return st_fail(err, err_len, path, NULL,
+                       "file is %lld bytes, too short for the 8-byte header length",
+                       (long long)sb.st_size);
+    }
+    if ((unsigned long long)sb.st_size > SIZE_MAX) {
+        close(fd);
+        return st_fail(err, err_len, path, NULL, "file is too large to map on this system");
+    }
+    size_t size = (size_t)sb.st_size;
+    void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    int map_errno = errno;
+    close(fd); /* the mapping keeps the file alive */
+    if (map == MAP_FAILED)
+        return st_fail(err, err_len, path, NULL, "cannot mmap %zu bytes: %s", size,
+                       strerror(map_errno));
+    st->map = map;
+    st->map_size = size;
+    st->path = strdup(path);
+    if (!st->path) {
+        st_fail(err, err_len, path, NULL, "out of memory");
+        goto fail;
+    }
+
+    const unsigned char *m = map;
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | m[i]; /* little-endian */
+    if (hlen > size - 8) {
+        st_fail(err, err_len, path, NULL, "header length %llu is past the end of the file (%zu bytes)",
+                (unsigned long long)hlen, size);
+        goto fail;
+    }
+    if (hlen > VX_ST_MAX_HEADER) {
+        st_fail(err, err_len, path, NULL, "header length %llu is over the %llu-byte limit",
+                (unsigned long long)hlen, VX_ST_MAX_HEADER);
+        goto fail;
+    }
+    size_t data_start = 8 + (size_t)hlen;
+    size_t data_size = size - data_start;
+    const unsigned char *data = m + data_start;
+
+    json_value *h = NULL;
+    char jerr[200];
+    if (json_parse((const char *)m + 8, (size_t)hlen, &h, jerr, sizeof jerr) != 0) {
+        st_fail(err, err_len, path, NULL, "header is not valid JSON: %s", jerr);
+        goto fail;
+    }
+    span *spans = NULL;
+    if (h->type != JSON_OBJECT) {
+        st_fail(err, err_len, path, NULL, "header is not a JSON object");
+        goto fail_h;
+    }
+    size_t n = 0;
+    for (size_t i = 0; i < h->n; i++)
+        if (strcmp(h->keys[i], "__metadata__") != 0) n++;
+    if (n > (size_t)0x7fffffff) {
+        st_fail(err, err_len, path, NULL, "too many tensors");
+        goto fail_h;
+    }
+    if (n) {
+        st->tensors = calloc(n, sizeof *st->tensors);
+        spans = malloc(n * sizeof *spans);
+        if (!st->tensors || !spans) {
+            st_fail(err, err_len, path, NULL, "out of memory for %zu tensors", n);
+            goto fail_h;
+        }
+    }
+    for (size_t i = 0; i < h->n; i++) {
+        if (strcmp(h->keys[i], "__metadata__") == 0) continue;
+        vx_st_tensor *t = &st->tensors[st->n_tensors];
+        t->name = strdup(h->keys[i]);
+        if (!t->name) {
+            st_fail(err, err_len, path, h->keys[i], "out of memory");
+            goto fail_h;
+        }
+        st->n_tensors++; /* counted now so close() frees the name */
+        size_t begin = 0;
+        if (read_entry(&h->items[i], t, data, data_size, data_start, &begin, path, err, err_len))
+            goto fail_h;
+        spans[st->n_tensors - 1] = (span){begin, begin + t->nbytes, st->n_tensors - 1};
+    }
+
+    /* Overlaps: sorted by begin, each non-empty span must start at or after
+     * the furthest end seen so far. Empty tensors occupy nothing. */
+    if (n > 1) {
+        qsort(spans, n, sizeof *spans, span_cmp);
+        int far = -1; /* span with the furthest end so far */
+        for (size_t i = 0; i < n; i++) {
+            if (spans[i].begin == spans[i].end) continue;
+            if (far >= 0 && spans[i].begin < spans[far].end) {
+                const vx_st_tensor *a = &st->tensors[spans[far].idx];
+                const vx_st_tensor *b = &st->tensors[spans[i].idx];
+                st_fail(err, err_len, path, b->name,
+                        "data_offsets [%zu, %zu] overlap tensor '%s' [%zu, %zu]", spans[i].begin,
+                        spans[i].end, a->name, spans[far].begin, spans[far].end);
+                goto fail_h;
+            }
+            if (far < 0 || spans[i].end > spans[far].end) far = (int)i;
+        }
+    }
+    free(spans);
+    json_free(h);
+    return 0;
+
+fail_h:
+    free(spans);
+    json_free(h);
+fail:
+    vx_st_close(st);
+    return -1;
+}
+
+void vx_st_close(vx_safetensors *st) {
+    if (!st) return;
+    if (st->tensors)
+        for (int i = 0; i < st->n_tensors; i++) free(st->tensors[i].name);
+    free(st->tensors);
+    if (st->map) munmap(st->map, st->map_size);
+    free(st->path);
+    memset(st, 0, sizeof *st);
+}
+
+const vx_st_tensor *vx_st_find(const vx_safetensors *st, const char *name) {
+    if (!st || !name) return NULL;
+    for (int i = 0; i < st->n_tensors; i++)
+        if (strcmp(st->tensors[i].name, name) == 0) return &st->tensors[i];
+    return NULL;
+}
