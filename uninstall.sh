@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# Remove the voxd service and its virtual environment.
+#
+# Keeps /etc/voxd (your config) and /var/lib/voxd (the 9 GB model) unless
+# --purge is given, so that uninstall + install does not cost a download.
+set -euo pipefail
+
+PREFIX=/opt/voxd
+CONF_DIR=/etc/voxd
+STATE_DIR=/var/lib/voxd
+UNIT_DIR=/etc/systemd/system
+SERVICE=voxd
+SERVICE_USER=voxd
+
+PURGE=0
+DRY_RUN=0
+SRC_DIR="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)"
+ORIG_ARGS=("$@")
+DONE=()
+
+usage() {
+    cat <<EOF
+Usage: sudo ./uninstall.sh [options]
+
+Stops and disables the voxd service, removes its unit and PREFIX/venv.
+Config ($CONF_DIR), state and model ($STATE_DIR) and the user '$SERVICE_USER' are kept.
+
+Options:
+  --prefix DIR   where voxd was installed (default: $PREFIX)
+  --purge        also delete $CONF_DIR, $STATE_DIR, unit drop-ins and the user
+  --dry-run      print what would be done, change nothing
+  -h, --help     show this help
+EOF
+}
+
+log() { printf '==> %s\n' "$*"; }
+warn() { printf 'warning: %s\n' "$*" >&2; }
+die() {
+    printf 'error: %s\n' "$*" >&2
+    exit 1
+}
+did() { DONE+=("$*"); }
+
+run() {
+    if ((DRY_RUN)); then
+        printf '+'
+        printf ' %q' "$@"
+        printf '\n'
+        return 0
+    fi
+    "$@"
+}
+
+parse_args() {
+    while (($#)); do
+        case "$1" in
+        --prefix) PREFIX="${2:?--prefix needs a directory}"; shift ;;
+        --prefix=*) PREFIX="${1#*=}" ;;
+        --purge) PURGE=1 ;;
+        --dry-run) DRY_RUN=1 ;;
+        -h | --help) usage; exit 0 ;;
+        *) usage >&2; printf '\nerror: unknown option %s\n' "$1" >&2; exit 2 ;;
+        esac
+        shift
+    done
+    # Guard the rm -rf below against an empty or root prefix.
+    [[ $PREFIX == /* && $PREFIX != / ]] || die "--prefix must be an absolute directory other than /"
+    PREFIX="${PREFIX%/}"
+}
+
+require_root() {
+    ((EUID == 0 || DRY_RUN)) && return 0
+    if command -v sudo >/dev/null; then
+        exec sudo -- bash "$SRC_DIR/uninstall.sh" "${ORIG_ARGS[@]}"
+    fi
+    die "run as root (or install sudo)"
+}
+
+systemd_running() {
+    [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null
+}
+
+remove_path() {
+    if [[ -e $1 || -L $1 ]]; then
+        run rm -rf -- "$1"
+        did "removed $1"
+    fi
+}
+
+stop_service() {
+    if ! systemd_running; then
+        warn "systemd is not running: not stopping or disabling $SERVICE"
+        return 0
+    fi
+    if [[ -f $UNIT_DIR/$SERVICE.service ]]; then
+        run systemctl disable --now "$SERVICE.service" || warn "could not stop $SERVICE"
+        did "stopped and disabled $SERVICE.service"
+    fi
+}
+
+remove_files() {
+    remove_path "$UNIT_DIR/$SERVICE.service"
+    remove_path "$PREFIX/venv"
+    remove_path "$PREFIX/build"
+    if [[ -d $PREFIX ]] && [[ -z "$(ls -A -- "$PREFIX")" ]]; then
+        run rmdir -- "$PREFIX"
+    fi
+    if ((PURGE)); then
+        remove_path "$UNIT_DIR/$SERVICE.service.d"
+        remove_path "$CONF_DIR"
+        remove_path "$STATE_DIR"
+        if id -u "$SERVICE_USER" >/dev/null 2>&1; then
+            run userdel "$SERVICE_USER"
+            did "deleted user $SERVICE_USER"
+        fi
+    fi
+    if systemd_running; then
+        run systemctl daemon-reload
+        run systemctl reset-failed "$SERVICE.service" 2>/dev/null || true
+    fi
+}
+
+summary() {
+    printf '\nvoxd uninstall %s\n' "$( ((DRY_RUN)) && echo '(dry run, nothing changed)' || echo 'done')"
+    if ((${#DONE[@]})); then
+        printf '  - %s\n' "${DONE[@]}"
+    else
+        printf '  - nothing was installed\n'
+    fi
+    if ((!PURGE)); then
+        printf '  kept: %s, %s and user %s (--purge removes them)\n' \
+            "$CONF_DIR" "$STATE_DIR" "$SERVICE_USER"
+    fi
+}
+
+main() {
+    parse_args "$@"
+    require_root
+    stop_service
+    remove_files
+    summary
+}
+
+main "$@"
