@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import os
 import struct
@@ -437,3 +438,11 @@ def test_module_entry_point_is_wired() -> None:
     with pytest.raises(SystemExit) as exc:
         modelfetch.main(["model", "download", "--help"])
     assert exc.value.code == 0
+
+
+def test_progress_lines_are_sparse_when_not_a_terminal() -> None:
+    buf = io.StringIO()
+    show = modelfetch._ProgressPrinter(buf, every_s=3600)
+    for done in (10, 50, 100):
+        show("x", done, 100)
+    assert buf.getvalue().splitlines() == ["x: 10 B / 100 B (10%)", "x: 100 B / 100 B (100%)"]

@@ -23,6 +23,7 @@ import hashlib
 import http.client
 import json
 import logging
+import math
 import os
 import shutil
 import struct
@@ -626,11 +627,12 @@ def _check_file(path: Path) -> list[str]:
 class _ProgressPrinter:
     """Progress on stderr: a live line on a terminal, sparse lines in logs."""
 
-    def __init__(self, stream: IO[str] = sys.stderr, every_s: float = 10.0) -> None:
-        self._stream = stream
-        self._tty = stream.isatty()
+    def __init__(self, stream: IO[str] | None = None, every_s: float = 10.0) -> None:
+        # Looked up at call time, not import time, so redirection is honoured.
+        self._stream = stream if stream is not None else sys.stderr
+        self._tty = self._stream.isatty()
         self._every = 0.2 if self._tty else every_s
-        self._last = 0.0
+        self._last = -math.inf  # the first update always shows
 
     def __call__(self, name: str, done: int, total: int | None) -> None:
         now = time.monotonic()
