@@ -1,85 +1,337 @@
-/* kernels_avx2.c - x86-64 AVX2 + FMA backend. A chunk of a weight row is
- * widened to float once and reused for every input row of the batch, so
- * batched (encoder, prefill) work reads each weight once per call. Per output
- * the summation order is fixed: 8 lanes, chunk by chunk, one final reduce. */
+/* kernels_avx2.c - x86-64 AVX2 + FMA backend for F32, F16, BF16, Q8 and Q4.
+ *
+ * Summation order (the seam's contract): every output Y[i, r] is one chain of
+ * 8-lane FMAs, acc = fma(w[c..c+8), x[c..c+8), acc) for c = 0, 8, 16, ...
+ * starting from zero, then hsum8(). The weight values fed to the FMA are the
+ * exact floats of vx_row_to_f32 (BF16/F16 widen exactly, and d * q of a Q8/Q4
+ * block is exact in float: an 11-bit fp16 mantissa times an integer below
+ * 2^8). So all paths below - matrix-vector, register-blocked batches, odd row
+ * counts - give bitwise the same Y[i, r] whatever n, r0 or r1, and a Q8/Q4
+ * weight gives bitwise the result of an F32 weight holding its dequantized
+ * values. Only the schedule differs:
+ *
+ *  n == 1 (decoder step, memory bound): MV_ROWS rows are streamed at once,
+ *    widened / dequantized in registers and FMA'd with one shared load of x;
+ *    their independent chains hide the FMA latency, and the weights are read
+ *    exactly once with nothing written back to memory.
+ *  n >= 2 (encoder, prefill; compute bound): a CHUNK of BR rows is widened
+ *    once into an L1-resident buffer, then 4-row x 3-input register tiles
+ *    walk it: each widened weight vector feeds three inputs and each x vector
+ *    four rows (7 loads per 12 FMAs), and the x chunk of three inputs is
+ *    reused from L1 by all BR rows. The next chunk is prefetched meanwhile.
+ *
+ * Weight data is only guaranteed 2-byte aligned (safetensors.h), so every
+ * load is an unaligned one and nothing wider than 2 bytes is dereferenced
+ * through a typed pointer. */
 #include <immintrin.h>
 #include <string.h>
 
 #include "engine.h"
 #include "quant.h"
 
-#define CHUNK 256
-#define MAX_N 64
+#define CHUNK 512 /* columns widened at a time (BR rows x 2 KB in L1) */
+#define MAX_N 64  /* rows of X per call (kernels.c's BATCH) */
 
-static inline float hsum8(__m256 v) {
-    __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
-    __m128 s = _mm_add_ps(lo, hi);
+#define DTYPES                                                                               \
+    ((1u << VX_DT_F32) | (1u << VX_DT_F16) | (1u << VX_DT_BF16) | (1u << VX_DT_Q8) |          \
+     (1u << VX_DT_Q4))
+
+#define INLINE static inline __attribute__((always_inline))
+
+/* Fixed final reduction of the 8 lanes: ((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7)). */
+INLINE float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
 }
 
-/* Widen len (multiple of 8) elements of a row, starting at c0, to float. */
-static void widen(int dtype, const uint8_t *row, int64_t c0, int64_t len, float *out) {
-    if (dtype == VX_DT_BF16) {
-        const uint16_t *p = (const uint16_t *)(const void *)row + c0;
-        for (int64_t c = 0; c < len; c += 8) {
-            __m128i h = _mm_loadu_si128((const __m128i *)(const void *)(p + c));
-            __m256i w = _mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16);
-            _mm256_storeu_ps(out + c, _mm256_castsi256_ps(w));
+INLINE float scale_of(const uint8_t *blk) {
+    uint16_t h;
+    memcpy(&h, blk, 2);
+    return _cvtsh_ss(h);
+}
+
+/* 8 consecutive elements of a plain-dtype row, starting at byte p. */
+INLINE __m256 load8(int dt, const uint8_t *p) {
+    if (dt == VX_DT_F32) return _mm256_loadu_ps((const float *)(const void *)p);
+    __m128i h = _mm_loadu_si128((const __m128i *)(const void *)p);
+    if (dt == VX_DT_F16) return _mm256_cvtph_ps(h);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)); /* BF16 */
+}
+
+INLINE size_t elem_bytes(int dt) { return dt == VX_DT_F32 ? 4 : 2; }
+
+/* 8 int8 (low 8 bytes of q) -> float, times the block scale: exact. */
+INLINE __m256 deq8(__m128i q, __m256 d) {
+    return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d);
+}
+
+/* ---------------- n == 1: matrix-vector, weights dequantized in registers */
+
+/* MV_ROWS rows at once: one FMA chain each, so MV_ROWS chains cover the FMA
+ * latency (4-5 cycles x 2 ports); with 4 the loop was latency bound. */
+#define MV_ROWS 8
+
+/* Rows w[0..R) (R = 1 or MV_ROWS, a compile-time constant at each call). */
+INLINE void matvec_plain(int dt, int R, const uint8_t *const *w, const float *x, int64_t cols,
+                         float *y) {
+    __m256 a[MV_ROWS];
+    for (int k = 0; k < R; k++) a[k] = _mm256_setzero_ps();
+    const size_t es = elem_bytes(dt);
+    for (int64_t c = 0; c < cols; c += 8) {
+        __m256 xv = _mm256_loadu_ps(x + c);
+        for (int k = 0; k < R; k++) a[k] = _mm256_fmadd_ps(load8(dt, w[k] + (size_t)c * es), xv, a[k]);
+    }
+    for (int k = 0; k < R; k++) y[k] = hsum8(a[k]);
+}
+
+INLINE void matvec_q8(int R, const uint8_t *const *w, const float *x, int64_t cols, float *y) {
+    __m256 a[MV_ROWS];
+    for (int k = 0; k < R; k++) a[k] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < cols / VX_QBLOCK; b++) {
+        const float *xb = x + b * VX_QBLOCK;
+        __m256 x0 = _mm256_loadu_ps(xb), x1 = _mm256_loadu_ps(xb + 8);
+        __m256 x2 = _mm256_loadu_ps(xb + 16), x3 = _mm256_loadu_ps(xb + 24);
+        for (int k = 0; k < R; k++) {
+            const uint8_t *blk = w[k] + (size_t)b * VX_Q8_BLOCK_BYTES;
+            __m256 d = _mm256_set1_ps(scale_of(blk));
+            const uint8_t *q = blk + 2;
+            a[k] = _mm256_fmadd_ps(deq8(_mm_loadl_epi64((const __m128i *)(const void *)q), d), x0, a[k]);
+            a[k] = _mm256_fmadd_ps(deq8(_mm_loadl_epi64((const __m128i *)(const void *)(q + 8)), d), x1, a[k]);
+            a[k] = _mm256_fmadd_ps(deq8(_mm_loadl_epi64((const __m128i *)(const void *)(q + 16)), d), x2, a[k]);
+            a[k] = _mm256_fmadd_ps(deq8(_mm_loadl_epi64((const __m128i *)(const void *)(q + 24)), d), x3, a[k]);
         }
-    } else if (dtype == VX_DT_F16) {
-        const uint16_t *p = (const uint16_t *)(const void *)row + c0;
-        for (int64_t c = 0; c < len; c += 8)
-            _mm256_storeu_ps(out + c, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(p + c))));
-    } else if (dtype == VX_DT_F32) {
-        memcpy(out, row + c0 * 4, (size_t)len * 4);
-    } else {
-        vx_row_to_f32(dtype, row, c0, len, out);
+    }
+    for (int k = 0; k < R; k++) y[k] = hsum8(a[k]);
+}
+
+/* The 32 weights of a Q4 block as 4 x 8 floats in element order. Each half
+ * of the 16 bytes is widened to dwords once and both nibbles are taken from
+ * there (one shuffle per 16 weights instead of one per 8), and the -8 offset
+ * is folded into an FMA: fma(n, d, -8d) = d * (n - 8) exactly, because that
+ * product fits a float's mantissa (4 + 11 bits), so a single rounding of the
+ * exact value changes nothing. */
+INLINE void q4_deq(const uint8_t *blk, __m256 g[4]) {
+    const __m256i mask = _mm256_set1_epi32(0x0f);
+    __m256 d = _mm256_set1_ps(scale_of(blk));
+    __m256 m8d = _mm256_mul_ps(d, _mm256_set1_ps(-8.0f));
+    __m256i b0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(blk + 2)));
+    __m256i b1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(blk + 10)));
+    g[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(b0, mask)), d, m8d);
+    g[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(b1, mask)), d, m8d);
+    g[2] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(b0, 4)), d, m8d);
+    g[3] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(b1, 4)), d, m8d);
+}
+
+INLINE void matvec_q4(int R, const uint8_t *const *w, const float *x, int64_t cols, float *y) {
+    __m256 a[MV_ROWS];
+    for (int k = 0; k < R; k++) a[k] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < cols / VX_QBLOCK; b++) {
+        const float *xb = x + b * VX_QBLOCK;
+        __m256 x0 = _mm256_loadu_ps(xb), x1 = _mm256_loadu_ps(xb + 8);
+        __m256 x2 = _mm256_loadu_ps(xb + 16), x3 = _mm256_loadu_ps(xb + 24);
+        for (int k = 0; k < R; k++) {
+            __m256 g[4];
+            q4_deq(w[k] + (size_t)b * VX_Q4_BLOCK_BYTES, g);
+            a[k] = _mm256_fmadd_ps(g[0], x0, a[k]);
+            a[k] = _mm256_fmadd_ps(g[1], x1, a[k]);
+            a[k] = _mm256_fmadd_ps(g[2], x2, a[k]);
+            a[k] = _mm256_fmadd_ps(g[3], x3, a[k]);
+        }
+    }
+    for (int k = 0; k < R; k++) y[k] = hsum8(a[k]);
+}
+
+/* One call per dtype so each inner loop is compiled for its dtype and R. */
+INLINE void matvec_rows(int dt, int R, const uint8_t *const *w, const float *x, int64_t cols,
+                        float *y) {
+    if (dt == VX_DT_Q8) matvec_q8(R, w, x, cols, y);
+    else if (dt == VX_DT_Q4) matvec_q4(R, w, x, cols, y);
+    else matvec_plain(dt, R, w, x, cols, y);
+}
+
+INLINE void matvec(int dt, const uint8_t *base, size_t row_bytes, const float *x, int64_t cols,
+                   float *Y, int64_t r0, int64_t r1) {
+    int64_t r = r0;
+    for (; r + MV_ROWS <= r1; r += MV_ROWS) {
+        const uint8_t *w[MV_ROWS];
+        for (int k = 0; k < MV_ROWS; k++) w[k] = base + (size_t)(r + k) * row_bytes;
+        matvec_rows(dt, MV_ROWS, w, x, cols, Y + r);
+    }
+    for (; r < r1; r++) {
+        const uint8_t *w[1] = {base + (size_t)r * row_bytes};
+        matvec_rows(dt, 1, w, x, cols, Y + r);
+    }
+}
+
+static void matvec_f32(const uint8_t *b, size_t rb, const float *x, int64_t c, float *Y, int64_t r0, int64_t r1) { matvec(VX_DT_F32, b, rb, x, c, Y, r0, r1); }
+static void matvec_f16(const uint8_t *b, size_t rb, const float *x, int64_t c, float *Y, int64_t r0, int64_t r1) { matvec(VX_DT_F16, b, rb, x, c, Y, r0, r1); }
+static void matvec_bf16(const uint8_t *b, size_t rb, const float *x, int64_t c, float *Y, int64_t r0, int64_t r1) { matvec(VX_DT_BF16, b, rb, x, c, Y, r0, r1); }
+static void matvec_q8s(const uint8_t *b, size_t rb, const float *x, int64_t c, float *Y, int64_t r0, int64_t r1) { matvec(VX_DT_Q8, b, rb, x, c, Y, r0, r1); }
+static void matvec_q4s(const uint8_t *b, size_t rb, const float *x, int64_t c, float *Y, int64_t r0, int64_t r1) { matvec(VX_DT_Q4, b, rb, x, c, Y, r0, r1); }
+
+/* ---------------- n >= 2: widen a chunk once, register-blocked tiles */
+
+/* Widen elements [c0, c0+len) of a row (len a multiple of 8; of 32 for Q8/Q4,
+ * as is c0) to float: the very values matvec_* feed to their FMAs. */
+static void widen(int dt, const uint8_t *row, int64_t c0, int64_t len, float *out) {
+    switch (dt) {
+    case VX_DT_F32:
+    case VX_DT_F16:
+    case VX_DT_BF16: {
+        /* F32 too goes through registers: memcpy of 1 KB pieces (rep movsb
+         * here) cost more than the FMAs that reuse them */
+        const size_t es = elem_bytes(dt);
+        const uint8_t *p = row + (size_t)c0 * es;
+        if (dt == VX_DT_F32) {
+            for (int64_t c = 0; c < len; c += 8) _mm256_store_ps(out + c, load8(VX_DT_F32, p + c * 4));
+        } else if (dt == VX_DT_F16) {
+            for (int64_t c = 0; c < len; c += 8) _mm256_store_ps(out + c, load8(VX_DT_F16, p + c * 2));
+        } else {
+            for (int64_t c = 0; c < len; c += 8) _mm256_store_ps(out + c, load8(VX_DT_BF16, p + c * 2));
+        }
+        break;
+    }
+    case VX_DT_Q8:
+        for (int64_t b = 0; b < len / VX_QBLOCK; b++) {
+            const uint8_t *blk = row + (size_t)(c0 / VX_QBLOCK + b) * VX_Q8_BLOCK_BYTES;
+            __m256 d = _mm256_set1_ps(scale_of(blk));
+            float *o = out + b * VX_QBLOCK;
+            for (int g = 0; g < 4; g++)
+                _mm256_store_ps(o + 8 * g, deq8(_mm_loadl_epi64((const __m128i *)(const void *)(blk + 2 + 8 * g)), d));
+        }
+        break;
+    case VX_DT_Q4:
+        for (int64_t b = 0; b < len / VX_QBLOCK; b++) {
+            __m256 g[4];
+            q4_deq(row + (size_t)(c0 / VX_QBLOCK + b) * VX_Q4_BLOCK_BYTES, g);
+            for (int j = 0; j < 4; j++) _mm256_store_ps(out + b * VX_QBLOCK + 8 * j, g[j]);
+        }
+        break;
+    default: break;
+    }
+}
+
+/* Rows per block of the batched path: 16 widened rows x CHUNK floats (16 KB)
+ * stay in L1 together with the x chunks of the current inputs. */
+#define BR 8
+
+/* Tile of R widened rows (w, stride CHUNK) x N inputs (x, stride ldx) over
+ * len columns; acc[i * BR + k] carries the chain of (input i, row k) from the
+ * previous chunk and gets it back, so chunking does not reorder anything. */
+INLINE void tile(int R, int N, const float *w, const float *x, int ldx, int64_t len, __m256 *acc) {
+    __m256 a[3][4];
+    for (int i = 0; i < N; i++)
+        for (int k = 0; k < R; k++) a[i][k] = acc[i * BR + k];
+    for (int64_t c = 0; c < len; c += 8) {
+        __m256 xv[3];
+        for (int i = 0; i < N; i++) xv[i] = _mm256_loadu_ps(x + (size_t)i * ldx + c);
+        for (int k = 0; k < R; k++) {
+            __m256 wv = _mm256_load_ps(w + k * CHUNK + c);
+            for (int i = 0; i < N; i++) a[i][k] = _mm256_fmadd_ps(wv, xv[i], a[i][k]);
+        }
+    }
+    for (int i = 0; i < N; i++)
+        for (int k = 0; k < R; k++) acc[i * BR + k] = a[i][k];
+}
+
+/* 4 rows x 3 inputs: 12 accumulators + 3 x + 1 w = the 16 ymm registers;
+ * 7 loads per 12 FMAs. The others handle the edges of n and of the rows. */
+static void tile_4x3(const float *w, const float *x, int ldx, int64_t len, __m256 *acc) { tile(4, 3, w, x, ldx, len, acc); }
+static void tile_4x2(const float *w, const float *x, int ldx, int64_t len, __m256 *acc) { tile(4, 2, w, x, ldx, len, acc); }
+static void tile_4x1(const float *w, const float *x, int ldx, int64_t len, __m256 *acc) { tile(4, 1, w, x, ldx, len, acc); }
+static void tile_1x3(const float *w, const float *x, int ldx, int64_t len, __m256 *acc) { tile(1, 3, w, x, ldx, len, acc); }
+static void tile_1x2(const float *w, const float *x, int ldx, int64_t len, __m256 *acc) { tile(1, 2, w, x, ldx, len, acc); }
+static void tile_1x1(const float *w, const float *x, int ldx, int64_t len, __m256 *acc) { tile(1, 1, w, x, ldx, len, acc); }
+
+/* All tiles of one chunk for inputs [i, i+N) (N <= 3): the x chunk of these
+ * inputs is fetched once from L2 and then reused from L1 by every row. */
+static void chunk_inputs(int N, int rows, const float *wbuf, const float *x, int ldx, int64_t len,
+                         __m256 *acc) {
+    int k = 0;
+    for (; k + 4 <= rows; k += 4) {
+        const float *w = wbuf + k * CHUNK;
+        if (N == 3) tile_4x3(w, x, ldx, len, acc + k);
+        else if (N == 2) tile_4x2(w, x, ldx, len, acc + k);
+        else tile_4x1(w, x, ldx, len, acc + k);
+    }
+    for (; k < rows; k++) {
+        const float *w = wbuf + k * CHUNK;
+        if (N == 3) tile_1x3(w, x, ldx, len, acc + k);
+        else if (N == 2) tile_1x2(w, x, ldx, len, acc + k);
+        else tile_1x1(w, x, ldx, len, acc + k);
+    }
+}
+
+/* Ask for the weights of the next chunk (same rows, or the next block's
+ * first chunk) while this one is being used: the n-fold reuse leaves plenty
+ * of time to fetch them, but only if the fetch starts early. */
+static void prefetch_next(const vx_weight *W, int64_t r, int rows, int64_t r1, int64_t c0) {
+    const size_t row_bytes = vx_row_bytes(W->dtype, W->cols);
+    int64_t c1 = c0 + CHUNK;
+    if (c1 >= W->cols) {
+        c1 = 0;
+        r += rows;
+        rows = r1 - r < BR ? (int)(r1 - r) : BR;
+    }
+    const int64_t len = W->cols - c1 < CHUNK ? W->cols - c1 : CHUNK;
+    const size_t b0 = vx_row_bytes(W->dtype, c1), b1 = vx_row_bytes(W->dtype, c1 + len);
+    for (int k = 0; k < rows; k++) {
+        const char *p = (const char *)W->data + (size_t)(r + k) * row_bytes;
+        for (size_t o = b0; o < b1; o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
+    }
+}
+
+static void batched(const vx_weight *W, const float *X, int n, int ldx, float *Y, int ldy,
+                    int64_t r0, int64_t r1) {
+    const int64_t cols = W->cols;
+    const size_t row_bytes = vx_row_bytes(W->dtype, cols);
+    const uint8_t *base = W->data;
+    float wbuf[BR * CHUNK] __attribute__((aligned(32)));
+    __m256 acc[MAX_N * BR]; /* [input][row of the block], 32 KB */
+    for (int64_t r = r0; r < r1; r += BR) {
+        const int rows = r1 - r < BR ? (int)(r1 - r) : BR;
+        for (int i = 0; i < n; i++)
+            for (int k = 0; k < rows; k++) acc[i * BR + k] = _mm256_setzero_ps();
+        for (int64_t c0 = 0; c0 < cols; c0 += CHUNK) {
+            const int64_t len = cols - c0 < CHUNK ? cols - c0 : CHUNK;
+            for (int k = 0; k < rows; k++)
+                widen(W->dtype, base + (size_t)(r + k) * row_bytes, c0, len, wbuf + k * CHUNK);
+            prefetch_next(W, r, rows, r1, c0);
+            for (int i = 0; i < n; i += 3) {
+                const int N = n - i < 3 ? n - i : 3;
+                chunk_inputs(N, rows, wbuf, X + (size_t)i * ldx + c0, ldx, len, acc + i * BR);
+            }
+        }
+        for (int i = 0; i < n; i++)
+            for (int k = 0; k < rows; k++) Y[(size_t)i * ldy + r + k] = hsum8(acc[i * BR + k]);
     }
 }
 
 static int avx2_matmul_rows(const vx_weight *W, const float *X, int n, int ldx, float *Y, int ldy,
                             int64_t r0, int64_t r1) {
-    if (n > MAX_N || W->cols % 8 != 0) return -1;
-    const int64_t cols = W->cols;
-    const size_t row_bytes = vx_row_bytes(W->dtype, cols);
-    float wbuf[CHUNK] __attribute__((aligned(32)));
-    __m256 acc[MAX_N];
-    for (int64_t r = r0; r < r1; r++) {
-        const uint8_t *row = (const uint8_t *)W->data + (size_t)r * row_bytes;
-        for (int i = 0; i < n; i++) acc[i] = _mm256_setzero_ps();
-        for (int64_t c0 = 0; c0 < cols; c0 += CHUNK) {
-            int64_t len = cols - c0 < CHUNK ? cols - c0 : CHUNK;
-            if (n == 1 && W->dtype == VX_DT_BF16) {
-                /* matrix-vector: fuse the widening into the FMA loop */
-                const uint16_t *p = (const uint16_t *)(const void *)row + c0;
-                const float *x = X + c0;
-                __m256 a = acc[0];
-                for (int64_t c = 0; c < len; c += 8) {
-                    __m128i h = _mm_loadu_si128((const __m128i *)(const void *)(p + c));
-                    __m256 w = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-                    a = _mm256_fmadd_ps(w, _mm256_loadu_ps(x + c), a);
-                }
-                acc[0] = a;
-                continue;
-            }
-            widen(W->dtype, row, c0, len, wbuf);
-            for (int i = 0; i < n; i++) {
-                const float *x = X + (size_t)i * ldx + c0;
-                __m256 a = acc[i];
-                for (int64_t c = 0; c < len; c += 8)
-                    a = _mm256_fmadd_ps(_mm256_load_ps(wbuf + c), _mm256_loadu_ps(x + c), a);
-                acc[i] = a;
-            }
+    if (!((1u << W->dtype) & DTYPES) || n > MAX_N || W->cols % 8 != 0) return -1;
+    if ((W->dtype == VX_DT_Q8 || W->dtype == VX_DT_Q4) && W->cols % VX_QBLOCK != 0) return -1;
+    if (n <= 0 || r0 >= r1) return 0;
+    if (n == 1) {
+        const uint8_t *base = W->data;
+        const size_t rb = vx_row_bytes(W->dtype, W->cols);
+        switch (W->dtype) {
+        case VX_DT_F32: matvec_f32(base, rb, X, W->cols, Y, r0, r1); break;
+        case VX_DT_F16: matvec_f16(base, rb, X, W->cols, Y, r0, r1); break;
+        case VX_DT_BF16: matvec_bf16(base, rb, X, W->cols, Y, r0, r1); break;
+        case VX_DT_Q8: matvec_q8s(base, rb, X, W->cols, Y, r0, r1); break;
+        case VX_DT_Q4: matvec_q4s(base, rb, X, W->cols, Y, r0, r1); break;
+        default: return -1;
         }
-        for (int i = 0; i < n; i++) Y[(size_t)i * ldy + r] = hsum8(acc[i]);
+        return 0;
     }
+    batched(W, X, n, ldx, Y, ldy, r0, r1);
     return 0;
 }
 
-static const vx_backend avx2 = {"avx2", avx2_matmul_rows,
-                                (1u << VX_DT_F32) | (1u << VX_DT_F16) | (1u << VX_DT_BF16)};
+static const vx_backend avx2 = {"avx2", avx2_matmul_rows, DTYPES};
 
 const vx_backend *vx_backend_avx2(void) {
     __builtin_cpu_init();
