@@ -1,0 +1,331 @@
+/* kernels_neon.c - AArch64 Advanced SIMD backend for F32, F16, BF16, Q8 and Q4
+ * (Raspberry Pi 5's Cortex-A76, Jetson's A57/A78).
+ *
+ * Summation order (the seam's contract), the same as the AVX2 backend's: each
+ * output Y[i, r] is one 8-lane FMA chain - lanes 0-3 and 4-7 held in two
+ * q registers - over c = 0, 8, 16, ... from zero, then the fixed reduction
+ * ((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7)). The weights fed to the FMAs are the
+ * exact floats of vx_row_to_f32 (BF16 by a 16-bit shift, F16 by FCVTL, Q8 as
+ * d * q and Q4 as fma(n, d, -8d), both exact in float), so:
+ *   - results never depend on n, r0 or r1 (matrix-vector and batched paths
+ *     compute identical chains);
+ *   - a Q8/Q4 weight gives bitwise the result of an F32 weight holding its
+ *     dequantized values;
+ *   - and the NEON and AVX2 backends agree bitwise with each other.
+ *
+ * Only base ARMv8.0 Advanced SIMD is used: no FP16 arithmetic (an fp16
+ * product would round) and no dot product (it needs x quantized to int8,
+ * which changes results). So vx_backend_neon() asks only for ASIMD and the
+ * backend also runs on ARMv8.0 cores (Jetson Nano's A57); ci/aarch64-test.sh
+ * runs the tests on an emulated A57 to make sure the compiler, allowed
+ * +fp16+dotprod by CMake, did not slip such an instruction in.
+ *
+ * Weight data is only guaranteed 2-byte aligned (safetensors.h): F32 rows
+ * are loaded as bytes, and the fp16 block scales through memcpy. */
+#include <arm_neon.h>
+#include <string.h>
+#include <sys/auxv.h>
+
+#include "engine.h"
+#include "quant.h"
+
+#ifndef HWCAP_FP
+#define HWCAP_FP (1 << 0)
+#endif
+#ifndef HWCAP_ASIMD
+#define HWCAP_ASIMD (1 << 1)
+#endif
+
+#define CHUNK 512 /* columns widened at a time: BR rows x 2 KB stay in L1 */
+#define BR 8      /* rows per block of the batched path */
+#define MAX_N 64  /* rows of X per call (kernels.c's BATCH) */
+#define MV_ROWS 4 /* rows per matrix-vector step: 8 chains cover FMA latency */
+
+#define DTYPES                                                                               \
+    ((1u << VX_DT_F32) | (1u << VX_DT_F16) | (1u << VX_DT_BF16) | (1u << VX_DT_Q8) |          \
+     (1u << VX_DT_Q4))
+
+#define INLINE static inline __attribute__((always_inline))
+
+typedef struct {
+    float32x4_t lo, hi; /* lanes 0-3 and 4-7 */
+} acc8;
+
+typedef struct {
+    float32x4_t lo, hi;
+} f8; /* 8 consecutive weights or inputs */
+
+INLINE acc8 acc_zero(void) {
+    acc8 a = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)};
+    return a;
+}
+
+INLINE acc8 fma8(acc8 a, f8 w, f8 x) {
+    a.lo = vfmaq_f32(a.lo, w.lo, x.lo);
+    a.hi = vfmaq_f32(a.hi, w.hi, x.hi);
+    return a;
+}
+
+INLINE float hsum8(acc8 a) {
+    float32x4_t s = vaddq_f32(a.lo, a.hi);                         /* a0+a4 .. a3+a7 */
+    float32x2_t t = vadd_f32(vget_low_f32(s), vget_high_f32(s));   /* s0+s2, s1+s3 */
+    return vget_lane_f32(t, 0) + vget_lane_f32(t, 1);
+}
+
+INLINE f8 load_x(const float *x) {
+    f8 v = {vld1q_f32(x), vld1q_f32(x + 4)};
+    return v;
+}
+
+INLINE float scale_of(const uint8_t *blk) {
+    uint16_t h;
+    memcpy(&h, blk, 2);
+    return vx_f16_to_f32(h);
+}
+
+INLINE size_t elem_bytes(int dt) { return dt == VX_DT_F32 ? 4 : 2; }
+
+/* 8 consecutive elements of a plain-dtype row, starting at byte p. */
+INLINE f8 load8(int dt, const uint8_t *p) {
+    f8 v;
+    if (dt == VX_DT_F32) {
+        v.lo = vreinterpretq_f32_u8(vld1q_u8(p));
+        v.hi = vreinterpretq_f32_u8(vld1q_u8(p + 16));
+    } else {
+        uint16x8_t h = vld1q_u16((const uint16_t *)(const void *)p);
+        if (dt == VX_DT_F16) {
+            v.lo = vcvt_f32_f16(vreinterpret_f16_u16(vget_low_u16(h)));
+            v.hi = vcvt_f32_f16(vreinterpret_f16_u16(vget_high_u16(h)));
+        } else { /* BF16: the top half of a float */
+            v.lo = vreinterpretq_f32_u32(vshll_n_u16(vget_low_u16(h), 16));
+            v.hi = vreinterpretq_f32_u32(vshll_n_u16(vget_high_u16(h), 16));
+        }
+    }
+    return v;
+}
+
+/* The 32 weights of a Q8 block, in element order, as d * q (exact). */
+INLINE void q8_deq(const uint8_t *blk, f8 g[4]) {
+    const float d = scale_of(blk);
+    int8x16_t q0 = vld1q_s8((const int8_t *)(const void *)(blk + 2));
+    int8x16_t q1 = vld1q_s8((const int8_t *)(const void *)(blk + 18));
+    int16x8_t h[4] = {vmovl_s8(vget_low_s8(q0)), vmovl_s8(vget_high_s8(q0)),
+                      vmovl_s8(vget_low_s8(q1)), vmovl_s8(vget_high_s8(q1))};
+    for (int j = 0; j < 4; j++) {
+        g[j].lo = vmulq_n_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(h[j]))), d);
+        g[j].hi = vmulq_n_f32(vcvtq_f32_s32(vmovl_s16(vget_high_s16(h[j]))), d);
+    }
+}
+
+/* The 32 weights of a Q4 block, in element order. Low nibbles are elements
+ * 0-15, high nibbles 16-31; fma(n, d, -8d) = d * (n - 8) exactly because
+ * that product fits a float's mantissa, so the single rounding is a no-op. */
+INLINE void q4_deq(const uint8_t *blk, f8 g[4]) {
+    const float32x4_t d = vdupq_n_f32(scale_of(blk));
+    const float32x4_t m8d = vmulq_n_f32(d, -8.0f);
+    uint8x16_t v = vld1q_u8(blk + 2);
+    uint8x16_t lo = vandq_u8(v, vdupq_n_u8(0x0f)), hi = vshrq_n_u8(v, 4);
+    uint16x8_t h[4] = {vmovl_u8(vget_low_u8(lo)), vmovl_u8(vget_high_u8(lo)),
+                       vmovl_u8(vget_low_u8(hi)), vmovl_u8(vget_high_u8(hi))};
+    for (int j = 0; j < 4; j++) {
+        g[j].lo = vfmaq_f32(m8d, vcvtq_f32_u32(vmovl_u16(vget_low_u16(h[j]))), d);
+        g[j].hi = vfmaq_f32(m8d, vcvtq_f32_u32(vmovl_u16(vget_high_u16(h[j]))), d);
+    }
+}
+
+/* ---------------- n == 1: matrix-vector, weights dequantized in registers */
+
+/* Rows w[0..R) (R = 1 or MV_ROWS, a compile-time constant at each call). */
+INLINE void matvec_rows(int dt, int R, const uint8_t *const *w, const float *x, int64_t cols,
+                        float *y) {
+    acc8 a[MV_ROWS];
+    for (int k = 0; k < R; k++) a[k] = acc_zero();
+    if (dt == VX_DT_Q8 || dt == VX_DT_Q4) {
+        const size_t bb = dt == VX_DT_Q8 ? VX_Q8_BLOCK_BYTES : VX_Q4_BLOCK_BYTES;
+        for (int64_t b = 0; b < cols / VX_QBLOCK; b++) {
+            const float *xb = x + b * VX_QBLOCK;
+            f8 x0 = load_x(xb), x1 = load_x(xb + 8), x2 = load_x(xb + 16), x3 = load_x(xb + 24);
+            for (int k = 0; k < R; k++) {
+                f8 g[4];
+                if (dt == VX_DT_Q8) q8_deq(w[k] + (size_t)b * bb, g);
+                else q4_deq(w[k] + (size_t)b * bb, g);
+                a[k] = fma8(a[k], g[0], x0);
+                a[k] = fma8(a[k], g[1], x1);
+                a[k] = fma8(a[k], g[2], x2);
+                a[k] = fma8(a[k], g[3], x3);
+            }
+        }
+    } else {
+        const size_t es = elem_bytes(dt);
+        for (int64_t c = 0; c < cols; c += 8) {
+            f8 xv = load_x(x + c);
+            for (int k = 0; k < R; k++) a[k] = fma8(a[k], load8(dt, w[k] + (size_t)c * es), xv);
+        }
+    }
+    for (int k = 0; k < R; k++) y[k] = hsum8(a[k]);
+}
+
+INLINE void matvec(int dt, const uint8_t *base, size_t row_bytes, const float *x, int64_t cols,
+                   float *Y, int64_t r0, int64_t r1) {
+    int64_t r = r0;
+    for (; r + MV_ROWS <= r1; r += MV_ROWS) {
+        const uint8_t *w[MV_ROWS];
+        for (int k = 0; k < MV_ROWS; k++) w[k] = base + (size_t)(r + k) * row_bytes;
+        matvec_rows(dt, MV_ROWS, w, x, cols, Y + r);
+    }
+    for (; r < r1; r++) {
+        const uint8_t *w[1] = {base + (size_t)r * row_bytes};
+        matvec_rows(dt, 1, w, x, cols, Y + r);
+    }
+}
+
+/* One function per dtype so each inner loop is compiled for its dtype. */
+static void matvec_f32(const uint8_t *b, size_t rb, const float *x, int64_t c, float *Y, int64_t r0, int64_t r1) { matvec(VX_DT_F32, b, rb, x, c, Y, r0, r1); }
+static void matvec_f16(const uint8_t *b, size_t rb, const float *x, int64_t c, float *Y, int64_t r0, int64_t r1) { matvec(VX_DT_F16, b, rb, x, c, Y, r0, r1); }
+static void matvec_bf16(const uint8_t *b, size_t rb, const float *x, int64_t c, float *Y, int64_t r0, int64_t r1) { matvec(VX_DT_BF16, b, rb, x, c, Y, r0, r1); }
+static void matvec_q8(const uint8_t *b, size_t rb, const float *x, int64_t c, float *Y, int64_t r0, int64_t r1) { matvec(VX_DT_Q8, b, rb, x, c, Y, r0, r1); }
+static void matvec_q4(const uint8_t *b, size_t rb, const float *x, int64_t c, float *Y, int64_t r0, int64_t r1) { matvec(VX_DT_Q4, b, rb, x, c, Y, r0, r1); }
+
+/* ---------------- n >= 2: widen a chunk once, register-blocked tiles */
+
+INLINE void store8(float *o, f8 v) {
+    vst1q_f32(o, v.lo);
+    vst1q_f32(o + 4, v.hi);
+}
+
+/* Widen elements [c0, c0+len) of a row (multiples of 8; of 32 for Q8/Q4) to
+ * float: the very values the matrix-vector path feeds to its FMAs. */
+static void widen(int dt, const uint8_t *row, int64_t c0, int64_t len, float *out) {
+    if (dt == VX_DT_Q8 || dt == VX_DT_Q4) {
+        const size_t bb = dt == VX_DT_Q8 ? VX_Q8_BLOCK_BYTES : VX_Q4_BLOCK_BYTES;
+        for (int64_t b = 0; b < len / VX_QBLOCK; b++) {
+            const uint8_t *blk = row + (size_t)(c0 / VX_QBLOCK + b) * bb;
+            f8 g[4];
+            if (dt == VX_DT_Q8) q8_deq(blk, g);
+            else q4_deq(blk, g);
+            for (int j = 0; j < 4; j++) store8(out + b * VX_QBLOCK + 8 * j, g[j]);
+        }
+        return;
+    }
+    const uint8_t *p = row + (size_t)c0 * elem_bytes(dt);
+    if (dt == VX_DT_F32)
+        for (int64_t c = 0; c < len; c += 8) store8(out + c, load8(VX_DT_F32, p + c * 4));
+    else if (dt == VX_DT_F16)
+        for (int64_t c = 0; c < len; c += 8) store8(out + c, load8(VX_DT_F16, p + c * 2));
+    else
+        for (int64_t c = 0; c < len; c += 8) store8(out + c, load8(VX_DT_BF16, p + c * 2));
+}
+
+/* Tile of R widened rows (w, stride CHUNK) x N inputs (x, stride ldx) over
+ * len columns; acc[i * BR + k] carries the chain of (input i, row k) across
+ * chunks, so chunking does not reorder anything. 4 x 2 uses 16 accumulator,
+ * 4 x and 2 w registers of the 32. */
+INLINE void tile(int R, int N, const float *w, const float *x, int ldx, int64_t len, acc8 *acc) {
+    acc8 a[2][4];
+    for (int i = 0; i < N; i++)
+        for (int k = 0; k < R; k++) a[i][k] = acc[i * BR + k];
+    for (int64_t c = 0; c < len; c += 8) {
+        f8 xv[2];
+        for (int i = 0; i < N; i++) xv[i] = load_x(x + (size_t)i * ldx + c);
+        for (int k = 0; k < R; k++) {
+            f8 wv = load_x(w + k * CHUNK + c);
+            for (int i = 0; i < N; i++) a[i][k] = fma8(a[i][k], wv, xv[i]);
+        }
+    }
+    for (int i = 0; i < N; i++)
+        for (int k = 0; k < R; k++) acc[i * BR + k] = a[i][k];
+}
+
+static void tile_4x2(const float *w, const float *x, int ldx, int64_t len, acc8 *acc) { tile(4, 2, w, x, ldx, len, acc); }
+static void tile_4x1(const float *w, const float *x, int ldx, int64_t len, acc8 *acc) { tile(4, 1, w, x, ldx, len, acc); }
+static void tile_1x2(const float *w, const float *x, int ldx, int64_t len, acc8 *acc) { tile(1, 2, w, x, ldx, len, acc); }
+static void tile_1x1(const float *w, const float *x, int ldx, int64_t len, acc8 *acc) { tile(1, 1, w, x, ldx, len, acc); }
+
+/* All tiles of one chunk for inputs [i, i+N) (N <= 2): their x chunk is
+ * fetched once and reused from L1 by every row of the block. */
+static void chunk_inputs(int N, int rows, const float *wbuf, const float *x, int ldx, int64_t len,
+                         acc8 *acc) {
+    int k = 0;
+    for (; k + 4 <= rows; k += 4) {
+        if (N == 2) tile_4x2(wbuf + k * CHUNK, x, ldx, len, acc + k);
+        else tile_4x1(wbuf + k * CHUNK, x, ldx, len, acc + k);
+    }
+    for (; k < rows; k++) {
+        if (N == 2) tile_1x2(wbuf + k * CHUNK, x, ldx, len, acc + k);
+        else tile_1x1(wbuf + k * CHUNK, x, ldx, len, acc + k);
+    }
+}
+
+/* Start fetching the next chunk's weights (same rows, or the next block's
+ * first chunk) while this one is in use. */
+static void prefetch_next(const vx_weight *W, int64_t r, int rows, int64_t r1, int64_t c0) {
+    const size_t row_bytes = vx_row_bytes(W->dtype, W->cols);
+    int64_t c1 = c0 + CHUNK;
+    if (c1 >= W->cols) {
+        c1 = 0;
+        r += rows;
+        rows = r1 - r < BR ? (int)(r1 - r) : BR;
+    }
+    const int64_t len = W->cols - c1 < CHUNK ? W->cols - c1 : CHUNK;
+    const size_t b0 = vx_row_bytes(W->dtype, c1), b1 = vx_row_bytes(W->dtype, c1 + len);
+    for (int k = 0; k < rows; k++) {
+        const char *p = (const char *)W->data + (size_t)(r + k) * row_bytes;
+        for (size_t o = b0; o < b1; o += 64) __builtin_prefetch(p + o, 0, 3);
+    }
+}
+
+static void batched(const vx_weight *W, const float *X, int n, int ldx, float *Y, int ldy,
+                    int64_t r0, int64_t r1) {
+    const int64_t cols = W->cols;
+    const size_t row_bytes = vx_row_bytes(W->dtype, cols);
+    const uint8_t *base = W->data;
+    float wbuf[BR * CHUNK] __attribute__((aligned(16)));
+    acc8 acc[MAX_N * BR]; /* [input][row of the block], 16 KB */
+    for (int64_t r = r0; r < r1; r += BR) {
+        const int rows = r1 - r < BR ? (int)(r1 - r) : BR;
+        for (int i = 0; i < n; i++)
+            for (int k = 0; k < rows; k++) acc[i * BR + k] = acc_zero();
+        for (int64_t c0 = 0; c0 < cols; c0 += CHUNK) {
+            const int64_t len = cols - c0 < CHUNK ? cols - c0 : CHUNK;
+            for (int k = 0; k < rows; k++)
+                widen(W->dtype, base + (size_t)(r + k) * row_bytes, c0, len, wbuf + k * CHUNK);
+            prefetch_next(W, r, rows, r1, c0);
+            for (int i = 0; i < n; i += 2) {
+                const int N = n - i < 2 ? n - i : 2;
+                chunk_inputs(N, rows, wbuf, X + (size_t)i * ldx + c0, ldx, len, acc + i * BR);
+            }
+        }
+        for (int i = 0; i < n; i++)
+            for (int k = 0; k < rows; k++) Y[(size_t)i * ldy + r + k] = hsum8(acc[i * BR + k]);
+    }
+}
+
+static int neon_matmul_rows(const vx_weight *W, const float *X, int n, int ldx, float *Y, int ldy,
+                            int64_t r0, int64_t r1) {
+    if (!((1u << W->dtype) & DTYPES) || n > MAX_N || W->cols % 8 != 0) return -1;
+    if ((W->dtype == VX_DT_Q8 || W->dtype == VX_DT_Q4) && W->cols % VX_QBLOCK != 0) return -1;
+    if (n <= 0 || r0 >= r1) return 0;
+    if (n == 1) {
+        const uint8_t *base = W->data;
+        const size_t rb = vx_row_bytes(W->dtype, W->cols);
+        switch (W->dtype) {
+        case VX_DT_F32: matvec_f32(base, rb, X, W->cols, Y, r0, r1); break;
+        case VX_DT_F16: matvec_f16(base, rb, X, W->cols, Y, r0, r1); break;
+        case VX_DT_BF16: matvec_bf16(base, rb, X, W->cols, Y, r0, r1); break;
+        case VX_DT_Q8: matvec_q8(base, rb, X, W->cols, Y, r0, r1); break;
+        case VX_DT_Q4: matvec_q4(base, rb, X, W->cols, Y, r0, r1); break;
+        default: return -1;
+        }
+        return 0;
+    }
+    batched(W, X, n, ldx, Y, ldy, r0, r1);
+    return 0;
+}
+
+static const vx_backend neon = {"neon", neon_matmul_rows, DTYPES};
+
+const vx_backend *vx_backend_neon(void) {
+    unsigned long hw = getauxval(AT_HWCAP);
+    if ((hw & HWCAP_FP) && (hw & HWCAP_ASIMD)) return &neon;
+    return NULL;
+}
