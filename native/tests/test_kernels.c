@@ -1,0 +1,371 @@
+/* test_kernels.c - every matmul backend compiled in and usable on this CPU
+ * (portable always; avx2 and neon where present) against a double-precision
+ * reference, for every weight dtype; plus the seam's determinism contract and
+ * the Q8/Q4 round-trip error bounds.
+ *
+ * Accuracy: |y - ref| <= 1e-5 * sum_c |w_c| |x_c| + 1e-30 per output, where
+ * ref and w are the exact dequantized weights (vx_row_to_f32). A float32 sum
+ * of k terms is off by at most ~k * 2^-24 of that sum in the worst case and
+ * ~sqrt(k) * 2^-24 typically, so the columns below (<= 1088, 8 lanes) sit
+ * far inside the bound, while a wrong element, block scale or nibble order
+ * moves an output by ~1e-2 relative.
+ *
+ * Determinism (engine.h): Y[i, r] must be bitwise the same whether computed
+ * with n = 1, inside a batch of 17 or 64 at any position, and with any r0/r1
+ * split of the rows. */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine.h"
+#include "quant.h"
+
+static int failures = 0;
+static int checks = 0;
+#define CHECK(cond, ...)                                                     \
+    do {                                                                     \
+        checks++;                                                            \
+        if (!(cond)) {                                                       \
+            if (failures < 40) {                                             \
+                fprintf(stderr, "%s:%d: CHECK failed: %s: ", __FILE__, __LINE__, #cond); \
+                fprintf(stderr, __VA_ARGS__);                                \
+                fputc('\n', stderr);                                         \
+            }                                                                \
+            failures++;                                                      \
+        }                                                                    \
+    } while (0)
+
+/* xorshift64*: reproducible data without libc's rand state. */
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+static double urand(void) { /* [0, 1) */
+    rng_state ^= rng_state >> 12;
+    rng_state ^= rng_state << 25;
+    rng_state ^= rng_state >> 27;
+    return (double)((rng_state * 2685821657736338717ull) >> 11) / 9007199254740992.0;
+}
+static float nrand(void) { /* roughly normal: sum of 4 uniforms */
+    return (float)((urand() + urand() + urand() + urand() - 2.0) * 1.7320508);
+}
+
+static void *xmalloc(size_t n) {
+    void *p = malloc(n ? n : 1);
+    if (!p) {
+        fprintf(stderr, "out of memory (%zu bytes)\n", n);
+        exit(2);
+    }
+    return p;
+}
+
+static uint16_t f32_to_bf16(float f) { /* round to nearest even (finite inputs) */
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+static const char *dt_name(int dt) {
+    switch (dt) {
+    case VX_DT_F32: return "F32";
+    case VX_DT_F16: return "F16";
+    case VX_DT_BF16: return "BF16";
+    case VX_DT_Q8: return "Q8";
+    case VX_DT_Q4: return "Q4";
+    default: return "?";
+    }
+}
+
+/* A [rows, cols] weight in dtype, stored at byte offset 2 of its buffer: model
+ * files only guarantee 2-byte alignment, so kernels must not assume more. */
+typedef struct {
+    vx_weight w;
+    uint8_t *buf;
+    float *deq; /* [rows, cols] exact dequantized values */
+} test_weight;
+
+static void make_weight(test_weight *t, int dt, int64_t rows, int64_t cols) {
+    size_t rb = vx_row_bytes(dt, cols);
+    t->buf = xmalloc(rb * (size_t)rows + 2);
+    t->deq = xmalloc(sizeof(float) * (size_t)(rows * cols));
+    uint8_t *data = t->buf + 2;
+    float *src = xmalloc(sizeof(float) * (size_t)cols);
+    for (int64_t r = 0; r < rows; r++) {
+        /* rows of different magnitude, and a few outliers per row, like real weights */
+        float scale = (float)(0.02 + 0.2 * urand());
+        for (int64_t c = 0; c < cols; c++) {
+            src[c] = nrand() * scale;
+            if (urand() < 0.01) src[c] *= 20.0f;
+        }
+        uint8_t *row = data + (size_t)r * rb;
+        for (int64_t c = 0; c < cols; c++) {
+            if (dt == VX_DT_F32) {
+                memcpy(row + c * 4, &src[c], 4);
+            } else if (dt == VX_DT_F16 || dt == VX_DT_BF16) {
+                uint16_t h = dt == VX_DT_F16 ? vx_f32_to_f16(src[c]) : f32_to_bf16(src[c]);
+                row[c * 2] = (uint8_t)(h & 0xff);
+                row[c * 2 + 1] = (uint8_t)(h >> 8);
+            }
+        }
+        if (dt == VX_DT_Q8) vx_quantize_row_q8(src, cols, row);
+        if (dt == VX_DT_Q4) vx_quantize_row_q4(src, cols, row);
+        vx_row_to_f32(dt, row, 0, cols, t->deq + (size_t)(r * cols));
+    }
+    free(src);
+    t->w.dtype = (vx_dtype)dt;
+    t->w.rows = rows;
+    t->w.cols = cols;
+    t->w.data = data;
+}
+
+static void free_weight(test_weight *t) {
+    free(t->buf);
+    free(t->deq);
+}
+
+/* Y = X W^T through one backend, rows [0, rows) split at the given cuts. */
+static int run_split(const vx_backend *be, const test_weight *t, const float *X, int n, int ldx,
+                     float *Y, int ldy, const int64_t *cuts, int n_cuts) {
+    int64_t r0 = 0;
+    for (int s = 0; s <= n_cuts; s++) {
+        int64_t r1 = s < n_cuts ? cuts[s] : t->w.rows;
+        if (be->matmul_rows(&t->w, X, n, ldx, Y, ldy, r0, r1) != 0) return -1;
+        r0 = r1;
+    }
+    return 0;
+}
+
+static void check_accuracy(const vx_backend *be, int dt, int64_t rows, int64_t cols, int n) {
+    test_weight t;
+    make_weight(&t, dt, rows, cols);
+    /* padded strides catch kernels that assume ldx == cols or ldy == rows */
+    const int ldx = (int)cols + 8, ldy = (int)rows + 3;
+    float *X = xmalloc(sizeof(float) * (size_t)n * (size_t)ldx);
+    float *Y = xmalloc(sizeof(float) * (size_t)n * (size_t)ldy);
+    for (size_t i = 0; i < (size_t)n * (size_t)ldx; i++) X[i] = nrand();
+    for (size_t i = 0; i < (size_t)n * (size_t)ldy; i++) Y[i] = 12345.0f; /* canary */
+    int rc = be->matmul_rows(&t.w, X, n, ldx, Y, ldy, 0, rows);
+    CHECK(rc == 0, "%s %s [%lld x %lld] n=%d declined", be->name, dt_name(dt), (long long)rows,
+          (long long)cols, n);
+    if (rc == 0) {
+        double worst = 0;
+        for (int i = 0; i < n; i++) {
+            const float *x = X + (size_t)i * ldx;
+            for (int64_t r = 0; r < rows; r++) {
+                const float *w = t.deq + (size_t)(r * cols);
+                double ref = 0, mag = 0;
+                for (int64_t c = 0; c < cols; c++) {
+                    ref += (double)w[c] * x[c];
+                    mag += fabs((double)w[c] * x[c]);
+                }
+                double y = Y[(size_t)i * ldy + r];
+                double err = fabs(y - ref), tol = 1e-5 * mag + 1e-30;
+                if (err / tol > worst) worst = err / tol;
+                CHECK(err <= tol, "%s %s [%lld x %lld] n=%d: Y[%d,%lld] = %.9g, ref %.9g (tol %.3g)",
+                      be->name, dt_name(dt), (long long)rows, (long long)cols, n, i, (long long)r,
+                      y, ref, tol);
+            }
+            for (int64_t r = rows; r < ldy; r++)
+                CHECK(Y[(size_t)i * ldy + r] == 12345.0f, "%s %s wrote past row range at Y[%d,%lld]",
+                      be->name, dt_name(dt), i, (long long)r);
+        }
+        if (getenv("VX_TEST_VERBOSE"))
+            printf("  %-8s %-4s [%4lld x %4lld] n=%2d  worst err/tol %.3f\n", be->name,
+                   dt_name(dt), (long long)rows, (long long)cols, n, worst);
+    }
+    free(X);
+    free(Y);
+    free_weight(&t);
+}
+
+/* Every output row computed alone (n = 1), in a batch of 17 and in a batch of
+ * 64, with various row splits, must be bitwise identical. */
+static void check_determinism(const vx_backend *be, int dt, int64_t rows, int64_t cols) {
+    test_weight t;
+    make_weight(&t, dt, rows, cols);
+    const int N = 64, ldx = (int)cols, ldy = (int)rows;
+    float *X = xmalloc(sizeof(float) * (size_t)N * (size_t)ldx);
+    float *ref = xmalloc(sizeof(float) * (size_t)N * (size_t)ldy);
+    float *Y = xmalloc(sizeof(float) * (size_t)N * (size_t)ldy);
+    for (size_t i = 0; i < (size_t)N * (size_t)ldx; i++) X[i] = nrand();
+
+    /* reference: one input row at a time, all rows in one call */
+    int ok = 1;
+    for (int i = 0; i < N && ok; i++)
+        ok = be->matmul_rows(&t.w, X + (size_t)i * ldx, 1, ldx, ref + (size_t)i * ldy, ldy, 0,
+                             rows) == 0;
+    CHECK(ok, "%s %s n=1 declined", be->name, dt_name(dt));
+
+    const int64_t splits[][4] = {{0}, {1}, {5, 6, 7}, {3, 16, 19}, {2, 4, 8, 13}};
+    const int n_splits[] = {0, 1, 3, 3, 4};
+    for (int s = 0; ok && s < 5; s++) {
+        int64_t cuts[4];
+        int nc = 0;
+        for (int k = 0; k < n_splits[s]; k++)
+            if (splits[s][k] < rows) cuts[nc++] = splits[s][k];
+        /* batches of 17 starting at odd offsets, then the whole 64 */
+        const int batch[][2] = {{3, 17}, {20, 17}, {47, 17}, {0, 64}};
+        for (int b = 0; b < 4; b++) {
+            int i0 = batch[b][0], nb = batch[b][1];
+            memset(Y, 0, sizeof(float) * (size_t)N * (size_t)ldy);
+            if (run_split(be, &t, X + (size_t)i0 * ldx, nb, ldx, Y, ldy, cuts, nc) != 0) {
+                CHECK(0, "%s %s batch of %d declined", be->name, dt_name(dt), nb);
+                continue;
+            }
+            int same = memcmp(Y, ref + (size_t)i0 * ldy, sizeof(float) * (size_t)nb * (size_t)ldy) == 0;
+            CHECK(same, "%s %s [%lld x %lld]: batch %d@%d split %d differs from n=1", be->name,
+                  dt_name(dt), (long long)rows, (long long)cols, nb, i0, s);
+        }
+        /* n = 1 with the same splits */
+        memset(Y, 0, sizeof(float) * (size_t)ldy);
+        if (run_split(be, &t, X + (size_t)5 * ldx, 1, ldx, Y, ldy, cuts, nc) == 0)
+            CHECK(memcmp(Y, ref + (size_t)5 * ldy, sizeof(float) * (size_t)ldy) == 0,
+                  "%s %s n=1 split %d differs", be->name, dt_name(dt), s);
+    }
+    free(X);
+    free(ref);
+    free(Y);
+    free_weight(&t);
+}
+
+/* A Q8/Q4 weight must give bitwise the result of an F32 weight holding its
+ * dequantized values (same kernel order; d * q is exact in float). The engine
+ * relies on this for "numpy dequantization == engine" checks of quantized
+ * model files. */
+static void check_quant_equals_f32(const vx_backend *be, int dt, int64_t rows, int64_t cols, int n) {
+    test_weight t;
+    make_weight(&t, dt, rows, cols);
+    uint8_t *f32buf = xmalloc(sizeof(float) * (size_t)(rows * cols) + 2);
+    memcpy(f32buf + 2, t.deq, sizeof(float) * (size_t)(rows * cols));
+    vx_weight wf = {VX_DT_F32, rows, cols, f32buf + 2};
+    float *X = xmalloc(sizeof(float) * (size_t)n * (size_t)cols);
+    float *Ya = xmalloc(sizeof(float) * (size_t)n * (size_t)rows);
+    float *Yb = xmalloc(sizeof(float) * (size_t)n * (size_t)rows);
+    for (size_t i = 0; i < (size_t)n * (size_t)cols; i++) X[i] = nrand();
+    int ra = be->matmul_rows(&t.w, X, n, (int)cols, Ya, (int)rows, 0, rows);
+    int rb = be->matmul_rows(&wf, X, n, (int)cols, Yb, (int)rows, 0, rows);
+    CHECK(ra == 0 && rb == 0, "%s declined", be->name);
+    if (ra == 0 && rb == 0)
+        CHECK(memcmp(Ya, Yb, sizeof(float) * (size_t)n * (size_t)rows) == 0,
+              "%s %s n=%d differs from F32 of its dequantized values", be->name, dt_name(dt), n);
+    free(f32buf);
+    free(X);
+    free(Ya);
+    free(Yb);
+    free_weight(&t);
+}
+
+static float block_scale(const uint8_t *blk) { return vx_f16_to_f32((uint16_t)(blk[0] | (blk[1] << 8))); }
+
+static void check_roundtrip(void) {
+    const int64_t cols = 32 * 64;
+    float *x = xmalloc(sizeof(float) * (size_t)cols), *y = xmalloc(sizeof(float) * (size_t)cols);
+    uint8_t *q8 = xmalloc(vx_row_bytes(VX_DT_Q8, cols)), *q4 = xmalloc(vx_row_bytes(VX_DT_Q4, cols));
+    for (int trial = 0; trial < 20; trial++) {
+        /* 1e-2 .. 10: keeps every block scale a normal fp16 (tiny blocks below) */
+        float scale = (float)pow(10.0, -2.0 + 3.0 * urand());
+        for (int64_t c = 0; c < cols; c++) x[c] = nrand() * scale;
+        /* special blocks: all zero, one-hot positive / negative extremes, constant */
+        for (int j = 0; j < 32; j++) {
+            x[j] = 0.0f;
+            x[32 + j] = j == 7 ? 3.0f * scale : 0.001f * scale * (float)(j - 16);
+            x[64 + j] = j == 30 ? -3.0f * scale : 0.01f * scale * (float)(16 - j);
+            x[96 + j] = 2.0f * scale;
+            x[128 + j] = 1e-6f * nrand(); /* fp16-subnormal scale: only err <= amax holds */
+        }
+        vx_quantize_row_q8(x, cols, q8);
+        vx_row_to_f32(VX_DT_Q8, q8, 0, cols, y);
+        for (int64_t b = 0; b < cols / 32; b++) {
+            const uint8_t *blk = q8 + b * VX_Q8_BLOCK_BYTES;
+            float d = block_scale(blk), amax = 0;
+            for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(x[b * 32 + j]));
+            if (b == 4) {
+                for (int j = 0; j < 32; j++)
+                    CHECK(fabsf(y[b * 32 + j] - x[b * 32 + j]) <= amax, "q8 tiny block");
+                continue;
+            }
+            /* d is amax/127 rounded to fp16 (11 significant bits) */
+            CHECK(fabsf(d - amax / 127.0f) <= amax / 127.0f * (1.0f / 2048.0f) + 1e-30f,
+                  "q8 block %lld scale %g for amax %g", (long long)b, d, amax);
+            for (int j = 0; j < 32; j++) {
+                float e = fabsf(y[b * 32 + j] - x[b * 32 + j]);
+                CHECK(e <= 0.5f * d * (1.0f + 1e-6f), "q8 err %g > d/2 (d %g) at %lld", e, d,
+                      (long long)(b * 32 + j));
+                CHECK((int8_t)blk[2 + j] != -128, "q8 uses -128");
+            }
+        }
+        vx_quantize_row_q4(x, cols, q4);
+        vx_row_to_f32(VX_DT_Q4, q4, 0, cols, y);
+        for (int64_t b = 0; b < cols / 32; b++) {
+            const uint8_t *blk = q4 + b * VX_Q4_BLOCK_BYTES;
+            float d = block_scale(blk), ext = 0;
+            for (int j = 0; j < 32; j++)
+                if (fabsf(x[b * 32 + j]) > fabsf(ext)) ext = x[b * 32 + j];
+            float ad = fabsf(d);
+            if (b == 4) {
+                for (int j = 0; j < 32; j++)
+                    CHECK(fabsf(y[b * 32 + j] - x[b * 32 + j]) <= 2 * fabsf(ext), "q4 tiny block");
+                continue;
+            }
+            CHECK(fabsf(ad - fabsf(ext) / 8.0f) <= fabsf(ext) / 8.0f / 2048.0f + 1e-30f,
+                  "q4 block %lld scale %g for extreme %g", (long long)b, d, ext);
+            for (int j = 0; j < 32; j++) {
+                float v = x[b * 32 + j], e = fabsf(y[b * 32 + j] - v);
+                /* the signed extreme maps to level 0 (-8 d); values within 7.5 d
+                 * of zero round to the nearest level; only the side opposite
+                 * the extreme, beyond +7.5 d, is clamped to +7 d */
+                float lim = (d != 0 && v / d > 7.5f) ? ad * 1.001f : 0.5f * ad * (1.0f + 1e-6f);
+                CHECK(e <= lim, "q4 err %g > %g (d %g, v %g) at %lld", e, lim, d, v,
+                      (long long)(b * 32 + j));
+                if (v == ext && ext != 0) {
+                    int nib = j < 16 ? (blk[2 + j] & 15) : (blk[2 + j - 16] >> 4);
+                    CHECK(nib == 0, "q4 extreme %g got nibble %d", v, nib);
+                }
+            }
+        }
+        /* the all-zero block dequantizes to exact zeros */
+        for (int j = 0; j < 32; j++) CHECK(y[j] == 0.0f, "zero block q4 -> %g", y[j]);
+    }
+    free(x);
+    free(y);
+    free(q8);
+    free(q4);
+}
+
+int main(void) {
+    const vx_backend *backends[3] = {vx_backend_portable(), vx_backend_avx2(), vx_backend_neon()};
+    const int dtypes[] = {VX_DT_F32, VX_DT_F16, VX_DT_BF16, VX_DT_Q8, VX_DT_Q4};
+    const int64_t shapes[][2] = {{37, 64}, {5, 1088}, {3, 32}, {1, 256}, {67, 320}};
+    const int ns[] = {1, 2, 3, 64};
+
+    check_roundtrip();
+    for (int b = 0; b < 3; b++) {
+        const vx_backend *be = backends[b];
+        if (!be) {
+            printf("backend %s: not available here, skipped\n", b == 1 ? "avx2" : "neon");
+            continue;
+        }
+        int before = failures;
+        for (size_t d = 0; d < sizeof dtypes / sizeof dtypes[0]; d++) {
+            int dt = dtypes[d];
+            CHECK(be->dtypes & (1u << dt), "%s lacks %s", be->name, dt_name(dt));
+            if (!(be->dtypes & (1u << dt))) continue;
+            for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+                for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++)
+                    check_accuracy(be, dt, shapes[s][0], shapes[s][1], ns[k]);
+            check_determinism(be, dt, 37, 320);
+            check_determinism(be, dt, 6, 1088);
+            if (dt == VX_DT_Q8 || dt == VX_DT_Q4) {
+                check_quant_equals_f32(be, dt, 37, 320, 1);
+                check_quant_equals_f32(be, dt, 37, 320, 5);
+            }
+        }
+        printf("backend %s: %s\n", be->name, failures == before ? "ok" : "FAILED");
+    }
+    if (failures) {
+        fprintf(stderr, "test_kernels: %d of %d checks failed\n", failures, checks);
+        return 1;
+    }
+    printf("test_kernels: all %d checks passed\n", checks);
+    return 0;
+}
