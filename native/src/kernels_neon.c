@@ -77,10 +77,11 @@ INLINE f8 load_x(const float *x) {
     return v;
 }
 
-INLINE float scale_of(const uint8_t *blk) {
+/* A block's fp16 scale in all four lanes, by FCVTL (base ARMv8, exact). */
+INLINE float32x4_t scale_of(const uint8_t *blk) {
     uint16_t h;
     memcpy(&h, blk, 2);
-    return vx_f16_to_f32(h);
+    return vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(h)));
 }
 
 INLINE size_t elem_bytes(int dt) { return dt == VX_DT_F32 ? 4 : 2; }
@@ -106,14 +107,14 @@ INLINE f8 load8(int dt, const uint8_t *p) {
 
 /* The 32 weights of a Q8 block, in element order, as d * q (exact). */
 INLINE void q8_deq(const uint8_t *blk, f8 g[4]) {
-    const float d = scale_of(blk);
+    const float32x4_t d = scale_of(blk);
     int8x16_t q0 = vld1q_s8((const int8_t *)(const void *)(blk + 2));
     int8x16_t q1 = vld1q_s8((const int8_t *)(const void *)(blk + 18));
     int16x8_t h[4] = {vmovl_s8(vget_low_s8(q0)), vmovl_s8(vget_high_s8(q0)),
                       vmovl_s8(vget_low_s8(q1)), vmovl_s8(vget_high_s8(q1))};
     for (int j = 0; j < 4; j++) {
-        g[j].lo = vmulq_n_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(h[j]))), d);
-        g[j].hi = vmulq_n_f32(vcvtq_f32_s32(vmovl_s16(vget_high_s16(h[j]))), d);
+        g[j].lo = vmulq_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(h[j]))), d);
+        g[j].hi = vmulq_f32(vcvtq_f32_s32(vmovl_s16(vget_high_s16(h[j]))), d);
     }
 }
 
@@ -121,7 +122,7 @@ INLINE void q8_deq(const uint8_t *blk, f8 g[4]) {
  * 0-15, high nibbles 16-31; fma(n, d, -8d) = d * (n - 8) exactly because
  * that product fits a float's mantissa, so the single rounding is a no-op. */
 INLINE void q4_deq(const uint8_t *blk, f8 g[4]) {
-    const float32x4_t d = vdupq_n_f32(scale_of(blk));
+    const float32x4_t d = scale_of(blk);
     const float32x4_t m8d = vmulq_n_f32(d, -8.0f);
     uint8x16_t v = vld1q_u8(blk + 2);
     uint8x16_t lo = vandq_u8(v, vdupq_n_u8(0x0f)), hi = vshrq_n_u8(v, 4);
