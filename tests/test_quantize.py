@@ -1,0 +1,367 @@
+"""voxd.quantize: Q8/Q4 model files, their bytes, and what the engine makes of them.
+
+The strongest check is exact: the engine's kernels feed their FMAs the exact
+floats of each Q8/Q4 block (d * q is exact in float32), in the same order as
+for F32 weights. So a model whose quantized tensors are replaced by an F32 copy
+of NumPy's dequantization must give bitwise the same logits and tokens as the
+quantized model - any difference in block layout, nibble order or scale
+decoding between this module and the C engine shows up as a mismatch.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from speech import have_espeak, synth
+
+from voxd import quantize as qz
+from voxd.engine import DEBUG_LOGITS, Engine, TokenEvent
+
+ENC = "mm_streams_embeddings.embedding_module."
+EMB = ENC + "tok_embeddings.weight"
+
+CLIPS = {
+    "hello": "hello world, this is a test of the engine",
+    "numbers": "set the timer for twenty five minutes please",
+    "weather": "what is the weather going to be like tomorrow morning",
+}
+
+
+def header(path: Path) -> dict[str, Any]:
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        h: dict[str, Any] = json.loads(f.read(n))
+    return h
+
+
+def tensor_bytes(path: Path, name: str) -> bytes:
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        info = json.loads(f.read(n))[name]
+        b, e = info["data_offsets"]
+        f.seek(8 + n + b)
+        return f.read(e - b)
+
+
+def bf16_values(raw: bytes, shape: list[int]) -> np.ndarray:
+    bits = np.frombuffer(raw, dtype="<u2").astype(np.uint32) << np.uint32(16)
+    return bits.view(np.float32).reshape(shape)
+
+
+def run(tmp: Path, src: Path, *args: str) -> Path:
+    out = tmp / "_".join(a.strip("-") for a in args if a)
+    rc = qz.main(["quantize", str(src), str(out), "--quiet", *args])
+    assert rc == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def q8_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return run(tmp_path_factory.mktemp("q8"), tiny_model_dir, "--format", "q8")
+
+
+@pytest.fixture(scope="module")
+def q4_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return run(tmp_path_factory.mktemp("q4"), tiny_model_dir, "--format", "q4")
+
+
+@pytest.fixture(scope="module")
+def clips() -> dict[str, np.ndarray]:
+    if not have_espeak():
+        pytest.skip("espeak-ng is not installed")
+    return {k: synth(v) for k, v in CLIPS.items()}
+
+
+# ---------------------------------------------------------------------------
+# block formats against a literal port of quant.c
+# ---------------------------------------------------------------------------
+
+
+def c_f32_to_f16(v: np.float32) -> int:
+    """fp16 bits, round to nearest even (vx_f32_to_f16 for finite values)."""
+    return int(np.array([v], dtype=np.float32).astype(np.float16).view(np.uint16)[0])
+
+
+def c_quantize_q8(x: np.ndarray) -> bytes:
+    out = bytearray()
+    for blk in x.reshape(-1, 32):
+        amax = np.float32(0)
+        for v in blk:
+            amax = max(amax, np.float32(abs(v)))
+        dh = c_f32_to_f16(np.float32(amax / np.float32(127)))
+        d = np.float32(np.array([dh], np.uint16).view(np.float16)[0])
+        inv = np.float32(1) / d if d > 0 else np.float32(0)
+        out += struct.pack("<H", dh)
+        for v in blk:
+            q = int(np.rint(np.float32(v * inv)))
+            out += struct.pack("<b", max(-127, min(127, q)))
+    return bytes(out)
+
+
+def c_quantize_q4(x: np.ndarray) -> bytes:
+    out = bytearray()
+    for blk in x.reshape(-1, 32):
+        ext = np.float32(0)
+        for v in blk:
+            if abs(v) > abs(ext):
+                ext = v
+        dh = c_f32_to_f16(np.float32(ext / np.float32(-8)))
+        d = np.float32(np.array([dh], np.uint16).view(np.float16)[0])
+        inv = np.float32(1) / d if d != 0 else np.float32(0)
+        out += struct.pack("<H", dh)
+        lv = [max(0, min(15, int(np.rint(np.float32(v * inv))) + 8)) for v in blk]
+        out += bytes(lv[j] | (lv[j + 16] << 4) for j in range(16))
+    return bytes(out)
+
+
+def test_block_bytes_follow_quant_c_rules() -> None:
+    rng = np.random.default_rng(3)
+    blocks = [
+        rng.standard_normal(32) * 0.05,
+        rng.standard_normal(32) * 1e-6,  # fp16-subnormal scale
+        np.zeros(32),
+        np.full(32, -0.0),
+        np.arange(32) - 16.0,  # halves between levels: round half to even
+        (np.arange(32) - 16.0) * 0.5,
+        np.where(np.arange(32) == 3, -2.0, np.where(np.arange(32) == 9, 2.0, 0.1)),  # tie
+        np.full(32, 0.75),
+    ]
+    x = np.concatenate(blocks).astype(np.float32)
+    assert qz.quantize_q8(x).tobytes() == c_quantize_q8(x)
+    assert qz.quantize_q4(x).tobytes() == c_quantize_q4(x)
+
+
+def test_round_trip_error_bounds() -> None:
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((512, 32)) * rng.uniform(0.01, 2.0, (512, 1))).astype(np.float32)
+    y8 = qz.dequantize_q8(qz.quantize_q8(x)).reshape(x.shape)
+    d8 = np.abs(x).max(axis=1, keepdims=True) / 127
+    assert np.all(np.abs(y8 - x) <= d8 * 0.5 * 1.002)
+    y4 = qz.dequantize_q4(qz.quantize_q4(x)).reshape(x.shape)
+    d4 = np.abs(x).max(axis=1, keepdims=True) / 8
+    assert np.all(np.abs(y4 - x) <= d4 * 1.002)  # half a level, a whole one where clamped at +7
+    assert np.mean(np.abs(y4 - x) <= d4 * 0.5 * 1.002) > 0.99
+
+
+def test_non_finite_values_are_refused() -> None:
+    x = np.zeros(32, dtype=np.float32)
+    x[5] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        qz.quantize_q8(x)
+
+
+# ---------------------------------------------------------------------------
+# model files
+# ---------------------------------------------------------------------------
+
+
+def expected_dtype(name: str, shape: list[int], fmt: str) -> str:
+    if len(shape) in (2, 3) and shape[-1] % 32 == 0:
+        if name == EMB and fmt == "Q4":
+            return "Q8"
+        return fmt
+    return "BF16"
+
+
+@pytest.mark.parametrize("fmt", ["Q8", "Q4"])
+def test_files_parse_with_right_dtypes_and_shapes(
+    fmt: str, tiny_model_dir: Path, q8_dir: Path, q4_dir: Path
+) -> None:
+    out = q8_dir if fmt == "Q8" else q4_dir
+    src = header(tiny_model_dir / qz.MODEL_FILE)
+    dst = header(out / qz.MODEL_FILE)
+    assert dst["__metadata__"]["voxd_quantize"] == fmt.lower()
+    src.pop("__metadata__", None)
+    dst.pop("__metadata__")
+    assert list(dst) == list(src)
+    n_quant = 0
+    end = 0
+    for name, info in dst.items():
+        shape = src[name]["shape"]
+        assert info["shape"] == shape, name  # logical shape, whatever the dtype
+        assert info["dtype"] == expected_dtype(name, shape, fmt), name
+        b, e = info["data_offsets"]
+        assert b == end, "data area must have no holes"
+        end = e
+        if info["dtype"] in ("Q8", "Q4"):
+            n_quant += 1
+            assert e - b == qz.quantized_nbytes(info["dtype"], shape)
+        else:
+            assert tensor_bytes(out / qz.MODEL_FILE, name) == tensor_bytes(
+                tiny_model_dir / qz.MODEL_FILE, name
+            )
+    assert n_quant >= 10  # decoder matrices, adapter, embedding of the tiny model
+    for f in qz.COPIED_FILES:
+        assert (out / f).read_bytes() == (tiny_model_dir / f).read_bytes()
+    # the engine loads it (shape and size checks of safetensors.c and model.c)
+    with Engine(out) as eng:
+        assert eng.info.vocab_size > 0
+
+
+def test_values_dequantize_close_to_source(
+    tiny_model_dir: Path, q8_dir: Path, q4_dir: Path
+) -> None:
+    """Relative RMS error per tensor: Gaussian weights give ~0.53 % (Q8, step
+    amax/127) and ~8 % (Q4, step amax/8); a layout mistake gives ~100 %."""
+    src = header(tiny_model_dir / qz.MODEL_FILE)
+    tols = {"Q8": 0.007, "Q4": 0.1}
+    for out in (q8_dir, q4_dir):
+        for name, info in header(out / qz.MODEL_FILE).items():
+            if name == "__metadata__" or info["dtype"] not in tols:
+                continue
+            w = bf16_values(tensor_bytes(tiny_model_dir / qz.MODEL_FILE, name), src[name]["shape"])
+            raw = np.frombuffer(tensor_bytes(out / qz.MODEL_FILE, name), np.uint8)
+            got = qz.dequantize(info["dtype"], raw).reshape(w.shape)
+            rel = np.linalg.norm(got - w) / np.linalg.norm(w)
+            assert rel < tols[info["dtype"]], (name, rel)
+
+
+def test_options(tiny_model_dir: Path, tmp_path: Path) -> None:
+    out = run(
+        tmp_path,
+        tiny_model_dir,
+        "--format",
+        "q4",
+        "--keep-encoder",
+        "bf16",
+        "--embedding",
+        "q4",
+        "--keep",
+        "layers.1.*",
+    )
+    h = header(out / qz.MODEL_FILE)
+    assert h[EMB]["dtype"] == "Q4"
+    assert h[ENC + "audio_language_projection.0.weight"]["dtype"] == "BF16"
+    assert h["layers.1.attention.wq.weight"]["dtype"] == "BF16"
+    assert h["layers.0.attention.wq.weight"]["dtype"] == "Q4"
+    out8 = run(tmp_path, tiny_model_dir, "--format", "q4", "--keep-encoder", "q8")
+    h8 = header(out8 / qz.MODEL_FILE)
+    assert h8[ENC + "audio_language_projection.2.weight"]["dtype"] == "Q8"
+    assert h8["layers.0.feed_forward.w1.weight"]["dtype"] == "Q4"
+    assert h8[EMB]["dtype"] == "Q8"
+
+
+def test_bad_input(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert qz.main(["quantize", str(tmp_path / "nope"), str(tmp_path / "o"), "--format", "q8"]) == 1
+    assert "no consolidated.safetensors" in capsys.readouterr().err
+    rc = qz.main(["quantize", str(tiny_model_dir), str(tiny_model_dir), "--format", "q8"])
+    assert rc == 1
+    assert "must differ" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        qz.main(["quantize", str(tiny_model_dir), str(tmp_path / "o"), "--format", "q5"])
+
+
+# ---------------------------------------------------------------------------
+# the engine on quantized models
+# ---------------------------------------------------------------------------
+
+
+def write_f32_twin(qdir: Path, out: Path) -> Path:
+    """qdir with every Q8/Q4 tensor replaced by F32 of NumPy's dequantization."""
+    out.mkdir(parents=True, exist_ok=True)
+    src = qdir / qz.MODEL_FILE
+    h = header(src)
+    h.pop("__metadata__", None)
+    blobs: list[tuple[str, str, list[int], bytes]] = []
+    for name, info in h.items():
+        raw = tensor_bytes(src, name)
+        if info["dtype"] in ("Q8", "Q4"):
+            vals = qz.dequantize(info["dtype"], np.frombuffer(raw, np.uint8))
+            blobs.append((name, "F32", info["shape"], vals.astype("<f4").tobytes()))
+        else:
+            blobs.append((name, info["dtype"], info["shape"], raw))
+    hdr: dict[str, Any] = {}
+    off = 0
+    for name, dt, shape, data in blobs:
+        hdr[name] = {"dtype": dt, "shape": shape, "data_offsets": [off, off + len(data)]}
+        off += len(data)
+    js = json.dumps(hdr).encode()
+    js += b" " * (-len(js) % 8)
+    with open(out / qz.MODEL_FILE, "wb") as f:
+        f.write(len(js).to_bytes(8, "little") + js)
+        for *_, data in blobs:
+            f.write(data)
+    for name in qz.COPIED_FILES:
+        (out / name).write_bytes((qdir / name).read_bytes())
+    return out
+
+
+def logits_and_ids(engine: Engine, audio: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    s = engine.stream()
+    s.enable_debug(DEBUG_LOGITS)
+    events = s.feed(audio) + s.finish()
+    logits = s.debug_tensor(DEBUG_LOGITS)
+    s.close()
+    return logits, [e.token_id for e in events if isinstance(e, TokenEvent)]
+
+
+@pytest.mark.parametrize("fmt", ["Q8", "Q4"])
+@pytest.mark.parametrize("backend", [None, "portable"])
+def test_engine_dequantization_matches_numpy(
+    fmt: str,
+    backend: str | None,
+    q8_dir: Path,
+    q4_dir: Path,
+    tmp_path: Path,
+    clips: dict[str, np.ndarray],
+) -> None:
+    qdir = q8_dir if fmt == "Q8" else q4_dir
+    twin = write_f32_twin(qdir, tmp_path / "f32")
+    with Engine(qdir, backend=backend) as eq, Engine(twin, backend=backend) as ef:
+        for audio in clips.values():
+            lq, iq = logits_and_ids(eq, audio)
+            lf, if_ = logits_and_ids(ef, audio)
+            assert lq.shape == lf.shape and lq.size > 0
+            assert np.array_equal(lq, lf), f"max diff {np.abs(lq - lf).max():.3g}"
+            assert iq == if_
+
+
+def test_token_agreement_with_bf16(
+    tiny_model_dir: Path, q8_dir: Path, q4_dir: Path, clips: dict[str, np.ndarray]
+) -> None:
+    """Q8/Q4 tokens and logits against the BF16 model on espeak clips.
+
+    Token agreement is counted position by position per clip (extra or missing
+    tokens count as misses) and printed. It cannot be held to 99 % on this
+    model: a tiny random model has top-2 logit margins of a few hundredths of
+    its logit spread at many steps, and one flipped token changes every later
+    input. Measured on TINY seed 1, these 3 clips (145 positions): Q8 75.9 %,
+    Q4 44.1 %; the same model with Gaussian noise of only 0.05 % of each
+    quantized matrix's RMS added (ten times less than Q8's 0.53 % error, less
+    than BF16's own rounding) already agrees on just 94.5 %, and with noise
+    of Q8's size on 81-83 %. So the token bound below is a sanity bound, and
+    the accuracy check is on the logits of the first step, whose inputs (prompt
+    and audio) are the same for both models: Q8 moves them by ~3 % of their
+    spread, Q4 by ~37 %.
+    """
+    same = {"q8": 0, "q4": 0}
+    first_err: dict[str, list[float]] = {"q8": [], "q4": []}
+    total = 0
+    with Engine(tiny_model_dir) as e16, Engine(q8_dir) as e8, Engine(q4_dir) as e4:
+        for audio in clips.values():
+            ref_logits, ref = logits_and_ids(e16, audio)
+            for name, eng in (("q8", e8), ("q4", e4)):
+                logits, ids = logits_and_ids(eng, audio)
+                same[name] += sum(a == b for a, b in zip(ref, ids, strict=False))
+                if name == "q8":
+                    total += max(len(ref), len(ids))
+                d = logits[0] - ref_logits[0]
+                first_err[name].append(float(np.sqrt(np.mean(d * d)) / ref_logits[0].std()))
+    a8, a4 = same["q8"] / total, same["q4"] / total
+    e8_, e4_ = max(first_err["q8"]), max(first_err["q4"])
+    print(
+        f"\ntoken agreement with BF16 over {total} positions: q8 {a8:.1%}, q4 {a4:.1%}; "
+        f"first-step logit error / logit std: q8 {e8_:.3f}, q4 {e4_:.3f}"
+    )
+    assert e8_ < 0.06
+    assert e4_ < 0.8
+    assert e8_ * 4 < e4_  # Q8 must be clearly the more accurate format
+    assert a8 >= 0.65
+    assert a4 >= 0.25
