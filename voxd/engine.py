@@ -6,6 +6,7 @@ threads keep running while the engine computes.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import sys
@@ -40,16 +41,17 @@ class _ModelOptions(ctypes.Structure):
     _fields_ = [("n_threads", ctypes.c_int), ("backend", ctypes.c_char_p)]
 
 
+_INFO_INT_FIELDS = (
+    "dim n_layers n_heads n_kv_heads head_dim hidden_dim vocab_size sliding_window "
+    "enc_dim enc_layers enc_heads enc_kv_heads enc_head_dim enc_hidden_dim "
+    "enc_window n_mels downsample sample_rate hop_length window_size "
+    "n_special bos_id eos_id pad_id"
+)
+
+
 class _ModelInfo(ctypes.Structure):
     _fields_ = [
-        (name, ctypes.c_int)
-        for name in (
-            "dim n_layers n_heads n_kv_heads head_dim hidden_dim vocab_size sliding_window "
-            "enc_dim enc_layers enc_heads enc_kv_heads enc_head_dim enc_hidden_dim "
-            "enc_window n_mels downsample sample_rate hop_length window_size "
-            "n_special bos_id eos_id pad_id"
-        ).split()
-    ] + [
+        *((name, ctypes.c_int) for name in _INFO_INT_FIELDS.split()),
         ("weight_bytes", ctypes.c_int64),
         ("backend", ctypes.c_char_p),
         ("n_threads", ctypes.c_int),
@@ -245,7 +247,7 @@ class Engine:
         self._handle: ctypes.c_void_p | None = handle
         raw = _ModelInfo()
         self._lib.vx_model_get_info(handle, ctypes.byref(raw))
-        values = {name: getattr(raw, name) for name, _ in _ModelInfo._fields_}
+        values = {f[0]: getattr(raw, f[0]) for f in _ModelInfo._fields_}
         values["backend"] = (raw.backend or b"").decode()
         self.info = ModelInfo(**values)
         self._streams: list[Stream] = []
@@ -305,10 +307,9 @@ class Engine:
         self.close()
 
     def __del__(self) -> None:
-        try:
+        # at interpreter shutdown ctypes may already be gone: nothing useful to do
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:  # interpreter shutdown: nothing useful to do
-            pass
 
 
 class Stream:
@@ -365,7 +366,7 @@ class Stream:
     def stats(self) -> StreamStats:
         raw = _StreamStats()
         self._lib.vx_stream_get_stats(self._ptr(), ctypes.byref(raw))
-        return StreamStats(**{name: getattr(raw, name) for name, _ in _StreamStats._fields_})
+        return StreamStats(**{f[0]: getattr(raw, f[0]) for f in _StreamStats._fields_})
 
     def enable_debug(self, kinds: int) -> None:
         """Capture intermediate tensors (DEBUG_* flags); enable before the first feed."""

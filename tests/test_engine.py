@@ -1,0 +1,434 @@
+"""The C engine against the NumPy reference, on tiny random models.
+
+Tolerances (relative to the largest magnitude of the compared tensor):
+  mel 1e-6, encoder / adapter 5e-5, logits 5e-5.
+The engine computes in float32 (double for the DFT and norms) on BF16 weights
+that both sides read exactly; the reference computes in float64. Float32 sums
+of a few thousand terms are off by ~1e-6 relative, so these bounds leave 10x
+headroom, while the plausible mistakes the spec warns about (tanh GELU, a
+symmetric Hann window, a window one position too wide, un-rotated bias) move
+the same tensors by 1e-3 or more (test_tolerance_catches_plausible_mistakes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import reference
+from speech import silence, synth
+
+from voxd.engine import (
+    DEBUG_ADAPTER,
+    DEBUG_ENCODER,
+    DEBUG_LOGITS,
+    DEBUG_MEL,
+    Engine,
+    EngineError,
+    TokenEvent,
+    UtteranceEnd,
+    transcribe,
+)
+
+TOL = {"mel": 1e-6, "encoder": 5e-5, "adapter": 5e-5, "logits": 5e-5}
+
+CLIPS = {
+    "hello": "hello world, this is a test of the engine",
+    "numbers": "set the timer for twenty five minutes please",
+}
+
+
+@pytest.fixture(scope="module")
+def clips() -> dict[str, np.ndarray]:
+    return {k: synth(v) for k, v in CLIPS.items()}
+
+
+@pytest.fixture(scope="module")
+def engine_tiny(tiny_model_dir: Path) -> Engine:
+    return Engine(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def engine_tiny2(tiny2_model_dir: Path) -> Engine:
+    return Engine(tiny2_model_dir)
+
+
+def rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+def run_debug(
+    engine: Engine, audio: np.ndarray, delay_ms: int = 480
+) -> tuple[dict[str, np.ndarray], list[int]]:
+    s = engine.stream(delay_ms=delay_ms)
+    s.enable_debug(DEBUG_MEL | DEBUG_ENCODER | DEBUG_ADAPTER | DEBUG_LOGITS)
+    events = s.feed(audio) + s.finish()
+    ids = [e.token_id for e in events if isinstance(e, TokenEvent)]
+    out = {
+        "mel": s.debug_tensor(DEBUG_MEL),
+        "encoder": s.debug_tensor(DEBUG_ENCODER),
+        "adapter": s.debug_tensor(DEBUG_ADAPTER),
+        "logits": s.debug_tensor(DEBUG_LOGITS),
+    }
+    s.close()
+    return out, ids
+
+
+@pytest.mark.parametrize("model", ["tiny", "tiny2"])
+@pytest.mark.parametrize("clip", list(CLIPS))
+@pytest.mark.parametrize("delay_ms", [480, 160])
+def test_matches_reference(
+    request: pytest.FixtureRequest,
+    model: str,
+    clip: str,
+    delay_ms: int,
+    clips: dict[str, np.ndarray],
+) -> None:
+    engine: Engine = request.getfixturevalue(f"engine_{model}")
+    ref_model: reference.RefModel = request.getfixturevalue(f"ref_{model}")
+    audio = clips[clip]
+    ref = reference.transcribe(ref_model, audio, delay_ms=delay_ms)
+    got, ids = run_debug(engine, audio, delay_ms)
+    expected = {
+        "mel": ref.mel,
+        "encoder": ref.encoder_out,
+        "adapter": ref.adapter_out,
+        "logits": ref.logits,
+    }
+    for name, tol in TOL.items():
+        err = rel_err(got[name], expected[name])
+        assert err < tol, f"{name}: relative error {err:.2e} >= {tol:.0e}"
+    assert ids == ref.token_ids
+    # an id match at a near-tie proves little: every step's top-2 margin must
+    # be far above the logit error, or the match is luck
+    logit_err = np.abs(got["logits"] - ref.logits).max()
+    top2 = np.sort(ref.logits, axis=1)[:, -2:]
+    margin = (top2[:, 1] - top2[:, 0]).min()
+    assert margin > 10 * logit_err, f"near-tie: margin {margin:.2e} vs error {logit_err:.2e}"
+    assert len(ids) > 20  # the clip produced a real token sequence
+
+
+def test_tolerance_catches_plausible_mistakes(
+    ref_tiny: reference.RefModel, clips: dict[str, np.ndarray]
+) -> None:
+    """The tolerances above are tight enough to see the mistakes they guard against."""
+    audio = reference.pad_offline(clips["hello"], 6)
+    mel = reference.log_mel(audio)
+    # symmetric instead of periodic Hann
+    n = reference.N_FFT
+    sym = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / (n - 1))
+    orig = reference.hann_periodic
+    try:
+        reference.hann_periodic = lambda _n: sym  # type: ignore[assignment]
+        mel_sym = reference.log_mel(audio)
+    finally:
+        reference.hann_periodic = orig
+    assert rel_err(mel_sym, mel) > 100 * TOL["mel"]
+    # tanh GELU instead of the exact one, in the encoder
+    enc = reference.encoder(ref_tiny, mel)
+    orig_gelu = reference.gelu
+    try:
+        reference.gelu = lambda x: (
+            0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
+        )  # type: ignore[assignment]
+        enc_tanh = reference.encoder(ref_tiny, mel)
+    finally:
+        reference.gelu = orig_gelu
+    assert rel_err(enc_tanh, enc) > 10 * TOL["encoder"]
+
+
+@pytest.mark.parametrize("chunk", [1, 37, 160, 1280, 4000, 0])
+def test_chunking_does_not_change_tokens(
+    engine_tiny: Engine, clips: dict[str, np.ndarray], chunk: int
+) -> None:
+    audio = clips["hello"][: 16000 * 2]  # 2 s keeps chunk=1 (32000 calls) quick
+    _, whole = transcribe(engine_tiny, audio)
+    _, chunked = transcribe(engine_tiny, audio, chunk=chunk)
+    assert chunked == whole
+
+
+@pytest.mark.parametrize("interval_ms", [80, 400, 2000])
+def test_processing_interval_does_not_change_tokens(
+    engine_tiny: Engine, clips: dict[str, np.ndarray], interval_ms: int
+) -> None:
+    audio = clips["numbers"]
+    _, base = transcribe(engine_tiny, audio)
+    s = engine_tiny.stream(interval_ms=interval_ms)
+    events = []
+    for i in range(0, audio.size, 700):
+        events += s.feed(audio[i : i + 700])
+    events += s.finish()
+    s.close()
+    assert [e.token_id for e in events if isinstance(e, TokenEvent)] == base
+
+
+def test_streaming_emits_tokens_before_the_flush(
+    engine_tiny: Engine, clips: dict[str, np.ndarray]
+) -> None:
+    """The decoder keeps pace with the audio: tokens come out while feeding."""
+    audio = clips["hello"]
+    s = engine_tiny.stream()
+    during = []
+    for i in range(0, audio.size, 1600):
+        during += s.feed(audio[i : i + 1600])
+    after = s.flush()
+    s.close()
+    n_pos = -(-audio.size // 1280)
+    assert len(during) >= n_pos - 8  # all positions but the delay's worth
+    assert isinstance(after[-1], UtteranceEnd)
+    assert not any(isinstance(e, UtteranceEnd) for e in during)
+
+
+def test_flush_gives_full_text_and_next_utterance_is_fresh(
+    engine_tiny: Engine, clips: dict[str, np.ndarray]
+) -> None:
+    a, b = clips["hello"], clips["numbers"]
+    text_a, ids_a = transcribe(engine_tiny, a)
+    text_b, ids_b = transcribe(engine_tiny, b)
+    s = engine_tiny.stream()
+    ev_a = s.feed(a) + s.flush()
+    ev_b = s.feed(b[:5000]) + s.feed(b[5000:]) + s.flush()
+    s.close()
+    for events, ids, text in ((ev_a, ids_a, text_a), (ev_b, ids_b, text_b)):
+        assert isinstance(events[-1], UtteranceEnd)
+        assert sum(isinstance(e, UtteranceEnd) for e in events) == 1
+        assert [e.token_id for e in events if isinstance(e, TokenEvent)] == ids
+        assert "".join(e.text for e in events).strip() == text
+
+
+def test_flush_without_audio_only_ends(engine_tiny: Engine) -> None:
+    s = engine_tiny.stream()
+    for _ in range(2):  # also right after another flush
+        events = s.flush()
+        assert len(events) == 1 and isinstance(events[0], UtteranceEnd)
+        assert events[0].text == "" and events[0].audio_time == 0.0
+    s.close()
+
+
+def test_reset_drops_the_utterance(engine_tiny: Engine, clips: dict[str, np.ndarray]) -> None:
+    a, b = clips["hello"], clips["numbers"]
+    _, ids_b = transcribe(engine_tiny, b)
+    s = engine_tiny.stream()
+    s.feed(a[:20000])
+    s.reset()
+    events = s.feed(b) + s.flush()
+    s.close()
+    assert [e.token_id for e in events if isinstance(e, TokenEvent)] == ids_b
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def test_fifty_utterances_keep_memory_flat(
+    engine_tiny: Engine, clips: dict[str, np.ndarray]
+) -> None:
+    utt = np.concatenate([clips["hello"], silence(0.3)])
+    s = engine_tiny.stream()
+    texts = []
+    for i in range(50):
+        events = s.feed(utt) + s.flush()
+        texts.append("".join(e.text for e in events).strip())
+        if i == 9:
+            rss_10 = _rss_kib()
+    rss_50 = _rss_kib()
+    s.close()
+    assert len(set(texts)) == 1  # every utterance transcribed as a fresh stream would
+    assert rss_50 - rss_10 < 2048, f"RSS grew {rss_50 - rss_10} KiB over 40 utterances"
+
+
+def test_model_info_reads_dims_from_params(engine_tiny2: Engine, tiny2_model_dir: Path) -> None:
+    params = json.loads((tiny2_model_dir / "params.json").read_text())
+    enc = params["multimodal"]["whisper_model_args"]["encoder_args"]
+    info = engine_tiny2.info
+    assert (info.dim, info.n_layers, info.n_heads, info.n_kv_heads) == (
+        params["dim"],
+        params["n_layers"],
+        params["n_heads"],
+        params["n_kv_heads"],
+    )
+    assert (info.enc_dim, info.enc_layers, info.enc_window) == (
+        enc["dim"],
+        enc["n_layers"],
+        enc["sliding_window"],
+    )
+    assert info.vocab_size == params["vocab_size"]
+
+
+def test_portable_backend_gives_the_same_tokens(
+    tiny_model_dir: Path, engine_tiny: Engine, clips: dict[str, np.ndarray]
+) -> None:
+    with Engine(tiny_model_dir, backend="portable", threads=1) as portable:
+        assert portable.info.backend == "portable"
+        assert transcribe(portable, clips["hello"])[1] == transcribe(engine_tiny, clips["hello"])[1]
+
+
+# ---------------------------------------------------------------------------
+# bad input: a clear error each, no crash
+# ---------------------------------------------------------------------------
+
+
+def copy_model(src: Path, dst: Path) -> Path:
+    dst.mkdir()
+    for name in ("params.json", "tekken.json", "consolidated.safetensors"):
+        (dst / name).write_bytes((src / name).read_bytes())
+    return dst
+
+
+def read_st(path: Path) -> tuple[dict, bytes]:
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    return json.loads(raw[8 : 8 + n]), raw[8 + n :]
+
+
+def write_st(path: Path, header: dict, data: bytes) -> None:
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)  # the format pads the header so tensors stay aligned
+    path.write_bytes(struct.pack("<Q", len(h)) + h + data)
+
+
+def load_error(model_dir: Path) -> str:
+    with pytest.raises(EngineError) as e:
+        Engine(model_dir)
+    return str(e.value)
+
+
+NORM = "norm.weight"
+
+
+def test_missing_directory(tmp_path: Path) -> None:
+    msg = load_error(tmp_path / "nope")
+    assert "params.json" in msg and "missing" in msg
+
+
+@pytest.mark.parametrize(
+    "case,expect",
+    [
+        ("truncated", "past"),
+        ("header_past_eof", "header length"),
+        ("bad_json", "JSON"),
+        ("wrong_dtype", "dtype"),
+        ("missing_tensor", "missing tensor 'norm.weight'"),
+        ("shape_mismatch", "params.json implies"),
+        ("no_params", "params.json"),
+        ("bad_params", "params.json"),
+        ("params_dim_disagrees", "params.json implies"),
+        ("no_tekken", "tekken.json"),
+        ("empty_file", "safetensors"),
+    ],
+)
+def test_bad_model_files(tiny_model_dir: Path, tmp_path: Path, case: str, expect: str) -> None:
+    d = copy_model(tiny_model_dir, tmp_path / case)
+    st = d / "consolidated.safetensors"
+    header, data = read_st(st)
+    if case == "truncated":
+        st.write_bytes(st.read_bytes()[: st.stat().st_size // 2])
+    elif case == "header_past_eof":
+        raw = st.read_bytes()
+        st.write_bytes(struct.pack("<Q", len(raw) * 10) + raw[8:])
+    elif case == "bad_json":
+        raw = st.read_bytes()
+        (n,) = struct.unpack("<Q", raw[:8])
+        st.write_bytes(raw[:8] + b"{" + b" " * (n - 1) + raw[8 + n :])
+    elif case == "wrong_dtype":
+        header[NORM]["dtype"] = "I16"
+        write_st(st, header, data)
+    elif case == "missing_tensor":
+        del header[NORM]
+        write_st(st, header, data)
+    elif case == "shape_mismatch":
+        name = "layers.0.attention.wk.weight"
+        rows, cols = header[name]["shape"]
+        header[name]["shape"] = [cols, rows]
+        write_st(st, header, data)
+    elif case == "no_params":
+        (d / "params.json").unlink()
+    elif case == "bad_params":
+        (d / "params.json").write_text('{"dim": 64,')
+    elif case == "params_dim_disagrees":
+        p = json.loads((d / "params.json").read_text())
+        p["hidden_dim"] += 32
+        (d / "params.json").write_text(json.dumps(p))
+    elif case == "no_tekken":
+        (d / "tekken.json").unlink()
+    elif case == "empty_file":
+        st.write_bytes(b"")
+    msg = load_error(d)
+    assert expect in msg, msg
+
+
+def test_empty_audio(engine_tiny: Engine) -> None:
+    text, ids = transcribe(engine_tiny, np.zeros(0, dtype=np.float32))
+    assert text == "" and ids == []
+
+
+def test_nan_samples_rejected_and_nothing_lost(
+    engine_tiny: Engine, clips: dict[str, np.ndarray]
+) -> None:
+    a = clips["hello"]
+    _, ids = transcribe(engine_tiny, a)
+    s = engine_tiny.stream()
+    events = s.feed(a[:8000])
+    bad = a[8000:9000].copy()
+    bad[10] = np.nan
+    with pytest.raises(EngineError, match="NaN"):
+        s.feed(bad)
+    bad[10] = np.inf
+    with pytest.raises(EngineError, match="infinite"):
+        s.feed(bad)
+    events += s.feed(a[8000:]) + s.flush()  # the stream is still usable
+    s.close()
+    assert [e.token_id for e in events if isinstance(e, TokenEvent)] == ids
+
+
+def test_feed_after_finish_is_an_error_until_reset(
+    engine_tiny: Engine, clips: dict[str, np.ndarray]
+) -> None:
+    s = engine_tiny.stream()
+    s.feed(clips["hello"][:4000])
+    s.finish()
+    with pytest.raises(EngineError, match="after finish"):
+        s.feed(clips["hello"][:100])
+    with pytest.raises(EngineError, match="after finish"):
+        s.flush()
+    s.reset()
+    s.feed(clips["hello"][:100])
+    s.close()
+
+
+def test_bad_stream_options(engine_tiny: Engine) -> None:
+    with pytest.raises(EngineError, match="delay_ms"):
+        engine_tiny.stream(delay_ms=100)
+    with pytest.raises(EngineError, match="delay_ms"):
+        engine_tiny.stream(delay_ms=4000)
+
+
+def test_unknown_backend(tiny_model_dir: Path) -> None:
+    with pytest.raises(EngineError, match="unknown backend"):
+        Engine(tiny_model_dir, backend="cuda9000")
+
+
+def test_closed_stream_is_an_error(engine_tiny: Engine) -> None:
+    s = engine_tiny.stream()
+    s.close()
+    with pytest.raises(EngineError, match="closed"):
+        s.feed(np.zeros(10, dtype=np.float32))
+
+
+def test_library_env_override_is_respected() -> None:
+    # the suite runs against whatever library VOXD_ENGINE_LIB or the install provides
+    from voxd import engine as eng
+
+    lib = eng.library()
+    assert lib is not None
+    if "VOXD_ENGINE_LIB" in os.environ:
+        assert Path(os.environ["VOXD_ENGINE_LIB"]).is_file()
