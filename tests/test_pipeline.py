@@ -1,0 +1,631 @@
+"""The pipeline end to end with real parts: ALSA capture devices through PortAudio,
+the tiny model in the native engine, a real mosquitto, espeak speech.
+
+The tiny model's text is gibberish but deterministic; the tests check what the
+pipeline owes its consumers: how many finals, their order, non-empty text,
+deltas that add up to each final, utterance ids, audio lengths that fit the
+spoken sentences, the state sequence, and commands. Nothing here asserts a
+duration: every wait polls with a generous deadline.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import json
+import os
+import shutil
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fixtures_audio import AlsaFifoDevice, AlsaSandbox, to_s16le, trim_silence
+from fixtures_mqtt import CollectorFactory, Mosquitto, MqttCollector, wait_until
+from speech import have_espeak, silence, synth
+
+from voxd.audio import Capture
+from voxd.config import (
+    AudioSettings,
+    DiscoverySettings,
+    EngineSettings,
+    MqttSettings,
+    ServiceSettings,
+    Settings,
+)
+from voxd.devmodel import ENC_PREFIX, TensorPlan, read_safetensors, write_safetensors
+from voxd.endpoint import SpeechJudge
+from voxd.engine import Engine
+from voxd.events import StateChanged, TranscriptDelta, TranscriptFinal
+from voxd.mqtt import MqttSink, Topics
+from voxd.pipeline import ArraySource, Pipeline, StdoutSink
+from voxd.resample import resample
+from voxd.vad import SileroVad
+
+RATE = 16000
+WAIT_S = 60.0
+
+# Distinct lengths (about 0.8, 2.1 and 4.1 s), so a final's audio_seconds says
+# which sentence it is.
+SENTENCES = (
+    "Lights on.",
+    "What is the weather like tomorrow morning?",
+    "Please set a timer for twenty minutes and remind me to call my mother.",
+)
+LEAD_S = 1.0  # silence before the first sentence: the endpointer learns the floor
+GAP_S = 1.5  # silence between sentences: twice the hangover
+# audio_seconds = pre-roll (0.3 s) + speech + hangover (0.7 s), give or take the
+# endpointer's view of where quiet syllables start and end.
+AUDIO_SLACK_BELOW_S = 0.3
+AUDIO_SLACK_ABOVE_S = 1.5
+
+
+# -- speech -------------------------------------------------------------------------
+
+
+def make_sentences() -> list[np.ndarray]:
+    if not have_espeak():
+        pytest.skip("espeak-ng is not installed")
+    return [trim_silence(synth(text)) for text in SENTENCES]
+
+
+@pytest.fixture(scope="module")
+def sentences() -> list[np.ndarray]:
+    return make_sentences()
+
+
+def program(parts: list[np.ndarray], lead_s: float = LEAD_S, gap_s: float = GAP_S) -> np.ndarray:
+    """Sentences separated by silence, with silence before and after."""
+    pieces = [silence(lead_s)]
+    for x in parts:
+        pieces += [x, silence(gap_s)]
+    pieces.append(silence(2.0))
+    return np.concatenate(pieces)
+
+
+def seconds(x: np.ndarray) -> float:
+    return len(x) / RATE
+
+
+# -- real-time microphone on a FIFO device -------------------------------------------------
+
+
+class FifoMic:
+    """Plays into an ALSA FIFO device at real-time pace, like a microphone in a quiet room.
+
+    Silence (zeros) is written whenever nothing is being said, so capture never
+    stalls. Writes never block: when nobody reads the FIFO (the daemon is
+    restarting) the pipe fills and further audio is dropped, as a real
+    microphone's would be. ``written`` counts the samples that went in.
+    """
+
+    CHUNK = RATE // 50  # 20 ms: 640 bytes, below PIPE_BUF, so a write is all or nothing
+
+    def __init__(self, device: AlsaFifoDevice) -> None:
+        assert device.fd is not None and device.rate == RATE and device.channels == 1
+        self._fd = device.fd
+        flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
+        fcntl.fcntl(self._fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+        self._chunks: deque[np.ndarray] = deque()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._paused = threading.Event()
+        self.written = 0
+        self._thread = threading.Thread(target=self._run, name="fifo-mic", daemon=True)
+        self._thread.start()
+
+    def say(self, x: np.ndarray) -> None:
+        """Queue speech; it is played after what is already queued."""
+        padded = np.pad(x, (0, -len(x) % self.CHUNK))
+        with self._lock:
+            self._chunks.extend(padded.reshape(-1, self.CHUNK))
+
+    def wait_said(self, timeout: float = WAIT_S) -> int:
+        """Wait until everything queued was written; the sample count written by then."""
+        wait_until(lambda: self.pending == 0, timeout, "the microphone to play its speech")
+        return self.written
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._chunks)
+
+    def _next(self) -> np.ndarray:
+        with self._lock:
+            return self._chunks.popleft() if self._chunks else np.zeros(self.CHUNK, np.float32)
+
+    def pause(self) -> None:
+        """Stop writing, and forget queued speech: the device stalls like a dead microphone."""
+        self._paused.set()
+        with self._lock:
+            self._chunks.clear()
+
+    def resume(self) -> None:
+        self._paused.clear()
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        sent = 0
+        while not self._stop.is_set():
+            if self._paused.is_set():
+                start, sent = time.monotonic(), 0  # no catching up after the pause
+                time.sleep(0.005)
+                continue
+            due = int((time.monotonic() - start) * RATE / self.CHUNK) + 1
+            while sent < due:
+                chunk = self._next()
+                try:
+                    os.write(self._fd, to_s16le(chunk))
+                    self.written += len(chunk)
+                except BlockingIOError:
+                    pass  # nobody is reading: the audio is lost, as in a room
+                sent += 1
+            time.sleep(0.005)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5.0)
+
+
+@contextmanager
+def playing_mic(alsa_sandbox: AlsaSandbox, name: str = "voxtest_mic") -> Iterator[FifoMic]:
+    mic = FifoMic(alsa_sandbox.add_fifo_device(name))
+    try:
+        yield mic
+    finally:
+        mic.close()
+
+
+@pytest.fixture
+def fifo_mic(alsa_sandbox: AlsaSandbox) -> Iterator[FifoMic]:
+    with playing_mic(alsa_sandbox) as mic:
+        yield mic
+
+
+# -- settings and a running pipeline ---------------------------------------------------
+
+
+def make_settings(
+    *,
+    broker: Mosquitto,
+    model_dir: Path,
+    state_dir: Path,
+    device: str,
+    rate: int = RATE,
+    channels: int = 1,
+    site: str = "pipe",
+    queue_seconds: float = 10.0,
+    stats_interval_s: float = 60.0,
+) -> Settings:
+    return Settings(
+        audio=AudioSettings(
+            device=device, sample_rate=rate, channels=channels, queue_seconds=queue_seconds
+        ),
+        engine=EngineSettings(model_dir=model_dir),
+        mqtt=MqttSettings(
+            host=broker.host,
+            port=broker.port,
+            site=site,
+            reconnect_min_s=1.0,
+            reconnect_max_s=1.0,
+            keepalive_s=5,
+            stats_interval_s=stats_interval_s,
+            discovery=DiscoverySettings(enabled=False),
+        ),
+        service=ServiceSettings(state_dir=state_dir),
+    )
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir: Path) -> Iterator[Engine]:
+    with Engine(tiny_model_dir) as e:
+        yield e
+
+
+@dataclass
+class Running:
+    pipeline: Pipeline
+    capture: Capture
+    mqtt: MqttSink
+
+
+@contextmanager
+def running(
+    settings: Settings, engine: Engine, *extra_sinks: Any, judge: SpeechJudge | None = None
+) -> Iterator[Running]:
+    """Capture -> Pipeline -> MqttSink (+ extra sinks), wired as the daemon does."""
+    capture = Capture(settings.audio)
+    pipeline = Pipeline(capture, engine, extra_sinks, settings=settings, judge=judge)
+    capture.on_status = pipeline.on_mic_status
+    mqtt = MqttSink(settings.mqtt, settings.service.state_dir, on_command=pipeline.command)
+    pipeline.add_sink(mqtt)
+    try:
+        # Deltas are dropped while MQTT is offline: connect before any audio flows.
+        wait_until(lambda: mqtt.connected, WAIT_S, "MQTT connected")
+        pipeline.start()
+        yield Running(pipeline, capture, mqtt)
+    finally:
+        pipeline.stop(flush=True)
+        mqtt.close()
+
+
+# -- checks ------------------------------------------------------------------------------
+
+
+def states(collector: MqttCollector, topics: Topics) -> list[str]:
+    return [p["state"] for p in collector.payloads(topics.state)]
+
+
+def deltas_of(collector: MqttCollector, topics: Topics, utterance_id: str) -> list[dict[str, Any]]:
+    mine = [p for p in collector.payloads(topics.delta) if p["utterance_id"] == utterance_id]
+    return sorted(mine, key=lambda d: d["seq"])
+
+
+def deltas_add_up(collector: MqttCollector, topics: Topics, final: dict[str, Any]) -> bool:
+    mine = deltas_of(collector, topics, final["utterance_id"])
+    joined = "".join(d["text"] for d in mine).strip()
+    return [d["seq"] for d in mine] == list(range(len(mine))) and joined == final["text"]
+
+
+def check_final(final: dict[str, Any], spoken_s: float, site: str, reason: str = "silence") -> None:
+    assert final["utterance_id"].startswith(f"{site}-")
+    assert final["text"] and final["text"] == final["text"].strip()
+    assert final["reason"] == reason
+    assert (
+        spoken_s - AUDIO_SLACK_BELOW_S <= final["audio_seconds"] <= spoken_s + AUDIO_SLACK_ABOVE_S
+    )
+    assert final["ended_at"] >= final["started_at"] > 1e9
+    assert final["latency_s"] >= 0
+    assert final["token_ids"]
+    assert {"encoder_ms", "decoder_ms", "real_time_factor"} <= final["engine"].keys()
+    assert final["engine"]["real_time_factor"] > 0
+
+
+def check_three_sentences(
+    collector: MqttCollector, topics: Topics, sentences: list[np.ndarray], site: str
+) -> list[dict[str, Any]]:
+    collector.wait_count(topics.final, 3, WAIT_S)
+    # Each utterance ends with processing -> idle; wait for the last idle.
+    expected_states = ["idle"] + ["speaking", "processing", "idle"] * 3
+    wait_until(lambda: len(states(collector, topics)) >= len(expected_states), WAIT_S, "states")
+    finals = collector.payloads(topics.final)
+    assert len(finals) == 3
+    for final, spoken in zip(finals, sentences, strict=True):
+        check_final(final, seconds(spoken), site)
+        wait_until(partial(deltas_add_up, collector, topics, final), WAIT_S, "deltas")
+    ids = [f["utterance_id"] for f in finals]
+    assert len(set(ids)) == 3
+    assert {d["utterance_id"] for d in collector.payloads(topics.delta)} <= set(ids)
+    assert [f["started_at"] for f in finals] == sorted(f["started_at"] for f in finals)
+    assert states(collector, topics) == expected_states
+    online = collector.messages(topics.availability)
+    assert online and online[0].text == "online"
+    return finals
+
+
+# -- tests ---------------------------------------------------------------------------------
+
+
+def test_three_sentences_from_a_16k_mono_device(
+    alsa_sandbox: AlsaSandbox,
+    mqtt_broker: Mosquitto,
+    mqtt_collector: CollectorFactory,
+    engine: Engine,
+    tiny_model_dir: Path,
+    sentences: list[np.ndarray],
+    tmp_path: Path,
+) -> None:
+    audio = program(sentences)
+    alsa_sandbox.add_file_device("voxtest_mono16k", audio, RATE)
+    # The file device runs far faster than real time: the queue must hold it all.
+    settings = make_settings(
+        broker=mqtt_broker,
+        model_dir=tiny_model_dir,
+        state_dir=tmp_path / "state",
+        device="voxtest_mono16k",
+        queue_seconds=seconds(audio) + 10,
+        stats_interval_s=0.5,
+    )
+    topics = Topics.from_settings(settings.mqtt)
+    collector = mqtt_collector(mqtt_broker, [f"{topics.root}/#"])
+    out = io.StringIO()
+    with running(settings, engine, StdoutSink(out)) as run:
+        check_three_sentences(collector, topics, sentences, "pipe")
+        assert run.pipeline.utterances == 3
+        stats = collector.wait_count(topics.stats, 1, WAIT_S)[-1].json()
+        assert stats["uptime_s"] > 0 and stats["queue_depth"] >= 0 and stats["overruns"] >= 0
+        assert stats["mic_reconnects"] == 0
+
+    # The stdout sink saw the same finals, as JSON lines.
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    stdout_finals = [d for d in lines if d["type"] == "final"]
+    mqtt_finals = collector.payloads(topics.final)
+    assert [{k: v for k, v in d.items() if k != "type"} for d in stdout_finals] == mqtt_finals
+    assert {d["type"] for d in lines} >= {"state", "delta", "final", "stats"}
+
+
+def test_three_sentences_with_silero_vad_as_judge(
+    alsa_sandbox: AlsaSandbox,
+    mqtt_broker: Mosquitto,
+    mqtt_collector: CollectorFactory,
+    engine: Engine,
+    tiny_model_dir: Path,
+    sentences: list[np.ndarray],
+    silero_model: Path,
+    tmp_path: Path,
+) -> None:
+    audio = program(sentences)
+    alsa_sandbox.add_file_device("voxtest_vad", audio, RATE)
+    settings = make_settings(
+        broker=mqtt_broker,
+        model_dir=tiny_model_dir,
+        state_dir=tmp_path / "state",
+        device="voxtest_vad",
+        site="vad",
+        queue_seconds=seconds(audio) + 10,
+    )
+    topics = Topics.from_settings(settings.mqtt)
+    collector = mqtt_collector(mqtt_broker, [f"{topics.root}/#"])
+    with running(settings, engine, judge=SileroVad(silero_model)):
+        check_three_sentences(collector, topics, sentences, "vad")
+
+
+def test_three_sentences_from_a_48k_stereo_device(
+    alsa_sandbox: AlsaSandbox,
+    mqtt_broker: Mosquitto,
+    mqtt_collector: CollectorFactory,
+    engine: Engine,
+    tiny_model_dir: Path,
+    sentences: list[np.ndarray],
+    tmp_path: Path,
+) -> None:
+    audio = resample(program(sentences), RATE, 48000)
+    alsa_sandbox.add_file_device("voxtest_stereo48k", np.stack([audio, audio], axis=1), 48000)
+    settings = make_settings(
+        broker=mqtt_broker,
+        model_dir=tiny_model_dir,
+        state_dir=tmp_path / "state",
+        device="voxtest_stereo48k",
+        rate=48000,
+        channels=2,
+        site="stereo",
+        queue_seconds=len(audio) / 48000 + 10,
+    )
+    topics = Topics.from_settings(settings.mqtt)
+    collector = mqtt_collector(mqtt_broker, [f"{topics.root}/#"])
+    with running(settings, engine):
+        check_three_sentences(collector, topics, sentences, "stereo")
+
+
+def test_mute_unmute_and_flush_commands(
+    fifo_mic: FifoMic,
+    mqtt_broker: Mosquitto,
+    mqtt_collector: CollectorFactory,
+    engine: Engine,
+    tiny_model_dir: Path,
+    sentences: list[np.ndarray],
+    tmp_path: Path,
+) -> None:
+    short, _, long = sentences
+    settings = make_settings(
+        broker=mqtt_broker,
+        model_dir=tiny_model_dir,
+        state_dir=tmp_path / "state",
+        device="voxtest_mic",
+        site="cmd",
+    )
+    topics = Topics.from_settings(settings.mqtt)
+    collector = mqtt_collector(mqtt_broker, [f"{topics.root}/#"])
+    with running(settings, engine) as run:
+        wait_until(lambda: states(collector, topics) == ["idle"], WAIT_S, "idle")
+
+        # Muted: the speech is read from the device and thrown away.
+        collector.publish(f"{topics.root}/cmd/mute")
+        wait_until(lambda: states(collector, topics)[-1:] == ["muted"], WAIT_S, "muted")
+        fifo_mic.say(long)
+        fifo_mic.say(silence(1.5))
+        said = fifo_mic.wait_said()
+        wait_until(lambda: run.pipeline.samples_read >= said, WAIT_S, "muted speech read")
+        collector.publish(f"{topics.root}/cmd/unmute")
+        wait_until(lambda: states(collector, topics)[-1:] == ["idle"], WAIT_S, "unmuted")
+        assert collector.payloads(topics.final) == []
+        assert collector.payloads(topics.delta) == []
+
+        # Unmuted: the next sentence is transcribed, and only that one.
+        fifo_mic.say(short)
+        fifo_mic.say(silence(1.5))
+        first = collector.wait_count(topics.final, 1, WAIT_S)[0].json()
+        check_final(first, seconds(short), "cmd")
+        assert states(collector, topics) == ["idle", "muted", "idle"] + [
+            "speaking",
+            "processing",
+            "idle",
+        ]
+
+        # flush ends the utterance now; the speech that follows is a new utterance.
+        n_states = len(states(collector, topics))
+        fifo_mic.say(long)
+        fifo_mic.say(silence(1.5))
+        wait_until(lambda: "speaking" in states(collector, topics)[n_states:], WAIT_S, "speech")
+        time.sleep(1.0)  # let it say a few words first (not a timing check)
+        collector.publish(f"{topics.root}/cmd/flush")
+        flushed = collector.wait_count(topics.final, 2, WAIT_S)[1].json()
+        assert flushed["reason"] == "command"
+        assert flushed["text"]
+        assert flushed["audio_seconds"] < seconds(long)
+        fifo_mic.wait_said()
+        wait_until(lambda: states(collector, topics)[-1] == "idle", WAIT_S, "idle again")
+        wait_until(lambda: run.pipeline.state == "idle", WAIT_S, "pipeline idle")
+
+    finals = collector.payloads(topics.final)
+    rest = finals[2:]
+    assert all(f["reason"] == "silence" for f in rest)
+    assert len({f["utterance_id"] for f in finals}) == len(finals)
+    for final in finals:
+        wait_until(partial(deltas_add_up, collector, topics, final), WAIT_S, "deltas")
+
+
+def test_mic_lost_mid_utterance_finishes_it_and_capture_recovers(
+    fifo_mic: FifoMic,
+    mqtt_broker: Mosquitto,
+    mqtt_collector: CollectorFactory,
+    engine: Engine,
+    tiny_model_dir: Path,
+    sentences: list[np.ndarray],
+    tmp_path: Path,
+) -> None:
+    short, _, long = sentences
+    settings = make_settings(
+        broker=mqtt_broker,
+        model_dir=tiny_model_dir,
+        state_dir=tmp_path / "state",
+        device="voxtest_mic",
+        site="lost",
+    )
+    topics = Topics.from_settings(settings.mqtt)
+    collector = mqtt_collector(mqtt_broker, [f"{topics.root}/#"])
+    with running(settings, engine) as run:
+        fifo_mic.say(long)
+        wait_until(lambda: "speaking" in states(collector, topics), WAIT_S, "speaking")
+        time.sleep(1.5)  # a few words before the microphone dies (not a timing check)
+        fifo_mic.pause()
+        wait_until(lambda: states(collector, topics)[-1] == "mic_lost", WAIT_S, "mic_lost")
+        lost = collector.wait_count(topics.final, 1, WAIT_S)[0].json()
+        assert lost["reason"] == "mic_lost" and lost["text"]
+        assert lost["audio_seconds"] < seconds(long)
+
+        fifo_mic.resume()
+        wait_until(lambda: states(collector, topics)[-1] == "idle", WAIT_S, "recovered")
+        assert run.capture.reconnects >= 1
+        fifo_mic.say(silence(0.5))
+        fifo_mic.say(short)
+        fifo_mic.say(silence(1.5))
+        after = collector.wait_count(topics.final, 2, WAIT_S)[1].json()
+        check_final(after, seconds(short), "lost")
+    assert states(collector, topics)[:4] == ["idle", "speaking", "processing", "mic_lost"]
+
+
+# -- without ALSA: the same pipeline fed by arrays ---------------------------------------------
+
+
+class Recorder:
+    """A sink that keeps every event (the pipeline calls it from its own thread)."""
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+        self._lock = threading.Lock()
+
+    def handle(self, event: Any) -> None:
+        with self._lock:
+            self.events.append(event)
+
+    def of(self, kind: type) -> list[Any]:
+        with self._lock:
+            return [e for e in self.events if isinstance(e, kind)]
+
+
+def test_array_source_shutdown_flushes_the_utterance_in_progress(
+    engine: Engine, sentences: list[np.ndarray]
+) -> None:
+    source = ArraySource()
+    recorder = Recorder()
+    pipeline = Pipeline(source, engine, [recorder], settings=Settings())
+    pipeline.start()
+    source.push(silence(LEAD_S))
+    source.push(sentences[2])  # no silence after it: still speaking at stop
+    wait_until(lambda: source.pending == 0, WAIT_S, "audio consumed")
+    wait_until(lambda: pipeline.state == "speaking", WAIT_S, "speaking")
+    pipeline.stop(flush=True)
+    (final,) = recorder.of(TranscriptFinal)
+    assert final.reason == "shutdown" and final.text
+    deltas = [d for d in recorder.of(TranscriptDelta) if d.utterance_id == final.utterance_id]
+    assert "".join(d.text for d in deltas).strip() == final.text
+    assert [s.state for s in recorder.of(StateChanged)][-2:] == ["processing", "idle"]
+    assert not pipeline.alive
+
+
+def test_array_source_reset_drops_the_utterance(
+    engine: Engine, sentences: list[np.ndarray]
+) -> None:
+    source = ArraySource()
+    recorder = Recorder()
+    pipeline = Pipeline(source, engine, [recorder], settings=Settings())
+    pipeline.start()
+    try:
+        source.push(silence(LEAD_S))
+        source.push(sentences[2][: len(sentences[2]) // 2])
+        wait_until(lambda: source.pending == 0, WAIT_S, "audio consumed")
+        wait_until(lambda: pipeline.state == "speaking", WAIT_S, "speaking")
+        pipeline.command("reset")
+        wait_until(lambda: pipeline.state == "idle", WAIT_S, "idle after reset")
+        # The rest of that speech is dropped too; the next sentence is transcribed.
+        source.push(sentences[2][len(sentences[2]) // 2 :])
+        source.push(silence(GAP_S))
+        source.push(sentences[0])
+        source.push(silence(GAP_S))
+        wait_until(lambda: recorder.of(TranscriptFinal), WAIT_S, "a final")
+        wait_until(lambda: source.pending == 0 and pipeline.state == "idle", WAIT_S, "idle")
+    finally:
+        pipeline.stop(flush=False)
+    (final,) = recorder.of(TranscriptFinal)
+    check_final(final.to_json(), seconds(sentences[0]), "default")
+
+
+@pytest.fixture(scope="module")
+def eos_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model, with EOS where it would say " still" (a real model, edited).
+
+    The output head is the token embedding: giving EOS a larger copy of the
+    embedding of " still" makes EOS win wherever " still" would, so the model
+    ends utterances on its own, mid-speech.
+    """
+    out = tmp_path_factory.mktemp("eos_model")
+    for name in ("params.json", "tekken.json"):
+        shutil.copy(tiny_model_dir / name, out / name)
+    tensors = read_safetensors(tiny_model_dir / "consolidated.safetensors")
+    embedding = ENC_PREFIX + "tok_embeddings.weight"
+    table = tensors[embedding].copy()
+    with Engine(tiny_model_dir) as tiny:
+        eos = tiny.info.eos_id
+        still = next(i for i in range(tiny.info.vocab_size) if tiny.token_bytes(i) == b" still")
+    table[eos] = 1.5 * table[still]
+    tensors[embedding] = table
+    plans = [TensorPlan(n, a.shape, partial(iter, [a])) for n, a in tensors.items()]
+    write_safetensors(out / "consolidated.safetensors", plans)
+    return out
+
+
+def test_model_eos_ends_the_utterance_and_the_speech_goes_on(
+    eos_model_dir: Path, sentences: list[np.ndarray]
+) -> None:
+    source = ArraySource()
+    recorder = Recorder()
+    with Engine(eos_model_dir) as engine:
+        pipeline = Pipeline(source, engine, [recorder], settings=Settings())
+        pipeline.start()
+        try:
+            source.push(silence(LEAD_S))
+            source.push(sentences[2])
+            source.push(silence(GAP_S))
+            wait_until(lambda: source.pending == 0, WAIT_S, "audio consumed")
+            wait_until(lambda: pipeline.state == "idle", WAIT_S, "idle")
+        finally:
+            pipeline.stop()
+    finals = recorder.of(TranscriptFinal)
+    assert finals and finals[0].reason == "model_eos" and finals[0].text
+    assert finals[0].token_ids[-1] == engine.info.eos_id
+    assert len({f.utterance_id for f in finals}) == len(finals)
+    # After the EOS the speech goes on as a new utterance, without a pass through idle.
+    seen = [s.state for s in recorder.of(StateChanged)]
+    assert seen[:4] == ["idle", "speaking", "processing", "speaking"]
+    assert seen[-1] == "idle"
+    for final in finals:
+        deltas = [d for d in recorder.of(TranscriptDelta) if d.utterance_id == final.utterance_id]
+        assert "".join(d.text for d in deltas).strip() == final.text
