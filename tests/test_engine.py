@@ -432,3 +432,71 @@ def test_library_env_override_is_respected() -> None:
     assert lib is not None
     if "VOXD_ENGINE_LIB" in os.environ:
         assert Path(os.environ["VOXD_ENGINE_LIB"]).is_file()
+
+
+# ---------------------------------------------------------------------------
+# pad speculation: fewer weight passes, exactly the same output
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def engine_pad_heavy(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, clips: dict[str, np.ndarray]
+) -> Engine:
+    """The tiny model with STREAMING_PAD's embedding row set equal to the row
+    of its most frequent output token: where that token would win, PAD ties
+    and wins (lower id), so most steps output PAD, as the real model's do."""
+    d = copy_model(tiny_model_dir, tmp_path_factory.mktemp("pad_heavy") / "m")
+    with Engine(tiny_model_dir) as e:
+        _, ids = transcribe(e, clips["hello"])
+        pad = e.info.pad_id
+    common = max(set(ids), key=ids.count)
+    st = d / "consolidated.safetensors"
+    header, data = read_st(st)
+    t = header["mm_streams_embeddings.embedding_module.tok_embeddings.weight"]
+    begin = t["data_offsets"][0]
+    row = t["shape"][1] * 2  # BF16
+    buf = bytearray(data)
+    src = begin + common * row
+    buf[begin + pad * row : begin + (pad + 1) * row] = buf[src : src + row]
+    write_st(st, header, bytes(buf))
+    return Engine(d)
+
+
+@pytest.mark.parametrize("model", ["tiny", "tiny2", "pad_heavy"])
+@pytest.mark.parametrize("interval_ms", [80, 800])
+def test_pad_speculation_is_exact(
+    request: pytest.FixtureRequest, model: str, interval_ms: int, clips: dict[str, np.ndarray]
+) -> None:
+    engine: Engine = request.getfixturevalue(f"engine_{model}")
+    audio = np.concatenate([clips["hello"], silence(1.0), clips["numbers"]])
+    runs = {}
+    for spec in (1, 4, 16):
+        s = engine.stream(interval_ms=interval_ms, max_speculation=spec)
+        s.enable_debug(DEBUG_LOGITS)
+        events = []
+        for i in range(0, audio.size, 1280):
+            events += s.feed(audio[i : i + 1280])
+        events += s.flush()
+        runs[spec] = (
+            [e.token_id for e in events if isinstance(e, TokenEvent)],
+            s.debug_tensor(DEBUG_LOGITS),
+            s.stats(),
+        )
+        s.close()
+    ids_plain, logits_plain, st_plain = runs[1]
+    assert st_plain.spec_guesses == 0
+    for spec in (4, 16):
+        ids, logits, st = runs[spec]
+        assert ids == ids_plain
+        assert np.array_equal(logits, logits_plain)  # bitwise: rows never mix
+        assert st.positions == st_plain.positions
+        assert st.decoder_passes <= st_plain.decoder_passes
+        assert 0 <= st.spec_accepted <= st.spec_guesses
+    if model == "pad_heavy":
+        # mostly PAD: the flush (17+ positions at once) and, with an 800 ms
+        # interval, the speech itself need far fewer passes than positions
+        ids, _, st = runs[16]
+        assert ids.count(engine.info.pad_id) > len(ids) / 3
+        assert st.spec_accepted > 0
+        assert st.decoder_passes < st_plain.decoder_passes

@@ -59,7 +59,11 @@ class _ModelInfo(ctypes.Structure):
 
 
 class _StreamOptions(ctypes.Structure):
-    _fields_ = [("delay_ms", ctypes.c_int), ("interval_ms", ctypes.c_int)]
+    _fields_ = [
+        ("delay_ms", ctypes.c_int),
+        ("interval_ms", ctypes.c_int),
+        ("max_speculation", ctypes.c_int),
+    ]
 
 
 class _Event(ctypes.Structure):
@@ -82,6 +86,8 @@ class _StreamStats(ctypes.Structure):
         ("encoder_ms", ctypes.c_double),
         ("decoder_ms", ctypes.c_double),
         ("kv_positions", ctypes.c_int64),
+        ("spec_guesses", ctypes.c_int64),
+        ("spec_accepted", ctypes.c_int64),
     ]
 
 
@@ -227,6 +233,8 @@ class StreamStats:
     encoder_ms: float
     decoder_ms: float
     kv_positions: int
+    spec_guesses: int  # pad guesses checked by speculation
+    spec_accepted: int  # of which were right
 
 
 class Engine:
@@ -257,13 +265,18 @@ class Engine:
             raise EngineError("the engine is closed")
         return self._handle
 
-    def stream(self, delay_ms: int = 480, interval_ms: int = 80) -> Stream:
+    def stream(
+        self, delay_ms: int = 480, interval_ms: int = 80, max_speculation: int = 0
+    ) -> Stream:
+        """A new stream; max_speculation: positions per decoder pass (0 = default, 1 = off)."""
         if not 80 <= delay_ms <= 2400 or delay_ms % 80:
             raise EngineError(f"delay_ms {delay_ms} must be 80..2400 in steps of 80", 4)
         if interval_ms < 0:
             raise EngineError(f"interval_ms {interval_ms} must be >= 0", 4)
+        if not 0 <= max_speculation <= 32:
+            raise EngineError(f"max_speculation {max_speculation} must be 0..32", 4)
         handle = ctypes.c_void_p()
-        opts = _StreamOptions(delay_ms, interval_ms)
+        opts = _StreamOptions(delay_ms, interval_ms, max_speculation)
         st = self._lib.vx_stream_new(self._ptr(), ctypes.byref(opts), ctypes.byref(handle))
         if st != 0:
             raise EngineError(f"cannot create a stream: {self._status_name(st)}", st)
@@ -393,7 +406,11 @@ class Stream:
 
 
 def transcribe(
-    engine: Engine, audio: npt.ArrayLike, delay_ms: int = 480, chunk: int = 0
+    engine: Engine,
+    audio: npt.ArrayLike,
+    delay_ms: int = 480,
+    chunk: int = 0,
+    max_speculation: int = 0,
 ) -> tuple[str, list[int]]:
     """Offline transcription: feed everything (in chunks if given), finish.
 
@@ -401,7 +418,7 @@ def transcribe(
     every token id the decoder produced, control ids included.
     """
     x = np.ascontiguousarray(audio, dtype=np.float32).reshape(-1)
-    stream = engine.stream(delay_ms=delay_ms)
+    stream = engine.stream(delay_ms=delay_ms, max_speculation=max_speculation)
     try:
         events: list[StreamEvent] = []
         step = chunk if chunk > 0 else max(x.size, 1)

@@ -81,6 +81,12 @@ VX_EXPORT const char *vx_model_token_bytes(const vx_model *m, int id, int *len);
 typedef struct {
     int delay_ms;     /* 80..2400 in steps of 80; 0 = default 480 */
     int interval_ms;  /* audio to batch before running the encoder; 0 = 80 (every position) */
+    /* Pad speculation: when several audio positions are waiting, guess that
+     * the decoder outputs STREAMING_PAD for them and check up to this many
+     * positions in one batched pass (one read of the weights), keeping tokens
+     * up to the first wrong guess. Output is identical to one position per
+     * pass. 0 = default (8), 1 = off. */
+    int max_speculation;
 } vx_stream_options;
 
 typedef enum {
@@ -130,11 +136,13 @@ VX_EXPORT size_t vx_stream_read_events(vx_stream *s, vx_event *out, size_t max);
 VX_EXPORT const char *vx_stream_error(const vx_stream *s);
 
 typedef struct {
-    int64_t positions;        /* decoder positions run (prefill included) */
+    int64_t positions;        /* decoder positions completed (prefill included) */
     int64_t decoder_passes;   /* weight passes of the decoder (batched passes count once) */
     int64_t encoder_frames;   /* encoder frames computed */
     double mel_ms, encoder_ms, decoder_ms; /* CPU wall time spent in each stage */
     int64_t kv_positions;     /* decoder positions currently held in the KV cache */
+    int64_t spec_guesses;     /* pad guesses checked by speculation */
+    int64_t spec_accepted;    /* of which were right (their positions needed no extra pass) */
 } vx_stream_stats;
 VX_EXPORT void vx_stream_get_stats(const vx_stream *s, vx_stream_stats *out);
 

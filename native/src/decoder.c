@@ -40,12 +40,13 @@ int vx_decoder_forward(vx_stream *s, float *x, int n, int64_t pos0, float *logit
     if (vx_stack_forward(m, &m->p.dec, m->dec_layers, s->ada, &s->st.dec_kv, &s->dec_s, x, n,
                          pos0) != 0)
         return -1;
-    s->stats.positions += n;
     s->stats.decoder_passes += 1;
     if (logits) {
-        float *h = x + (size_t)(n - 1) * dim;
-        vx_rmsnorm(h, h, m->dec_norm, dim, m->p.dec.norm_eps);
-        vx_matmul(m, &m->tok_emb, h, 1, logits, NULL);
+        for (int i = 0; i < n; i++) {
+            float *h = x + (size_t)i * dim;
+            vx_rmsnorm(h, h, m->dec_norm, dim, m->p.dec.norm_eps);
+        }
+        vx_matmul(m, &m->tok_emb, x, n, logits, NULL);
     }
     return 0;
 }

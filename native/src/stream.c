@@ -243,17 +243,34 @@ static int prompt_token(const vx_stream *s, int64_t p) {
     return p == 0 ? s->m->bos_id : s->m->pad_id;
 }
 
+static int argmax(const float *v, int64_t n) {
+    int best = 0; /* greedy; ties go to the lowest id */
+    for (int64_t i = 1; i < n; i++)
+        if (v[i] > v[best]) best = (int)i;
+    return best;
+}
+
+/* Positions below prompt_len-1 are prefilled in batches (no logits). After
+ * that each pass runs k >= 1 positions: the first with its known input token,
+ * the others guessing that the previous output was STREAMING_PAD. Tokens are
+ * kept up to the first non-pad output; later rows had a wrong input and are
+ * dropped (their KV slots are rewritten by the next pass before any read).
+ * Rows never influence each other's arithmetic, so the output is bitwise the
+ * same as one position per pass. */
 static int run_decoder(vx_stream *s) {
     const vx_model *m = s->m;
     vx_state *st = &s->st;
     const int dim = m->p.dec.dim, L = s->prompt_len;
     const int64_t vocab = m->p.vocab_size;
+    const int kmax = s->max_spec;
     double t0 = vx_now_ms();
     float *x = malloc(sizeof(float) * (size_t)VX_DEC_BATCH * dim);
     float *emb = malloc(sizeof(float) * (size_t)dim);
-    float *logits = malloc(sizeof(float) * (size_t)vocab);
+    float *pad_emb = malloc(sizeof(float) * (size_t)dim);
+    float *logits = malloc(sizeof(float) * (size_t)vocab * kmax);
     int rc = -1;
-    if (!x || !emb || !logits) goto done;
+    if (!x || !emb || !pad_emb || !logits) goto done;
+    vx_weight_row(&m->tok_emb, m->pad_id, pad_emb);
     while (!st->eos && st->dec_pos < st->adq_base + st->adq_n) {
         int64_t p = st->dec_pos, avail = st->adq_base + st->adq_n;
         const float *ad = st->adq + (size_t)(p - st->adq_base) * dim;
@@ -266,20 +283,34 @@ static int run_decoder(vx_stream *s) {
             }
             if (vx_decoder_forward(s, x, (int)n, p, NULL) != 0) goto done;
             st->dec_pos += n;
+            s->stats.positions += n;
             continue;
         }
-        int tok_in = p < L ? prompt_token(s, p) : st->last_token;
-        vx_weight_row(&m->tok_emb, tok_in, emb);
-        for (int c = 0; c < dim; c++) x[c] = ad[c] + emb[c];
-        if (vx_decoder_forward(s, x, 1, p, logits) != 0) goto done;
-        int best = 0; /* greedy; ties go to the lowest id */
-        for (int64_t v = 1; v < vocab; v++)
-            if (logits[v] > logits[best]) best = (int)v;
-        if (vx_capture_rows(s, VX_DEBUG_LOGITS, logits, 1, vocab) != 0) goto done;
-        if (emit_token(s, best, p) != 0) goto done;
-        st->last_token = best;
-        st->dec_pos++;
-        if (best == m->eos_id) st->eos = 1;
+        int k = (int)(avail - p < kmax ? avail - p : kmax);
+        vx_weight_row(&m->tok_emb, p < L ? prompt_token(s, p) : st->last_token, emb);
+        for (int i = 0; i < k; i++) {
+            const float *e = i == 0 ? emb : pad_emb;
+            for (int c = 0; c < dim; c++) x[i * dim + c] = ad[i * dim + c] + e[c];
+        }
+        if (vx_decoder_forward(s, x, k, p, logits) != 0) goto done;
+        int kept = 0;
+        while (kept < k) {
+            const float *row = logits + (size_t)kept * vocab;
+            int tok = argmax(row, vocab);
+            if (vx_capture_rows(s, VX_DEBUG_LOGITS, row, 1, vocab) != 0) goto done;
+            if (emit_token(s, tok, p + kept) != 0) goto done;
+            st->last_token = tok;
+            kept++;
+            if (tok == m->eos_id) {
+                st->eos = 1;
+                break;
+            }
+            if (tok != m->pad_id) break; /* the next row's guess was wrong */
+        }
+        st->dec_pos += kept;
+        s->stats.positions += kept;
+        s->stats.spec_guesses += k - 1;
+        s->stats.spec_accepted += kept - 1;
     }
     /* drop adapter rows the decoder has consumed */
     int64_t used = st->dec_pos - st->adq_base;
@@ -294,6 +325,7 @@ done:
     s->stats.decoder_ms += vx_now_ms() - t0;
     free(x);
     free(emb);
+    free(pad_emb);
     free(logits);
     return rc;
 }
@@ -320,14 +352,17 @@ vx_status vx_stream_new(vx_model *m, const vx_stream_options *opt, vx_stream **o
     *out = NULL;
     int delay = opt && opt->delay_ms ? opt->delay_ms : 480;
     int interval = opt && opt->interval_ms ? opt->interval_ms : 80;
+    int spec = opt && opt->max_speculation ? opt->max_speculation : 8;
     if (delay < 80 || delay > 2400 || delay % 80 != 0) return VX_ERR_ARG;
     if (interval < 0 || interval > 60000) return VX_ERR_ARG;
+    if (spec < 1 || spec > VX_DEC_BATCH) return VX_ERR_ARG;
     vx_stream *s = calloc(1, sizeof *s);
     if (!s) return VX_ERR_NOMEM;
     s->m = m;
     s->delay_pos = delay / 80;
     s->prompt_len = 1 + VX_LEFT_PAD_POS + s->delay_pos;
     s->interval_frames = interval / 10 < VX_POS_FRAMES ? VX_POS_FRAMES : interval / 10;
+    s->max_spec = spec;
     if (state_init(&s->st, m) != 0 || state_init(&s->snap, m) != 0 ||
         vx_decoder_init_ada(s) != 0) {
         vx_stream_free(s);

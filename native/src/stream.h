@@ -42,6 +42,7 @@ struct vx_stream {
     int delay_pos;             /* delay in positions */
     int prompt_len;            /* 1 + 32 + delay_pos */
     int interval_frames;       /* mel frames to batch before running the encoder */
+    int max_spec;              /* positions per speculative decoder pass */
     float **ada;               /* [dec layers][dim] = 1 + s_layer */
     vx_state st;               /* live state */
     vx_state snap;             /* state after the left padding */
@@ -63,7 +64,7 @@ int vx_encode_positions(vx_stream *s, int n_pos);
 /* decoder.c */
 int vx_decoder_init_ada(vx_stream *s);
 /* Run positions [pos0, pos0+n) with input rows x [n, dim] (clobbered). When
- * logits is non-NULL, the last row's logits are written there. */
+ * logits is non-NULL, every row's logits are written there ([n, vocab]). */
 int vx_decoder_forward(vx_stream *s, float *x, int n, int64_t pos0, float *logits);
 
 /* helpers shared by the stage files (stream.c) */
