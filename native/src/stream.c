@@ -463,6 +463,7 @@ size_t vx_stream_read_events(vx_stream *s, vx_event *out, size_t max) {
     if (!s || !out) return 0;
     size_t n = s->n_events - s->ev_head;
     if (n > max) n = max;
+    if (n == 0) return 0; /* events may still be NULL */
     memcpy(out, s->events + s->ev_head, n * sizeof(vx_event));
     s->ev_head += n;
     if (s->ev_head == s->n_events) s->ev_head = s->n_events = 0;
