@@ -1,0 +1,138 @@
+"""The `voxd` command line, run as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+from speech import synth
+
+from voxd.audio import read_wav
+from voxd.engine import Engine, transcribe
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def voxd(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("LD_PRELOAD", None)
+    return subprocess.run(
+        [sys.executable, "-m", "voxd.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=check,
+        timeout=300,
+    )
+
+
+def write_wav(path: Path, x: np.ndarray, rate: int, channels: int) -> None:
+    pcm = np.clip(x * 32767, -32768, 32767).astype("<i2")
+    if channels == 2:
+        pcm = np.stack([pcm, (pcm * 0.5).astype("<i2")], axis=1).reshape(-1)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm.tobytes())
+
+
+@pytest.fixture(scope="module")
+def wav_44k_stereo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    p = tmp_path_factory.mktemp("wav") / "speech.wav"
+    write_wav(p, synth("turn on the kitchen lights", rate=44100), 44100, 2)
+    return p
+
+
+def test_transcribe_json_matches_the_api(tiny_model_dir: Path, wav_44k_stereo: Path) -> None:
+    r = voxd("transcribe", str(wav_44k_stereo), "--model-dir", str(tiny_model_dir), "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    with Engine(tiny_model_dir) as e:
+        text, ids = transcribe(e, read_wav(wav_44k_stereo))
+    assert out["token_ids"] == ids and out["text"] == text
+    assert len(ids) > 10
+
+
+def test_transcribe_plain_text_and_delay(tiny_model_dir: Path, wav_44k_stereo: Path) -> None:
+    r = voxd(
+        "transcribe", str(wav_44k_stereo), "--model-dir", str(tiny_model_dir), "--delay-ms", "960"
+    )
+    assert r.returncode == 0, r.stderr
+    with Engine(tiny_model_dir) as e:
+        text, _ = transcribe(e, read_wav(wav_44k_stereo), delay_ms=960)
+    assert r.stdout.strip() == text
+
+
+def test_transcribe_dump(tiny_model_dir: Path, wav_44k_stereo: Path, tmp_path: Path) -> None:
+    r = voxd(
+        "transcribe",
+        str(wav_44k_stereo),
+        "--model-dir",
+        str(tiny_model_dir),
+        "--dump",
+        str(tmp_path / "d"),
+        "--json",
+    )
+    assert r.returncode == 0, r.stderr
+    ids = json.loads(r.stdout)["token_ids"]
+    mel = np.load(tmp_path / "d" / "mel.npy")
+    enc = np.load(tmp_path / "d" / "encoder.npy")
+    ada = np.load(tmp_path / "d" / "adapter.npy")
+    logits = np.load(tmp_path / "d" / "logits.npy")
+    assert mel.shape[1] == 128 and enc.shape[0] * 2 == mel.shape[0]
+    assert ada.shape[0] * 8 == mel.shape[0]
+    assert logits.shape[0] == len(ids)
+    assert list(np.argmax(logits, axis=1)) == ids
+
+
+@pytest.mark.parametrize(
+    "content,expect",
+    [(b"", "cannot read"), (b"RIFF\x00\x00\x00\x00WAVEjunk", "cannot read"), (None, "cannot read")],
+)
+def test_transcribe_bad_input(
+    tiny_model_dir: Path, tmp_path: Path, content: bytes | None, expect: str
+) -> None:
+    p = tmp_path / "bad.wav"
+    if content is not None:
+        p.write_bytes(content)
+    r = voxd("transcribe", str(p), "--model-dir", str(tiny_model_dir))
+    assert r.returncode != 0
+    assert expect in r.stderr and "Traceback" not in r.stderr
+
+
+def test_transcribe_missing_model(wav_44k_stereo: Path, tmp_path: Path) -> None:
+    r = voxd("transcribe", str(wav_44k_stereo), "--model-dir", str(tmp_path / "none"))
+    assert r.returncode == 2
+    assert "params.json" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_config_check(tmp_path: Path) -> None:
+    good = voxd("config", "check", "--config", str(ROOT / "config" / "voxd.toml"))
+    assert good.returncode == 0, good.stderr
+    assert "[mqtt]" in good.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[mqtt]\nport = 70000\n")
+    r = voxd("config", "check", "--config", str(bad))
+    assert r.returncode == 2
+    assert "mqtt.port" in r.stderr and "65535" in r.stderr
+
+
+def test_dev_make_model(tmp_path: Path) -> None:
+    r = voxd("dev", "make-model", str(tmp_path / "m"), "--preset", "tiny", "--seed", "3")
+    assert r.returncode == 0, r.stderr
+    with Engine(tmp_path / "m") as e:
+        assert e.info.dim == 64
+
+
+def test_help_lists_every_command() -> None:
+    r = voxd("--help")
+    for cmd in ("run", "transcribe", "devices", "config", "model", "quantize", "bench", "dev"):
+        assert cmd in r.stdout

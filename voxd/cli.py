@@ -1,0 +1,246 @@
+"""The `voxd` command line.
+
+    voxd run [--config PATH] [--stdout]     the daemon (systemd runs this)
+    voxd transcribe FILE --model-dir DIR    one file, offline
+    voxd devices                            audio inputs PortAudio sees
+    voxd config check [--config PATH]       the effective config, or what is wrong
+    voxd model download|check               fetch / verify the model
+    voxd quantize IN OUT --format q8|q4     8- and 4-bit weights
+    voxd bench --model-dir DIR              speed figures of this machine
+    voxd dev make-model DIR --preset tiny   random models for tests and benches
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from voxd import __version__
+
+# Feed long files in 1 s pieces so progress can be shown.
+PROGRESS_CHUNK = 16000
+PROGRESS_MIN_SECONDS = 30.0
+
+
+def _err(msg: str) -> None:
+    print(f"voxd: {msg}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------
+# transcribe
+# ---------------------------------------------------------------------------
+
+
+def _cmd_transcribe(args: argparse.Namespace) -> int:
+    from voxd.audio import read_wav
+    from voxd.engine import (
+        DEBUG_ADAPTER,
+        DEBUG_ENCODER,
+        DEBUG_LOGITS,
+        DEBUG_MEL,
+        Engine,
+        EngineError,
+        StreamEvent,
+        TokenEvent,
+    )
+
+    try:
+        audio = read_wav(args.file)
+    except (OSError, ValueError) as e:
+        _err(f"cannot read {args.file}: {e}")
+        return 1
+    try:
+        engine = Engine(args.model_dir, threads=args.threads, backend=args.backend)
+        stream = engine.stream(delay_ms=args.delay_ms)
+    except EngineError as e:
+        _err(str(e))
+        return 2
+    if args.dump:
+        stream.enable_debug(DEBUG_MEL | DEBUG_ENCODER | DEBUG_ADAPTER | DEBUG_LOGITS)
+    seconds = audio.size / 16000
+    show_progress = seconds >= PROGRESS_MIN_SECONDS
+    events: list[StreamEvent] = []
+    t0 = time.monotonic()
+    try:
+        for i in range(0, audio.size, PROGRESS_CHUNK):
+            events += stream.feed(audio[i : i + PROGRESS_CHUNK])
+            if show_progress:
+                done = min(i + PROGRESS_CHUNK, audio.size) / 16000
+                print(f"\r{done:.0f}/{seconds:.0f} s", end="", file=sys.stderr, flush=True)
+        events += stream.finish()
+    except EngineError as e:
+        _err(f"{args.file}: {e}")
+        return 1
+    if show_progress:
+        print(file=sys.stderr)
+    elapsed = time.monotonic() - t0
+    text = "".join(e.text for e in events).strip()
+    ids = [e.token_id for e in events if isinstance(e, TokenEvent)]
+    if args.dump:
+        _dump(stream, Path(args.dump), ids)
+    stats = stream.stats()
+    stream.close()
+    engine.close()
+    if args.json:
+        out = {
+            "text": text,
+            "token_ids": ids,
+            "audio_seconds": round(seconds, 3),
+            "elapsed_seconds": round(elapsed, 3),
+            "decoder_positions": stats.positions,
+            "encoder_ms": round(stats.encoder_ms, 1),
+            "decoder_ms": round(stats.decoder_ms, 1),
+        }
+        print(json.dumps(out, ensure_ascii=False))
+    else:
+        print(text)
+    return 0
+
+
+def _dump(stream: object, out: Path, ids: list[int]) -> None:
+    from voxd.engine import DEBUG_ADAPTER, DEBUG_ENCODER, DEBUG_LOGITS, DEBUG_MEL, Stream
+
+    assert isinstance(stream, Stream)
+    out.mkdir(parents=True, exist_ok=True)
+    for kind, name in (
+        (DEBUG_MEL, "mel"),
+        (DEBUG_ENCODER, "encoder"),
+        (DEBUG_ADAPTER, "adapter"),
+        (DEBUG_LOGITS, "logits"),
+    ):
+        np.save(out / f"{name}.npy", stream.debug_tensor(kind))
+    np.save(out / "token_ids.npy", np.asarray(ids, dtype=np.int64))
+
+
+def _add_transcribe(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("transcribe", help="transcribe a WAV file (any rate / channels)")
+    p.add_argument("file", type=Path)
+    p.add_argument("--model-dir", type=Path, required=True)
+    p.add_argument("--delay-ms", type=int, default=480, help="80..2400 in steps of 80")
+    p.add_argument("--json", action="store_true", help="print text and token_ids as JSON")
+    p.add_argument("--dump", metavar="DIR", help="write mel/encoder/adapter/logits as .npy")
+    p.add_argument("--threads", type=int, default=0, help="0 = all cores")
+    p.add_argument("--backend", default=None, help="portable, avx2, neon (default: best)")
+    p.set_defaults(func=_cmd_transcribe)
+
+
+# ---------------------------------------------------------------------------
+# run, config, devices
+# ---------------------------------------------------------------------------
+
+
+def _load(args: argparse.Namespace) -> object:
+    from voxd.config import ConfigError, load_settings
+
+    try:
+        return load_settings(args.config)
+    except ConfigError as e:
+        _err(f"configuration error:\n{e}")
+        return None
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from voxd import daemon
+    from voxd.config import Settings
+
+    settings = _load(args)
+    if not isinstance(settings, Settings):
+        return 2
+    return daemon.run(settings, stdout_sink=True if args.stdout else None)
+
+
+def _cmd_config_check(args: argparse.Namespace) -> int:
+    from voxd.config import Settings, effective_config_toml
+
+    settings = _load(args)
+    if not isinstance(settings, Settings):
+        return 2
+    print(effective_config_toml(settings), end="")
+    return 0
+
+
+def _cmd_devices(args: argparse.Namespace) -> int:
+    from voxd.audio import list_input_devices
+
+    try:
+        devices = list_input_devices()
+    except Exception as e:  # PortAudio missing or failing to initialise
+        _err(f"cannot list audio devices: {e}")
+        return 1
+    if not devices:
+        print("no audio input devices found")
+        return 1
+    for d in devices:
+        mark = "*" if getattr(d, "is_default", False) else " "
+        print(
+            f"{mark}{d.index:3d}  {d.name}  ({d.max_input_channels} ch, {d.default_rate:.0f} Hz)"
+        )
+    return 0
+
+
+def _add_service(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("run", help="run the daemon in the foreground")
+    p.add_argument("--config", type=Path, default=None, help="default: /etc/voxd/voxd.toml")
+    p.add_argument("--stdout", action="store_true", help="also print events as JSON lines")
+    p.set_defaults(func=_cmd_run)
+
+    c = sub.add_parser("config", help="configuration tools")
+    csub = c.add_subparsers(dest="config_cmd", required=True)
+    chk = csub.add_parser("check", help="print the effective config or the errors")
+    chk.add_argument("--config", type=Path, default=None)
+    chk.set_defaults(func=_cmd_config_check)
+
+    d = sub.add_parser("devices", help="list audio input devices")
+    d.set_defaults(func=_cmd_devices)
+
+
+def _cmd_dev_make_model(args: argparse.Namespace) -> int:
+    from voxd import devmodel
+
+    return devmodel.main([str(args.out_dir), "--preset", args.preset, "--seed", str(args.seed)])
+
+
+def _add_dev(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from voxd.devmodel import PRESETS
+
+    p = sub.add_parser("dev", help="developer tools")
+    dsub = p.add_subparsers(dest="dev_cmd", required=True)
+    mk = dsub.add_parser("make-model", help="write a random model (tiny, tiny2, full 8.9 GB)")
+    mk.add_argument("out_dir", type=Path)
+    mk.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    mk.add_argument("--seed", type=int, default=1)
+    mk.set_defaults(func=_cmd_dev_make_model)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from voxd import bench, modelfetch, quantize
+
+    ap = argparse.ArgumentParser(prog="voxd", description="Local streaming speech-to-text daemon.")
+    ap.add_argument("--version", action="version", version=f"voxd {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+    _add_service(sub)
+    _add_transcribe(sub)
+    modelfetch.add_cli(sub)
+    quantize.add_cli(sub)
+    bench.add_cli(sub)
+    _add_dev(sub)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        rc: int = args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
