@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -19,10 +20,13 @@ def synth(text: str, rate: int = 16000, voice: str = "en-us", wpm: int = 160) ->
     """Speak text with espeak-ng; float32 mono at `rate` Hz in [-1, 1]."""
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "s.wav"
+        # a sanitizer preloaded for the engine (scripts/test-all.sh) is not for espeak
+        env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
         subprocess.run(
             ["espeak-ng", "-v", voice, "-s", str(wpm), "-w", str(wav), text],
             check=True,
             capture_output=True,
+            env=env,
         )
         with wave.open(str(wav)) as w:
             src_rate = w.getframerate()
