@@ -62,4 +62,4 @@ VOXD_ENGINE_LIB=$PWD/build/asan-lib/libvoxd_engine.so \
 LD_PRELOAD="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so)" \
 ASAN_OPTIONS=detect_leaks=0 \
     .venv/bin/python -m pytest -q -p no:cacheprovider tests/test_engine.py \
-    -k "not chunking or 4000"
+    -k "(not chunking or 4000) and not memory_flat"  # ASan's quarantine holds freed memory
