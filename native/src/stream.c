@@ -108,6 +108,7 @@ static int state_copy(vx_state *dst, const vx_state *src, const vx_model *m) {
     dst->adq_n = src->adq_n;
     dst->dec_pos = src->dec_pos;
     dst->last_token = src->last_token;
+    dst->pad_run = src->pad_run;
     dst->eos = src->eos;
     dst->utt_samples = src->utt_samples;
     return 0;
@@ -252,7 +253,8 @@ static int argmax(const float *v, int64_t n) {
 
 /* Positions below prompt_len-1 are prefilled in batches (no logits). After
  * that each pass runs k >= 1 positions: the first with its known input token,
- * the others guessing that the previous output was STREAMING_PAD. Tokens are
+ * the others guessing that the previous output was STREAMING_PAD (as many as
+ * the current run of pads suggests). Tokens are
  * kept up to the first non-pad output; later rows had a wrong input and are
  * dropped (their KV slots are rewritten by the next pass before any read).
  * Rows never influence each other's arithmetic, so the output is bitwise the
@@ -286,7 +288,10 @@ static int run_decoder(vx_stream *s) {
             s->stats.positions += n;
             continue;
         }
-        int k = (int)(avail - p < kmax ? avail - p : kmax);
+        /* guess only as far as the recent outputs justify: after a run of r
+         * pads, r+1 rows; after text, one (a wrong guess costs a full row) */
+        int k = st->pad_run + 1 < kmax ? st->pad_run + 1 : kmax;
+        if (k > avail - p) k = (int)(avail - p);
         vx_weight_row(&m->tok_emb, p < L ? prompt_token(s, p) : st->last_token, emb);
         for (int i = 0; i < k; i++) {
             const float *e = i == 0 ? emb : pad_emb;
@@ -300,6 +305,7 @@ static int run_decoder(vx_stream *s) {
             if (vx_capture_rows(s, VX_DEBUG_LOGITS, row, 1, vocab) != 0) goto done;
             if (emit_token(s, tok, p + kept) != 0) goto done;
             st->last_token = tok;
+            st->pad_run = tok == m->pad_id ? st->pad_run + 1 : 0;
             kept++;
             if (tok == m->eos_id) {
                 st->eos = 1;

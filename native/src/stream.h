@@ -27,6 +27,7 @@ typedef struct {
     int64_t adq_base, adq_n, adq_cap;
     int64_t dec_pos;           /* next decoder position */
     int last_token;
+    int pad_run;               /* consecutive STREAMING_PAD outputs just produced */
     int eos;                   /* the model ended the utterance */
     vx_kv dec_kv;
     int64_t utt_samples;       /* utterance audio fed since the left padding */
