@@ -138,7 +138,7 @@ class EngineSettings(_Section):
     model_dir: Path = Path("/var/lib/voxd/model")
     # Voxtral Realtime works in 80 ms audio frames: the delay is a whole number of them.
     delay_ms: int = Field(default=480, ge=80, le=2400, multiple_of=80)
-    interval_ms: int = Field(default=80, gt=0)
+    interval_ms: int = Field(default=480, gt=0)
     threads: int = Field(default=0, ge=0)
     backend: str | None = None
 
