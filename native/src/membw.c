@@ -1,0 +1,324 @@
+/* membw.c - machine measurements for `voxd bench` (voxd_bench.h): sustained
+ * memory read bandwidth and peak FMA throughput, measured with the same
+ * compiler and thread count as the engine, so that the benchmark's roofline
+ * fractions compare like with like.
+ *
+ * Every repetition starts its threads afresh (the caller thread works too)
+ * and is timed from before the first start to after the last join; thread
+ * start-up costs tens of microseconds against tens of milliseconds of work.
+ * The SIMD paths are chosen at run time (x86: __builtin_cpu_supports and a
+ * target attribute, so this file needs no special compile flags). */
+#if !defined(_POSIX_C_SOURCE) && !defined(_GNU_SOURCE) && !defined(_DEFAULT_SOURCE)
+#define _POSIX_C_SOURCE 200809L /* clock_gettime, posix_memalign under -std=c11 */
+#endif
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "voxd_bench.h"
+
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+#include <immintrin.h>
+#define VX_BENCH_X86 1
+#endif
+#if defined(__aarch64__)
+#include <arm_neon.h>
+#endif
+
+#define PAGE 4096
+#define MAX_THREADS 1024
+#define FMA_REPS 5   /* best of: a shared machine's other load only slows a repetition */
+#define FMA_CHAINS 12 /* > latency x ports on current cores (5 x 2 on Haswell, 4 x 2 on A76) */
+
+enum { TASK_FILL, TASK_READ, TASK_FMA };
+
+typedef struct {
+    int kind;
+    int simd;             /* use the SIMD kernel (decided once per call) */
+    unsigned char *p;     /* TASK_FILL / TASK_READ: this thread's part */
+    size_t n;             /* bytes of the part (a multiple of PAGE) */
+    long iters;           /* TASK_FMA */
+    uint64_t isink;       /* results, so the compiler cannot drop the work */
+    float fsink;
+} task;
+
+static volatile uint64_t g_isink;
+static volatile float g_fsink;
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int cpu_count(void) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1 : n > MAX_THREADS ? MAX_THREADS : (int)n;
+}
+
+/* ---- kernels ---- */
+
+static uint64_t read_words(const unsigned char *p, size_t n) {
+    const uint64_t *w = (const uint64_t *)(const void *)p; /* p is page aligned */
+    uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+    for (size_t i = 0; i + 4 <= n / 8; i += 4) {
+        a0 += w[i];
+        a1 += w[i + 1];
+        a2 += w[i + 2];
+        a3 += w[i + 3];
+    }
+    return a0 ^ a1 ^ a2 ^ a3;
+}
+
+static float fma_plain(long iters) {
+    float a[FMA_CHAINS][8];
+    const float m = 0.999999f, k = 1e-7f;
+    for (int c = 0; c < FMA_CHAINS; c++)
+        for (int l = 0; l < 8; l++) a[c][l] = (float)(c + l);
+    for (long it = 0; it < iters; it++)
+        for (int c = 0; c < FMA_CHAINS; c++)
+            for (int l = 0; l < 8; l++) a[c][l] = a[c][l] * m + k;
+    float s = 0;
+    for (int c = 0; c < FMA_CHAINS; c++)
+        for (int l = 0; l < 8; l++) s += a[c][l];
+    return s;
+}
+#define FLOP_PLAIN (FMA_CHAINS * 8 * 2)
+
+#if defined(VX_BENCH_X86)
+static int have_avx2(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+__attribute__((target("avx2"))) static uint64_t read_avx2(const unsigned char *p, size_t n) {
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+    for (size_t i = 0; i + 128 <= n; i += 128) {
+        a0 = _mm256_add_epi64(a0, _mm256_load_si256((const __m256i *)(const void *)(p + i)));
+        a1 = _mm256_add_epi64(a1, _mm256_load_si256((const __m256i *)(const void *)(p + i + 32)));
+        a2 = _mm256_add_epi64(a2, _mm256_load_si256((const __m256i *)(const void *)(p + i + 64)));
+        a3 = _mm256_add_epi64(a3, _mm256_load_si256((const __m256i *)(const void *)(p + i + 96)));
+    }
+    __m256i s = _mm256_xor_si256(_mm256_xor_si256(a0, a1), _mm256_xor_si256(a2, a3));
+    uint64_t t[4];
+    _mm256_storeu_si256((__m256i *)(void *)t, s);
+    return t[0] ^ t[1] ^ t[2] ^ t[3];
+}
+
+/* 12 named chains: an array of __m256 may be kept in memory. */
+__attribute__((target("avx2,fma"))) static float fma_avx2(long iters) {
+    const __m256 m = _mm256_set1_ps(0.999999f), k = _mm256_set1_ps(1e-7f);
+    __m256 a0 = _mm256_set1_ps(0), a1 = _mm256_set1_ps(1), a2 = _mm256_set1_ps(2),
+           a3 = _mm256_set1_ps(3), a4 = _mm256_set1_ps(4), a5 = _mm256_set1_ps(5),
+           a6 = _mm256_set1_ps(6), a7 = _mm256_set1_ps(7), a8 = _mm256_set1_ps(8),
+           a9 = _mm256_set1_ps(9), a10 = _mm256_set1_ps(10), a11 = _mm256_set1_ps(11);
+    for (long it = 0; it < iters; it++) {
+        a0 = _mm256_fmadd_ps(a0, m, k);
+        a1 = _mm256_fmadd_ps(a1, m, k);
+        a2 = _mm256_fmadd_ps(a2, m, k);
+        a3 = _mm256_fmadd_ps(a3, m, k);
+        a4 = _mm256_fmadd_ps(a4, m, k);
+        a5 = _mm256_fmadd_ps(a5, m, k);
+        a6 = _mm256_fmadd_ps(a6, m, k);
+        a7 = _mm256_fmadd_ps(a7, m, k);
+        a8 = _mm256_fmadd_ps(a8, m, k);
+        a9 = _mm256_fmadd_ps(a9, m, k);
+        a10 = _mm256_fmadd_ps(a10, m, k);
+        a11 = _mm256_fmadd_ps(a11, m, k);
+    }
+    __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)),
+                             _mm256_add_ps(_mm256_add_ps(a4, a5), _mm256_add_ps(a6, a7)));
+    s = _mm256_add_ps(s, _mm256_add_ps(_mm256_add_ps(a8, a9), _mm256_add_ps(a10, a11)));
+    float t[8];
+    _mm256_storeu_ps(t, s);
+    return t[0] + t[1] + t[2] + t[3] + t[4] + t[5] + t[6] + t[7];
+}
+#define FLOP_SIMD (FMA_CHAINS * 8 * 2)
+
+#elif defined(__aarch64__)
+static int have_avx2(void) { return 0; }
+
+static float fma_neon(long iters) {
+    const float32x4_t m = vdupq_n_f32(0.999999f), k = vdupq_n_f32(1e-7f);
+    float32x4_t a0 = vdupq_n_f32(0), a1 = vdupq_n_f32(1), a2 = vdupq_n_f32(2),
+                a3 = vdupq_n_f32(3), a4 = vdupq_n_f32(4), a5 = vdupq_n_f32(5),
+                a6 = vdupq_n_f32(6), a7 = vdupq_n_f32(7), a8 = vdupq_n_f32(8),
+                a9 = vdupq_n_f32(9), a10 = vdupq_n_f32(10), a11 = vdupq_n_f32(11);
+    for (long it = 0; it < iters; it++) {
+        a0 = vfmaq_f32(k, a0, m);
+        a1 = vfmaq_f32(k, a1, m);
+        a2 = vfmaq_f32(k, a2, m);
+        a3 = vfmaq_f32(k, a3, m);
+        a4 = vfmaq_f32(k, a4, m);
+        a5 = vfmaq_f32(k, a5, m);
+        a6 = vfmaq_f32(k, a6, m);
+        a7 = vfmaq_f32(k, a7, m);
+        a8 = vfmaq_f32(k, a8, m);
+        a9 = vfmaq_f32(k, a9, m);
+        a10 = vfmaq_f32(k, a10, m);
+        a11 = vfmaq_f32(k, a11, m);
+    }
+    float32x4_t s = vaddq_f32(vaddq_f32(vaddq_f32(a0, a1), vaddq_f32(a2, a3)),
+                              vaddq_f32(vaddq_f32(a4, a5), vaddq_f32(a6, a7)));
+    s = vaddq_f32(s, vaddq_f32(vaddq_f32(a8, a9), vaddq_f32(a10, a11)));
+    return vaddvq_f32(s);
+}
+#define FLOP_SIMD (FMA_CHAINS * 4 * 2)
+
+#else
+static int have_avx2(void) { return 0; }
+#endif
+
+/* SIMD available for the FMA loop on this CPU (NEON is baseline on AArch64). */
+static int fma_simd(void) {
+#if defined(__aarch64__)
+    return 1;
+#else
+    return have_avx2();
+#endif
+}
+
+static long fma_flop_per_iter(int simd) {
+#if defined(VX_BENCH_X86) || defined(__aarch64__)
+    if (simd) return FLOP_SIMD;
+#endif
+    (void)simd;
+    return FLOP_PLAIN;
+}
+
+static void *run_task(void *arg) {
+    task *t = arg;
+    switch (t->kind) {
+    case TASK_FILL:
+        for (size_t i = 0; i < t->n; i++) t->p[i] = (unsigned char)(i * 131u + 7u);
+        break;
+    case TASK_READ:
+#if defined(VX_BENCH_X86)
+        if (t->simd) {
+            t->isink = read_avx2(t->p, t->n);
+            break;
+        }
+#endif
+        t->isink = read_words(t->p, t->n);
+        break;
+    case TASK_FMA:
+#if defined(VX_BENCH_X86)
+        if (t->simd) {
+            t->fsink = fma_avx2(t->iters);
+            break;
+        }
+#elif defined(__aarch64__)
+        if (t->simd) {
+            t->fsink = fma_neon(t->iters);
+            break;
+        }
+#endif
+        t->fsink = fma_plain(t->iters);
+        break;
+    default:
+        break;
+    }
+    return NULL;
+}
+
+/* Run tasks[0..n) at once: tasks[1..n) on new threads, tasks[0] on this one.
+ * Returns the wall seconds, or -1 when a thread could not be started (the
+ * ones that did are joined first). */
+static double run_parallel(task *tasks, int n) {
+    pthread_t *th = malloc(sizeof(pthread_t) * (size_t)n);
+    if (!th) return -1;
+    double t0 = now_s();
+    int started = 0;
+    for (int i = 1; i < n; i++) {
+        if (pthread_create(&th[i], NULL, run_task, &tasks[i]) != 0) break;
+        started++;
+    }
+    int ok = started == n - 1;
+    if (ok) run_task(&tasks[0]);
+    for (int i = 1; i <= started; i++) pthread_join(th[i], NULL);
+    double dt = now_s() - t0;
+    free(th);
+    uint64_t is = 0;
+    float fs = 0;
+    for (int i = 0; i < n; i++) {
+        is ^= tasks[i].isink;
+        fs += tasks[i].fsink;
+    }
+    g_isink = is;
+    g_fsink = fs;
+    return ok ? dt : -1;
+}
+
+/* ---- public ---- */
+
+double vx_measure_read_bandwidth(size_t bytes, int n_threads, int reps) {
+    int n = n_threads > 0 ? (n_threads > MAX_THREADS ? MAX_THREADS : n_threads) : cpu_count();
+    if (reps <= 0) reps = 3;
+    if (bytes < ((size_t)1 << 20)) bytes = (size_t)1 << 20;
+    size_t part = bytes / (size_t)n / PAGE * PAGE;
+    if (part < PAGE) part = PAGE;
+    void *buf = NULL;
+    if (posix_memalign(&buf, PAGE, part * (size_t)n) != 0 || !buf) return -1;
+    task *tasks = calloc((size_t)n, sizeof(task));
+    if (!tasks) {
+        free(buf);
+        return -1;
+    }
+    int simd = have_avx2();
+    for (int i = 0; i < n; i++) {
+        tasks[i].kind = TASK_FILL; /* each thread first-touches its own part */
+        tasks[i].simd = simd;
+        tasks[i].p = (unsigned char *)buf + part * (size_t)i;
+        tasks[i].n = part;
+    }
+    double best = run_parallel(tasks, n);
+    if (best >= 0) {
+        best = -1;
+        for (int i = 0; i < n; i++) tasks[i].kind = TASK_READ;
+        for (int r = 0; r < reps; r++) {
+            double s = run_parallel(tasks, n);
+            if (s < 0) {
+                best = -1;
+                break;
+            }
+            if (best < 0 || s < best) best = s;
+        }
+    }
+    free(tasks);
+    free(buf);
+    if (best <= 0) return -1;
+    return (double)part * (double)n / best * 1e-9;
+}
+
+double vx_measure_fma_peak(int n_threads) {
+    int n = n_threads > 0 ? (n_threads > MAX_THREADS ? MAX_THREADS : n_threads) : cpu_count();
+    int simd = fma_simd();
+    /* calibrate on one thread: about 50 ms per repetition */
+    task one = {.kind = TASK_FMA, .simd = simd, .iters = 1L << 18};
+    double t = run_parallel(&one, 1);
+    if (t < 0) return -1;
+    double want = (double)one.iters * 0.05 / (t > 1e-6 ? t : 1e-6);
+    long iters = want < (double)(1L << 16) ? 1L << 16 : want > 1e9 ? 1000000000L : (long)want;
+    task *tasks = calloc((size_t)n, sizeof(task));
+    if (!tasks) return -1;
+    for (int i = 0; i < n; i++) {
+        tasks[i].kind = TASK_FMA;
+        tasks[i].simd = simd;
+        tasks[i].iters = iters;
+    }
+    double best = -1;
+    for (int r = 0; r < FMA_REPS; r++) {
+        double s = run_parallel(tasks, n);
+        if (s < 0) {
+            best = -1;
+            break;
+        }
+        if (best < 0 || s < best) best = s;
+    }
+    free(tasks);
+    if (best <= 0) return -1;
+    return (double)n * (double)iters * (double)fma_flop_per_iter(simd) / best * 1e-9;
+}

@@ -1,0 +1,335 @@
+"""`voxd bench` on the tiny model: the report's shape and sanity, not its speed.
+
+Nothing here compares timings with a bound: the machine measurements and the
+report only have to be present, positive and self-consistent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from voxd import bench
+from voxd.engine import Engine, ModelInfo
+
+EXPECTED: dict[str, list[str]] = {
+    "machine": [
+        "cpu_model",
+        "arch",
+        "cores",
+        "threads",
+        "read_bandwidth_gbs",
+        "read_bandwidth_gbs_runs",
+        "bandwidth_buffer_bytes",
+        "fma_peak_gflops",
+        "fma_peak_gflops_runs",
+    ],
+    "model": [
+        "dir",
+        "backend",
+        "weight_format",
+        "weight_dtypes",
+        "weight_bytes",
+        "mapped_bytes",
+        "decoder_pass_bytes",
+        "head_bytes",
+        "load_s",
+        "peak_rss_bytes",
+    ],
+    "audio": ["source", "seconds", "chunk_ms", "delay_ms", "interval_ms", "max_speculation"],
+    "prefill": [
+        "cold_ms",
+        "ms",
+        "positions",
+        "decoder_passes",
+        "encoder_frames",
+        "mel_ms",
+        "encoder_ms",
+        "decoder_ms",
+    ],
+    "encoder": [
+        "frames",
+        "ms",
+        "mel_ms",
+        "mel_ms_per_audio_s",
+        "ms_per_audio_s",
+        "gflop",
+        "gflop_per_audio_s_steady",
+        "gflops",
+        "fma_peak_fraction",
+        "passes",
+        "frames_per_pass",
+        "weight_bytes_per_pass",
+        "weight_gbs",
+    ],
+    "decoder": [
+        "positions",
+        "passes",
+        "passes_per_position",
+        "spec_guesses",
+        "spec_accepted",
+        "rows_per_pass",
+        "ms",
+        "ms_per_step",
+        "ms_per_pass",
+        "steps_per_s",
+        "kv_bytes_per_step",
+        "bytes_per_step",
+        "sequential_step_bytes",
+        "achieved_gbs",
+        "roofline_fraction",
+        "streaming_positions",
+        "streaming_passes",
+        "streaming_ms_per_step",
+        "streaming_achieved_gbs",
+        "streaming_roofline_fraction",
+    ],
+    "stream": [
+        "feed_s",
+        "chunk_ms_p50",
+        "chunk_ms_max",
+        "flush_ms",
+        "flush_positions",
+        "flush_passes",
+        "flush_encoder_ms",
+        "flush_decoder_ms",
+        "rtf",
+        "tokens",
+        "text_tokens",
+        "eos",
+    ],
+}
+
+# fields that may legitimately be zero (counts of what a random model says)
+MAY_BE_ZERO = {
+    ("stream", "tokens"),
+    ("stream", "text_tokens"),
+    ("audio", "max_speculation"),
+    ("decoder", "spec_guesses"),
+    ("decoder", "spec_accepted"),
+}
+
+PROJECTION_FIELDS = [
+    "name",
+    "bandwidth_gbs",
+    "fma_peak_gflops",
+    "decoder_step_ms_at_full_bandwidth",
+    "steps_per_s_at_full_bandwidth",
+    "decoder_step_ms_at_this_roofline",
+    "steps_per_s_at_this_roofline",
+    "decoder_step_ms_compute_scaled",
+    "decoder_step_ms_two_roof",
+    "steps_per_s_two_roof",
+    "encoder_ms_per_audio_s_at_this_peak_fraction",
+    "compute_s_per_audio_s",
+]
+
+
+def _positive(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+@pytest.fixture(scope="module")
+def report(tiny_model_dir: Path) -> dict[str, Any]:
+    """`python -m voxd.bench ... --json` on 2 s of audio, parsed."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = bench.main(
+            [
+                "bench",
+                "--model-dir",
+                str(tiny_model_dir),
+                "--seconds",
+                "2",
+                "--threads",
+                "2",
+                "--membw-mb",
+                "32",
+                "--json",
+            ]
+        )
+    assert rc == 0
+    data: dict[str, Any] = json.loads(buf.getvalue())
+    return data
+
+
+def test_report_has_every_field(report: dict[str, Any]) -> None:
+    for section, fields in EXPECTED.items():
+        assert section in report, section
+        missing = [f for f in fields if f not in report[section]]
+        assert not missing, f"{section}: {missing}"
+    assert report["projections"], "default projections missing"
+    for p in report["projections"]:
+        assert [f for f in PROJECTION_FIELDS if f not in p] == []
+
+
+def test_numbers_are_positive(report: dict[str, Any]) -> None:
+    for section, fields in EXPECTED.items():
+        for f in fields:
+            v = report[section][f]
+            if isinstance(v, (str, bool, dict)) or (section, f) in MAY_BE_ZERO:
+                continue
+            for x in v if isinstance(v, list) else [v]:
+                assert _positive(x), f"{section}.{f} = {v!r}"
+    m = report["machine"]
+    assert m["read_bandwidth_gbs"] == max(m["read_bandwidth_gbs_runs"])
+    assert m["fma_peak_gflops"] == max(m["fma_peak_gflops_runs"])
+    for p in report["projections"]:
+        for f in PROJECTION_FIELDS[1:]:
+            assert _positive(p[f]), f"projection {p['name']}.{f} = {p[f]!r}"
+
+
+def test_report_is_consistent(report: dict[str, Any], tiny_model_dir: Path) -> None:
+    d, m, a = report["decoder"], report["model"], report["audio"]
+    assert 0 < d["roofline_fraction"] < 1.5
+    assert 0 < d["streaming_roofline_fraction"] < 1.5
+    assert d["streaming_positions"] + report["stream"]["flush_positions"] == d["positions"]
+    assert d["streaming_passes"] + report["stream"]["flush_passes"] == d["passes"]
+    assert d["passes"] <= d["positions"]
+    assert report["encoder"]["fma_peak_fraction"] < 1.5
+    assert a["seconds"] == pytest.approx(2.0)
+    assert a["chunk_ms"] == 80
+    # 2 s = 25 positions of audio plus the flush padding (delay + 1 + 10 positions)
+    assert d["positions"] >= 25
+    # the last padding position's last mel frame reaches into the audio: 31 or 32
+    assert bench.LEFT_PAD_POS - 1 <= report["prefill"]["positions"] <= bench.LEFT_PAD_POS
+    assert report["machine"]["threads"] == 2
+    assert m["weight_format"] == "bf16"
+    stored = sum(sum(g.values()) for g in m["weight_dtypes"].values())
+    assert stored == m["weight_bytes"]
+    assert m["decoder_pass_bytes"] + m["head_bytes"] < m["weight_bytes"]
+    # the engine maps every tensor it uses
+    assert 0 < m["mapped_bytes"] <= m["weight_bytes"]
+    assert report["stream"]["flush_positions"] >= 17
+    assert report["stream"]["flush_positions"] <= d["positions"]
+
+
+def test_text_report(tiny_model_dir: Path) -> None:
+    audio = bench.synthetic_voice(1.0)
+    boards = [bench.Projection("no-peak", 10.0, 0.0), bench.Projection("board", 10.0, 100.0)]
+    r = bench.run_bench(
+        tiny_model_dir, audio, "synthetic", threads=1, membw_bytes=1 << 20, projections=boards
+    )
+    text = bench.format_report(r)
+    for label in ("memory read bandwidth", "FMA peak", "decoder step", "flush latency", "-> board"):
+        assert label in text
+    assert r["decoder"]["passes"] <= r["decoder"]["positions"]
+    no_peak, board = r["projections"]
+    assert no_peak["compute_s_per_audio_s"] is None
+    assert no_peak["decoder_step_ms_two_roof"] is None
+    assert board["decoder_step_ms_two_roof"] >= board["decoder_step_ms_at_full_bandwidth"]
+    assert _positive(board["compute_s_per_audio_s"])
+    # at full bandwidth a step takes exactly its bytes over the bandwidth
+    step_s = r["decoder"]["sequential_step_bytes"] / 10e9
+    assert board["decoder_step_ms_at_full_bandwidth"] == pytest.approx(step_s * 1e3)
+
+
+def test_weight_summary_of_quantized_model(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from voxd import quantize
+
+    out = tmp_path / "q4"
+    assert quantize.main(["quantize", str(tiny_model_dir), str(out), "--format", "q4", "-q"]) == 0
+    w = bench.summarize_weights(out)
+    assert "Q4" in w.groups["decoder"]
+    assert w.label.startswith("decoder q4")
+    assert "head q8" in w.label
+    ref = bench.summarize_weights(tiny_model_dir)
+    assert w.decoder_pass_bytes < ref.decoder_pass_bytes
+    with Engine(out, threads=1) as eng:
+        assert eng.info.weight_bytes <= w.total_bytes
+
+
+def test_flop_formula_matches_the_spec() -> None:
+    """The released model's numbers from spec section 10: ~100 GFLOP of matrix
+    work and ~10 GFLOP of attention per second of audio."""
+    from voxd.devmodel import FULL
+
+    info = _full_info(FULL)
+    fps = bench.encoder_frames_per_second(info)
+    assert fps == 50
+    matrix = fps * bench.encoder_matmul_flops_per_frame(info) / 1e9
+    attention = fps * bench.encoder_attention_flops(info, info.enc_window) / 1e9
+    assert 95 < matrix < 100
+    assert 9 < attention < 11
+
+
+def _full_info(dims: Any) -> ModelInfo:
+    """A ModelInfo of the released model's dimensions (no weights needed)."""
+    fields: dict[str, Any] = {
+        f.name: getattr(dims, f.name, 0) for f in dataclasses.fields(ModelInfo)
+    }
+    fields.update(sample_rate=16000, hop_length=160, window_size=400, backend="", n_threads=1)
+    return ModelInfo(**fields)
+
+
+def test_window_sum() -> None:
+    for first in range(0, 12):
+        for count in range(0, 12):
+            for window in (1, 3, 8):
+                want = sum(min(p + 1, window) for p in range(first, first + count))
+                assert bench.window_sum(first, count, window) == want
+
+
+def test_machine_measurements_are_positive() -> None:
+    bw = bench.measure_read_bandwidth(16 << 20, 1, 1)
+    bw2 = bench.measure_read_bandwidth(16 << 20, 0, 2)
+    fma = bench.measure_fma_peak(1)
+    fma_all = bench.measure_fma_peak(0)
+    for v in (bw, bw2, fma, fma_all):
+        assert math.isfinite(v) and v > 0
+
+
+def test_bandwidth_buffer_stays_out_of_peak_rss() -> None:
+    """The 1 GiB-class buffer is measured in a forked child."""
+    before = bench.peak_rss_bytes()
+    assert bench._in_child(lambda: bench.measure_read_bandwidth(256 << 20, 1, 1)) > 0
+    assert bench.peak_rss_bytes() < before + (128 << 20)
+
+
+def test_synthetic_voice() -> None:
+    x = bench.synthetic_voice(0.5)
+    assert x.dtype == np.float32 and x.size == 8000
+    assert np.all(np.isfinite(x)) and 0 < np.max(np.abs(x)) <= 1
+
+
+def test_projection_argument() -> None:
+    p = bench._parse_projection("pi=11")
+    assert p.bandwidth_gbs == 11 and p.fma_peak_gflops == 0
+    p = bench._parse_projection("raspberry-pi-5=12")
+    assert p.fma_peak_gflops == bench.DEFAULT_PROJECTIONS["raspberry-pi-5"][1]
+    assert bench._parse_projection("x=1,2").fma_peak_gflops == 2
+    for bad in ("x", "=1", "x=a", "x=-1", "x=1,2,3"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            bench._parse_projection(bad)
+
+
+def test_add_cli_registers_bench() -> None:
+    parser = argparse.ArgumentParser()
+    bench.add_cli(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["bench", "--model-dir", "d", "--seconds", "3", "--json"])
+    assert args.func is bench._cmd_bench
+    assert args.seconds == 3 and args.json and args.delay_ms == 480 and args.threads == 0
+
+
+def test_speculation_is_reported(tiny_model_dir: Path) -> None:
+    """With the encoder batching 6 positions, speculation checks guesses; off, none."""
+    audio = bench.synthetic_voice(1.5)
+    kw: dict[str, Any] = {"threads": 1, "interval_ms": 480, "membw_bytes": 1 << 20}
+    on = bench.run_bench(tiny_model_dir, audio, max_speculation=8, **kw)["decoder"]
+    off = bench.run_bench(tiny_model_dir, audio, max_speculation=1, **kw)["decoder"]
+    # without speculation only the prompt positions share passes
+    assert off["spec_guesses"] == 0 and off["passes"] <= off["positions"]
+    assert on["spec_guesses"] > 0
+    assert 0 <= on["spec_accepted"] <= on["spec_guesses"]
+    assert on["positions"] == off["positions"]
+    assert on["passes"] <= off["passes"]
+    assert on["rows_per_pass"] > off["rows_per_pass"] >= 1
