@@ -461,7 +461,7 @@ def run_bench(
     threads: int = 0,
     backend: str | None = None,
     delay_ms: int = 480,
-    interval_ms: int = 80,
+    interval_ms: int = 480,
     max_speculation: int = 0,
     membw_bytes: int = 1 << 30,
     projections: Sequence[Projection] = (),
@@ -856,6 +856,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _daemon_default(field: str, fallback: int) -> int:
+    """The daemon's default for an [engine] setting, so the bench runs what it runs."""
+    try:
+        from voxd.config import EngineSettings
+    except ImportError:  # pragma: no cover - pydantic is a dependency
+        return fallback
+    value = EngineSettings.model_fields[field].default
+    return value if isinstance(value, int) else fallback
+
+
 def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``bench`` on an argparse subparsers; sets ``func`` to the handler
     (takes the parsed Namespace, returns an exit code)."""
@@ -879,9 +889,20 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     )
     p.add_argument("--threads", type=int, default=0, metavar="N", help="0 = all cores (default)")
     p.add_argument("--backend", metavar="NAME", help="portable, avx2 or neon (default: best)")
-    p.add_argument("--delay-ms", type=int, default=480, metavar="MS", help="default: 480")
+    delay, interval = _daemon_default("delay_ms", 480), _daemon_default("interval_ms", 480)
     p.add_argument(
-        "--interval-ms", type=int, default=80, metavar="MS", help="encoder batch (default: 80)"
+        "--delay-ms",
+        type=int,
+        default=delay,
+        metavar="MS",
+        help=f"decoder delay (default: the daemon's, {delay})",
+    )
+    p.add_argument(
+        "--interval-ms",
+        type=int,
+        default=interval,
+        metavar="MS",
+        help=f"audio the encoder batches (default: the daemon's, {interval})",
     )
     p.add_argument(
         "--max-speculation",
