@@ -1,8 +1,8 @@
 /* bench_kernels.c - throughput of the matmul backends against this machine's
  * limits (not part of the build; the numbers go into the kernel notes).
  *
- *   FMA peak   : a register-only FMA loop (10 independent chains) per thread
- *   memory     : AVX2 / NEON-free streaming sum over 1 GiB, 1 and 2 threads
+ *   FMA peak   : vx_measure_fma_peak (membw.c), 1 and 2 threads
+ *   memory     : vx_measure_read_bandwidth over 1 GiB, 1 and 2 threads
  *   matmul     : W [5120 x 1280] x 64 input rows (encoder FFN shape), GFLOP/s
  *   matvec     : W [9216 x 3072] x 1 row (decoder FFN shape), GB/s of weights;
  *                several copies are cycled so the working set exceeds the L3.
@@ -14,7 +14,6 @@
  *   build/bench/bench_kernels [backend]
  */
 #define _POSIX_C_SOURCE 200809L
-#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,10 +22,8 @@
 
 #include "engine.h"
 #include "quant.h"
+#include "voxd_bench.h"
 
-#if defined(__AVX2__)
-#include <immintrin.h>
-#endif
 
 static double now(void) {
     struct timespec ts;
@@ -56,87 +53,6 @@ static double cpu_mhz(void) {
         }
     fclose(f);
     return mhz;
-}
-
-/* ---- FMA peak and memory bandwidth (x86 only; elsewhere reported as 0) */
-
-typedef struct {
-    const float *p;
-    size_t n;
-    double result;
-    int iters;
-} bw_arg;
-
-static void *fma_loop(void *arg) {
-    bw_arg *a = arg;
-#if defined(__AVX2__)
-    /* 10 named chains (an array may be left in memory at -O2): enough to
-     * cover 2 ports x 5 cycles of FMA latency */
-    __m256 m = _mm256_set1_ps(0.999999f), k = _mm256_set1_ps(1e-7f);
-    __m256 a0 = _mm256_set1_ps(0), a1 = _mm256_set1_ps(1), a2 = _mm256_set1_ps(2),
-           a3 = _mm256_set1_ps(3), a4 = _mm256_set1_ps(4), a5 = _mm256_set1_ps(5),
-           a6 = _mm256_set1_ps(6), a7 = _mm256_set1_ps(7), a8 = _mm256_set1_ps(8),
-           a9 = _mm256_set1_ps(9);
-    for (int it = 0; it < a->iters; it++) {
-        a0 = _mm256_fmadd_ps(a0, m, k);
-        a1 = _mm256_fmadd_ps(a1, m, k);
-        a2 = _mm256_fmadd_ps(a2, m, k);
-        a3 = _mm256_fmadd_ps(a3, m, k);
-        a4 = _mm256_fmadd_ps(a4, m, k);
-        a5 = _mm256_fmadd_ps(a5, m, k);
-        a6 = _mm256_fmadd_ps(a6, m, k);
-        a7 = _mm256_fmadd_ps(a7, m, k);
-        a8 = _mm256_fmadd_ps(a8, m, k);
-        a9 = _mm256_fmadd_ps(a9, m, k);
-    }
-    __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)),
-                             _mm256_add_ps(_mm256_add_ps(a4, a5), _mm256_add_ps(a6, a7)));
-    s = _mm256_add_ps(s, _mm256_add_ps(a8, a9));
-    float t[8];
-    _mm256_storeu_ps(t, s);
-    a->result = t[0];
-#else
-    a->result = 0;
-#endif
-    return NULL;
-}
-
-static void *sum_loop(void *arg) {
-    bw_arg *a = arg;
-#if defined(__AVX2__)
-    __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
-    for (size_t i = 0; i < a->n; i += 32) {
-        s0 = _mm256_add_ps(s0, _mm256_load_ps(a->p + i));
-        s1 = _mm256_add_ps(s1, _mm256_load_ps(a->p + i + 8));
-        s2 = _mm256_add_ps(s2, _mm256_load_ps(a->p + i + 16));
-        s3 = _mm256_add_ps(s3, _mm256_load_ps(a->p + i + 24));
-    }
-    float t[8];
-    _mm256_storeu_ps(t, _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
-    a->result = t[0] + t[1] + t[2] + t[3] + t[4] + t[5] + t[6] + t[7];
-#else
-    double s = 0;
-    for (size_t i = 0; i < a->n; i++) s += a->p[i];
-    a->result = s;
-#endif
-    return NULL;
-}
-
-/* Run fn on `threads` threads over equal parts; returns seconds. */
-static double run_threads(void *(*fn)(void *), int threads, const float *p, size_t n, int iters) {
-    pthread_t th[16];
-    bw_arg args[16];
-    size_t part = n / (size_t)threads / 32 * 32;
-    double t0 = now();
-    for (int t = 0; t < threads; t++) {
-        args[t] = (bw_arg){p ? p + part * (size_t)t : NULL, part, 0, iters};
-        if (pthread_create(&th[t], NULL, fn, &args[t]) != 0) {
-            fprintf(stderr, "pthread_create failed\n");
-            exit(2);
-        }
-    }
-    for (int t = 0; t < threads; t++) pthread_join(th[t], NULL);
-    return now() - t0;
 }
 
 /* ---- matmul through the engine's own threaded vx_matmul */
@@ -187,29 +103,12 @@ int main(int argc, char **argv) {
     printf("nominal peak: %.1f GFLOP/s per core (2 FMA ports x 8 lanes x 2 flops x clock)\n",
            mhz * 1e-3 * 32);
 
-    const int fma_iters = 50000000;
+    /* the same measurements voxd bench reports (native/src/membw.c) */
     for (int t = 1; t <= 2; t++) {
-        double s = 1e9;
-        for (int rep = 0; rep < 3; rep++) {
-            double r = run_threads(fma_loop, t, NULL, 0, fma_iters);
-            if (r < s) s = r;
-        }
-        printf("measured FMA peak, %d thread(s): %.1f GFLOP/s\n", t,
-               (double)t * fma_iters * 10 * 16 / s * 1e-9);
+        printf("measured FMA peak, %d thread(s): %.1f GFLOP/s\n", t, vx_measure_fma_peak(t));
+        printf("memory read bandwidth, %d thread(s): %.1f GB/s\n", t,
+               vx_measure_read_bandwidth((size_t)1 << 30, t, 5));
     }
-
-    const size_t gib = (size_t)1 << 30, nf = gib / 4;
-    float *big = xmalloc(gib);
-    for (size_t i = 0; i < nf; i++) big[i] = (float)(i & 1023);
-    for (int t = 1; t <= 2; t++) {
-        double best = 1e9;
-        for (int rep = 0; rep < 5; rep++) {
-            double s = run_threads(sum_loop, t, big, nf, 0);
-            if (s < best) best = s;
-        }
-        printf("memory read bandwidth, %d thread(s): %.1f GB/s\n", t, (double)gib / best * 1e-9);
-    }
-    free(big);
 
     for (int threads = 1; threads <= 2; threads++) {
         vx_model m;
