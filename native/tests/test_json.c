@@ -6,14 +6,7 @@
 
 #include "json.h"
 
-static int failures = 0;
-#define CHECK(cond)                                                        \
-    do {                                                                   \
-        if (!(cond)) {                                                     \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-            failures++;                                                    \
-        }                                                                  \
-    } while (0)
+#include "check.h"
 
 /* Parse len bytes from an exact-size heap copy (no NUL after it), so a read
  * past the end shows up under ASan/valgrind. */
