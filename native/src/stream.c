@@ -266,13 +266,9 @@ static int run_decoder(vx_stream *s) {
     const int64_t vocab = m->p.vocab_size;
     const int kmax = s->max_spec;
     double t0 = vx_now_ms();
-    float *x = malloc(sizeof(float) * (size_t)VX_DEC_BATCH * dim);
-    float *emb = malloc(sizeof(float) * (size_t)dim);
-    float *pad_emb = malloc(sizeof(float) * (size_t)dim);
-    float *logits = malloc(sizeof(float) * (size_t)vocab * kmax);
+    float *x = s->dec_x, *emb = s->dec_emb, *logits = s->dec_logits;
+    const float *pad_emb = s->pad_emb;
     int rc = -1;
-    if (!x || !emb || !pad_emb || !logits) goto done;
-    vx_weight_row(&m->tok_emb, m->pad_id, pad_emb);
     while (!st->eos && st->dec_pos < st->adq_base + st->adq_n) {
         int64_t p = st->dec_pos, avail = st->adq_base + st->adq_n;
         const float *ad = st->adq + (size_t)(p - st->adq_base) * dim;
@@ -329,10 +325,6 @@ static int run_decoder(vx_stream *s) {
     rc = 0;
 done:
     s->stats.decoder_ms += vx_now_ms() - t0;
-    free(x);
-    free(emb);
-    free(pad_emb);
-    free(logits);
     return rc;
 }
 
@@ -369,11 +361,18 @@ vx_status vx_stream_new(vx_model *m, const vx_stream_options *opt, vx_stream **o
     s->prompt_len = 1 + VX_LEFT_PAD_POS + s->delay_pos;
     s->interval_frames = interval / 10 < VX_POS_FRAMES ? VX_POS_FRAMES : interval / 10;
     s->max_spec = spec;
-    if (state_init(&s->st, m) != 0 || state_init(&s->snap, m) != 0 ||
+    const size_t dim = (size_t)m->p.dec.dim;
+    s->dec_x = malloc(sizeof(float) * VX_DEC_BATCH * dim);
+    s->dec_emb = malloc(sizeof(float) * dim);
+    s->pad_emb = malloc(sizeof(float) * dim);
+    s->dec_logits = malloc(sizeof(float) * (size_t)spec * (size_t)m->p.vocab_size);
+    if (!s->dec_x || !s->dec_emb || !s->pad_emb || !s->dec_logits ||
+        state_init(&s->st, m) != 0 || state_init(&s->snap, m) != 0 ||
         vx_decoder_init_ada(s) != 0) {
         vx_stream_free(s);
         return VX_ERR_NOMEM;
     }
+    vx_weight_row(&m->tok_emb, m->pad_id, s->pad_emb);
     *out = s;
     return VX_OK;
 }
@@ -387,6 +386,10 @@ void vx_stream_free(vx_stream *s) {
     state_free(&s->snap);
     vx_scratch_free(&s->enc_s);
     vx_scratch_free(&s->dec_s);
+    free(s->dec_x);
+    free(s->dec_emb);
+    free(s->pad_emb);
+    free(s->dec_logits);
     free(s->events);
     free(s->cap_mel.data);
     free(s->cap_enc.data);

@@ -50,6 +50,11 @@ struct vx_stream {
     int have_snap;
     int finished;
     vx_scratch enc_s, dec_s;
+    /* decoder step buffers, sized once at stream creation */
+    float *dec_x;              /* [VX_DEC_BATCH, dim] input rows */
+    float *dec_emb;            /* [dim] one token embedding */
+    float *pad_emb;            /* [dim] STREAMING_PAD's embedding (the guess) */
+    float *dec_logits;         /* [max_spec, vocab] */
     vx_utf8_stream utf8;
     vx_event *events;
     size_t n_events, ev_head, ev_cap;
