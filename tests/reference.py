@@ -342,7 +342,14 @@ def conv_stem(m: RefModel, mel: A) -> A:
     return gelu(x)
 
 
-def _enc_layer(m: RefModel, i: int, h: A, pos: npt.NDArray[np.int64]) -> A:
+def kv_cached(x: A, kv_f16: bool) -> A:
+    """Keys/values as the cache holds them: fp16 (round to nearest even) or exact."""
+    return x.astype(np.float16).astype(np.float64) if kv_f16 else x
+
+
+def _enc_layer(
+    m: RefModel, i: int, h: A, pos: npt.NDArray[np.int64], kv_f16: bool = False
+) -> A:
     c = m.enc
     p = f"{WHISPER}transformer.layers.{i}."
     w = m.w
@@ -355,6 +362,7 @@ def _enc_layer(m: RefModel, i: int, h: A, pos: npt.NDArray[np.int64]) -> A:
     q = rope_interleaved(q.reshape(t, c.n_heads, c.head_dim), pos, c.rope_theta)
     k = rope_interleaved(k.reshape(t, c.n_kv_heads, c.head_dim), pos, c.rope_theta)
     v = v.reshape(t, c.n_kv_heads, c.head_dim)
+    k, v = kv_cached(k, kv_f16), kv_cached(v, kv_f16)
     att = attention(q, k, v, pos, pos, c.window).reshape(t, -1)
     h = h + linear(att, w[p + "attention.wo.weight"], w[p + "attention.wo.bias"])
     x = rms_norm(h, w[p + "ffn_norm.weight"], c.norm_eps)
@@ -363,12 +371,12 @@ def _enc_layer(m: RefModel, i: int, h: A, pos: npt.NDArray[np.int64]) -> A:
     return h + linear(gate * up, w[p + "feed_forward.w2.weight"], w[p + "feed_forward.w2.bias"])
 
 
-def encoder(m: RefModel, mel: A) -> A:
+def encoder(m: RefModel, mel: A, kv_f16: bool = False) -> A:
     """[T, 128] mel (from the start of the stream) -> [T // 2, enc_dim]."""
     h = conv_stem(m, np.asarray(mel, dtype=np.float64))
     pos = np.arange(h.shape[0], dtype=np.int64)  # encoder frames since stream start
     for i in range(m.enc.n_layers):
-        h = _enc_layer(m, i, h, pos)
+        h = _enc_layer(m, i, h, pos, kv_f16)
     return rms_norm(h, m.w[WHISPER + "transformer.norm.weight"], m.enc.norm_eps)
 
 
@@ -409,6 +417,7 @@ class Decoder:
 
     model: RefModel
     delay_positions: float
+    kv_f16: bool = False  # cache keys and values as fp16, as the engine does by default
     pos: int = 0  # next absolute position
     keys: list[A] = field(default_factory=list)
     values: list[A] = field(default_factory=list)
@@ -445,8 +454,8 @@ class Decoder:
         v = linear(x, w[p + "attention.wv.weight"]).reshape(n, c.n_kv_heads, c.head_dim)
         q = rope_interleaved(q, pos, c.rope_theta)
         k = rope_interleaved(k, pos, c.rope_theta)
-        self.keys[i] = np.concatenate([self.keys[i], k])
-        self.values[i] = np.concatenate([self.values[i], v])
+        self.keys[i] = np.concatenate([self.keys[i], kv_cached(k, self.kv_f16)])
+        self.values[i] = np.concatenate([self.values[i], kv_cached(v, self.kv_f16)])
         k_pos = np.arange(self.keys[i].shape[0], dtype=np.int64)
         att = attention(q, self.keys[i], self.values[i], pos, k_pos, c.window)
         h = h + linear(att.reshape(n, -1), w[p + "attention.wo.weight"])
@@ -494,18 +503,23 @@ def decode_text(m: RefModel, token_ids: list[int]) -> str:
     return raw.decode("utf-8", errors="replace").strip()
 
 
-def transcribe(m: RefModel, audio16k: npt.ArrayLike, delay_ms: int = 480) -> RefResult:
-    """Greedy offline transcription exactly as spec section 8 describes."""
+def transcribe(
+    m: RefModel, audio16k: npt.ArrayLike, delay_ms: int = 480, kv_f16: bool = False
+) -> RefResult:
+    """Greedy offline transcription exactly as spec section 8 describes.
+
+    kv_f16 rounds cached keys and values to fp16, as the engine's default cache does.
+    """
     delay = delay_positions_of(delay_ms)
     padded = pad_offline(audio16k, delay)
     mel = log_mel(padded, m.n_mels, m.log_mel_max)
-    enc = encoder(m, mel)
+    enc = encoder(m, mel, kv_f16)
     ada = adapter(m, enc)
     n_pos = ada.shape[0]
 
     prompt = [m.bos] + [m.streaming_pad] * (LEFT_PAD_POSITIONS + delay)
     n_prompt = len(prompt)  # 33 + delay
-    dec = Decoder(m, float(delay))
+    dec = Decoder(m, float(delay), kv_f16)
     # positions 0 .. L-2 are prefilled; their logits are not used
     dec.forward(ada[: n_prompt - 1] + dec.embed(prompt[:-1]))
 

@@ -45,7 +45,15 @@ EXPECTED: dict[str, list[str]] = {
         "load_s",
         "peak_rss_bytes",
     ],
-    "audio": ["source", "seconds", "chunk_ms", "delay_ms", "interval_ms", "max_speculation"],
+    "audio": [
+        "source",
+        "seconds",
+        "chunk_ms",
+        "delay_ms",
+        "interval_ms",
+        "max_speculation",
+        "kv_cache",
+    ],
     "prefill": [
         "cold_ms",
         "ms",
@@ -337,3 +345,14 @@ def test_speculation_is_reported(tiny_model_dir: Path) -> None:
     assert on["positions"] == off["positions"]
     assert on["passes"] <= off["passes"]
     assert on["rows_per_pass"] >= off["rows_per_pass"] >= 1
+
+
+def test_kv_cache_width_is_counted(tiny_model_dir: Path) -> None:
+    """The fp16 cache (default) is counted at 2 bytes a value, --kv-f32 at 4."""
+    audio = bench.synthetic_voice(1.0)
+    kw: dict[str, Any] = {"threads": 1, "interval_ms": 480, "membw_bytes": 1 << 20}
+    f16 = bench.run_bench(tiny_model_dir, audio, **kw)
+    f32 = bench.run_bench(tiny_model_dir, audio, kv_f32=True, **kw)
+    assert (f16["audio"]["kv_cache"], f32["audio"]["kv_cache"]) == ("f16", "f32")
+    assert f16["decoder"]["positions"] == f32["decoder"]["positions"]
+    assert f32["decoder"]["kv_bytes_per_step"] == 2 * f16["decoder"]["kv_bytes_per_step"] > 0

@@ -59,7 +59,7 @@ FLOP and byte counts (all from the model's own dimensions):
   vocab x dim) for passes that produce logits; the ada-norm matrices are
   applied once per stream and norms are tiny, so neither is counted. Plus the
   KV cache read by attention: ``min(p + 1, window) * n_layers * 2 * kv_dim *
-  4`` bytes at position p (the cache is float32), summed over the positions
+  2`` bytes at position p (the cache is fp16; 4 with ``--kv-f32``), summed over the positions
   decoded (as if each position were its own pass: an upper bound once passes
   are batched).
 """
@@ -95,7 +95,7 @@ SAMPLE_RATE = 16000
 CHUNK_SAMPLES = 1280  # 80 ms, one decoder position: what the daemon feeds
 LEFT_PAD_POS = 32  # positions of zeros the stream starts with (spec section 8)
 REALTIME_STEPS_PER_S = 12.5
-KV_BYTES_PER_VALUE = 4  # the engine's KV cache is float32
+KV_BYTES_PER_VALUE = {False: 2, True: 4}  # the KV cache: fp16, or float32 with kv_f32
 ENCODER_BATCH = 64  # encoder frames per transformer pass (VX_ENC_BATCH, native/src/stream.h)
 DECODER_BATCH = 32  # prompt positions per prefill pass (VX_DEC_BATCH)
 
@@ -308,8 +308,8 @@ def window_sum(first: int, count: int, window: int) -> int:
     return s + (count - below) * window
 
 
-def kv_bytes_per_position(info: ModelInfo) -> int:
-    return info.n_layers * 2 * info.n_kv_heads * info.head_dim * KV_BYTES_PER_VALUE
+def kv_bytes_per_position(info: ModelInfo, kv_f32: bool = False) -> int:
+    return info.n_layers * 2 * info.n_kv_heads * info.head_dim * KV_BYTES_PER_VALUE[kv_f32]
 
 
 # ---------------------------------------------------------------- audio
@@ -463,6 +463,7 @@ def run_bench(
     delay_ms: int = 480,
     interval_ms: int = 480,
     max_speculation: int = 0,
+    kv_f32: bool = False,
     membw_bytes: int = 1 << 30,
     projections: Sequence[Projection] = (),
 ) -> dict[str, Any]:
@@ -479,10 +480,10 @@ def run_bench(
     info = engine.info
     try:
         # cold prefill (first touch of the mapped weights), then warm on a second stream
-        s1 = engine.stream(delay_ms, interval_ms, max_speculation)
+        s1 = engine.stream(delay_ms, interval_ms, max_speculation, kv_f32)
         prefill_cold_ms, _ = _prefill(s1)
         s1.close()
-        stream = engine.stream(delay_ms, interval_ms, max_speculation)
+        stream = engine.stream(delay_ms, interval_ms, max_speculation, kv_f32)
         prefill_ms, pre = _prefill(stream)
 
         x = np.ascontiguousarray(audio, dtype=np.float32).reshape(-1)
@@ -553,7 +554,9 @@ def run_bench(
     def dec_bytes(seg: StreamStats, prompt_passes: int, first: int) -> tuple[float, float]:
         """(all bytes read, KV bytes read) by the decoder passes of one segment."""
         head_passes = max(0, seg.decoder_passes - prompt_passes)  # passes that made logits
-        kv = window_sum(first, seg.positions, info.sliding_window) * kv_bytes_per_position(info)
+        kv = window_sum(first, seg.positions, info.sliding_window) * kv_bytes_per_position(
+            info, kv_f32
+        )
         weight = seg.decoder_passes * weights.decoder_pass_bytes + head_passes * weights.head_bytes
         return weight + kv, kv
 
@@ -638,6 +641,7 @@ def run_bench(
             "delay_ms": delay_ms,
             "interval_ms": interval_ms,
             "max_speculation": max_speculation,
+            "kv_cache": "f32" if kv_f32 else "f16",
         },
         "prefill": {
             "cold_ms": prefill_cold_ms,
@@ -843,6 +847,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             delay_ms=args.delay_ms,
             interval_ms=args.interval_ms,
             max_speculation=args.max_speculation,
+            kv_f32=args.kv_f32,
             membw_bytes=int(args.membw_mb * (1 << 20)),
             projections=projections,
         )
@@ -910,6 +915,11 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         default=0,
         metavar="K",
         help="positions per decoder pass with pad speculation (0 = engine default, 1 = off)",
+    )
+    p.add_argument(
+        "--kv-f32",
+        action="store_true",
+        help="keep the KV caches in float32 instead of fp16 (twice the bytes)",
     )
     p.add_argument(
         "--membw-mb",

@@ -63,6 +63,7 @@ class _StreamOptions(ctypes.Structure):
         ("delay_ms", ctypes.c_int),
         ("interval_ms", ctypes.c_int),
         ("max_speculation", ctypes.c_int),
+        ("kv_f32", ctypes.c_int),
     ]
 
 
@@ -266,9 +267,18 @@ class Engine:
         return self._handle
 
     def stream(
-        self, delay_ms: int = 480, interval_ms: int = 80, max_speculation: int = 0
+        self,
+        delay_ms: int = 480,
+        interval_ms: int = 80,
+        max_speculation: int = 0,
+        kv_f32: bool = False,
     ) -> Stream:
-        """A new stream; max_speculation: positions per decoder pass (0 = default, 1 = off)."""
+        """A new stream.
+
+        max_speculation: positions per decoder pass (0 = default, 1 = off);
+        kv_f32: keep the KV caches in float32 instead of fp16 (for exact
+        checks against a float reference; twice the memory).
+        """
         if not 80 <= delay_ms <= 2400 or delay_ms % 80:
             raise EngineError(f"delay_ms {delay_ms} must be 80..2400 in steps of 80", 4)
         if interval_ms < 0:
@@ -276,7 +286,7 @@ class Engine:
         if not 0 <= max_speculation <= 32:
             raise EngineError(f"max_speculation {max_speculation} must be 0..32", 4)
         handle = ctypes.c_void_p()
-        opts = _StreamOptions(delay_ms, interval_ms, max_speculation)
+        opts = _StreamOptions(delay_ms, interval_ms, max_speculation, int(kv_f32))
         st = self._lib.vx_stream_new(self._ptr(), ctypes.byref(opts), ctypes.byref(handle))
         if st != 0:
             raise EngineError(f"cannot create a stream: {self._status_name(st)}", st)
@@ -411,6 +421,7 @@ def transcribe(
     delay_ms: int = 480,
     chunk: int = 0,
     max_speculation: int = 0,
+    kv_f32: bool = False,
 ) -> tuple[str, list[int]]:
     """Offline transcription: feed everything (in chunks if given), finish.
 
@@ -418,7 +429,7 @@ def transcribe(
     every token id the decoder produced, control ids included.
     """
     x = np.ascontiguousarray(audio, dtype=np.float32).reshape(-1)
-    stream = engine.stream(delay_ms=delay_ms, max_speculation=max_speculation)
+    stream = engine.stream(delay_ms=delay_ms, max_speculation=max_speculation, kv_f32=kv_f32)
     try:
         events: list[StreamEvent] = []
         step = chunk if chunk > 0 else max(x.size, 1)

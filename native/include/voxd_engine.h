@@ -87,6 +87,9 @@ typedef struct {
      * up to the first wrong guess. Output is identical to one position per
      * pass. 0 = default (8), 1 = off. */
     int max_speculation;
+    /* 0 = keys and values cached as fp16 (half the memory and attention
+     * reads); 1 = float32, for checks against a float reference. */
+    int kv_f32;
 } vx_stream_options;
 
 typedef enum {

@@ -87,6 +87,18 @@ struct vx_backend {
                        int64_t r0, int64_t r1);
     /* Which dtypes matmul_rows handles (bit per vx_dtype). */
     unsigned dtypes;
+    /* Attention over a run of nk cache rows (f16: uint16_t halves, else float),
+     * row t at K + t * ldk elements; q[i] / o[i] are hd floats.
+     *   scores: S[i * lds + t] = q[i] . k_t, one 8-lane chain over c (lane c % 8)
+     *           reduced in a fixed order;
+     *   values: o[i][c] += sum_t P[i * ldp + t] * v_t[c], accumulated in t order.
+     * Each element's arithmetic must not depend on nq or nk, so a query gives
+     * the same bits alone or in a tile, and a run may be split in two (the
+     * rolling cache wraps) without changing anything. */
+    void (*attn_scores)(const float *const *q, int nq, const void *K, int f16, size_t ldk,
+                        int64_t nk, int hd, float *S, size_t lds);
+    void (*attn_values)(const float *P, size_t ldp, int nq, const void *V, int f16, size_t ldv,
+                        int64_t nk, int hd, float *const *o);
 };
 
 const vx_backend *vx_backend_portable(void);
@@ -117,15 +129,18 @@ uint16_t vx_f32_to_f16(float f);
 
 /* ---- transformer stack shared by encoder and decoder ---- */
 
-/* Rolling KV cache of one stack: slot = pos % cap_max, grown lazily. */
+/* Rolling KV cache of one stack: slot = pos % cap_max, grown lazily. Values
+ * are fp16 by default (half the memory and the attention's reads); float32
+ * where a stream asks for it (exact checks against the reference). */
 typedef struct {
     int n_layers, kv_dim;
+    int f16;           /* elements are uint16_t halves, else float */
     int64_t cap;       /* slots allocated now */
     int64_t cap_max;   /* window + largest batch */
-    float **k, **v;    /* [n_layers][cap * kv_dim] */
+    void **k, **v;     /* [n_layers][cap * kv_dim] elements */
 } vx_kv;
 
-int vx_kv_init(vx_kv *kv, int n_layers, int kv_dim, int64_t cap_max);
+int vx_kv_init(vx_kv *kv, int n_layers, int kv_dim, int64_t cap_max, int f16);
 int vx_kv_reserve(vx_kv *kv, int64_t pos_end); /* make slots for positions < pos_end */
 void vx_kv_free(vx_kv *kv);
 /* Copy every slot src holds into dst (same geometry); dst keeps any extra slots. */
@@ -134,10 +149,10 @@ int vx_kv_copy(vx_kv *dst, const vx_kv *src);
 typedef struct {
     float *x, *xn, *q, *k, *v, *att, *h1, *h3, *scores;
     int cap_rows;
-    int64_t cap_keys; /* keys one query may see: scores is [rows, n_heads, cap_keys] */
+    size_t cap_scores; /* floats of attention scores (transformer.c sizes them) */
 } vx_scratch;
 
-int vx_scratch_reserve(vx_scratch *s, const vx_tf_params *p, int rows, int64_t keys);
+int vx_scratch_reserve(vx_scratch *s, const vx_tf_params *p, int rows, size_t scores);
 void vx_scratch_free(vx_scratch *s);
 
 /* Run n positions [pos0, pos0+n) through every layer; h is [n, dim] in/out.

@@ -24,6 +24,7 @@
  * load is an unaligned one and nothing wider than 2 bytes is dereferenced
  * through a typed pointer. */
 #include <immintrin.h>
+#include <math.h>
 #include <string.h>
 
 #include "engine.h"
@@ -331,7 +332,127 @@ static int avx2_matmul_rows(const vx_weight *W, const float *X, int n, int ldx, 
     return 0;
 }
 
-static const vx_backend avx2 = {"avx2", avx2_matmul_rows, DTYPES};
+/* ---------------- attention (engine.h: attn_scores / attn_values) */
+
+/* 8 elements of a KV row (fp16 widened exactly, or float) at element c. */
+INLINE __m256 kv_load8(const void *row, int f16, int c) {
+    if (f16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)((const uint16_t *)row + c)));
+    return _mm256_loadu_ps((const float *)row + c);
+}
+
+/* The last hd % 8 elements from c on, zero-padded to 8 lanes. */
+INLINE __m256 kv_tail8(const void *row, int f16, int c, int rem) {
+    float t[8] = {0};
+    for (int l = 0; l < rem; l++)
+        t[l] = f16 ? _cvtsh_ss(((const uint16_t *)row)[c + l]) : ((const float *)row)[c + l];
+    return _mm256_loadu_ps(t);
+}
+
+INLINE __m256 q_tail8(const float *q, int c, int rem) {
+    float t[8] = {0};
+    for (int l = 0; l < rem; l++) t[l] = q[c + l];
+    return _mm256_loadu_ps(t);
+}
+
+/* Scores of QB queries against 2 keys (or 1): QB x NK independent chains. */
+INLINE void scores_tile(int QB, int NK, const float *const *q, const void *k0, const void *k1,
+                        int f16, int hd, float *S, size_t lds, int64_t t) {
+    __m256 a[4][2];
+    for (int i = 0; i < QB; i++)
+        for (int j = 0; j < NK; j++) a[i][j] = _mm256_setzero_ps();
+    int hd8 = hd - hd % 8;
+    for (int c = 0; c < hd8; c += 8) {
+        __m256 kv0 = kv_load8(k0, f16, c), kv1 = NK > 1 ? kv_load8(k1, f16, c) : kv0;
+        for (int i = 0; i < QB; i++) {
+            __m256 qv = _mm256_loadu_ps(q[i] + c);
+            a[i][0] = _mm256_fmadd_ps(kv0, qv, a[i][0]);
+            if (NK > 1) a[i][1] = _mm256_fmadd_ps(kv1, qv, a[i][1]);
+        }
+    }
+    if (hd8 < hd) {
+        __m256 kv0 = kv_tail8(k0, f16, hd8, hd - hd8);
+        __m256 kv1 = NK > 1 ? kv_tail8(k1, f16, hd8, hd - hd8) : kv0;
+        for (int i = 0; i < QB; i++) {
+            __m256 qv = q_tail8(q[i], hd8, hd - hd8);
+            a[i][0] = _mm256_fmadd_ps(kv0, qv, a[i][0]);
+            if (NK > 1) a[i][1] = _mm256_fmadd_ps(kv1, qv, a[i][1]);
+        }
+    }
+    for (int i = 0; i < QB; i++)
+        for (int j = 0; j < NK; j++) S[(size_t)i * lds + (size_t)t + (size_t)j] = hsum8(a[i][j]);
+}
+
+INLINE void scores_rows(int QB, const float *const *q, const void *K, int f16, size_t ldk,
+                        int64_t nk, int hd, float *S, size_t lds) {
+    const size_t es = f16 ? 2 : 4;
+    const uint8_t *base = K;
+    int64_t t = 0;
+    for (; t + 2 <= nk; t += 2)
+        scores_tile(QB, 2, q, base + (size_t)t * ldk * es, base + (size_t)(t + 1) * ldk * es, f16,
+                    hd, S, lds, t);
+    if (t < nk) scores_tile(QB, 1, q, base + (size_t)t * ldk * es, NULL, f16, hd, S, lds, t);
+}
+
+static void avx2_attn_scores(const float *const *q, int nq, const void *K, int f16, size_t ldk,
+                             int64_t nk, int hd, float *S, size_t lds) {
+    int i = 0;
+    for (; i + 4 <= nq; i += 4) scores_rows(4, q + i, K, f16, ldk, nk, hd, S + (size_t)i * lds, lds);
+    for (; i < nq; i++) scores_rows(1, q + i, K, f16, ldk, nk, hd, S + (size_t)i * lds, lds);
+}
+
+/* o[i][c..c+8*CB) += sum_t P[i, t] v_t for QB queries: QB x CB chains. */
+INLINE void values_tile(int QB, int CB, const float *P, size_t ldp, const void *V, int f16,
+                        size_t ldv, int64_t nk, float *const *o, int c) {
+    const size_t es = f16 ? 2 : 4;
+    const uint8_t *base = V;
+    __m256 a[4][2];
+    for (int i = 0; i < QB; i++)
+        for (int b = 0; b < CB; b++) a[i][b] = _mm256_loadu_ps(o[i] + c + 8 * b);
+    for (int64_t t = 0; t < nk; t++) {
+        const void *row = base + (size_t)t * ldv * es;
+        __m256 v0 = kv_load8(row, f16, c), v1 = CB > 1 ? kv_load8(row, f16, c + 8) : v0;
+        for (int i = 0; i < QB; i++) {
+            __m256 p = _mm256_broadcast_ss(P + (size_t)i * ldp + (size_t)t);
+            a[i][0] = _mm256_fmadd_ps(p, v0, a[i][0]);
+            if (CB > 1) a[i][1] = _mm256_fmadd_ps(p, v1, a[i][1]);
+        }
+    }
+    for (int i = 0; i < QB; i++)
+        for (int b = 0; b < CB; b++) _mm256_storeu_ps(o[i] + c + 8 * b, a[i][b]);
+}
+
+static void avx2_attn_values(const float *P, size_t ldp, int nq, const void *V, int f16,
+                             size_t ldv, int64_t nk, int hd, float *const *o) {
+    const size_t es = f16 ? 2 : 4;
+    int hd8 = hd - hd % 8;
+    for (int i = 0; i < nq; i += 4) {
+        int qb = nq - i < 4 ? nq - i : 4;
+        const float *Pi = P + (size_t)i * ldp;
+        int c = 0;
+        for (; c + 16 <= hd8; c += 16) {
+            if (qb == 4) values_tile(4, 2, Pi, ldp, V, f16, ldv, nk, o + i, c);
+            else for (int k = 0; k < qb; k++) values_tile(1, 2, Pi + (size_t)k * ldp, ldp, V, f16, ldv, nk, o + i + k, c);
+        }
+        for (; c < hd8; c += 8) {
+            if (qb == 4) values_tile(4, 1, Pi, ldp, V, f16, ldv, nk, o + i, c);
+            else for (int k = 0; k < qb; k++) values_tile(1, 1, Pi + (size_t)k * ldp, ldp, V, f16, ldv, nk, o + i + k, c);
+        }
+        /* columns past the last 8: the same fused multiply-add per element */
+        for (int k = 0; k < qb; k++)
+            for (c = hd8; c < hd; c++) {
+                float acc = o[i + k][c];
+                for (int64_t t = 0; t < nk; t++) {
+                    const uint8_t *row = (const uint8_t *)V + (size_t)t * ldv * es;
+                    float v = f16 ? _cvtsh_ss(((const uint16_t *)(const void *)row)[c])
+                                  : ((const float *)(const void *)row)[c];
+                    acc = fmaf(Pi[(size_t)k * ldp + (size_t)t], v, acc);
+                }
+                o[i + k][c] = acc;
+            }
+    }
+}
+
+static const vx_backend avx2 = {"avx2", avx2_matmul_rows, DTYPES, avx2_attn_scores, avx2_attn_values};
 
 const vx_backend *vx_backend_avx2(void) {
     __builtin_cpu_init();

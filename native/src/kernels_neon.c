@@ -23,6 +23,7 @@
  * Weight data is only guaranteed 2-byte aligned (safetensors.h): F32 rows
  * are loaded as bytes, and the fp16 block scales through memcpy. */
 #include <arm_neon.h>
+#include <math.h>
 #include <string.h>
 #include <sys/auxv.h>
 
@@ -323,7 +324,129 @@ static int neon_matmul_rows(const vx_weight *W, const float *X, int n, int ldx, 
     return 0;
 }
 
-static const vx_backend neon = {"neon", neon_matmul_rows, DTYPES};
+/* ---------------- attention (engine.h: attn_scores / attn_values); the
+ * same chains and reduction as the AVX2 backend, so the same bits. */
+
+/* 8 elements of a KV row (fp16 widened exactly, or float) at element c. */
+INLINE f8 kv_load8(const void *row, int f16, int c) {
+    if (f16) return load8(VX_DT_F16, (const uint8_t *)row + (size_t)c * 2);
+    return load8(VX_DT_F32, (const uint8_t *)row + (size_t)c * 4);
+}
+
+/* Elements c .. c+rem of a row (or of a query), zero-padded to 8 lanes. */
+INLINE f8 kv_tail8(const void *row, int f16, int c, int rem) {
+    float t[8] = {0};
+    for (int l = 0; l < rem; l++)
+        t[l] = f16 ? vx_f16_to_f32(((const uint16_t *)row)[c + l]) : ((const float *)row)[c + l];
+    return load_x(t);
+}
+
+INLINE void scores_tile(int QB, int NK, const float *const *q, const void *k0, const void *k1,
+                        int f16, int hd, float *S, size_t lds, int64_t t) {
+    acc8 a[4][2];
+    for (int i = 0; i < QB; i++)
+        for (int j = 0; j < NK; j++) a[i][j] = acc_zero();
+    int hd8 = hd - hd % 8;
+    for (int c = 0; c < hd8; c += 8) {
+        f8 kv0 = kv_load8(k0, f16, c), kv1 = NK > 1 ? kv_load8(k1, f16, c) : kv0;
+        for (int i = 0; i < QB; i++) {
+            f8 qv = load_x(q[i] + c);
+            a[i][0] = fma8(a[i][0], kv0, qv);
+            if (NK > 1) a[i][1] = fma8(a[i][1], kv1, qv);
+        }
+    }
+    if (hd8 < hd) {
+        f8 kv0 = kv_tail8(k0, f16, hd8, hd - hd8);
+        f8 kv1 = NK > 1 ? kv_tail8(k1, f16, hd8, hd - hd8) : kv0;
+        for (int i = 0; i < QB; i++) {
+            f8 qv = kv_tail8(q[i], 0, hd8, hd - hd8);
+            a[i][0] = fma8(a[i][0], kv0, qv);
+            if (NK > 1) a[i][1] = fma8(a[i][1], kv1, qv);
+        }
+    }
+    for (int i = 0; i < QB; i++)
+        for (int j = 0; j < NK; j++) S[(size_t)i * lds + (size_t)t + (size_t)j] = hsum8(a[i][j]);
+}
+
+INLINE void scores_rows(int QB, const float *const *q, const void *K, int f16, size_t ldk,
+                        int64_t nk, int hd, float *S, size_t lds) {
+    const size_t es = f16 ? 2 : 4;
+    const uint8_t *base = K;
+    int64_t t = 0;
+    for (; t + 2 <= nk; t += 2)
+        scores_tile(QB, 2, q, base + (size_t)t * ldk * es, base + (size_t)(t + 1) * ldk * es, f16,
+                    hd, S, lds, t);
+    if (t < nk) scores_tile(QB, 1, q, base + (size_t)t * ldk * es, NULL, f16, hd, S, lds, t);
+}
+
+static void neon_attn_scores(const float *const *q, int nq, const void *K, int f16, size_t ldk,
+                             int64_t nk, int hd, float *S, size_t lds) {
+    int i = 0;
+    for (; i + 4 <= nq; i += 4) scores_rows(4, q + i, K, f16, ldk, nk, hd, S + (size_t)i * lds, lds);
+    for (; i < nq; i++) scores_rows(1, q + i, K, f16, ldk, nk, hd, S + (size_t)i * lds, lds);
+}
+
+/* o[i][c..c+8*CB) += sum_t P[i, t] v_t for QB queries: QB x CB chains. */
+INLINE void values_tile(int QB, int CB, const float *P, size_t ldp, const void *V, int f16,
+                        size_t ldv, int64_t nk, float *const *o, int c) {
+    const size_t es = f16 ? 2 : 4;
+    const uint8_t *base = V;
+    acc8 a[4][2];
+    for (int i = 0; i < QB; i++)
+        for (int b = 0; b < CB; b++) {
+            f8 v = load_x(o[i] + c + 8 * b);
+            a[i][b].lo = v.lo;
+            a[i][b].hi = v.hi;
+        }
+    for (int64_t t = 0; t < nk; t++) {
+        const void *row = base + (size_t)t * ldv * es;
+        f8 v0 = kv_load8(row, f16, c), v1 = CB > 1 ? kv_load8(row, f16, c + 8) : v0;
+        for (int i = 0; i < QB; i++) {
+            float32x4_t p = vdupq_n_f32(P[(size_t)i * ldp + (size_t)t]);
+            f8 pp = {p, p};
+            a[i][0] = fma8(a[i][0], pp, v0);
+            if (CB > 1) a[i][1] = fma8(a[i][1], pp, v1);
+        }
+    }
+    for (int i = 0; i < QB; i++)
+        for (int b = 0; b < CB; b++) {
+            vst1q_f32(o[i] + c + 8 * b, a[i][b].lo);
+            vst1q_f32(o[i] + c + 8 * b + 4, a[i][b].hi);
+        }
+}
+
+static void neon_attn_values(const float *P, size_t ldp, int nq, const void *V, int f16,
+                             size_t ldv, int64_t nk, int hd, float *const *o) {
+    const size_t es = f16 ? 2 : 4;
+    int hd8 = hd - hd % 8;
+    for (int i = 0; i < nq; i += 4) {
+        int qb = nq - i < 4 ? nq - i : 4;
+        const float *Pi = P + (size_t)i * ldp;
+        int c = 0;
+        for (; c + 16 <= hd8; c += 16) {
+            if (qb == 4) values_tile(4, 2, Pi, ldp, V, f16, ldv, nk, o + i, c);
+            else for (int k = 0; k < qb; k++) values_tile(1, 2, Pi + (size_t)k * ldp, ldp, V, f16, ldv, nk, o + i + k, c);
+        }
+        for (; c < hd8; c += 8) {
+            if (qb == 4) values_tile(4, 1, Pi, ldp, V, f16, ldv, nk, o + i, c);
+            else for (int k = 0; k < qb; k++) values_tile(1, 1, Pi + (size_t)k * ldp, ldp, V, f16, ldv, nk, o + i + k, c);
+        }
+        /* columns past the last 8: the same fused multiply-add per element */
+        for (int k = 0; k < qb; k++)
+            for (c = hd8; c < hd; c++) {
+                float acc = o[i + k][c];
+                for (int64_t t = 0; t < nk; t++) {
+                    const uint8_t *row = (const uint8_t *)V + (size_t)t * ldv * es;
+                    float v = f16 ? vx_f16_to_f32(((const uint16_t *)(const void *)row)[c])
+                                  : ((const float *)(const void *)row)[c];
+                    acc = fmaf(Pi[(size_t)k * ldp + (size_t)t], v, acc);
+                }
+                o[i + k][c] = acc;
+            }
+    }
+}
+
+static const vx_backend neon = {"neon", neon_matmul_rows, DTYPES, neon_attn_scores, neon_attn_values};
 
 const vx_backend *vx_backend_neon(void) {
     unsigned long hw = getauxval(AT_HWCAP);

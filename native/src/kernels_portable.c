@@ -41,8 +41,42 @@ static int portable_matmul_rows(const vx_weight *W, const float *X, int n, int l
     return 0;
 }
 
+/* ---- attention: the same 8 running sums (scores) and a plain t-ordered
+ * sum (values); f16 rows are widened exactly by vx_f16_to_f32. */
+
+static float kv_elem(const void *row, int f16, int c) {
+    return f16 ? vx_f16_to_f32(((const uint16_t *)row)[c]) : ((const float *)row)[c];
+}
+
+static void portable_attn_scores(const float *const *q, int nq, const void *K, int f16, size_t ldk,
+                                 int64_t nk, int hd, float *S, size_t lds) {
+    const size_t es = f16 ? 2 : 4;
+    for (int64_t t = 0; t < nk; t++) {
+        const void *row = (const uint8_t *)K + (size_t)t * ldk * es;
+        for (int i = 0; i < nq; i++) {
+            float a[LANES] = {0};
+            for (int c = 0; c < hd; c++) a[c % LANES] += kv_elem(row, f16, c) * q[i][c];
+            S[(size_t)i * lds + (size_t)t] =
+                ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+        }
+    }
+}
+
+static void portable_attn_values(const float *P, size_t ldp, int nq, const void *V, int f16,
+                                 size_t ldv, int64_t nk, int hd, float *const *o) {
+    const size_t es = f16 ? 2 : 4;
+    for (int64_t t = 0; t < nk; t++) {
+        const void *row = (const uint8_t *)V + (size_t)t * ldv * es;
+        for (int i = 0; i < nq; i++) {
+            float p = P[(size_t)i * ldp + (size_t)t], *oi = o[i];
+            for (int c = 0; c < hd; c++) oi[c] += p * kv_elem(row, f16, c);
+        }
+    }
+}
+
 static const vx_backend portable = {
     "portable", portable_matmul_rows,
-    (1u << VX_DT_F32) | (1u << VX_DT_F16) | (1u << VX_DT_BF16) | (1u << VX_DT_Q8) | (1u << VX_DT_Q4)};
+    (1u << VX_DT_F32) | (1u << VX_DT_F16) | (1u << VX_DT_BF16) | (1u << VX_DT_Q8) | (1u << VX_DT_Q4),
+    portable_attn_scores, portable_attn_values};
 
 const vx_backend *vx_backend_portable(void) { return &portable; }

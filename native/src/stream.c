@@ -66,16 +66,16 @@ static void state_free(vx_state *st) {
     memset(st, 0, sizeof *st);
 }
 
-static int state_init(vx_state *st, const vx_model *m) {
+static int state_init(vx_state *st, const vx_model *m, int kv_f16) {
     memset(st, 0, sizeof *st);
     const vx_params *p = &m->p;
     st->mel_hist = calloc((size_t)2 * p->n_mels, sizeof(float));
     st->c0_last = calloc((size_t)p->enc.dim, sizeof(float));
     if (!st->mel_hist || !st->c0_last ||
         vx_kv_init(&st->enc_kv, p->enc.n_layers, p->enc.n_kv_heads * p->enc.head_dim,
-                   (int64_t)p->enc.window + VX_ENC_BATCH) != 0 ||
+                   (int64_t)p->enc.window + VX_ENC_BATCH, kv_f16) != 0 ||
         vx_kv_init(&st->dec_kv, p->dec.n_layers, p->dec.n_kv_heads * p->dec.head_dim,
-                   (int64_t)p->dec.window + VX_DEC_BATCH) != 0) {
+                   (int64_t)p->dec.window + VX_DEC_BATCH, kv_f16) != 0) {
         state_free(st);
         return -1;
     }
@@ -354,6 +354,8 @@ vx_status vx_stream_new(vx_model *m, const vx_stream_options *opt, vx_stream **o
     if (delay < 80 || delay > 2400 || delay % 80 != 0) return VX_ERR_ARG;
     if (interval < 0 || interval > 60000) return VX_ERR_ARG;
     if (spec < 1 || spec > VX_DEC_BATCH) return VX_ERR_ARG;
+    if (opt && (opt->kv_f32 < 0 || opt->kv_f32 > 1)) return VX_ERR_ARG;
+    const int kv_f16 = !(opt && opt->kv_f32);
     vx_stream *s = calloc(1, sizeof *s);
     if (!s) return VX_ERR_NOMEM;
     s->m = m;
@@ -367,7 +369,7 @@ vx_status vx_stream_new(vx_model *m, const vx_stream_options *opt, vx_stream **o
     s->pad_emb = malloc(sizeof(float) * dim);
     s->dec_logits = malloc(sizeof(float) * (size_t)spec * (size_t)m->p.vocab_size);
     if (!s->dec_x || !s->dec_emb || !s->pad_emb || !s->dec_logits ||
-        state_init(&s->st, m) != 0 || state_init(&s->snap, m) != 0 ||
+        state_init(&s->st, m, kv_f16) != 0 || state_init(&s->snap, m, kv_f16) != 0 ||
         vx_decoder_init_ada(s) != 0) {
         vx_stream_free(s);
         return VX_ERR_NOMEM;

@@ -10,13 +10,16 @@
 
 /* ---- rolling KV cache ---- */
 
-int vx_kv_init(vx_kv *kv, int n_layers, int kv_dim, int64_t cap_max) {
+static size_t kv_elem_bytes(const vx_kv *kv) { return kv->f16 ? sizeof(uint16_t) : sizeof(float); }
+
+int vx_kv_init(vx_kv *kv, int n_layers, int kv_dim, int64_t cap_max, int f16) {
     memset(kv, 0, sizeof *kv);
     kv->n_layers = n_layers;
     kv->kv_dim = kv_dim;
+    kv->f16 = f16 != 0;
     kv->cap_max = cap_max;
-    kv->k = calloc((size_t)n_layers, sizeof(float *));
-    kv->v = calloc((size_t)n_layers, sizeof(float *));
+    kv->k = calloc((size_t)n_layers, sizeof(void *));
+    kv->v = calloc((size_t)n_layers, sizeof(void *));
     if (!kv->k || !kv->v) {
         vx_kv_free(kv);
         return -1;
@@ -30,12 +33,12 @@ int vx_kv_reserve(vx_kv *kv, int64_t pos_end) {
     int64_t cap = kv->cap ? kv->cap : 64;
     while (cap < need) cap *= 2;
     if (cap > kv->cap_max) cap = kv->cap_max;
-    size_t bytes = (size_t)cap * (size_t)kv->kv_dim * sizeof(float);
+    size_t bytes = (size_t)cap * (size_t)kv->kv_dim * kv_elem_bytes(kv);
     for (int l = 0; l < kv->n_layers; l++) {
-        float *k = realloc(kv->k[l], bytes);
+        void *k = realloc(kv->k[l], bytes);
         if (!k) return -1;
         kv->k[l] = k;
-        float *v = realloc(kv->v[l], bytes);
+        void *v = realloc(kv->v[l], bytes);
         if (!v) return -1;
         kv->v[l] = v;
     }
@@ -55,10 +58,10 @@ void vx_kv_free(vx_kv *kv) {
 
 int vx_kv_copy(vx_kv *dst, const vx_kv *src) {
     if (dst->n_layers != src->n_layers || dst->kv_dim != src->kv_dim ||
-        dst->cap_max != src->cap_max)
+        dst->cap_max != src->cap_max || dst->f16 != src->f16)
         return -1;
     if (vx_kv_reserve(dst, src->cap) != 0) return -1;
-    size_t bytes = (size_t)src->cap * (size_t)src->kv_dim * sizeof(float);
+    size_t bytes = (size_t)src->cap * (size_t)src->kv_dim * kv_elem_bytes(src);
     for (int l = 0; l < src->n_layers; l++) {
         if (bytes) {
             memcpy(dst->k[l], src->k[l], bytes);
@@ -70,23 +73,23 @@ int vx_kv_copy(vx_kv *dst, const vx_kv *src) {
 
 /* ---- scratch ---- */
 
-int vx_scratch_reserve(vx_scratch *s, const vx_tf_params *p, int rows, int64_t keys) {
-    if (rows <= s->cap_rows && keys <= s->cap_keys) return 0;
+int vx_scratch_reserve(vx_scratch *s, const vx_tf_params *p, int rows, size_t scores) {
+    if (rows <= s->cap_rows && scores <= s->cap_scores) return 0;
     if (rows < s->cap_rows) rows = s->cap_rows;
-    if (keys < s->cap_keys) keys = s->cap_keys;
+    if (scores < s->cap_scores) scores = s->cap_scores;
     int qd = p->n_heads * p->head_dim, kvd = p->n_kv_heads * p->head_dim;
     size_t r = (size_t)rows;
     float **bufs[] = {&s->x, &s->xn, &s->q, &s->k, &s->v, &s->att, &s->h1, &s->h3, &s->scores};
     size_t sizes[] = {r * p->dim, r * (p->dim > qd ? p->dim : qd), r * qd, r * kvd, r * kvd,
                       r * qd, r * p->hidden_dim, r * p->hidden_dim,
-                      r * (size_t)p->n_heads * (size_t)keys};
+                      scores};
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
         float *b = realloc(*bufs[i], sizes[i] * sizeof(float));
         if (!b) return -1;
         *bufs[i] = b;
     }
     s->cap_rows = rows;
-    s->cap_keys = keys;
+    s->cap_scores = scores;
     return 0;
 }
 
@@ -105,61 +108,108 @@ void vx_scratch_free(vx_scratch *s) {
 
 /* ---- attention ---- */
 
+/* A task takes ATT_ROWS query rows x the query heads of one KV head, so each
+ * key row read (and widened from fp16) serves up to ATT_ROWS x group queries.
+ * The rows' windows differ by a few keys: scores are taken over their union
+ * and each query's softmax puts exact zeros outside its own window, which
+ * leaves its output bitwise what it would be alone (a zero weight adds +0). */
+#define ATT_ROWS 4
+#define ATT_MAXQ 16 /* queries per kernel call */
+
 typedef struct {
+    const vx_model *m;
     const vx_tf_params *p;
     const vx_kv *kv;
     int layer;
     const float *q;
     float *att, *scores;
-    int64_t pos0, keys_max;
+    size_t scores_per_task; /* floats of scores one task may use */
+    int64_t pos0;
     int n;
 } att_job;
 
-/* 8 running sums in a fixed order: the compiler vectorises this without
- * reassociating (a plain reduction loop stays scalar), and the result does
- * not depend on anything but the two vectors. */
-static float dot(const float *a, const float *b, int n) {
-    float acc[8] = {0};
-    int n8 = n - n % 8;
-    for (int c = 0; c < n8; c += 8)
-        for (int l = 0; l < 8; l++) acc[l] += a[c + l] * b[c + l];
-    for (int c = n8; c < n; c++) acc[c % 8] += a[c] * b[c];
-    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+/* Queries per task and keys per query row of the score buffer. */
+static int att_queries(const vx_tf_params *p) {
+    int q = ATT_ROWS * (p->n_heads / p->n_kv_heads);
+    return q < ATT_MAXQ ? q : ATT_MAXQ;
 }
 
-/* One (query row, head): softmax(q k^T / sqrt(hd)) v over the window. */
 static void att_task(void *ctx, int task) {
     att_job *j = ctx;
     const vx_tf_params *p = j->p;
-    int i = task / p->n_heads, h = task % p->n_heads;
-    int hd = p->head_dim, kvd = p->n_kv_heads * hd;
-    int kvh = h / (p->n_heads / p->n_kv_heads); /* consecutive query heads share a KV head */
-    int64_t pos = j->pos0 + i;
-    int64_t first = pos - p->window + 1;
-    if (first < 0) first = 0;
-    const float *q = j->q + (size_t)i * p->n_heads * hd + (size_t)h * hd;
-    float *sc = j->scores + (size_t)task * j->keys_max;
-    const float *K = j->kv->k[j->layer], *V = j->kv->v[j->layer];
-    int64_t cap = j->kv->cap_max;
-    float scale = 1.0f / sqrtf((float)hd), mx = -INFINITY;
-    int64_t nk = pos - first + 1;
-    for (int64_t t = 0; t < nk; t++) {
-        const float *k = K + (size_t)((first + t) % cap) * kvd + (size_t)kvh * hd;
-        sc[t] = dot(q, k, hd) * scale;
-        if (sc[t] > mx) mx = sc[t];
+    const vx_backend *be = j->m->be;
+    const int hd = p->head_dim, kvd = p->n_kv_heads * hd, grp = p->n_heads / p->n_kv_heads;
+    const int g = task % p->n_kv_heads; /* consecutive query heads share a KV head */
+    const int i0 = task / p->n_kv_heads * ATT_ROWS;
+    const int i1 = i0 + ATT_ROWS < j->n ? i0 + ATT_ROWS : j->n;
+    const int64_t cap = j->kv->cap_max;
+    const size_t es = j->kv->f16 ? sizeof(uint16_t) : sizeof(float);
+    const int f16 = j->kv->f16;
+    const float scale = 1.0f / sqrtf((float)hd);
+
+    /* union of the rows' windows [a, b] and its place in the rolling cache */
+    int64_t a = j->pos0 + i0 - p->window + 1;
+    if (a < 0) a = 0;
+    const int64_t b = j->pos0 + i1 - 1, nk = b - a + 1;
+    const int64_t s0 = a % cap, len0 = nk < cap - s0 ? nk : cap - s0;
+    const uint8_t *K = (const uint8_t *)j->kv->k[j->layer] + (size_t)g * hd * es;
+    const uint8_t *V = (const uint8_t *)j->kv->v[j->layer] + (size_t)g * hd * es;
+    float *S = j->scores + (size_t)task * j->scores_per_task;
+
+    const int total = (i1 - i0) * grp, maxq = att_queries(p);
+    for (int q0 = 0; q0 < total; q0 += maxq) {
+        const int nq = total - q0 < maxq ? total - q0 : maxq;
+        const float *qp[ATT_MAXQ];
+        float *op[ATT_MAXQ];
+        for (int k = 0; k < nq; k++) {
+            int i = i0 + (q0 + k) / grp, h = g * grp + (q0 + k) % grp;
+            qp[k] = j->q + (size_t)i * p->n_heads * hd + (size_t)h * hd;
+            op[k] = j->att + (size_t)i * p->n_heads * hd + (size_t)h * hd;
+            memset(op[k], 0, sizeof(float) * (size_t)hd);
+        }
+        be->attn_scores(qp, nq, K + (size_t)s0 * kvd * es, f16, (size_t)kvd, len0, hd, S, (size_t)nk);
+        if (len0 < nk)
+            be->attn_scores(qp, nq, K, f16, (size_t)kvd, nk - len0, hd, S + len0, (size_t)nk);
+        for (int k = 0; k < nq; k++) {
+            int64_t pos = j->pos0 + i0 + (q0 + k) / grp;
+            int64_t lo = pos - p->window + 1 < a ? 0 : pos - p->window + 1 - a, hi = pos - a;
+            float *sc = S + (size_t)k * nk, mx = -INFINITY;
+            for (int64_t t = lo; t <= hi; t++) {
+                sc[t] *= scale;
+                if (sc[t] > mx) mx = sc[t];
+            }
+            double sum = 0;
+            for (int64_t t = lo; t <= hi; t++) {
+                sc[t] = expf(sc[t] - mx);
+                sum += sc[t];
+            }
+            float inv = (float)(1.0 / sum);
+            for (int64_t t = 0; t < lo; t++) sc[t] = 0.0f;
+            for (int64_t t = lo; t <= hi; t++) sc[t] *= inv;
+            for (int64_t t = hi + 1; t < nk; t++) sc[t] = 0.0f;
+        }
+        be->attn_values(S, (size_t)nk, nq, V + (size_t)s0 * kvd * es, f16, (size_t)kvd, len0, hd, op);
+        if (len0 < nk)
+            be->attn_values(S + len0, (size_t)nk, nq, V, f16, (size_t)kvd, nk - len0, hd, op);
     }
-    double sum = 0;
-    for (int64_t t = 0; t < nk; t++) {
-        sc[t] = expf(sc[t] - mx);
-        sum += sc[t];
-    }
-    float inv = (float)(1.0 / sum);
-    float *o = j->att + (size_t)i * p->n_heads * hd + (size_t)h * hd;
-    memset(o, 0, sizeof(float) * (size_t)hd);
-    for (int64_t t = 0; t < nk; t++) {
-        const float *v = V + (size_t)((first + t) % cap) * kvd + (size_t)kvh * hd;
-        float w = sc[t] * inv;
-        for (int c = 0; c < hd; c++) o[c] += w * v[c];
+}
+
+/* Store rows [0, n) of k/v (positions pos0..) in their slots, as fp16 or float. */
+static void kv_store(vx_kv *kv, int layer, const float *k, const float *v, int n, int64_t pos0) {
+    const int kvd = kv->kv_dim;
+    for (int i = 0; i < n; i++) {
+        size_t slot = (size_t)((pos0 + i) % kv->cap_max);
+        const float *ki = k + (size_t)i * kvd, *vi = v + (size_t)i * kvd;
+        if (kv->f16) {
+            uint16_t *kd = (uint16_t *)kv->k[layer] + slot * kvd, *vd = (uint16_t *)kv->v[layer] + slot * kvd;
+            for (int c = 0; c < kvd; c++) {
+                kd[c] = vx_f32_to_f16(ki[c]);
+                vd[c] = vx_f32_to_f16(vi[c]);
+            }
+        } else {
+            memcpy((float *)kv->k[layer] + slot * kvd, ki, sizeof(float) * (size_t)kvd);
+            memcpy((float *)kv->v[layer] + slot * kvd, vi, sizeof(float) * (size_t)kvd);
+        }
     }
 }
 
@@ -167,8 +217,11 @@ int vx_stack_forward(const vx_model *m, const vx_tf_params *p, const vx_layer *l
                      float **ada, vx_kv *kv, vx_scratch *s, float *h, int n, int64_t pos0) {
     const int dim = p->dim, qd = p->n_heads * p->head_dim, kvd = p->n_kv_heads * p->head_dim;
     const int hid = p->hidden_dim;
-    int64_t keys_max = (p->window < pos0 + n ? p->window : pos0 + n);
-    if (vx_scratch_reserve(s, p, n, keys_max) != 0) return -1;
+    /* per attention task: its queries x the union of its rows' windows */
+    const int n_tasks = (n + ATT_ROWS - 1) / ATT_ROWS * p->n_kv_heads;
+    const int64_t keys = (p->window < pos0 + n ? p->window : pos0 + n) + ATT_ROWS - 1;
+    const size_t per_task = (size_t)att_queries(p) * (size_t)keys;
+    if (vx_scratch_reserve(s, p, n, (size_t)n_tasks * per_task) != 0) return -1;
     if (vx_kv_reserve(kv, pos0 + n) != 0) return -1;
     if (n > kv->cap_max - p->window + 1 && kv->cap_max < pos0 + n) return -1; /* would overwrite */
 
@@ -184,12 +237,10 @@ int vx_stack_forward(const vx_model *m, const vx_tf_params *p, const vx_layer *l
             vx_rope_interleaved(s->q + (size_t)i * qd, p->n_heads, p->head_dim, pos, p->rope_theta);
             vx_rope_interleaved(s->k + (size_t)i * kvd, p->n_kv_heads, p->head_dim, pos,
                                 p->rope_theta);
-            size_t slot = (size_t)(pos % kv->cap_max);
-            memcpy(kv->k[l] + slot * kvd, s->k + (size_t)i * kvd, sizeof(float) * (size_t)kvd);
-            memcpy(kv->v[l] + slot * kvd, s->v + (size_t)i * kvd, sizeof(float) * (size_t)kvd);
         }
-        att_job aj = {p, kv, l, s->q, s->att, s->scores, pos0, s->cap_keys, n};
-        vx_pool_run(m->pool, n * p->n_heads, att_task, &aj);
+        kv_store(kv, l, s->k, s->v, n, pos0);
+        att_job aj = {m, p, kv, l, s->q, s->att, s->scores, per_task, pos0, n};
+        vx_pool_run(m->pool, n_tasks, att_task, &aj);
         vx_matmul(m, &L->wo, s->att, n, s->xn, L->bo);
         for (size_t i = 0; i < (size_t)n * dim; i++) h[i] += s->xn[i];
 
