@@ -310,17 +310,21 @@ INLINE void qtile(int dp, int dt, int R, int N, const uint8_t *const *w, const i
     const int64_t nblk = cols / VX_QBLOCK;
     const size_t bb = dt == VX_DT_Q8 ? VX_Q8_BLOCK_BYTES : VX_Q4_BLOCK_BYTES;
     acc8 a[QMAX_N][QA];
+    _Pragma("GCC unroll 8")
     for (int i = 0; i < N; i++)
+        _Pragma("GCC unroll 8")
         for (int k = 0; k < R; k++) a[i][k] = acc[i * QA + k];
     for (int64_t b = b0; b < b1; b++) {
         int8x16_t x0[QMAX_N], x1[QMAX_N];
         float dx[QMAX_N];
+        _Pragma("GCC unroll 8")
         for (int i = 0; i < N; i++) {
             const int8_t *p = xq + (size_t)i * cols + b * VX_QBLOCK;
             x0[i] = vld1q_s8(p);
             x1[i] = vld1q_s8(p + 16);
             dx[i] = xd[(size_t)i * nblk + b];
         }
+        _Pragma("GCC unroll 8")
         for (int k = 0; k < R; k++) {
             const uint8_t *blk = w[k] + (size_t)b * bb;
             uint16_t h;
@@ -328,6 +332,7 @@ INLINE void qtile(int dp, int dt, int R, int N, const uint8_t *const *w, const i
             const float dw = vgetq_lane_f32(vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(h))), 0);
             int8x16_t w0, w1;
             q_weights(dt, blk, &w0, &w1);
+            _Pragma("GCC unroll 8")
             for (int i = 0; i < N; i++) {
                 const float32x4_t s = vdupq_n_f32(dw * dx[i]);
                 a[i][k].lo = vfmaq_f32(a[i][k].lo, vcvtq_f32_s32(dot16(dp, w0, x0[i])), s);
@@ -335,7 +340,9 @@ INLINE void qtile(int dp, int dt, int R, int N, const uint8_t *const *w, const i
             }
         }
     }
+    _Pragma("GCC unroll 8")
     for (int i = 0; i < N; i++)
+        _Pragma("GCC unroll 8")
         for (int k = 0; k < R; k++) acc[i * QA + k] = a[i][k];
 }
 
