@@ -42,6 +42,7 @@ for f in "$src"/*.c; do
     case "$name" in
     kernels_avx2) continue ;;
     kernels_neon) extra=(-march=armv8.2-a+fp16+dotprod) ;;
+    quant) extra=(-ffp-contract=off) ;; # as in CMakeLists.txt
     *) extra=() ;;
     esac
     "$CC" "${cflags[@]}" "${extra[@]}" -c "$f" -o "$out/obj/$name.o" &

@@ -304,7 +304,7 @@ def logits_and_ids(engine: Engine, audio: np.ndarray) -> tuple[np.ndarray, list[
 
 @pytest.mark.parametrize("fmt", ["Q8", "Q4"])
 @pytest.mark.parametrize("backend", [None, "portable"])
-def test_engine_dequantization_matches_numpy(
+def test_engine_quantized_matmuls(
     fmt: str,
     backend: str | None,
     q8_dir: Path,
@@ -312,15 +312,34 @@ def test_engine_dequantization_matches_numpy(
     tmp_path: Path,
     clips: dict[str, np.ndarray],
 ) -> None:
+    """Q8/Q4 weights multiply int8-quantized activations (native/src/engine.h).
+
+    Against an F32 model holding NumPy's dequantization of the same weights,
+    on the same backend, the only difference is that activation rounding (at
+    most half a level, 1/254 of each block's largest value, per input of
+    every Q8/Q4 product), so the first step's logits, whose inputs both
+    models share, must stay close. That rounding is ~0.6 % RMS of each
+    product's input (amax of 32 near-Gaussian values ~2.5 sigma, over 127
+    levels, / sqrt(12)), about what Q8 weight rounding costs (0.53 %), and the
+    random TINY model amplifies both alike: measured 3.0 % (Q8) and 4.7 %
+    (Q4) of the logit spread, against 3.1 % for Q8 weights alone vs BF16.
+    The bounds are twice the measured values; a wrong scale, lane or nibble
+    moves logits by tens of percent. That the Q8/Q4 arithmetic is bitwise
+    the same on every backend is test_kernels' job (native/tests): whole
+    models also hold BF16/F32 matrices, whose portable and SIMD sums differ.
+    """
     qdir = q8_dir if fmt == "Q8" else q4_dir
     twin = write_f32_twin(qdir, tmp_path / "f32")
+    worst = 0.0
     with Engine(qdir, backend=backend) as eq, Engine(twin, backend=backend) as ef:
         for audio in clips.values():
-            lq, iq = logits_and_ids(eq, audio)
-            lf, if_ = logits_and_ids(ef, audio)
-            assert lq.shape == lf.shape and lq.size > 0
-            assert np.array_equal(lq, lf), f"max diff {np.abs(lq - lf).max():.3g}"
-            assert iq == if_
+            lq, _ = logits_and_ids(eq, audio)
+            lf, _ = logits_and_ids(ef, audio)
+            assert lq.size > 0 and lq.shape[1:] == lf.shape[1:]
+            d = lq[0] - lf[0]
+            worst = max(worst, float(np.sqrt(np.mean(d * d)) / lf[0].std()))
+    print(f"\n{fmt} {backend}: first-step logit change from int8 activations / std: {worst:.4f}")
+    assert worst < (0.06 if fmt == "Q8" else 0.1)
 
 
 def test_token_agreement_with_bf16(
@@ -332,14 +351,16 @@ def test_token_agreement_with_bf16(
     tokens count as misses) and printed. It cannot be held to 99 % on this
     model: a tiny random model has top-2 logit margins of a few hundredths of
     its logit spread at many steps, and one flipped token changes every later
-    input. Measured on TINY seed 1, these 3 clips (145 positions): Q8 75.9 %,
-    Q4 44.1 %; the same model with Gaussian noise of only 0.05 % of each
+    input. Measured on TINY seed 1, these 3 clips (145 positions): Q8 76.6 %,
+    Q4 39.3 % (75.9 % and 44.1 % before Q8/Q4 products took int8-quantized
+    activations); the same model with Gaussian noise of only 0.05 % of each
     quantized matrix's RMS added (ten times less than Q8's 0.53 % error, less
     than BF16's own rounding) already agrees on just 94.5 %, and with noise
     of Q8's size on 81-83 %. So the token bound below is a sanity bound, and
     the accuracy check is on the logits of the first step, whose inputs (prompt
-    and audio) are the same for both models: Q8 moves them by ~3 % of their
-    spread, Q4 by ~37 %.
+    and audio) are the same for both models: Q8 moves them by ~5 % of their
+    spread (3 % from the weights, the rest from int8 activations), Q4 by
+    ~41 %.
     """
     same = {"q8": 0, "q4": 0}
     first_err: dict[str, list[float]] = {"q8": [], "q4": []}

@@ -120,6 +120,11 @@ int main(int argc, char **argv) {
             return 2;
         }
         m.n_threads = threads;
+        m.act = vx_actbuf_new(5120); /* int8 activations of the Q8/Q4 matmuls below */
+        if (!m.act) {
+            fprintf(stderr, "vx_actbuf_new failed\n");
+            return 2;
+        }
 
         /* encoder shape: [5120 x 1280] x 64 */
         const int n = 64;
@@ -186,6 +191,7 @@ int main(int argc, char **argv) {
         }
         free(X);
         free(Y);
+        vx_actbuf_free(m.act);
         vx_pool_free(m.pool);
     }
     return 0;

@@ -46,6 +46,7 @@ typedef struct {
 } vx_layer;
 
 typedef struct vx_pool vx_pool;
+typedef struct vx_actbuf vx_actbuf;
 typedef struct vx_backend vx_backend;
 
 struct vx_model {
@@ -72,6 +73,7 @@ struct vx_model {
 
     const vx_backend *be;
     vx_pool *pool;
+    vx_actbuf *act; /* NULL when no weight is Q8/Q4 */
     int n_threads;
     int64_t weight_bytes;
 };
@@ -85,7 +87,20 @@ struct vx_backend {
      * n, r0 or r1, so results never depend on batching or threading. */
     int (*matmul_rows)(const vx_weight *W, const float *X, int n, int ldx, float *Y, int ldy,
                        int64_t r0, int64_t r1);
-    /* Which dtypes matmul_rows handles (bit per vx_dtype). */
+    /* Q8 / Q4 weights, with X already quantized by vx_quantize_act_q8: row i
+     * of X is xq[i * cols ..] (int8) and xd[i * cols/32 ..] (block scales).
+     * Y[i*ldy + r] for i < n, r0 <= r < r1 is defined exactly as:
+     *   per block b of 32 columns and lane j = 0..7, the int32
+     *     isum[j] = sum of w[e] * xq[e] for e = 4j .. 4j+3 of the block
+     *   (w = q for Q8, nibble - 8 for Q4), then the float lane chain
+     *     acc[j] = fmaf((float)isum[j], dw_b * dx_b, acc[j])   (acc from 0,
+     *   dw_b * dx_b one float multiply, b = 0, 1, ...), and finally
+     *     Y = ((acc0+acc4) + (acc2+acc6)) + ((acc1+acc5) + (acc3+acc7)).
+     * Every backend gives these bits, whatever n, r0 or r1. */
+    int (*matmul_rows_q)(const vx_weight *W, const int8_t *xq, const float *xd, int n, float *Y,
+                         int ldy, int64_t r0, int64_t r1);
+    /* Which dtypes the backend handles (bit per vx_dtype): F32/F16/BF16 go
+     * to matmul_rows, Q8/Q4 to matmul_rows_q. */
     unsigned dtypes;
     /* Attention over a run of nk cache rows (f16: uint16_t halves, else float),
      * row t at K + t * ldk elements; q[i] / o[i] are hd floats.
@@ -112,7 +127,16 @@ void vx_pool_free(vx_pool *p);
 int vx_pool_size(const vx_pool *p);
 void vx_pool_run(vx_pool *p, int n_tasks, void (*fn)(void *ctx, int task), void *ctx);
 
-/* Threaded Y[n, W.rows] = X[n, W.cols] W^T (+ bias). */
+/* Buffer for the int8-quantized activations of vx_matmul on Q8/Q4 weights:
+ * room for BATCH rows of max_cols; a mutex makes streams that share a model
+ * take turns with it. Owned by the model (made at load, so running out of
+ * memory is a load error rather than a failure inside vx_matmul). */
+vx_actbuf *vx_actbuf_new(int64_t max_cols);
+void vx_actbuf_free(vx_actbuf *a);
+
+/* Threaded Y[n, W.rows] = X[n, W.cols] W^T (+ bias). A Q8/Q4 W needs m->act
+ * with max_cols >= W.cols (else Y is set to NaN: a model built by hand
+ * without one is a programming error, and NaN makes it loud). */
 void vx_matmul(const vx_model *m, const vx_weight *W, const float *X, int n, float *Y,
                const float *bias);
 /* Row r of an embedding-like weight, converted to float. */

@@ -1,7 +1,9 @@
 /* kernels.c - the backend seam: picks kernels for this CPU, splits matrix
  * work over the thread pool, and holds the small element-wise operations. */
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "engine.h"
@@ -67,15 +69,106 @@ static void mm_task(void *ctx, int task) {
     }
 }
 
-void vx_matmul(const vx_model *m, const vx_weight *W, const float *X, int n, float *Y,
-               const float *bias) {
-    if (n <= 0) return;
+/* ---- Q8 / Q4 weights: X quantized to int8 once per call, integer dots */
+
+struct vx_actbuf {
+    pthread_mutex_t mu;
+    int64_t max_cols;
+    int8_t *q;  /* [BATCH, max_cols] */
+    float *d;   /* [BATCH, max_cols / 32] */
+};
+
+vx_actbuf *vx_actbuf_new(int64_t max_cols) {
+    vx_actbuf *a = calloc(1, sizeof *a);
+    if (!a) return NULL;
+    if (max_cols < VX_QBLOCK) max_cols = VX_QBLOCK;
+    a->max_cols = max_cols;
+    a->q = malloc((size_t)BATCH * (size_t)max_cols);
+    a->d = malloc(sizeof(float) * (size_t)BATCH * (size_t)(max_cols / VX_QBLOCK));
+    if (!a->q || !a->d || pthread_mutex_init(&a->mu, NULL) != 0) {
+        free(a->q);
+        free(a->d);
+        free(a);
+        return NULL;
+    }
+    return a;
+}
+
+void vx_actbuf_free(vx_actbuf *a) {
+    if (!a) return;
+    pthread_mutex_destroy(&a->mu);
+    free(a->q);
+    free(a->d);
+    free(a);
+}
+
+typedef struct {
+    const vx_model *m;
+    const vx_weight *W;
+    const int8_t *xq;
+    const float *xd;
+    float *Y;
+    const float *bias;
+    int n;
+    int64_t rows_per_task;
+} mmq_job;
+
+static void mmq_task(void *ctx, int task) {
+    mmq_job *j = ctx;
+    int64_t r0 = (int64_t)task * j->rows_per_task;
+    int64_t r1 = r0 + j->rows_per_task;
+    if (r1 > j->W->rows) r1 = j->W->rows;
+    const vx_backend *be = j->m->be;
+    if (!(be->dtypes & (1u << j->W->dtype)) || !be->matmul_rows_q) be = vx_backend_portable();
+    if (be->matmul_rows_q(j->W, j->xq, j->xd, j->n, j->Y, (int)j->W->rows, r0, r1) != 0)
+        vx_backend_portable()->matmul_rows_q(j->W, j->xq, j->xd, j->n, j->Y, (int)j->W->rows, r0,
+                                             r1);
+    if (j->bias)
+        for (int i = 0; i < j->n; i++)
+            for (int64_t r = r0; r < r1; r++) j->Y[(size_t)i * j->W->rows + r] += j->bias[r];
+}
+
+static int64_t rows_per_task(const vx_model *m, const vx_weight *W) {
     int threads = vx_pool_size(m->pool);
     /* several tasks per thread balance uneven cores; rows stay in 16s for SIMD */
     int64_t tasks = (int64_t)threads * 4;
     int64_t per = (W->rows + tasks - 1) / tasks;
     per = (per + 15) / 16 * 16;
-    if (per < 16) per = 16;
+    return per < 16 ? 16 : per;
+}
+
+/* BATCH rows of X at a time are quantized into the model's buffer (held for
+ * the whole call: the tasks read it) and multiplied on the pool. */
+static void matmul_q(const vx_model *m, const vx_weight *W, const float *X, int n, float *Y,
+                     const float *bias) {
+    vx_actbuf *a = m->act;
+    const int64_t cols = W->cols, nblk = cols / VX_QBLOCK;
+    if (!a || a->max_cols < cols) {
+        for (size_t k = 0; k < (size_t)n * (size_t)W->rows; k++) Y[k] = NAN;
+        return;
+    }
+    const int64_t per = rows_per_task(m, W);
+    const int n_tasks = (int)((W->rows + per - 1) / per);
+    pthread_mutex_lock(&a->mu);
+    for (int i0 = 0; i0 < n; i0 += BATCH) {
+        const int nb = n - i0 < BATCH ? n - i0 : BATCH;
+        for (int i = 0; i < nb; i++)
+            vx_quantize_act_q8(X + (size_t)(i0 + i) * cols, cols, a->q + (size_t)i * cols,
+                               a->d + (size_t)i * nblk);
+        mmq_job j = {m, W, a->q, a->d, Y + (size_t)i0 * W->rows, bias, nb, per};
+        vx_pool_run(m->pool, n_tasks, mmq_task, &j);
+    }
+    pthread_mutex_unlock(&a->mu);
+}
+
+void vx_matmul(const vx_model *m, const vx_weight *W, const float *X, int n, float *Y,
+               const float *bias) {
+    if (n <= 0) return;
+    if (W->dtype == VX_DT_Q8 || W->dtype == VX_DT_Q4) {
+        matmul_q(m, W, X, n, Y, bias);
+        return;
+    }
+    int64_t per = rows_per_task(m, W);
     mm_job j = {m, W, X, Y, bias, n, per};
     int n_tasks = (int)((W->rows + per - 1) / per);
     vx_pool_run(m->pool, n_tasks, mm_task, &j);

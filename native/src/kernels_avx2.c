@@ -1,24 +1,40 @@
 /* kernels_avx2.c - x86-64 AVX2 + FMA backend for F32, F16, BF16, Q8 and Q4.
  *
- * Summation order (the seam's contract): every output Y[i, r] is one chain of
- * 8-lane FMAs, acc = fma(w[c..c+8), x[c..c+8), acc) for c = 0, 8, 16, ...
- * starting from zero, then hsum8(). The weight values fed to the FMA are the
- * exact floats of vx_row_to_f32 (BF16/F16 widen exactly, and d * q of a Q8/Q4
- * block is exact in float: an 11-bit fp16 mantissa times an integer below
- * 2^8). So all paths below - matrix-vector, register-blocked batches, odd row
- * counts - give bitwise the same Y[i, r] whatever n, r0 or r1, and a Q8/Q4
- * weight gives bitwise the result of an F32 weight holding its dequantized
- * values. Only the schedule differs:
+ * F32 / F16 / BF16 (matmul_rows). Summation order (the seam's contract):
+ * every output Y[i, r] is one chain of 8-lane FMAs,
+ * acc = fma(w[c..c+8), x[c..c+8), acc) for c = 0, 8, 16, ... starting from
+ * zero, then hsum8(). BF16/F16 widen exactly, so all paths below -
+ * matrix-vector, register-blocked batches, odd row counts - give bitwise the
+ * same Y[i, r] whatever n, r0 or r1. Only the schedule differs:
  *
  *  n == 1 (decoder step, memory bound): MV_ROWS rows are streamed at once,
- *    widened / dequantized in registers and FMA'd with one shared load of x;
- *    their independent chains hide the FMA latency, and the weights are read
+ *    widened in registers and FMA'd with one shared load of x; their
+ *    independent chains hide the FMA latency, and the weights are read
  *    exactly once with nothing written back to memory.
  *  n >= 2 (encoder, prefill; compute bound): a CHUNK of BR rows is widened
  *    once into an L1-resident buffer, then 4-row x 3-input register tiles
  *    walk it: each widened weight vector feeds three inputs and each x vector
  *    four rows (7 loads per 12 FMAs), and the x chunk of three inputs is
  *    reused from L1 by all BR rows. The next chunk is prefetched meanwhile.
+ *
+ * Q8 / Q4 (matmul_rows_q): integer dot products with the int8 activations of
+ * vx_quantize_act_q8, in the order engine.h defines. One block of 32 is one
+ * ymm register of bytes; vpmaddubsw multiplies unsigned by signed bytes and
+ * adds neighbour pairs into int16, vpmaddwd with ones adds neighbour int16
+ * pairs into int32 - so int32 lane j is exactly the sum of the products of
+ * elements 4j..4j+3, the definition's isum[j]. No int16 step can saturate:
+ *   Q8: maddubs(|w|, sign(xq, w)) = w * xq per byte, |w| <= 128, |xq| <= 127,
+ *       so a pair is at most 2 * 128 * 127 = 32512;
+ *   Q4: maddubs(nibble, xq), nibble <= 15: pairs within 2 * 15 * 127; the -8
+ *       offset comes off in int32 as 8 * (lane sum of xq), computed once per
+ *       input block by maddubs(8, xq) and vpmaddwd.
+ * vcvtdq2ps of |isum| < 2^16 is exact and vfmadd231ps rounds each lane once,
+ * like fmaf, with the scale dw * dx a single float multiply; then hsum8. So
+ * these results equal the portable and NEON backends' bit for bit, for any
+ * n, r0 or r1. Tiles: n == 1 streams MV_ROWS rows against one input (as the
+ * float path); n >= 2 uses 4-row x 2-input tiles, whose 8 accumulators stay
+ * in registers for the whole row (no chunking needed: the chain is per
+ * output) while the 4 rows' bytes are reused from L1 by every input pair.
  *
  * Weight data is only guaranteed 2-byte aligned (safetensors.h), so every
  * load is an unaligned one and nothing wider than 2 bytes is dereferenced
@@ -63,11 +79,6 @@ INLINE __m256 load8(int dt, const uint8_t *p) {
 
 INLINE size_t elem_bytes(int dt) { return dt == VX_DT_F32 ? 4 : 2; }
 
-/* 8 int8 (low 8 bytes of q) -> float, times the block scale: exact. */
-INLINE __m256 deq8(__m128i q, __m256 d) {
-    return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d);
-}
-
 /* ---------------- n == 1: matrix-vector, weights dequantized in registers */
 
 /* MV_ROWS rows at once: one FMA chain each, so MV_ROWS chains cover the FMA
@@ -87,69 +98,10 @@ INLINE void matvec_plain(int dt, int R, const uint8_t *const *w, const float *x,
     for (int k = 0; k < R; k++) y[k] = hsum8(a[k]);
 }
 
-INLINE void matvec_q8(int R, const uint8_t *const *w, const float *x, int64_t cols, float *y) {
-    __m256 a[MV_ROWS];
-    for (int k = 0; k < R; k++) a[k] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < cols / VX_QBLOCK; b++) {
-        const float *xb = x + b * VX_QBLOCK;
-        __m256 x0 = _mm256_loadu_ps(xb), x1 = _mm256_loadu_ps(xb + 8);
-        __m256 x2 = _mm256_loadu_ps(xb + 16), x3 = _mm256_loadu_ps(xb + 24);
-        for (int k = 0; k < R; k++) {
-            const uint8_t *blk = w[k] + (size_t)b * VX_Q8_BLOCK_BYTES;
-            __m256 d = _mm256_set1_ps(scale_of(blk));
-            const uint8_t *q = blk + 2;
-            a[k] = _mm256_fmadd_ps(deq8(_mm_loadl_epi64((const __m128i *)(const void *)q), d), x0, a[k]);
-            a[k] = _mm256_fmadd_ps(deq8(_mm_loadl_epi64((const __m128i *)(const void *)(q + 8)), d), x1, a[k]);
-            a[k] = _mm256_fmadd_ps(deq8(_mm_loadl_epi64((const __m128i *)(const void *)(q + 16)), d), x2, a[k]);
-            a[k] = _mm256_fmadd_ps(deq8(_mm_loadl_epi64((const __m128i *)(const void *)(q + 24)), d), x3, a[k]);
-        }
-    }
-    for (int k = 0; k < R; k++) y[k] = hsum8(a[k]);
-}
-
-/* The 32 weights of a Q4 block as 4 x 8 floats in element order. Each half
- * of the 16 bytes is widened to dwords once and both nibbles are taken from
- * there (one shuffle per 16 weights instead of one per 8), and the -8 offset
- * is folded into an FMA: fma(n, d, -8d) = d * (n - 8) exactly, because that
- * product fits a float's mantissa (4 + 11 bits), so a single rounding of the
- * exact value changes nothing. */
-INLINE void q4_deq(const uint8_t *blk, __m256 g[4]) {
-    const __m256i mask = _mm256_set1_epi32(0x0f);
-    __m256 d = _mm256_set1_ps(scale_of(blk));
-    __m256 m8d = _mm256_mul_ps(d, _mm256_set1_ps(-8.0f));
-    __m256i b0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(blk + 2)));
-    __m256i b1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(blk + 10)));
-    g[0] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(b0, mask)), d, m8d);
-    g[1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(b1, mask)), d, m8d);
-    g[2] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(b0, 4)), d, m8d);
-    g[3] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(b1, 4)), d, m8d);
-}
-
-INLINE void matvec_q4(int R, const uint8_t *const *w, const float *x, int64_t cols, float *y) {
-    __m256 a[MV_ROWS];
-    for (int k = 0; k < R; k++) a[k] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < cols / VX_QBLOCK; b++) {
-        const float *xb = x + b * VX_QBLOCK;
-        __m256 x0 = _mm256_loadu_ps(xb), x1 = _mm256_loadu_ps(xb + 8);
-        __m256 x2 = _mm256_loadu_ps(xb + 16), x3 = _mm256_loadu_ps(xb + 24);
-        for (int k = 0; k < R; k++) {
-            __m256 g[4];
-            q4_deq(w[k] + (size_t)b * VX_Q4_BLOCK_BYTES, g);
-            a[k] = _mm256_fmadd_ps(g[0], x0, a[k]);
-            a[k] = _mm256_fmadd_ps(g[1], x1, a[k]);
-            a[k] = _mm256_fmadd_ps(g[2], x2, a[k]);
-            a[k] = _mm256_fmadd_ps(g[3], x3, a[k]);
-        }
-    }
-    for (int k = 0; k < R; k++) y[k] = hsum8(a[k]);
-}
-
 /* One call per dtype so each inner loop is compiled for its dtype and R. */
 INLINE void matvec_rows(int dt, int R, const uint8_t *const *w, const float *x, int64_t cols,
                         float *y) {
-    if (dt == VX_DT_Q8) matvec_q8(R, w, x, cols, y);
-    else if (dt == VX_DT_Q4) matvec_q4(R, w, x, cols, y);
-    else matvec_plain(dt, R, w, x, cols, y);
+    matvec_plain(dt, R, w, x, cols, y);
 }
 
 INLINE void matvec(int dt, const uint8_t *base, size_t row_bytes, const float *x, int64_t cols,
@@ -169,13 +121,11 @@ INLINE void matvec(int dt, const uint8_t *base, size_t row_bytes, const float *x
 static void matvec_f32(const uint8_t *b, size_t rb, const float *x, int64_t c, float *Y, int64_t r0, int64_t r1) { matvec(VX_DT_F32, b, rb, x, c, Y, r0, r1); }
 static void matvec_f16(const uint8_t *b, size_t rb, const float *x, int64_t c, float *Y, int64_t r0, int64_t r1) { matvec(VX_DT_F16, b, rb, x, c, Y, r0, r1); }
 static void matvec_bf16(const uint8_t *b, size_t rb, const float *x, int64_t c, float *Y, int64_t r0, int64_t r1) { matvec(VX_DT_BF16, b, rb, x, c, Y, r0, r1); }
-static void matvec_q8s(const uint8_t *b, size_t rb, const float *x, int64_t c, float *Y, int64_t r0, int64_t r1) { matvec(VX_DT_Q8, b, rb, x, c, Y, r0, r1); }
-static void matvec_q4s(const uint8_t *b, size_t rb, const float *x, int64_t c, float *Y, int64_t r0, int64_t r1) { matvec(VX_DT_Q4, b, rb, x, c, Y, r0, r1); }
 
 /* ---------------- n >= 2: widen a chunk once, register-blocked tiles */
 
-/* Widen elements [c0, c0+len) of a row (len a multiple of 8; of 32 for Q8/Q4,
- * as is c0) to float: the very values matvec_* feed to their FMAs. */
+/* Widen elements [c0, c0+len) of a row (len a multiple of 8) to float: the
+ * very values matvec_* feed to their FMAs. */
 static void widen(int dt, const uint8_t *row, int64_t c0, int64_t len, float *out) {
     switch (dt) {
     case VX_DT_F32:
@@ -194,22 +144,6 @@ static void widen(int dt, const uint8_t *row, int64_t c0, int64_t len, float *ou
         }
         break;
     }
-    case VX_DT_Q8:
-        for (int64_t b = 0; b < len / VX_QBLOCK; b++) {
-            const uint8_t *blk = row + (size_t)(c0 / VX_QBLOCK + b) * VX_Q8_BLOCK_BYTES;
-            __m256 d = _mm256_set1_ps(scale_of(blk));
-            float *o = out + b * VX_QBLOCK;
-            for (int g = 0; g < 4; g++)
-                _mm256_store_ps(o + 8 * g, deq8(_mm_loadl_epi64((const __m128i *)(const void *)(blk + 2 + 8 * g)), d));
-        }
-        break;
-    case VX_DT_Q4:
-        for (int64_t b = 0; b < len / VX_QBLOCK; b++) {
-            __m256 g[4];
-            q4_deq(row + (size_t)(c0 / VX_QBLOCK + b) * VX_Q4_BLOCK_BYTES, g);
-            for (int j = 0; j < 4; j++) _mm256_store_ps(out + b * VX_QBLOCK + 8 * j, g[j]);
-        }
-        break;
     default: break;
     }
 }
@@ -312,8 +246,8 @@ static void batched(const vx_weight *W, const float *X, int n, int ldx, float *Y
 
 static int avx2_matmul_rows(const vx_weight *W, const float *X, int n, int ldx, float *Y, int ldy,
                             int64_t r0, int64_t r1) {
-    if (!((1u << W->dtype) & DTYPES) || n > MAX_N || W->cols % 8 != 0) return -1;
-    if ((W->dtype == VX_DT_Q8 || W->dtype == VX_DT_Q4) && W->cols % VX_QBLOCK != 0) return -1;
+    if (W->dtype != VX_DT_F32 && W->dtype != VX_DT_F16 && W->dtype != VX_DT_BF16) return -1;
+    if (n > MAX_N || W->cols % 8 != 0) return -1;
     if (n <= 0 || r0 >= r1) return 0;
     if (n == 1) {
         const uint8_t *base = W->data;
@@ -322,8 +256,6 @@ static int avx2_matmul_rows(const vx_weight *W, const float *X, int n, int ldx, 
         case VX_DT_F32: matvec_f32(base, rb, X, W->cols, Y, r0, r1); break;
         case VX_DT_F16: matvec_f16(base, rb, X, W->cols, Y, r0, r1); break;
         case VX_DT_BF16: matvec_bf16(base, rb, X, W->cols, Y, r0, r1); break;
-        case VX_DT_Q8: matvec_q8s(base, rb, X, W->cols, Y, r0, r1); break;
-        case VX_DT_Q4: matvec_q4s(base, rb, X, W->cols, Y, r0, r1); break;
         default: return -1;
         }
         return 0;
@@ -452,7 +384,160 @@ static void avx2_attn_values(const float *P, size_t ldp, int nq, const void *V, 
     }
 }
 
-static const vx_backend avx2 = {"avx2", avx2_matmul_rows, DTYPES, avx2_attn_scores, avx2_attn_values};
+/* ---------------- Q8 / Q4: int8 activations, integer dot products */
+
+/* A block's 32 weights as bytes in element order: Q8's int8 as stored; Q4's
+ * nibbles 0..15, the low ones (elements 0-15) in bytes 0-15 and the high
+ * ones (16-31) in bytes 16-31, from both halves holding the same 16 bytes
+ * with the upper half shifted right by 4. */
+INLINE __m256i q_bytes(int dt, const uint8_t *blk) {
+    if (dt == VX_DT_Q8) return _mm256_loadu_si256((const __m256i *)(const void *)(blk + 2));
+    __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)(blk + 2)));
+    v = _mm256_srlv_epi64(v, _mm256_set_epi64x(4, 4, 0, 0));
+    return _mm256_and_si256(v, _mm256_set1_epi8(0x0f));
+}
+
+/* Lane sums isum[j] of one (row, input) block. Q8: u = |w|, wb = w (its sign
+ * goes onto x); Q4: u = wb = the nibbles, corr = 8 * lane sums of x. */
+INLINE __m256i q_isum(int dt, __m256i u, __m256i wb, __m256i x, __m256i corr) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    if (dt == VX_DT_Q8) return _mm256_madd_epi16(_mm256_maddubs_epi16(u, _mm256_sign_epi8(x, wb)), ones);
+    return _mm256_sub_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(u, x), ones), corr);
+}
+
+#define QA MV_ROWS   /* row stride of the accumulator arrays */
+#define QMAX_N 2     /* inputs per tile */
+#define QR 4         /* rows per tile of the batched path */
+#define QCHUNK 16    /* blocks per chunk of the batched path (512 columns) */
+
+/* Blocks [b0, b1) of R rows (w[k]) x N inputs (int8 rows of X at stride
+ * cols, scales at stride cols / 32); acc[i * QA + k] carries the chain of
+ * (input i, row k) in and out, so splitting the blocks reorders nothing. */
+INLINE void qtile(int dt, int R, int N, const uint8_t *const *w, const int8_t *xq, const float *xd,
+                  int64_t cols, int64_t b0, int64_t b1, __m256 *acc) {
+    const int64_t nblk = cols / VX_QBLOCK;
+    const size_t bb = dt == VX_DT_Q8 ? VX_Q8_BLOCK_BYTES : VX_Q4_BLOCK_BYTES;
+    __m256 a[QMAX_N][MV_ROWS];
+    _Pragma("GCC unroll 8")
+    for (int i = 0; i < N; i++)
+        _Pragma("GCC unroll 8")
+        for (int k = 0; k < R; k++) a[i][k] = acc[i * QA + k];
+    /* The R x N scales dw * dx of a block are made 8 at a time: the R fp16
+     * dw are packed into two 64-bit integers (scalar loads and shifts, off
+     * the vector pipes) for one vcvtph2ps, then one vmulps per input (the
+     * same IEEE product as a scalar multiply) goes to memory, from where each
+     * (row, input) takes its scale with a broadcast load. Done per (row,
+     * input) in vector registers instead, the conversion, multiply and
+     * broadcast cost as many vector instructions as the dot product. */
+    float sv[QMAX_N][8] __attribute__((aligned(32)));
+    /* the loops over k and i are unrolled so accumulators, x and constants
+     * stay in registers (at -O2 GCC left them in memory: 2x slower) */
+    for (int64_t b = b0; b < b1; b++) {
+        __m256i xv[QMAX_N], corr[QMAX_N];
+        uint64_t h[2] = {0, 0};
+        _Pragma("GCC unroll 8")
+        for (int k = 0; k < R; k++) {
+            uint16_t v;
+            memcpy(&v, w[k] + (size_t)b * bb, 2);
+            h[k / 4] |= (uint64_t)v << (16 * (k % 4));
+        }
+        const __m256 dw = _mm256_cvtph_ps(_mm_set_epi64x((long long)h[1], (long long)h[0]));
+        _Pragma("GCC unroll 8")
+        for (int i = 0; i < N; i++) {
+            xv[i] = _mm256_loadu_si256((const __m256i *)(const void *)(xq + (size_t)i * cols + b * VX_QBLOCK));
+            _mm256_store_ps(sv[i], _mm256_mul_ps(dw, _mm256_broadcast_ss(xd + (size_t)i * nblk + b)));
+            corr[i] = dt == VX_DT_Q4 ? _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(8), xv[i]),
+                                                         _mm256_set1_epi16(1))
+                                     : _mm256_setzero_si256();
+        }
+        _Pragma("GCC unroll 8")
+        for (int k = 0; k < R; k++) {
+            const uint8_t *blk = w[k] + (size_t)b * bb;
+            const __m256i wb = q_bytes(dt, blk);
+            const __m256i u = dt == VX_DT_Q8 ? _mm256_abs_epi8(wb) : wb;
+            _Pragma("GCC unroll 8")
+            for (int i = 0; i < N; i++) {
+                __m256 f = _mm256_cvtepi32_ps(q_isum(dt, u, wb, xv[i], corr[i]));
+                a[i][k] = _mm256_fmadd_ps(f, _mm256_broadcast_ss(&sv[i][k]), a[i][k]);
+            }
+        }
+    }
+    _Pragma("GCC unroll 8")
+    for (int i = 0; i < N; i++)
+        _Pragma("GCC unroll 8")
+        for (int k = 0; k < R; k++) acc[i * QA + k] = a[i][k];
+}
+
+INLINE void q_rows(int dt, const vx_weight *W, const int8_t *xq, const float *xd, int n, float *Y,
+                   int ldy, int64_t r0, int64_t r1) {
+    const int64_t cols = W->cols, nblk = cols / VX_QBLOCK;
+    const size_t rb = vx_row_bytes(dt, cols);
+    const uint8_t *base = W->data;
+    if (n == 1) { /* MV_ROWS rows streamed against one input, all blocks in registers */
+        __m256 acc[QA];
+        int64_t r = r0;
+        for (; r + MV_ROWS <= r1; r += MV_ROWS) {
+            const uint8_t *w[MV_ROWS];
+            for (int k = 0; k < MV_ROWS; k++) {
+                w[k] = base + (size_t)(r + k) * rb;
+                acc[k] = _mm256_setzero_ps();
+            }
+            qtile(dt, MV_ROWS, 1, w, xq, xd, cols, 0, nblk, acc);
+            for (int k = 0; k < MV_ROWS; k++) Y[r + k] = hsum8(acc[k]);
+        }
+        for (; r < r1; r++) {
+            const uint8_t *w[1] = {base + (size_t)r * rb};
+            acc[0] = _mm256_setzero_ps();
+            qtile(dt, 1, 1, w, xq, xd, cols, 0, nblk, acc);
+            Y[r] = hsum8(acc[0]);
+        }
+        return;
+    }
+    /* QR rows x all inputs, a chunk of blocks at a time: the rows' chunk
+     * (2 KB) and the inputs' chunk (n x 512 bytes) are reused from cache */
+    __m256 acc[MAX_N * QA];
+    for (int64_t r = r0; r < r1; r += QR) {
+        const int rows = r1 - r < QR ? (int)(r1 - r) : QR;
+        const uint8_t *w[QR];
+        for (int k = 0; k < rows; k++) w[k] = base + (size_t)(r + k) * rb;
+        for (int i = 0; i < n; i++)
+            for (int k = 0; k < rows; k++) acc[i * QA + k] = _mm256_setzero_ps();
+        for (int64_t b0 = 0; b0 < nblk; b0 += QCHUNK) {
+            const int64_t b1 = nblk - b0 < QCHUNK ? nblk : b0 + QCHUNK;
+            for (int i = 0; i < n; i += QMAX_N) {
+                const int8_t *x = xq + (size_t)i * cols;
+                const float *d = xd + (size_t)i * nblk;
+                __m256 *ac = acc + i * QA;
+                if (rows == QR) {
+                    if (n - i >= 2) qtile(dt, QR, 2, w, x, d, cols, b0, b1, ac);
+                    else qtile(dt, QR, 1, w, x, d, cols, b0, b1, ac);
+                } else {
+                    for (int k = 0; k < rows; k++) {
+                        if (n - i >= 2) qtile(dt, 1, 2, w + k, x, d, cols, b0, b1, ac + k);
+                        else qtile(dt, 1, 1, w + k, x, d, cols, b0, b1, ac + k);
+                    }
+                }
+            }
+        }
+        for (int i = 0; i < n; i++)
+            for (int k = 0; k < rows; k++) Y[(size_t)i * ldy + r + k] = hsum8(acc[i * QA + k]);
+    }
+}
+
+static void q_rows_q8(const vx_weight *W, const int8_t *xq, const float *xd, int n, float *Y, int ldy, int64_t r0, int64_t r1) { q_rows(VX_DT_Q8, W, xq, xd, n, Y, ldy, r0, r1); }
+static void q_rows_q4(const vx_weight *W, const int8_t *xq, const float *xd, int n, float *Y, int ldy, int64_t r0, int64_t r1) { q_rows(VX_DT_Q4, W, xq, xd, n, Y, ldy, r0, r1); }
+
+static int avx2_matmul_rows_q(const vx_weight *W, const int8_t *xq, const float *xd, int n,
+                              float *Y, int ldy, int64_t r0, int64_t r1) {
+    if ((W->dtype != VX_DT_Q8 && W->dtype != VX_DT_Q4) || W->cols % VX_QBLOCK != 0 || n > MAX_N)
+        return -1;
+    if (n <= 0 || r0 >= r1) return 0;
+    if (W->dtype == VX_DT_Q8) q_rows_q8(W, xq, xd, n, Y, ldy, r0, r1);
+    else q_rows_q4(W, xq, xd, n, Y, ldy, r0, r1);
+    return 0;
+}
+
+static const vx_backend avx2 = {"avx2", avx2_matmul_rows, avx2_matmul_rows_q, DTYPES, avx2_attn_scores, avx2_attn_values};
 
 const vx_backend *vx_backend_avx2(void) {
     __builtin_cpu_init();

@@ -1,24 +1,32 @@
 /* kernels_neon.c - AArch64 Advanced SIMD backend for F32, F16, BF16, Q8 and Q4
  * (Raspberry Pi 5's Cortex-A76, Jetson's A57/A78).
  *
- * Summation order (the seam's contract), the same as the AVX2 backend's: each
- * output Y[i, r] is one 8-lane FMA chain - lanes 0-3 and 4-7 held in two
- * q registers - over c = 0, 8, 16, ... from zero, then the fixed reduction
- * ((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7)). The weights fed to the FMAs are the
- * exact floats of vx_row_to_f32 (BF16 by a 16-bit shift, F16 by FCVTL, Q8 as
- * d * q and Q4 as fma(n, d, -8d), both exact in float), so:
- *   - results never depend on n, r0 or r1 (matrix-vector and batched paths
- *     compute identical chains);
- *   - a Q8/Q4 weight gives bitwise the result of an F32 weight holding its
- *     dequantized values;
- *   - and the NEON and AVX2 backends agree bitwise with each other.
+ * F32 / F16 / BF16 (matmul_rows). Summation order (the seam's contract), the
+ * same as the AVX2 backend's: each output Y[i, r] is one 8-lane FMA chain -
+ * lanes 0-3 and 4-7 held in two q registers - over c = 0, 8, 16, ... from
+ * zero, then the fixed reduction ((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7)).
+ * BF16 widens by a 16-bit shift and F16 by FCVTL, both exact, so results
+ * never depend on n, r0 or r1 and agree bitwise with the AVX2 backend.
  *
- * Only base ARMv8.0 Advanced SIMD is used: no FP16 arithmetic (an fp16
- * product would round) and no dot product (it needs x quantized to int8,
- * which changes results). So vx_backend_neon() asks only for ASIMD and the
- * backend also runs on ARMv8.0 cores (Jetson Nano's A57); ci/aarch64-test.sh
- * runs the tests on an emulated A57 to make sure the compiler, allowed
- * +fp16+dotprod by CMake, did not slip such an instruction in.
+ * Q8 / Q4 (matmul_rows_q): integer dot products with the int8 activations of
+ * vx_quantize_act_q8, in the order engine.h defines: int32 lane j of a block
+ * is the exact sum of the products of elements 4j..4j+3 (weights as signed
+ * values: Q8's q, Q4's nibble - 8 in [-8, 7]); lanes 0-3 come from bytes
+ * 0-15 and lanes 4-7 from bytes 16-31. With the dot product extension
+ * (FEAT_DotProd: A76, A78) SDOT gives exactly those sums; without it (A57)
+ * SMULL products (|w * x| <= 128 * 127, fits int16) are added pairwise twice
+ * (SADDLP, ADDP) into the same integers. Integer sums are exact in any order,
+ * SCVTF of |isum| < 2^16 is exact and FMLA rounds once per lane like fmaf,
+ * with the scale dw * dx one float multiply; then the reduction above. So
+ * Q8/Q4 results equal the portable and AVX2 backends' bit for bit.
+ *
+ * Base ARMv8.0 Advanced SIMD is all the float paths use: no FP16 arithmetic
+ * (an fp16 product would round). SDOT is only executed when the kernel's
+ * HWCAP says the core has it, so vx_backend_neon() still needs only ASIMD
+ * and the backend runs on ARMv8.0 cores (Jetson Nano's A57);
+ * ci/aarch64-test.sh runs the tests on an emulated A57 to make sure the
+ * compiler, allowed +fp16+dotprod by CMake, did not slip such an instruction
+ * into the other paths.
  *
  * Weight data is only guaranteed 2-byte aligned (safetensors.h): F32 rows
  * are loaded as bytes, and the fp16 block scales through memcpy. */
@@ -35,6 +43,9 @@
 #endif
 #ifndef HWCAP_ASIMD
 #define HWCAP_ASIMD (1 << 1)
+#endif
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1 << 20)
 #endif
 
 #define CHUNK 512 /* columns widened at a time: BR rows x 2 KB stay in L1 */
@@ -106,35 +117,6 @@ INLINE f8 load8(int dt, const uint8_t *p) {
     return v;
 }
 
-/* The 32 weights of a Q8 block, in element order, as d * q (exact). */
-INLINE void q8_deq(const uint8_t *blk, f8 g[4]) {
-    const float32x4_t d = scale_of(blk);
-    int8x16_t q0 = vld1q_s8((const int8_t *)(const void *)(blk + 2));
-    int8x16_t q1 = vld1q_s8((const int8_t *)(const void *)(blk + 18));
-    int16x8_t h[4] = {vmovl_s8(vget_low_s8(q0)), vmovl_s8(vget_high_s8(q0)),
-                      vmovl_s8(vget_low_s8(q1)), vmovl_s8(vget_high_s8(q1))};
-    for (int j = 0; j < 4; j++) {
-        g[j].lo = vmulq_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(h[j]))), d);
-        g[j].hi = vmulq_f32(vcvtq_f32_s32(vmovl_s16(vget_high_s16(h[j]))), d);
-    }
-}
-
-/* The 32 weights of a Q4 block, in element order. Low nibbles are elements
- * 0-15, high nibbles 16-31; fma(n, d, -8d) = d * (n - 8) exactly because
- * that product fits a float's mantissa, so the single rounding is a no-op. */
-INLINE void q4_deq(const uint8_t *blk, f8 g[4]) {
-    const float32x4_t d = scale_of(blk);
-    const float32x4_t m8d = vmulq_n_f32(d, -8.0f);
-    uint8x16_t v = vld1q_u8(blk + 2);
-    uint8x16_t lo = vandq_u8(v, vdupq_n_u8(0x0f)), hi = vshrq_n_u8(v, 4);
-    uint16x8_t h[4] = {vmovl_u8(vget_low_u8(lo)), vmovl_u8(vget_high_u8(lo)),
-                       vmovl_u8(vget_low_u8(hi)), vmovl_u8(vget_high_u8(hi))};
-    for (int j = 0; j < 4; j++) {
-        g[j].lo = vfmaq_f32(m8d, vcvtq_f32_u32(vmovl_u16(vget_low_u16(h[j]))), d);
-        g[j].hi = vfmaq_f32(m8d, vcvtq_f32_u32(vmovl_u16(vget_high_u16(h[j]))), d);
-    }
-}
-
 /* ---------------- n == 1: matrix-vector, weights dequantized in registers */
 
 /* Rows w[0..R) (R = 1 or MV_ROWS, a compile-time constant at each call). */
@@ -142,27 +124,10 @@ INLINE void matvec_rows(int dt, int R, const uint8_t *const *w, const float *x, 
                         float *y) {
     acc8 a[MV_ROWS];
     for (int k = 0; k < R; k++) a[k] = acc_zero();
-    if (dt == VX_DT_Q8 || dt == VX_DT_Q4) {
-        const size_t bb = dt == VX_DT_Q8 ? VX_Q8_BLOCK_BYTES : VX_Q4_BLOCK_BYTES;
-        for (int64_t b = 0; b < cols / VX_QBLOCK; b++) {
-            const float *xb = x + b * VX_QBLOCK;
-            f8 x0 = load_x(xb), x1 = load_x(xb + 8), x2 = load_x(xb + 16), x3 = load_x(xb + 24);
-            for (int k = 0; k < R; k++) {
-                f8 g[4];
-                if (dt == VX_DT_Q8) q8_deq(w[k] + (size_t)b * bb, g);
-                else q4_deq(w[k] + (size_t)b * bb, g);
-                a[k] = fma8(a[k], g[0], x0);
-                a[k] = fma8(a[k], g[1], x1);
-                a[k] = fma8(a[k], g[2], x2);
-                a[k] = fma8(a[k], g[3], x3);
-            }
-        }
-    } else {
-        const size_t es = elem_bytes(dt);
-        for (int64_t c = 0; c < cols; c += 8) {
-            f8 xv = load_x(x + c);
-            for (int k = 0; k < R; k++) a[k] = fma8(a[k], load8(dt, w[k] + (size_t)c * es), xv);
-        }
+    const size_t es = elem_bytes(dt);
+    for (int64_t c = 0; c < cols; c += 8) {
+        f8 xv = load_x(x + c);
+        for (int k = 0; k < R; k++) a[k] = fma8(a[k], load8(dt, w[k] + (size_t)c * es), xv);
     }
     for (int k = 0; k < R; k++) y[k] = hsum8(a[k]);
 }
@@ -185,8 +150,6 @@ INLINE void matvec(int dt, const uint8_t *base, size_t row_bytes, const float *x
 static void matvec_f32(const uint8_t *b, size_t rb, const float *x, int64_t c, float *Y, int64_t r0, int64_t r1) { matvec(VX_DT_F32, b, rb, x, c, Y, r0, r1); }
 static void matvec_f16(const uint8_t *b, size_t rb, const float *x, int64_t c, float *Y, int64_t r0, int64_t r1) { matvec(VX_DT_F16, b, rb, x, c, Y, r0, r1); }
 static void matvec_bf16(const uint8_t *b, size_t rb, const float *x, int64_t c, float *Y, int64_t r0, int64_t r1) { matvec(VX_DT_BF16, b, rb, x, c, Y, r0, r1); }
-static void matvec_q8(const uint8_t *b, size_t rb, const float *x, int64_t c, float *Y, int64_t r0, int64_t r1) { matvec(VX_DT_Q8, b, rb, x, c, Y, r0, r1); }
-static void matvec_q4(const uint8_t *b, size_t rb, const float *x, int64_t c, float *Y, int64_t r0, int64_t r1) { matvec(VX_DT_Q4, b, rb, x, c, Y, r0, r1); }
 
 /* ---------------- n >= 2: widen a chunk once, register-blocked tiles */
 
@@ -195,20 +158,9 @@ INLINE void store8(float *o, f8 v) {
     vst1q_f32(o + 4, v.hi);
 }
 
-/* Widen elements [c0, c0+len) of a row (multiples of 8; of 32 for Q8/Q4) to
- * float: the very values the matrix-vector path feeds to its FMAs. */
+/* Widen elements [c0, c0+len) of a row (multiples of 8) to float: the very
+ * values the matrix-vector path feeds to its FMAs. */
 static void widen(int dt, const uint8_t *row, int64_t c0, int64_t len, float *out) {
-    if (dt == VX_DT_Q8 || dt == VX_DT_Q4) {
-        const size_t bb = dt == VX_DT_Q8 ? VX_Q8_BLOCK_BYTES : VX_Q4_BLOCK_BYTES;
-        for (int64_t b = 0; b < len / VX_QBLOCK; b++) {
-            const uint8_t *blk = row + (size_t)(c0 / VX_QBLOCK + b) * bb;
-            f8 g[4];
-            if (dt == VX_DT_Q8) q8_deq(blk, g);
-            else q4_deq(blk, g);
-            for (int j = 0; j < 4; j++) store8(out + b * VX_QBLOCK + 8 * j, g[j]);
-        }
-        return;
-    }
     const uint8_t *p = row + (size_t)c0 * elem_bytes(dt);
     if (dt == VX_DT_F32)
         for (int64_t c = 0; c < len; c += 8) store8(out + c, load8(VX_DT_F32, p + c * 4));
@@ -304,8 +256,8 @@ static void batched(const vx_weight *W, const float *X, int n, int ldx, float *Y
 
 static int neon_matmul_rows(const vx_weight *W, const float *X, int n, int ldx, float *Y, int ldy,
                             int64_t r0, int64_t r1) {
-    if (!((1u << W->dtype) & DTYPES) || n > MAX_N || W->cols % 8 != 0) return -1;
-    if ((W->dtype == VX_DT_Q8 || W->dtype == VX_DT_Q4) && W->cols % VX_QBLOCK != 0) return -1;
+    if (W->dtype != VX_DT_F32 && W->dtype != VX_DT_F16 && W->dtype != VX_DT_BF16) return -1;
+    if (n > MAX_N || W->cols % 8 != 0) return -1;
     if (n <= 0 || r0 >= r1) return 0;
     if (n == 1) {
         const uint8_t *base = W->data;
@@ -314,8 +266,6 @@ static int neon_matmul_rows(const vx_weight *W, const float *X, int n, int ldx, 
         case VX_DT_F32: matvec_f32(base, rb, X, W->cols, Y, r0, r1); break;
         case VX_DT_F16: matvec_f16(base, rb, X, W->cols, Y, r0, r1); break;
         case VX_DT_BF16: matvec_bf16(base, rb, X, W->cols, Y, r0, r1); break;
-        case VX_DT_Q8: matvec_q8(base, rb, X, W->cols, Y, r0, r1); break;
-        case VX_DT_Q4: matvec_q4(base, rb, X, W->cols, Y, r0, r1); break;
         default: return -1;
         }
         return 0;
@@ -446,10 +396,141 @@ static void neon_attn_values(const float *P, size_t ldp, int nq, const void *V, 
     }
 }
 
-static const vx_backend neon = {"neon", neon_matmul_rows, DTYPES, neon_attn_scores, neon_attn_values};
+/* ---------------- Q8 / Q4: int8 activations, integer dot products */
+
+/* A block's 32 weights as signed bytes in element order (two registers:
+ * elements 0-15 and 16-31): Q8's q, Q4's nibble - 8. */
+INLINE void q_weights(int dt, const uint8_t *blk, int8x16_t *w0, int8x16_t *w1) {
+    if (dt == VX_DT_Q8) {
+        *w0 = vld1q_s8((const int8_t *)(const void *)(blk + 2));
+        *w1 = vld1q_s8((const int8_t *)(const void *)(blk + 18));
+    } else {
+        uint8x16_t v = vld1q_u8(blk + 2);
+        *w0 = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0f))), vdupq_n_s8(8));
+        *w1 = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(v, 4)), vdupq_n_s8(8));
+    }
+}
+
+/* Lane j = sum of the products of bytes 4j..4j+3 of w and x (j < 4). */
+INLINE int32x4_t dot16(int dp, int8x16_t w, int8x16_t x) {
+#if defined(__ARM_FEATURE_DOTPROD)
+    if (dp) return vdotq_s32(vdupq_n_s32(0), w, x);
+#endif
+    int16x8_t lo = vmull_s8(vget_low_s8(w), vget_low_s8(x));
+    int16x8_t hi = vmull_high_s8(w, x);
+    return vpaddq_s32(vpaddlq_s16(lo), vpaddlq_s16(hi));
+}
+
+#define QA 4     /* row stride of the accumulator arrays (= MV_ROWS) */
+#define QMAX_N 2 /* inputs per tile */
+#define QCHUNK 16 /* blocks per chunk of the batched path (512 columns) */
+
+/* Blocks [b0, b1) of R rows (w[k]) x N inputs (int8 rows of X at stride
+ * cols, scales at stride cols / 32); acc[i * QA + k] carries the chain of
+ * (input i, row k) in and out, so splitting the blocks reorders nothing. */
+INLINE void qtile(int dp, int dt, int R, int N, const uint8_t *const *w, const int8_t *xq,
+                  const float *xd, int64_t cols, int64_t b0, int64_t b1, acc8 *acc) {
+    const int64_t nblk = cols / VX_QBLOCK;
+    const size_t bb = dt == VX_DT_Q8 ? VX_Q8_BLOCK_BYTES : VX_Q4_BLOCK_BYTES;
+    acc8 a[QMAX_N][QA];
+    _Pragma("GCC unroll 8")
+    for (int i = 0; i < N; i++)
+        _Pragma("GCC unroll 8")
+        for (int k = 0; k < R; k++) a[i][k] = acc[i * QA + k];
+    for (int64_t b = b0; b < b1; b++) {
+        int8x16_t x0[QMAX_N], x1[QMAX_N];
+        float dx[QMAX_N];
+        _Pragma("GCC unroll 8")
+        for (int i = 0; i < N; i++) {
+            const int8_t *p = xq + (size_t)i * cols + b * VX_QBLOCK;
+            x0[i] = vld1q_s8(p);
+            x1[i] = vld1q_s8(p + 16);
+            dx[i] = xd[(size_t)i * nblk + b];
+        }
+        _Pragma("GCC unroll 8")
+        for (int k = 0; k < R; k++) {
+            const uint8_t *blk = w[k] + (size_t)b * bb;
+            uint16_t h;
+            memcpy(&h, blk, 2);
+            const float dw = vgetq_lane_f32(vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(h))), 0);
+            int8x16_t w0, w1;
+            q_weights(dt, blk, &w0, &w1);
+            _Pragma("GCC unroll 8")
+            for (int i = 0; i < N; i++) {
+                const float32x4_t s = vdupq_n_f32(dw * dx[i]);
+                a[i][k].lo = vfmaq_f32(a[i][k].lo, vcvtq_f32_s32(dot16(dp, w0, x0[i])), s);
+                a[i][k].hi = vfmaq_f32(a[i][k].hi, vcvtq_f32_s32(dot16(dp, w1, x1[i])), s);
+            }
+        }
+    }
+    _Pragma("GCC unroll 8")
+    for (int i = 0; i < N; i++)
+        _Pragma("GCC unroll 8")
+        for (int k = 0; k < R; k++) acc[i * QA + k] = a[i][k];
+}
+
+INLINE void q_rows(int dp, int dt, const vx_weight *W, const int8_t *xq, const float *xd, int n,
+                   float *Y, int ldy, int64_t r0, int64_t r1) {
+    const int64_t cols = W->cols, nblk = cols / VX_QBLOCK;
+    const size_t rb = vx_row_bytes(dt, cols);
+    const uint8_t *base = W->data;
+    /* QA rows x all inputs (two at a time), a chunk of blocks at a time: the
+     * rows' chunk and the inputs' chunk (n x 512 bytes) stay in cache; for
+     * n == 1 this is the plain matrix-vector stream of QA rows */
+    acc8 acc[MAX_N * QA];
+    for (int64_t r = r0; r < r1; r += QA) {
+        const int rows = r1 - r < QA ? (int)(r1 - r) : QA;
+        const uint8_t *w[QA];
+        for (int k = 0; k < rows; k++) w[k] = base + (size_t)(r + k) * rb;
+        for (int i = 0; i < n; i++)
+            for (int k = 0; k < rows; k++) acc[i * QA + k] = acc_zero();
+        for (int64_t b0 = 0; b0 < nblk; b0 += QCHUNK) {
+            const int64_t b1 = nblk - b0 < QCHUNK ? nblk : b0 + QCHUNK;
+            for (int i = 0; i < n; i += QMAX_N) {
+                const int8_t *x = xq + (size_t)i * cols;
+                const float *d = xd + (size_t)i * nblk;
+                acc8 *ac = acc + i * QA;
+                if (rows == QA) {
+                    if (n - i >= 2) qtile(dp, dt, QA, 2, w, x, d, cols, b0, b1, ac);
+                    else qtile(dp, dt, QA, 1, w, x, d, cols, b0, b1, ac);
+                } else {
+                    for (int k = 0; k < rows; k++) {
+                        if (n - i >= 2) qtile(dp, dt, 1, 2, w + k, x, d, cols, b0, b1, ac + k);
+                        else qtile(dp, dt, 1, 1, w + k, x, d, cols, b0, b1, ac + k);
+                    }
+                }
+            }
+        }
+        for (int i = 0; i < n; i++)
+            for (int k = 0; k < rows; k++) Y[(size_t)i * ldy + r + k] = hsum8(acc[i * QA + k]);
+    }
+}
+
+INLINE int matmul_rows_q(int dp, const vx_weight *W, const int8_t *xq, const float *xd, int n,
+                         float *Y, int ldy, int64_t r0, int64_t r1) {
+    if ((W->dtype != VX_DT_Q8 && W->dtype != VX_DT_Q4) || W->cols % VX_QBLOCK != 0 || n > MAX_N)
+        return -1;
+    if (n <= 0 || r0 >= r1) return 0;
+    if (W->dtype == VX_DT_Q8) q_rows(dp, VX_DT_Q8, W, xq, xd, n, Y, ldy, r0, r1);
+    else q_rows(dp, VX_DT_Q4, W, xq, xd, n, Y, ldy, r0, r1);
+    return 0;
+}
+
+/* Two entry points, SDOT or not, so the choice is made once at load. */
+static int neon_matmul_rows_q_dot(const vx_weight *W, const int8_t *xq, const float *xd, int n,
+                                  float *Y, int ldy, int64_t r0, int64_t r1) {
+    return matmul_rows_q(1, W, xq, xd, n, Y, ldy, r0, r1);
+}
+static int neon_matmul_rows_q_base(const vx_weight *W, const int8_t *xq, const float *xd, int n,
+                                   float *Y, int ldy, int64_t r0, int64_t r1) {
+    return matmul_rows_q(0, W, xq, xd, n, Y, ldy, r0, r1);
+}
+
+static const vx_backend neon_dot = {"neon", neon_matmul_rows, neon_matmul_rows_q_dot, DTYPES, neon_attn_scores, neon_attn_values};
+static const vx_backend neon_base = {"neon", neon_matmul_rows, neon_matmul_rows_q_base, DTYPES, neon_attn_scores, neon_attn_values};
 
 const vx_backend *vx_backend_neon(void) {
     unsigned long hw = getauxval(AT_HWCAP);
-    if ((hw & HWCAP_FP) && (hw & HWCAP_ASIMD)) return &neon;
-    return NULL;
+    if (!(hw & HWCAP_FP) || !(hw & HWCAP_ASIMD)) return NULL;
+    return (hw & HWCAP_ASIMDDP) ? &neon_dot : &neon_base;
 }

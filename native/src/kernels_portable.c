@@ -1,7 +1,20 @@
 /* kernels_portable.c - the reference backend: plain C for every dtype.
- * A weight row is converted to float in chunks and dotted with each input
- * row; 8 running sums per output keep the compiler free to vectorise while
- * fixing the summation order (results never depend on batch or threads). */
+ *
+ * F32/F16/BF16 (matmul_rows): a weight row is converted to float in chunks
+ * and dotted with each input row; 8 running sums per output keep the
+ * compiler free to vectorise while fixing the summation order (results never
+ * depend on batch or threads). It also takes Q8/Q4 weights that way (their
+ * exact dequantized values), but the seam sends those to matmul_rows_q.
+ *
+ * Q8/Q4 (matmul_rows_q): the integer definition of engine.h, written out
+ * literally - per block of 32 and lane j, the int32 sum of the products of
+ * elements 4j..4j+3 of the weights (q, or nibble - 8) and of the int8
+ * activations; acc[j] = fmaf((float)isum, dw * dx, acc[j]) over the blocks
+ * in order; Y = ((a0+a4) + (a2+a6)) + ((a1+a5) + (a3+a7)). The integer sums
+ * are exact whatever their order, (float)isum is exact (|isum| < 2^16) and
+ * fmaf rounds once like a hardware FMA lane, so this is bitwise the AVX2 and
+ * NEON result; it is their reference in test_kernels. */
+#include <math.h>
 #include <string.h>
 
 #include "engine.h"
@@ -41,6 +54,51 @@ static int portable_matmul_rows(const vx_weight *W, const float *X, int n, int l
     return 0;
 }
 
+/* The 32 weights of a Q8/Q4 block as small integers, in element order. */
+static void block_ints(int dt, const uint8_t *blk, int32_t w[VX_QBLOCK]) {
+    for (int e = 0; e < VX_QBLOCK; e++) {
+        if (dt == VX_DT_Q8) w[e] = (int8_t)blk[2 + e];
+        else w[e] = (e < 16 ? (blk[2 + e] & 0x0f) : (blk[2 + e - 16] >> 4)) - 8;
+    }
+}
+
+static int portable_matmul_rows_q(const vx_weight *W, const int8_t *xq, const float *xd, int n,
+                                  float *Y, int ldy, int64_t r0, int64_t r1) {
+    if ((W->dtype != VX_DT_Q8 && W->dtype != VX_DT_Q4) || W->cols % VX_QBLOCK != 0) return -1;
+    const int64_t cols = W->cols, nblk = cols / VX_QBLOCK;
+    const size_t row_bytes = vx_row_bytes(W->dtype, cols);
+    const size_t bb = W->dtype == VX_DT_Q8 ? VX_Q8_BLOCK_BYTES : VX_Q4_BLOCK_BYTES;
+    float acc[MAX_N][LANES];
+    for (int64_t r = r0; r < r1; r++) {
+        const uint8_t *row = (const uint8_t *)W->data + (size_t)r * row_bytes;
+        for (int i0 = 0; i0 < n; i0 += MAX_N) {
+            const int ni = n - i0 < MAX_N ? n - i0 : MAX_N;
+            memset(acc, 0, sizeof acc);
+            for (int64_t b = 0; b < nblk; b++) {
+                const uint8_t *blk = row + (size_t)b * bb;
+                const float dw = vx_f16_to_f32((uint16_t)(blk[0] | (blk[1] << 8)));
+                int32_t w[VX_QBLOCK];
+                block_ints(W->dtype, blk, w);
+                for (int i = 0; i < ni; i++) {
+                    const int8_t *x = xq + (size_t)(i0 + i) * cols + b * VX_QBLOCK;
+                    const float s = dw * xd[(size_t)(i0 + i) * nblk + b];
+                    for (int j = 0; j < LANES; j++) {
+                        int32_t isum = 0;
+                        for (int e = 4 * j; e < 4 * j + 4; e++) isum += w[e] * x[e];
+                        acc[i][j] = fmaf((float)isum, s, acc[i][j]);
+                    }
+                }
+            }
+            for (int i = 0; i < ni; i++) {
+                const float *a = acc[i];
+                Y[(size_t)(i0 + i) * ldy + r] =
+                    ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+            }
+        }
+    }
+    return 0;
+}
+
 /* ---- attention: the same 8 running sums (scores) and a plain t-ordered
  * sum (values); f16 rows are widened exactly by vx_f16_to_f32. */
 
@@ -75,7 +133,7 @@ static void portable_attn_values(const float *P, size_t ldp, int nq, const void 
 }
 
 static const vx_backend portable = {
-    "portable", portable_matmul_rows,
+    "portable", portable_matmul_rows, portable_matmul_rows_q,
     (1u << VX_DT_F32) | (1u << VX_DT_F16) | (1u << VX_DT_BF16) | (1u << VX_DT_Q8) | (1u << VX_DT_Q4),
     portable_attn_scores, portable_attn_values};
 

@@ -18,6 +18,7 @@ typedef struct {
     const char *file; /* for messages */
     char *err;
     size_t err_len;
+    int64_t q_cols; /* widest Q8/Q4 matrix: sizes the activation buffer */
 } binder;
 
 static int fail(binder *b, const char *fmt, ...) {
@@ -74,6 +75,7 @@ static int bind_matrix(binder *b, vx_weight *w, int ndim, const int64_t *dims, c
         return fail(b, "tensor '%s': %zu bytes do not fit shape and dtype %s", name, t->nbytes,
                     vx_dtype_name(t->dtype));
     b->m->weight_bytes += (int64_t)t->nbytes;
+    if ((w->dtype == VX_DT_Q8 || w->dtype == VX_DT_Q4) && w->cols > b->q_cols) b->q_cols = w->cols;
     return 0;
 }
 
@@ -152,6 +154,7 @@ static void free_layers(vx_layer *layers, int n) {
 void vx_model_free(vx_model *m) {
     if (!m) return;
     vx_pool_free(m->pool);
+    vx_actbuf_free(m->act);
     free_layers(m->enc_layers, m->p.enc.n_layers);
     free_layers(m->dec_layers, m->p.dec.n_layers);
     free(m->conv0_b);
@@ -231,10 +234,15 @@ vx_status vx_model_load(const char *dir, const vx_model_options *opt, vx_model *
     }
     if (vx_st_open(path, &m->st, err, err_len) != 0) goto fail;
 
-    binder b = {m, path, file_err, sizeof file_err};
+    binder b = {m, path, file_err, sizeof file_err, 0};
     if (bind_all(&b) != 0) {
         snprintf(err, err_len, "%s", file_err);
         st = strstr(file_err, "shape") || strstr(file_err, "dtype") ? VX_ERR_SHAPE : VX_ERR_FORMAT;
+        goto fail;
+    }
+    if (b.q_cols > 0 && !(m->act = vx_actbuf_new(b.q_cols))) {
+        snprintf(err, err_len, "out of memory for the activation buffer");
+        st = VX_ERR_NOMEM;
         goto fail;
     }
 

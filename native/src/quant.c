@@ -1,6 +1,7 @@
 /* quant.c - dtype conversions and the Q8 / Q4 block formats (see quant.h). */
 #include "quant.h"
 
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -135,6 +136,44 @@ void vx_quantize_row_q4(const float *x, int64_t cols, uint8_t *dst) {
             lo = lo < 0 ? 0 : lo > 15 ? 15 : lo;
             hi = hi < 0 ? 0 : hi > 15 ? 15 : hi;
             dst[2 + j] = (uint8_t)(lo | (hi << 4));
+        }
+    }
+}
+
+/* quant.c is compiled with -ffp-contract=off (CMakeLists.txt, ci/aarch64-test.sh):
+ * a fused (x * inv + magic) would round differently from the two-step
+ * arithmetic written here, and on AArch64 the compiler would fuse it. */
+void vx_quantize_act_q8(const float *x, int64_t cols, int8_t *q, float *d) {
+    /* adding 1.5 * 2^23 to |v| <= 2^22 leaves a float whose ulp is 1, so the
+     * sum is v rounded to an integer, half to even (the default rounding
+     * mode), and subtracting it again is exact: a branch-free, vectorisable
+     * lrintf that does not depend on libm */
+    const float magic = 12582912.0f;
+    for (int64_t b = 0; b < cols / VX_QBLOCK; b++) {
+        const float *v = x + b * VX_QBLOCK;
+        int8_t *o = q + b * VX_QBLOCK;
+        float amax = 0;
+        int finite = 1;
+        for (int j = 0; j < VX_QBLOCK; j++) {
+            float a = fabsf(v[j]);
+            finite &= a <= FLT_MAX; /* false for Inf and NaN */
+            amax = a > amax ? a : amax;
+        }
+        if (!finite || amax == 0) {
+            memset(o, 0, VX_QBLOCK);
+            d[b] = finite ? 0.0f : NAN;
+            continue;
+        }
+        /* 127 / amax overflows for amax below ~3.7e-37: scale such a block
+         * by 2^100 first (exact), so q is still x * (127 / amax) rounded;
+         * for every other block sc = 1 and v * sc is v */
+        const float sc = amax < 0x1p-100f ? 0x1p100f : 1.0f;
+        const float inv = 127.0f / (amax * sc);
+        d[b] = amax / 127.0f;
+        for (int j = 0; j < VX_QBLOCK; j++) {
+            float r = ((v[j] * sc) * inv + magic) - magic;
+            r = r > 127.0f ? 127.0f : r < -127.0f ? -127.0f : r;
+            o[j] = (int8_t)(int)r;
         }
     }
 }

@@ -17,4 +17,12 @@ void vx_row_to_f32(int dtype, const void *row, int64_t c0, int64_t n, float *out
 /* Quantize one row of cols floats (cols % 32 == 0) into dst. */
 void vx_quantize_row_q8(const float *x, int64_t cols, uint8_t *dst);
 void vx_quantize_row_q4(const float *x, int64_t cols, uint8_t *dst);
+
+/* Activations for the integer Q8/Q4 dot products (the backends' matmul_rows_q):
+ * per block of 32 values x, amax = max |x|, d = amax / 127 and
+ * q = round-half-even(x * (127 / amax)) in [-127, 127]; an all-zero block
+ * gives d = 0 and q = 0, a block holding Inf or NaN gives d = NaN and q = 0
+ * (so every output that sees it is NaN). q gets cols bytes, d cols/32 floats.
+ * This one C function serves every backend, so all see the same bytes. */
+void vx_quantize_act_q8(const float *x, int64_t cols, int8_t *q, float *d);
 #endif

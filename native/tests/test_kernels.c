@@ -1,14 +1,25 @@
 /* test_kernels.c - every matmul backend compiled in and usable on this CPU
  * (portable always; avx2 and neon where present) against a double-precision
- * reference, for every weight dtype; plus the seam's determinism contract and
- * the Q8/Q4 round-trip error bounds.
+ * reference, for every weight dtype; plus the seam's determinism contract,
+ * the exact integer definition of Q8/Q4 products and the Q8/Q4 round trips.
  *
- * Accuracy: |y - ref| <= 1e-5 * sum_c |w_c| |x_c| + 1e-30 per output, where
- * ref and w are the exact dequantized weights (vx_row_to_f32). A float32 sum
- * of k terms is off by at most ~k * 2^-24 of that sum in the worst case and
- * ~sqrt(k) * 2^-24 typically, so the columns below (<= 1088, 8 lanes) sit
- * far inside the bound, while a wrong element, block scale or nibble order
- * moves an output by ~1e-2 relative.
+ * F32/F16/BF16 accuracy: |y - ref| <= 1e-5 * sum_c |w_c| |x_c| + 1e-30 per
+ * output, where ref and w are the exact weights (vx_row_to_f32). A float32
+ * sum of k terms is off by at most ~k * 2^-24 of that sum in the worst case
+ * and ~sqrt(k) * 2^-24 typically, so the columns below (<= 1088, 8 lanes)
+ * sit far inside the bound, while a wrong element, block scale or nibble
+ * order moves an output by ~1e-2 relative.
+ *
+ * Q8/Q4 multiply int8-quantized activations (vx_quantize_act_q8): each x_c
+ * is replaced by dx * q_c with |dx * q_c - x_c| <= dx / 2 (round to nearest;
+ * dx = amax / 127 of its block, up to one float rounding in dx and in the
+ * scaled value), so on top of the float bound above the output may move by
+ * sum_c |w_c| * dx_b(c) / 2, to which 1e-3 relative slack is added for those
+ * float roundings - a rigorous bound, ~1/254 of the block's amax per weight,
+ * still far below what a wrong scale, element or nibble does. Exactness is
+ * checked separately: every backend must give bitwise the result of
+ * ref_matmul_q below, an independent plain-C reading of engine.h's
+ * definition.
  *
  * Determinism (engine.h): Y[i, r] must be bitwise the same whether computed
  * with n = 1, inside a batch of 17 or 64 at any position, and with any r0/r1
@@ -125,13 +136,44 @@ static void free_weight(test_weight *t) {
     free(t->deq);
 }
 
+static int is_q(int dt) { return dt == VX_DT_Q8 || dt == VX_DT_Q4; }
+
+/* X (n rows at stride ldx) quantized as vx_matmul does for Q8/Q4 weights. */
+typedef struct {
+    int8_t *q;
+    float *d;
+} qx;
+
+static qx quantize_x(const float *X, int n, int ldx, int64_t cols) {
+    qx a = {xmalloc((size_t)n * (size_t)cols), xmalloc(sizeof(float) * (size_t)n * (size_t)(cols / 32))};
+    for (int i = 0; i < n; i++)
+        vx_quantize_act_q8(X + (size_t)i * ldx, cols, a.q + (size_t)i * cols, a.d + (size_t)i * (cols / 32));
+    return a;
+}
+
+static void free_qx(qx *a) {
+    free(a->q);
+    free(a->d);
+}
+
+/* Y = X W^T for rows [r0, r1) through one backend, the way the seam calls it:
+ * matmul_rows for F32/F16/BF16, matmul_rows_q on quantized X for Q8/Q4. */
+static int run_rows(const vx_backend *be, const test_weight *t, const float *X, int n, int ldx,
+                    float *Y, int ldy, int64_t r0, int64_t r1) {
+    if (!is_q(t->w.dtype)) return be->matmul_rows(&t->w, X, n, ldx, Y, ldy, r0, r1);
+    qx a = quantize_x(X, n, ldx, t->w.cols);
+    int rc = be->matmul_rows_q(&t->w, a.q, a.d, n, Y, ldy, r0, r1);
+    free_qx(&a);
+    return rc;
+}
+
 /* Y = X W^T through one backend, rows [0, rows) split at the given cuts. */
 static int run_split(const vx_backend *be, const test_weight *t, const float *X, int n, int ldx,
                      float *Y, int ldy, const int64_t *cuts, int n_cuts) {
     int64_t r0 = 0;
     for (int s = 0; s <= n_cuts; s++) {
         int64_t r1 = s < n_cuts ? cuts[s] : t->w.rows;
-        if (be->matmul_rows(&t->w, X, n, ldx, Y, ldy, r0, r1) != 0) return -1;
+        if (run_rows(be, t, X, n, ldx, Y, ldy, r0, r1) != 0) return -1;
         r0 = r1;
     }
     return 0;
@@ -146,7 +188,9 @@ static void check_accuracy(const vx_backend *be, int dt, int64_t rows, int64_t c
     float *Y = xmalloc(sizeof(float) * (size_t)n * (size_t)ldy);
     for (size_t i = 0; i < (size_t)n * (size_t)ldx; i++) X[i] = nrand();
     for (size_t i = 0; i < (size_t)n * (size_t)ldy; i++) Y[i] = 12345.0f; /* canary */
-    int rc = be->matmul_rows(&t.w, X, n, ldx, Y, ldy, 0, rows);
+    int rc = run_rows(be, &t, X, n, ldx, Y, ldy, 0, rows);
+    qx xa = {NULL, NULL};
+    if (is_q(dt)) xa = quantize_x(X, n, ldx, cols);
     CHECK(rc == 0, "%s %s [%lld x %lld] n=%d declined", be->name, dt_name(dt), (long long)rows,
           (long long)cols, n);
     if (rc == 0) {
@@ -155,13 +199,14 @@ static void check_accuracy(const vx_backend *be, int dt, int64_t rows, int64_t c
             const float *x = X + (size_t)i * ldx;
             for (int64_t r = 0; r < rows; r++) {
                 const float *w = t.deq + (size_t)(r * cols);
-                double ref = 0, mag = 0;
+                double ref = 0, mag = 0, qerr = 0;
                 for (int64_t c = 0; c < cols; c++) {
                     ref += (double)w[c] * x[c];
                     mag += fabs((double)w[c] * x[c]);
+                    if (is_q(dt)) qerr += fabs((double)w[c]) * xa.d[(size_t)i * (cols / 32) + c / 32] * 0.5;
                 }
                 double y = Y[(size_t)i * ldy + r];
-                double err = fabs(y - ref), tol = 1e-5 * mag + 1e-30;
+                double err = fabs(y - ref), tol = 1e-5 * mag + qerr * 1.001 + 1e-30;
                 if (err / tol > worst) worst = err / tol;
                 CHECK(err <= tol, "%s %s [%lld x %lld] n=%d: Y[%d,%lld] = %.9g, ref %.9g (tol %.3g)",
                       be->name, dt_name(dt), (long long)rows, (long long)cols, n, i, (long long)r,
@@ -175,6 +220,7 @@ static void check_accuracy(const vx_backend *be, int dt, int64_t rows, int64_t c
             printf("  %-8s %-4s [%4lld x %4lld] n=%2d  worst err/tol %.3f\n", be->name,
                    dt_name(dt), (long long)rows, (long long)cols, n, worst);
     }
+    if (is_q(dt)) free_qx(&xa);
     free(X);
     free(Y);
     free_weight(&t);
@@ -194,8 +240,7 @@ static void check_determinism(const vx_backend *be, int dt, int64_t rows, int64_
     /* reference: one input row at a time, all rows in one call */
     int ok = 1;
     for (int i = 0; i < N && ok; i++)
-        ok = be->matmul_rows(&t.w, X + (size_t)i * ldx, 1, ldx, ref + (size_t)i * ldy, ldy, 0,
-                             rows) == 0;
+        ok = run_rows(be, &t, X + (size_t)i * ldx, 1, ldx, ref + (size_t)i * ldy, ldy, 0, rows) == 0;
     CHECK(ok, "%s %s n=1 declined", be->name, dt_name(dt));
 
     const int64_t splits[][4] = {{0}, {1}, {5, 6, 7}, {3, 16, 19}, {2, 4, 8, 13}};
@@ -230,34 +275,109 @@ static void check_determinism(const vx_backend *be, int dt, int64_t rows, int64_
     free_weight(&t);
 }
 
-/* A Q8/Q4 weight must give bitwise the result of an F32 weight holding its
- * dequantized values (same kernel order; d * q is exact in float). The engine
- * relies on this for "numpy dequantization == engine" checks of quantized
- * model files. */
-static void check_quant_equals_f32(const vx_backend *be, int dt, int64_t rows, int64_t cols, int n) {
+static float block_scale(const uint8_t *blk) { return vx_f16_to_f32((uint16_t)(blk[0] | (blk[1] << 8))); }
+
+/* engine.h's definition of a Q8/Q4 product, written independently of the
+ * backends: int32 lane sums of 4 consecutive products, one fmaf per lane and
+ * block with the scale dw * dx, the fixed reduction of the 8 lanes. */
+static float ref_matmul_q(const vx_weight *W, const int8_t *xq, const float *xd, int64_t r) {
+    const int64_t nblk = W->cols / 32;
+    const size_t bb = W->dtype == VX_DT_Q8 ? VX_Q8_BLOCK_BYTES : VX_Q4_BLOCK_BYTES;
+    const uint8_t *row = (const uint8_t *)W->data + (size_t)r * vx_row_bytes(W->dtype, W->cols);
+    float a[8] = {0};
+    for (int64_t b = 0; b < nblk; b++) {
+        const uint8_t *blk = row + (size_t)b * bb;
+        const float s = block_scale(blk) * xd[b];
+        for (int j = 0; j < 8; j++) {
+            int32_t isum = 0;
+            for (int e = 4 * j; e < 4 * j + 4; e++) {
+                int32_t w = W->dtype == VX_DT_Q8 ? (int8_t)blk[2 + e]
+                                                 : (e < 16 ? blk[2 + e] & 15 : blk[2 + e - 16] >> 4) - 8;
+                isum += w * xq[b * 32 + e];
+            }
+            a[j] = fmaf((float)isum, s, a[j]);
+        }
+    }
+    return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+}
+
+/* Every backend's Q8/Q4 product is bitwise ref_matmul_q, for n = 1 and
+ * batches. Extreme inputs are mixed in: blocks of +-127 activations against
+ * weights of -128 (possible in a file, though the quantizer never writes
+ * it) and Q4 nibbles of 0 and 15, which would saturate an int16 step done
+ * naively, plus all-zero blocks. */
+static void check_q_exact(const vx_backend *be, int dt, int64_t rows, int64_t cols, int n) {
     test_weight t;
     make_weight(&t, dt, rows, cols);
-    uint8_t *f32buf = xmalloc(sizeof(float) * (size_t)(rows * cols) + 2);
-    memcpy(f32buf + 2, t.deq, sizeof(float) * (size_t)(rows * cols));
-    vx_weight wf = {VX_DT_F32, rows, cols, f32buf + 2};
+    uint8_t *data = (uint8_t *)t.buf + 2;
+    const size_t rb = vx_row_bytes(dt, cols), bb = dt == VX_DT_Q8 ? 34 : 18;
+    for (int64_t r = 0; r < rows; r += 3) { /* first block of every 3rd row: extremes */
+        uint8_t *blk = data + (size_t)r * rb;
+        for (size_t k = 2; k < bb; k++) blk[k] = dt == VX_DT_Q8 ? 0x80 : (r % 2 ? 0xff : 0x00);
+    }
     float *X = xmalloc(sizeof(float) * (size_t)n * (size_t)cols);
-    float *Ya = xmalloc(sizeof(float) * (size_t)n * (size_t)rows);
-    float *Yb = xmalloc(sizeof(float) * (size_t)n * (size_t)rows);
     for (size_t i = 0; i < (size_t)n * (size_t)cols; i++) X[i] = nrand();
-    int ra = be->matmul_rows(&t.w, X, n, (int)cols, Ya, (int)rows, 0, rows);
-    int rb = be->matmul_rows(&wf, X, n, (int)cols, Yb, (int)rows, 0, rows);
-    CHECK(ra == 0 && rb == 0, "%s declined", be->name);
-    if (ra == 0 && rb == 0)
-        CHECK(memcmp(Ya, Yb, sizeof(float) * (size_t)n * (size_t)rows) == 0,
-              "%s %s n=%d differs from F32 of its dequantized values", be->name, dt_name(dt), n);
-    free(f32buf);
+    for (int i = 0; i < n; i++) {
+        float *x = X + (size_t)i * cols;
+        for (int e = 0; e < 32; e++) x[e] = (i + e) % 2 ? -1.0f : 1.0f; /* q = +-127 */
+        if (cols >= 64)
+            for (int e = 32; e < 64; e++) x[e] = 0.0f;
+    }
+    float *Y = xmalloc(sizeof(float) * (size_t)n * (size_t)rows);
+    qx a = quantize_x(X, n, (int)cols, cols);
+    int rc = be->matmul_rows_q(&t.w, a.q, a.d, n, Y, (int)rows, 0, rows);
+    CHECK(rc == 0, "%s %s declined", be->name, dt_name(dt));
+    int same = 1;
+    for (int i = 0; rc == 0 && i < n; i++)
+        for (int64_t r = 0; r < rows; r++) {
+            float want = ref_matmul_q(&t.w, a.q + (size_t)i * cols, a.d + (size_t)i * (cols / 32), r);
+            float got = Y[(size_t)i * rows + r];
+            if (memcmp(&want, &got, 4) != 0 && same) {
+                same = 0;
+                CHECK(0, "%s %s [%lld x %lld] n=%d: Y[%d,%lld] = %.9g, definition %.9g", be->name,
+                      dt_name(dt), (long long)rows, (long long)cols, n, i, (long long)r, got, want);
+            }
+        }
+    free_qx(&a);
     free(X);
-    free(Ya);
-    free(Yb);
+    free(Y);
     free_weight(&t);
 }
 
-static float block_scale(const uint8_t *blk) { return vx_f16_to_f32((uint16_t)(blk[0] | (blk[1] << 8))); }
+/* vx_quantize_act_q8: the block scale, rounding (half to even), clamping and
+ * the special blocks. */
+static void check_act_quant(void) {
+    float x[32 * 6];
+    int8_t q[32 * 6];
+    float d[6];
+    for (int j = 0; j < 32; j++) {
+        x[j] = 0.0f;                                   /* all zero */
+        x[32 + j] = (float)(j - 16) * 0.5f;            /* amax 8: q = x * 127 / 8 */
+        x[64 + j] = j == 5 ? 127.0f : (float)j + 0.5f; /* amax 127: ties x.5 */
+        x[96 + j] = j == 9 ? NAN : 1.0f;               /* non-finite */
+        x[128 + j] = (float)(j - 16) * 1e-44f;         /* subnormal: 127/amax overflows */
+        x[160 + j] = j == 0 ? -3.0f : 1.0f;            /* negative extreme */
+    }
+    vx_quantize_act_q8(x, 32 * 6, q, d);
+    for (int j = 0; j < 32; j++) CHECK(q[j] == 0, "zero block q %d", q[j]);
+    CHECK(d[0] == 0.0f, "zero block d %g", d[0]);
+    CHECK(d[1] == 8.0f / 127.0f, "d %g", d[1]);
+    for (int j = 0; j < 32; j++) {
+        float v = (float)(j - 16) * 0.5f * (127.0f / 8.0f);
+        CHECK(q[32 + j] == (int8_t)lrintf(v), "q[%d] %d for %g", j, q[32 + j], v);
+    }
+    CHECK(d[2] == 1.0f, "d %g", d[2]);
+    for (int j = 0; j < 32; j++) {
+        int want = j == 5 ? 127 : (int)lrintf((float)j + 0.5f); /* 0.5 -> 0, 1.5 -> 2, ... */
+        CHECK(q[64 + j] == want && want % 2 == (j == 5 ? 1 : 0), "tie %d -> %d", j, q[64 + j]);
+    }
+    CHECK(isnan(d[3]), "NaN block d %g", d[3]);
+    for (int j = 0; j < 32; j++) CHECK(q[96 + j] == 0, "NaN block q %d", q[96 + j]);
+    CHECK(d[4] > 0.0f, "tiny block d %g", d[4]);
+    CHECK(q[128] == -127 && q[128 + 16] == 0 && q[128 + 31] == 119, "tiny block q %d %d %d",
+          q[128], q[128 + 16], q[128 + 31]);
+    CHECK(q[160] == -127 && q[161] == 42, "negative extreme: q %d %d", q[160], q[161]);
+}
 
 static void check_roundtrip(void) {
     const int64_t cols = 32 * 64;
@@ -341,6 +461,7 @@ int main(void) {
     const int ns[] = {1, 2, 3, 64};
 
     check_roundtrip();
+    check_act_quant();
     for (int b = 0; b < 3; b++) {
         const vx_backend *be = backends[b];
         if (!be) {
@@ -357,9 +478,10 @@ int main(void) {
                     check_accuracy(be, dt, shapes[s][0], shapes[s][1], ns[k]);
             check_determinism(be, dt, 37, 320);
             check_determinism(be, dt, 6, 1088);
-            if (dt == VX_DT_Q8 || dt == VX_DT_Q4) {
-                check_quant_equals_f32(be, dt, 37, 320, 1);
-                check_quant_equals_f32(be, dt, 37, 320, 5);
+            if (is_q(dt)) {
+                check_q_exact(be, dt, 37, 320, 1);
+                check_q_exact(be, dt, 37, 320, 5);
+                check_q_exact(be, dt, 19, 1088, 64);
             }
         }
         printf("backend %s: %s\n", be->name, failures == before ? "ok" : "FAILED");
