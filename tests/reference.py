@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from voxd.devmodel import read_safetensors
+from voxd.devmodel import read_safetensors, read_safetensors_header
 
 A = npt.NDArray[np.float64]
 
@@ -153,6 +153,51 @@ def expected_shapes(m: RefModel) -> dict[str, tuple[int, ...]]:
     return s
 
 
+class ActQuantWeight(np.ndarray):  # type: ignore[type-arg]
+    """A Q8/Q4 matrix (its dequantized values). The engine multiplies such a
+    matrix with its input quantized to int8 per block of 32 (scale amax/127,
+    round half to even: native/src/engine.h), so linear() does the same."""
+
+
+def _dequantize_blocks(dtype: str, raw: npt.NDArray[np.uint8], shape: list[int]) -> A:
+    """voxd's block formats (native/src/quant.h), decoded here independently."""
+    nb = 34 if dtype == "Q8" else 18
+    blocks = raw.reshape(-1, nb)
+    d = blocks[:, :2].copy().view("<f2").astype(np.float64)  # [n, 1]
+    if dtype == "Q8":
+        ints = blocks[:, 2:].view(np.int8).astype(np.float64)
+    else:
+        b = blocks[:, 2:].astype(np.int64)
+        ints = np.concatenate([b & 0x0F, b >> 4], axis=1).astype(np.float64) - 8.0
+    return (d * ints).reshape(shape)
+
+
+def _read_weights(path: Path) -> dict[str, A]:
+    """Every tensor as float64; Q8/Q4 ones as ActQuantWeight."""
+    header, base = read_safetensors_header(path)
+    plain = [k for k, v in header.items() if v["dtype"] not in ("Q8", "Q4")]
+    out = {k: v.astype(np.float64) for k, v in read_safetensors(path, plain).items()}
+    mapped = np.memmap(path, dtype=np.uint8, mode="r")
+    for name, info in header.items():
+        if name in out:
+            continue
+        begin, end = info["data_offsets"]
+        raw = np.array(mapped[base + begin : base + end])
+        out[name] = _dequantize_blocks(info["dtype"], raw, info["shape"]).view(ActQuantWeight)
+    del mapped
+    return out
+
+
+def quantize_activations(x: A) -> A:
+    """x with each block of 32 along the last axis rounded to amax/127 steps."""
+    b = np.asarray(x, dtype=np.float64).reshape(*np.shape(x)[:-1], -1, 32)
+    amax = np.abs(b).max(axis=-1, keepdims=True)
+    d = amax / 127.0
+    safe = np.where(amax > 0, amax, 1.0)
+    q = np.clip(np.rint(b * (127.0 / safe)), -127, 127)  # rint: half to even
+    return np.asarray((q * d).reshape(np.shape(x)))
+
+
 def load(model_dir: Path | str) -> RefModel:
     """Read params.json, consolidated.safetensors and tekken.json; check shapes."""
     model_dir = Path(model_dir)
@@ -165,7 +210,7 @@ def load(model_dir: Path | str) -> RefModel:
     vocab_size = int(params["vocab_size"])
     vocab = [base64.b64decode(v["token_bytes"]) for v in tek["vocab"][: vocab_size - n_special]]
     specials = {str(s["token_str"]): int(s["rank"]) for s in tek.get("special_tokens", [])}
-    raw = read_safetensors(model_dir / "consolidated.safetensors")
+    weights = _read_weights(model_dir / "consolidated.safetensors")
     m = RefModel(
         dec=_cfg(params),
         enc=_cfg(eargs),
@@ -177,7 +222,7 @@ def load(model_dir: Path | str) -> RefModel:
         n_special=n_special,
         vocab=vocab,
         special_ids=specials,
-        w={k: v.astype(np.float64) for k, v in raw.items()},
+        w=weights,
     )
     want = expected_shapes(m)
     got = {k: tuple(v.shape) for k, v in m.w.items()}
@@ -209,8 +254,10 @@ def rms_norm(x: A, weight: A, eps: float) -> A:
 
 
 def linear(x: A, w: A, b: A | None = None) -> A:
-    """y = x W^T (+ b) with W stored [out, in]."""
-    y = x @ w.T
+    """y = x W^T (+ b) with W stored [out, in]; a Q8/Q4 W sees x in int8 steps."""
+    if isinstance(w, ActQuantWeight):
+        x = quantize_activations(x)
+    y = np.asarray(x) @ np.asarray(w).T
     return np.asarray(y if b is None else y + b)
 
 
@@ -347,9 +394,7 @@ def kv_cached(x: A, kv_f16: bool) -> A:
     return x.astype(np.float16).astype(np.float64) if kv_f16 else x
 
 
-def _enc_layer(
-    m: RefModel, i: int, h: A, pos: npt.NDArray[np.int64], kv_f16: bool = False
-) -> A:
+def _enc_layer(m: RefModel, i: int, h: A, pos: npt.NDArray[np.int64], kv_f16: bool = False) -> A:
     c = m.enc
     p = f"{WHISPER}transformer.layers.{i}."
     w = m.w
@@ -430,7 +475,8 @@ class Decoder:
         self.values = [np.zeros((0, c.n_kv_heads, c.head_dim)) for _ in range(c.n_layers)]
 
     def embed(self, token_ids: npt.ArrayLike) -> A:
-        return np.asarray(self.model.w[ENC + "tok_embeddings.weight"][np.asarray(token_ids)])
+        rows = self.model.w[ENC + "tok_embeddings.weight"][np.asarray(token_ids)]
+        return np.array(rows, dtype=np.float64)  # a lookup: no activation rounding
 
     def forward(self, inputs: A) -> A:
         """inputs [n, dim] for positions pos..pos+n-1 -> logits [n, vocab]."""
@@ -442,7 +488,7 @@ class Decoder:
             h = self._layer(i, h, pos)
         self.pos += n
         h = rms_norm(h, m.w["norm.weight"], c.norm_eps)
-        return h @ m.w[ENC + "tok_embeddings.weight"].T  # tied output head
+        return linear(h, m.w[ENC + "tok_embeddings.weight"])  # tied output head
 
     def _layer(self, i: int, h: A, pos: npt.NDArray[np.int64]) -> A:
         c, w = self.model.dec, self.model.w

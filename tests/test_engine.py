@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import reference
+from parity import agreeing_steps, rel_err
 from speech import silence, synth
 
 from voxd.engine import (
@@ -55,11 +56,6 @@ def engine_tiny(tiny_model_dir: Path) -> Engine:
 @pytest.fixture(scope="module")
 def engine_tiny2(tiny2_model_dir: Path) -> Engine:
     return Engine(tiny2_model_dir)
-
-
-def rel_err(a: np.ndarray, b: np.ndarray) -> float:
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
 
 
 def run_debug(
@@ -139,17 +135,8 @@ def test_fp16_kv_cache_matches_reference_rounding_its_cache(
         near = np.abs(got[name] - getattr(ref16, attr)).mean()
         far = np.abs(got[name] - getattr(ref32, attr)).mean()
         assert near * 5 < far, f"{name}: {near:.1e} vs fp16 reference, {far:.1e} vs exact"
-    # Tokens agree until, at most, a step whose reference top-2 margin is within
-    # twice the logit error seen so far: past such a near-tie two float
-    # implementations may take different greedy paths, and only then.
-    ref_ids = ref16.token_ids
-    n = min(len(ids), len(ref_ids))
-    split = next((i for i in range(n) if ids[i] != ref_ids[i]), n)
-    if split < n or len(ids) != len(ref_ids):
-        i = min(split, len(ref16.logits) - 1, len(got["logits"]) - 1)
-        seen = np.abs(got["logits"][: i + 1] - ref16.logits[: i + 1]).max()
-        top2 = np.sort(ref16.logits[i])[-2:]
-        assert top2[1] - top2[0] < 2 * seen, f"tokens part at step {i} without a near-tie"
+    # past a near-tie two float implementations may take different greedy paths
+    split = agreeing_steps(ids, ref16.token_ids, got["logits"], ref16.logits)
     assert split >= 20, f"tokens part after only {split} steps"
     err = rel_err(got["logits"][:split], ref16.logits[:split])
     assert err < TOL_KV_F16["logits"], f"logits: relative error {err:.2e}"
