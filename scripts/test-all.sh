@@ -48,8 +48,8 @@ echo "== C tests on aarch64 (qemu, cortex-a76)"
 bash ci/aarch64-test.sh
 
 echo "== lint"
-.venv/bin/ruff check voxd tests
-.venv/bin/mypy --strict voxd
+.venv/bin/ruff check voxd tests bench
+.venv/bin/mypy --strict voxd bench
 
 echo "== pytest"
 # the suite imports voxd from this checkout; the engine library comes from the install
