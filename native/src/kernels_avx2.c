@@ -405,6 +405,9 @@ INLINE __m256i q_isum(int dt, __m256i u, __m256i wb, __m256i x, __m256i corr) {
     return _mm256_sub_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(u, x), ones), corr);
 }
 
+/* Lane k of both 128-bit halves of s, i.e. [s_k x4 | s_k+4 x4] (k < 4). */
+#define Q_SPLAT2(s, k) _mm256_shuffle_ps((s), (s), (k) * 0x55)
+
 #define QA MV_ROWS   /* row stride of the accumulator arrays */
 #define QMAX_N 2     /* inputs per tile */
 #define QR 4         /* rows per tile of the batched path */
@@ -422,30 +425,30 @@ INLINE void qtile(int dt, int R, int N, const uint8_t *const *w, const int8_t *x
     for (int i = 0; i < N; i++)
         _Pragma("GCC unroll 8")
         for (int k = 0; k < R; k++) a[i][k] = acc[i * QA + k];
-    /* The R x N scales dw * dx of a block are made 8 at a time: the R fp16
-     * dw are packed into two 64-bit integers (scalar loads and shifts, off
-     * the vector pipes) for one vcvtph2ps, then one vmulps per input (the
-     * same IEEE product as a scalar multiply) goes to memory, from where each
-     * (row, input) takes its scale with a broadcast load. Done per (row,
-     * input) in vector registers instead, the conversion, multiply and
-     * broadcast cost as many vector instructions as the dot product. */
-    float sv[QMAX_N][8] __attribute__((aligned(32)));
+    /* The R x N scales dw * dx of a block (R <= 4): the R fp16 dw are packed
+     * into one 64-bit integer (scalar loads and shifts, off the vector
+     * pipes) whose vcvtph2ps fills both halves with [dw_0..dw_3]; one vmulps
+     * per input (the same IEEE products as scalar multiplies) and one
+     * in-lane shuffle per (row, input) splat each scale, with no store and
+     * reload (a store of the products and broadcast loads from it cost
+     * more: the loads take a vector pipe on Zen 3 too). */
     /* the loops over k and i are unrolled so accumulators, x and constants
      * stay in registers (at -O2 GCC left them in memory: 2x slower) */
     for (int64_t b = b0; b < b1; b++) {
         __m256i xv[QMAX_N], corr[QMAX_N];
-        uint64_t h[2] = {0, 0};
-        _Pragma("GCC unroll 8")
+        uint64_t h = 0;
+        _Pragma("GCC unroll 4")
         for (int k = 0; k < R; k++) {
             uint16_t v;
             memcpy(&v, w[k] + (size_t)b * bb, 2);
-            h[k / 4] |= (uint64_t)v << (16 * (k % 4));
+            h |= (uint64_t)v << (16 * k);
         }
-        const __m256 dw = _mm256_cvtph_ps(_mm_set_epi64x((long long)h[1], (long long)h[0]));
+        const __m256 dw = _mm256_cvtph_ps(_mm_set1_epi64x((long long)h));
+        __m256 sv[QMAX_N];
         _Pragma("GCC unroll 8")
         for (int i = 0; i < N; i++) {
             xv[i] = _mm256_loadu_si256((const __m256i *)(const void *)(xq + (size_t)i * cols + b * VX_QBLOCK));
-            _mm256_store_ps(sv[i], _mm256_mul_ps(dw, _mm256_broadcast_ss(xd + (size_t)i * nblk + b)));
+            sv[i] = _mm256_mul_ps(dw, _mm256_broadcast_ss(xd + (size_t)i * nblk + b));
             corr[i] = dt == VX_DT_Q4 ? _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(8), xv[i]),
                                                          _mm256_set1_epi16(1))
                                      : _mm256_setzero_si256();
@@ -458,7 +461,7 @@ INLINE void qtile(int dt, int R, int N, const uint8_t *const *w, const int8_t *x
             _Pragma("GCC unroll 8")
             for (int i = 0; i < N; i++) {
                 __m256 f = _mm256_cvtepi32_ps(q_isum(dt, u, wb, xv[i], corr[i]));
-                a[i][k] = _mm256_fmadd_ps(f, _mm256_broadcast_ss(&sv[i][k]), a[i][k]);
+                a[i][k] = _mm256_fmadd_ps(f, Q_SPLAT2(sv[i], k), a[i][k]);
             }
         }
     }
@@ -505,8 +508,6 @@ INLINE void q_prefetch_group(const char *pf, size_t off, size_t bb) {
     for (size_t o = 0; o < 8 * bb; o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
 }
 
-/* Lane k of both 128-bit halves of s, i.e. [s_k x4 | s_k+4 x4]. */
-#define Q_SPLAT2(s, k) _mm256_shuffle_ps((s), (s), (k) * 0x55)
 
 /* Q8: per row, |w| x sign(x, w) through maddubs / madd (q_isum), converted
  * and FMA'd with the row's scale splat across the 8 lanes. */
