@@ -31,10 +31,12 @@
  * vcvtdq2ps of |isum| < 2^16 is exact and vfmadd231ps rounds each lane once,
  * like fmaf, with the scale dw * dx a single float multiply; then hsum8. So
  * these results equal the portable and NEON backends' bit for bit, for any
- * n, r0 or r1. Tiles: n == 1 streams MV_ROWS rows against one input (as the
- * float path); n >= 2 uses 4-row x 2-input tiles, whose 8 accumulators stay
- * in registers for the whole row (no chunking needed: the chain is per
- * output) while the 4 rows' bytes are reused from L1 by every input pair.
+ * n, r0 or r1. Tiles: n == 1 streams 8 rows against one input (q8_mv8,
+ * q4_mv8: block scales kept in registers, Q4 two rows to a register, the
+ * next group prefetched); n >= 2 uses 4-row x 3-input tiles, whose 12
+ * accumulators stay in registers over a chunk of blocks (the chain is per
+ * output, so chunking reorders nothing) while the 4 rows' bytes are reused
+ * from L1 by every input triple.
  *
  * Weight data is only guaranteed 2-byte aligned (safetensors.h), so every
  * load is an unaligned one and nothing wider than 2 bytes is dereferenced
@@ -409,7 +411,7 @@ INLINE __m256i q_isum(int dt, __m256i u, __m256i wb, __m256i x, __m256i corr) {
 #define Q_SPLAT2(s, k) _mm256_shuffle_ps((s), (s), (k) * 0x55)
 
 #define QA MV_ROWS   /* row stride of the accumulator arrays */
-#define QMAX_N 2     /* inputs per tile */
+#define QMAX_N 3     /* inputs per tile */
 #define QR 4         /* rows per tile of the batched path */
 #define QCHUNK 16    /* blocks per chunk of the batched path (512 columns) */
 
@@ -624,11 +626,13 @@ INLINE void q_rows(int dt, const vx_weight *W, const int8_t *xq, const float *xd
                 const float *d = xd + (size_t)i * nblk;
                 __m256 *ac = acc + i * QA;
                 if (rows == QR) {
-                    if (n - i >= 2) qtile(dt, QR, 2, w, x, d, cols, b0, b1, ac);
+                    if (n - i >= 3) qtile(dt, QR, 3, w, x, d, cols, b0, b1, ac);
+                    else if (n - i == 2) qtile(dt, QR, 2, w, x, d, cols, b0, b1, ac);
                     else qtile(dt, QR, 1, w, x, d, cols, b0, b1, ac);
                 } else {
                     for (int k = 0; k < rows; k++) {
-                        if (n - i >= 2) qtile(dt, 1, 2, w + k, x, d, cols, b0, b1, ac + k);
+                        if (n - i >= 3) qtile(dt, 1, 3, w + k, x, d, cols, b0, b1, ac + k);
+                        else if (n - i == 2) qtile(dt, 1, 2, w + k, x, d, cols, b0, b1, ac + k);
                         else qtile(dt, 1, 1, w + k, x, d, cols, b0, b1, ac + k);
                     }
                 }
