@@ -407,8 +407,17 @@ INLINE __m256i q_isum(int dt, __m256i u, __m256i wb, __m256i x, __m256i corr) {
     return _mm256_sub_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(u, x), ones), corr);
 }
 
-/* Lane k of both 128-bit halves of s, i.e. [s_k x4 | s_k+4 x4] (k < 4). */
-#define Q_SPLAT2(s, k) _mm256_shuffle_ps((s), (s), (k) * 0x55)
+/* Lane k of both 128-bit halves of s, i.e. [s_k x4 | s_k+4 x4] (k < 4).
+ * A switch, as vshufps needs an immediate even in an unoptimised build;
+ * k is a constant in the unrolled loops, so it folds to one vshufps. */
+INLINE __m256 q_splat2(__m256 s, int k) {
+    switch (k & 3) {
+    case 0: return _mm256_shuffle_ps(s, s, 0x00);
+    case 1: return _mm256_shuffle_ps(s, s, 0x55);
+    case 2: return _mm256_shuffle_ps(s, s, 0xaa);
+    default: return _mm256_shuffle_ps(s, s, 0xff);
+    }
+}
 
 #define QA MV_ROWS   /* row stride of the accumulator arrays */
 #define QMAX_N 3     /* inputs per tile */
@@ -463,7 +472,7 @@ INLINE void qtile(int dt, int R, int N, const uint8_t *const *w, const int8_t *x
             _Pragma("GCC unroll 8")
             for (int i = 0; i < N; i++) {
                 __m256 f = _mm256_cvtepi32_ps(q_isum(dt, u, wb, xv[i], corr[i]));
-                a[i][k] = _mm256_fmadd_ps(f, Q_SPLAT2(sv[i], k), a[i][k]);
+                a[i][k] = _mm256_fmadd_ps(f, q_splat2(sv[i], k), a[i][k]);
             }
         }
     }
@@ -528,7 +537,7 @@ static void q8_mv8(const uint8_t *const *w, const int8_t *xq, const float *xd, i
         for (int k = 0; k < 8; k++) {
             const __m256i wb = _mm256_loadu_si256((const __m256i *)(const void *)(w[k] + off + 2));
             const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(wb), _mm256_sign_epi8(x, wb)), ones);
-            const __m256 sk = k < 4 ? Q_SPLAT2(slo, k % 4) : Q_SPLAT2(shi, k % 4);
+            const __m256 sk = k < 4 ? q_splat2(slo, k % 4) : q_splat2(shi, k % 4);
             a[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sk, a[k]);
         }
     }
@@ -579,7 +588,7 @@ static void q4_mv8(const uint8_t *const *w, const int8_t *xq, const float *xd, i
             const __m256i nh = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
             const __m256i pl = _mm256_sub_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(nl, xl), ones), cl);
             const __m256i ph = _mm256_sub_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(nh, xh), ones), ch);
-            const __m256 sk = Q_SPLAT2(s, k);
+            const __m256 sk = q_splat2(s, k);
             lo[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(pl), sk, lo[k]);
             hi[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ph), sk, hi[k]);
         }
