@@ -11,13 +11,16 @@
  *   cmake -S native -B build/bench -G Ninja -DVX_BUILD_TESTS=ON && ninja -C build/bench
  *   gcc -O2 -mavx2 -mfma -Inative/src -Inative/include native/bench/bench_kernels.c \
  *       build/bench/libvoxd_engine_static.a -lm -lpthread -o build/bench/bench_kernels
- *   build/bench/bench_kernels [backend]
+ *   build/bench/bench_kernels [backend [dtypes]]
+ * dtypes: a comma-separated subset (e.g. Q8,Q4) to time only those, which
+ * also skips the FMA-peak measurement (quick runs while tuning one kernel).
  */
 #define _POSIX_C_SOURCE 200809L
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "engine.h"
@@ -91,6 +94,20 @@ static const char *dt_name(int dt) {
     return dt >= 0 && dt <= 4 ? names[dt] : "?";
 }
 
+/* Is dt in the comma-separated list (NULL: every dtype)? */
+static int wanted(const char *list, int dt) {
+    if (!list) return 1;
+    const char *name = dt_name(dt);
+    size_t len = strlen(name);
+    for (const char *p = list; *p;) {
+        const char *e = strchr(p, ',');
+        size_t n = e ? (size_t)(e - p) : strlen(p);
+        if (n == len && strncasecmp(p, name, len) == 0) return 1;
+        p += n + (e != NULL);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     char err[256];
     const vx_backend *be = vx_backend_select(argc > 1 ? argv[1] : NULL, err, sizeof err);
@@ -98,6 +115,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "%s\n", err);
         return 2;
     }
+    const char *only = argc > 2 ? argv[2] : NULL;
     double mhz = cpu_mhz();
     printf("backend %s, /proc/cpuinfo clock %.0f MHz\n", be->name, mhz);
     printf("nominal peak: %.1f GFLOP/s per core (2 FMA ports x 8 lanes x 2 flops x clock)\n",
@@ -105,7 +123,8 @@ int main(int argc, char **argv) {
 
     /* the same measurements voxd bench reports (native/src/membw.c) */
     for (int t = 1; t <= 2; t++) {
-        printf("measured FMA peak, %d thread(s): %.1f GFLOP/s\n", t, vx_measure_fma_peak(t));
+        if (!only)
+            printf("measured FMA peak, %d thread(s): %.1f GFLOP/s\n", t, vx_measure_fma_peak(t));
         printf("memory read bandwidth, %d thread(s): %.1f GB/s\n", t,
                vx_measure_read_bandwidth((size_t)1 << 30, t, 5));
     }
@@ -133,6 +152,7 @@ int main(int argc, char **argv) {
         for (int i = 0; i < n * 5120; i++) X[i] = (float)((i * 7) % 13) * 0.1f - 0.6f;
         const int dts[] = {VX_DT_BF16, VX_DT_F32, VX_DT_Q8, VX_DT_Q4};
         for (int d = 0; d < 4; d++) {
+            if (!wanted(only, dts[d])) continue;
             vx_weight w;
             fill_weight(&w, dts[d], 5120, 1280, 1);
             vx_matmul(&m, &w, X, n, Y, NULL);
@@ -153,6 +173,7 @@ int main(int argc, char **argv) {
          * runs down, so the minimum is the least disturbed figure) */
         const int dts3[] = {VX_DT_BF16, VX_DT_F32, VX_DT_Q8, VX_DT_Q4};
         for (int d = 0; d < 4; d++) {
+            if (!wanted(only, dts3[d])) continue;
             vx_weight w;
             fill_weight(&w, dts3[d], 256 * threads, 1024, 7);
             const int reps = 200;
@@ -172,6 +193,7 @@ int main(int argc, char **argv) {
         /* decoder shape: [9216 x 3072] x 1, cycling copies past the L3 */
         const int dts2[] = {VX_DT_BF16, VX_DT_Q8, VX_DT_Q4, VX_DT_F32};
         for (int d = 0; d < 4; d++) {
+            if (!wanted(only, dts2[d])) continue;
             size_t bytes = vx_row_bytes(dts2[d], 3072) * 9216;
             int copies = (int)((400u << 20) / bytes) + 1;
             vx_weight *ws = xmalloc(sizeof(vx_weight) * (size_t)copies);

@@ -31,10 +31,12 @@
  * vcvtdq2ps of |isum| < 2^16 is exact and vfmadd231ps rounds each lane once,
  * like fmaf, with the scale dw * dx a single float multiply; then hsum8. So
  * these results equal the portable and NEON backends' bit for bit, for any
- * n, r0 or r1. Tiles: n == 1 streams MV_ROWS rows against one input (as the
- * float path); n >= 2 uses 4-row x 2-input tiles, whose 8 accumulators stay
- * in registers for the whole row (no chunking needed: the chain is per
- * output) while the 4 rows' bytes are reused from L1 by every input pair.
+ * n, r0 or r1. Tiles: n == 1 streams 8 rows against one input (q8_mv8,
+ * q4_mv8: block scales kept in registers, Q4 two rows to a register, the
+ * next group prefetched); n >= 2 uses 4-row x 3-input tiles, whose 12
+ * accumulators stay in registers over a chunk of blocks (the chain is per
+ * output, so chunking reorders nothing) while the 4 rows' bytes are reused
+ * from L1 by every input triple.
  *
  * Weight data is only guaranteed 2-byte aligned (safetensors.h), so every
  * load is an unaligned one and nothing wider than 2 bytes is dereferenced
@@ -405,8 +407,20 @@ INLINE __m256i q_isum(int dt, __m256i u, __m256i wb, __m256i x, __m256i corr) {
     return _mm256_sub_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(u, x), ones), corr);
 }
 
+/* Lane k of both 128-bit halves of s, i.e. [s_k x4 | s_k+4 x4] (k < 4).
+ * A switch, as vshufps needs an immediate even in an unoptimised build;
+ * k is a constant in the unrolled loops, so it folds to one vshufps. */
+INLINE __m256 q_splat2(__m256 s, int k) {
+    switch (k & 3) {
+    case 0: return _mm256_shuffle_ps(s, s, 0x00);
+    case 1: return _mm256_shuffle_ps(s, s, 0x55);
+    case 2: return _mm256_shuffle_ps(s, s, 0xaa);
+    default: return _mm256_shuffle_ps(s, s, 0xff);
+    }
+}
+
 #define QA MV_ROWS   /* row stride of the accumulator arrays */
-#define QMAX_N 2     /* inputs per tile */
+#define QMAX_N 3     /* inputs per tile */
 #define QR 4         /* rows per tile of the batched path */
 #define QCHUNK 16    /* blocks per chunk of the batched path (512 columns) */
 
@@ -422,30 +436,30 @@ INLINE void qtile(int dt, int R, int N, const uint8_t *const *w, const int8_t *x
     for (int i = 0; i < N; i++)
         _Pragma("GCC unroll 8")
         for (int k = 0; k < R; k++) a[i][k] = acc[i * QA + k];
-    /* The R x N scales dw * dx of a block are made 8 at a time: the R fp16
-     * dw are packed into two 64-bit integers (scalar loads and shifts, off
-     * the vector pipes) for one vcvtph2ps, then one vmulps per input (the
-     * same IEEE product as a scalar multiply) goes to memory, from where each
-     * (row, input) takes its scale with a broadcast load. Done per (row,
-     * input) in vector registers instead, the conversion, multiply and
-     * broadcast cost as many vector instructions as the dot product. */
-    float sv[QMAX_N][8] __attribute__((aligned(32)));
+    /* The R x N scales dw * dx of a block (R <= 4): the R fp16 dw are packed
+     * into one 64-bit integer (scalar loads and shifts, off the vector
+     * pipes) whose vcvtph2ps fills both halves with [dw_0..dw_3]; one vmulps
+     * per input (the same IEEE products as scalar multiplies) and one
+     * in-lane shuffle per (row, input) splat each scale, with no store and
+     * reload (a store of the products and broadcast loads from it cost
+     * more: the loads take a vector pipe on Zen 3 too). */
     /* the loops over k and i are unrolled so accumulators, x and constants
      * stay in registers (at -O2 GCC left them in memory: 2x slower) */
     for (int64_t b = b0; b < b1; b++) {
         __m256i xv[QMAX_N], corr[QMAX_N];
-        uint64_t h[2] = {0, 0};
-        _Pragma("GCC unroll 8")
+        uint64_t h = 0;
+        _Pragma("GCC unroll 4")
         for (int k = 0; k < R; k++) {
             uint16_t v;
             memcpy(&v, w[k] + (size_t)b * bb, 2);
-            h[k / 4] |= (uint64_t)v << (16 * (k % 4));
+            h |= (uint64_t)v << (16 * k);
         }
-        const __m256 dw = _mm256_cvtph_ps(_mm_set_epi64x((long long)h[1], (long long)h[0]));
+        const __m256 dw = _mm256_cvtph_ps(_mm_set1_epi64x((long long)h));
+        __m256 sv[QMAX_N];
         _Pragma("GCC unroll 8")
         for (int i = 0; i < N; i++) {
             xv[i] = _mm256_loadu_si256((const __m256i *)(const void *)(xq + (size_t)i * cols + b * VX_QBLOCK));
-            _mm256_store_ps(sv[i], _mm256_mul_ps(dw, _mm256_broadcast_ss(xd + (size_t)i * nblk + b)));
+            sv[i] = _mm256_mul_ps(dw, _mm256_broadcast_ss(xd + (size_t)i * nblk + b));
             corr[i] = dt == VX_DT_Q4 ? _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(8), xv[i]),
                                                          _mm256_set1_epi16(1))
                                      : _mm256_setzero_si256();
@@ -458,7 +472,7 @@ INLINE void qtile(int dt, int R, int N, const uint8_t *const *w, const int8_t *x
             _Pragma("GCC unroll 8")
             for (int i = 0; i < N; i++) {
                 __m256 f = _mm256_cvtepi32_ps(q_isum(dt, u, wb, xv[i], corr[i]));
-                a[i][k] = _mm256_fmadd_ps(f, _mm256_broadcast_ss(&sv[i][k]), a[i][k]);
+                a[i][k] = _mm256_fmadd_ps(f, q_splat2(sv[i], k), a[i][k]);
             }
         }
     }
@@ -466,6 +480,120 @@ INLINE void qtile(int dt, int R, int N, const uint8_t *const *w, const int8_t *x
     for (int i = 0; i < N; i++)
         _Pragma("GCC unroll 8")
         for (int k = 0; k < R; k++) acc[i * QA + k] = a[i][k];
+}
+
+/* ---- n == 1: eight rows against one input, one block at a time.
+ * The bottleneck of the straightforward schedule was not the dot product
+ * but the block scales: per (row, block) a broadcast from memory behind a
+ * store of the eight products (or a conversion and multiply per row) cost
+ * about as much as the integer work. Here the eight fp16 dw of a block are
+ * gathered with scalar loads and shifts (integer pipes, otherwise idle) into
+ * one vcvtph2ps, one vmulps makes the eight products dw_k * dx (the same
+ * IEEE products as one scalar multiply each), and every row takes its
+ * scale from that register with one in-lane shuffle: no memory round trip. */
+
+/* dw_k * dx for the eight rows w[0..8) at byte offset off of each. */
+INLINE __m256 q_scales8(const uint8_t *const *w, size_t off, float dx) {
+    uint64_t h0 = 0, h1 = 0;
+    _Pragma("GCC unroll 8")
+    for (int k = 0; k < 4; k++) {
+        uint16_t v0, v1;
+        memcpy(&v0, w[k] + off, 2);
+        memcpy(&v1, w[k + 4] + off, 2);
+        h0 |= (uint64_t)v0 << (16 * k);
+        h1 |= (uint64_t)v1 << (16 * k);
+    }
+    return _mm256_mul_ps(_mm256_cvtph_ps(_mm_set_epi64x((long long)h1, (long long)h0)),
+                         _mm256_set1_ps(dx));
+}
+
+/* The eight rows of a group are one contiguous run of 8 * row bytes, read
+ * by eight streams at the same pace. Short rows (Q4: 1.7 KB for 3072
+ * columns) give the hardware prefetchers little to lock on to, and one
+ * core then reached only half its read bandwidth; so while block b of a
+ * group is used, the same fraction of the next group (pf) is requested:
+ * bytes [8 * off, 8 * (off + bb)), a group of look-ahead. Prefetches never
+ * fault, so pf may run past the rows of the call. */
+INLINE void q_prefetch_group(const char *pf, size_t off, size_t bb) {
+    const char *p = pf + 8 * off;
+    for (size_t o = 0; o < 8 * bb; o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
+}
+
+
+/* Q8: per row, |w| x sign(x, w) through maddubs / madd (q_isum), converted
+ * and FMA'd with the row's scale splat across the 8 lanes. */
+static void q8_mv8(const uint8_t *const *w, const int8_t *xq, const float *xd, int64_t nblk,
+                   const char *pf, float *y) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 a[8];
+    for (int k = 0; k < 8; k++) a[k] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nblk; b++) {
+        const size_t off = (size_t)b * VX_Q8_BLOCK_BYTES;
+        q_prefetch_group(pf, off, VX_Q8_BLOCK_BYTES);
+        const __m256 s = q_scales8(w, off, xd[b]);
+        const __m256 slo = _mm256_permute2f128_ps(s, s, 0x00), shi = _mm256_permute2f128_ps(s, s, 0x11);
+        const __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)(xq + b * VX_QBLOCK));
+        _Pragma("GCC unroll 8")
+        for (int k = 0; k < 8; k++) {
+            const __m256i wb = _mm256_loadu_si256((const __m256i *)(const void *)(w[k] + off + 2));
+            const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(wb), _mm256_sign_epi8(x, wb)), ones);
+            const __m256 sk = k < 4 ? q_splat2(slo, k % 4) : q_splat2(shi, k % 4);
+            a[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sk, a[k]);
+        }
+    }
+    for (int k = 0; k < 8; k++) y[k] = hsum8(a[k]);
+}
+
+/* Q4: rows k and k+4 share registers. Their blocks' 16 bytes go into the
+ * two 128-bit halves of one register; masking gives the low nibbles
+ * (elements 0-15 of both rows), shifting by 4 and masking the high ones
+ * (16-31). Against x0-15 (x16-31) in both halves, maddubs / madd leave
+ * lanes [isum_0..3 of row k | isum_0..3 of row k+4] (isum_4..7 for the
+ * high nibbles): the same lane sums as q_isum, only two rows to a register,
+ * so the load, shift and scale shuffle serve two rows, and one splat
+ * [s_k x4 | s_k+4 x4] is the scale of both. The lane chains are then
+ * exactly those of the definition; hsum_pair reduces them in its order. */
+INLINE void hsum_pair(__m256 lo, __m256 hi, float *yk, float *yk4) {
+    /* lo = [a0..a3 of k | a0..a3 of k+4], hi = [a4..a7 | a4..a7] */
+    const __m256 s = _mm256_add_ps(lo, hi); /* a0+a4, a1+a5, a2+a6, a3+a7 per half */
+    __m128 t0 = _mm256_castps256_ps128(s), t1 = _mm256_extractf128_ps(s, 1);
+    t0 = _mm_add_ps(t0, _mm_movehl_ps(t0, t0));
+    t1 = _mm_add_ps(t1, _mm_movehl_ps(t1, t1));
+    *yk = _mm_cvtss_f32(_mm_add_ss(t0, _mm_movehdup_ps(t0)));
+    *yk4 = _mm_cvtss_f32(_mm_add_ss(t1, _mm_movehdup_ps(t1)));
+}
+
+static void q4_mv8(const uint8_t *const *w, const int8_t *xq, const float *xd, int64_t nblk,
+                   const char *pf, float *y) {
+    const __m256i ones = _mm256_set1_epi16(1), m4 = _mm256_set1_epi8(0x0f);
+    const __m256i eight = _mm256_set1_epi8(8);
+    __m256 lo[4], hi[4];
+    for (int k = 0; k < 4; k++) lo[k] = hi[k] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nblk; b++) {
+        const size_t off = (size_t)b * VX_Q4_BLOCK_BYTES;
+        q_prefetch_group(pf, off, VX_Q4_BLOCK_BYTES);
+        const __m256 s = q_scales8(w, off, xd[b]);
+        const int8_t *xb = xq + b * VX_QBLOCK;
+        const __m256i xl = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)xb));
+        const __m256i xh = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)(xb + 16)));
+        /* 8 * (lane sums of x): the -8 of every nibble, taken off in int32 */
+        const __m256i cl = _mm256_madd_epi16(_mm256_maddubs_epi16(eight, xl), ones);
+        const __m256i ch = _mm256_madd_epi16(_mm256_maddubs_epi16(eight, xh), ones);
+        _Pragma("GCC unroll 4")
+        for (int k = 0; k < 4; k++) {
+            const __m256i v = _mm256_inserti128_si256(
+                _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)(w[k] + off + 2))),
+                _mm_loadu_si128((const __m128i *)(const void *)(w[k + 4] + off + 2)), 1);
+            const __m256i nl = _mm256_and_si256(v, m4);
+            const __m256i nh = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+            const __m256i pl = _mm256_sub_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(nl, xl), ones), cl);
+            const __m256i ph = _mm256_sub_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(nh, xh), ones), ch);
+            const __m256 sk = q_splat2(s, k);
+            lo[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(pl), sk, lo[k]);
+            hi[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ph), sk, hi[k]);
+        }
+    }
+    for (int k = 0; k < 4; k++) hsum_pair(lo[k], hi[k], y + k, y + k + 4);
 }
 
 INLINE void q_rows(int dt, const vx_weight *W, const int8_t *xq, const float *xd, int n, float *Y,
@@ -478,12 +606,10 @@ INLINE void q_rows(int dt, const vx_weight *W, const int8_t *xq, const float *xd
         int64_t r = r0;
         for (; r + MV_ROWS <= r1; r += MV_ROWS) {
             const uint8_t *w[MV_ROWS];
-            for (int k = 0; k < MV_ROWS; k++) {
-                w[k] = base + (size_t)(r + k) * rb;
-                acc[k] = _mm256_setzero_ps();
-            }
-            qtile(dt, MV_ROWS, 1, w, xq, xd, cols, 0, nblk, acc);
-            for (int k = 0; k < MV_ROWS; k++) Y[r + k] = hsum8(acc[k]);
+            for (int k = 0; k < MV_ROWS; k++) w[k] = base + (size_t)(r + k) * rb;
+            const char *pf = (const char *)base + (size_t)(r + MV_ROWS) * rb;
+            if (dt == VX_DT_Q8) q8_mv8(w, xq, xd, nblk, pf, Y + r);
+            else q4_mv8(w, xq, xd, nblk, pf, Y + r);
         }
         for (; r < r1; r++) {
             const uint8_t *w[1] = {base + (size_t)r * rb};
@@ -509,11 +635,13 @@ INLINE void q_rows(int dt, const vx_weight *W, const int8_t *xq, const float *xd
                 const float *d = xd + (size_t)i * nblk;
                 __m256 *ac = acc + i * QA;
                 if (rows == QR) {
-                    if (n - i >= 2) qtile(dt, QR, 2, w, x, d, cols, b0, b1, ac);
+                    if (n - i >= 3) qtile(dt, QR, 3, w, x, d, cols, b0, b1, ac);
+                    else if (n - i == 2) qtile(dt, QR, 2, w, x, d, cols, b0, b1, ac);
                     else qtile(dt, QR, 1, w, x, d, cols, b0, b1, ac);
                 } else {
                     for (int k = 0; k < rows; k++) {
-                        if (n - i >= 2) qtile(dt, 1, 2, w + k, x, d, cols, b0, b1, ac + k);
+                        if (n - i >= 3) qtile(dt, 1, 3, w + k, x, d, cols, b0, b1, ac + k);
+                        else if (n - i == 2) qtile(dt, 1, 2, w + k, x, d, cols, b0, b1, ac + k);
                         else qtile(dt, 1, 1, w + k, x, d, cols, b0, b1, ac + k);
                     }
                 }

@@ -479,8 +479,12 @@ int main(void) {
             check_determinism(be, dt, 37, 320);
             check_determinism(be, dt, 6, 1088);
             if (is_q(dt)) {
-                check_q_exact(be, dt, 37, 320, 1);
-                check_q_exact(be, dt, 37, 320, 5);
+                /* every tile shape and edge: n = 1 (8-row groups and the
+                 * rows left over), n = 2..7 (tiles of 3, 2 and 1 inputs),
+                 * a single block, and a full batch */
+                for (int n = 1; n <= 7; n++) check_q_exact(be, dt, 37, 320, n);
+                check_q_exact(be, dt, 16, 32, 1);
+                check_q_exact(be, dt, 9, 32, 4);
                 check_q_exact(be, dt, 19, 1088, 64);
             }
         }
