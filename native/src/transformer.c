@@ -215,6 +215,30 @@ static inline uint16_t f16_of(float f) {
     return (uint16_t)(sign | h);
 }
 
+/* A row of floats -> fp16, the same bits as f16_of per element: a
+ * branch-free pass (which the compiler vectorizes) that is exact for normal,
+ * infinite and NaN results, then f16_of again for the rare elements whose
+ * result is subnormal or zero. */
+static void f16_row(uint16_t *out, const float *x, int n) {
+    int32_t tiny = 0;
+    for (int c = 0; c < n; c++) {
+        uint32_t u;
+        memcpy(&u, &x[c], 4);
+        const int32_t a = (int32_t)(u & 0x7fffffff);
+        /* (e - 112) << 10 | man >> 13, rounded to nearest even: the low 13
+         * bits plus 0xfff plus the kept lsb carry iff they round up */
+        uint32_t h = ((uint32_t)a - 0x38000000u) >> 13;
+        h += (((uint32_t)a & 0x1fff) + 0xfff + (h & 1)) >> 13;
+        h = a >= 0x47800000 ? 0x7c00 : h;            /* |x| >= 65536: inf */
+        h = a > 0x7f800000 ? 0x7e00 : h;             /* NaN */
+        out[c] = (uint16_t)(((u >> 16) & 0x8000) | h);
+        tiny |= a < 0x38800000;                      /* below 2^-14 */
+    }
+    if (tiny)
+        for (int c = 0; c < n; c++)
+            if ((fabsf(x[c]) < 0x1p-14f)) out[c] = f16_of(x[c]);
+}
+
 /* RoPE on row i of q and k, then k/v row i into its slot of the cache (as
  * fp16 or float): one pool task per row, since these run for every row of
  * every layer and cost as much as a few percent of the matrix work alone. */
@@ -241,8 +265,8 @@ static void qkv_task(void *ctx, int i) {
     if (kv->f16) {
         uint16_t *kd = (uint16_t *)kv->k[j->layer] + slot * kvd;
         uint16_t *vd = (uint16_t *)kv->v[j->layer] + slot * kvd;
-        for (int c = 0; c < kvd; c++) kd[c] = f16_of(ki[c]);
-        for (int c = 0; c < kvd; c++) vd[c] = f16_of(vi[c]);
+        f16_row(kd, ki, kvd);
+        f16_row(vd, vi, kvd);
     } else {
         memcpy((float *)kv->k[j->layer] + slot * kvd, ki, sizeof(float) * (size_t)kvd);
         memcpy((float *)kv->v[j->layer] + slot * kvd, vi, sizeof(float) * (size_t)kvd);
