@@ -65,6 +65,26 @@ INLINE float hsum8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
+/* hsum8 of eight vectors at once, the same additions in the same order:
+ * one vaddps of 128-bit halves for two vectors, then two rounds of vhaddps
+ * on lanes put in the order (s0, s2, s1, s3), so every result is
+ * (s0 + s2) + (s1 + s3) with s_l = a_l + a_{l+4}, as in hsum8. A score
+ * tile's 8 dot products of 8 FMAs each spent as much on single hsum8s as
+ * on the FMAs. r = [hsum8(v0), hsum8(v2), hsum8(v4), hsum8(v6),
+ *                   hsum8(v1), hsum8(v3), hsum8(v5), hsum8(v7)]. */
+INLINE __m256 hsum8_pair(__m256 a, __m256 b) {
+    const __m256 s = _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20),
+                                   _mm256_permute2f128_ps(a, b, 0x31));
+    return _mm256_permute_ps(s, _MM_SHUFFLE(3, 1, 2, 0));
+}
+
+INLINE void hsum8x8(__m256 v0, __m256 v1, __m256 v2, __m256 v3, __m256 v4, __m256 v5, __m256 v6,
+                    __m256 v7, float *r) {
+    const __m256 h01 = _mm256_hadd_ps(hsum8_pair(v0, v1), hsum8_pair(v2, v3));
+    const __m256 h23 = _mm256_hadd_ps(hsum8_pair(v4, v5), hsum8_pair(v6, v7));
+    _mm256_store_ps(r, _mm256_hadd_ps(h01, h23));
+}
+
 INLINE float scale_of(const uint8_t *blk) {
     uint16_t h;
     memcpy(&h, blk, 2);
@@ -182,6 +202,33 @@ static void tile_1x3(const float *w, const float *x, int ldx, int64_t len, __m25
 static void tile_1x2(const float *w, const float *x, int ldx, int64_t len, __m256 *acc) { tile(1, 2, w, x, ldx, len, acc); }
 static void tile_1x1(const float *w, const float *x, int ldx, int64_t len, __m256 *acc) { tile(1, 1, w, x, ldx, len, acc); }
 
+/* The 4x3 tile of the first three inputs, widening its 4 rows on the way:
+ * each widened vector feeds this tile's FMAs and is stored to w for the
+ * other inputs. Widening as a pass of its own was bound by its stores
+ * (~10% of the kernel at n = 24); here the stores overlap FMA work. */
+INLINE void tile_widen(int dt, const uint8_t *const *src, float *w, const float *x, int ldx,
+                       int64_t len, __m256 *acc) {
+    const size_t es = elem_bytes(dt);
+    __m256 a[3][4];
+    for (int i = 0; i < 3; i++)
+        for (int k = 0; k < 4; k++) a[i][k] = acc[i * BR + k];
+    for (int64_t c = 0; c < len; c += 8) {
+        __m256 xv[3];
+        for (int i = 0; i < 3; i++) xv[i] = _mm256_loadu_ps(x + (size_t)i * ldx + c);
+        for (int k = 0; k < 4; k++) {
+            __m256 wv = load8(dt, src[k] + (size_t)c * es);
+            _mm256_store_ps(w + k * CHUNK + c, wv);
+            for (int i = 0; i < 3; i++) a[i][k] = _mm256_fmadd_ps(wv, xv[i], a[i][k]);
+        }
+    }
+    for (int i = 0; i < 3; i++)
+        for (int k = 0; k < 4; k++) acc[i * BR + k] = a[i][k];
+}
+
+static void tile_widen_f32(const uint8_t *const *s, float *w, const float *x, int ldx, int64_t len, __m256 *acc) { tile_widen(VX_DT_F32, s, w, x, ldx, len, acc); }
+static void tile_widen_f16(const uint8_t *const *s, float *w, const float *x, int ldx, int64_t len, __m256 *acc) { tile_widen(VX_DT_F16, s, w, x, ldx, len, acc); }
+static void tile_widen_bf16(const uint8_t *const *s, float *w, const float *x, int ldx, int64_t len, __m256 *acc) { tile_widen(VX_DT_BF16, s, w, x, ldx, len, acc); }
+
 /* All tiles of one chunk for inputs [i, i+N) (N <= 3): the x chunk of these
  * inputs is fetched once from L2 and then reused from L1 by every row. */
 static void chunk_inputs(int N, int rows, const float *wbuf, const float *x, int ldx, int64_t len,
@@ -201,23 +248,30 @@ static void chunk_inputs(int N, int rows, const float *wbuf, const float *x, int
     }
 }
 
-/* Ask for the weights of the next chunk (same rows, or the next block's
- * first chunk) while this one is being used: the n-fold reuse leaves plenty
- * of time to fetch them, but only if the fetch starts early. */
-static void prefetch_next(const vx_weight *W, int64_t r, int rows, int64_t r1, int64_t c0) {
+/* Prefetch of the next block's weights, spread over this block's work. The
+ * BR rows of a block are one contiguous run of memory; fetching it a whole
+ * block ahead (several microseconds of FMAs) hides the DRAM latency, and a
+ * few lines per step of (chunk, input group) keeps the fetches from piling
+ * up on the miss buffers (128 prefetches at once stalled the loads). */
+typedef struct {
+    const char *p, *end; /* lines still to ask for */
+    size_t step;         /* bytes per step */
+} pf_run;
+
+INLINE void pf_start(pf_run *f, const vx_weight *W, int64_t r_next, int64_t r1, int steps) {
     const size_t row_bytes = vx_row_bytes(W->dtype, W->cols);
-    int64_t c1 = c0 + CHUNK;
-    if (c1 >= W->cols) {
-        c1 = 0;
-        r += rows;
-        rows = r1 - r < BR ? (int)(r1 - r) : BR;
-    }
-    const int64_t len = W->cols - c1 < CHUNK ? W->cols - c1 : CHUNK;
-    const size_t b0 = vx_row_bytes(W->dtype, c1), b1 = vx_row_bytes(W->dtype, c1 + len);
-    for (int k = 0; k < rows; k++) {
-        const char *p = (const char *)W->data + (size_t)(r + k) * row_bytes;
-        for (size_t o = b0; o < b1; o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
-    }
+    const int64_t rows = r1 - r_next < BR ? r1 - r_next : BR;
+    f->p = f->end = (const char *)W->data; /* nothing to fetch after the last block */
+    f->step = 0;
+    if (rows <= 0) return;
+    f->p += (size_t)r_next * row_bytes;
+    f->end = f->p + (size_t)rows * row_bytes;
+    f->step = ((size_t)rows * row_bytes / (size_t)steps + 63) & ~(size_t)63;
+}
+
+INLINE void pf_step(pf_run *f) {
+    const char *stop = f->p + f->step < f->end ? f->p + f->step : f->end;
+    for (; f->p < stop; f->p += 64) _mm_prefetch(f->p, _MM_HINT_T0);
 }
 
 static void batched(const vx_weight *W, const float *X, int n, int ldx, float *Y, int ldy,
@@ -227,17 +281,35 @@ static void batched(const vx_weight *W, const float *X, int n, int ldx, float *Y
     const uint8_t *base = W->data;
     float wbuf[BR * CHUNK] __attribute__((aligned(32)));
     __m256 acc[MAX_N * BR]; /* [input][row of the block], 32 KB */
+    const int steps = (int)((cols + CHUNK - 1) / CHUNK) * ((n + 2) / 3);
     for (int64_t r = r0; r < r1; r += BR) {
         const int rows = r1 - r < BR ? (int)(r1 - r) : BR;
+        pf_run pf;
+        pf_start(&pf, W, r + BR, r1, steps);
         for (int i = 0; i < n; i++)
             for (int k = 0; k < rows; k++) acc[i * BR + k] = _mm256_setzero_ps();
         for (int64_t c0 = 0; c0 < cols; c0 += CHUNK) {
             const int64_t len = cols - c0 < CHUNK ? cols - c0 : CHUNK;
-            for (int k = 0; k < rows; k++)
-                widen(W->dtype, base + (size_t)(r + k) * row_bytes, c0, len, wbuf + k * CHUNK);
-            prefetch_next(W, r, rows, r1, c0);
-            for (int i = 0; i < n; i += 3) {
+            int i = 0;
+            if (rows == BR && n >= 3) { /* full blocks: widen inside the first tiles */
+                for (int k = 0; k < BR; k += 4) {
+                    const uint8_t *src[4];
+                    for (int q = 0; q < 4; q++)
+                        src[q] = base + (size_t)(r + k + q) * row_bytes + vx_row_bytes(W->dtype, c0);
+                    const float *x = X + c0;
+                    if (W->dtype == VX_DT_BF16) tile_widen_bf16(src, wbuf + k * CHUNK, x, ldx, len, acc + k);
+                    else if (W->dtype == VX_DT_F16) tile_widen_f16(src, wbuf + k * CHUNK, x, ldx, len, acc + k);
+                    else tile_widen_f32(src, wbuf + k * CHUNK, x, ldx, len, acc + k);
+                }
+                pf_step(&pf);
+                i = 3;
+            } else {
+                for (int k = 0; k < rows; k++)
+                    widen(W->dtype, base + (size_t)(r + k) * row_bytes, c0, len, wbuf + k * CHUNK);
+            }
+            for (; i < n; i += 3) {
                 const int N = n - i < 3 ? n - i : 3;
+                pf_step(&pf);
                 chunk_inputs(N, rows, wbuf, X + (size_t)i * ldx + c0, ldx, len, acc + i * BR);
             }
         }
@@ -311,6 +383,15 @@ INLINE void scores_tile(int QB, int NK, const float *const *q, const void *k0, c
             a[i][0] = _mm256_fmadd_ps(kv0, qv, a[i][0]);
             if (NK > 1) a[i][1] = _mm256_fmadd_ps(kv1, qv, a[i][1]);
         }
+    }
+    if (QB == 4 && NK == 2) {
+        float r[8] __attribute__((aligned(32)));
+        hsum8x8(a[0][0], a[0][1], a[1][0], a[1][1], a[2][0], a[2][1], a[3][0], a[3][1], r);
+        for (int i = 0; i < 4; i++) {
+            S[(size_t)i * lds + (size_t)t] = r[i];
+            S[(size_t)i * lds + (size_t)t + 1] = r[4 + i];
+        }
+        return;
     }
     for (int i = 0; i < QB; i++)
         for (int j = 0; j < NK; j++) S[(size_t)i * lds + (size_t)t + (size_t)j] = hsum8(a[i][j]);

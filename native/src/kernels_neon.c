@@ -210,22 +210,29 @@ static void chunk_inputs(int N, int rows, const float *wbuf, const float *x, int
     }
 }
 
-/* Start fetching the next chunk's weights (same rows, or the next block's
- * first chunk) while this one is in use. */
-static void prefetch_next(const vx_weight *W, int64_t r, int rows, int64_t r1, int64_t c0) {
+/* Prefetch of the next block's weights, spread over this block's work (as
+ * in kernels_avx2.c): the BR rows of a block are one contiguous run, and a
+ * whole block ahead is enough to hide the memory latency, while a few lines
+ * per step keep the fetches from piling up. */
+typedef struct {
+    const char *p, *end; /* lines still to ask for */
+    size_t step;         /* bytes per step */
+} pf_run;
+
+INLINE void pf_start(pf_run *f, const vx_weight *W, int64_t r_next, int64_t r1, int steps) {
     const size_t row_bytes = vx_row_bytes(W->dtype, W->cols);
-    int64_t c1 = c0 + CHUNK;
-    if (c1 >= W->cols) {
-        c1 = 0;
-        r += rows;
-        rows = r1 - r < BR ? (int)(r1 - r) : BR;
-    }
-    const int64_t len = W->cols - c1 < CHUNK ? W->cols - c1 : CHUNK;
-    const size_t b0 = vx_row_bytes(W->dtype, c1), b1 = vx_row_bytes(W->dtype, c1 + len);
-    for (int k = 0; k < rows; k++) {
-        const char *p = (const char *)W->data + (size_t)(r + k) * row_bytes;
-        for (size_t o = b0; o < b1; o += 64) __builtin_prefetch(p + o, 0, 3);
-    }
+    const int64_t rows = r1 - r_next < BR ? r1 - r_next : BR;
+    f->p = f->end = (const char *)W->data; /* nothing to fetch after the last block */
+    f->step = 0;
+    if (rows <= 0) return;
+    f->p += (size_t)r_next * row_bytes;
+    f->end = f->p + (size_t)rows * row_bytes;
+    f->step = ((size_t)rows * row_bytes / (size_t)steps + 63) & ~(size_t)63;
+}
+
+INLINE void pf_step(pf_run *f) {
+    const char *stop = f->p + f->step < f->end ? f->p + f->step : f->end;
+    for (; f->p < stop; f->p += 64) __builtin_prefetch(f->p, 0, 3);
 }
 
 static void batched(const vx_weight *W, const float *X, int n, int ldx, float *Y, int ldy,
@@ -235,17 +242,20 @@ static void batched(const vx_weight *W, const float *X, int n, int ldx, float *Y
     const uint8_t *base = W->data;
     float wbuf[BR * CHUNK] __attribute__((aligned(16)));
     acc8 acc[MAX_N * BR]; /* [input][row of the block], 16 KB */
+    const int steps = (int)((cols + CHUNK - 1) / CHUNK) * ((n + 1) / 2);
     for (int64_t r = r0; r < r1; r += BR) {
         const int rows = r1 - r < BR ? (int)(r1 - r) : BR;
+        pf_run pf;
+        pf_start(&pf, W, r + BR, r1, steps);
         for (int i = 0; i < n; i++)
             for (int k = 0; k < rows; k++) acc[i * BR + k] = acc_zero();
         for (int64_t c0 = 0; c0 < cols; c0 += CHUNK) {
             const int64_t len = cols - c0 < CHUNK ? cols - c0 : CHUNK;
             for (int k = 0; k < rows; k++)
                 widen(W->dtype, base + (size_t)(r + k) * row_bytes, c0, len, wbuf + k * CHUNK);
-            prefetch_next(W, r, rows, r1, c0);
             for (int i = 0; i < n; i += 2) {
                 const int N = n - i < 2 ? n - i : 2;
+                pf_step(&pf);
                 chunk_inputs(N, rows, wbuf, X + (size_t)i * ldx + c0, ldx, len, acc + i * BR);
             }
         }

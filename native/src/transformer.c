@@ -194,28 +194,110 @@ static void att_task(void *ctx, int task) {
     }
 }
 
-/* Store rows [0, n) of k/v (positions pos0..) in their slots, as fp16 or float. */
-static void kv_store(vx_kv *kv, int layer, const float *k, const float *v, int n, int64_t pos0) {
-    const int kvd = kv->kv_dim;
-    for (int i = 0; i < n; i++) {
-        size_t slot = (size_t)((pos0 + i) % kv->cap_max);
-        const float *ki = k + (size_t)i * kvd, *vi = v + (size_t)i * kvd;
-        if (kv->f16) {
-            uint16_t *kd = (uint16_t *)kv->k[layer] + slot * kvd, *vd = (uint16_t *)kv->v[layer] + slot * kvd;
-            for (int c = 0; c < kvd; c++) {
-                kd[c] = vx_f32_to_f16(ki[c]);
-                vd[c] = vx_f32_to_f16(vi[c]);
-            }
-        } else {
-            memcpy((float *)kv->k[layer] + slot * kvd, ki, sizeof(float) * (size_t)kvd);
-            memcpy((float *)kv->v[layer] + slot * kvd, vi, sizeof(float) * (size_t)kvd);
-        }
+/* float -> fp16 bits, round to nearest even: the same bits as
+ * vx_f32_to_f16 (quant.c), written with one shift path for normal and
+ * subnormal results and inlined here, where every K and V value of every
+ * layer goes through it (the out-of-line call cost ~2% of the encoder). */
+static inline uint16_t f16_of(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    const uint32_t sign = (u >> 16) & 0x8000, e = (u >> 23) & 0xff, man = u & 0x7fffff;
+    if (e == 0xff) return (uint16_t)(sign | 0x7c00 | (man ? 0x200 : 0));
+    if (e >= 143) return (uint16_t)(sign | 0x7c00);
+    /* normal results (e >= 113): exponent field e - 112, the implicit bit
+     * of m adds the 1; subnormal ones: m shifted right by 126 - e (at most
+     * 31 here: anything below 2^-25 rounds to zero either way) */
+    const uint32_t m = man | 0x800000;
+    const uint32_t sh = e >= 113 ? 13 : (126 - e < 31 ? 126 - e : 31);
+    uint32_t h = (e >= 113 ? (e - 113) << 10 : 0) + (m >> sh);
+    const uint32_t rem = m & ((1u << sh) - 1), mid = 1u << (sh - 1);
+    if (rem > mid || (rem == mid && (h & 1))) h++; /* a carry moves into the exponent */
+    return (uint16_t)(sign | h);
+}
+
+/* A row of floats -> fp16, the same bits as f16_of per element: a
+ * branch-free pass (which the compiler vectorizes) that is exact for normal,
+ * infinite and NaN results, then f16_of again for the rare elements whose
+ * result is subnormal or zero. */
+static void f16_row(uint16_t *out, const float *x, int n) {
+    int32_t tiny = 0;
+    for (int c = 0; c < n; c++) {
+        uint32_t u;
+        memcpy(&u, &x[c], 4);
+        const int32_t a = (int32_t)(u & 0x7fffffff);
+        /* (e - 112) << 10 | man >> 13, rounded to nearest even: the low 13
+         * bits plus 0xfff plus the kept lsb carry iff they round up */
+        uint32_t h = ((uint32_t)a - 0x38000000u) >> 13;
+        h += (((uint32_t)a & 0x1fff) + 0xfff + (h & 1)) >> 13;
+        h = a >= 0x47800000 ? 0x7c00 : h;            /* |x| >= 65536: inf */
+        h = a > 0x7f800000 ? 0x7e00 : h;             /* NaN */
+        out[c] = (uint16_t)(((u >> 16) & 0x8000) | h);
+        tiny |= a < 0x38800000;                      /* below 2^-14 */
+    }
+    if (tiny)
+        for (int c = 0; c < n; c++)
+            if ((fabsf(x[c]) < 0x1p-14f)) out[c] = f16_of(x[c]);
+}
+
+/* RoPE on row i of q and k, then k/v row i into its slot of the cache (as
+ * fp16 or float): one pool task per row, since these run for every row of
+ * every layer and cost as much as a few percent of the matrix work alone. */
+typedef struct {
+    const vx_tf_params *p;
+    vx_kv *kv;
+    int layer;
+    float *q, *k;
+    const float *v;
+    int64_t pos0;
+} qkv_job;
+
+static void qkv_task(void *ctx, int i) {
+    qkv_job *j = ctx;
+    const vx_tf_params *p = j->p;
+    vx_kv *kv = j->kv;
+    const int qd = p->n_heads * p->head_dim, kvd = kv->kv_dim;
+    const int64_t pos = j->pos0 + i;
+    float *ki = j->k + (size_t)i * kvd;
+    const float *vi = j->v + (size_t)i * kvd;
+    vx_rope_interleaved(j->q + (size_t)i * qd, p->n_heads, p->head_dim, pos, p->rope_theta);
+    vx_rope_interleaved(ki, p->n_kv_heads, p->head_dim, pos, p->rope_theta);
+    const size_t slot = (size_t)(pos % kv->cap_max);
+    if (kv->f16) {
+        uint16_t *kd = (uint16_t *)kv->k[j->layer] + slot * kvd;
+        uint16_t *vd = (uint16_t *)kv->v[j->layer] + slot * kvd;
+        f16_row(kd, ki, kvd);
+        f16_row(vd, vi, kvd);
+    } else {
+        memcpy((float *)kv->k[j->layer] + slot * kvd, ki, sizeof(float) * (size_t)kvd);
+        memcpy((float *)kv->v[j->layer] + slot * kvd, vi, sizeof(float) * (size_t)kvd);
+    }
+}
+
+/* h1 = silu(h1) * h3 on the pool: expf per element of [n, hidden] is the
+ * largest element-wise cost of the feed-forward. */
+#define SWIGLU_TASK 4096 /* elements per task */
+
+typedef struct {
+    float *h1;
+    const float *h3;
+    size_t count;
+} swiglu_job;
+
+static void swiglu_task(void *ctx, int t) {
+    swiglu_job *j = ctx;
+    const size_t i0 = (size_t)t * SWIGLU_TASK;
+    const size_t i1 = i0 + SWIGLU_TASK < j->count ? i0 + SWIGLU_TASK : j->count;
+    /* vx_silu's expression, inlined: the call per element cost as much as
+     * the expf */
+    for (size_t i = i0; i < i1; i++) {
+        const float x = j->h1[i];
+        j->h1[i] = x / (1.0f + expf(-x)) * j->h3[i];
     }
 }
 
 int vx_stack_forward(const vx_model *m, const vx_tf_params *p, const vx_layer *layers,
                      float **ada, vx_kv *kv, vx_scratch *s, float *h, int n, int64_t pos0) {
-    const int dim = p->dim, qd = p->n_heads * p->head_dim, kvd = p->n_kv_heads * p->head_dim;
+    const int dim = p->dim;
     const int hid = p->hidden_dim;
     /* per attention task: its queries x the union of its rows' windows */
     const int n_tasks = (n + ATT_ROWS - 1) / ATT_ROWS * p->n_kv_heads;
@@ -232,13 +314,8 @@ int vx_stack_forward(const vx_model *m, const vx_tf_params *p, const vx_layer *l
         vx_matmul(m, &L->wq, s->xn, n, s->q, L->bq);
         vx_matmul(m, &L->wk, s->xn, n, s->k, NULL);
         vx_matmul(m, &L->wv, s->xn, n, s->v, L->bv);
-        for (int i = 0; i < n; i++) {
-            int64_t pos = pos0 + i;
-            vx_rope_interleaved(s->q + (size_t)i * qd, p->n_heads, p->head_dim, pos, p->rope_theta);
-            vx_rope_interleaved(s->k + (size_t)i * kvd, p->n_kv_heads, p->head_dim, pos,
-                                p->rope_theta);
-        }
-        kv_store(kv, l, s->k, s->v, n, pos0);
+        qkv_job qj = {p, kv, l, s->q, s->k, s->v, pos0};
+        vx_pool_run(m->pool, n, qkv_task, &qj);
         att_job aj = {m, p, kv, l, s->q, s->att, s->scores, per_task, pos0, n};
         vx_pool_run(m->pool, n_tasks, att_task, &aj);
         vx_matmul(m, &L->wo, s->att, n, s->xn, L->bo);
@@ -252,7 +329,8 @@ int vx_stack_forward(const vx_model *m, const vx_tf_params *p, const vx_layer *l
         }
         vx_matmul(m, &L->w1, s->xn, n, s->h1, NULL);
         vx_matmul(m, &L->w3, s->xn, n, s->h3, NULL);
-        for (size_t i = 0; i < (size_t)n * hid; i++) s->h1[i] = vx_silu(s->h1[i]) * s->h3[i];
+        swiglu_job sj = {s->h1, s->h3, (size_t)n * hid};
+        vx_pool_run(m->pool, (int)((sj.count + SWIGLU_TASK - 1) / SWIGLU_TASK), swiglu_task, &sj);
         vx_matmul(m, &L->w2, s->h1, n, s->xn, L->b2);
         for (size_t i = 0; i < (size_t)n * dim; i++) h[i] += s->xn[i];
     }
