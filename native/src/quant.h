@@ -7,8 +7,29 @@
 #define VX_QUANT_H
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #define VX_QBLOCK 32
+
+/* float -> fp16 bits, round to nearest even (overflow to inf, NaN kept
+ * quiet), with one shift path for normal and subnormal results. Inline:
+ * every cached K and V value goes through it. */
+static inline uint16_t vx_f16_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    const uint32_t sign = (u >> 16) & 0x8000, e = (u >> 23) & 0xff, man = u & 0x7fffff;
+    if (e == 0xff) return (uint16_t)(sign | 0x7c00 | (man ? 0x200 : 0));
+    if (e >= 143) return (uint16_t)(sign | 0x7c00);
+    /* normal results (e >= 113): exponent field e - 112, the implicit bit
+     * of m adds the 1; subnormal ones: m shifted right by 126 - e (at most
+     * 31 here: anything below 2^-25 rounds to zero either way) */
+    const uint32_t m = man | 0x800000;
+    const uint32_t sh = e >= 113 ? 13 : (126 - e < 31 ? 126 - e : 31);
+    uint32_t h = (e >= 113 ? (e - 113) << 10 : 0) + (m >> sh);
+    const uint32_t rem = m & ((1u << sh) - 1), mid = 1u << (sh - 1);
+    if (rem > mid || (rem == mid && (h & 1))) h++; /* a carry moves into the exponent */
+    return (uint16_t)(sign | h);
+}
 
 /* Bytes of one row of cols elements in dtype (cols % 32 == 0 for block formats). */
 size_t vx_row_bytes(int dtype, int64_t cols);

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "engine.h"
+#include "quant.h"
 
 /* ---- rolling KV cache ---- */
 
@@ -194,28 +195,7 @@ static void att_task(void *ctx, int task) {
     }
 }
 
-/* float -> fp16 bits, round to nearest even: the same bits as
- * vx_f32_to_f16 (quant.c), written with one shift path for normal and
- * subnormal results and inlined here, where every K and V value of every
- * layer goes through it (the out-of-line call cost ~2% of the encoder). */
-static inline uint16_t f16_of(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    const uint32_t sign = (u >> 16) & 0x8000, e = (u >> 23) & 0xff, man = u & 0x7fffff;
-    if (e == 0xff) return (uint16_t)(sign | 0x7c00 | (man ? 0x200 : 0));
-    if (e >= 143) return (uint16_t)(sign | 0x7c00);
-    /* normal results (e >= 113): exponent field e - 112, the implicit bit
-     * of m adds the 1; subnormal ones: m shifted right by 126 - e (at most
-     * 31 here: anything below 2^-25 rounds to zero either way) */
-    const uint32_t m = man | 0x800000;
-    const uint32_t sh = e >= 113 ? 13 : (126 - e < 31 ? 126 - e : 31);
-    uint32_t h = (e >= 113 ? (e - 113) << 10 : 0) + (m >> sh);
-    const uint32_t rem = m & ((1u << sh) - 1), mid = 1u << (sh - 1);
-    if (rem > mid || (rem == mid && (h & 1))) h++; /* a carry moves into the exponent */
-    return (uint16_t)(sign | h);
-}
-
-/* A row of floats -> fp16, the same bits as f16_of per element: a
+/* A row of floats -> fp16, the same bits as vx_f16_bits per element: a
  * branch-free pass (which the compiler vectorizes) that is exact for normal,
  * infinite and NaN results, then f16_of again for the rare elements whose
  * result is subnormal or zero. */
@@ -236,7 +216,7 @@ static void f16_row(uint16_t *out, const float *x, int n) {
     }
     if (tiny)
         for (int c = 0; c < n; c++)
-            if ((fabsf(x[c]) < 0x1p-14f)) out[c] = f16_of(x[c]);
+            if ((fabsf(x[c]) < 0x1p-14f)) out[c] = vx_f16_bits(x[c]);
 }
 
 /* RoPE on row i of q and k, then k/v row i into its slot of the cache (as
