@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from voxd.audio import read_wav
 from voxd.bench import DECODER_BATCH, _prompt_len
 from voxd.config import EngineSettings
 from voxd.devmodel import bf16_bits_to_f32, f32_to_bf16_bits, read_safetensors_header
@@ -47,11 +48,7 @@ def speech() -> np.ndarray:
     for text in SENTENCES:
         with tempfile.NamedTemporaryFile(suffix=".wav") as wav:
             subprocess.run(["espeak-ng", "-w", wav.name, text], check=True)
-            raw = Path(wav.name).read_bytes()
-        pcm = np.frombuffer(raw[44:], dtype="<i2").astype(np.float32) / 32768.0
-        rate = int.from_bytes(raw[24:28], "little")
-        t = np.arange(0, pcm.size * 16000 // rate) * (rate / 16000)
-        parts += [np.interp(t, np.arange(pcm.size), pcm).astype(np.float32), np.zeros(9600, "f4")]
+            parts += [read_wav(wav.name), np.zeros(9600, np.float32)]
     return np.concatenate(parts)
 
 
