@@ -38,10 +38,14 @@ const vx_backend *vx_backend_select(const char *name, char *err, size_t err_len)
 
 #define BATCH 64 /* rows of X per kernel call (the kernels' stack limit) */
 
+/* One threaded matmul: X as floats, or (Q8/Q4 weights) as int8 blocks xq/xd
+ * quantized beforehand, for at most BATCH rows in that case. */
 typedef struct {
     const vx_model *m;
     const vx_weight *W;
     const float *X;
+    const int8_t *xq;
+    const float *xd;
     float *Y;
     const float *bias;
     int n;
@@ -50,22 +54,27 @@ typedef struct {
 
 static void mm_task(void *ctx, int task) {
     mm_job *j = ctx;
-    int64_t r0 = (int64_t)task * j->rows_per_task;
-    int64_t r1 = r0 + j->rows_per_task;
-    if (r1 > j->W->rows) r1 = j->W->rows;
-    const vx_backend *be = j->m->be;
-    if (!(be->dtypes & (1u << j->W->dtype))) be = vx_backend_portable();
+    const vx_weight *W = j->W;
+    const int64_t r0 = (int64_t)task * j->rows_per_task;
+    const int64_t r1 = r0 + j->rows_per_task < W->rows ? r0 + j->rows_per_task : W->rows;
+    const int ldy = (int)W->rows;
+    const vx_backend *be = j->m->be, *portable = vx_backend_portable();
+    if (!(be->dtypes & (1u << W->dtype)) || (j->xq && !be->matmul_rows_q)) be = portable;
     for (int i0 = 0; i0 < j->n; i0 += BATCH) {
         int nb = j->n - i0 < BATCH ? j->n - i0 : BATCH;
-        const float *x = j->X + (size_t)i0 * j->W->cols;
-        float *y = j->Y + (size_t)i0 * j->W->rows;
+        float *y = j->Y + (size_t)i0 * W->rows;
         /* a backend may decline a shape (e.g. cols not a multiple of its width) */
-        if (be->matmul_rows(j->W, x, nb, (int)j->W->cols, y, (int)j->W->rows, r0, r1) != 0)
-            vx_backend_portable()->matmul_rows(j->W, x, nb, (int)j->W->cols, y, (int)j->W->rows,
-                                               r0, r1);
+        if (j->xq) {
+            if (be->matmul_rows_q(W, j->xq, j->xd, nb, y, ldy, r0, r1) != 0)
+                portable->matmul_rows_q(W, j->xq, j->xd, nb, y, ldy, r0, r1);
+        } else {
+            const float *x = j->X + (size_t)i0 * W->cols;
+            if (be->matmul_rows(W, x, nb, (int)W->cols, y, ldy, r0, r1) != 0)
+                portable->matmul_rows(W, x, nb, (int)W->cols, y, ldy, r0, r1);
+        }
         if (j->bias)
             for (int i = 0; i < nb; i++)
-                for (int64_t r = r0; r < r1; r++) y[(size_t)i * j->W->rows + r] += j->bias[r];
+                for (int64_t r = r0; r < r1; r++) y[(size_t)i * W->rows + r] += j->bias[r];
     }
 }
 
@@ -102,32 +111,6 @@ void vx_actbuf_free(vx_actbuf *a) {
     free(a);
 }
 
-typedef struct {
-    const vx_model *m;
-    const vx_weight *W;
-    const int8_t *xq;
-    const float *xd;
-    float *Y;
-    const float *bias;
-    int n;
-    int64_t rows_per_task;
-} mmq_job;
-
-static void mmq_task(void *ctx, int task) {
-    mmq_job *j = ctx;
-    int64_t r0 = (int64_t)task * j->rows_per_task;
-    int64_t r1 = r0 + j->rows_per_task;
-    if (r1 > j->W->rows) r1 = j->W->rows;
-    const vx_backend *be = j->m->be;
-    if (!(be->dtypes & (1u << j->W->dtype)) || !be->matmul_rows_q) be = vx_backend_portable();
-    if (be->matmul_rows_q(j->W, j->xq, j->xd, j->n, j->Y, (int)j->W->rows, r0, r1) != 0)
-        vx_backend_portable()->matmul_rows_q(j->W, j->xq, j->xd, j->n, j->Y, (int)j->W->rows, r0,
-                                             r1);
-    if (j->bias)
-        for (int i = 0; i < j->n; i++)
-            for (int64_t r = r0; r < r1; r++) j->Y[(size_t)i * j->W->rows + r] += j->bias[r];
-}
-
 static int64_t rows_per_task(const vx_model *m, const vx_weight *W) {
     int threads = vx_pool_size(m->pool);
     /* several tasks per thread balance uneven cores; rows stay in 16s for SIMD */
@@ -155,8 +138,8 @@ static void matmul_q(const vx_model *m, const vx_weight *W, const float *X, int 
         for (int i = 0; i < nb; i++)
             vx_quantize_act_q8(X + (size_t)(i0 + i) * cols, cols, a->q + (size_t)i * cols,
                                a->d + (size_t)i * nblk);
-        mmq_job j = {m, W, a->q, a->d, Y + (size_t)i0 * W->rows, bias, nb, per};
-        vx_pool_run(m->pool, n_tasks, mmq_task, &j);
+        mm_job j = {m, W, NULL, a->q, a->d, Y + (size_t)i0 * W->rows, bias, nb, per};
+        vx_pool_run(m->pool, n_tasks, mm_task, &j);
     }
     pthread_mutex_unlock(&a->mu);
 }
@@ -169,7 +152,7 @@ void vx_matmul(const vx_model *m, const vx_weight *W, const float *X, int n, flo
         return;
     }
     int64_t per = rows_per_task(m, W);
-    mm_job j = {m, W, X, Y, bias, n, per};
+    mm_job j = {m, W, X, NULL, NULL, Y, bias, n, per};
     int n_tasks = (int)((W->rows + per - 1) / per);
     vx_pool_run(m->pool, n_tasks, mm_task, &j);
 }
