@@ -1,15 +1,28 @@
-/* check.h - the C tests' one assertion: report and count, never abort, so
- * one run lists every failure. main() returns failures != 0. */
+/* check.h - the C tests' assertions: report and count, never abort, so one
+ * run lists every failure. main() returns failures != 0.
+ *   CHECK(cond)            reports the condition's text;
+ *   CHECKF(cond, fmt, ...) also a printf-style message with the values. */
 #ifndef VX_TEST_CHECK_H
 #define VX_TEST_CHECK_H
 #include <stdio.h>
 
 static int failures = 0;
-#define CHECK(cond)                                                                \
-    do {                                                                           \
-        if (!(cond)) {                                                             \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-            failures++;                                                            \
-        }                                                                          \
+static int checks = 0;
+
+#define CHECK(cond) CHECKF(cond, "%s", "")
+
+/* At most 40 failures are printed: past that a broken kernel would drown
+ * the log in one message per output. */
+#define CHECKF(cond, ...)                                                              \
+    do {                                                                               \
+        checks++;                                                                      \
+        if (!(cond)) {                                                                 \
+            if (failures < 40) {                                                       \
+                fprintf(stderr, "%s:%d: CHECK failed: %s: ", __FILE__, __LINE__, #cond); \
+                fprintf(stderr, __VA_ARGS__);                                          \
+                fputc('\n', stderr);                                                   \
+            }                                                                          \
+            failures++;                                                                \
+        }                                                                              \
     } while (0)
 #endif

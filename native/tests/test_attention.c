@@ -9,27 +9,14 @@
  *    two (the rolling cache wrapping) gives bitwise what one run gives;
  *  - values accumulate onto what the output already holds. */
 #include <math.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "engine.h"
 
-static int failures = 0;
-
-/* Count and report a failed expectation with its context; never abort. */
-static void expect(int ok, const char *fmt, ...) {
-    if (ok) return;
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("CHECK failed: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-    failures++;
-}
 
 static uint64_t rng_state = 0x2545f4914f6cdd1dull;
 static double urand(void) {
@@ -102,13 +89,13 @@ static void check_backend(const vx_backend *be, int f16, int hd, int64_t nk, int
             }
             if (fabs(S[(size_t)i * nk + t] - ref) > 1e-5 * mag + 1e-30) bad++;
         }
-    expect(bad == 0, "%s scores f16=%d hd=%d nk=%lld nq=%d: %d outputs off", be->name, f16, hd,
+    CHECKF(bad == 0, "%s scores f16=%d hd=%d nk=%lld nq=%d: %d outputs off", be->name, f16, hd,
           (long long)nk, nq, bad);
     int64_t cut = nk / 3;
     for (int i = 0; i < nq; i++) {
         be->attn_scores(q + i, 1, K.data, f16, ld, cut, hd, S1, (size_t)nk);
         be->attn_scores(q + i, 1, row_ptr(&K, cut), f16, ld, nk - cut, hd, S1 + cut, (size_t)nk);
-        expect(memcmp(S1, S + (size_t)i * nk, sizeof(float) * (size_t)nk) == 0,
+        CHECKF(memcmp(S1, S + (size_t)i * nk, sizeof(float) * (size_t)nk) == 0,
               "%s scores f16=%d hd=%d: query %d alone / split differs from the tile", be->name,
               f16, hd, i);
     }
@@ -132,7 +119,7 @@ static void check_backend(const vx_backend *be, int f16, int hd, int64_t nk, int
             }
             if (fabs(o[i][c] - ref) > 1e-5 * mag + 1e-30) bad++;
         }
-    expect(bad == 0, "%s values f16=%d hd=%d nk=%lld nq=%d: %d outputs off", be->name, f16, hd,
+    CHECKF(bad == 0, "%s values f16=%d hd=%d nk=%lld nq=%d: %d outputs off", be->name, f16, hd,
           (long long)nk, nq, bad);
     for (int i = 0; i < nq; i++) {
         for (int c = 0; c < hd; c++) one[c] = 0.25f * (float)c;
@@ -140,7 +127,7 @@ static void check_backend(const vx_backend *be, int f16, int hd, int64_t nk, int
         const float *Pi = P + (size_t)i * nk;
         be->attn_values(Pi, (size_t)nk, 1, V.data, f16, ld, cut, hd, o1);
         be->attn_values(Pi + cut, (size_t)nk, 1, row_ptr(&V, cut), f16, ld, nk - cut, hd, o1);
-        expect(memcmp(one, o[i], sizeof(float) * (size_t)hd) == 0,
+        CHECKF(memcmp(one, o[i], sizeof(float) * (size_t)hd) == 0,
               "%s values f16=%d hd=%d: query %d alone / split differs from the tile", be->name,
               f16, hd, i);
     }
@@ -175,9 +162,9 @@ int main(void) {
         printf("backend %s: %s\n", be->name, failures == before ? "ok" : "FAILED");
     }
     if (failures) {
-        fprintf(stderr, "test_attention: %d checks failed\n", failures);
+        fprintf(stderr, "test_attention: %d of %d checks failed\n", failures, checks);
         return 1;
     }
-    printf("test_attention: all checks passed\n");
+    printf("test_attention: all %d checks passed\n", checks);
     return 0;
 }

@@ -30,23 +30,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "engine.h"
 #include "quant.h"
 
-static int failures = 0;
-static int checks = 0;
-#define CHECK(cond, ...)                                                     \
-    do {                                                                     \
-        checks++;                                                            \
-        if (!(cond)) {                                                       \
-            if (failures < 40) {                                             \
-                fprintf(stderr, "%s:%d: CHECK failed: %s: ", __FILE__, __LINE__, #cond); \
-                fprintf(stderr, __VA_ARGS__);                                \
-                fputc('\n', stderr);                                         \
-            }                                                                \
-            failures++;                                                      \
-        }                                                                    \
-    } while (0)
 
 /* xorshift64*: reproducible data without libc's rand state. */
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
@@ -191,7 +178,7 @@ static void check_accuracy(const vx_backend *be, int dt, int64_t rows, int64_t c
     int rc = run_rows(be, &t, X, n, ldx, Y, ldy, 0, rows);
     qx xa = {NULL, NULL};
     if (is_q(dt)) xa = quantize_x(X, n, ldx, cols);
-    CHECK(rc == 0, "%s %s [%lld x %lld] n=%d declined", be->name, dt_name(dt), (long long)rows,
+    CHECKF(rc == 0, "%s %s [%lld x %lld] n=%d declined", be->name, dt_name(dt), (long long)rows,
           (long long)cols, n);
     if (rc == 0) {
         double worst = 0;
@@ -208,12 +195,12 @@ static void check_accuracy(const vx_backend *be, int dt, int64_t rows, int64_t c
                 double y = Y[(size_t)i * ldy + r];
                 double err = fabs(y - ref), tol = 1e-5 * mag + qerr * 1.001 + 1e-30;
                 if (err / tol > worst) worst = err / tol;
-                CHECK(err <= tol, "%s %s [%lld x %lld] n=%d: Y[%d,%lld] = %.9g, ref %.9g (tol %.3g)",
+                CHECKF(err <= tol, "%s %s [%lld x %lld] n=%d: Y[%d,%lld] = %.9g, ref %.9g (tol %.3g)",
                       be->name, dt_name(dt), (long long)rows, (long long)cols, n, i, (long long)r,
                       y, ref, tol);
             }
             for (int64_t r = rows; r < ldy; r++)
-                CHECK(Y[(size_t)i * ldy + r] == 12345.0f, "%s %s wrote past row range at Y[%d,%lld]",
+                CHECKF(Y[(size_t)i * ldy + r] == 12345.0f, "%s %s wrote past row range at Y[%d,%lld]",
                       be->name, dt_name(dt), i, (long long)r);
         }
         if (getenv("VX_TEST_VERBOSE"))
@@ -241,7 +228,7 @@ static void check_determinism(const vx_backend *be, int dt, int64_t rows, int64_
     int ok = 1;
     for (int i = 0; i < N && ok; i++)
         ok = run_rows(be, &t, X + (size_t)i * ldx, 1, ldx, ref + (size_t)i * ldy, ldy, 0, rows) == 0;
-    CHECK(ok, "%s %s n=1 declined", be->name, dt_name(dt));
+    CHECKF(ok, "%s %s n=1 declined", be->name, dt_name(dt));
 
     const int64_t splits[][4] = {{0}, {1}, {5, 6, 7}, {3, 16, 19}, {2, 4, 8, 13}};
     const int n_splits[] = {0, 1, 3, 3, 4};
@@ -256,17 +243,17 @@ static void check_determinism(const vx_backend *be, int dt, int64_t rows, int64_
             int i0 = batch[b][0], nb = batch[b][1];
             memset(Y, 0, sizeof(float) * (size_t)N * (size_t)ldy);
             if (run_split(be, &t, X + (size_t)i0 * ldx, nb, ldx, Y, ldy, cuts, nc) != 0) {
-                CHECK(0, "%s %s batch of %d declined", be->name, dt_name(dt), nb);
+                CHECKF(0, "%s %s batch of %d declined", be->name, dt_name(dt), nb);
                 continue;
             }
             int same = memcmp(Y, ref + (size_t)i0 * ldy, sizeof(float) * (size_t)nb * (size_t)ldy) == 0;
-            CHECK(same, "%s %s [%lld x %lld]: batch %d@%d split %d differs from n=1", be->name,
+            CHECKF(same, "%s %s [%lld x %lld]: batch %d@%d split %d differs from n=1", be->name,
                   dt_name(dt), (long long)rows, (long long)cols, nb, i0, s);
         }
         /* n = 1 with the same splits */
         memset(Y, 0, sizeof(float) * (size_t)ldy);
         if (run_split(be, &t, X + (size_t)5 * ldx, 1, ldx, Y, ldy, cuts, nc) == 0)
-            CHECK(memcmp(Y, ref + (size_t)5 * ldy, sizeof(float) * (size_t)ldy) == 0,
+            CHECKF(memcmp(Y, ref + (size_t)5 * ldy, sizeof(float) * (size_t)ldy) == 0,
                   "%s %s n=1 split %d differs", be->name, dt_name(dt), s);
     }
     free(X);
@@ -326,7 +313,7 @@ static void check_q_exact(const vx_backend *be, int dt, int64_t rows, int64_t co
     float *Y = xmalloc(sizeof(float) * (size_t)n * (size_t)rows);
     qx a = quantize_x(X, n, (int)cols, cols);
     int rc = be->matmul_rows_q(&t.w, a.q, a.d, n, Y, (int)rows, 0, rows);
-    CHECK(rc == 0, "%s %s declined", be->name, dt_name(dt));
+    CHECKF(rc == 0, "%s %s declined", be->name, dt_name(dt));
     int same = 1;
     for (int i = 0; rc == 0 && i < n; i++)
         for (int64_t r = 0; r < rows; r++) {
@@ -334,7 +321,7 @@ static void check_q_exact(const vx_backend *be, int dt, int64_t rows, int64_t co
             float got = Y[(size_t)i * rows + r];
             if (memcmp(&want, &got, 4) != 0 && same) {
                 same = 0;
-                CHECK(0, "%s %s [%lld x %lld] n=%d: Y[%d,%lld] = %.9g, definition %.9g", be->name,
+                CHECKF(0, "%s %s [%lld x %lld] n=%d: Y[%d,%lld] = %.9g, definition %.9g", be->name,
                       dt_name(dt), (long long)rows, (long long)cols, n, i, (long long)r, got, want);
             }
         }
@@ -359,24 +346,24 @@ static void check_act_quant(void) {
         x[160 + j] = j == 0 ? -3.0f : 1.0f;            /* negative extreme */
     }
     vx_quantize_act_q8(x, 32 * 6, q, d);
-    for (int j = 0; j < 32; j++) CHECK(q[j] == 0, "zero block q %d", q[j]);
-    CHECK(d[0] == 0.0f, "zero block d %g", d[0]);
-    CHECK(d[1] == 8.0f / 127.0f, "d %g", d[1]);
+    for (int j = 0; j < 32; j++) CHECKF(q[j] == 0, "zero block q %d", q[j]);
+    CHECKF(d[0] == 0.0f, "zero block d %g", d[0]);
+    CHECKF(d[1] == 8.0f / 127.0f, "d %g", d[1]);
     for (int j = 0; j < 32; j++) {
         float v = (float)(j - 16) * 0.5f * (127.0f / 8.0f);
-        CHECK(q[32 + j] == (int8_t)lrintf(v), "q[%d] %d for %g", j, q[32 + j], v);
+        CHECKF(q[32 + j] == (int8_t)lrintf(v), "q[%d] %d for %g", j, q[32 + j], v);
     }
-    CHECK(d[2] == 1.0f, "d %g", d[2]);
+    CHECKF(d[2] == 1.0f, "d %g", d[2]);
     for (int j = 0; j < 32; j++) {
         int want = j == 5 ? 127 : (int)lrintf((float)j + 0.5f); /* 0.5 -> 0, 1.5 -> 2, ... */
-        CHECK(q[64 + j] == want && want % 2 == (j == 5 ? 1 : 0), "tie %d -> %d", j, q[64 + j]);
+        CHECKF(q[64 + j] == want && want % 2 == (j == 5 ? 1 : 0), "tie %d -> %d", j, q[64 + j]);
     }
-    CHECK(isnan(d[3]), "NaN block d %g", d[3]);
-    for (int j = 0; j < 32; j++) CHECK(q[96 + j] == 0, "NaN block q %d", q[96 + j]);
-    CHECK(d[4] > 0.0f, "tiny block d %g", d[4]);
-    CHECK(q[128] == -127 && q[128 + 16] == 0 && q[128 + 31] == 119, "tiny block q %d %d %d",
+    CHECKF(isnan(d[3]), "NaN block d %g", d[3]);
+    for (int j = 0; j < 32; j++) CHECKF(q[96 + j] == 0, "NaN block q %d", q[96 + j]);
+    CHECKF(d[4] > 0.0f, "tiny block d %g", d[4]);
+    CHECKF(q[128] == -127 && q[128 + 16] == 0 && q[128 + 31] == 119, "tiny block q %d %d %d",
           q[128], q[128 + 16], q[128 + 31]);
-    CHECK(q[160] == -127 && q[161] == 42, "negative extreme: q %d %d", q[160], q[161]);
+    CHECKF(q[160] == -127 && q[161] == 42, "negative extreme: q %d %d", q[160], q[161]);
 }
 
 static void check_roundtrip(void) {
@@ -403,17 +390,17 @@ static void check_roundtrip(void) {
             for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(x[b * 32 + j]));
             if (b == 4) {
                 for (int j = 0; j < 32; j++)
-                    CHECK(fabsf(y[b * 32 + j] - x[b * 32 + j]) <= amax, "q8 tiny block");
+                    CHECKF(fabsf(y[b * 32 + j] - x[b * 32 + j]) <= amax, "q8 tiny block");
                 continue;
             }
             /* d is amax/127 rounded to fp16 (11 significant bits) */
-            CHECK(fabsf(d - amax / 127.0f) <= amax / 127.0f * (1.0f / 2048.0f) + 1e-30f,
+            CHECKF(fabsf(d - amax / 127.0f) <= amax / 127.0f * (1.0f / 2048.0f) + 1e-30f,
                   "q8 block %lld scale %g for amax %g", (long long)b, d, amax);
             for (int j = 0; j < 32; j++) {
                 float e = fabsf(y[b * 32 + j] - x[b * 32 + j]);
-                CHECK(e <= 0.5f * d * (1.0f + 1e-6f), "q8 err %g > d/2 (d %g) at %lld", e, d,
+                CHECKF(e <= 0.5f * d * (1.0f + 1e-6f), "q8 err %g > d/2 (d %g) at %lld", e, d,
                       (long long)(b * 32 + j));
-                CHECK((int8_t)blk[2 + j] != -128, "q8 uses -128");
+                CHECKF((int8_t)blk[2 + j] != -128, "q8 uses -128");
             }
         }
         vx_quantize_row_q4(x, cols, q4);
@@ -426,10 +413,10 @@ static void check_roundtrip(void) {
             float ad = fabsf(d);
             if (b == 4) {
                 for (int j = 0; j < 32; j++)
-                    CHECK(fabsf(y[b * 32 + j] - x[b * 32 + j]) <= 2 * fabsf(ext), "q4 tiny block");
+                    CHECKF(fabsf(y[b * 32 + j] - x[b * 32 + j]) <= 2 * fabsf(ext), "q4 tiny block");
                 continue;
             }
-            CHECK(fabsf(ad - fabsf(ext) / 8.0f) <= fabsf(ext) / 8.0f / 2048.0f + 1e-30f,
+            CHECKF(fabsf(ad - fabsf(ext) / 8.0f) <= fabsf(ext) / 8.0f / 2048.0f + 1e-30f,
                   "q4 block %lld scale %g for extreme %g", (long long)b, d, ext);
             for (int j = 0; j < 32; j++) {
                 float v = x[b * 32 + j], e = fabsf(y[b * 32 + j] - v);
@@ -437,16 +424,16 @@ static void check_roundtrip(void) {
                  * of zero round to the nearest level; only the side opposite
                  * the extreme, beyond +7.5 d, is clamped to +7 d */
                 float lim = (d != 0 && v / d > 7.5f) ? ad * 1.001f : 0.5f * ad * (1.0f + 1e-6f);
-                CHECK(e <= lim, "q4 err %g > %g (d %g, v %g) at %lld", e, lim, d, v,
+                CHECKF(e <= lim, "q4 err %g > %g (d %g, v %g) at %lld", e, lim, d, v,
                       (long long)(b * 32 + j));
                 if (v == ext && ext != 0) {
                     int nib = j < 16 ? (blk[2 + j] & 15) : (blk[2 + j - 16] >> 4);
-                    CHECK(nib == 0, "q4 extreme %g got nibble %d", v, nib);
+                    CHECKF(nib == 0, "q4 extreme %g got nibble %d", v, nib);
                 }
             }
         }
         /* the all-zero block dequantizes to exact zeros */
-        for (int j = 0; j < 32; j++) CHECK(y[j] == 0.0f, "zero block q4 -> %g", y[j]);
+        for (int j = 0; j < 32; j++) CHECKF(y[j] == 0.0f, "zero block q4 -> %g", y[j]);
     }
     free(x);
     free(y);
@@ -471,7 +458,7 @@ int main(void) {
         int before = failures;
         for (size_t d = 0; d < sizeof dtypes / sizeof dtypes[0]; d++) {
             int dt = dtypes[d];
-            CHECK(be->dtypes & (1u << dt), "%s lacks %s", be->name, dt_name(dt));
+            CHECKF(be->dtypes & (1u << dt), "%s lacks %s", be->name, dt_name(dt));
             if (!(be->dtypes & (1u << dt))) continue;
             for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
                 for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++)
