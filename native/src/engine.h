@@ -116,6 +116,11 @@ struct vx_backend {
                         int64_t nk, int hd, float *const *o);
 };
 
+/* attn_values for columns [c0, c1) one element at a time with fmaf: the
+ * bits of an FMA lane, for the SIMD backends' columns past their last 8. */
+void vx_attn_values_fma_cols(const float *P, size_t ldp, int nq, const void *V, int f16,
+                             size_t ldv, int64_t nk, int c0, int c1, float *const *o);
+
 const vx_backend *vx_backend_portable(void);
 const vx_backend *vx_backend_avx2(void);   /* NULL where not compiled / CPU lacks it */
 const vx_backend *vx_backend_neon(void);

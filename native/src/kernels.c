@@ -162,6 +162,23 @@ void vx_weight_row(const vx_weight *W, int64_t r, float *out) {
     vx_row_to_f32(W->dtype, row, 0, W->cols, out);
 }
 
+/* ---- attention ---- */
+
+void vx_attn_values_fma_cols(const float *P, size_t ldp, int nq, const void *V, int f16,
+                             size_t ldv, int64_t nk, int c0, int c1, float *const *o) {
+    const size_t es = f16 ? 2 : 4;
+    for (int k = 0; k < nq; k++)
+        for (int c = c0; c < c1; c++) {
+            float acc = o[k][c];
+            for (int64_t t = 0; t < nk; t++) {
+                const void *row = (const uint8_t *)V + (size_t)t * ldv * es;
+                float v = f16 ? vx_f16_to_f32(((const uint16_t *)row)[c]) : ((const float *)row)[c];
+                acc = fmaf(P[(size_t)k * ldp + (size_t)t], v, acc);
+            }
+            o[k][c] = acc;
+        }
+}
+
 /* ---- element-wise ---- */
 
 void vx_rmsnorm(float *out, const float *x, const float *w, int n, double eps) {

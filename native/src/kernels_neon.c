@@ -377,7 +377,6 @@ INLINE void values_tile(int QB, int CB, const float *P, size_t ldp, const void *
 
 static void neon_attn_values(const float *P, size_t ldp, int nq, const void *V, int f16,
                              size_t ldv, int64_t nk, int hd, float *const *o) {
-    const size_t es = f16 ? 2 : 4;
     int hd8 = hd - hd % 8;
     for (int i = 0; i < nq; i += 4) {
         int qb = nq - i < 4 ? nq - i : 4;
@@ -392,17 +391,7 @@ static void neon_attn_values(const float *P, size_t ldp, int nq, const void *V, 
             else for (int k = 0; k < qb; k++) values_tile(1, 1, Pi + (size_t)k * ldp, ldp, V, f16, ldv, nk, o + i + k, c);
         }
         /* columns past the last 8: the same fused multiply-add per element */
-        for (int k = 0; k < qb; k++)
-            for (c = hd8; c < hd; c++) {
-                float acc = o[i + k][c];
-                for (int64_t t = 0; t < nk; t++) {
-                    const uint8_t *row = (const uint8_t *)V + (size_t)t * ldv * es;
-                    float v = f16 ? vx_f16_to_f32(((const uint16_t *)(const void *)row)[c])
-                                  : ((const float *)(const void *)row)[c];
-                    acc = fmaf(Pi[(size_t)k * ldp + (size_t)t], v, acc);
-                }
-                o[i + k][c] = acc;
-            }
+        vx_attn_values_fma_cols(Pi, ldp, qb, V, f16, ldv, nk, hd8, hd, o + i);
     }
 }
 
