@@ -421,7 +421,6 @@ def transcribe(
     delay_ms: int = 480,
     chunk: int = 0,
     max_speculation: int = 0,
-    kv_f32: bool = False,
 ) -> tuple[str, list[int]]:
     """Offline transcription: feed everything (in chunks if given), finish.
 
@@ -429,7 +428,7 @@ def transcribe(
     every token id the decoder produced, control ids included.
     """
     x = np.ascontiguousarray(audio, dtype=np.float32).reshape(-1)
-    stream = engine.stream(delay_ms=delay_ms, max_speculation=max_speculation, kv_f32=kv_f32)
+    stream = engine.stream(delay_ms=delay_ms, max_speculation=max_speculation)
     try:
         events: list[StreamEvent] = []
         step = chunk if chunk > 0 else max(x.size, 1)
