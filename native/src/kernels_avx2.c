@@ -18,25 +18,31 @@
  *    reused from L1 by all BR rows. The next chunk is prefetched meanwhile.
  *
  * Q8 / Q4 (matmul_rows_q): integer dot products with the int8 activations of
- * vx_quantize_act_q8, in the order engine.h defines. One block of 32 is one
- * ymm register of bytes; vpmaddubsw multiplies unsigned by signed bytes and
- * adds neighbour pairs into int16, vpmaddwd with ones adds neighbour int16
- * pairs into int32 - so int32 lane j is exactly the sum of the products of
- * elements 4j..4j+3, the definition's isum[j]. No int16 step can saturate:
- *   Q8: maddubs(|w|, sign(xq, w)) = w * xq per byte, |w| <= 128, |xq| <= 127,
- *       so a pair is at most 2 * 128 * 127 = 32512;
- *   Q4: maddubs(nibble, xq), nibble <= 15: pairs within 2 * 15 * 127; the -8
- *       offset comes off in int32 as 8 * (lane sum of xq), computed once per
- *       input block by maddubs(8, xq) and vpmaddwd.
+ * vx_quantize_act_q8, in the order engine.h defines. vpmaddubsw multiplies
+ * unsigned by signed bytes and adds neighbour pairs into int16, vpmaddwd
+ * with ones adds neighbour int16 pairs into int32:
+ *   Q8: one block is one ymm register of bytes; maddubs(|w|, sign(xq, w))
+ *       then madd leave in int32 lane j exactly the sum of the products of
+ *       elements 4j..4j+3, the definition's isum[j] (a pair is at most
+ *       2 * 128 * 127 = 32512: no int16 saturation).
+ *   Q4: a block's 16 bytes go into one 128-bit half, a second row's into the
+ *       other. Masking gives the low nibbles (elements 0-15), shifting and
+ *       masking the high ones (16-31); maddubs against xq 0-15 and 16-31
+ *       (broadcast to both halves), the two int16 results added (each pair
+ *       within 2 * 15 * 127, their sum within 7620) and madd leave in lane j
+ *       of each half the products of elements 4j..4j+3 and 16+4j..16+4j+3:
+ *       the definition's four lanes, for two rows at once. The -8 offset
+ *       comes off in int32 as 8 * (those lane sums of xq), once per input
+ *       block.
  * vcvtdq2ps of |isum| < 2^16 is exact and vfmadd231ps rounds each lane once,
- * like fmaf, with the scale dw * dx a single float multiply; then hsum8. So
- * these results equal the portable and NEON backends' bit for bit, for any
- * n, r0 or r1. Tiles: n == 1 streams 8 rows against one input (q8_mv8,
- * q4_mv8: block scales kept in registers, Q4 two rows to a register, the
- * next group prefetched); n >= 2 uses 4-row x 3-input tiles, whose 12
- * accumulators stay in registers over a chunk of blocks (the chain is per
- * output, so chunking reorders nothing) while the 4 rows' bytes are reused
- * from L1 by every input triple.
+ * like fmaf, with the scale dw * dx a single float multiply; then the fixed
+ * reduction. So these results equal the portable and NEON backends' bit for
+ * bit, for any n, r0 or r1. Tiles: n == 1 streams 8 rows against one input
+ * (q8_mv8, q4_mv8: block scales kept in registers, the next group
+ * prefetched); n >= 2 uses 4-row tiles against 3 inputs (Q8) or 2 (Q4, two
+ * rows to a register), whose accumulators stay in registers over a chunk of
+ * blocks (the chain is per output, so chunking reorders nothing) while the
+ * 4 rows' bytes are reused from L1 by every input.
  *
  * Weight data is only guaranteed 2-byte aligned (safetensors.h), so every
  * load is an unaligned one and nothing wider than 2 bytes is dereferenced
@@ -458,23 +464,10 @@ static void avx2_attn_values(const float *P, size_t ldp, int nq, const void *V, 
 
 /* ---------------- Q8 / Q4: int8 activations, integer dot products */
 
-/* A block's 32 weights as bytes in element order: Q8's int8 as stored; Q4's
- * nibbles 0..15, the low ones (elements 0-15) in bytes 0-15 and the high
- * ones (16-31) in bytes 16-31, from both halves holding the same 16 bytes
- * with the upper half shifted right by 4. */
-INLINE __m256i q_bytes(int dt, const uint8_t *blk) {
-    if (dt == VX_DT_Q8) return _mm256_loadu_si256((const __m256i *)(const void *)(blk + 2));
-    __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)(blk + 2)));
-    v = _mm256_srlv_epi64(v, _mm256_set_epi64x(4, 4, 0, 0));
-    return _mm256_and_si256(v, _mm256_set1_epi8(0x0f));
-}
-
-/* Lane sums isum[j] of one (row, input) block. Q8: u = |w|, wb = w (its sign
- * goes onto x); Q4: u = wb = the nibbles, corr = 8 * lane sums of x. */
-INLINE __m256i q_isum(int dt, __m256i u, __m256i wb, __m256i x, __m256i corr) {
-    const __m256i ones = _mm256_set1_epi16(1);
-    if (dt == VX_DT_Q8) return _mm256_madd_epi16(_mm256_maddubs_epi16(u, _mm256_sign_epi8(x, wb)), ones);
-    return _mm256_sub_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(u, x), ones), corr);
+/* Lane sums isum[j] of one Q8 (row, input) block: |w| x sign(x, w). */
+INLINE __m256i q8_isum(__m256i wb, __m256i x) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(wb), _mm256_sign_epi8(x, wb)),
+                             _mm256_set1_epi16(1));
 }
 
 /* Lane k of both 128-bit halves of s, i.e. [s_k x4 | s_k+4 x4] (k < 4).
@@ -490,66 +483,169 @@ INLINE __m256 q_splat2(__m256 s, int k) {
 }
 
 #define QA MV_ROWS   /* row stride of the accumulator arrays */
-#define QMAX_N 3     /* inputs per tile */
+#define QMAX_N 3     /* inputs per Q8 tile */
+#define Q4MAX_N 2    /* inputs per Q4 tile (two rows to a register use more) */
 #define QR 4         /* rows per tile of the batched path */
 #define QCHUNK 16    /* blocks per chunk of the batched path (512 columns) */
 
-/* Blocks [b0, b1) of R rows (w[k]) x N inputs (int8 rows of X at stride
+/* The fp16 block scales at byte offset off of rows w[0..R) (R <= 4) packed
+ * into one 64-bit integer, row k in bits 16k..16k+15. Scalar loads and
+ * shifts run on the integer pipes, which the vector work leaves idle; the
+ * empty asm keeps the compiler from turning them into vector inserts and
+ * shifts, which competed with the dot products for the vector pipes. */
+INLINE uint64_t q_scale_bits(int R, const uint8_t *const *w, size_t off) {
+    uint64_t h = 0;
+    _Pragma("GCC unroll 4")
+    for (int k = 0; k < R; k++) {
+        uint16_t v;
+        memcpy(&v, w[k] + off, 2);
+        h |= (uint64_t)v << (16 * k);
+    }
+    __asm__("" : "+r"(h));
+    return h;
+}
+
+/* Q8: blocks [b0, b1) of R rows (w[k]) x N inputs (int8 rows of X at stride
  * cols, scales at stride cols / 32); acc[i * QA + k] carries the chain of
  * (input i, row k) in and out, so splitting the blocks reorders nothing. */
-INLINE void qtile(int dt, int R, int N, const uint8_t *const *w, const int8_t *xq, const float *xd,
-                  int64_t cols, int64_t b0, int64_t b1, __m256 *acc) {
+INLINE void q8tile(int R, int N, const uint8_t *const *w, const int8_t *xq, const float *xd,
+                   int64_t cols, int64_t b0, int64_t b1, __m256 *acc) {
     const int64_t nblk = cols / VX_QBLOCK;
-    const size_t bb = dt == VX_DT_Q8 ? VX_Q8_BLOCK_BYTES : VX_Q4_BLOCK_BYTES;
-    __m256 a[QMAX_N][MV_ROWS];
+    __m256 a[QMAX_N][QR];
     _Pragma("GCC unroll 8")
     for (int i = 0; i < N; i++)
         _Pragma("GCC unroll 8")
         for (int k = 0; k < R; k++) a[i][k] = acc[i * QA + k];
-    /* The R x N scales dw * dx of a block (R <= 4): the R fp16 dw are packed
-     * into one 64-bit integer (scalar loads and shifts, off the vector
-     * pipes) whose vcvtph2ps fills both halves with [dw_0..dw_3]; one vmulps
-     * per input (the same IEEE products as scalar multiplies) and one
-     * in-lane shuffle per (row, input) splat each scale, with no store and
-     * reload (a store of the products and broadcast loads from it cost
-     * more: the loads take a vector pipe on Zen 3 too). */
-    /* the loops over k and i are unrolled so accumulators, x and constants
-     * stay in registers (at -O2 GCC left them in memory: 2x slower) */
+    /* The R x N scales dw * dx of a block (R <= 4): the R fp16 dw in one
+     * 64-bit integer whose vcvtph2ps fills both halves with [dw_0..dw_3];
+     * one vmulps per input (the same IEEE products as scalar multiplies) and
+     * one in-lane shuffle per (row, input) splat each scale, with no store
+     * and reload. The loops over k and i are unrolled so accumulators, x and
+     * constants stay in registers (at -O2 GCC left them in memory: 2x
+     * slower). */
     for (int64_t b = b0; b < b1; b++) {
-        __m256i xv[QMAX_N], corr[QMAX_N];
-        uint64_t h = 0;
-        _Pragma("GCC unroll 4")
-        for (int k = 0; k < R; k++) {
-            uint16_t v;
-            memcpy(&v, w[k] + (size_t)b * bb, 2);
-            h |= (uint64_t)v << (16 * k);
-        }
-        const __m256 dw = _mm256_cvtph_ps(_mm_set1_epi64x((long long)h));
+        const size_t off = (size_t)b * VX_Q8_BLOCK_BYTES;
+        const __m256 dw = _mm256_cvtph_ps(_mm_set1_epi64x((long long)q_scale_bits(R, w, off)));
+        __m256i xv[QMAX_N];
         __m256 sv[QMAX_N];
         _Pragma("GCC unroll 8")
         for (int i = 0; i < N; i++) {
             xv[i] = _mm256_loadu_si256((const __m256i *)(const void *)(xq + (size_t)i * cols + b * VX_QBLOCK));
             sv[i] = _mm256_mul_ps(dw, _mm256_broadcast_ss(xd + (size_t)i * nblk + b));
-            corr[i] = dt == VX_DT_Q4 ? _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(8), xv[i]),
-                                                         _mm256_set1_epi16(1))
-                                     : _mm256_setzero_si256();
         }
         _Pragma("GCC unroll 8")
         for (int k = 0; k < R; k++) {
-            const uint8_t *blk = w[k] + (size_t)b * bb;
-            const __m256i wb = q_bytes(dt, blk);
-            const __m256i u = dt == VX_DT_Q8 ? _mm256_abs_epi8(wb) : wb;
+            const __m256i wb = _mm256_loadu_si256((const __m256i *)(const void *)(w[k] + off + 2));
             _Pragma("GCC unroll 8")
-            for (int i = 0; i < N; i++) {
-                __m256 f = _mm256_cvtepi32_ps(q_isum(dt, u, wb, xv[i], corr[i]));
-                a[i][k] = _mm256_fmadd_ps(f, q_splat2(sv[i], k), a[i][k]);
-            }
+            for (int i = 0; i < N; i++)
+                a[i][k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q8_isum(wb, xv[i])), q_splat2(sv[i], k), a[i][k]);
         }
     }
     _Pragma("GCC unroll 8")
     for (int i = 0; i < N; i++)
         _Pragma("GCC unroll 8")
         for (int k = 0; k < R; k++) acc[i * QA + k] = a[i][k];
+}
+
+/* Q4's int32 lanes for a register holding the bytes of one block of two rows
+ * (one per 128-bit half): nl / nh the low / high nibbles, xl / xh the
+ * input's elements 0-15 / 16-31 in both halves, corr = 8 * their lane sums. */
+INLINE __m256i q4_isum(__m256i nl, __m256i nh, __m256i xl, __m256i xh, __m256i corr) {
+    const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(nl, xl), _mm256_maddubs_epi16(nh, xh));
+    return _mm256_sub_epi32(_mm256_madd_epi16(p, _mm256_set1_epi16(1)), corr);
+}
+
+INLINE __m256i q4_corr(__m256i xl, __m256i xh) {
+    const __m256i eight = _mm256_set1_epi8(8);
+    return _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(eight, xl), _mm256_maddubs_epi16(eight, xh)),
+                             _mm256_set1_epi16(1));
+}
+
+/* Elements 0-15 and 16-31 of an input block, each in both halves. */
+INLINE void q4_x(const int8_t *xb, __m256i *xl, __m256i *xh) {
+    *xl = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)xb));
+    *xh = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)(xb + 16)));
+}
+
+/* Rows a and b's block bytes (a low half, b high) as nibbles. */
+INLINE void q4_nibbles(const uint8_t *a, const uint8_t *b, __m256i *nl, __m256i *nh) {
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    const __m256i v = _mm256_inserti128_si256(
+        _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)(a + 2))),
+        _mm_loadu_si128((const __m128i *)(const void *)(b + 2)), 1);
+    *nl = _mm256_and_si256(v, m4);
+    *nh = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+}
+
+/* Q4's reduction (a0+a2) + (a1+a3) of each half of v: *lo of the low half,
+ * *hi of the high one. */
+INLINE void hsum4_pair(__m256 v, float *lo, float *hi) {
+    __m128 t0 = _mm256_castps256_ps128(v), t1 = _mm256_extractf128_ps(v, 1);
+    t0 = _mm_add_ps(t0, _mm_movehl_ps(t0, t0));
+    t1 = _mm_add_ps(t1, _mm_movehl_ps(t1, t1));
+    *lo = _mm_cvtss_f32(_mm_add_ss(t0, _mm_movehdup_ps(t0)));
+    *hi = _mm_cvtss_f32(_mm_add_ss(t1, _mm_movehdup_ps(t1)));
+}
+
+/* Q4: blocks [b0, b1) of 4 rows as the pairs (0, 2) and (1, 3) x N inputs;
+ * acc[i * QA + p] holds pair p's chains ([row p | row p+2]). The scales
+ * [dw0 dw1 dw2 dw3 | dw2 dw3 dw0 dw1] make one in-lane splat per pair give
+ * [dw_p x4 | dw_p+2 x4]. */
+INLINE void q4tile4(int N, const uint8_t *const *w, const int8_t *xq, const float *xd, int64_t cols,
+                    int64_t b0, int64_t b1, __m256 *acc) {
+    const int64_t nblk = cols / VX_QBLOCK;
+    __m256 a[Q4MAX_N][2];
+    _Pragma("GCC unroll 4")
+    for (int i = 0; i < N; i++) a[i][0] = acc[i * QA], a[i][1] = acc[i * QA + 1];
+    for (int64_t b = b0; b < b1; b++) {
+        const size_t off = (size_t)b * VX_Q4_BLOCK_BYTES;
+        const uint64_t h = q_scale_bits(QR, w, off);
+        const __m256 dw = _mm256_cvtph_ps(_mm_set_epi64x((long long)(h >> 32 | h << 32), (long long)h));
+        __m256i xl[Q4MAX_N], xh[Q4MAX_N], corr[Q4MAX_N];
+        __m256 sv[Q4MAX_N];
+        _Pragma("GCC unroll 4")
+        for (int i = 0; i < N; i++) {
+            q4_x(xq + (size_t)i * cols + b * VX_QBLOCK, &xl[i], &xh[i]);
+            corr[i] = q4_corr(xl[i], xh[i]);
+            sv[i] = _mm256_mul_ps(dw, _mm256_broadcast_ss(xd + (size_t)i * nblk + b));
+        }
+        _Pragma("GCC unroll 2")
+        for (int p = 0; p < 2; p++) {
+            __m256i nl, nh;
+            q4_nibbles(w[p] + off, w[p + 2] + off, &nl, &nh);
+            _Pragma("GCC unroll 4")
+            for (int i = 0; i < N; i++)
+                a[i][p] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q4_isum(nl, nh, xl[i], xh[i], corr[i])),
+                                          q_splat2(sv[i], p), a[i][p]);
+        }
+    }
+    _Pragma("GCC unroll 4")
+    for (int i = 0; i < N; i++) acc[i * QA] = a[i][0], acc[i * QA + 1] = a[i][1];
+}
+
+/* Q4, one row x N inputs over blocks [b0, b1): the row's bytes in both
+ * halves, so each half holds the same four lanes; acc[i * QA] carries them
+ * (the low half is the chain, the high one a copy of it). */
+INLINE void q4tile1(int N, const uint8_t *w, const int8_t *xq, const float *xd, int64_t cols,
+                    int64_t b0, int64_t b1, __m256 *acc) {
+    const int64_t nblk = cols / VX_QBLOCK;
+    __m256 a[Q4MAX_N];
+    for (int i = 0; i < N; i++) a[i] = acc[i * QA];
+    for (int64_t b = b0; b < b1; b++) {
+        const size_t off = (size_t)b * VX_Q4_BLOCK_BYTES;
+        uint16_t hb;
+        memcpy(&hb, w + off, 2);
+        const float dw = _cvtsh_ss(hb);
+        __m256i nl, nh;
+        q4_nibbles(w + off, w + off, &nl, &nh);
+        for (int i = 0; i < N; i++) {
+            __m256i xl, xh;
+            q4_x(xq + (size_t)i * cols + b * VX_QBLOCK, &xl, &xh);
+            const __m256 s = _mm256_set1_ps(dw * xd[(size_t)i * nblk + b]);
+            a[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q4_isum(nl, nh, xl, xh, q4_corr(xl, xh))), s, a[i]);
+        }
+    }
+    for (int i = 0; i < N; i++) acc[i * QA] = a[i];
 }
 
 /* ---- n == 1: eight rows against one input, one block at a time.
@@ -564,15 +660,7 @@ INLINE void qtile(int dt, int R, int N, const uint8_t *const *w, const int8_t *x
 
 /* dw_k * dx for the eight rows w[0..8) at byte offset off of each. */
 INLINE __m256 q_scales8(const uint8_t *const *w, size_t off, float dx) {
-    uint64_t h0 = 0, h1 = 0;
-    _Pragma("GCC unroll 8")
-    for (int k = 0; k < 4; k++) {
-        uint16_t v0, v1;
-        memcpy(&v0, w[k] + off, 2);
-        memcpy(&v1, w[k + 4] + off, 2);
-        h0 |= (uint64_t)v0 << (16 * k);
-        h1 |= (uint64_t)v1 << (16 * k);
-    }
+    const uint64_t h0 = q_scale_bits(4, w, off), h1 = q_scale_bits(4, w + 4, off);
     return _mm256_mul_ps(_mm256_cvtph_ps(_mm_set_epi64x((long long)h1, (long long)h0)),
                          _mm256_set1_ps(dx));
 }
@@ -590,11 +678,10 @@ INLINE void q_prefetch_group(const char *pf, size_t off, size_t bb) {
 }
 
 
-/* Q8: per row, |w| x sign(x, w) through maddubs / madd (q_isum), converted
+/* Q8: per row, |w| x sign(x, w) through maddubs / madd (q8_isum), converted
  * and FMA'd with the row's scale splat across the 8 lanes. */
 static void q8_mv8(const uint8_t *const *w, const int8_t *xq, const float *xd, int64_t nblk,
                    const char *pf, float *y) {
-    const __m256i ones = _mm256_set1_epi16(1);
     __m256 a[8];
     for (int k = 0; k < 8; k++) a[k] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nblk; b++) {
@@ -606,91 +693,44 @@ static void q8_mv8(const uint8_t *const *w, const int8_t *xq, const float *xd, i
         _Pragma("GCC unroll 8")
         for (int k = 0; k < 8; k++) {
             const __m256i wb = _mm256_loadu_si256((const __m256i *)(const void *)(w[k] + off + 2));
-            const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(wb), _mm256_sign_epi8(x, wb)), ones);
             const __m256 sk = k < 4 ? q_splat2(slo, k % 4) : q_splat2(shi, k % 4);
-            a[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), sk, a[k]);
+            a[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q8_isum(wb, x)), sk, a[k]);
         }
     }
     for (int k = 0; k < 8; k++) y[k] = hsum8(a[k]);
 }
 
-/* Q4: rows k and k+4 share registers. Their blocks' 16 bytes go into the
- * two 128-bit halves of one register; masking gives the low nibbles
- * (elements 0-15 of both rows), shifting by 4 and masking the high ones
- * (16-31). Against x0-15 (x16-31) in both halves, maddubs / madd leave
- * lanes [isum_0..3 of row k | isum_0..3 of row k+4] (isum_4..7 for the
- * high nibbles): the same lane sums as q_isum, only two rows to a register,
- * so the load, shift and scale shuffle serve two rows, and one splat
- * [s_k x4 | s_k+4 x4] is the scale of both. The lane chains are then
- * exactly those of the definition; hsum_pair reduces them in its order. */
-INLINE void hsum_pair(__m256 lo, __m256 hi, float *yk, float *yk4) {
-    /* lo = [a0..a3 of k | a0..a3 of k+4], hi = [a4..a7 | a4..a7] */
-    const __m256 s = _mm256_add_ps(lo, hi); /* a0+a4, a1+a5, a2+a6, a3+a7 per half */
-    __m128 t0 = _mm256_castps256_ps128(s), t1 = _mm256_extractf128_ps(s, 1);
-    t0 = _mm_add_ps(t0, _mm_movehl_ps(t0, t0));
-    t1 = _mm_add_ps(t1, _mm_movehl_ps(t1, t1));
-    *yk = _mm_cvtss_f32(_mm_add_ss(t0, _mm_movehdup_ps(t0)));
-    *yk4 = _mm_cvtss_f32(_mm_add_ss(t1, _mm_movehdup_ps(t1)));
-}
-
+/* Q4: rows k and k+4 share registers (q4_nibbles), so the load, shift and
+ * scale shuffle serve two rows, and one splat [s_k x4 | s_k+4 x4] of the
+ * eight scales is the scale of both. */
 static void q4_mv8(const uint8_t *const *w, const int8_t *xq, const float *xd, int64_t nblk,
                    const char *pf, float *y) {
-    const __m256i ones = _mm256_set1_epi16(1), m4 = _mm256_set1_epi8(0x0f);
-    const __m256i eight = _mm256_set1_epi8(8);
-    __m256 lo[4], hi[4];
-    for (int k = 0; k < 4; k++) lo[k] = hi[k] = _mm256_setzero_ps();
+    __m256 a[4];
+    for (int k = 0; k < 4; k++) a[k] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nblk; b++) {
         const size_t off = (size_t)b * VX_Q4_BLOCK_BYTES;
         q_prefetch_group(pf, off, VX_Q4_BLOCK_BYTES);
         const __m256 s = q_scales8(w, off, xd[b]);
-        const int8_t *xb = xq + b * VX_QBLOCK;
-        const __m256i xl = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)xb));
-        const __m256i xh = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)(xb + 16)));
-        /* 8 * (lane sums of x): the -8 of every nibble, taken off in int32 */
-        const __m256i cl = _mm256_madd_epi16(_mm256_maddubs_epi16(eight, xl), ones);
-        const __m256i ch = _mm256_madd_epi16(_mm256_maddubs_epi16(eight, xh), ones);
+        __m256i xl, xh;
+        q4_x(xq + b * VX_QBLOCK, &xl, &xh);
+        const __m256i corr = q4_corr(xl, xh);
         _Pragma("GCC unroll 4")
         for (int k = 0; k < 4; k++) {
-            const __m256i v = _mm256_inserti128_si256(
-                _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)(w[k] + off + 2))),
-                _mm_loadu_si128((const __m128i *)(const void *)(w[k + 4] + off + 2)), 1);
-            const __m256i nl = _mm256_and_si256(v, m4);
-            const __m256i nh = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-            const __m256i pl = _mm256_sub_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(nl, xl), ones), cl);
-            const __m256i ph = _mm256_sub_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(nh, xh), ones), ch);
-            const __m256 sk = q_splat2(s, k);
-            lo[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(pl), sk, lo[k]);
-            hi[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(ph), sk, hi[k]);
+            __m256i nl, nh;
+            q4_nibbles(w[k] + off, w[k + 4] + off, &nl, &nh);
+            a[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q4_isum(nl, nh, xl, xh, corr)), q_splat2(s, k), a[k]);
         }
     }
-    for (int k = 0; k < 4; k++) hsum_pair(lo[k], hi[k], y + k, y + k + 4);
+    for (int k = 0; k < 4; k++) hsum4_pair(a[k], y + k, y + k + 4);
 }
 
-INLINE void q_rows(int dt, const vx_weight *W, const int8_t *xq, const float *xd, int n, float *Y,
-                   int ldy, int64_t r0, int64_t r1) {
+/* Rows [r0, r1) x n inputs in QR-row tiles, a chunk of blocks at a time: the
+ * rows' chunk and the inputs' chunk (n x 512 bytes) are reused from cache. */
+static void q_rows_batched(int dt, const vx_weight *W, const int8_t *xq, const float *xd, int n,
+                           float *Y, int ldy, int64_t r0, int64_t r1) {
     const int64_t cols = W->cols, nblk = cols / VX_QBLOCK;
     const size_t rb = vx_row_bytes(dt, cols);
     const uint8_t *base = W->data;
-    if (n == 1) { /* MV_ROWS rows streamed against one input, all blocks in registers */
-        __m256 acc[QA];
-        int64_t r = r0;
-        for (; r + MV_ROWS <= r1; r += MV_ROWS) {
-            const uint8_t *w[MV_ROWS];
-            for (int k = 0; k < MV_ROWS; k++) w[k] = base + (size_t)(r + k) * rb;
-            const char *pf = (const char *)base + (size_t)(r + MV_ROWS) * rb;
-            if (dt == VX_DT_Q8) q8_mv8(w, xq, xd, nblk, pf, Y + r);
-            else q4_mv8(w, xq, xd, nblk, pf, Y + r);
-        }
-        for (; r < r1; r++) {
-            const uint8_t *w[1] = {base + (size_t)r * rb};
-            acc[0] = _mm256_setzero_ps();
-            qtile(dt, 1, 1, w, xq, xd, cols, 0, nblk, acc);
-            Y[r] = hsum8(acc[0]);
-        }
-        return;
-    }
-    /* QR rows x all inputs, a chunk of blocks at a time: the rows' chunk
-     * (2 KB) and the inputs' chunk (n x 512 bytes) are reused from cache */
     __m256 acc[MAX_N * QA];
     for (int64_t r = r0; r < r1; r += QR) {
         const int rows = r1 - r < QR ? (int)(r1 - r) : QR;
@@ -700,26 +740,69 @@ INLINE void q_rows(int dt, const vx_weight *W, const int8_t *xq, const float *xd
             for (int k = 0; k < rows; k++) acc[i * QA + k] = _mm256_setzero_ps();
         for (int64_t b0 = 0; b0 < nblk; b0 += QCHUNK) {
             const int64_t b1 = nblk - b0 < QCHUNK ? nblk : b0 + QCHUNK;
-            for (int i = 0; i < n; i += QMAX_N) {
+            const int step = dt == VX_DT_Q8 ? QMAX_N : Q4MAX_N;
+            for (int i = 0; i < n; i += step) {
                 const int8_t *x = xq + (size_t)i * cols;
                 const float *d = xd + (size_t)i * nblk;
                 __m256 *ac = acc + i * QA;
-                if (rows == QR) {
-                    if (n - i >= 3) qtile(dt, QR, 3, w, x, d, cols, b0, b1, ac);
-                    else if (n - i == 2) qtile(dt, QR, 2, w, x, d, cols, b0, b1, ac);
-                    else qtile(dt, QR, 1, w, x, d, cols, b0, b1, ac);
+                const int left = n - i;
+                if (dt == VX_DT_Q4) {
+                    if (rows == QR) {
+                        if (left >= 2) q4tile4(2, w, x, d, cols, b0, b1, ac);
+                        else q4tile4(1, w, x, d, cols, b0, b1, ac);
+                    } else {
+                        for (int k = 0; k < rows; k++) {
+                            if (left >= 2) q4tile1(2, w[k], x, d, cols, b0, b1, ac + k);
+                            else q4tile1(1, w[k], x, d, cols, b0, b1, ac + k);
+                        }
+                    }
+                } else if (rows == QR) {
+                    if (left >= 3) q8tile(QR, 3, w, x, d, cols, b0, b1, ac);
+                    else if (left == 2) q8tile(QR, 2, w, x, d, cols, b0, b1, ac);
+                    else q8tile(QR, 1, w, x, d, cols, b0, b1, ac);
                 } else {
                     for (int k = 0; k < rows; k++) {
-                        if (n - i >= 3) qtile(dt, 1, 3, w + k, x, d, cols, b0, b1, ac + k);
-                        else if (n - i == 2) qtile(dt, 1, 2, w + k, x, d, cols, b0, b1, ac + k);
-                        else qtile(dt, 1, 1, w + k, x, d, cols, b0, b1, ac + k);
+                        if (left >= 3) q8tile(1, 3, w + k, x, d, cols, b0, b1, ac + k);
+                        else if (left == 2) q8tile(1, 2, w + k, x, d, cols, b0, b1, ac + k);
+                        else q8tile(1, 1, w + k, x, d, cols, b0, b1, ac + k);
                     }
                 }
             }
         }
-        for (int i = 0; i < n; i++)
-            for (int k = 0; k < rows; k++) Y[(size_t)i * ldy + r + k] = hsum8(acc[i * QA + k]);
+        for (int i = 0; i < n; i++) {
+            float *y = Y + (size_t)i * ldy + r;
+            const __m256 *a = acc + i * QA;
+            if (dt == VX_DT_Q8) {
+                for (int k = 0; k < rows; k++) y[k] = hsum8(a[k]);
+            } else if (rows == QR) {
+                hsum4_pair(a[0], y + 0, y + 2);
+                hsum4_pair(a[1], y + 1, y + 3);
+            } else {
+                float dup;
+                for (int k = 0; k < rows; k++) hsum4_pair(a[k], y + k, &dup);
+            }
+        }
     }
+}
+
+INLINE void q_rows(int dt, const vx_weight *W, const int8_t *xq, const float *xd, int n, float *Y,
+                   int ldy, int64_t r0, int64_t r1) {
+    if (n > 1) {
+        q_rows_batched(dt, W, xq, xd, n, Y, ldy, r0, r1);
+        return;
+    }
+    /* MV_ROWS rows streamed against one input, all blocks in registers */
+    const size_t rb = vx_row_bytes(dt, W->cols);
+    const uint8_t *base = W->data;
+    int64_t r = r0;
+    for (; r + MV_ROWS <= r1; r += MV_ROWS) {
+        const uint8_t *w[MV_ROWS];
+        for (int k = 0; k < MV_ROWS; k++) w[k] = base + (size_t)(r + k) * rb;
+        const char *pf = (const char *)base + (size_t)(r + MV_ROWS) * rb;
+        if (dt == VX_DT_Q8) q8_mv8(w, xq, xd, W->cols / VX_QBLOCK, pf, Y + r);
+        else q4_mv8(w, xq, xd, W->cols / VX_QBLOCK, pf, Y + r);
+    }
+    if (r < r1) q_rows_batched(dt, W, xq, xd, 1, Y, ldy, r, r1);
 }
 
 static void q_rows_q8(const vx_weight *W, const int8_t *xq, const float *xd, int n, float *Y, int ldy, int64_t r0, int64_t r1) { q_rows(VX_DT_Q8, W, xq, xd, n, Y, ldy, r0, r1); }

@@ -9,16 +9,18 @@
  * never depend on n, r0 or r1 and agree bitwise with the AVX2 backend.
  *
  * Q8 / Q4 (matmul_rows_q): integer dot products with the int8 activations of
- * vx_quantize_act_q8, in the order engine.h defines: int32 lane j of a block
- * is the exact sum of the products of elements 4j..4j+3 (weights as signed
- * values: Q8's q, Q4's nibble - 8 in [-8, 7]); lanes 0-3 come from bytes
- * 0-15 and lanes 4-7 from bytes 16-31. With the dot product extension
- * (FEAT_DotProd: A76, A78) SDOT gives exactly those sums; without it (A57)
- * SMULL products (|w * x| <= 128 * 127, fits int16) are added pairwise twice
- * (SADDLP, ADDP) into the same integers. Integer sums are exact in any order,
- * SCVTF of |isum| < 2^16 is exact and FMLA rounds once per lane like fmaf,
- * with the scale dw * dx one float multiply; then the reduction above. So
- * Q8/Q4 results equal the portable and AVX2 backends' bit for bit.
+ * vx_quantize_act_q8, in the order engine.h defines: Q8's int32 lane j of a
+ * block is the exact sum of the products of elements 4j..4j+3 (lanes 0-3
+ * from bytes 0-15, 4-7 from bytes 16-31); Q4's lane j (of 4) adds those of
+ * elements 16+4j..16+4j+3 (weights as signed values: Q8's q, Q4's nibble - 8
+ * in [-8, 7]). With the dot product extension (FEAT_DotProd: A76, A78) SDOT
+ * gives exactly those sums (Q4: a second SDOT into the first); without it
+ * (A57) SMULL products (|w * x| <= 128 * 127, fits int16) are added pairwise
+ * twice (SADDLP, ADDP) into the same integers. Integer sums are exact in any
+ * order, SCVTF of |isum| < 2^16 is exact and FMLA rounds once per lane like
+ * fmaf, with the scale dw * dx one float multiply; then Q8's reduction above
+ * or Q4's (a0+a2) + (a1+a3). So Q8/Q4 results equal the portable and AVX2
+ * backends' bit for bit.
  *
  * Base ARMv8.0 Advanced SIMD is all the float paths use: no FP16 arithmetic
  * (an fp16 product would round). SDOT is only executed when the kernel's
@@ -81,6 +83,12 @@ INLINE acc8 fma8(acc8 a, f8 w, f8 x) {
 INLINE float hsum8(acc8 a) {
     float32x4_t s = vaddq_f32(a.lo, a.hi);                         /* a0+a4 .. a3+a7 */
     float32x2_t t = vadd_f32(vget_low_f32(s), vget_high_f32(s));   /* s0+s2, s1+s3 */
+    return vget_lane_f32(t, 0) + vget_lane_f32(t, 1);
+}
+
+/* Q4's four lanes: (a0+a2) + (a1+a3). */
+INLINE float hsum4(float32x4_t a) {
+    float32x2_t t = vadd_f32(vget_low_f32(a), vget_high_f32(a));
     return vget_lane_f32(t, 0) + vget_lane_f32(t, 1);
 }
 
@@ -420,6 +428,15 @@ INLINE int32x4_t dot16(int dp, int8x16_t w, int8x16_t x) {
     return vpaddq_s32(vpaddlq_s16(lo), vpaddlq_s16(hi));
 }
 
+/* Q4's lane j: the products of elements 4j..4j+3 (w0, x0) and 16+4j..
+ * 16+4j+3 (w1, x1) in one sum; SDOT accumulates the second into the first. */
+INLINE int32x4_t dot32(int dp, int8x16_t w0, int8x16_t x0, int8x16_t w1, int8x16_t x1) {
+#if defined(__ARM_FEATURE_DOTPROD)
+    if (dp) return vdotq_s32(vdotq_s32(vdupq_n_s32(0), w0, x0), w1, x1);
+#endif
+    return vaddq_s32(dot16(dp, w0, x0), dot16(dp, w1, x1));
+}
+
 #define QA 4     /* row stride of the accumulator arrays (= MV_ROWS) */
 #define QMAX_N 2 /* inputs per tile */
 #define QCHUNK 16 /* blocks per chunk of the batched path (512 columns) */
@@ -457,8 +474,12 @@ INLINE void qtile(int dp, int dt, int R, int N, const uint8_t *const *w, const i
             _Pragma("GCC unroll 8")
             for (int i = 0; i < N; i++) {
                 const float32x4_t s = vdupq_n_f32(dw * dx[i]);
-                a[i][k].lo = vfmaq_f32(a[i][k].lo, vcvtq_f32_s32(dot16(dp, w0, x0[i])), s);
-                a[i][k].hi = vfmaq_f32(a[i][k].hi, vcvtq_f32_s32(dot16(dp, w1, x1[i])), s);
+                if (dt == VX_DT_Q4) { /* four lanes, in .lo */
+                    a[i][k].lo = vfmaq_f32(a[i][k].lo, vcvtq_f32_s32(dot32(dp, w0, x0[i], w1, x1[i])), s);
+                } else {
+                    a[i][k].lo = vfmaq_f32(a[i][k].lo, vcvtq_f32_s32(dot16(dp, w0, x0[i])), s);
+                    a[i][k].hi = vfmaq_f32(a[i][k].hi, vcvtq_f32_s32(dot16(dp, w1, x1[i])), s);
+                }
             }
         }
     }
@@ -501,7 +522,9 @@ INLINE void q_rows(int dp, int dt, const vx_weight *W, const int8_t *xq, const f
             }
         }
         for (int i = 0; i < n; i++)
-            for (int k = 0; k < rows; k++) Y[(size_t)i * ldy + r + k] = hsum8(acc[i * QA + k]);
+            for (int k = 0; k < rows; k++)
+                Y[(size_t)i * ldy + r + k] =
+                    dt == VX_DT_Q4 ? hsum4(acc[i * QA + k].lo) : hsum8(acc[i * QA + k]);
     }
 }
 

@@ -8,9 +8,10 @@
  *
  * Q8/Q4 (matmul_rows_q): the integer definition of engine.h, written out
  * literally - per block of 32 and lane j, the int32 sum of the products of
- * elements 4j..4j+3 of the weights (q, or nibble - 8) and of the int8
- * activations; acc[j] = fmaf((float)isum, dw * dx, acc[j]) over the blocks
- * in order; Y = ((a0+a4) + (a2+a6)) + ((a1+a5) + (a3+a7)). The integer sums
+ * the lane's elements (Q8: 4j..4j+3 of q; Q4: 4j..4j+3 and 16+4j..16+4j+3
+ * of nibble - 8) and of the int8 activations; acc[j] = fmaf((float)isum,
+ * dw * dx, acc[j]) over the blocks in order; Q8: Y = ((a0+a4) + (a2+a6)) +
+ * ((a1+a5) + (a3+a7)), Q4: Y = (a0+a2) + (a1+a3). The integer sums
  * are exact whatever their order, (float)isum is exact (|isum| < 2^16) and
  * fmaf rounds once like a hardware FMA lane, so this is bitwise the AVX2 and
  * NEON result; it is their reference in test_kernels. */
@@ -82,17 +83,28 @@ static int portable_matmul_rows_q(const vx_weight *W, const int8_t *xq, const fl
                 for (int i = 0; i < ni; i++) {
                     const int8_t *x = xq + (size_t)(i0 + i) * cols + b * VX_QBLOCK;
                     const float s = dw * xd[(size_t)(i0 + i) * nblk + b];
-                    for (int j = 0; j < LANES; j++) {
-                        int32_t isum = 0;
-                        for (int e = 4 * j; e < 4 * j + 4; e++) isum += w[e] * x[e];
-                        acc[i][j] = fmaf((float)isum, s, acc[i][j]);
+                    if (W->dtype == VX_DT_Q8) {
+                        for (int j = 0; j < LANES; j++) {
+                            int32_t isum = 0;
+                            for (int e = 4 * j; e < 4 * j + 4; e++) isum += w[e] * x[e];
+                            acc[i][j] = fmaf((float)isum, s, acc[i][j]);
+                        }
+                    } else {
+                        for (int j = 0; j < 4; j++) {
+                            int32_t isum = 0;
+                            for (int e = 4 * j; e < 4 * j + 4; e++)
+                                isum += w[e] * x[e] + w[16 + e] * x[16 + e];
+                            acc[i][j] = fmaf((float)isum, s, acc[i][j]);
+                        }
                     }
                 }
             }
             for (int i = 0; i < ni; i++) {
                 const float *a = acc[i];
                 Y[(size_t)(i0 + i) * ldy + r] =
-                    ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+                    W->dtype == VX_DT_Q8
+                        ? ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
+                        : (a[0] + a[2]) + (a[1] + a[3]);
             }
         }
     }

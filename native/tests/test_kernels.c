@@ -265,8 +265,10 @@ static void check_determinism(const vx_backend *be, int dt, int64_t rows, int64_
 static float block_scale(const uint8_t *blk) { return vx_f16_to_f32((uint16_t)(blk[0] | (blk[1] << 8))); }
 
 /* engine.h's definition of a Q8/Q4 product, written independently of the
- * backends: int32 lane sums of 4 consecutive products, one fmaf per lane and
- * block with the scale dw * dx, the fixed reduction of the 8 lanes. */
+ * backends: int32 lane sums (Q8: 8 lanes of 4 consecutive products; Q4: 4
+ * lanes of the products of elements 4j..4j+3 and 16+4j..16+4j+3), one fmaf
+ * per lane and block with the scale dw * dx, the fixed reduction of the
+ * lanes. */
 static float ref_matmul_q(const vx_weight *W, const int8_t *xq, const float *xd, int64_t r) {
     const int64_t nblk = W->cols / 32;
     const size_t bb = W->dtype == VX_DT_Q8 ? VX_Q8_BLOCK_BYTES : VX_Q4_BLOCK_BYTES;
@@ -275,16 +277,24 @@ static float ref_matmul_q(const vx_weight *W, const int8_t *xq, const float *xd,
     for (int64_t b = 0; b < nblk; b++) {
         const uint8_t *blk = row + (size_t)b * bb;
         const float s = block_scale(blk) * xd[b];
-        for (int j = 0; j < 8; j++) {
-            int32_t isum = 0;
-            for (int e = 4 * j; e < 4 * j + 4; e++) {
-                int32_t w = W->dtype == VX_DT_Q8 ? (int8_t)blk[2 + e]
-                                                 : (e < 16 ? blk[2 + e] & 15 : blk[2 + e - 16] >> 4) - 8;
-                isum += w * xq[b * 32 + e];
+        if (W->dtype == VX_DT_Q8) {
+            for (int j = 0; j < 8; j++) {
+                int32_t isum = 0;
+                for (int e = 4 * j; e < 4 * j + 4; e++) isum += (int8_t)blk[2 + e] * xq[b * 32 + e];
+                a[j] = fmaf((float)isum, s, a[j]);
             }
-            a[j] = fmaf((float)isum, s, a[j]);
+        } else {
+            for (int j = 0; j < 4; j++) {
+                int32_t isum = 0;
+                for (int byte = 4 * j; byte < 4 * j + 4; byte++) {
+                    isum += ((blk[2 + byte] & 15) - 8) * xq[b * 32 + byte];
+                    isum += ((blk[2 + byte] >> 4) - 8) * xq[b * 32 + 16 + byte];
+                }
+                a[j] = fmaf((float)isum, s, a[j]);
+            }
         }
     }
+    if (W->dtype == VX_DT_Q4) return (a[0] + a[2]) + (a[1] + a[3]);
     return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
 }
 
