@@ -151,6 +151,14 @@ void vx_actbuf_free(vx_actbuf *a);
  * without one is a programming error, and NaN makes it loud). */
 void vx_matmul(const vx_model *m, const vx_weight *W, const float *X, int n, float *Y,
                const float *bias);
+/* The same for up to VX_MATMUL_MAX weights that read the same X (e.g. the
+ * query, key and value projections): Y[p] = X W[p]^T (+ bias[p], which may
+ * be NULL), run as one pool job with X quantized once, which saves a
+ * dispatch and its wait per weight. Weights of different widths or kinds
+ * (float vs Q8/Q4) are simply run one after another. */
+#define VX_MATMUL_MAX 3
+void vx_matmul_multi(const vx_model *m, int nw, const vx_weight *const *W, const float *X, int n,
+                     float *const *Y, const float *const *bias);
 /* Row r of an embedding-like weight, converted to float. */
 void vx_weight_row(const vx_weight *W, int64_t r, float *out);
 

@@ -38,31 +38,42 @@ const vx_backend *vx_backend_select(const char *name, char *err, size_t err_len)
 
 #define BATCH 64 /* rows of X per kernel call (the kernels' stack limit) */
 
-/* One threaded matmul: X as floats, or (Q8/Q4 weights) as int8 blocks xq/xd
- * quantized beforehand, for at most BATCH rows in that case. */
+/* Up to VX_MATMUL_MAX weights that read the same X, run as one pool job:
+ * their row ranges are the tasks of a single dispatch, and Q8/Q4 inputs are
+ * quantized once for all of them. X is floats, or (Q8/Q4 weights) int8
+ * blocks xq/xd quantized beforehand, for at most BATCH rows in that case. */
+typedef struct {
+    const vx_weight *W;
+    float *Y;
+    const float *bias;
+    int64_t rows_per_task;
+    int first_task;
+} mm_part;
+
 typedef struct {
     const vx_model *m;
-    const vx_weight *W;
     const float *X;
     const int8_t *xq;
     const float *xd;
-    float *Y;
-    const float *bias;
     int n;
-    int64_t rows_per_task;
+    int n_parts;
+    mm_part part[VX_MATMUL_MAX];
 } mm_job;
 
 static void mm_task(void *ctx, int task) {
     mm_job *j = ctx;
-    const vx_weight *W = j->W;
-    const int64_t r0 = (int64_t)task * j->rows_per_task;
-    const int64_t r1 = r0 + j->rows_per_task < W->rows ? r0 + j->rows_per_task : W->rows;
+    int p = j->n_parts - 1;
+    while (task < j->part[p].first_task) p--;
+    const mm_part *pt = &j->part[p];
+    const vx_weight *W = pt->W;
+    const int64_t r0 = (int64_t)(task - pt->first_task) * pt->rows_per_task;
+    const int64_t r1 = r0 + pt->rows_per_task < W->rows ? r0 + pt->rows_per_task : W->rows;
     const int ldy = (int)W->rows;
     const vx_backend *be = j->m->be, *portable = vx_backend_portable();
     if (!(be->dtypes & (1u << W->dtype)) || (j->xq && !be->matmul_rows_q)) be = portable;
     for (int i0 = 0; i0 < j->n; i0 += BATCH) {
         int nb = j->n - i0 < BATCH ? j->n - i0 : BATCH;
-        float *y = j->Y + (size_t)i0 * W->rows;
+        float *y = pt->Y + (size_t)i0 * W->rows;
         /* a backend may decline a shape (e.g. cols not a multiple of its width) */
         if (j->xq) {
             if (be->matmul_rows_q(W, j->xq, j->xd, nb, y, ldy, r0, r1) != 0)
@@ -72,9 +83,9 @@ static void mm_task(void *ctx, int task) {
             if (be->matmul_rows(W, x, nb, (int)W->cols, y, ldy, r0, r1) != 0)
                 portable->matmul_rows(W, x, nb, (int)W->cols, y, ldy, r0, r1);
         }
-        if (j->bias)
+        if (pt->bias)
             for (int i = 0; i < nb; i++)
-                for (int64_t r = r0; r < r1; r++) y[(size_t)i * W->rows + r] += j->bias[r];
+                for (int64_t r = r0; r < r1; r++) y[(size_t)i * W->rows + r] += pt->bias[r];
     }
 }
 
@@ -120,41 +131,73 @@ static int64_t rows_per_task(const vx_model *m, const vx_weight *W) {
     return per < 16 ? 16 : per;
 }
 
+/* The job's parts and task numbering for W[0..nw); returns the task count. */
+static int mm_plan(const vx_model *m, int nw, const vx_weight *const *W, float *const *Y,
+                   const float *const *bias, mm_job *j) {
+    int tasks = 0;
+    j->n_parts = nw;
+    for (int p = 0; p < nw; p++) {
+        const int64_t per = rows_per_task(m, W[p]);
+        j->part[p] = (mm_part){W[p], Y[p], bias[p], per, tasks};
+        tasks += (int)((W[p]->rows + per - 1) / per);
+    }
+    return tasks;
+}
+
+static int is_quantized(const vx_weight *W) { return W->dtype == VX_DT_Q8 || W->dtype == VX_DT_Q4; }
+
 /* BATCH rows of X at a time are quantized into the model's buffer (held for
  * the whole call: the tasks read it) and multiplied on the pool. */
-static void matmul_q(const vx_model *m, const vx_weight *W, const float *X, int n, float *Y,
-                     const float *bias) {
+static void matmul_q(const vx_model *m, int nw, const vx_weight *const *W, const float *X, int n,
+                     float *const *Y, const float *const *bias) {
     vx_actbuf *a = m->act;
-    const int64_t cols = W->cols, nblk = cols / VX_QBLOCK;
+    const int64_t cols = W[0]->cols, nblk = cols / VX_QBLOCK;
     if (!a || a->max_cols < cols) {
-        for (size_t k = 0; k < (size_t)n * (size_t)W->rows; k++) Y[k] = NAN;
+        for (int p = 0; p < nw; p++)
+            for (size_t k = 0; k < (size_t)n * (size_t)W[p]->rows; k++) Y[p][k] = NAN;
         return;
     }
-    const int64_t per = rows_per_task(m, W);
-    const int n_tasks = (int)((W->rows + per - 1) / per);
+    mm_job j = {.m = m};
+    const int n_tasks = mm_plan(m, nw, W, Y, bias, &j);
+    float *const *Yall = Y;
     pthread_mutex_lock(&a->mu);
     for (int i0 = 0; i0 < n; i0 += BATCH) {
         const int nb = n - i0 < BATCH ? n - i0 : BATCH;
         for (int i = 0; i < nb; i++)
             vx_quantize_act_q8(X + (size_t)(i0 + i) * cols, cols, a->q + (size_t)i * cols,
                                a->d + (size_t)i * nblk);
-        mm_job j = {m, W, NULL, a->q, a->d, Y + (size_t)i0 * W->rows, bias, nb, per};
+        j.xq = a->q;
+        j.xd = a->d;
+        j.n = nb;
+        for (int p = 0; p < nw; p++) j.part[p].Y = Yall[p] + (size_t)i0 * W[p]->rows;
         vx_pool_run(m->pool, n_tasks, mm_task, &j);
     }
     pthread_mutex_unlock(&a->mu);
 }
 
-void vx_matmul(const vx_model *m, const vx_weight *W, const float *X, int n, float *Y,
-               const float *bias) {
-    if (n <= 0) return;
-    if (W->dtype == VX_DT_Q8 || W->dtype == VX_DT_Q4) {
-        matmul_q(m, W, X, n, Y, bias);
+void vx_matmul_multi(const vx_model *m, int nw, const vx_weight *const *W, const float *X, int n,
+                     float *const *Y, const float *const *bias) {
+    if (n <= 0 || nw <= 0) return;
+    /* one job needs one kind of input (float or int8 blocks) of one width */
+    int same = nw <= VX_MATMUL_MAX;
+    for (int p = 1; p < nw && same; p++)
+        same = W[p]->cols == W[0]->cols && is_quantized(W[p]) == is_quantized(W[0]);
+    if (!same) {
+        for (int p = 0; p < nw; p++) vx_matmul_multi(m, 1, &W[p], X, n, &Y[p], &bias[p]);
         return;
     }
-    int64_t per = rows_per_task(m, W);
-    mm_job j = {m, W, X, NULL, NULL, Y, bias, n, per};
-    int n_tasks = (int)((W->rows + per - 1) / per);
+    if (is_quantized(W[0])) {
+        matmul_q(m, nw, W, X, n, Y, bias);
+        return;
+    }
+    mm_job j = {.m = m, .X = X, .n = n};
+    const int n_tasks = mm_plan(m, nw, W, Y, bias, &j);
     vx_pool_run(m->pool, n_tasks, mm_task, &j);
+}
+
+void vx_matmul(const vx_model *m, const vx_weight *W, const float *X, int n, float *Y,
+               const float *bias) {
+    vx_matmul_multi(m, 1, &W, X, n, &Y, &bias);
 }
 
 void vx_weight_row(const vx_weight *W, int64_t r, float *out) {

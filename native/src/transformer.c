@@ -291,9 +291,10 @@ int vx_stack_forward(const vx_model *m, const vx_tf_params *p, const vx_layer *l
         const vx_layer *L = &layers[l];
         for (int i = 0; i < n; i++)
             vx_rmsnorm(s->xn + (size_t)i * dim, h + (size_t)i * dim, L->attn_norm, dim, p->norm_eps);
-        vx_matmul(m, &L->wq, s->xn, n, s->q, L->bq);
-        vx_matmul(m, &L->wk, s->xn, n, s->k, NULL);
-        vx_matmul(m, &L->wv, s->xn, n, s->v, L->bv);
+        const vx_weight *wqkv[] = {&L->wq, &L->wk, &L->wv};
+        float *yqkv[] = {s->q, s->k, s->v};
+        const float *bqkv[] = {L->bq, NULL, L->bv};
+        vx_matmul_multi(m, 3, wqkv, s->xn, n, yqkv, bqkv);
         qkv_job qj = {p, kv, l, s->q, s->k, s->v, pos0};
         vx_pool_run(m->pool, n, qkv_task, &qj);
         att_job aj = {m, p, kv, l, s->q, s->att, s->scores, per_task, pos0, n};
@@ -307,8 +308,10 @@ int vx_stack_forward(const vx_model *m, const vx_tf_params *p, const vx_layer *l
             if (ada)
                 for (int c = 0; c < dim; c++) xn[c] *= ada[l][c];
         }
-        vx_matmul(m, &L->w1, s->xn, n, s->h1, NULL);
-        vx_matmul(m, &L->w3, s->xn, n, s->h3, NULL);
+        const vx_weight *w13[] = {&L->w1, &L->w3};
+        float *y13[] = {s->h1, s->h3};
+        const float *b13[] = {NULL, NULL};
+        vx_matmul_multi(m, 2, w13, s->xn, n, y13, b13);
         swiglu_job sj = {s->h1, s->h3, (size_t)n * hid};
         vx_pool_run(m->pool, (int)((sj.count + SWIGLU_TASK - 1) / SWIGLU_TASK), swiglu_task, &sj);
         vx_matmul(m, &L->w2, s->h1, n, s->xn, L->b2);
