@@ -55,20 +55,35 @@ static int portable_matmul_rows(const vx_weight *W, const float *X, int n, int l
     return 0;
 }
 
-/* The 32 weights of a Q8/Q4 block as small integers, in element order. */
-static void block_ints(int dt, const uint8_t *blk, int32_t w[VX_QBLOCK]) {
-    for (int e = 0; e < VX_QBLOCK; e++) {
-        if (dt == VX_DT_Q8) w[e] = (int8_t)blk[2 + e];
-        else w[e] = (e < 16 ? (blk[2 + e] & 0x0f) : (blk[2 + e - 16] >> 4)) - 8;
+/* The int32 lane sums of one block (Q8: 8 lanes, Q4: 4), written with
+ * fixed trip counts and no branches so the compiler can unroll and
+ * vectorise them; dt is a constant at every call. */
+static inline void q_lanes(int dt, const uint8_t *blk, const int8_t *x, int32_t *isum) {
+    const uint8_t *q = blk + 2;
+    if (dt == VX_DT_Q8) {
+        for (int j = 0; j < 8; j++) {
+            int32_t t = 0;
+            for (int e = 0; e < 4; e++) t += (int8_t)q[4 * j + e] * x[4 * j + e];
+            isum[j] = t;
+        }
+    } else {
+        for (int j = 0; j < 4; j++) {
+            int32_t t = 0;
+            for (int e = 0; e < 4; e++) {
+                const int c = 4 * j + e;
+                t += ((q[c] & 0x0f) - 8) * x[c] + ((q[c] >> 4) - 8) * x[16 + c];
+            }
+            isum[j] = t;
+        }
     }
 }
 
-static int portable_matmul_rows_q(const vx_weight *W, const int8_t *xq, const float *xd, int n,
-                                  float *Y, int ldy, int64_t r0, int64_t r1) {
-    if ((W->dtype != VX_DT_Q8 && W->dtype != VX_DT_Q4) || W->cols % VX_QBLOCK != 0) return -1;
+static inline void q_rows(int dt, const vx_weight *W, const int8_t *xq, const float *xd, int n,
+                          float *Y, int ldy, int64_t r0, int64_t r1) {
     const int64_t cols = W->cols, nblk = cols / VX_QBLOCK;
-    const size_t row_bytes = vx_row_bytes(W->dtype, cols);
-    const size_t bb = W->dtype == VX_DT_Q8 ? VX_Q8_BLOCK_BYTES : VX_Q4_BLOCK_BYTES;
+    const size_t row_bytes = vx_row_bytes(dt, cols);
+    const size_t bb = dt == VX_DT_Q8 ? VX_Q8_BLOCK_BYTES : VX_Q4_BLOCK_BYTES;
+    const int lanes = dt == VX_DT_Q8 ? 8 : 4;
     float acc[MAX_N][LANES];
     for (int64_t r = r0; r < r1; r++) {
         const uint8_t *row = (const uint8_t *)W->data + (size_t)r * row_bytes;
@@ -78,36 +93,30 @@ static int portable_matmul_rows_q(const vx_weight *W, const int8_t *xq, const fl
             for (int64_t b = 0; b < nblk; b++) {
                 const uint8_t *blk = row + (size_t)b * bb;
                 const float dw = vx_f16_to_f32((uint16_t)(blk[0] | (blk[1] << 8)));
-                int32_t w[VX_QBLOCK];
-                block_ints(W->dtype, blk, w);
                 for (int i = 0; i < ni; i++) {
                     const int8_t *x = xq + (size_t)(i0 + i) * cols + b * VX_QBLOCK;
                     const float s = dw * xd[(size_t)(i0 + i) * nblk + b];
-                    if (W->dtype == VX_DT_Q8) {
-                        for (int j = 0; j < LANES; j++) {
-                            int32_t isum = 0;
-                            for (int e = 4 * j; e < 4 * j + 4; e++) isum += w[e] * x[e];
-                            acc[i][j] = fmaf((float)isum, s, acc[i][j]);
-                        }
-                    } else {
-                        for (int j = 0; j < 4; j++) {
-                            int32_t isum = 0;
-                            for (int e = 4 * j; e < 4 * j + 4; e++)
-                                isum += w[e] * x[e] + w[16 + e] * x[16 + e];
-                            acc[i][j] = fmaf((float)isum, s, acc[i][j]);
-                        }
-                    }
+                    int32_t isum[LANES];
+                    q_lanes(dt, blk, x, isum);
+                    for (int j = 0; j < lanes; j++) acc[i][j] = fmaf((float)isum[j], s, acc[i][j]);
                 }
             }
             for (int i = 0; i < ni; i++) {
                 const float *a = acc[i];
                 Y[(size_t)(i0 + i) * ldy + r] =
-                    W->dtype == VX_DT_Q8
+                    dt == VX_DT_Q8
                         ? ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
                         : (a[0] + a[2]) + (a[1] + a[3]);
             }
         }
     }
+}
+
+static int portable_matmul_rows_q(const vx_weight *W, const int8_t *xq, const float *xd, int n,
+                                  float *Y, int ldy, int64_t r0, int64_t r1) {
+    if ((W->dtype != VX_DT_Q8 && W->dtype != VX_DT_Q4) || W->cols % VX_QBLOCK != 0) return -1;
+    if (W->dtype == VX_DT_Q8) q_rows(VX_DT_Q8, W, xq, xd, n, Y, ldy, r0, r1);
+    else q_rows(VX_DT_Q4, W, xq, xd, n, Y, ldy, r0, r1);
     return 0;
 }
 
