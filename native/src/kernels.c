@@ -159,7 +159,6 @@ static void matmul_q(const vx_model *m, int nw, const vx_weight *const *W, const
     }
     mm_job j = {.m = m};
     const int n_tasks = mm_plan(m, nw, W, Y, bias, &j);
-    float *const *Yall = Y;
     pthread_mutex_lock(&a->mu);
     for (int i0 = 0; i0 < n; i0 += BATCH) {
         const int nb = n - i0 < BATCH ? n - i0 : BATCH;
@@ -169,7 +168,7 @@ static void matmul_q(const vx_model *m, int nw, const vx_weight *const *W, const
         j.xq = a->q;
         j.xd = a->d;
         j.n = nb;
-        for (int p = 0; p < nw; p++) j.part[p].Y = Yall[p] + (size_t)i0 * W[p]->rows;
+        for (int p = 0; p < nw; p++) j.part[p].Y = Y[p] + (size_t)i0 * W[p]->rows;
         vx_pool_run(m->pool, n_tasks, mm_task, &j);
     }
     pthread_mutex_unlock(&a->mu);
