@@ -1,7 +1,8 @@
 /* check.h - the C tests' assertions: report and count, never abort, so one
  * run lists every failure. main() returns failures != 0.
  *   CHECK(cond)            reports the condition's text;
- *   CHECKF(cond, fmt, ...) also a printf-style message with the values. */
+ *   CHECKF(cond, fmt, ...) also a printf-style message with the values;
+ *   check_report(name)     prints the tally, returns main()'s status. */
 #ifndef VX_TEST_CHECK_H
 #define VX_TEST_CHECK_H
 #include <stdio.h>
@@ -25,4 +26,14 @@ static int checks = 0;
             failures++;                                                                \
         }                                                                              \
     } while (0)
+
+/* The closing line of a test and main()'s exit status. */
+static inline int check_report(const char *test) {
+    if (failures) {
+        fprintf(stderr, "%s: %d of %d checks failed\n", test, failures, checks);
+        return 1;
+    }
+    printf("%s: all %d checks passed\n", test, checks);
+    return 0;
+}
 #endif

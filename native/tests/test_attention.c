@@ -161,10 +161,5 @@ int main(void) {
                         check_backend(be, f16, hds[h], nks[k], nqs[n]);
         printf("backend %s: %s\n", be->name, failures == before ? "ok" : "FAILED");
     }
-    if (failures) {
-        fprintf(stderr, "test_attention: %d of %d checks failed\n", failures, checks);
-        return 1;
-    }
-    printf("test_attention: all %d checks passed\n", checks);
-    return 0;
+    return check_report("test_attention");
 }

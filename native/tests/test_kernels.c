@@ -487,10 +487,5 @@ int main(void) {
         }
         printf("backend %s: %s\n", be->name, failures == before ? "ok" : "FAILED");
     }
-    if (failures) {
-        fprintf(stderr, "test_kernels: %d of %d checks failed\n", failures, checks);
-        return 1;
-    }
-    printf("test_kernels: all %d checks passed\n", checks);
-    return 0;
+    return check_report("test_kernels");
 }
