@@ -731,6 +731,7 @@ static void q_rows_batched(int dt, const vx_weight *W, const int8_t *xq, const f
     const int64_t cols = W->cols, nblk = cols / VX_QBLOCK;
     const size_t rb = vx_row_bytes(dt, cols);
     const uint8_t *base = W->data;
+    const int step = dt == VX_DT_Q8 ? QMAX_N : Q4MAX_N; /* inputs per tile */
     __m256 acc[MAX_N * QA];
     for (int64_t r = r0; r < r1; r += QR) {
         const int rows = r1 - r < QR ? (int)(r1 - r) : QR;
@@ -740,7 +741,6 @@ static void q_rows_batched(int dt, const vx_weight *W, const int8_t *xq, const f
             for (int k = 0; k < rows; k++) acc[i * QA + k] = _mm256_setzero_ps();
         for (int64_t b0 = 0; b0 < nblk; b0 += QCHUNK) {
             const int64_t b1 = nblk - b0 < QCHUNK ? nblk : b0 + QCHUNK;
-            const int step = dt == VX_DT_Q8 ? QMAX_N : Q4MAX_N;
             for (int i = 0; i < n; i += step) {
                 const int8_t *x = xq + (size_t)i * cols;
                 const float *d = xd + (size_t)i * nblk;
