@@ -159,10 +159,34 @@ class ActQuantWeight(np.ndarray):  # type: ignore[type-arg]
     round half to even: native/src/engine.h), so linear() does the same."""
 
 
+Q_LAYOUT_KEY = "voxd_q_layout"  # __metadata__ entry naming the Q8/Q4 byte order
+Q_LAYOUT = "rowgroup8"
+Q_GROUP = 8
+
+
+def _ungroup_rows(raw: npt.NDArray[np.uint8], rows: int, nb: int) -> npt.NDArray[np.uint8]:
+    """[rows, blocks, nb] row-major blocks from the "rowgroup8" byte order: rows
+    come in groups of 8 (the last group holds what is left); a group of n rows
+    holds, per block column, the n fp16 scales and then the n payloads, each in
+    row order."""
+    nblk = raw.size // (rows * nb)
+    out = np.empty((rows, nblk, nb), dtype=np.uint8)
+    pos = 0
+    for r0 in range(0, rows, Q_GROUP):
+        n = min(Q_GROUP, rows - r0)
+        group = raw[pos : pos + n * nblk * nb].reshape(nblk, n * nb)
+        out[r0 : r0 + n, :, :2] = group[:, : 2 * n].reshape(nblk, n, 2).transpose(1, 0, 2)
+        out[r0 : r0 + n, :, 2:] = group[:, 2 * n :].reshape(nblk, n, nb - 2).transpose(1, 0, 2)
+        pos += n * nblk * nb
+    return out
+
+
 def _dequantize_blocks(dtype: str, raw: npt.NDArray[np.uint8], shape: list[int]) -> A:
     """voxd's block formats (native/src/quant.h), decoded here independently."""
     nb = 34 if dtype == "Q8" else 18
-    blocks = raw.reshape(-1, nb)
+    if len(shape) != 2 or shape[1] % 32 or raw.size != shape[0] * shape[1] // 32 * nb:
+        raise ValueError(f"{dtype} tensor of shape {shape} with {raw.size} bytes")
+    blocks = _ungroup_rows(raw, shape[0], nb).reshape(-1, nb)
     d = blocks[:, :2].copy().view("<f2").astype(np.float64)  # [n, 1]
     if dtype == "Q8":
         ints = blocks[:, 2:].view(np.int8).astype(np.float64)
@@ -172,11 +196,20 @@ def _dequantize_blocks(dtype: str, raw: npt.NDArray[np.uint8], shape: list[int])
     return (d * ints).reshape(shape)
 
 
+def _metadata(path: Path) -> dict[str, Any]:
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        meta: dict[str, Any] = json.loads(f.read(n)).get("__metadata__") or {}
+    return meta
+
+
 def _read_weights(path: Path) -> dict[str, A]:
     """Every tensor as float64; Q8/Q4 ones as ActQuantWeight."""
     header, base = read_safetensors_header(path)
     plain = [k for k, v in header.items() if v["dtype"] not in ("Q8", "Q4")]
     out = {k: v.astype(np.float64) for k, v in read_safetensors(path, plain).items()}
+    if len(plain) < len(header) and _metadata(path).get(Q_LAYOUT_KEY) != Q_LAYOUT:
+        raise ValueError(f"{path}: Q8/Q4 tensors without {Q_LAYOUT_KEY} = {Q_LAYOUT}")
     mapped = np.memmap(path, dtype=np.uint8, mode="r")
     for name, info in header.items():
         if name in out:

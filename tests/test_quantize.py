@@ -22,7 +22,14 @@ from parity import agreeing_steps
 from speech import have_espeak, synth
 
 from voxd import quantize as qz
-from voxd.engine import DEBUG_ADAPTER, DEBUG_ENCODER, DEBUG_LOGITS, Engine, TokenEvent
+from voxd.engine import (
+    DEBUG_ADAPTER,
+    DEBUG_ENCODER,
+    DEBUG_LOGITS,
+    Engine,
+    EngineError,
+    TokenEvent,
+)
 
 ENC = "mm_streams_embeddings.embedding_module."
 EMB = ENC + "tok_embeddings.weight"
@@ -53,6 +60,23 @@ def tensor_bytes(path: Path, name: str) -> bytes:
 def bf16_values(raw: bytes, shape: list[int]) -> np.ndarray:
     bits = np.frombuffer(raw, dtype="<u2").astype(np.uint32) << np.uint32(16)
     return bits.view(np.float32).reshape(shape)
+
+
+def write_safetensors(
+    path: Path, blobs: list[tuple[str, str, list[int], bytes]], meta: dict[str, str] | None
+) -> None:
+    """A safetensors file of (name, dtype, shape, data) in this order."""
+    hdr: dict[str, Any] = {} if meta is None else {"__metadata__": meta}
+    off = 0
+    for name, dt, shape, data in blobs:
+        hdr[name] = {"dtype": dt, "shape": shape, "data_offsets": [off, off + len(data)]}
+        off += len(data)
+    js = json.dumps(hdr).encode()
+    js += b" " * (-len(js) % 8)
+    with open(path, "wb") as f:
+        f.write(len(js).to_bytes(8, "little") + js)
+        for *_, data in blobs:
+            f.write(data)
 
 
 def run(tmp: Path, src: Path, *args: str) -> Path:
@@ -158,12 +182,77 @@ def test_non_finite_values_are_refused() -> None:
 
 
 # ---------------------------------------------------------------------------
+# the row-group layout of a tensor
+# ---------------------------------------------------------------------------
+
+ROW_BLOCKS = {"Q8": qz.quantize_q8, "Q4": qz.quantize_q4}
+ROW_VALUES = {"Q8": qz.dequantize_q8, "Q4": qz.dequantize_q4}
+
+
+def matrix(rows: int, cols: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    scale = rng.uniform(0.01, 2.0, (rows, 1))  # every row its own scales
+    return (rng.standard_normal((rows, cols)) * scale).astype(np.float32)
+
+
+@pytest.mark.parametrize("fmt", ["Q8", "Q4"])
+@pytest.mark.parametrize("rows", [1, 5, 8, 13, 27])
+def test_rowgroup_bytes_are_placed_as_specified(fmt: str, rows: int) -> None:
+    """Row r (group g = r // 8, k = r % 8, n rows in g) keeps block b's scale at
+    8*g*nblk*BB + b*n*BB + 2*k and its payload at 8*g*nblk*BB + b*n*BB + 2*n + k*P."""
+    cols, bb = 96, qz.BLOCK_BYTES[fmt]
+    nblk, payload = cols // 32, bb - 2
+    x = matrix(rows, cols, seed=rows)
+    raw = qz.quantize(fmt, x).tobytes()
+    assert len(raw) == rows * nblk * bb == qz.quantized_nbytes(fmt, [rows, cols])
+    for r in range(rows):
+        row = ROW_BLOCKS[fmt](x[r]).tobytes()  # row-major blocks of this row alone
+        g, k = divmod(r, 8)
+        n = min(8, rows - 8 * g)
+        for b in range(nblk):
+            base = 8 * g * nblk * bb + b * n * bb
+            assert raw[base + 2 * k : base + 2 * k + 2] == row[b * bb : b * bb + 2], (r, b)
+            at = base + 2 * n + k * payload
+            assert raw[at : at + payload] == row[b * bb + 2 : (b + 1) * bb], (r, b)
+    if rows == 1:  # one row: the plain row-major blocks
+        assert raw == ROW_BLOCKS[fmt](x).tobytes()
+
+
+@pytest.mark.parametrize("fmt", ["Q8", "Q4"])
+def test_tail_group_round_trips(fmt: str) -> None:
+    """19 rows: two groups of 8 and a tail of 3. Dequantizing the tensor gives
+    what quantizing each row alone (row-major blocks) gives."""
+    x = matrix(19, 64, seed=5)
+    raw = qz.quantize(fmt, x)
+    got = qz.dequantize(fmt, raw, x.shape)
+    want = np.stack([ROW_VALUES[fmt](ROW_BLOCKS[fmt](row)) for row in x])
+    assert got.shape == x.shape
+    assert np.array_equal(got, want)
+    assert np.array_equal(qz.from_rowgroups(raw, 19, qz.BLOCK_BYTES[fmt]), ROW_BLOCKS[fmt](x))
+
+
+def test_only_2d_matrices_take_block_formats() -> None:
+    x = matrix(4, 64, seed=6)
+    with pytest.raises(ValueError, match="2-D"):
+        qz.quantize("Q8", x.reshape(4, 2, 32))
+    with pytest.raises(ValueError, match="2-D"):
+        qz.quantized_nbytes("Q4", [4, 2, 32])
+    with pytest.raises(ValueError, match="2-D"):
+        qz.dequantize("Q8", qz.quantize("Q8", x), [4, 2, 32])
+    opts = qz.Options(fmt="Q8")
+    conv = qz.SourceTensor("conv.weight", "BF16", (64, 4, 32), 0, 64 * 4 * 32 * 2)
+    assert qz.choose_dtype(conv, opts) == ("BF16", "3-D tensor")
+    lin = qz.SourceTensor("w.weight", "BF16", (64, 128), 0, 64 * 128 * 2)
+    assert qz.choose_dtype(lin, opts) == ("Q8", "")
+
+
+# ---------------------------------------------------------------------------
 # model files
 # ---------------------------------------------------------------------------
 
 
 def expected_dtype(name: str, shape: list[int], fmt: str) -> str:
-    if len(shape) in (2, 3) and shape[-1] % 32 == 0:
+    if len(shape) == 2 and shape[-1] % 32 == 0:
         if name == EMB and fmt == "Q4":
             return "Q8"
         return fmt
@@ -178,6 +267,7 @@ def test_files_parse_with_right_dtypes_and_shapes(
     src = header(tiny_model_dir / qz.MODEL_FILE)
     dst = header(out / qz.MODEL_FILE)
     assert dst["__metadata__"]["voxd_quantize"] == fmt.lower()
+    assert dst["__metadata__"]["voxd_q_layout"] == "rowgroup8"
     src.pop("__metadata__", None)
     dst.pop("__metadata__")
     assert list(dst) == list(src)
@@ -218,7 +308,7 @@ def test_values_dequantize_close_to_source(
                 continue
             w = bf16_values(tensor_bytes(tiny_model_dir / qz.MODEL_FILE, name), src[name]["shape"])
             raw = np.frombuffer(tensor_bytes(out / qz.MODEL_FILE, name), np.uint8)
-            got = qz.dequantize(info["dtype"], raw).reshape(w.shape)
+            got = qz.dequantize(info["dtype"], raw, info["shape"])
             rel = np.linalg.norm(got - w) / np.linalg.norm(w)
             assert rel < tols[info["dtype"]], (name, rel)
 
@@ -260,6 +350,98 @@ def test_bad_input(
         qz.main(["quantize", str(tiny_model_dir), str(tmp_path / "o"), "--format", "q5"])
 
 
+def small_model_dir(path: Path, tensors: dict[str, np.ndarray]) -> Path:
+    """A model directory of BF16 tensors (values rounded to BF16 first) and
+    placeholder params.json / tekken.json: enough for quantize_model."""
+    path.mkdir(parents=True)
+    blobs = []
+    for name, x in tensors.items():
+        bits = (np.ascontiguousarray(x, np.float32).view(np.uint32) >> 16).astype("<u2")
+        blobs.append((name, "BF16", list(x.shape), bits.tobytes()))
+    write_safetensors(path / qz.MODEL_FILE, blobs, {"format": "pt"})
+    for f in qz.COPIED_FILES:
+        (path / f).write_text("{}")
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["Q8", "Q4"])
+def test_streamed_tensor_with_tail_group(
+    fmt: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks of 8 rows (the smallest step) then a tail of 5: the file holds the
+    bytes of the whole tensor quantized at once; 3-D and 1-D tensors are kept."""
+    monkeypatch.setattr(qz, "_CHUNK_ELEMS", 100)
+    src = small_model_dir(
+        tmp_path / "in",
+        {
+            "w.weight": matrix(21, 64, seed=7),
+            "conv.weight": matrix(16, 64, seed=8).reshape(16, 2, 32),
+            "norm.weight": matrix(1, 64, seed=9).reshape(64),
+        },
+    )
+    out = tmp_path / "out"
+    qz.quantize_model(src, out, qz.Options(fmt=fmt))
+    path = out / qz.MODEL_FILE
+    h = header(path)
+    assert h["__metadata__"]["voxd_q_layout"] == "rowgroup8"
+    assert h["w.weight"]["dtype"] == fmt
+    assert h["conv.weight"]["dtype"] == "BF16"
+    assert h["norm.weight"]["dtype"] == "BF16"
+    w = bf16_values(tensor_bytes(src / qz.MODEL_FILE, "w.weight"), [21, 64])
+    assert tensor_bytes(path, "w.weight") == qz.quantize(fmt, w).tobytes()
+    for name in ("conv.weight", "norm.weight"):
+        assert tensor_bytes(path, name) == tensor_bytes(src / qz.MODEL_FILE, name)
+
+
+def test_no_layout_key_without_quantized_tensors(tmp_path: Path) -> None:
+    src = small_model_dir(tmp_path / "in", {"norm.weight": matrix(1, 64, seed=1).reshape(64)})
+    qz.quantize_model(src, tmp_path / "out", qz.Options(fmt="Q8"))
+    assert "voxd_q_layout" not in header(tmp_path / "out" / qz.MODEL_FILE)["__metadata__"]
+
+
+def without_layout_key(qdir: Path, out: Path) -> Path:
+    """A copy of qdir whose file's metadata lacks voxd_q_layout: a Q file of an
+    older voxd (same bytes would be in the old order)."""
+    out.mkdir(parents=True)
+    src = qdir / qz.MODEL_FILE
+    h = header(src)
+    meta = {k: v for k, v in h.pop("__metadata__").items() if k != "voxd_q_layout"}
+    blobs = [(n, i["dtype"], i["shape"], tensor_bytes(src, n)) for n, i in h.items()]
+    write_safetensors(out / qz.MODEL_FILE, blobs, meta)
+    for f in qz.COPIED_FILES:
+        (out / f).write_bytes((qdir / f).read_bytes())
+    return out
+
+
+def test_input_in_older_layout_is_refused(
+    q8_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Q8/Q4 input tensors are copied as they are, so an input without the
+    layout key would come out mislabelled: refused."""
+    old = without_layout_key(q8_dir, tmp_path / "old")
+    assert qz.main(["quantize", str(old), str(tmp_path / "o"), "--format", "q4"]) == 1
+    assert "older voxd block layout" in capsys.readouterr().err
+    # one in the current layout is copied unchanged
+    out = run(tmp_path, q8_dir, "--format", "q4")
+    for name, info in header(q8_dir / qz.MODEL_FILE).items():
+        if name != "__metadata__" and info["dtype"] == "Q8":
+            assert header(out / qz.MODEL_FILE)[name]["dtype"] == "Q8"
+            assert tensor_bytes(out / qz.MODEL_FILE, name) == tensor_bytes(
+                q8_dir / qz.MODEL_FILE, name
+            )
+
+
+def test_reference_refuses_older_layout(q4_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="voxd_q_layout"):
+        reference.load(without_layout_key(q4_dir, tmp_path / "old"))
+
+
+def test_engine_refuses_older_layout(q8_dir: Path, tmp_path: Path) -> None:
+    old = without_layout_key(q8_dir, tmp_path / "old")
+    with pytest.raises(EngineError, match="older voxd block layout"), Engine(old):
+        pass
+
+
 # ---------------------------------------------------------------------------
 # the engine on quantized models
 # ---------------------------------------------------------------------------
@@ -275,21 +457,11 @@ def write_f32_twin(qdir: Path, out: Path) -> Path:
     for name, info in h.items():
         raw = tensor_bytes(src, name)
         if info["dtype"] in ("Q8", "Q4"):
-            vals = qz.dequantize(info["dtype"], np.frombuffer(raw, np.uint8))
+            vals = qz.dequantize(info["dtype"], np.frombuffer(raw, np.uint8), info["shape"])
             blobs.append((name, "F32", info["shape"], vals.astype("<f4").tobytes()))
         else:
             blobs.append((name, info["dtype"], info["shape"], raw))
-    hdr: dict[str, Any] = {}
-    off = 0
-    for name, dt, shape, data in blobs:
-        hdr[name] = {"dtype": dt, "shape": shape, "data_offsets": [off, off + len(data)]}
-        off += len(data)
-    js = json.dumps(hdr).encode()
-    js += b" " * (-len(js) % 8)
-    with open(out / qz.MODEL_FILE, "wb") as f:
-        f.write(len(js).to_bytes(8, "little") + js)
-        for *_, data in blobs:
-            f.write(data)
+    write_safetensors(out / qz.MODEL_FILE, blobs, None)
     for name in qz.COPIED_FILES:
         (out / name).write_bytes((qdir / name).read_bytes())
     return out

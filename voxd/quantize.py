@@ -19,14 +19,26 @@ tie), ``d = fp16(extreme / -8)`` so that the extreme maps exactly to level 0
 arithmetic is float32, ``rint`` rounds half to even like C's ``lrintf``, and
 the scale conversion rounds to nearest even like ``vx_f32_to_f16``.
 
+Layout (``"voxd_q_layout": "rowgroup8"`` in the file's ``__metadata__``; the
+engine refuses Q8/Q4 files without it). A Q8/Q4 tensor ``[rows, cols]`` is
+stored in groups of 8 rows (the last group holds what is left, ``n`` rows).
+Group ``g`` starts at byte ``8 * g * nblk * BB`` (``nblk = cols / 32``,
+``BB`` = 34 or 18) and holds, block column by block column, the ``n`` rows'
+fp16 scales and then their ``n`` payloads, each in row order::
+
+    group g: [d(r0,b0) .. d(rn-1,b0)][q(r0,b0) .. q(rn-1,b0)][d(r0,b1) ..] ...
+
+A matrix-vector kernel then reads one contiguous stream per 8 rows and a
+block's 8 scales with one load. The size is that of row-major blocks, and a
+one-row tensor is one row of blocks.
+
 What is quantized:
 
 * 2-D weight matrices whose rows are a whole number of blocks (last dim a
   multiple of 32) - every linear layer of the real model.
-* 3-D weights (the conv stem, which the engine views as ``[out, in * 3]``) only
-  if their last dim is a multiple of 32: a Q8/Q4 tensor keeps its logical
-  shape and safetensors.c requires the *last* dim to be whole blocks. The real
-  conv weights are ``[out, in, 3]``, so they stay BF16 (0.1 % of the model).
+* 3-D weights (the conv stem, which the engine views as ``[out, in * 3]``) keep
+  their source dtype: the engine takes Q8/Q4 only for 2-D matrices, and the
+  conv weights are 0.1 % of the model.
 * 1-D tensors (norms, biases) are copied as they are (BF16): they are tiny and
   every value matters.
 * The token embedding stays Q8 under ``--format q4`` unless ``--embedding``
@@ -72,6 +84,11 @@ QBLOCK = 32
 Q8_BLOCK_BYTES = 34
 Q4_BLOCK_BYTES = 18
 BLOCK_BYTES = {"Q8": Q8_BLOCK_BYTES, "Q4": Q4_BLOCK_BYTES}
+SCALE_BYTES = 2  # the fp16 scale that starts every block
+
+ROW_GROUP = 8  # rows per group of the on-disk layout
+LAYOUT_KEY = "voxd_q_layout"  # __metadata__ key naming the layout ...
+LAYOUT = "rowgroup8"  # ... and its value (native/src/quant.h VX_Q_LAYOUT)
 
 MODEL_FILE = "consolidated.safetensors"
 COPIED_FILES = ("params.json", "tekken.json")
@@ -163,7 +180,15 @@ def dequantize_q4(raw: npt.ArrayLike) -> F32:
     return out
 
 
-def dequantize(dtype: str, raw: npt.ArrayLike) -> F32:
+def _quantize_flat(dtype: str, x: npt.ArrayLike) -> U8:
+    if dtype == "Q8":
+        return quantize_q8(x)
+    if dtype == "Q4":
+        return quantize_q4(x)
+    raise ValueError(f"not a block format: {dtype}")
+
+
+def _dequantize_flat(dtype: str, raw: npt.ArrayLike) -> F32:
     if dtype == "Q8":
         return dequantize_q8(raw)
     if dtype == "Q4":
@@ -171,11 +196,93 @@ def dequantize(dtype: str, raw: npt.ArrayLike) -> F32:
     raise ValueError(f"not a block format: {dtype}")
 
 
+# ---------------------------------------------------------------------------
+# the row-group layout of a tensor
+# ---------------------------------------------------------------------------
+
+
+def _matrix_dims(dtype: str, shape: Sequence[int]) -> tuple[int, int]:
+    """(rows, blocks per row) of a Q8/Q4 tensor; it must be 2-D of whole blocks."""
+    if dtype not in BLOCK_BYTES:
+        raise ValueError(f"not a block format: {dtype}")
+    if len(shape) != 2 or shape[1] % QBLOCK:
+        raise ValueError(
+            f"{dtype} needs a 2-D shape whose last dim is a multiple of {QBLOCK}: {list(shape)}"
+        )
+    return int(shape[0]), int(shape[1]) // QBLOCK
+
+
+def _group_slices(rows: int) -> Iterator[tuple[int, int, int]]:
+    """(first row, groups, rows per group): the whole groups, then the tail group."""
+    full = rows // ROW_GROUP
+    if full:
+        yield 0, full, ROW_GROUP
+    if rows % ROW_GROUP:
+        yield full * ROW_GROUP, 1, rows % ROW_GROUP
+
+
+def to_rowgroups(blocks: npt.ArrayLike, rows: int, block_bytes: int) -> U8:
+    """Row-major blocks of ``rows`` rows (each row a run of blocks, as
+    quantize_q8/q4 write them) reordered into the row-group layout. A chunk of
+    rows starting at a multiple of 8 maps to the same bytes as in the whole
+    tensor, so a tensor may be converted chunk by chunk."""
+    b = np.asarray(blocks, dtype=np.uint8)
+    if b.size == 0:
+        return b.reshape(-1)
+    b = b.reshape(rows, -1, block_bytes)
+    nblk = b.shape[1]
+    out = np.empty(b.size, dtype=np.uint8)
+    for r0, ng, n in _group_slices(rows):
+        # [groups, n, nblk, BB] -> [groups, nblk, n, BB]: one group block per (g, b)
+        g = b[r0 : r0 + ng * n].reshape(ng, n, nblk, block_bytes).transpose(0, 2, 1, 3)
+        dst = out[r0 * nblk * block_bytes : (r0 + ng * n) * nblk * block_bytes]
+        dst = dst.reshape(ng, nblk, n * block_bytes)
+        dst[:, :, : SCALE_BYTES * n] = g[..., :SCALE_BYTES].reshape(ng, nblk, -1)
+        dst[:, :, SCALE_BYTES * n :] = g[..., SCALE_BYTES:].reshape(ng, nblk, -1)
+    return out
+
+
+def from_rowgroups(raw: npt.ArrayLike, rows: int, block_bytes: int) -> U8:
+    """The inverse of to_rowgroups: row-major blocks, flat."""
+    flat = np.asarray(raw, dtype=np.uint8).reshape(-1)
+    if flat.size == 0:
+        return flat
+    if rows <= 0 or flat.size % (rows * block_bytes):
+        raise ValueError(f"{flat.size} bytes are not {rows} rows of {block_bytes}-byte blocks")
+    nblk = flat.size // (rows * block_bytes)
+    out = np.empty((rows, nblk, block_bytes), dtype=np.uint8)
+    for r0, ng, n in _group_slices(rows):
+        src = flat[r0 * nblk * block_bytes : (r0 + ng * n) * nblk * block_bytes]
+        src = src.reshape(ng, nblk, n * block_bytes)
+        g = out[r0 : r0 + ng * n].reshape(ng, n, nblk, block_bytes).transpose(0, 2, 1, 3)
+        g[..., :SCALE_BYTES] = src[:, :, : SCALE_BYTES * n].reshape(ng, nblk, n, SCALE_BYTES)
+        g[..., SCALE_BYTES:] = src[:, :, SCALE_BYTES * n :].reshape(ng, nblk, n, -1)
+    return out.reshape(-1)
+
+
+def quantize(dtype: str, x: npt.ArrayLike) -> U8:
+    """A whole Q8/Q4 tensor: the bytes of the 2-D x ``[rows, cols]`` in the
+    row-group layout, as a model file holds them."""
+    v = np.asarray(x, dtype=np.float32)
+    rows, _ = _matrix_dims(dtype, v.shape)
+    return to_rowgroups(_quantize_flat(dtype, v), rows, BLOCK_BYTES[dtype])
+
+
+def dequantize(dtype: str, raw: npt.ArrayLike, shape: Sequence[int]) -> F32:
+    """Values of a whole Q8/Q4 tensor of this 2-D shape (row-group layout) as
+    float32 ``shape``, exact."""
+    rows, nblk = _matrix_dims(dtype, shape)
+    flat = np.asarray(raw, dtype=np.uint8).reshape(-1)
+    if flat.size != rows * nblk * BLOCK_BYTES[dtype]:
+        raise ValueError(f"{flat.size} bytes do not fit {dtype} {list(shape)}")
+    blocks = from_rowgroups(flat, rows, BLOCK_BYTES[dtype])
+    return _dequantize_flat(dtype, blocks).reshape(rows, nblk * QBLOCK)
+
+
 def quantized_nbytes(dtype: str, shape: Sequence[int]) -> int:
-    """Bytes of a Q8/Q4 tensor of this logical shape (last dim a multiple of 32)."""
-    if not shape or shape[-1] % QBLOCK:
-        raise ValueError(f"{dtype} needs a last dim that is a multiple of {QBLOCK}: {shape}")
-    return int(np.prod(shape, dtype=np.int64)) // QBLOCK * BLOCK_BYTES[dtype]
+    """Bytes of a Q8/Q4 tensor of this logical shape (2-D, last dim a multiple of 32)."""
+    rows, nblk = _matrix_dims(dtype, shape)
+    return rows * nblk * BLOCK_BYTES[dtype]
 
 
 # ---------------------------------------------------------------------------
@@ -223,9 +330,11 @@ def read_header(path: Path) -> tuple[list[SourceTensor], dict[str, str]]:
 
 
 def _read_rows(path: Path, t: SourceTensor, cols: int) -> Iterator[F32]:
-    """The tensor as float32 [rows, cols] chunks, each from its own small memmap."""
+    """The tensor as float32 [rows, cols] chunks, each from its own small memmap.
+    Every chunk but the last is a whole number of row groups, so each one's
+    row-group bytes are the next bytes of the output."""
     rows = t.nbytes // (_ELEM_BYTES[t.dtype] * cols) if cols else 0
-    step = max(1, _CHUNK_ELEMS // max(cols, 1))
+    step = max(ROW_GROUP, _CHUNK_ELEMS // max(cols, 1) // ROW_GROUP * ROW_GROUP)
     np_dtype = {"BF16": "<u2", "F16": "<f2", "F32": "<f4"}[t.dtype]
     row_bytes = cols * _ELEM_BYTES[t.dtype]
     for r0 in range(0, rows, step):
@@ -290,7 +399,7 @@ def choose_dtype(t: SourceTensor, opts: Options) -> tuple[str, str]:
         return t.dtype, "--keep"
     if t.dtype not in _FLOAT_DTYPES:
         return t.dtype, f"dtype {t.dtype}"
-    if len(t.shape) not in (2, 3):
+    if len(t.shape) != 2:  # the engine takes Q8/Q4 for 2-D matrices only
         return t.dtype, f"{len(t.shape)}-D tensor"
     if t.shape[-1] % QBLOCK:
         return t.dtype, f"last dim {t.shape[-1]} not a multiple of {QBLOCK}"
@@ -350,6 +459,42 @@ def _header_bytes(plan: Sequence[PlanEntry], meta: dict[str, str]) -> bytes:
     return raw + b" " * (-len(raw) % 8)
 
 
+def _check_source_layout(path: Path, tensors: Sequence[SourceTensor], meta: dict[str, str]) -> None:
+    """Q8/Q4 tensors of the input are copied as they are, so they must already
+    be in the row-group layout: else the output would claim a layout it lacks."""
+    if meta.get(LAYOUT_KEY) == LAYOUT:
+        return
+    for t in tensors:
+        if t.dtype in BLOCK_BYTES:
+            raise QuantizeError(
+                f"{path}: tensor '{t.name}' is {t.dtype} in an older voxd block layout; "
+                "quantize the BF16 model instead"
+            )
+
+
+def _write_quantized(src_path: Path, e: PlanEntry, dst: BinaryIO) -> float:
+    """Quantize one tensor into dst chunk by chunk (row-group layout); returns
+    the relative RMS error of its values."""
+    err2 = ref2 = 0.0
+    written = 0
+    for chunk in _read_rows(src_path, e.src, e.src.shape[-1]):
+        try:
+            blocks = _quantize_flat(e.dtype, chunk)
+        except ValueError as ex:
+            raise QuantizeError(f"tensor '{e.src.name}': {ex}") from ex
+        # chunks start on group boundaries, so each one's group bytes come next
+        q = to_rowgroups(blocks, chunk.shape[0], BLOCK_BYTES[e.dtype])
+        dst.write(q.tobytes())
+        written += q.size
+        vals = chunk.reshape(-1)
+        diff = _dequantize_flat(e.dtype, blocks) - vals
+        err2 += float(np.dot(diff, diff))
+        ref2 += float(np.dot(vals, vals))
+    if written != e.nbytes:
+        raise QuantizeError(f"tensor '{e.src.name}': wrote {written} of {e.nbytes} bytes")
+    return (err2 / ref2) ** 0.5 if ref2 > 0 else 0.0
+
+
 def quantize_model(
     in_dir: Path, out_dir: Path, opts: Options, log: TextIO | None = None
 ) -> Summary:
@@ -368,10 +513,13 @@ def quantize_model(
         raise QuantizeError("OUT_DIR must differ from IN_DIR (the input would be overwritten)")
 
     tensors, meta = read_header(src_path)
+    _check_source_layout(src_path, tensors, meta)
     plan = make_plan(tensors, opts)
     meta = dict(meta)
     meta.setdefault("format", "pt")
     meta["voxd_quantize"] = opts.fmt.lower()
+    if any(e.dtype in BLOCK_BYTES for e in plan):
+        meta[LAYOUT_KEY] = LAYOUT
     counts: dict[str, int] = {}
     worst: dict[str, tuple[float, str]] = {}
     header = _header_bytes(plan, meta)
@@ -387,25 +535,7 @@ def quantize_model(
                     if log is not None:
                         log.write(f"  {e.dtype}  {e.src.name} {list(e.src.shape)}  kept: {e.why}\n")
                     continue
-                quant = quantize_q8 if e.dtype == "Q8" else quantize_q4
-                cols = e.src.shape[-1]
-                err2 = ref2 = 0.0
-                written = 0
-                for chunk in _read_rows(src_path, e.src, cols):
-                    try:
-                        q = quant(chunk)
-                    except ValueError as ex:
-                        raise QuantizeError(f"tensor '{e.src.name}': {ex}") from ex
-                    dst.write(q.tobytes())
-                    written += q.size
-                    diff = dequantize(e.dtype, q) - chunk.reshape(-1)
-                    err2 += float(np.dot(diff, diff))
-                    ref2 += float(np.dot(chunk.reshape(-1), chunk.reshape(-1)))
-                if written != e.nbytes:
-                    raise QuantizeError(
-                        f"tensor '{e.src.name}': wrote {written} of {e.nbytes} bytes"
-                    )
-                rel = (err2 / ref2) ** 0.5 if ref2 > 0 else 0.0
+                rel = _write_quantized(src_path, e, dst)
                 if rel >= worst.get(e.dtype, (-1.0, ""))[0]:
                     worst[e.dtype] = (rel, e.src.name)
                 if log is not None:

@@ -83,6 +83,12 @@ static void fill_weight(vx_weight *w, int dt, int64_t rows, int64_t cols, unsign
             }
     }
     free(src);
+    if (dt == VX_DT_Q8 || dt == VX_DT_Q4) { /* row-major blocks -> row groups (quant.h) */
+        uint8_t *packed = xmalloc(rb * (size_t)rows);
+        vx_q_pack_rows(dt, data, rows, cols, packed);
+        free(data);
+        data = packed;
+    }
     w->dtype = (vx_dtype)dt;
     w->rows = rows;
     w->cols = cols;

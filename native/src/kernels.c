@@ -200,6 +200,10 @@ void vx_matmul(const vx_model *m, const vx_weight *W, const float *X, int n, flo
 }
 
 void vx_weight_row(const vx_weight *W, int64_t r, float *out) {
+    if (is_quantized(W)) {
+        vx_q_row_to_f32(W->dtype, vx_q_row(W->dtype, W->data, W->rows, W->cols, r), 0, W->cols, out);
+        return;
+    }
     const uint8_t *row = (const uint8_t *)W->data + (size_t)r * vx_row_bytes(W->dtype, W->cols);
     vx_row_to_f32(W->dtype, row, 0, W->cols, out);
 }

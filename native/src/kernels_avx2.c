@@ -37,8 +37,9 @@
  * vcvtdq2ps of |isum| < 2^16 is exact and vfmadd231ps rounds each lane once,
  * like fmaf, with the scale dw * dx a single float multiply; then the fixed
  * reduction. So these results equal the portable and NEON backends' bit for
- * bit, for any n, r0 or r1. Tiles: n == 1 streams 8 rows against one input
- * (q8_mv8, q4_mv8: block scales kept in registers, the next group
+ * bit, for any n, r0 or r1. Tiles: n == 1 streams each full group of 8
+ * rows of quant.h's row-group layout against one input (q8_mv8, q4_mv8: a
+ * block's 8 scales in one load, the payloads back to back, the stream
  * prefetched); n >= 2 uses 4-row tiles against 3 inputs (Q8) or 2 (Q4, two
  * rows to a register), whose accumulators stay in registers over a chunk of
  * blocks (the chain is per output, so chunking reorders nothing) while the
@@ -488,27 +489,31 @@ INLINE __m256 q_splat2(__m256 s, int k) {
 #define QR 4         /* rows per tile of the batched path */
 #define QCHUNK 16    /* blocks per chunk of the batched path (512 columns) */
 
-/* The fp16 block scales at byte offset off of rows w[0..R) (R <= 4) packed
- * into one 64-bit integer, row k in bits 16k..16k+15. Scalar loads and
- * shifts run on the integer pipes, which the vector work leaves idle; the
- * empty asm keeps the compiler from turning them into vector inserts and
- * shifts, which competed with the dot products for the vector pipes. */
-INLINE uint64_t q_scale_bits(int R, const uint8_t *const *w, size_t off) {
-    uint64_t h = 0;
-    _Pragma("GCC unroll 4")
-    for (int k = 0; k < R; k++) {
+/* The fp16 scales of block b of rows w[0..R) (R = 1 or QR) as one 64-bit
+ * integer, row k in bits 16k..16k+15. A tile of QR rows is QR consecutive
+ * rows of one group (q_rows_batched forms no other), so its scales are 8
+ * consecutive bytes: one scalar load, on the integer pipes, which the
+ * vector work leaves idle. */
+INLINE uint64_t q_scale_bits(int R, const vx_qrow *w, int64_t b) {
+    const uint8_t *p = w[0].scale + (size_t)b * w[0].stride;
+    uint64_t h;
+    if (R == QR) {
+        memcpy(&h, p, 8);
+    } else {
         uint16_t v;
-        memcpy(&v, w[k] + off, 2);
-        h |= (uint64_t)v << (16 * k);
+        memcpy(&v, p, 2);
+        h = v;
     }
-    __asm__("" : "+r"(h));
     return h;
 }
 
-/* Q8: blocks [b0, b1) of R rows (w[k]) x N inputs (int8 rows of X at stride
+/* Payload of block b of row view w. */
+INLINE const uint8_t *q_payload(const vx_qrow *w, int64_t b) { return w->payload + (size_t)b * w->stride; }
+
+/* Q8: blocks [b0, b1) of R rows (views w[k]) x N inputs (int8 rows of X at stride
  * cols, scales at stride cols / 32); acc[i * QA + k] carries the chain of
  * (input i, row k) in and out, so splitting the blocks reorders nothing. */
-INLINE void q8tile(int R, int N, const uint8_t *const *w, const int8_t *xq, const float *xd,
+INLINE void q8tile(int R, int N, const vx_qrow *w, const int8_t *xq, const float *xd,
                    int64_t cols, int64_t b0, int64_t b1, __m256 *acc) {
     const int64_t nblk = cols / VX_QBLOCK;
     __m256 a[QMAX_N][QR];
@@ -524,8 +529,7 @@ INLINE void q8tile(int R, int N, const uint8_t *const *w, const int8_t *xq, cons
      * constants stay in registers (at -O2 GCC left them in memory: 2x
      * slower). */
     for (int64_t b = b0; b < b1; b++) {
-        const size_t off = (size_t)b * VX_Q8_BLOCK_BYTES;
-        const __m256 dw = _mm256_cvtph_ps(_mm_set1_epi64x((long long)q_scale_bits(R, w, off)));
+        const __m256 dw = _mm256_cvtph_ps(_mm_set1_epi64x((long long)q_scale_bits(R, w, b)));
         __m256i xv[QMAX_N];
         __m256 sv[QMAX_N];
         _Pragma("GCC unroll 8")
@@ -535,7 +539,7 @@ INLINE void q8tile(int R, int N, const uint8_t *const *w, const int8_t *xq, cons
         }
         _Pragma("GCC unroll 8")
         for (int k = 0; k < R; k++) {
-            const __m256i wb = _mm256_loadu_si256((const __m256i *)(const void *)(w[k] + off + 2));
+            const __m256i wb = _mm256_loadu_si256((const __m256i *)(const void *)q_payload(&w[k], b));
             _Pragma("GCC unroll 8")
             for (int i = 0; i < N; i++)
                 a[i][k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q8_isum(wb, xv[i])), q_splat2(sv[i], k), a[i][k]);
@@ -567,14 +571,18 @@ INLINE void q4_x(const int8_t *xb, __m256i *xl, __m256i *xh) {
     *xh = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)(xb + 16)));
 }
 
-/* Rows a and b's block bytes (a low half, b high) as nibbles. */
-INLINE void q4_nibbles(const uint8_t *a, const uint8_t *b, __m256i *nl, __m256i *nh) {
+/* The low and high nibbles of v, a register of two rows' block payloads. */
+INLINE void q4_split(__m256i v, __m256i *nl, __m256i *nh) {
     const __m256i m4 = _mm256_set1_epi8(0x0f);
-    const __m256i v = _mm256_inserti128_si256(
-        _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)(a + 2))),
-        _mm_loadu_si128((const __m128i *)(const void *)(b + 2)), 1);
     *nl = _mm256_and_si256(v, m4);
     *nh = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+}
+
+/* Payloads a and b (a low half, b high) as nibbles. */
+INLINE void q4_nibbles(const uint8_t *a, const uint8_t *b, __m256i *nl, __m256i *nh) {
+    q4_split(_mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)a)),
+                                     _mm_loadu_si128((const __m128i *)(const void *)b), 1),
+             nl, nh);
 }
 
 /* Q4's reduction (a0+a2) + (a1+a3) of each half of v: *lo of the low half,
@@ -587,20 +595,22 @@ INLINE void hsum4_pair(__m256 v, float *lo, float *hi) {
     *hi = _mm_cvtss_f32(_mm_add_ss(t1, _mm_movehdup_ps(t1)));
 }
 
-/* Q4: blocks [b0, b1) of 4 rows as the pairs (0, 2) and (1, 3) x N inputs;
- * acc[i * QA + p] holds pair p's chains ([row p | row p+2]). The scales
- * [dw0 dw1 dw2 dw3 | dw2 dw3 dw0 dw1] make one in-lane splat per pair give
- * [dw_p x4 | dw_p+2 x4]. */
-INLINE void q4tile4(int N, const uint8_t *const *w, const int8_t *xq, const float *xd, int64_t cols,
+/* Q4: blocks [b0, b1) of 4 rows of one group as the pairs (0, 1) and
+ * (2, 3) x N inputs; a pair's payloads are 32 consecutive bytes, one load,
+ * and acc[i * QA + p] holds its chains ([row 2p | row 2p+1]). The scales
+ * reordered in integer registers to [dw0 dw2 . . | dw1 dw3 . .] make one
+ * in-lane splat per pair give [dw_2p x4 | dw_2p+1 x4]. */
+INLINE void q4tile4(int N, const vx_qrow *w, const int8_t *xq, const float *xd, int64_t cols,
                     int64_t b0, int64_t b1, __m256 *acc) {
     const int64_t nblk = cols / VX_QBLOCK;
     __m256 a[Q4MAX_N][2];
     _Pragma("GCC unroll 4")
     for (int i = 0; i < N; i++) a[i][0] = acc[i * QA], a[i][1] = acc[i * QA + 1];
     for (int64_t b = b0; b < b1; b++) {
-        const size_t off = (size_t)b * VX_Q4_BLOCK_BYTES;
-        const uint64_t h = q_scale_bits(QR, w, off);
-        const __m256 dw = _mm256_cvtph_ps(_mm_set_epi64x((long long)(h >> 32 | h << 32), (long long)h));
+        const uint64_t h = q_scale_bits(QR, w, b);
+        const uint64_t even = (h & 0xffff) | ((h >> 16) & 0xffff0000u);
+        const uint64_t odd = ((h >> 16) & 0xffff) | ((h >> 32) & 0xffff0000u);
+        const __m256 dw = _mm256_cvtph_ps(_mm_set_epi64x((long long)odd, (long long)even));
         __m256i xl[Q4MAX_N], xh[Q4MAX_N], corr[Q4MAX_N];
         __m256 sv[Q4MAX_N];
         _Pragma("GCC unroll 4")
@@ -612,7 +622,7 @@ INLINE void q4tile4(int N, const uint8_t *const *w, const int8_t *xq, const floa
         _Pragma("GCC unroll 2")
         for (int p = 0; p < 2; p++) {
             __m256i nl, nh;
-            q4_nibbles(w[p] + off, w[p + 2] + off, &nl, &nh);
+            q4_split(_mm256_loadu_si256((const __m256i *)(const void *)q_payload(&w[2 * p], b)), &nl, &nh);
             _Pragma("GCC unroll 4")
             for (int i = 0; i < N; i++)
                 a[i][p] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q4_isum(nl, nh, xl[i], xh[i], corr[i])),
@@ -626,18 +636,17 @@ INLINE void q4tile4(int N, const uint8_t *const *w, const int8_t *xq, const floa
 /* Q4, one row x N inputs over blocks [b0, b1): the row's bytes in both
  * halves, so each half holds the same four lanes; acc[i * QA] carries them
  * (the low half is the chain, the high one a copy of it). */
-INLINE void q4tile1(int N, const uint8_t *w, const int8_t *xq, const float *xd, int64_t cols,
+INLINE void q4tile1(int N, const vx_qrow *w, const int8_t *xq, const float *xd, int64_t cols,
                     int64_t b0, int64_t b1, __m256 *acc) {
     const int64_t nblk = cols / VX_QBLOCK;
     __m256 a[Q4MAX_N];
     for (int i = 0; i < N; i++) a[i] = acc[i * QA];
     for (int64_t b = b0; b < b1; b++) {
-        const size_t off = (size_t)b * VX_Q4_BLOCK_BYTES;
         uint16_t hb;
-        memcpy(&hb, w + off, 2);
+        memcpy(&hb, w->scale + (size_t)b * w->stride, 2);
         const float dw = _cvtsh_ss(hb);
         __m256i nl, nh;
-        q4_nibbles(w + off, w + off, &nl, &nh);
+        q4_nibbles(q_payload(w, b), q_payload(w, b), &nl, &nh);
         for (int i = 0; i < N; i++) {
             __m256i xl, xh;
             q4_x(xq + (size_t)i * cols + b * VX_QBLOCK, &xl, &xh);
@@ -648,51 +657,43 @@ INLINE void q4tile1(int N, const uint8_t *w, const int8_t *xq, const float *xd, 
     for (int i = 0; i < N; i++) acc[i * QA] = a[i];
 }
 
-/* ---- n == 1: eight rows against one input, one block at a time.
- * The bottleneck of the straightforward schedule was not the dot product
- * but the block scales: per (row, block) a broadcast from memory behind a
- * store of the eight products (or a conversion and multiply per row) cost
- * about as much as the integer work. Here the eight fp16 dw of a block are
- * gathered with scalar loads and shifts (integer pipes, otherwise idle) into
- * one vcvtph2ps, one vmulps makes the eight products dw_k * dx (the same
- * IEEE products as one scalar multiply each), and every row takes its
- * scale from that register with one in-lane shuffle: no memory round trip. */
+/* ---- n == 1: a full group of eight rows against one input, one block at
+ * a time. In the row-group layout (quant.h) a group is one contiguous run:
+ * per block the eight fp16 scales (one 16-byte load and one vcvtph2ps; one
+ * vmulps makes the eight products dw_k * dx, the same IEEE products as
+ * scalar multiplies) and then the eight payloads back to back. Gathering
+ * the scales from eight rows, and putting two rows' payloads into one
+ * register, had cost about as much as the dot products here (the kernel is
+ * bound by instructions on 2 cores, not by memory). Consecutive groups are
+ * contiguous too, so a thread's rows are one stream; it is prefetched a
+ * fixed distance ahead (prefetches never fault, so it may run past the
+ * rows of the call). */
+#define Q_PREFETCH_BLOCKS 8 /* group blocks of look-ahead */
 
-/* dw_k * dx for the eight rows w[0..8) at byte offset off of each. */
-INLINE __m256 q_scales8(const uint8_t *const *w, size_t off, float dx) {
-    const uint64_t h0 = q_scale_bits(4, w, off), h1 = q_scale_bits(4, w + 4, off);
-    return _mm256_mul_ps(_mm256_cvtph_ps(_mm_set_epi64x((long long)h1, (long long)h0)),
-                         _mm256_set1_ps(dx));
+INLINE void q_prefetch(const uint8_t *gb, size_t gbb) {
+    const char *p = (const char *)gb + Q_PREFETCH_BLOCKS * gbb;
+    for (size_t o = 0; o < gbb; o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
 }
 
-/* The eight rows of a group are one contiguous run of 8 * row bytes, read
- * by eight streams at the same pace. Short rows (Q4: 1.7 KB for 3072
- * columns) give the hardware prefetchers little to lock on to, and one
- * core then reached only half its read bandwidth; so while block b of a
- * group is used, the same fraction of the next group (pf) is requested:
- * bytes [8 * off, 8 * (off + bb)), a group of look-ahead. Prefetches never
- * fault, so pf may run past the rows of the call. */
-INLINE void q_prefetch_group(const char *pf, size_t off, size_t bb) {
-    const char *p = pf + 8 * off;
-    for (size_t o = 0; o < 8 * bb; o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
+/* dw_k * dx for the eight rows of a group block gb: [s0..s3 | s4..s7]. */
+INLINE __m256 q_scales8(const uint8_t *gb, float dx) {
+    return _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)gb)), _mm256_set1_ps(dx));
 }
-
 
 /* Q8: per row, |w| x sign(x, w) through maddubs / madd (q8_isum), converted
  * and FMA'd with the row's scale splat across the 8 lanes. */
-static void q8_mv8(const uint8_t *const *w, const int8_t *xq, const float *xd, int64_t nblk,
-                   const char *pf, float *y) {
+static void q8_mv8(const uint8_t *g, const int8_t *xq, const float *xd, int64_t nblk, float *y) {
+    const size_t gbb = VX_QGROUP * VX_Q8_BLOCK_BYTES;
     __m256 a[8];
     for (int k = 0; k < 8; k++) a[k] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nblk; b++) {
-        const size_t off = (size_t)b * VX_Q8_BLOCK_BYTES;
-        q_prefetch_group(pf, off, VX_Q8_BLOCK_BYTES);
-        const __m256 s = q_scales8(w, off, xd[b]);
+    for (int64_t b = 0; b < nblk; b++, g += gbb) {
+        q_prefetch(g, gbb);
+        const __m256 s = q_scales8(g, xd[b]);
         const __m256 slo = _mm256_permute2f128_ps(s, s, 0x00), shi = _mm256_permute2f128_ps(s, s, 0x11);
         const __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)(xq + b * VX_QBLOCK));
         _Pragma("GCC unroll 8")
         for (int k = 0; k < 8; k++) {
-            const __m256i wb = _mm256_loadu_si256((const __m256i *)(const void *)(w[k] + off + 2));
+            const __m256i wb = _mm256_loadu_si256((const __m256i *)(const void *)(g + 16 + 32 * k));
             const __m256 sk = k < 4 ? q_splat2(slo, k % 4) : q_splat2(shi, k % 4);
             a[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q8_isum(wb, x)), sk, a[k]);
         }
@@ -700,43 +701,46 @@ static void q8_mv8(const uint8_t *const *w, const int8_t *xq, const float *xd, i
     for (int k = 0; k < 8; k++) y[k] = hsum8(a[k]);
 }
 
-/* Q4: rows k and k+4 share registers (q4_nibbles), so the load, shift and
- * scale shuffle serve two rows, and one splat [s_k x4 | s_k+4 x4] of the
- * eight scales is the scale of both. */
-static void q4_mv8(const uint8_t *const *w, const int8_t *xq, const float *xd, int64_t nblk,
-                   const char *pf, float *y) {
+/* Q4: one 32-byte load holds rows 2k and 2k+1 (payloads are 16 bytes, back
+ * to back), and the scales reordered once per block to
+ * [s0 s2 s4 s6 | s1 s3 s5 s7] give both rows' scales, [s_2k x4 | s_2k+1 x4],
+ * with one in-lane splat. */
+static void q4_mv8(const uint8_t *g, const int8_t *xq, const float *xd, int64_t nblk, float *y) {
+    const size_t gbb = VX_QGROUP * VX_Q4_BLOCK_BYTES;
+    const __m256i even_odd = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
     __m256 a[4];
     for (int k = 0; k < 4; k++) a[k] = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nblk; b++) {
-        const size_t off = (size_t)b * VX_Q4_BLOCK_BYTES;
-        q_prefetch_group(pf, off, VX_Q4_BLOCK_BYTES);
-        const __m256 s = q_scales8(w, off, xd[b]);
+    for (int64_t b = 0; b < nblk; b++, g += gbb) {
+        q_prefetch(g, gbb);
+        const __m256 s = _mm256_permutevar8x32_ps(q_scales8(g, xd[b]), even_odd);
         __m256i xl, xh;
         q4_x(xq + b * VX_QBLOCK, &xl, &xh);
         const __m256i corr = q4_corr(xl, xh);
         _Pragma("GCC unroll 4")
         for (int k = 0; k < 4; k++) {
             __m256i nl, nh;
-            q4_nibbles(w[k] + off, w[k + 4] + off, &nl, &nh);
+            q4_split(_mm256_loadu_si256((const __m256i *)(const void *)(g + 16 + 32 * k)), &nl, &nh);
             a[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q4_isum(nl, nh, xl, xh, corr)), q_splat2(s, k), a[k]);
         }
     }
-    for (int k = 0; k < 4; k++) hsum4_pair(a[k], y + k, y + k + 4);
+    for (int k = 0; k < 4; k++) hsum4_pair(a[k], y + 2 * k, y + 2 * k + 1);
 }
 
 /* Rows [r0, r1) x n inputs in QR-row tiles, a chunk of blocks at a time: the
- * rows' chunk and the inputs' chunk (n x 512 bytes) are reused from cache. */
+ * rows' chunk and the inputs' chunk (n x 512 bytes) are reused from cache.
+ * A tile is QR rows from a multiple of QR (so within one group, which the
+ * tiles rely on); rows before or after such tiles are taken one at a time
+ * through their views, so any r0 and r1 work. */
 static void q_rows_batched(int dt, const vx_weight *W, const int8_t *xq, const float *xd, int n,
                            float *Y, int ldy, int64_t r0, int64_t r1) {
     const int64_t cols = W->cols, nblk = cols / VX_QBLOCK;
-    const size_t rb = vx_row_bytes(dt, cols);
-    const uint8_t *base = W->data;
     const int step = dt == VX_DT_Q8 ? QMAX_N : Q4MAX_N; /* inputs per tile */
     __m256 acc[MAX_N * QA];
-    for (int64_t r = r0; r < r1; r += QR) {
-        const int rows = r1 - r < QR ? (int)(r1 - r) : QR;
-        const uint8_t *w[QR];
-        for (int k = 0; k < rows; k++) w[k] = base + (size_t)(r + k) * rb;
+    for (int64_t r = r0, rows; r < r1; r += rows) {
+        const int64_t next = (r / QR + 1) * QR; /* the next multiple of QR */
+        rows = r % QR == 0 && r + QR <= r1 ? QR : (next < r1 ? next : r1) - r;
+        vx_qrow w[QR];
+        for (int k = 0; k < rows; k++) w[k] = vx_q_row(dt, W->data, W->rows, cols, r + k);
         for (int i = 0; i < n; i++)
             for (int k = 0; k < rows; k++) acc[i * QA + k] = _mm256_setzero_ps();
         for (int64_t b0 = 0; b0 < nblk; b0 += QCHUNK) {
@@ -752,8 +756,8 @@ static void q_rows_batched(int dt, const vx_weight *W, const int8_t *xq, const f
                         else q4tile4(1, w, x, d, cols, b0, b1, ac);
                     } else {
                         for (int k = 0; k < rows; k++) {
-                            if (left >= 2) q4tile1(2, w[k], x, d, cols, b0, b1, ac + k);
-                            else q4tile1(1, w[k], x, d, cols, b0, b1, ac + k);
+                            if (left >= 2) q4tile1(2, &w[k], x, d, cols, b0, b1, ac + k);
+                            else q4tile1(1, &w[k], x, d, cols, b0, b1, ac + k);
                         }
                     }
                 } else if (rows == QR) {
@@ -775,8 +779,8 @@ static void q_rows_batched(int dt, const vx_weight *W, const int8_t *xq, const f
             if (dt == VX_DT_Q8) {
                 for (int k = 0; k < rows; k++) y[k] = hsum8(a[k]);
             } else if (rows == QR) {
-                hsum4_pair(a[0], y + 0, y + 2);
-                hsum4_pair(a[1], y + 1, y + 3);
+                hsum4_pair(a[0], y + 0, y + 1);
+                hsum4_pair(a[1], y + 2, y + 3);
             } else {
                 float dup;
                 for (int k = 0; k < rows; k++) hsum4_pair(a[k], y + k, &dup);
@@ -791,18 +795,23 @@ INLINE void q_rows(int dt, const vx_weight *W, const int8_t *xq, const float *xd
         q_rows_batched(dt, W, xq, xd, n, Y, ldy, r0, r1);
         return;
     }
-    /* MV_ROWS rows streamed against one input, all blocks in registers */
-    const size_t rb = vx_row_bytes(dt, W->cols);
-    const uint8_t *base = W->data;
-    int64_t r = r0;
-    for (; r + MV_ROWS <= r1; r += MV_ROWS) {
-        const uint8_t *w[MV_ROWS];
-        for (int k = 0; k < MV_ROWS; k++) w[k] = base + (size_t)(r + k) * rb;
-        const char *pf = (const char *)base + (size_t)(r + MV_ROWS) * rb;
-        if (dt == VX_DT_Q8) q8_mv8(w, xq, xd, W->cols / VX_QBLOCK, pf, Y + r);
-        else q4_mv8(w, xq, xd, W->cols / VX_QBLOCK, pf, Y + r);
+    /* full groups streamed against one input, all blocks in registers; rows
+     * outside them (a range that starts or ends inside a group, or a last
+     * group of fewer than 8) go through the tiles */
+    const int64_t nblk = W->cols / VX_QBLOCK, g0 = (r0 + VX_QGROUP - 1) / VX_QGROUP * VX_QGROUP;
+    const int64_t g1 = r1 / VX_QGROUP * VX_QGROUP;
+    if (g0 >= g1) {
+        q_rows_batched(dt, W, xq, xd, 1, Y, ldy, r0, r1);
+        return;
     }
-    if (r < r1) q_rows_batched(dt, W, xq, xd, 1, Y, ldy, r, r1);
+    if (r0 < g0) q_rows_batched(dt, W, xq, xd, 1, Y, ldy, r0, g0);
+    const size_t group_bytes = (size_t)VX_QGROUP * vx_row_bytes(dt, W->cols);
+    const uint8_t *g = (const uint8_t *)W->data + (size_t)(g0 / VX_QGROUP) * group_bytes;
+    for (int64_t r = g0; r < g1; r += VX_QGROUP, g += group_bytes) {
+        if (dt == VX_DT_Q8) q8_mv8(g, xq, xd, nblk, Y + r);
+        else q4_mv8(g, xq, xd, nblk, Y + r);
+    }
+    if (g1 < r1) q_rows_batched(dt, W, xq, xd, 1, Y, ldy, g1, r1);
 }
 
 static void q_rows_q8(const vx_weight *W, const int8_t *xq, const float *xd, int n, float *Y, int ldy, int64_t r0, int64_t r1) { q_rows(VX_DT_Q8, W, xq, xd, n, Y, ldy, r0, r1); }

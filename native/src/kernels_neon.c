@@ -405,14 +405,14 @@ static void neon_attn_values(const float *P, size_t ldp, int nq, const void *V, 
 
 /* ---------------- Q8 / Q4: int8 activations, integer dot products */
 
-/* A block's 32 weights as signed bytes in element order (two registers:
- * elements 0-15 and 16-31): Q8's q, Q4's nibble - 8. */
-INLINE void q_weights(int dt, const uint8_t *blk, int8x16_t *w0, int8x16_t *w1) {
+/* A block's 32 weights (payload p) as signed bytes in element order (two
+ * registers: elements 0-15 and 16-31): Q8's q, Q4's nibble - 8. */
+INLINE void q_weights(int dt, const uint8_t *p, int8x16_t *w0, int8x16_t *w1) {
     if (dt == VX_DT_Q8) {
-        *w0 = vld1q_s8((const int8_t *)(const void *)(blk + 2));
-        *w1 = vld1q_s8((const int8_t *)(const void *)(blk + 18));
+        *w0 = vld1q_s8((const int8_t *)(const void *)p);
+        *w1 = vld1q_s8((const int8_t *)(const void *)(p + 16));
     } else {
-        uint8x16_t v = vld1q_u8(blk + 2);
+        uint8x16_t v = vld1q_u8(p);
         *w0 = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0f))), vdupq_n_s8(8));
         *w1 = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(v, 4)), vdupq_n_s8(8));
     }
@@ -441,13 +441,12 @@ INLINE int32x4_t dot32(int dp, int8x16_t w0, int8x16_t x0, int8x16_t w1, int8x16
 #define QMAX_N 2 /* inputs per tile */
 #define QCHUNK 16 /* blocks per chunk of the batched path (512 columns) */
 
-/* Blocks [b0, b1) of R rows (w[k]) x N inputs (int8 rows of X at stride
+/* Blocks [b0, b1) of R rows (row views w[k]) x N inputs (int8 rows of X at stride
  * cols, scales at stride cols / 32); acc[i * QA + k] carries the chain of
  * (input i, row k) in and out, so splitting the blocks reorders nothing. */
-INLINE void qtile(int dp, int dt, int R, int N, const uint8_t *const *w, const int8_t *xq,
+INLINE void qtile(int dp, int dt, int R, int N, const vx_qrow *w, const int8_t *xq,
                   const float *xd, int64_t cols, int64_t b0, int64_t b1, acc8 *acc) {
     const int64_t nblk = cols / VX_QBLOCK;
-    const size_t bb = dt == VX_DT_Q8 ? VX_Q8_BLOCK_BYTES : VX_Q4_BLOCK_BYTES;
     acc8 a[QMAX_N][QA];
     _Pragma("GCC unroll 8")
     for (int i = 0; i < N; i++)
@@ -465,12 +464,11 @@ INLINE void qtile(int dp, int dt, int R, int N, const uint8_t *const *w, const i
         }
         _Pragma("GCC unroll 8")
         for (int k = 0; k < R; k++) {
-            const uint8_t *blk = w[k] + (size_t)b * bb;
             uint16_t h;
-            memcpy(&h, blk, 2);
+            memcpy(&h, w[k].scale + (size_t)b * w[k].stride, 2);
             const float dw = vgetq_lane_f32(vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(h))), 0);
             int8x16_t w0, w1;
-            q_weights(dt, blk, &w0, &w1);
+            q_weights(dt, w[k].payload + (size_t)b * w[k].stride, &w0, &w1);
             _Pragma("GCC unroll 8")
             for (int i = 0; i < N; i++) {
                 const float32x4_t s = vdupq_n_f32(dw * dx[i]);
@@ -492,16 +490,14 @@ INLINE void qtile(int dp, int dt, int R, int N, const uint8_t *const *w, const i
 INLINE void q_rows(int dp, int dt, const vx_weight *W, const int8_t *xq, const float *xd, int n,
                    float *Y, int ldy, int64_t r0, int64_t r1) {
     const int64_t cols = W->cols, nblk = cols / VX_QBLOCK;
-    const size_t rb = vx_row_bytes(dt, cols);
-    const uint8_t *base = W->data;
     /* QA rows x all inputs (two at a time), a chunk of blocks at a time: the
      * rows' chunk and the inputs' chunk (n x 512 bytes) stay in cache; for
      * n == 1 this is the plain matrix-vector stream of QA rows */
     acc8 acc[MAX_N * QA];
     for (int64_t r = r0; r < r1; r += QA) {
         const int rows = r1 - r < QA ? (int)(r1 - r) : QA;
-        const uint8_t *w[QA];
-        for (int k = 0; k < rows; k++) w[k] = base + (size_t)(r + k) * rb;
+        vx_qrow w[QA];
+        for (int k = 0; k < rows; k++) w[k] = vx_q_row(dt, W->data, W->rows, cols, r + k);
         for (int i = 0; i < n; i++)
             for (int k = 0; k < rows; k++) acc[i * QA + k] = acc_zero();
         for (int64_t b0 = 0; b0 < nblk; b0 += QCHUNK) {

@@ -3,8 +3,7 @@
  * F32/F16/BF16 (matmul_rows): a weight row is converted to float in chunks
  * and dotted with each input row; 8 running sums per output keep the
  * compiler free to vectorise while fixing the summation order (results never
- * depend on batch or threads). It also takes Q8/Q4 weights that way (their
- * exact dequantized values), but the seam sends those to matmul_rows_q.
+ * depend on batch or threads). Q8/Q4 weights go to matmul_rows_q.
  *
  * Q8/Q4 (matmul_rows_q): the integer definition of engine.h, written out
  * literally - per block of 32 and lane j, the int32 sum of the products of
@@ -27,7 +26,7 @@
 
 static int portable_matmul_rows(const vx_weight *W, const float *X, int n, int ldx, float *Y,
                                 int ldy, int64_t r0, int64_t r1) {
-    if (n > MAX_N) return -1;
+    if (n > MAX_N || W->dtype == VX_DT_Q8 || W->dtype == VX_DT_Q4) return -1;
     const int64_t cols = W->cols;
     const size_t row_bytes = vx_row_bytes(W->dtype, cols);
     float wbuf[CHUNK];
@@ -55,11 +54,10 @@ static int portable_matmul_rows(const vx_weight *W, const float *X, int n, int l
     return 0;
 }
 
-/* The int32 lane sums of one block (Q8: 8 lanes, Q4: 4), written with
+/* The int32 lane sums of one block's payload q (Q8: 8 lanes, Q4: 4), written with
  * fixed trip counts and no branches so the compiler can unroll and
  * vectorise them; dt is a constant at every call. */
-static inline void q_lanes(int dt, const uint8_t *blk, const int8_t *x, int32_t *isum) {
-    const uint8_t *q = blk + 2;
+static inline void q_lanes(int dt, const uint8_t *q, const int8_t *x, int32_t *isum) {
     if (dt == VX_DT_Q8) {
         for (int j = 0; j < 8; j++) {
             int32_t t = 0;
@@ -81,18 +79,17 @@ static inline void q_lanes(int dt, const uint8_t *blk, const int8_t *x, int32_t 
 static inline void q_rows(int dt, const vx_weight *W, const int8_t *xq, const float *xd, int n,
                           float *Y, int ldy, int64_t r0, int64_t r1) {
     const int64_t cols = W->cols, nblk = cols / VX_QBLOCK;
-    const size_t row_bytes = vx_row_bytes(dt, cols);
-    const size_t bb = dt == VX_DT_Q8 ? VX_Q8_BLOCK_BYTES : VX_Q4_BLOCK_BYTES;
     const int lanes = dt == VX_DT_Q8 ? 8 : 4;
     float acc[MAX_N][LANES];
     for (int64_t r = r0; r < r1; r++) {
-        const uint8_t *row = (const uint8_t *)W->data + (size_t)r * row_bytes;
+        const vx_qrow w = vx_q_row(dt, W->data, W->rows, cols, r);
         for (int i0 = 0; i0 < n; i0 += MAX_N) {
             const int ni = n - i0 < MAX_N ? n - i0 : MAX_N;
             memset(acc, 0, sizeof acc);
             for (int64_t b = 0; b < nblk; b++) {
-                const uint8_t *blk = row + (size_t)b * bb;
-                const float dw = vx_f16_to_f32((uint16_t)(blk[0] | (blk[1] << 8)));
+                const uint8_t *sc = w.scale + (size_t)b * w.stride;
+                const uint8_t *blk = w.payload + (size_t)b * w.stride;
+                const float dw = vx_f16_to_f32((uint16_t)(sc[0] | (sc[1] << 8)));
                 for (int i = 0; i < ni; i++) {
                     const int8_t *x = xq + (size_t)(i0 + i) * cols + b * VX_QBLOCK;
                     const float s = dw * xd[(size_t)(i0 + i) * nblk + b];

@@ -66,6 +66,18 @@ static int bind_matrix(binder *b, vx_weight *w, int ndim, const int64_t *dims, c
         t->dtype != VX_DT_Q8 && t->dtype != VX_DT_Q4)
         return fail(b, "tensor '%s' has dtype %s; weights must be BF16, F16, F32, Q8 or Q4", name,
                     vx_dtype_name(t->dtype));
+    if (t->dtype == VX_DT_Q8 || t->dtype == VX_DT_Q4) {
+        const char *lay = b->m->st.q_layout;
+        if (ndim != 2)
+            return fail(b, "tensor '%s' is %s with %d dims; only 2-D matrices may be Q8/Q4", name,
+                        vx_dtype_name(t->dtype), ndim);
+        if (!lay || strcmp(lay, VX_Q_LAYOUT) != 0)
+            return fail(b,
+                        "tensor '%s' is %s in an older voxd block layout (the file's metadata "
+                        "has no \"voxd_q_layout\": \"%s\"); run `voxd quantize` again from "
+                        "the BF16 model",
+                        name, vx_dtype_name(t->dtype), VX_Q_LAYOUT);
+    }
     w->dtype = t->dtype;
     w->rows = dims[0];
     w->cols = 1;

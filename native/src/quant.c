@@ -53,6 +53,40 @@ size_t vx_row_bytes(int dtype, int64_t cols) {
 
 static uint16_t load_u16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
 
+size_t vx_q_block_bytes(int dtype) {
+    return dtype == VX_DT_Q8 ? VX_Q8_BLOCK_BYTES : dtype == VX_DT_Q4 ? VX_Q4_BLOCK_BYTES : 0;
+}
+
+vx_qrow vx_q_row(int dtype, const void *data, int64_t rows, int64_t cols, int64_t r) {
+    const size_t bb = vx_q_block_bytes(dtype), nblk = (size_t)(cols / VX_QBLOCK);
+    const int64_t g0 = r - r % VX_QGROUP;
+    const size_t n = (size_t)(rows - g0 < VX_QGROUP ? rows - g0 : VX_QGROUP), k = (size_t)(r - g0);
+    const uint8_t *group = (const uint8_t *)data + (size_t)g0 * nblk * bb;
+    return (vx_qrow){group + 2 * k, group + 2 * n + k * (bb - 2), n * bb};
+}
+
+void vx_q_row_to_f32(int dtype, vx_qrow w, int64_t c0, int64_t n, float *out) {
+    for (int64_t i = 0; i < n; i++) {
+        const int64_t c = c0 + i, b = c / VX_QBLOCK, j = c % VX_QBLOCK;
+        const float d = vx_f16_to_f32(load_u16(w.scale + (size_t)b * w.stride));
+        const uint8_t *p = w.payload + (size_t)b * w.stride;
+        if (dtype == VX_DT_Q8) out[i] = d * (float)(int8_t)p[j];
+        else out[i] = d * (float)((j < 16 ? (p[j] & 0x0f) : (p[j - 16] >> 4)) - 8);
+    }
+}
+
+void vx_q_pack_rows(int dtype, const uint8_t *rowmajor, int64_t rows, int64_t cols, uint8_t *dst) {
+    const size_t bb = vx_q_block_bytes(dtype), rb = (size_t)(cols / VX_QBLOCK) * bb;
+    for (int64_t r = 0; r < rows; r++) {
+        const vx_qrow w = vx_q_row(dtype, dst, rows, cols, r);
+        for (int64_t b = 0; b < cols / VX_QBLOCK; b++) {
+            const uint8_t *blk = rowmajor + (size_t)r * rb + (size_t)b * bb;
+            memcpy((uint8_t *)w.scale + (size_t)b * w.stride, blk, 2);
+            memcpy((uint8_t *)w.payload + (size_t)b * w.stride, blk + 2, bb - 2);
+        }
+    }
+}
+
 void vx_row_to_f32(int dtype, const void *row, int64_t c0, int64_t n, float *out) {
     const uint8_t *b = row;
     switch (dtype) {

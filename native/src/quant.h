@@ -2,7 +2,16 @@
  *   Q8: fp16 scale d, then 32 int8 q;        value = d * q
  *   Q4: fp16 scale d, then 16 bytes: byte j holds element j in its low nibble
  *       and element j+16 in its high nibble;  value = d * (nibble - 8)
- * A row of `cols` elements is cols/32 consecutive blocks. */
+ * One row of `cols` elements quantizes to cols/32 blocks (vx_quantize_row_*).
+ *
+ * A Q8/Q4 tensor [rows, cols] is stored in row groups ("rowgroup8", named in
+ * the file's metadata): rows 8g .. 8g+n-1 form group g (n = 8, or the rows
+ * left at the end), whose bytes start at 8g * (cols/32) * BB (BB = block
+ * bytes) and hold, block by block, the n rows' fp16 scales (row order) and
+ * then their n payloads (32 int8 / 16 nibble bytes, row order). So a
+ * matrix-vector product reads one contiguous stream per 8 rows, and a
+ * block's 8 scales with one load instead of 8 gathered ones. The total size
+ * is that of row-major blocks; a one-row tensor is one row of blocks. */
 #ifndef VX_QUANT_H
 #define VX_QUANT_H
 #include <stddef.h>
@@ -31,9 +40,29 @@ static inline uint16_t vx_f16_bits(float f) {
     return (uint16_t)(sign | h);
 }
 
+#define VX_QGROUP 8
+#define VX_Q_LAYOUT "rowgroup8" /* the metadata value naming this layout */
+
+/* Bytes of one block of 32 (34 for Q8, 18 for Q4) and of its payload. */
+size_t vx_q_block_bytes(int dtype);
+
+/* Where row r of a [rows, cols] Q8/Q4 tensor keeps its blocks: block b's
+ * scale at scale + b * stride, its payload at payload + b * stride. */
+typedef struct {
+    const uint8_t *scale, *payload;
+    size_t stride;
+} vx_qrow;
+vx_qrow vx_q_row(int dtype, const void *data, int64_t rows, int64_t cols, int64_t r);
+/* Elements [c0, c0+n) of such a row as float (exact). */
+void vx_q_row_to_f32(int dtype, vx_qrow w, int64_t c0, int64_t n, float *out);
+/* Reorder rows x cols of row-major blocks (rows of vx_quantize_row_*) into
+ * the row-group layout. */
+void vx_q_pack_rows(int dtype, const uint8_t *rowmajor, int64_t rows, int64_t cols, uint8_t *dst);
+
 /* Bytes of one row of cols elements in dtype (cols % 32 == 0 for block formats). */
 size_t vx_row_bytes(int dtype, int64_t cols);
-/* Dequantize / convert elements [c0, c0+n) of a row to float. */
+/* Convert elements [c0, c0+n) of a row to float (Q8/Q4: a row of
+ * consecutive blocks, as vx_quantize_row_* writes it). */
 void vx_row_to_f32(int dtype, const void *row, int64_t c0, int64_t n, float *out);
 /* Quantize one row of cols floats (cols % 32 == 0) into dst. */
 void vx_quantize_row_q8(const float *x, int64_t cols, uint8_t *dst);

@@ -280,7 +280,14 @@ int vx_st_open(const char *path, vx_safetensors *st, char *err, size_t err_len) 
         }
     }
     for (size_t i = 0; i < h->n; i++) {
-        if (strcmp(h->keys[i], "__metadata__") == 0) continue;
+        if (strcmp(h->keys[i], "__metadata__") == 0) {
+            const json_value *lay = json_get(&h->items[i], "voxd_q_layout");
+            if (lay && lay->type == JSON_STRING && !st->q_layout && !(st->q_layout = strdup(lay->str))) {
+                st_fail(err, err_len, path, NULL, "out of memory");
+                goto fail_h;
+            }
+            continue;
+        }
         vx_st_tensor *t = &st->tensors[st->n_tensors];
         t->name = strdup(h->keys[i]);
         if (!t->name) {
@@ -329,6 +336,7 @@ void vx_st_close(vx_safetensors *st) {
     if (st->tensors)
         for (int i = 0; i < st->n_tensors; i++) free(st->tensors[i].name);
     free(st->tensors);
+    free(st->q_layout);
     if (st->map) munmap(st->map, st->map_size);
     free(st->path);
     memset(st, 0, sizeof *st);

@@ -46,6 +46,7 @@ typedef struct {
     size_t map_size;
     vx_st_tensor *tensors;
     int n_tensors;
+    char *q_layout; /* __metadata__'s "voxd_q_layout" (quant.h), or NULL */
 } vx_safetensors;
 
 /* Bytes one element takes (0 for block formats), and the name ("BF16"...). */

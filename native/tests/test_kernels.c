@@ -82,11 +82,15 @@ typedef struct {
     float *deq; /* [rows, cols] exact dequantized values */
 } test_weight;
 
+static int is_q(int dt) { return dt == VX_DT_Q8 || dt == VX_DT_Q4; }
+
+/* Q8/Q4 rows are quantized row-major into a scratch copy, then packed into
+ * the row-group layout the kernels read (quant.h). */
 static void make_weight(test_weight *t, int dt, int64_t rows, int64_t cols) {
     size_t rb = vx_row_bytes(dt, cols);
     t->buf = xmalloc(rb * (size_t)rows + 2);
     t->deq = xmalloc(sizeof(float) * (size_t)(rows * cols));
-    uint8_t *data = t->buf + 2;
+    uint8_t *data = t->buf + 2, *rowmajor = is_q(dt) ? xmalloc(rb * (size_t)rows) : data;
     float *src = xmalloc(sizeof(float) * (size_t)cols);
     for (int64_t r = 0; r < rows; r++) {
         /* rows of different magnitude, and a few outliers per row, like real
@@ -97,7 +101,7 @@ static void make_weight(test_weight *t, int dt, int64_t rows, int64_t cols) {
             src[c] = nrand() * scale;
             if (urand() < 0.01) src[c] *= 20.0f;
         }
-        uint8_t *row = data + (size_t)r * rb;
+        uint8_t *row = rowmajor + (size_t)r * rb;
         for (int64_t c = 0; c < cols; c++) {
             if (dt == VX_DT_F32) {
                 memcpy(row + c * 4, &src[c], 4);
@@ -112,18 +116,29 @@ static void make_weight(test_weight *t, int dt, int64_t rows, int64_t cols) {
         vx_row_to_f32(dt, row, 0, cols, t->deq + (size_t)(r * cols));
     }
     free(src);
+    if (is_q(dt)) {
+        vx_q_pack_rows(dt, rowmajor, rows, cols, data);
+        free(rowmajor);
+    }
     t->w.dtype = (vx_dtype)dt;
     t->w.rows = rows;
     t->w.cols = cols;
     t->w.data = data;
+    /* the packed rows read back as the values they were quantized to */
+    float *back = xmalloc(sizeof(float) * (size_t)cols);
+    for (int64_t r = 0; r < rows; r++) {
+        vx_weight_row(&t->w, r, back);
+        CHECKF(memcmp(back, t->deq + (size_t)(r * cols), sizeof(float) * (size_t)cols) == 0,
+               "%s [%lld x %lld] row %lld reads back wrong", dt_name(dt), (long long)rows,
+               (long long)cols, (long long)r);
+    }
+    free(back);
 }
 
 static void free_weight(test_weight *t) {
     free(t->buf);
     free(t->deq);
 }
-
-static int is_q(int dt) { return dt == VX_DT_Q8 || dt == VX_DT_Q4; }
 
 /* X (n rows at stride ldx) quantized as vx_matmul does for Q8/Q4 weights. */
 typedef struct {
@@ -271,24 +286,23 @@ static float block_scale(const uint8_t *blk) { return vx_f16_to_f32((uint16_t)(b
  * lanes. */
 static float ref_matmul_q(const vx_weight *W, const int8_t *xq, const float *xd, int64_t r) {
     const int64_t nblk = W->cols / 32;
-    const size_t bb = W->dtype == VX_DT_Q8 ? VX_Q8_BLOCK_BYTES : VX_Q4_BLOCK_BYTES;
-    const uint8_t *row = (const uint8_t *)W->data + (size_t)r * vx_row_bytes(W->dtype, W->cols);
+    const vx_qrow row = vx_q_row(W->dtype, W->data, W->rows, W->cols, r);
     float a[8] = {0};
     for (int64_t b = 0; b < nblk; b++) {
-        const uint8_t *blk = row + (size_t)b * bb;
-        const float s = block_scale(blk) * xd[b];
+        const uint8_t *q = row.payload + (size_t)b * row.stride;
+        const float s = block_scale(row.scale + (size_t)b * row.stride) * xd[b];
         if (W->dtype == VX_DT_Q8) {
             for (int j = 0; j < 8; j++) {
                 int32_t isum = 0;
-                for (int e = 4 * j; e < 4 * j + 4; e++) isum += (int8_t)blk[2 + e] * xq[b * 32 + e];
+                for (int e = 4 * j; e < 4 * j + 4; e++) isum += (int8_t)q[e] * xq[b * 32 + e];
                 a[j] = fmaf((float)isum, s, a[j]);
             }
         } else {
             for (int j = 0; j < 4; j++) {
                 int32_t isum = 0;
                 for (int byte = 4 * j; byte < 4 * j + 4; byte++) {
-                    isum += ((blk[2 + byte] & 15) - 8) * xq[b * 32 + byte];
-                    isum += ((blk[2 + byte] >> 4) - 8) * xq[b * 32 + 16 + byte];
+                    isum += ((q[byte] & 15) - 8) * xq[b * 32 + byte];
+                    isum += ((q[byte] >> 4) - 8) * xq[b * 32 + 16 + byte];
                 }
                 a[j] = fmaf((float)isum, s, a[j]);
             }
@@ -306,11 +320,9 @@ static float ref_matmul_q(const vx_weight *W, const int8_t *xq, const float *xd,
 static void check_q_exact(const vx_backend *be, int dt, int64_t rows, int64_t cols, int n) {
     test_weight t;
     make_weight(&t, dt, rows, cols);
-    uint8_t *data = (uint8_t *)t.buf + 2;
-    const size_t rb = vx_row_bytes(dt, cols), bb = dt == VX_DT_Q8 ? 34 : 18;
     for (int64_t r = 0; r < rows; r += 3) { /* first block of every 3rd row: extremes */
-        uint8_t *blk = data + (size_t)r * rb;
-        for (size_t k = 2; k < bb; k++) blk[k] = dt == VX_DT_Q8 ? 0x80 : (r % 2 ? 0xff : 0x00);
+        uint8_t *p = (uint8_t *)vx_q_row(dt, t.w.data, rows, cols, r).payload;
+        memset(p, dt == VX_DT_Q8 ? 0x80 : (r % 2 ? 0xff : 0x00), vx_q_block_bytes(dt) - 2);
     }
     float *X = xmalloc(sizeof(float) * (size_t)n * (size_t)cols);
     for (size_t i = 0; i < (size_t)n * (size_t)cols; i++) X[i] = nrand();
@@ -451,6 +463,23 @@ static void check_roundtrip(void) {
     free(q4);
 }
 
+/* quant.h's row-group layout, spelled out: in a [11, 64] tensor, rows 0-7
+ * are a full group and rows 8-10 a group of 3; each group holds, block by
+ * block, its rows' scales and then their payloads. */
+static void check_layout(void) {
+    for (int dt = VX_DT_Q8; dt <= VX_DT_Q4; dt++) {
+        const size_t bb = dt == VX_DT_Q8 ? 34 : 18, p = bb - 2, nblk = 2;
+        uint8_t data[11 * 2 * 34];
+        for (int64_t r = 0; r < 11; r++) {
+            const vx_qrow w = vx_q_row(dt, data, 11, 64, r);
+            const size_t g0 = r < 8 ? 0 : 8 * nblk * bb, n = r < 8 ? 8 : 3, k = (size_t)(r % 8);
+            CHECKF(w.scale == data + g0 + 2 * k && w.payload == data + g0 + 2 * n + k * p &&
+                       w.stride == n * bb,
+                   "%s row %lld: layout offsets", dt_name(dt), (long long)r);
+        }
+    }
+}
+
 int main(void) {
     const vx_backend *backends[3] = {vx_backend_portable(), vx_backend_avx2(), vx_backend_neon()};
     const int dtypes[] = {VX_DT_F32, VX_DT_F16, VX_DT_BF16, VX_DT_Q8, VX_DT_Q4};
@@ -459,6 +488,7 @@ int main(void) {
 
     check_roundtrip();
     check_act_quant();
+    check_layout();
     for (int b = 0; b < 3; b++) {
         const vx_backend *be = backends[b];
         if (!be) {
