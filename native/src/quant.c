@@ -79,10 +79,11 @@ void vx_q_pack_rows(int dtype, const uint8_t *rowmajor, int64_t rows, int64_t co
     const size_t bb = vx_q_block_bytes(dtype), rb = (size_t)(cols / VX_QBLOCK) * bb;
     for (int64_t r = 0; r < rows; r++) {
         const vx_qrow w = vx_q_row(dtype, dst, rows, cols, r);
+        uint8_t *scale = dst + (w.scale - dst), *payload = dst + (w.payload - dst);
         for (int64_t b = 0; b < cols / VX_QBLOCK; b++) {
             const uint8_t *blk = rowmajor + (size_t)r * rb + (size_t)b * bb;
-            memcpy((uint8_t *)w.scale + (size_t)b * w.stride, blk, 2);
-            memcpy((uint8_t *)w.payload + (size_t)b * w.stride, blk + 2, bb - 2);
+            memcpy(scale + (size_t)b * w.stride, blk, 2);
+            memcpy(payload + (size_t)b * w.stride, blk + 2, bb - 2);
         }
     }
 }
