@@ -69,7 +69,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
@@ -180,20 +180,12 @@ def dequantize_q4(raw: npt.ArrayLike) -> F32:
     return out
 
 
-def _quantize_flat(dtype: str, x: npt.ArrayLike) -> U8:
-    if dtype == "Q8":
-        return quantize_q8(x)
-    if dtype == "Q4":
-        return quantize_q4(x)
-    raise ValueError(f"not a block format: {dtype}")
-
-
-def _dequantize_flat(dtype: str, raw: npt.ArrayLike) -> F32:
-    if dtype == "Q8":
-        return dequantize_q8(raw)
-    if dtype == "Q4":
-        return dequantize_q4(raw)
-    raise ValueError(f"not a block format: {dtype}")
+# flat block order (row-major blocks) per format; callers check the dtype first
+_QUANTIZE_FLAT: dict[str, Callable[[npt.ArrayLike], U8]] = {"Q8": quantize_q8, "Q4": quantize_q4}
+_DEQUANTIZE_FLAT: dict[str, Callable[[npt.ArrayLike], F32]] = {
+    "Q8": dequantize_q8,
+    "Q4": dequantize_q4,
+}
 
 
 # ---------------------------------------------------------------------------
@@ -265,7 +257,7 @@ def quantize(dtype: str, x: npt.ArrayLike) -> U8:
     row-group layout, as a model file holds them."""
     v = np.asarray(x, dtype=np.float32)
     rows, _ = _matrix_dims(dtype, v.shape)
-    return to_rowgroups(_quantize_flat(dtype, v), rows, BLOCK_BYTES[dtype])
+    return to_rowgroups(_QUANTIZE_FLAT[dtype](v), rows, BLOCK_BYTES[dtype])
 
 
 def dequantize(dtype: str, raw: npt.ArrayLike, shape: Sequence[int]) -> F32:
@@ -276,7 +268,7 @@ def dequantize(dtype: str, raw: npt.ArrayLike, shape: Sequence[int]) -> F32:
     if flat.size != rows * nblk * BLOCK_BYTES[dtype]:
         raise ValueError(f"{flat.size} bytes do not fit {dtype} {list(shape)}")
     blocks = from_rowgroups(flat, rows, BLOCK_BYTES[dtype])
-    return _dequantize_flat(dtype, blocks).reshape(rows, nblk * QBLOCK)
+    return _DEQUANTIZE_FLAT[dtype](blocks).reshape(rows, nblk * QBLOCK)
 
 
 def quantized_nbytes(dtype: str, shape: Sequence[int]) -> int:
@@ -479,7 +471,7 @@ def _write_quantized(src_path: Path, e: PlanEntry, dst: BinaryIO) -> float:
     written = 0
     for chunk in _read_rows(src_path, e.src, e.src.shape[-1]):
         try:
-            blocks = _quantize_flat(e.dtype, chunk)
+            blocks = _QUANTIZE_FLAT[e.dtype](chunk)
         except ValueError as ex:
             raise QuantizeError(f"tensor '{e.src.name}': {ex}") from ex
         # chunks start on group boundaries, so each one's group bytes come next
@@ -487,7 +479,7 @@ def _write_quantized(src_path: Path, e: PlanEntry, dst: BinaryIO) -> float:
         dst.write(q.tobytes())
         written += q.size
         vals = chunk.reshape(-1)
-        diff = _dequantize_flat(e.dtype, blocks) - vals
+        diff = _DEQUANTIZE_FLAT[e.dtype](blocks) - vals
         err2 += float(np.dot(diff, diff))
         ref2 += float(np.dot(vals, vals))
     if written != e.nbytes:
