@@ -2,6 +2,7 @@
 #ifndef VX_ENGINE_H
 #define VX_ENGINE_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -166,7 +167,9 @@ void vx_weight_row(const vx_weight *W, int64_t r, float *out);
 void vx_rmsnorm(float *out, const float *x, const float *w, int n, double eps);
 void vx_rope_interleaved(float *x, int n_heads, int head_dim, int64_t pos, double theta);
 float vx_gelu(float x);
-float vx_silu(float x);
+/* inline: the feed-forward calls it per element, and a call cost as much
+ * as the expf */
+static inline float vx_silu(float x) { return x / (1.0f + expf(-x)); }
 float vx_bf16_to_f32(uint16_t h);
 float vx_f16_to_f32(uint16_t h);
 uint16_t vx_f32_to_f16(float f);

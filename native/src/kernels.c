@@ -70,7 +70,7 @@ static void mm_task(void *ctx, int task) {
     const int64_t r1 = r0 + pt->rows_per_task < W->rows ? r0 + pt->rows_per_task : W->rows;
     const int ldy = (int)W->rows;
     const vx_backend *be = j->m->be, *portable = vx_backend_portable();
-    if (!(be->dtypes & (1u << W->dtype)) || (j->xq && !be->matmul_rows_q)) be = portable;
+    if (!(be->dtypes & (1u << W->dtype))) be = portable;
     for (int i0 = 0; i0 < j->n; i0 += BATCH) {
         int nb = j->n - i0 < BATCH ? j->n - i0 : BATCH;
         float *y = pt->Y + (size_t)i0 * W->rows;
@@ -250,4 +250,3 @@ void vx_rope_interleaved(float *x, int n_heads, int head_dim, int64_t pos, doubl
 
 float vx_gelu(float x) { return (float)(0.5 * x * (1.0 + erf(x / sqrt(2.0)))); }
 
-float vx_silu(float x) { return x / (1.0f + expf(-x)); }

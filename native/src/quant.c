@@ -99,19 +99,8 @@ void vx_row_to_f32(int dtype, const void *row, int64_t c0, int64_t n, float *out
         for (int64_t i = 0; i < n; i++) out[i] = vx_f16_to_f32(load_u16(b + (c0 + i) * 2));
         break;
     case VX_DT_Q8:
-        for (int64_t i = 0; i < n; i++) {
-            int64_t c = c0 + i;
-            const uint8_t *blk = b + (c / VX_QBLOCK) * VX_Q8_BLOCK_BYTES;
-            out[i] = vx_f16_to_f32(load_u16(blk)) * (float)(int8_t)blk[2 + c % VX_QBLOCK];
-        }
-        break;
-    case VX_DT_Q4:
-        for (int64_t i = 0; i < n; i++) {
-            int64_t c = c0 + i, j = c % VX_QBLOCK;
-            const uint8_t *blk = b + (c / VX_QBLOCK) * VX_Q4_BLOCK_BYTES;
-            int nib = j < 16 ? (blk[2 + j] & 0x0f) : (blk[2 + j - 16] >> 4);
-            out[i] = vx_f16_to_f32(load_u16(blk)) * (float)(nib - 8);
-        }
+    case VX_DT_Q4: /* a row of blocks is a one-row tensor of the row-group layout */
+        vx_q_row_to_f32(dtype, vx_q_row(dtype, row, 1, c0 + n, 0), c0, n, out);
         break;
     default: memset(out, 0, (size_t)n * 4); break;
     }

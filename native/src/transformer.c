@@ -144,7 +144,7 @@ static void att_task(void *ctx, int task) {
     const int i0 = task / p->n_kv_heads * ATT_ROWS;
     const int i1 = i0 + ATT_ROWS < j->n ? i0 + ATT_ROWS : j->n;
     const int64_t cap = j->kv->cap_max;
-    const size_t es = j->kv->f16 ? sizeof(uint16_t) : sizeof(float);
+    const size_t es = kv_elem_bytes(j->kv);
     const int f16 = j->kv->f16;
     const float scale = 1.0f / sqrtf((float)hd);
 
@@ -197,7 +197,7 @@ static void att_task(void *ctx, int task) {
 
 /* A row of floats -> fp16, the same bits as vx_f16_bits per element: a
  * branch-free pass (which the compiler vectorizes) that is exact for normal,
- * infinite and NaN results, then f16_of again for the rare elements whose
+ * infinite and NaN results, then vx_f16_bits for the rare elements whose
  * result is subnormal or zero. */
 static void f16_row(uint16_t *out, const float *x, int n) {
     int32_t tiny = 0;
@@ -267,12 +267,7 @@ static void swiglu_task(void *ctx, int t) {
     swiglu_job *j = ctx;
     const size_t i0 = (size_t)t * SWIGLU_TASK;
     const size_t i1 = i0 + SWIGLU_TASK < j->count ? i0 + SWIGLU_TASK : j->count;
-    /* vx_silu's expression, inlined: the call per element cost as much as
-     * the expf */
-    for (size_t i = i0; i < i1; i++) {
-        const float x = j->h1[i];
-        j->h1[i] = x / (1.0f + expf(-x)) * j->h3[i];
-    }
+    for (size_t i = i0; i < i1; i++) j->h1[i] = vx_silu(j->h1[i]) * j->h3[i];
 }
 
 int vx_stack_forward(const vx_model *m, const vx_tf_params *p, const vx_layer *layers,
