@@ -89,6 +89,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from voxd.config import EngineSettings
 from voxd.engine import Engine, ModelInfo, Stream, StreamStats, TokenEvent, library
 
 SAMPLE_RATE = 16000
@@ -861,16 +862,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _daemon_default(field: str, fallback: int) -> int:
-    """The daemon's default for an [engine] setting, so the bench runs what it runs."""
-    try:
-        from voxd.config import EngineSettings
-    except ImportError:  # pragma: no cover - pydantic is a dependency
-        return fallback
-    value = EngineSettings.model_fields[field].default
-    return value if isinstance(value, int) else fallback
-
-
 def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``bench`` on an argparse subparsers; sets ``func`` to the handler
     (takes the parsed Namespace, returns an exit code)."""
@@ -894,7 +885,9 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     )
     p.add_argument("--threads", type=int, default=0, metavar="N", help="0 = all cores (default)")
     p.add_argument("--backend", metavar="NAME", help="portable, avx2 or neon (default: best)")
-    delay, interval = _daemon_default("delay_ms", 480), _daemon_default("interval_ms", 480)
+    # the daemon's defaults, so the bench runs what it runs
+    daemon = EngineSettings()
+    delay, interval = daemon.delay_ms, daemon.interval_ms
     p.add_argument(
         "--delay-ms",
         type=int,
