@@ -7,6 +7,8 @@ models (a few seconds of audio in about a second).
 
 Entry points:
     load(dir) -> RefModel
+    load(dir, decoder_only=True, dtype=np.float32) -> RefModel with what a decoder
+        step reads (decoder layers, final norm, token embedding), computing in float32
     log_mel(padded_audio) -> [frames, 128]
     encoder(model, mel) -> [enc_frames, enc_dim]
     adapter(model, enc) -> [positions, dim]
@@ -20,6 +22,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +36,7 @@ A = npt.NDArray[np.float64]
 
 ENC = "mm_streams_embeddings.embedding_module."
 WHISPER = ENC + "whisper_encoder."
+TOK_EMB = ENC + "tok_embeddings.weight"
 
 SAMPLE_RATE = 16000
 HOP = 160
@@ -74,6 +78,7 @@ class RefModel:
     vocab: list[bytes]  # text piece of id n_special + i
     special_ids: dict[str, int]  # special token name -> id
     w: dict[str, A]
+    dtype: type[np.floating[Any]] = np.float64  # of the weights; the decoder computes in it
 
     @property
     def bos(self) -> int:
@@ -153,7 +158,7 @@ def expected_shapes(m: RefModel) -> dict[str, tuple[int, ...]]:
     return s
 
 
-class ActQuantWeight(np.ndarray):  # type: ignore[type-arg]
+class ActQuantWeight(np.ndarray):
     """A Q8/Q4 matrix (its dequantized values). The engine multiplies such a
     matrix with its input quantized to int8 per block of 32 (scale amax/127,
     round half to even: native/src/engine.h), so linear() does the same."""
@@ -203,11 +208,25 @@ def _metadata(path: Path) -> dict[str, Any]:
     return meta
 
 
-def _read_weights(path: Path) -> dict[str, A]:
-    """Every tensor as float64; Q8/Q4 ones as ActQuantWeight."""
+def is_decoder_tensor(name: str) -> bool:
+    """Read by a decoder step: decoder layers (ada norm included), final norm, token embedding."""
+    return name.startswith("layers.") or name in ("norm.weight", TOK_EMB)
+
+
+def _any_tensor(name: str) -> bool:
+    return True
+
+
+def _read_weights(
+    path: Path,
+    keep: Callable[[str], bool] = _any_tensor,
+    dtype: type[np.floating[Any]] = np.float64,
+) -> dict[str, A]:
+    """The tensors whose name ``keep`` accepts as ``dtype``; Q8/Q4 ones as ActQuantWeight."""
     header, base = read_safetensors_header(path)
+    header = {k: v for k, v in header.items() if keep(k)}
     plain = [k for k, v in header.items() if v["dtype"] not in ("Q8", "Q4")]
-    out = {k: v.astype(np.float64) for k, v in read_safetensors(path, plain).items()}
+    out = {k: v.astype(dtype, copy=False) for k, v in read_safetensors(path, plain).items()}
     if len(plain) < len(header) and _metadata(path).get(Q_LAYOUT_KEY) != Q_LAYOUT:
         raise ValueError(f"{path}: Q8/Q4 tensors without {Q_LAYOUT_KEY} = {Q_LAYOUT}")
     mapped = np.memmap(path, dtype=np.uint8, mode="r")
@@ -216,7 +235,8 @@ def _read_weights(path: Path) -> dict[str, A]:
             continue
         begin, end = info["data_offsets"]
         raw = np.array(mapped[base + begin : base + end])
-        out[name] = _dequantize_blocks(info["dtype"], raw, info["shape"]).view(ActQuantWeight)
+        values = _dequantize_blocks(info["dtype"], raw, info["shape"]).astype(dtype, copy=False)
+        out[name] = values.view(ActQuantWeight)
     del mapped
     return out
 
@@ -231,8 +251,17 @@ def quantize_activations(x: A) -> A:
     return np.asarray((q * d).reshape(np.shape(x)))
 
 
-def load(model_dir: Path | str) -> RefModel:
-    """Read params.json, consolidated.safetensors and tekken.json; check shapes."""
+def load(
+    model_dir: Path | str,
+    decoder_only: bool = False,
+    dtype: type[np.floating[Any]] = np.float64,
+) -> RefModel:
+    """Read params.json, consolidated.safetensors and tekken.json; check shapes.
+
+    decoder_only: read only the tensors a decoder step needs (is_decoder_tensor);
+    dtype: hold the weights in this float type, which the Decoder then computes in
+    (float64 by default; float32 halves the memory and runs float32 BLAS).
+    """
     model_dir = Path(model_dir)
     params = json.loads((model_dir / "params.json").read_text())
     wargs = params["multimodal"]["whisper_model_args"]
@@ -243,7 +272,8 @@ def load(model_dir: Path | str) -> RefModel:
     vocab_size = int(params["vocab_size"])
     vocab = [base64.b64decode(v["token_bytes"]) for v in tek["vocab"][: vocab_size - n_special]]
     specials = {str(s["token_str"]): int(s["rank"]) for s in tek.get("special_tokens", [])}
-    weights = _read_weights(model_dir / "consolidated.safetensors")
+    keep = is_decoder_tensor if decoder_only else _any_tensor
+    weights = _read_weights(model_dir / "consolidated.safetensors", keep, dtype)
     m = RefModel(
         dec=_cfg(params),
         enc=_cfg(eargs),
@@ -256,8 +286,9 @@ def load(model_dir: Path | str) -> RefModel:
         vocab=vocab,
         special_ids=specials,
         w=weights,
+        dtype=dtype,
     )
-    want = expected_shapes(m)
+    want = {k: v for k, v in expected_shapes(m).items() if keep(k)}
     got = {k: tuple(v.shape) for k, v in m.w.items()}
     if want != got:
         diff = sorted(set(want.items()) ^ set(got.items()))
@@ -424,7 +455,7 @@ def conv_stem(m: RefModel, mel: A) -> A:
 
 def kv_cached(x: A, kv_f16: bool) -> A:
     """Keys/values as the cache holds them: fp16 (round to nearest even) or exact."""
-    return x.astype(np.float16).astype(np.float64) if kv_f16 else x
+    return x.astype(np.float16).astype(x.dtype) if kv_f16 else x
 
 
 def _enc_layer(m: RefModel, i: int, h: A, pos: npt.NDArray[np.int64], kv_f16: bool = False) -> A:
@@ -502,26 +533,27 @@ class Decoder:
     scales: A = field(init=False)
 
     def __post_init__(self) -> None:
-        c = self.model.dec
-        self.scales = ada_scales(self.model, self.delay_positions)
-        self.keys = [np.zeros((0, c.n_kv_heads, c.head_dim)) for _ in range(c.n_layers)]
-        self.values = [np.zeros((0, c.n_kv_heads, c.head_dim)) for _ in range(c.n_layers)]
+        c, dt = self.model.dec, self.model.dtype
+        self.scales = ada_scales(self.model, self.delay_positions).astype(dt, copy=False)
+        shape = (0, c.n_kv_heads, c.head_dim)
+        self.keys = [np.zeros(shape, dtype=dt) for _ in range(c.n_layers)]
+        self.values = [np.zeros(shape, dtype=dt) for _ in range(c.n_layers)]
 
     def embed(self, token_ids: npt.ArrayLike) -> A:
-        rows = self.model.w[ENC + "tok_embeddings.weight"][np.asarray(token_ids)]
-        return np.array(rows, dtype=np.float64)  # a lookup: no activation rounding
+        rows = self.model.w[TOK_EMB][np.asarray(token_ids)]
+        return np.array(rows, dtype=self.model.dtype)  # a lookup: no activation rounding
 
     def forward(self, inputs: A) -> A:
         """inputs [n, dim] for positions pos..pos+n-1 -> logits [n, vocab]."""
         m, c = self.model, self.model.dec
         n = inputs.shape[0]
         pos = np.arange(self.pos, self.pos + n, dtype=np.int64)
-        h = np.asarray(inputs, dtype=np.float64)
+        h = np.asarray(inputs, dtype=m.dtype)
         for i in range(c.n_layers):
             h = self._layer(i, h, pos)
         self.pos += n
         h = rms_norm(h, m.w["norm.weight"], c.norm_eps)
-        return linear(h, m.w[ENC + "tok_embeddings.weight"])  # tied output head
+        return linear(h, m.w[TOK_EMB])  # tied output head
 
     def _layer(self, i: int, h: A, pos: npt.NDArray[np.int64]) -> A:
         c, w = self.model.dec, self.model.w
