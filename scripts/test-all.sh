@@ -2,7 +2,8 @@
 # Run voxd's whole test suite from a clean clone: installs what it needs
 # (apt packages when run as root, a virtual environment in .venv), builds the
 # package (the native engine), then runs
-#   1. the C tests, built with AddressSanitizer + UBSan,
+#   1. the C tests, built with AddressSanitizer + UBSan, and the thread
+#      pool's test with ThreadSanitizer,
 #   2. the C tests cross-built for aarch64 under qemu (NEON kernels),
 #   3. ruff and mypy --strict,
 #   4. pytest: engine vs reference, audio over ALSA, MQTT against mosquitto,
@@ -43,6 +44,12 @@ cmake -S native -B build/ctest-asan -DVX_BUILD_TESTS=ON -DVX_SANITIZE=ON \
       -DCMAKE_BUILD_TYPE=Debug >/dev/null
 cmake --build build/ctest-asan -j2 >/dev/null
 ctest --test-dir build/ctest-asan --output-on-failure
+
+echo "== thread pool test (ThreadSanitizer)"
+cmake -S native -B build/ctest-tsan -DVX_BUILD_TESTS=ON -DVX_TSAN=ON \
+      -DCMAKE_BUILD_TYPE=Debug >/dev/null
+cmake --build build/ctest-tsan -j2 --target test_threadpool >/dev/null
+TSAN_OPTIONS=halt_on_error=1 build/ctest-tsan/tests/test_threadpool
 
 echo "== C tests on aarch64 (qemu, cortex-a76)"
 bash ci/aarch64-test.sh
