@@ -1,11 +1,29 @@
 /* threadpool.c - a fixed pool of worker threads for data-parallel loops.
  * The caller thread works too, so a pool of n threads has n-1 workers. Tasks
- * are claimed with an atomic counter; vx_pool_run returns when all are done. */
+ * are claimed with an atomic counter; vx_pool_run returns when all are done.
+ *
+ * A decoder step is ~150 short jobs (one per matrix, attention and SwiGLU of
+ * each layer), a few hundred microseconds each. Waking a sleeping thread
+ * through a condition variable costs ~10 us each way, time in which only one
+ * core streams weights; so workers and the caller first spin briefly on the
+ * job counter and sleep only when no job comes (between audio chunks). */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 
 #include "engine.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+static inline void cpu_relax(void) { _mm_pause(); }
+#elif defined(__aarch64__)
+static inline void cpu_relax(void) { __asm__ __volatile__("yield"); }
+#else
+static inline void cpu_relax(void) {}
+#endif
+
+/* polls before sleeping: ~100 us at the pause's typical cost */
+#define SPIN_POLLS 4096
 
 struct vx_pool {
     int n_threads;
@@ -13,14 +31,16 @@ struct vx_pool {
     pthread_mutex_t mu;
     pthread_mutex_t run_lock; /* one job at a time: streams may share the pool */
     pthread_cond_t wake, done;
-    /* the job in flight */
+    /* the job in flight: written by the caller before gen is bumped */
     void (*fn)(void *, int);
     void *ctx;
     int n_tasks;
     atomic_int next;
-    int busy;          /* workers still inside the current job */
-    unsigned long gen; /* bumped per job so workers see a new one */
-    int quit;
+    atomic_int busy;          /* workers still inside the current job */
+    atomic_ulong gen;         /* bumped per job so workers see a new one */
+    int sleepers;             /* workers waiting on wake (under mu) */
+    int caller_waiting;       /* the caller waits on done (under mu) */
+    atomic_int quit;
 };
 
 static void drain(vx_pool *p) {
@@ -31,20 +51,36 @@ static void drain(vx_pool *p) {
     }
 }
 
+/* The next job's generation, or seen if the pool is quitting. */
+static unsigned long wait_job(vx_pool *p, unsigned long seen) {
+    for (int i = 0; i < SPIN_POLLS; i++) {
+        unsigned long g = atomic_load_explicit(&p->gen, memory_order_acquire);
+        if (g != seen || atomic_load(&p->quit)) return g;
+        cpu_relax();
+    }
+    pthread_mutex_lock(&p->mu);
+    p->sleepers++;
+    unsigned long g;
+    while ((g = atomic_load(&p->gen)) == seen && !atomic_load(&p->quit))
+        pthread_cond_wait(&p->wake, &p->mu);
+    p->sleepers--;
+    pthread_mutex_unlock(&p->mu);
+    return g;
+}
+
 static void *worker(void *arg) {
     vx_pool *p = arg;
     unsigned long seen = 0;
-    pthread_mutex_lock(&p->mu);
     for (;;) {
-        while (!p->quit && p->gen == seen) pthread_cond_wait(&p->wake, &p->mu);
-        if (p->quit) break;
-        seen = p->gen;
-        pthread_mutex_unlock(&p->mu);
+        seen = wait_job(p, seen);
+        if (atomic_load(&p->quit)) break;
         drain(p);
-        pthread_mutex_lock(&p->mu);
-        if (--p->busy == 0) pthread_cond_signal(&p->done);
+        if (atomic_fetch_sub_explicit(&p->busy, 1, memory_order_acq_rel) == 1) {
+            pthread_mutex_lock(&p->mu);
+            if (p->caller_waiting) pthread_cond_signal(&p->done);
+            pthread_mutex_unlock(&p->mu);
+        }
     }
-    pthread_mutex_unlock(&p->mu);
     return NULL;
 }
 
@@ -53,6 +89,10 @@ vx_pool *vx_pool_new(int n_threads) {
     vx_pool *p = calloc(1, sizeof *p);
     if (!p) return NULL;
     p->n_threads = n_threads;
+    atomic_init(&p->next, 0);
+    atomic_init(&p->busy, 0);
+    atomic_init(&p->gen, 0);
+    atomic_init(&p->quit, 0);
     if (pthread_mutex_init(&p->mu, NULL) != 0) {
         free(p);
         return NULL;
@@ -87,7 +127,7 @@ void vx_pool_free(vx_pool *p) {
     if (!p) return;
     if (p->workers) {
         pthread_mutex_lock(&p->mu);
-        p->quit = 1;
+        atomic_store(&p->quit, 1);
         pthread_cond_broadcast(&p->wake);
         pthread_mutex_unlock(&p->mu);
         for (int i = 1; i < p->n_threads; i++) pthread_join(p->workers[i], NULL);
@@ -109,18 +149,24 @@ void vx_pool_run(vx_pool *p, int n_tasks, void (*fn)(void *ctx, int task), void 
         return;
     }
     pthread_mutex_lock(&p->run_lock);
-    pthread_mutex_lock(&p->mu);
     p->fn = fn;
     p->ctx = ctx;
     p->n_tasks = n_tasks;
     atomic_store(&p->next, 0);
-    p->busy = p->n_threads - 1;
-    p->gen++;
-    pthread_cond_broadcast(&p->wake);
+    atomic_store(&p->busy, p->n_threads - 1);
+    pthread_mutex_lock(&p->mu);
+    atomic_fetch_add_explicit(&p->gen, 1, memory_order_release);
+    if (p->sleepers) pthread_cond_broadcast(&p->wake);
     pthread_mutex_unlock(&p->mu);
     drain(p);
-    pthread_mutex_lock(&p->mu);
-    while (p->busy > 0) pthread_cond_wait(&p->done, &p->mu);
-    pthread_mutex_unlock(&p->mu);
+    for (int i = 0; i < SPIN_POLLS && atomic_load_explicit(&p->busy, memory_order_acquire); i++)
+        cpu_relax();
+    if (atomic_load_explicit(&p->busy, memory_order_acquire)) {
+        pthread_mutex_lock(&p->mu);
+        p->caller_waiting = 1;
+        while (atomic_load(&p->busy) > 0) pthread_cond_wait(&p->done, &p->mu);
+        p->caller_waiting = 0;
+        pthread_mutex_unlock(&p->mu);
+    }
     pthread_mutex_unlock(&p->run_lock);
 }
