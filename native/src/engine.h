@@ -165,7 +165,11 @@ void vx_weight_row(const vx_weight *W, int64_t r, float *out);
 
 /* element-wise helpers (kernels.c) */
 void vx_rmsnorm(float *out, const float *x, const float *w, int n, double eps);
-void vx_rope_interleaved(float *x, int n_heads, int head_dim, int64_t pos, double theta);
+/* RoPE in two steps, since every layer rotates by the same angles: cs gets
+ * head_dim/2 (cos, sin) pairs for position pos; then each head's pairs
+ * (x[2j], x[2j+1]) are rotated by pair j. */
+void vx_rope_table(float *cs, int head_dim, int64_t pos, double theta);
+void vx_rope_apply(float *x, int n_heads, int head_dim, const float *cs);
 float vx_gelu(float x);
 /* inline: the feed-forward calls it per element, and a call cost as much
  * as the expf */
@@ -195,6 +199,7 @@ int vx_kv_copy(vx_kv *dst, const vx_kv *src);
 
 typedef struct {
     float *x, *xn, *q, *k, *v, *att, *h1, *h3, *scores;
+    float *rope; /* [rows, head_dim]: (cos, sin) pairs of each row's position */
     int cap_rows;
     size_t cap_scores; /* floats of attention scores (transformer.c sizes them) */
 } vx_scratch;

@@ -234,18 +234,22 @@ void vx_rmsnorm(float *out, const float *x, const float *w, int n, double eps) {
     for (int i = 0; i < n; i++) out[i] = x[i] * inv * w[i];
 }
 
-void vx_rope_interleaved(float *x, int n_heads, int head_dim, int64_t pos, double theta) {
-    int half = head_dim / 2;
-    for (int j = 0; j < half; j++) {
+void vx_rope_table(float *cs, int head_dim, int64_t pos, double theta) {
+    for (int j = 0; j < head_dim / 2; j++) {
         double a = (double)pos * pow(theta, -2.0 * j / head_dim);
-        float c = (float)cos(a), s = (float)sin(a);
-        for (int h = 0; h < n_heads; h++) {
+        cs[2 * j] = (float)cos(a);
+        cs[2 * j + 1] = (float)sin(a);
+    }
+}
+
+void vx_rope_apply(float *x, int n_heads, int head_dim, const float *cs) {
+    for (int h = 0; h < n_heads; h++)
+        for (int j = 0; j < head_dim / 2; j++) {
             float *p = x + (size_t)h * head_dim + 2 * j;
-            float x0 = p[0], x1 = p[1];
+            const float c = cs[2 * j], s = cs[2 * j + 1], x0 = p[0], x1 = p[1];
             p[0] = x0 * c - x1 * s;
             p[1] = x0 * s + x1 * c;
         }
-    }
 }
 
 float vx_gelu(float x) { return (float)(0.5 * x * (1.0 + erf(x / sqrt(2.0)))); }

@@ -80,10 +80,11 @@ int vx_scratch_reserve(vx_scratch *s, const vx_tf_params *p, int rows, size_t sc
     if (scores < s->cap_scores) scores = s->cap_scores;
     int qd = p->n_heads * p->head_dim, kvd = p->n_kv_heads * p->head_dim;
     size_t r = (size_t)rows;
-    float **bufs[] = {&s->x, &s->xn, &s->q, &s->k, &s->v, &s->att, &s->h1, &s->h3, &s->scores};
+    float **bufs[] = {&s->x, &s->xn, &s->q, &s->k, &s->v, &s->att, &s->h1, &s->h3, &s->scores,
+                      &s->rope};
     size_t sizes[] = {r * p->dim, r * (p->dim > qd ? p->dim : qd), r * qd, r * kvd, r * kvd,
                       r * qd, r * p->hidden_dim, r * p->hidden_dim,
-                      scores};
+                      scores, r * p->head_dim};
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
         float *b = realloc(*bufs[i], sizes[i] * sizeof(float));
         if (!b) return -1;
@@ -104,6 +105,7 @@ void vx_scratch_free(vx_scratch *s) {
     free(s->h1);
     free(s->h3);
     free(s->scores);
+    free(s->rope);
     memset(s, 0, sizeof *s);
 }
 
@@ -227,7 +229,7 @@ typedef struct {
     vx_kv *kv;
     int layer;
     float *q, *k;
-    const float *v;
+    const float *v, *rope;
     int64_t pos0;
 } qkv_job;
 
@@ -239,8 +241,9 @@ static void qkv_task(void *ctx, int i) {
     const int64_t pos = j->pos0 + i;
     float *ki = j->k + (size_t)i * kvd;
     const float *vi = j->v + (size_t)i * kvd;
-    vx_rope_interleaved(j->q + (size_t)i * qd, p->n_heads, p->head_dim, pos, p->rope_theta);
-    vx_rope_interleaved(ki, p->n_kv_heads, p->head_dim, pos, p->rope_theta);
+    const float *cs = j->rope + (size_t)i * p->head_dim;
+    vx_rope_apply(j->q + (size_t)i * qd, p->n_heads, p->head_dim, cs);
+    vx_rope_apply(ki, p->n_kv_heads, p->head_dim, cs);
     const size_t slot = (size_t)(pos % kv->cap_max);
     if (kv->f16) {
         uint16_t *kd = (uint16_t *)kv->k[j->layer] + slot * kvd;
@@ -281,6 +284,8 @@ int vx_stack_forward(const vx_model *m, const vx_tf_params *p, const vx_layer *l
     if (vx_scratch_reserve(s, p, n, (size_t)n_tasks * per_task) != 0) return -1;
     if (vx_kv_reserve(kv, pos0 + n) != 0) return -1;
     if (n > kv->cap_max - p->window + 1 && kv->cap_max < pos0 + n) return -1; /* would overwrite */
+    for (int i = 0; i < n; i++)
+        vx_rope_table(s->rope + (size_t)i * p->head_dim, p->head_dim, pos0 + i, p->rope_theta);
 
     for (int l = 0; l < p->n_layers; l++) {
         const vx_layer *L = &layers[l];
@@ -290,7 +295,7 @@ int vx_stack_forward(const vx_model *m, const vx_tf_params *p, const vx_layer *l
         float *yqkv[] = {s->q, s->k, s->v};
         const float *bqkv[] = {L->bq, NULL, L->bv};
         vx_matmul_multi(m, 3, wqkv, s->xn, n, yqkv, bqkv);
-        qkv_job qj = {p, kv, l, s->q, s->k, s->v, pos0};
+        qkv_job qj = {p, kv, l, s->q, s->k, s->v, s->rope, pos0};
         vx_pool_run(m->pool, n, qkv_task, &qj);
         att_job aj = {m, p, kv, l, s->q, s->att, s->scores, per_task, pos0, n};
         vx_pool_run(m->pool, n_tasks, att_task, &aj);
