@@ -171,6 +171,9 @@ void vx_rmsnorm(float *out, const float *x, const float *w, int n, double eps);
 void vx_rope_table(float *cs, int head_dim, int64_t pos, double theta);
 void vx_rope_apply(float *x, int n_heads, int head_dim, const float *cs);
 float vx_gelu(float x);
+/* Greedy decoding's pick: the lowest index of the largest value. NaNs never
+ * win, except that a NaN at 0 gives 0 (as a "v[i] > v[best]" scan does). */
+int64_t vx_argmax(const float *v, int64_t n);
 /* inline: the feed-forward calls it per element, and a call cost as much
  * as the expf */
 static inline float vx_silu(float x) { return x / (1.0f + expf(-x)); }

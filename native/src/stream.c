@@ -3,7 +3,6 @@
  * on whole positions, the decoder one position per 80 ms of audio, events
  * out. A flush pads the utterance like the offline recipe, drains it, and
  * restores the state saved after the left padding. */
-#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -244,12 +243,6 @@ static int prompt_token(const vx_stream *s, int64_t p) {
     return p == 0 ? s->m->bos_id : s->m->pad_id;
 }
 
-static int argmax(const float *v, int64_t n) {
-    int best = 0; /* greedy; ties go to the lowest id */
-    for (int64_t i = 1; i < n; i++)
-        if (v[i] > v[best]) best = (int)i;
-    return best;
-}
 
 /* Positions below prompt_len-1 are prefilled in batches (no logits). After
  * that each pass runs k >= 1 positions: the first with its known input token,
@@ -297,7 +290,7 @@ static int run_decoder(vx_stream *s) {
         int kept = 0;
         while (kept < k) {
             const float *row = logits + (size_t)kept * vocab;
-            int tok = argmax(row, vocab);
+            int tok = (int)vx_argmax(row, vocab);
             if (vx_capture_rows(s, VX_DEBUG_LOGITS, row, 1, vocab) != 0) goto done;
             if (emit_token(s, tok, p + kept) != 0) goto done;
             st->last_token = tok;

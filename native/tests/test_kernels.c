@@ -480,6 +480,29 @@ static void check_layout(void) {
     }
 }
 
+/* vx_argmax against the plain scan it replaces, on lengths around its
+ * 4-lane step, with ties (few distinct values), -inf and NaN sprinkled in. */
+static void check_argmax(void) {
+    static float v[1031];
+    for (int n = 1; n <= 1031; n += (n < 40 ? 1 : 97)) {
+        for (int trial = 0; trial < 20; trial++) {
+            for (int i = 0; i < n; i++) {
+                double u = urand();
+                const double levels = trial % 2 ? 3 : 1000; /* few levels: many ties */
+                v[i] = u < 0.05 ? NAN : u < 0.1 ? -INFINITY : (float)(int)(urand() * levels);
+            }
+            if (trial == 0) v[0] = NAN;
+            if (trial == 1) v[n - 1] = INFINITY;
+            int64_t want = 0;
+            for (int64_t i = 1; i < n; i++)
+                if (v[i] > v[want]) want = i;
+            int64_t got = vx_argmax(v, n);
+            CHECKF(got == want, "n=%d trial %d: %lld, want %lld", n, trial, (long long)got,
+                   (long long)want);
+        }
+    }
+}
+
 int main(void) {
     const vx_backend *backends[3] = {vx_backend_portable(), vx_backend_avx2(), vx_backend_neon()};
     const int dtypes[] = {VX_DT_F32, VX_DT_F16, VX_DT_BF16, VX_DT_Q8, VX_DT_Q4};
@@ -489,6 +512,7 @@ int main(void) {
     check_roundtrip();
     check_act_quant();
     check_layout();
+    check_argmax();
     for (int b = 0; b < 3; b++) {
         const vx_backend *be = backends[b];
         if (!be) {
