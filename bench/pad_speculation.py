@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 
 from voxd.audio import read_wav
-from voxd.bench import DECODER_BATCH, _prompt_len
 from voxd.config import EngineSettings
 from voxd.devmodel import bf16_bits_to_f32, f32_to_bf16_bits, read_safetensors_header
 from voxd.engine import Engine, TokenEvent
@@ -53,7 +52,8 @@ def speech() -> np.ndarray:
 
 
 def run(model: Path, audio: np.ndarray, interval_ms: int, spec: int) -> tuple[list[int], int, int]:
-    """(token ids, positions, passes) of one stream fed in 80 ms chunks, then flushed."""
+    """(token ids, positions, passes) of one stream fed in 80 ms chunks, then flushed;
+    positions and passes count decoder steps, not the prompt's prefill."""
     with Engine(model) as engine:
         s = engine.stream(interval_ms=interval_ms, max_speculation=spec)
         events = []
@@ -63,7 +63,7 @@ def run(model: Path, audio: np.ndarray, interval_ms: int, spec: int) -> tuple[li
         st = s.stats()
         s.close()
     ids = [e.token_id for e in events if isinstance(e, TokenEvent)]
-    return ids, st.positions, st.decoder_passes
+    return ids, st.positions - st.prompt_positions, st.decoder_passes - st.prompt_passes
 
 
 def pad_variant(src: Path, dst: Path, alpha: float, common: int, pad: int) -> None:
@@ -93,10 +93,6 @@ def main() -> int:
     ap.add_argument("--interval-ms", type=int, default=EngineSettings().interval_ms)
     ap.add_argument("--max-speculation", type=int, default=8)
     args = ap.parse_args()
-    # the prompt: positions 0 .. prompt_len - 2, prefilled DECODER_BATCH at a time
-    prompt = _prompt_len(EngineSettings().delay_ms) - 1
-    prompt_passes = -(-prompt // DECODER_BATCH)
-
     audio = speech()
     with Engine(args.model_dir) as engine:
         pad = engine.info.pad_id
@@ -111,8 +107,7 @@ def main() -> int:
         if on[0] != off[0]:
             raise SystemExit(f"alpha {alpha}: speculation changed the tokens")
         share = sum(t == pad for t in on[0]) / max(len(on[0]), 1)
-        positions = on[1] - prompt
-        p_off, p_on = off[2] - prompt_passes, on[2] - prompt_passes
+        positions, p_off, p_on = on[1], off[2], on[2]
         rows.append(
             {
                 "alpha": alpha,

@@ -210,6 +210,13 @@ def test_report_is_consistent(report: dict[str, Any], tiny_model_dir: Path) -> N
     assert d["positions"] >= 25
     # the last padding position's last mel frame reaches into the audio: 31 or 32
     assert bench.LEFT_PAD_POS - 1 <= report["prefill"]["positions"] <= bench.LEFT_PAD_POS
+    # the rest of the prompt (BOS, left padding, delay) comes with the first audio and
+    # is counted with the prefill, not in the decoder steps
+    pf = report["prefill"]
+    prompt = 1 + bench.LEFT_PAD_POS + a["delay_ms"] // 80 - 1
+    assert pf["positions"] + pf["feed_prompt_positions"] == prompt
+    assert pf["feed_prompt_passes"] >= 1
+    assert pf["total_ms"] == pytest.approx(pf["ms"] + pf["feed_prompt_ms"])
     assert report["machine"]["threads"] == 2
     assert m["weight_format"] == "bf16"
     stored = sum(sum(g.values()) for g in m["weight_dtypes"].values())

@@ -463,6 +463,28 @@ def test_library_env_override_is_respected() -> None:
         assert Path(os.environ["VOXD_ENGINE_LIB"]).is_file()
 
 
+@pytest.mark.parametrize("delay_ms", [80, 480, 2400])
+def test_prompt_prefill_counted_apart(
+    engine_tiny: Engine, clips: dict[str, np.ndarray], delay_ms: int
+) -> None:
+    """The prompt's prefill passes (BOS, 32 left-padding positions, the delay; no
+    logits) are counted in the stats apart from the steps that make tokens."""
+    s = engine_tiny.stream(delay_ms=delay_ms, max_speculation=1)
+    audio = np.concatenate([clips["hello"], silence(1.0)])
+    s.feed(np.zeros(0, dtype=np.float32))
+    for i in range(0, audio.size, 1280):
+        s.feed(audio[i : i + 1280])
+    s.flush()
+    st = s.stats()
+    s.close()
+    prompt = 1 + 32 + delay_ms // 80 - 1  # the last prompt position makes the first logits
+    assert st.prompt_positions == prompt
+    assert -(-prompt // 32) <= st.prompt_passes <= prompt
+    # one position per pass after the prompt (speculation off)
+    assert st.decoder_passes - st.prompt_passes == st.positions - st.prompt_positions > 0
+    assert 0 < st.prompt_ms < st.decoder_ms
+
+
 # ---------------------------------------------------------------------------
 # pad speculation: fewer weight passes, exactly the same output
 # ---------------------------------------------------------------------------

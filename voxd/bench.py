@@ -98,7 +98,6 @@ LEFT_PAD_POS = 32  # positions of zeros the stream starts with (spec section 8)
 REALTIME_STEPS_PER_S = 12.5
 KV_BYTES_PER_VALUE = {False: 2, True: 4}  # the KV cache: fp16, or float32 with kv_f32
 ENCODER_BATCH = 64  # encoder frames per transformer pass (VX_ENC_BATCH, native/src/stream.h)
-DECODER_BATCH = 32  # prompt positions per prefill pass (VX_DEC_BATCH)
 
 F32 = npt.NDArray[np.float32]
 
@@ -419,30 +418,39 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b) if a > 0 else 0
 
 
-def _prompt_len(delay_ms: int) -> int:
-    """BOS, the left padding and the delay: positions below prompt_len - 1 make no logits."""
-    return 1 + LEFT_PAD_POS + delay_ms // 80
-
-
 @dataclass
 class _Passes:
-    """Weight passes inferred from the stats taken after every feed/flush call,
-    following the engine's schedule (native/src/stream.c): each encoder call
-    runs its frames in passes of ENCODER_BATCH; prompt positions (no logits)
-    are prefilled in passes of DECODER_BATCH. Valid within one utterance,
-    where the positions completed equal the decoder position."""
+    """Encoder weight passes inferred from the stats taken after every feed/flush
+    call, following the engine's schedule (native/src/stream.c): each encoder call
+    runs its frames in passes of ENCODER_BATCH."""
 
-    prompt_end: int
     frames: int
-    positions: int = 0
     encoder: int = 0
-    prompt: int = 0
 
     def update(self, st: StreamStats) -> None:
         self.encoder += _ceil_div(st.encoder_frames - self.frames, ENCODER_BATCH)
-        prompt_run = min(st.positions, self.prompt_end) - self.positions
-        self.prompt += _ceil_div(prompt_run, DECODER_BATCH)
-        self.frames, self.positions = st.encoder_frames, st.positions
+        self.frames = st.encoder_frames
+
+
+@dataclass
+class _Steps:
+    """The decoder steps of a segment: its passes that made logits. The prompt's
+    prefill passes (no logits, batched at the stream's start) are matrix-matrix
+    work and are reported with the prefill instead."""
+
+    first: int  # the first step's position
+    positions: int
+    passes: int
+    ms: float
+
+    @classmethod
+    def of(cls, seg: StreamStats, first_position: int) -> _Steps:
+        return cls(
+            first=first_position + seg.prompt_positions,
+            positions=seg.positions - seg.prompt_positions,
+            passes=seg.decoder_passes - seg.prompt_passes,
+            ms=seg.decoder_ms - seg.prompt_ms,
+        )
 
 
 def _ratio(a: float, b: float) -> float:
@@ -491,8 +499,7 @@ def run_bench(
         chunk_ms: list[float] = []
         tokens = text_tokens = 0
         eos = False
-        passes = _Passes(prompt_end=_prompt_len(delay_ms) - 1, frames=pre.encoder_frames)
-        passes.positions = pre.positions
+        passes = _Passes(frames=pre.encoder_frames)
         t_feed = time.perf_counter()
         for i in range(0, x.size, CHUNK_SAMPLES):
             c0 = time.perf_counter()
@@ -506,7 +513,6 @@ def run_bench(
                     eos = eos or ev.token_id == info.eos_id
         feed_s = time.perf_counter() - t_feed
         fed = stream.stats()
-        prompt_passes_fed = passes.prompt
         t_flush = time.perf_counter()
         for ev in stream.flush():
             if isinstance(ev, TokenEvent):
@@ -550,25 +556,25 @@ def run_bench(
         / 1e9
     )
 
-    # decoder: the whole run, and the streaming part alone (feeds; the flush decodes
-    # many waiting positions at once, so speculation batches there)
-    def dec_bytes(seg: StreamStats, prompt_passes: int, first: int) -> tuple[float, float]:
-        """(all bytes read, KV bytes read) by the decoder passes of one segment."""
-        head_passes = max(0, seg.decoder_passes - prompt_passes)  # passes that made logits
-        kv = window_sum(first, seg.positions, info.sliding_window) * kv_bytes_per_position(
-            info, kv_f32
+    # decoder steps: the whole run, and the streaming part alone (feeds; the flush
+    # decodes many waiting positions at once, so speculation batches there)
+    def dec_bytes(steps: _Steps) -> tuple[float, float]:
+        """(all bytes read, KV bytes read) by a segment's decoder steps."""
+        kv = window_sum(steps.first, steps.positions, info.sliding_window) * (
+            kv_bytes_per_position(info, kv_f32)
         )
-        weight = seg.decoder_passes * weights.decoder_pass_bytes + head_passes * weights.head_bytes
-        return weight + kv, kv
+        return steps.passes * (weights.decoder_pass_bytes + weights.head_bytes) + kv, kv
 
     streaming = _delta(pre, fed)
-    dec_total, kv_total = dec_bytes(run, passes.prompt, pre.positions)
-    dec_stream, _ = dec_bytes(streaming, prompt_passes_fed, pre.positions)
-    dec_gbs = _ratio(dec_total / 1e9, run.decoder_ms / 1e3)
-    stream_gbs = _ratio(dec_stream / 1e9, streaming.decoder_ms / 1e3)
-    ms_per_step = _ratio(run.decoder_ms, run.positions)
-    stream_ms_per_step = _ratio(streaming.decoder_ms, streaming.positions)
-    kv_avg = _ratio(kv_total, run.positions)
+    run_steps = _Steps.of(run, pre.positions)
+    stream_steps = _Steps.of(streaming, pre.positions)
+    dec_total, kv_total = dec_bytes(run_steps)
+    dec_stream, _ = dec_bytes(stream_steps)
+    dec_gbs = _ratio(dec_total / 1e9, run_steps.ms / 1e3)
+    stream_gbs = _ratio(dec_stream / 1e9, stream_steps.ms / 1e3)
+    ms_per_step = _ratio(run_steps.ms, run_steps.positions)
+    stream_ms_per_step = _ratio(stream_steps.ms, stream_steps.positions)
+    kv_avg = _ratio(kv_total, run_steps.positions)
     # one sequential step (no speculation): weights + head + the average KV read
     seq_step_bytes = weights.decoder_pass_bytes + weights.head_bytes + kv_avg
     roofline = _ratio(dec_gbs, bandwidth)
@@ -653,6 +659,11 @@ def run_bench(
             "mel_ms": pre.mel_ms,
             "encoder_ms": pre.encoder_ms,
             "decoder_ms": pre.decoder_ms,
+            # the rest of the prompt, prefilled once the first audio gives its positions
+            "feed_prompt_positions": run.prompt_positions,
+            "feed_prompt_passes": run.prompt_passes,
+            "feed_prompt_ms": run.prompt_ms,
+            "total_ms": prefill_ms + run.prompt_ms,
         },
         "encoder": {
             "frames": run.encoder_frames,
@@ -670,27 +681,28 @@ def run_bench(
             "weight_gbs": _ratio(enc_bytes / 1e9, run.encoder_ms / 1e3),
         },
         "decoder": {
-            "positions": run.positions,
-            "passes": run.decoder_passes,
-            "passes_per_position": _ratio(run.decoder_passes, run.positions),
+            # steps: passes that made logits (the prompt's passes are in "prefill")
+            "positions": run_steps.positions,
+            "passes": run_steps.passes,
+            "passes_per_position": _ratio(run_steps.passes, run_steps.positions),
             "spec_guesses": run.spec_guesses,
             "spec_accepted": run.spec_accepted,
             # rows computed per pass: kept positions plus rejected guesses
             "rows_per_pass": _ratio(
-                run.positions + run.spec_guesses - run.spec_accepted, run.decoder_passes
+                run_steps.positions + run.spec_guesses - run.spec_accepted, run_steps.passes
             ),
-            "ms": run.decoder_ms,
+            "ms": run_steps.ms,
             "ms_per_step": ms_per_step,
-            "ms_per_pass": _ratio(run.decoder_ms, run.decoder_passes),
+            "ms_per_pass": _ratio(run_steps.ms, run_steps.passes),
             "steps_per_s": _ratio(1e3, ms_per_step),
             "kv_bytes_per_step": kv_avg,
-            "bytes_per_step": _ratio(dec_total, run.positions),
+            "bytes_per_step": _ratio(dec_total, run_steps.positions),
             "sequential_step_bytes": seq_step_bytes,
             "achieved_gbs": dec_gbs,
             "roofline_fraction": roofline,
             # the feeds alone: one position per pass at 80 ms chunks, the steady state
-            "streaming_positions": streaming.positions,
-            "streaming_passes": streaming.decoder_passes,
+            "streaming_positions": stream_steps.positions,
+            "streaming_passes": stream_steps.passes,
             "streaming_ms_per_step": stream_ms_per_step,
             "streaming_achieved_gbs": stream_gbs,
             "streaming_roofline_fraction": stream_roofline,
@@ -754,6 +766,12 @@ def format_report(r: dict[str, Any]) -> str:
             f"decoder {pf['decoder_ms']:.0f} ms)",
         ),
         (
+            "prefill (rest of the prompt)",
+            f"{pf['feed_prompt_positions']} positions in {pf['feed_prompt_passes']} passes "
+            f"with the first audio: {pf['feed_prompt_ms']:.0f} ms; "
+            f"prefill in all {pf['total_ms']:.0f} ms",
+        ),
+        (
             "encoder",
             f"{e['ms_per_audio_s']:.0f} ms per audio s, {e['gflops']:.1f} GFLOP/s = "
             f"{e['fma_peak_fraction'] * 100:.0f}% of FMA peak "
@@ -766,7 +784,7 @@ def format_report(r: dict[str, Any]) -> str:
             f"{_gb(e['weight_bytes_per_pass'])}: {e['weight_gbs']:.1f} GB/s of weights",
         ),
         (
-            "decoder step",
+            "decoder step (with logits)",
             f"{d['ms_per_step']:.1f} ms ({d['steps_per_s']:.2f} steps/s; "
             f"real time needs {REALTIME_STEPS_PER_S}); streaming alone "
             f"{d['streaming_ms_per_step']:.1f} ms",

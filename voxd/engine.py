@@ -89,6 +89,9 @@ class _StreamStats(ctypes.Structure):
         ("kv_positions", ctypes.c_int64),
         ("spec_guesses", ctypes.c_int64),
         ("spec_accepted", ctypes.c_int64),
+        ("prompt_positions", ctypes.c_int64),
+        ("prompt_passes", ctypes.c_int64),
+        ("prompt_ms", ctypes.c_double),
     ]
 
 
@@ -236,6 +239,10 @@ class StreamStats:
     kv_positions: int
     spec_guesses: int  # pad guesses checked by speculation
     spec_accepted: int  # of which were right
+    # the prompt's prefill passes (no logits), included in the decoder figures above
+    prompt_positions: int
+    prompt_passes: int
+    prompt_ms: float
 
 
 class Engine:

@@ -146,6 +146,11 @@ typedef struct {
     int64_t kv_positions;     /* decoder positions currently held in the KV cache */
     int64_t spec_guesses;     /* pad guesses checked by speculation */
     int64_t spec_accepted;    /* of which were right (their positions needed no extra pass) */
+    /* The prompt's prefill (BOS, left padding, delay: no logits), batched at
+     * the stream's start; a part of the decoder figures above, counted apart
+     * because it is matrix-matrix work, not the bandwidth-bound step. */
+    int64_t prompt_positions, prompt_passes;
+    double prompt_ms;
 } vx_stream_stats;
 VX_EXPORT void vx_stream_get_stats(const vx_stream *s, vx_stream_stats *out);
 

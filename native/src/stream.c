@@ -272,9 +272,13 @@ static int run_decoder(vx_stream *s) {
                 vx_weight_row(&m->tok_emb, prompt_token(s, p + i), emb);
                 for (int c = 0; c < dim; c++) x[i * dim + c] = ad[i * dim + c] + emb[c];
             }
+            double tp = vx_now_ms();
             if (vx_decoder_forward(s, x, (int)n, p, NULL) != 0) goto done;
             st->dec_pos += n;
             s->stats.positions += n;
+            s->stats.prompt_positions += n;
+            s->stats.prompt_passes += 1;
+            s->stats.prompt_ms += vx_now_ms() - tp;
             continue;
         }
         /* guess only as far as the recent outputs justify: after a run of r
