@@ -1,8 +1,8 @@
 """voxd's decoder step against a plain BF16->F32 OpenBLAS engine, in one run.
 
-The performance issue asks voxd's decoder step to beat "a plain BF16->F32
-OpenBLAS engine" by >= 3x in BF16 and >= 10x in Q4, measured in the same run
-as the memory bandwidth. This script is that run; one process, one thread
+voxd's speed target names a plain BF16->F32 OpenBLAS engine as the baseline
+for its decoder step (>= 3x faster in BF16, >= 10x in Q4), measured in the
+same run as the memory bandwidth. This script is that run; one process, one thread
 count for everything (OpenBLAS and the engine), figures in this order:
 
 * memory read bandwidth: ``voxd.bench.measure_read_bandwidth`` (the engine
@@ -31,7 +31,7 @@ count for everything (OpenBLAS and the engine), figures in this order:
   positions, StreamStats.decoder_ms / positions: the formula of ``voxd
   bench``'s "streaming alone" decoder figure, at the baseline's KV length.
 * per format, the ratio baseline ms / voxd ms (and matrix products alone /
-  voxd ms), beside the issue's target.
+  voxd ms), beside the target.
 
 The default KV length is that of ``voxd bench``'s default 10 s of speech at
 its end: 32 positions of left padding + 125. Timing is noisy on a shared
@@ -82,7 +82,7 @@ F32 = npt.NDArray[np.float32]
 THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
 BENCH_SECONDS = 10.0  # voxd bench's default speech
 DEFAULT_KV_POSITIONS = LEFT_PAD_POS + round(BENCH_SECONDS * REALTIME_STEPS_PER_S)
-TARGETS = {"bf16": 3.0, "q4": 10.0}  # the issue's speed-up over the baseline
+TARGETS = {"bf16": 3.0, "q4": 10.0}  # the targeted speed-up over the baseline
 MODEL_FILE = "consolidated.safetensors"
 
 
@@ -422,7 +422,7 @@ def format_report(r: dict[str, Any]) -> str:
 
 def _voxd_rows(v: dict[str, Any]) -> list[tuple[str, str]]:
     fmt = v["decoder_format"]
-    target = f" (issue's target >= {v['target']:g}x)" if v["target"] else ""
+    target = f" (target >= {v['target']:g}x)" if v["target"] else ""
     return [
         (
             f"voxd {fmt} decoder step",
