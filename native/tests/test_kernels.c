@@ -24,6 +24,7 @@
  * Determinism (engine.h): Y[i, r] must be bitwise the same whether computed
  * with n = 1, inside a batch of 17 or 64 at any position, and with any r0/r1
  * split of the rows. */
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -355,6 +356,61 @@ static void check_q_exact(const vx_backend *be, int dt, int64_t rows, int64_t co
 
 /* vx_quantize_act_q8: the block scale, rounding (half to even), clamping and
  * the special blocks. */
+/* The activation quantizer as engine.h defines it, element by element: the
+ * engine's vectorized one must give the same bytes and scales. (This file
+ * is compiled with -ffp-contract=off, like quant.c.) */
+static void ref_quantize_act_q8(const float *x, int64_t cols, int8_t *q, float *d) {
+    for (int64_t b = 0; b < cols / 32; b++) {
+        const float *v = x + b * 32;
+        float amax = 0;
+        int finite = 1;
+        for (int j = 0; j < 32; j++) {
+            float a = fabsf(v[j]);
+            finite &= a <= FLT_MAX;
+            amax = a > amax ? a : amax;
+        }
+        if (!finite || amax == 0) {
+            memset(q + b * 32, 0, 32);
+            d[b] = finite ? 0.0f : NAN;
+            continue;
+        }
+        const float sc = amax < 0x1p-100f ? 0x1p100f : 1.0f, inv = 127.0f / (amax * sc);
+        d[b] = amax / 127.0f;
+        for (int j = 0; j < 32; j++) {
+            float r = ((v[j] * sc) * inv + 12582912.0f) - 12582912.0f;
+            r = r > 127.0f ? 127.0f : r < -127.0f ? -127.0f : r;
+            q[b * 32 + j] = (int8_t)(int)r;
+        }
+    }
+}
+
+/* Random blocks over a wide range of scales, ties, tiny and non-finite ones. */
+static void check_act_quant_vs_scalar(void) {
+    enum { COLS = 32 * 200 };
+    static float x[COLS], d0[COLS / 32], d1[COLS / 32];
+    static int8_t q0[COLS], q1[COLS];
+    for (int trial = 0; trial < 20; trial++) {
+        for (int b = 0; b < COLS / 32; b++) {
+            const float scale = (float)pow(2.0, -140.0 + 270.0 * urand());
+            const int kind = (int)(urand() * 8);
+            for (int j = 0; j < 32; j++) {
+                float v = nrand() * scale;
+                if (kind == 1) v = (float)(int)(nrand() * 64) * 0.5f; /* x.5 ties */
+                if (kind == 2 && j == 3) v = urand() < 0.5 ? INFINITY : NAN;
+                if (kind == 3) v = j == 7 ? -scale : 0.0f;
+                x[b * 32 + j] = v;
+            }
+        }
+        ref_quantize_act_q8(x, COLS, q0, d0);
+        vx_quantize_act_q8(x, COLS, q1, d1);
+        int same_q = memcmp(q0, q1, sizeof q0) == 0, same_d = 1;
+        for (int b = 0; b < COLS / 32; b++)
+            same_d &= memcmp(&d0[b], &d1[b], sizeof(float)) == 0 || (isnan(d0[b]) && isnan(d1[b]));
+        CHECKF(same_q && same_d, "trial %d: bytes %s, scales %s", trial, same_q ? "same" : "differ",
+               same_d ? "same" : "differ");
+    }
+}
+
 static void check_act_quant(void) {
     float x[32 * 6];
     int8_t q[32 * 6];
@@ -511,6 +567,7 @@ int main(void) {
 
     check_roundtrip();
     check_act_quant();
+    check_act_quant_vs_scalar();
     check_layout();
     check_argmax();
     for (int b = 0; b < 3; b++) {
