@@ -8,6 +8,7 @@
 
 #include "engine.h"
 #include "quant.h"
+#include "vec4.h"
 
 #if !defined(VX_HAVE_AVX2)
 const vx_backend *vx_backend_avx2(void) { return NULL; }
@@ -252,27 +253,23 @@ void vx_rope_apply(float *x, int n_heads, int head_dim, const float *cs) {
         }
 }
 
-/* In 4 lanes of the compiler's generic vectors (SSE2, NEON): a scalar scan's
+/* In vec4.h's 4-lane vectors (SSE2, NEON): a scalar scan's
  * compare chain over the 131072 logits cost ~0.5 ms per decoder step, 0.8 %
  * of it. Each lane keeps its first index of its largest value (strict >), so
  * the answer is the lowest such index among the lanes holding the maximum. */
-typedef float vx_f32x4 __attribute__((vector_size(16)));
-typedef int32_t vx_i32x4 __attribute__((vector_size(16)));
-
 int64_t vx_argmax(const float *v, int64_t n) {
     if (n <= 0 || isnan(v[0])) return 0;
     int64_t i = 0, best = 0;
     float mx = v[0];
     if (n <= INT32_MAX) { /* lane indices are int32 */
-        vx_f32x4 m = {v[0], v[0], v[0], v[0]};
+        vx_f32x4 m = vx_splat4(v[0]);
         vx_i32x4 idx = {0, 0, 0, 0}, at = {0, 1, 2, 3};
         const vx_i32x4 four = {4, 4, 4, 4};
         for (; i + 4 <= n; i += 4, at += four) {
-            vx_f32x4 x;
-            memcpy(&x, v + i, sizeof x);
+            const vx_f32x4 x = vx_load4(v + i);
             const vx_i32x4 gt = x > m;
-            m = (vx_f32x4)(((vx_i32x4)x & gt) | ((vx_i32x4)m & ~gt));
-            idx = (at & gt) | (idx & ~gt);
+            m = vx_select4(gt, x, m);
+            idx = vx_select4i(gt, at, idx);
         }
         for (int k = 0; k < 4; k++)
             if (m[k] > mx || (m[k] == mx && idx[k] < best)) {

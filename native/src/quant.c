@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "engine.h"
+#include "vec4.h"
 
 float vx_bf16_to_f32(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;
@@ -147,38 +148,31 @@ void vx_quantize_row_q4(const float *x, int64_t cols, uint8_t *dst) {
  * a fused (x * inv + magic) would round differently from the two-step
  * arithmetic written here, and on AArch64 the compiler would fuse it.
  *
- * In 4-lane generic vectors (SSE2, NEON): the decoder quantizes ~20k values
+ * In vec4.h's 4-lane vectors (SSE2, NEON): the decoder quantizes ~20k values
  * per layer on one thread before each matrix job, ~0.7 ms of a step as
  * scalar code. Lane by lane the operations are those of the scalar
  * definition (engine.h): abs, compare, max, multiply, add, subtract, clamp,
  * truncate; each exact or one IEEE rounding, so the bytes do not change. */
-typedef float f32x4 __attribute__((vector_size(16)));
-typedef int32_t i32x4 __attribute__((vector_size(16)));
 #define LANES 4
 #define VECS (VX_QBLOCK / LANES)
-
-static inline f32x4 splat(float v) { return (f32x4){v, v, v, v}; }
-static inline f32x4 select4(i32x4 mask, f32x4 a, f32x4 b) {
-    return (f32x4)(((i32x4)a & mask) | ((i32x4)b & ~mask));
-}
 
 void vx_quantize_act_q8(const float *x, int64_t cols, int8_t *q, float *d) {
     /* adding 1.5 * 2^23 to |v| <= 2^22 leaves a float whose ulp is 1, so the
      * sum is v rounded to an integer, half to even (the default rounding
      * mode), and subtracting it again is exact: a branch-free, vectorisable
      * lrintf that does not depend on libm */
-    const f32x4 magic = splat(12582912.0f);
-    const i32x4 abs_bits = {0x7fffffff, 0x7fffffff, 0x7fffffff, 0x7fffffff};
+    const vx_f32x4 magic = vx_splat4(12582912.0f);
+    const vx_i32x4 abs_bits = {0x7fffffff, 0x7fffffff, 0x7fffffff, 0x7fffffff};
     for (int64_t b = 0; b < cols / VX_QBLOCK; b++) {
-        f32x4 v[VECS];
-        memcpy(v, x + b * VX_QBLOCK, sizeof v);
+        vx_f32x4 v[VECS];
+        for (int k = 0; k < VECS; k++) v[k] = vx_load4(x + b * VX_QBLOCK + k * LANES);
         int8_t *o = q + b * VX_QBLOCK;
-        f32x4 amax4 = splat(0.0f);
-        i32x4 finite4 = ~(i32x4){0, 0, 0, 0};
+        vx_f32x4 amax4 = vx_splat4(0.0f);
+        vx_i32x4 finite4 = ~(vx_i32x4){0, 0, 0, 0};
         for (int k = 0; k < VECS; k++) {
-            const f32x4 a = (f32x4)((i32x4)v[k] & abs_bits);
-            finite4 &= a <= splat(FLT_MAX); /* false for Inf and NaN */
-            amax4 = select4(a > amax4, a, amax4);
+            const vx_f32x4 a = (vx_f32x4)((vx_i32x4)v[k] & abs_bits);
+            finite4 &= a <= vx_splat4(FLT_MAX); /* false for Inf and NaN */
+            amax4 = vx_select4(a > amax4, a, amax4);
         }
         float amax = 0;
         int finite = 1;
@@ -198,10 +192,10 @@ void vx_quantize_act_q8(const float *x, int64_t cols, int8_t *q, float *d) {
         const float inv = 127.0f / (amax * sc);
         d[b] = amax / 127.0f;
         for (int k = 0; k < VECS; k++) {
-            f32x4 r = ((v[k] * splat(sc)) * splat(inv) + magic) - magic;
-            r = select4(r > splat(127.0f), splat(127.0f), r);
-            r = select4(r < splat(-127.0f), splat(-127.0f), r);
-            const i32x4 n = __builtin_convertvector(r, i32x4);
+            vx_f32x4 r = ((v[k] * vx_splat4(sc)) * vx_splat4(inv) + magic) - magic;
+            r = vx_select4(r > vx_splat4(127.0f), vx_splat4(127.0f), r);
+            r = vx_select4(r < vx_splat4(-127.0f), vx_splat4(-127.0f), r);
+            const vx_i32x4 n = __builtin_convertvector(r, vx_i32x4);
             for (int l = 0; l < LANES; l++) o[k * LANES + l] = (int8_t)n[l];
         }
     }
