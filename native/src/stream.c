@@ -243,7 +243,6 @@ static int prompt_token(const vx_stream *s, int64_t p) {
     return p == 0 ? s->m->bos_id : s->m->pad_id;
 }
 
-
 /* Positions below prompt_len-1 are prefilled in batches (no logits). After
  * that each pass runs k >= 1 positions: the first with its known input token,
  * the others guessing that the previous output was STREAMING_PAD (as many as
