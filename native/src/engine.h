@@ -179,7 +179,6 @@ int64_t vx_argmax(const float *v, int64_t n);
 static inline float vx_silu(float x) { return x / (1.0f + expf(-x)); }
 float vx_bf16_to_f32(uint16_t h);
 float vx_f16_to_f32(uint16_t h);
-uint16_t vx_f32_to_f16(float f);
 
 /* ---- transformer stack shared by encoder and decoder ---- */
 

@@ -39,8 +39,6 @@ float vx_f16_to_f32(uint16_t h) {
     return f;
 }
 
-uint16_t vx_f32_to_f16(float f) { return vx_f16_bits(f); }
-
 size_t vx_row_bytes(int dtype, int64_t cols) {
     switch (dtype) {
     case VX_DT_F32: return (size_t)cols * 4;

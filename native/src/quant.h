@@ -23,7 +23,7 @@
 /* float -> fp16 bits, round to nearest even (overflow to inf, NaN kept
  * quiet), with one shift path for normal and subnormal results. Inline:
  * every cached K and V value goes through it. */
-static inline uint16_t vx_f16_bits(float f) {
+static inline uint16_t vx_f32_to_f16(float f) {
     uint32_t u;
     memcpy(&u, &f, 4);
     const uint32_t sign = (u >> 16) & 0x8000, e = (u >> 23) & 0xff, man = u & 0x7fffff;

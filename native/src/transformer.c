@@ -197,9 +197,9 @@ static void att_task(void *ctx, int task) {
     }
 }
 
-/* A row of floats -> fp16, the same bits as vx_f16_bits per element: a
+/* A row of floats -> fp16, the same bits as vx_f32_to_f16 per element: a
  * branch-free pass (which the compiler vectorizes) that is exact for normal,
- * infinite and NaN results, then vx_f16_bits for the rare elements whose
+ * infinite and NaN results, then vx_f32_to_f16 for the rare elements whose
  * result is subnormal or zero. */
 static void f16_row(uint16_t *out, const float *x, int n) {
     int32_t tiny = 0;
@@ -218,7 +218,7 @@ static void f16_row(uint16_t *out, const float *x, int n) {
     }
     if (tiny)
         for (int c = 0; c < n; c++)
-            if ((fabsf(x[c]) < 0x1p-14f)) out[c] = vx_f16_bits(x[c]);
+            if ((fabsf(x[c]) < 0x1p-14f)) out[c] = vx_f32_to_f16(x[c]);
 }
 
 /* RoPE on row i of q and k, then k/v row i into its slot of the cache (as

@@ -16,7 +16,7 @@
 
 #include "check.h"
 #include "engine.h"
-
+#include "quant.h"
 
 static uint64_t rng_state = 0x2545f4914f6cdd1dull;
 static double urand(void) {
