@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from voxd.devmodel import read_safetensors, read_safetensors_header
+from voxd.devmodel import read_safetensors, read_safetensors_header_and_metadata
 
 A = npt.NDArray[np.float64]
 
@@ -201,13 +201,6 @@ def _dequantize_blocks(dtype: str, raw: npt.NDArray[np.uint8], shape: list[int])
     return (d * ints).reshape(shape)
 
 
-def _metadata(path: Path) -> dict[str, Any]:
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        meta: dict[str, Any] = json.loads(f.read(n)).get("__metadata__") or {}
-    return meta
-
-
 def is_decoder_tensor(name: str) -> bool:
     """Read by a decoder step: decoder layers (ada norm included), final norm, token embedding."""
     return name.startswith("layers.") or name in ("norm.weight", TOK_EMB)
@@ -223,11 +216,11 @@ def _read_weights(
     dtype: type[np.floating[Any]] = np.float64,
 ) -> dict[str, A]:
     """The tensors whose name ``keep`` accepts as ``dtype``; Q8/Q4 ones as ActQuantWeight."""
-    header, base = read_safetensors_header(path)
+    header, meta, base = read_safetensors_header_and_metadata(path)
     header = {k: v for k, v in header.items() if keep(k)}
     plain = [k for k, v in header.items() if v["dtype"] not in ("Q8", "Q4")]
     out = {k: v.astype(dtype, copy=False) for k, v in read_safetensors(path, plain).items()}
-    if len(plain) < len(header) and _metadata(path).get(Q_LAYOUT_KEY) != Q_LAYOUT:
+    if len(plain) < len(header) and meta.get(Q_LAYOUT_KEY) != Q_LAYOUT:
         raise ValueError(f"{path}: Q8/Q4 tensors without {Q_LAYOUT_KEY} = {Q_LAYOUT}")
     mapped = np.memmap(path, dtype=np.uint8, mode="r")
     for name, info in header.items():

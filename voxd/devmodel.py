@@ -148,13 +148,22 @@ def _write_plan(f: BinaryIO, plan: TensorPlan) -> None:
         raise ValueError(f"{plan.name}: wrote {written} values, shape needs {plan.numel}")
 
 
-def read_safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
-    """The JSON header (without ``__metadata__``) and the offset where data begins."""
+def read_safetensors_header_and_metadata(
+    path: Path,
+) -> tuple[dict[str, Any], dict[str, Any], int]:
+    """The JSON header's tensor entries, its ``__metadata__`` ({} if none) and the
+    offset where data begins."""
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
         header: dict[str, Any] = json.loads(f.read(n))
-    header.pop("__metadata__", None)
-    return header, 8 + n
+    meta: dict[str, Any] = header.pop("__metadata__", None) or {}
+    return header, meta, 8 + n
+
+
+def read_safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
+    """The JSON header (without ``__metadata__``) and the offset where data begins."""
+    header, _, base = read_safetensors_header_and_metadata(path)
+    return header, base
 
 
 _DTYPES: dict[str, str] = {"BF16": "<u2", "F16": "<f2", "F32": "<f4", "F64": "<f8"}
