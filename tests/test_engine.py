@@ -22,6 +22,7 @@ import pytest
 import reference
 from parity import agreeing_steps, rel_err
 from speech import silence, synth
+from st_files import read_st, write_st
 
 from voxd.engine import (
     DEBUG_ADAPTER,
@@ -311,18 +312,6 @@ def copy_model(src: Path, dst: Path) -> Path:
     for name in ("params.json", "tekken.json", "consolidated.safetensors"):
         (dst / name).write_bytes((src / name).read_bytes())
     return dst
-
-
-def read_st(path: Path) -> tuple[dict, bytes]:
-    raw = path.read_bytes()
-    (n,) = struct.unpack("<Q", raw[:8])
-    return json.loads(raw[8 : 8 + n]), raw[8 + n :]
-
-
-def write_st(path: Path, header: dict, data: bytes) -> None:
-    h = json.dumps(header).encode()
-    h += b" " * (-len(h) % 8)  # the format pads the header so tensors stay aligned
-    path.write_bytes(struct.pack("<Q", len(h)) + h + data)
 
 
 def load_error(model_dir: Path) -> str:

@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 import struct
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import reference
 from parity import agreeing_steps
 from speech import have_espeak, synth
+from st_files import read_header, write_tensors
 
 from voxd import quantize as qz
 from voxd.engine import (
@@ -41,13 +41,6 @@ CLIPS = {
 }
 
 
-def header(path: Path) -> dict[str, Any]:
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        h: dict[str, Any] = json.loads(f.read(n))
-    return h
-
-
 def tensor_bytes(path: Path, name: str) -> bytes:
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
@@ -60,23 +53,6 @@ def tensor_bytes(path: Path, name: str) -> bytes:
 def bf16_values(raw: bytes, shape: list[int]) -> np.ndarray:
     bits = np.frombuffer(raw, dtype="<u2").astype(np.uint32) << np.uint32(16)
     return bits.view(np.float32).reshape(shape)
-
-
-def write_safetensors(
-    path: Path, blobs: list[tuple[str, str, list[int], bytes]], meta: dict[str, str] | None
-) -> None:
-    """A safetensors file of (name, dtype, shape, data) in this order."""
-    hdr: dict[str, Any] = {} if meta is None else {"__metadata__": meta}
-    off = 0
-    for name, dt, shape, data in blobs:
-        hdr[name] = {"dtype": dt, "shape": shape, "data_offsets": [off, off + len(data)]}
-        off += len(data)
-    js = json.dumps(hdr).encode()
-    js += b" " * (-len(js) % 8)
-    with open(path, "wb") as f:
-        f.write(len(js).to_bytes(8, "little") + js)
-        for *_, data in blobs:
-            f.write(data)
 
 
 def run(tmp: Path, src: Path, *args: str) -> Path:
@@ -264,8 +240,8 @@ def test_files_parse_with_right_dtypes_and_shapes(
     fmt: str, tiny_model_dir: Path, q8_dir: Path, q4_dir: Path
 ) -> None:
     out = q8_dir if fmt == "Q8" else q4_dir
-    src = header(tiny_model_dir / qz.MODEL_FILE)
-    dst = header(out / qz.MODEL_FILE)
+    src = read_header(tiny_model_dir / qz.MODEL_FILE)
+    dst = read_header(out / qz.MODEL_FILE)
     assert dst["__metadata__"]["voxd_quantize"] == fmt.lower()
     assert dst["__metadata__"]["voxd_q_layout"] == "rowgroup8"
     src.pop("__metadata__", None)
@@ -300,10 +276,10 @@ def test_values_dequantize_close_to_source(
 ) -> None:
     """Relative RMS error per tensor: Gaussian weights give ~0.53 % (Q8, step
     amax/127) and ~8 % (Q4, step amax/8); a layout mistake gives ~100 %."""
-    src = header(tiny_model_dir / qz.MODEL_FILE)
+    src = read_header(tiny_model_dir / qz.MODEL_FILE)
     tols = {"Q8": 0.007, "Q4": 0.1}
     for out in (q8_dir, q4_dir):
-        for name, info in header(out / qz.MODEL_FILE).items():
+        for name, info in read_header(out / qz.MODEL_FILE).items():
             if name == "__metadata__" or info["dtype"] not in tols:
                 continue
             w = bf16_values(tensor_bytes(tiny_model_dir / qz.MODEL_FILE, name), src[name]["shape"])
@@ -326,13 +302,13 @@ def test_options(tiny_model_dir: Path, tmp_path: Path) -> None:
         "--keep",
         "layers.1.*",
     )
-    h = header(out / qz.MODEL_FILE)
+    h = read_header(out / qz.MODEL_FILE)
     assert h[EMB]["dtype"] == "Q4"
     assert h[ENC + "audio_language_projection.0.weight"]["dtype"] == "BF16"
     assert h["layers.1.attention.wq.weight"]["dtype"] == "BF16"
     assert h["layers.0.attention.wq.weight"]["dtype"] == "Q4"
     out8 = run(tmp_path, tiny_model_dir, "--format", "q4", "--keep-encoder", "q8")
-    h8 = header(out8 / qz.MODEL_FILE)
+    h8 = read_header(out8 / qz.MODEL_FILE)
     assert h8[ENC + "audio_language_projection.2.weight"]["dtype"] == "Q8"
     assert h8["layers.0.feed_forward.w1.weight"]["dtype"] == "Q4"
     assert h8[EMB]["dtype"] == "Q8"
@@ -358,7 +334,7 @@ def small_model_dir(path: Path, tensors: dict[str, np.ndarray]) -> Path:
     for name, x in tensors.items():
         bits = (np.ascontiguousarray(x, np.float32).view(np.uint32) >> 16).astype("<u2")
         blobs.append((name, "BF16", list(x.shape), bits.tobytes()))
-    write_safetensors(path / qz.MODEL_FILE, blobs, {"format": "pt"})
+    write_tensors(path / qz.MODEL_FILE, blobs, {"format": "pt"})
     for f in qz.COPIED_FILES:
         (path / f).write_text("{}")
     return path
@@ -382,7 +358,7 @@ def test_streamed_tensor_with_tail_group(
     out = tmp_path / "out"
     qz.quantize_model(src, out, qz.Options(fmt=fmt))
     path = out / qz.MODEL_FILE
-    h = header(path)
+    h = read_header(path)
     assert h["__metadata__"]["voxd_q_layout"] == "rowgroup8"
     assert h["w.weight"]["dtype"] == fmt
     assert h["conv.weight"]["dtype"] == "BF16"
@@ -396,7 +372,7 @@ def test_streamed_tensor_with_tail_group(
 def test_no_layout_key_without_quantized_tensors(tmp_path: Path) -> None:
     src = small_model_dir(tmp_path / "in", {"norm.weight": matrix(1, 64, seed=1).reshape(64)})
     qz.quantize_model(src, tmp_path / "out", qz.Options(fmt="Q8"))
-    assert "voxd_q_layout" not in header(tmp_path / "out" / qz.MODEL_FILE)["__metadata__"]
+    assert "voxd_q_layout" not in read_header(tmp_path / "out" / qz.MODEL_FILE)["__metadata__"]
 
 
 def without_layout_key(qdir: Path, out: Path) -> Path:
@@ -404,10 +380,10 @@ def without_layout_key(qdir: Path, out: Path) -> Path:
     older voxd (same bytes would be in the old order)."""
     out.mkdir(parents=True)
     src = qdir / qz.MODEL_FILE
-    h = header(src)
+    h = read_header(src)
     meta = {k: v for k, v in h.pop("__metadata__").items() if k != "voxd_q_layout"}
     blobs = [(n, i["dtype"], i["shape"], tensor_bytes(src, n)) for n, i in h.items()]
-    write_safetensors(out / qz.MODEL_FILE, blobs, meta)
+    write_tensors(out / qz.MODEL_FILE, blobs, meta)
     for f in qz.COPIED_FILES:
         (out / f).write_bytes((qdir / f).read_bytes())
     return out
@@ -423,9 +399,9 @@ def test_input_in_older_layout_is_refused(
     assert "older voxd block layout" in capsys.readouterr().err
     # one in the current layout is copied unchanged
     out = run(tmp_path, q8_dir, "--format", "q4")
-    for name, info in header(q8_dir / qz.MODEL_FILE).items():
+    for name, info in read_header(q8_dir / qz.MODEL_FILE).items():
         if name != "__metadata__" and info["dtype"] == "Q8":
-            assert header(out / qz.MODEL_FILE)[name]["dtype"] == "Q8"
+            assert read_header(out / qz.MODEL_FILE)[name]["dtype"] == "Q8"
             assert tensor_bytes(out / qz.MODEL_FILE, name) == tensor_bytes(
                 q8_dir / qz.MODEL_FILE, name
             )
@@ -451,7 +427,7 @@ def write_f32_twin(qdir: Path, out: Path) -> Path:
     """qdir with every Q8/Q4 tensor replaced by F32 of NumPy's dequantization."""
     out.mkdir(parents=True, exist_ok=True)
     src = qdir / qz.MODEL_FILE
-    h = header(src)
+    h = read_header(src)
     h.pop("__metadata__", None)
     blobs: list[tuple[str, str, list[int], bytes]] = []
     for name, info in h.items():
@@ -461,7 +437,7 @@ def write_f32_twin(qdir: Path, out: Path) -> Path:
             blobs.append((name, "F32", info["shape"], vals.astype("<f4").tobytes()))
         else:
             blobs.append((name, info["dtype"], info["shape"], raw))
-    write_safetensors(out / qz.MODEL_FILE, blobs, None)
+    write_tensors(out / qz.MODEL_FILE, blobs, None)
     for name in qz.COPIED_FILES:
         (out / name).write_bytes((qdir / name).read_bytes())
     return out
