@@ -204,6 +204,7 @@ def test_report_is_consistent(report: dict[str, Any], tiny_model_dir: Path) -> N
     assert d["streaming_passes"] + report["stream"]["flush_passes"] == d["passes"]
     assert d["passes"] <= d["positions"]
     assert report["encoder"]["fma_peak_fraction"] < 1.5
+    assert 0 < report["encoder"]["frames_per_pass"] <= 64  # the engine's encoder batch
     assert a["seconds"] == pytest.approx(2.0)
     assert a["chunk_ms"] == 80
     # 2 s = 25 positions of audio plus the flush padding (delay + 1 + 10 positions)

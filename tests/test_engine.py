@@ -474,6 +474,21 @@ def test_prompt_prefill_counted_apart(
     assert 0 < st.prompt_ms < st.decoder_ms
 
 
+def test_encoder_passes_counted(engine_tiny: Engine, clips: dict[str, np.ndarray]) -> None:
+    """Each encoder call runs its frames in transformer passes of at most 64."""
+    s = engine_tiny.stream()
+    s.feed(np.zeros(0, dtype=np.float32))  # the left padding: one batched call
+    st0 = s.stats()
+    assert st0.encoder_passes == -(-st0.encoder_frames // 64)
+    audio = clips["hello"]
+    for i in range(0, audio.size, 1280):
+        s.feed(audio[i : i + 1280])
+    st = s.stats()
+    s.close()
+    frames = st.encoder_frames - st0.encoder_frames
+    assert -(-frames // 64) <= st.encoder_passes - st0.encoder_passes <= frames
+
+
 # ---------------------------------------------------------------------------
 # pad speculation: fewer weight passes, exactly the same output
 # ---------------------------------------------------------------------------

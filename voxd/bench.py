@@ -97,7 +97,6 @@ CHUNK_SAMPLES = 1280  # 80 ms, one decoder position: what the daemon feeds
 LEFT_PAD_POS = 32  # positions of zeros the stream starts with (spec section 8)
 REALTIME_STEPS_PER_S = 12.5
 KV_BYTES_PER_VALUE = {False: 2, True: 4}  # the KV cache: fp16, or float32 with kv_f32
-ENCODER_BATCH = 64  # encoder frames per transformer pass (VX_ENC_BATCH, native/src/stream.h)
 
 F32 = npt.NDArray[np.float32]
 
@@ -414,24 +413,6 @@ def _delta(a: StreamStats, b: StreamStats) -> StreamStats:
     return StreamStats(**values)
 
 
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b) if a > 0 else 0
-
-
-@dataclass
-class _Passes:
-    """Encoder weight passes inferred from the stats taken after every feed/flush
-    call, following the engine's schedule (native/src/stream.c): each encoder call
-    runs its frames in passes of ENCODER_BATCH."""
-
-    frames: int
-    encoder: int = 0
-
-    def update(self, st: StreamStats) -> None:
-        self.encoder += _ceil_div(st.encoder_frames - self.frames, ENCODER_BATCH)
-        self.frames = st.encoder_frames
-
-
 @dataclass
 class _Steps:
     """The decoder steps of a segment: its passes that made logits. The prompt's
@@ -499,13 +480,11 @@ def run_bench(
         chunk_ms: list[float] = []
         tokens = text_tokens = 0
         eos = False
-        passes = _Passes(frames=pre.encoder_frames)
         t_feed = time.perf_counter()
         for i in range(0, x.size, CHUNK_SAMPLES):
             c0 = time.perf_counter()
             events = stream.feed(x[i : i + CHUNK_SAMPLES])
             chunk_ms.append((time.perf_counter() - c0) * 1e3)
-            passes.update(stream.stats())
             for ev in events:
                 if isinstance(ev, TokenEvent):
                     tokens += 1
@@ -520,7 +499,6 @@ def run_bench(
                 text_tokens += not engine.is_control(ev.token_id)
         flush_ms = (time.perf_counter() - t_flush) * 1e3
         end = stream.stats()
-        passes.update(end)
         rss_now = rss_parts()  # with the stream's caches still allocated
         stream.close()
     finally:
@@ -547,7 +525,7 @@ def run_bench(
     enc_audio_s = run.encoder_frames / encoder_frames_per_second(info)
     enc_gflops = _ratio(enc_flop / 1e9, run.encoder_ms / 1e3)
     # weights re-read by every pass (the adapter and conv stem once per call: close enough)
-    enc_passes = passes.encoder
+    enc_passes = run.encoder_passes
     enc_bytes = enc_passes * weights.encoder_pass_bytes
     fps = encoder_frames_per_second(info)
     enc_gflop_per_s_steady = (

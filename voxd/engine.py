@@ -92,6 +92,7 @@ class _StreamStats(ctypes.Structure):
         ("prompt_positions", ctypes.c_int64),
         ("prompt_passes", ctypes.c_int64),
         ("prompt_ms", ctypes.c_double),
+        ("encoder_passes", ctypes.c_int64),
     ]
 
 
@@ -243,6 +244,7 @@ class StreamStats:
     prompt_positions: int
     prompt_passes: int
     prompt_ms: float
+    encoder_passes: int  # weight passes of the encoder
 
 
 class Engine:

@@ -151,6 +151,7 @@ typedef struct {
      * because it is matrix-matrix work, not the bandwidth-bound step. */
     int64_t prompt_positions, prompt_passes;
     double prompt_ms;
+    int64_t encoder_passes;   /* weight passes of the encoder (batched frames count once) */
 } vx_stream_stats;
 VX_EXPORT void vx_stream_get_stats(const vx_stream *s, vx_stream_stats *out);
 

@@ -93,6 +93,7 @@ int vx_encode_positions(vx_stream *s, int n_pos) {
                              e + (size_t)i0 * ed, nb, st->enc_pos) != 0)
             goto done;
         st->enc_pos += nb;
+        s->stats.encoder_passes += 1;
     }
     for (int i = 0; i < ne; i++)
         vx_rmsnorm(e + (size_t)i * ed, e + (size_t)i * ed, m->enc_norm, ed, m->p.enc.norm_eps);
