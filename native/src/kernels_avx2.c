@@ -578,13 +578,6 @@ INLINE void q4_split(__m256i v, __m256i *nl, __m256i *nh) {
     *nh = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
 }
 
-/* Payloads a and b (a low half, b high) as nibbles. */
-INLINE void q4_nibbles(const uint8_t *a, const uint8_t *b, __m256i *nl, __m256i *nh) {
-    q4_split(_mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)a)),
-                                     _mm_loadu_si128((const __m128i *)(const void *)b), 1),
-             nl, nh);
-}
-
 /* Q4's reduction (a0+a2) + (a1+a3) of each half of v: *lo of the low half,
  * *hi of the high one. */
 INLINE void hsum4_pair(__m256 v, float *lo, float *hi) {
@@ -646,7 +639,8 @@ INLINE void q4tile1(int N, const vx_qrow *w, const int8_t *xq, const float *xd, 
         memcpy(&hb, w->scale + (size_t)b * w->stride, 2);
         const float dw = _cvtsh_ss(hb);
         __m256i nl, nh;
-        q4_nibbles(q_payload(w, b), q_payload(w, b), &nl, &nh);
+        q4_split(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)q_payload(w, b))),
+                 &nl, &nh);
         for (int i = 0; i < N; i++) {
             __m256i xl, xh;
             q4_x(xq + (size_t)i * cols + b * VX_QBLOCK, &xl, &xh);
