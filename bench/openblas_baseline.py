@@ -32,6 +32,13 @@ count for everything (OpenBLAS and the engine), figures in this order:
   bench``'s "streaming alone" decoder figure, at the baseline's KV length.
 * per format, the ratio baseline ms / voxd ms (and matrix products alone /
   voxd ms), beside the target.
+* the encoder, which is bound by arithmetic: OpenBLAS float32 products
+  (``x @ W.T``) over every encoder layer matrix of the model's shapes, with as
+  many rows (frames) as voxd's encoder passes held in this run, and with the
+  rows of the whole audio at once; their GFLOP/s beside the machine's FMA peak
+  (``voxd.bench.measure_fma_peak``, the same run) and beside voxd's own: the
+  same matrix FLOPs over voxd's whole encoder time (attention, norms, conv
+  stem and adapter included) for the audio it streamed after the left padding.
 
 The default KV length is that of ``voxd bench``'s default 10 s of speech at
 its end: 32 positions of left padding + 125. Timing is noisy on a shared
@@ -69,6 +76,7 @@ from voxd.bench import (
     _delta,
     kv_bytes_per_position,
     load_audio,
+    measure_fma_peak,
     measure_read_bandwidth,
     summarize_weights,
     window_sum,
@@ -84,6 +92,9 @@ BENCH_SECONDS = 10.0  # voxd bench's default speech
 DEFAULT_KV_POSITIONS = LEFT_PAD_POS + round(BENCH_SECONDS * REALTIME_STEPS_PER_S)
 TARGETS = {"bf16": 3.0, "q4": 10.0}  # the targeted speed-up over the baseline
 MODEL_FILE = "consolidated.safetensors"
+_ENC_MATRIX = re.compile(
+    r"whisper_encoder\.transformer\.layers\.\d+\.(attention\.w[qkvo]|feed_forward\.w[123])\.weight$"
+)
 
 
 # ---------------------------------------------------------------- BLAS
@@ -253,6 +264,10 @@ class VoxdResult:
     kv_first: int  # KV length of the first timed position
     ms_per_step: float  # StreamStats.decoder_ms / positions over the timed feeds
     bytes_per_step: float  # layer matrices + head + fp16 KV, per pass, per position
+    # the encoder over all audio fed after the left padding
+    encoder_frames: int
+    encoder_passes: int
+    encoder_ms: float
 
 
 def _chunks(audio: F32) -> Iterator[F32]:
@@ -279,11 +294,13 @@ def run_voxd(model_dir: str, audio: F32, threads: int, kv_positions: int, steps:
     with Engine(model_dir, threads=threads) as engine:
         stream = engine.stream(daemon.delay_ms, daemon.interval_ms)
         stream.feed(np.zeros(0, dtype=np.float32))  # the left padding, batched
+        padded = stream.stats()
         chunks = _chunks(audio)
         start = _feed_until(stream, chunks, kv_positions - 1)
         end = _feed_until(stream, chunks, start.positions + steps)
         info = engine.info
     run = _delta(start, end)
+    audio_run = _delta(padded, end)
     weight = run.decoder_passes * (weights.decoder_pass_bytes + weights.head_bytes)
     kv_reads = window_sum(start.positions, run.positions, info.sliding_window)
     kv = kv_reads * kv_bytes_per_position(info)
@@ -298,7 +315,52 @@ def run_voxd(model_dir: str, audio: F32, threads: int, kv_positions: int, steps:
         kv_first=start.positions + 1,
         ms_per_step=run.decoder_ms / run.positions,
         bytes_per_step=(weight + kv) / run.positions,
+        encoder_frames=audio_run.encoder_frames,
+        encoder_passes=audio_run.encoder_passes,
+        encoder_ms=audio_run.encoder_ms,
     )
+
+
+# ---------------------------------------------------------------- encoder products
+
+
+def encoder_matrix_shapes(model_dir: str | Path) -> list[tuple[int, int]]:
+    """[out, in] of every encoder layer matrix, from the model's header."""
+    header, _ = read_safetensors_header(Path(model_dir) / MODEL_FILE)
+    shapes = [
+        (int(v["shape"][0]), int(v["shape"][1])) for k, v in header.items() if _ENC_MATRIX.search(k)
+    ]
+    if not shapes:
+        raise ValueError(f"{model_dir}: no encoder layer matrices")
+    return shapes
+
+
+def encoder_flop_per_frame(shapes: Sequence[tuple[int, int]]) -> float:
+    """Multiply-adds of one frame through every encoder layer matrix, times 2."""
+    return 2.0 * sum(o * i for o, i in shapes)
+
+
+@dataclass(frozen=True)
+class EncoderProducts:
+    rows: int  # frames per product
+    ms: float  # one pass over every layer matrix, best of the repetitions
+    gflops: float
+
+
+def time_encoder_products(
+    shapes: Sequence[tuple[int, int]], rows: int, reps: int
+) -> EncoderProducts:
+    """OpenBLAS float32 ``x @ W.T`` for every matrix, x of ``rows`` frames. The
+    values are constants: they do not change the cost of a float32 product."""
+    mats = [np.full(s, 0.01, dtype=np.float32) for s in shapes]
+    inputs = {i: np.full((rows, i), 0.5, dtype=np.float32) for _, i in shapes}
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        for w in mats:
+            _ = inputs[w.shape[1]] @ w.T
+        best = min(best, time.perf_counter() - t0)
+    return EncoderProducts(rows, best * 1e3, encoder_flop_per_frame(shapes) * rows / best / 1e9)
 
 
 # ---------------------------------------------------------------- the run
@@ -346,6 +408,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         audio, source = load_audio(None, seconds)
         for d in args.voxd_dir:
             voxd.append(run_voxd(d, audio, args.threads, args.kv_positions, args.steps))
+    encoder = run_encoder(args.bf16_dir, voxd, args.threads) if voxd else None
     bw_after = measure_read_bandwidth(membw, args.threads, 3)
     bandwidth = max(bw_before, bw_after)
     return {
@@ -360,6 +423,47 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "achieved_gbs": baseline.bytes_per_step / baseline.ms_per_step / 1e6,
         },
         "voxd": [_voxd_entry(v, baseline, bandwidth) for v in voxd],
+        "encoder": encoder,
+    }
+
+
+def run_encoder(bf16_dir: str, voxd: Sequence[VoxdResult], threads: int) -> dict[str, Any]:
+    """OpenBLAS's encoder products at voxd's rows per pass and at the whole audio's,
+    voxd's encoder GFLOP/s on the same FLOPs, and the FMA peak."""
+    shapes = encoder_matrix_shapes(bf16_dir)
+    flop = encoder_flop_per_frame(shapes)
+    passes = sum(v.encoder_passes for v in voxd)
+    frames = sum(v.encoder_frames for v in voxd)
+    if passes == 0:
+        raise RuntimeError("voxd made no encoder pass after the left padding")
+    stream_rows = max(1, round(frames / passes))
+    whole_rows = max(v.encoder_frames for v in voxd)
+    blas = [asdict(time_encoder_products(shapes, rows, 3)) for rows in (stream_rows, whole_rows)]
+    gc.collect()
+    peak = measure_fma_peak(threads)
+    return {
+        "matrices": len(shapes),
+        "gflop_per_frame": flop / 1e9,
+        "fma_peak_gflops": peak,
+        "openblas": [{**b, "peak_fraction": b["gflops"] / peak} for b in blas],
+        "voxd": [_voxd_encoder_entry(v, flop, peak, blas[0]["gflops"]) for v in voxd],
+    }
+
+
+def _voxd_encoder_entry(
+    v: VoxdResult, flop: float, peak: float, blas_gflops: float
+) -> dict[str, Any]:
+    gflops = flop * v.encoder_frames / v.encoder_ms / 1e6 if v.encoder_ms > 0 else 0.0
+    return {
+        "dir": v.dir,
+        "weight_format": v.weight_format,
+        "decoder_format": v.decoder_format,
+        "frames": v.encoder_frames,
+        "passes": v.encoder_passes,
+        "ms": v.encoder_ms,
+        "gflops": gflops,
+        "peak_fraction": gflops / peak,
+        "vs_openblas_same_rows": gflops / blas_gflops,
     }
 
 
@@ -416,6 +520,8 @@ def format_report(r: dict[str, Any]) -> str:
     ]
     for v in r["voxd"]:
         rows += _voxd_rows(v)
+    if r.get("encoder"):
+        rows += _encoder_rows(r["encoder"])
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
@@ -440,6 +546,36 @@ def _voxd_rows(v: dict[str, Any]) -> list[tuple[str, str]]:
             f"matvecs alone / voxd = {v['speedup_vs_matvecs_alone']:.2f}x",
         ),
     ]
+
+
+def _encoder_rows(e: dict[str, Any]) -> list[tuple[str, str]]:
+    peak = e["fma_peak_gflops"]
+    rows = [
+        (
+            "encoder matrix work",
+            f"{e['gflop_per_frame']:.3f} GFLOP per frame in {e['matrices']} matrices; "
+            f"FMA peak {peak:.1f} GFLOP/s",
+        )
+    ]
+    for b in e["openblas"]:
+        rows.append(
+            (
+                f"OpenBLAS products, {b['rows']} rows",
+                f"{b['ms']:.1f} ms: {b['gflops']:.1f} GFLOP/s = {b['peak_fraction']:.2f} of peak",
+            )
+        )
+    same = e["openblas"][0]["rows"]
+    for v in e["voxd"]:
+        rows.append(
+            (
+                f"voxd {v['decoder_format']} model's encoder",
+                f"{v['weight_format']}: {v['frames']} frames in {v['passes']} passes, "
+                f"{v['ms']:.0f} ms: "
+                f"{v['gflops']:.1f} GFLOP/s = {v['peak_fraction']:.2f} of peak, "
+                f"{v['vs_openblas_same_rows']:.2f}x OpenBLAS's products at {same} rows",
+            )
+        )
+    return rows
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -84,6 +84,28 @@ def test_step_bytes_are_float32_matrices_head_and_kv(
     assert len(ob.layer_matrices(baseline_model)) == 7 * c.n_layers + 1
 
 
+def test_encoder_shapes_are_the_encoder_layer_matrices(
+    ref_tiny: reference.RefModel, tiny_model_dir: Path
+) -> None:
+    shapes = ob.encoder_matrix_shapes(tiny_model_dir)
+    want = [
+        tuple(v.shape)
+        for k, v in ref_tiny.w.items()
+        if k.startswith(reference.WHISPER + "transformer.layers.")
+        and v.ndim == 2
+        and k.rsplit(".", 2)[-2] in ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
+    ]
+    assert sorted(shapes) == sorted(want) and len(shapes) == 7 * ref_tiny.enc.n_layers
+    assert ob.encoder_flop_per_frame(shapes) == 2 * sum(o * i for o, i in want)
+
+
+def test_encoder_products_count_their_flops() -> None:
+    shapes = [(6, 4), (4, 6), (5, 4)]
+    r = ob.time_encoder_products(shapes, rows=3, reps=2)
+    assert r.rows == 3 and r.ms > 0
+    assert r.gflops == pytest.approx(2 * (24 + 24 + 20) * 3 / r.ms / 1e6)
+
+
 def test_script_reports_baseline_and_voxd(tiny_model_dir: Path, q4_model_dir: Path) -> None:
     argv = ["--bf16-dir", str(tiny_model_dir), "--voxd-dir", str(tiny_model_dir)]
     argv += ["--voxd-dir", str(q4_model_dir), "--steps", "2", "--kv-positions", "40"]
@@ -101,6 +123,21 @@ def test_script_reports_baseline_and_voxd(tiny_model_dir: Path, q4_model_dir: Pa
         assert v["positions"] >= 2 and v["kv_first"] >= 40 and v["ms_per_step"] > 0
         assert v["speedup"] == pytest.approx(b["ms_per_step"] / v["ms_per_step"])
     assert [v["target"] for v in r["voxd"]] == [3.0, 10.0]
+    e = r["encoder"]
+    assert e["fma_peak_gflops"] > 0 and e["matrices"] > 0
+    assert [b["rows"] for b in e["openblas"]][1] == max(v["frames"] for v in e["voxd"])
+    for v, vx in zip(e["voxd"], r["voxd"], strict=True):
+        assert v["passes"] >= 1 and v["frames"] > 0 and v["ms"] > 0
+        # the same FLOPs per frame on both sides
+        want = e["gflop_per_frame"] * v["frames"] / (v["ms"] / 1e3)
+        assert v["gflops"] == pytest.approx(want) and v["dir"] == vx["dir"]
     text = ob.format_report(r)
-    for label in ("memory read bandwidth", "baseline decoder step", "ratio bf16", "ratio q4"):
+    for label in (
+        "memory read bandwidth",
+        "baseline decoder step",
+        "ratio bf16",
+        "ratio q4",
+        "OpenBLAS products",
+        "voxd q4 model's encoder",
+    ):
         assert label in text
