@@ -3,8 +3,9 @@
 The quantization target asks Q8 tokens to agree with BF16 on >= 99 % of the
 positions of the test clips. This prints, for the test suite's two tiny
 models (TINY seed 1, TINY2 seed 2) and its three espeak-ng clips, the
-agreement of free-running greedy decoding (position by position per clip,
-extra or missing tokens count as misses):
+agreement of free-running greedy decoding (tests/parity.py's
+token_agreement: position by position per clip, extra or missing tokens
+count as misses):
 
 * Q8 and Q4 (``voxd quantize``'s defaults) against BF16, same backend;
 * BF16 on the portable backend against BF16 on the default one: the same
@@ -31,35 +32,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from tests.speech import have_espeak, synth
+from tests.parity import logits_and_ids, token_agreement
+from tests.speech import SENTENCES, have_espeak, synth
 from voxd import quantize as qz
 from voxd.devmodel import TINY, TINY2, ModelDims, make_model
-from voxd.engine import DEBUG_LOGITS, Engine, TokenEvent
+from voxd.engine import Engine
 
-# the clips of tests/test_quantize.py
-CLIPS = (
-    "hello world, this is a test of the engine",
-    "set the timer for twenty five minutes please",
-    "what is the weather going to be like tomorrow morning",
-)
 MODELS: tuple[tuple[ModelDims, int], ...] = ((TINY, 1), (TINY2, 2))
 CLOSE_CALL = 0.05  # top-2 margin / logit std counted as a close call
-
-
-def decode(engine: Engine, audio: npt.NDArray[np.float32]) -> tuple[list[int], npt.NDArray[Any]]:
-    """Greedy token ids of one clip and the logits of every step."""
-    s = engine.stream()
-    s.enable_debug(DEBUG_LOGITS)
-    events = s.feed(audio) + s.finish()
-    logits = s.debug_tensor(DEBUG_LOGITS)
-    s.close()
-    return [e.token_id for e in events if isinstance(e, TokenEvent)], logits
-
-
-def agreement(a: Sequence[list[int]], b: Sequence[list[int]]) -> tuple[int, int]:
-    """Positions with the same token, and positions in all, over clips."""
-    same = sum(sum(x == y for x, y in zip(p, q, strict=False)) for p, q in zip(a, b, strict=True))
-    return same, sum(max(len(p), len(q)) for p, q in zip(a, b, strict=True))
 
 
 def close_calls(logits: Sequence[npt.NDArray[Any]]) -> tuple[int, int]:
@@ -87,19 +67,19 @@ def measure(dims: ModelDims, seed: int, work: Path, audio: list[npt.NDArray[np.f
     for name, d in dirs.items():
         with Engine(d) as e:
             backend = e.info.backend
-            runs = [decode(e, a) for a in audio]
-        ids[name] = [r[0] for r in runs]
+            runs = [logits_and_ids(e, a) for a in audio]
+        ids[name] = [r[1] for r in runs]
         if name == "bf16":
-            logits = [r[1] for r in runs]
+            logits = [r[0] for r in runs]
     with Engine(bf16, backend="portable") as e:
-        ids["bf16 portable"] = [decode(e, a)[0] for a in audio]
+        ids["bf16 portable"] = [logits_and_ids(e, a)[1] for a in audio]
     print(f"{dims.name} seed {seed} (default backend: {backend})")
     for name, label in (
         ("q8", "q8 vs bf16"),
         ("q4", "q4 vs bf16"),
         ("bf16 portable", "bf16 portable vs bf16 " + backend),
     ):
-        same, total = agreement(ids["bf16"], ids[name])
+        same, total = token_agreement(ids["bf16"], ids[name])
         print(f"  {label:32s} {same:4d} / {total:4d} = {same / total:6.1%}")
     n, total = close_calls(logits)
     print(f"  {'bf16 steps with margin < 5 % std':32s} {n:4d} / {total:4d} = {n / total:6.1%}")
@@ -112,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not have_espeak():
         print("espeak-ng is not installed", file=sys.stderr)
         return 1
-    audio = [synth(t).astype(np.float32) for t in CLIPS]
+    audio = [synth(t) for t in SENTENCES.values()]
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)

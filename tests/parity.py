@@ -1,8 +1,13 @@
-"""Comparing the engine's output with the NumPy reference."""
+"""Comparing the engine's output with the NumPy reference, and with itself
+under another weight format or backend."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+
+from voxd.engine import DEBUG_LOGITS, Engine, TokenEvent
 
 
 def rel_err(a: np.ndarray, b: np.ndarray) -> float:
@@ -26,3 +31,21 @@ def agreeing_steps(
         top2 = np.sort(ref_logits[i])[-2:]
         assert top2[1] - top2[0] < 2 * seen, f"tokens part at step {i} without a near-tie"
     return split
+
+
+def logits_and_ids(engine: Engine, audio: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """One clip decoded greedily in a fresh stream (fed whole, then finished):
+    the logits of every step and the token ids."""
+    s = engine.stream()
+    s.enable_debug(DEBUG_LOGITS)
+    events = s.feed(audio) + s.finish()
+    logits = s.debug_tensor(DEBUG_LOGITS)
+    s.close()
+    return logits, [e.token_id for e in events if isinstance(e, TokenEvent)]
+
+
+def token_agreement(a: Sequence[list[int]], b: Sequence[list[int]]) -> tuple[int, int]:
+    """Positions with the same token and positions in all, over clips (a[k] and
+    b[k] are the ids of clip k); extra or missing tokens count as misses."""
+    same = sum(sum(x == y for x, y in zip(p, q, strict=False)) for p, q in zip(a, b, strict=True))
+    return same, sum(max(len(p), len(q)) for p, q in zip(a, b, strict=True))

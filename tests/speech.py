@@ -11,6 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
+# The sentences the engine and quantization tests speak (and bench/token_agreement.py).
+SENTENCES = {
+    "hello": "hello world, this is a test of the engine",
+    "numbers": "set the timer for twenty five minutes please",
+    "weather": "what is the weather going to be like tomorrow morning",
+}
+
 
 def have_espeak() -> bool:
     return shutil.which("espeak-ng") is not None

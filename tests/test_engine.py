@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import reference
 from parity import agreeing_steps, rel_err
-from speech import silence, synth
+from speech import SENTENCES, silence, synth
 from st_files import read_st, write_st
 
 from voxd.engine import (
@@ -38,10 +38,7 @@ from voxd.engine import (
 
 TOL = {"mel": 1e-6, "encoder": 5e-5, "adapter": 5e-5, "logits": 5e-5}
 
-CLIPS = {
-    "hello": "hello world, this is a test of the engine",
-    "numbers": "set the timer for twenty five minutes please",
-}
+CLIPS = {k: SENTENCES[k] for k in ("hello", "numbers")}
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import reference
-from parity import agreeing_steps
-from speech import have_espeak, synth
+from parity import agreeing_steps, logits_and_ids, token_agreement
+from speech import SENTENCES, have_espeak, synth
 from st_files import read_header, write_tensors
 
 from voxd import quantize as qz
@@ -33,12 +33,6 @@ from voxd.engine import (
 
 ENC = "mm_streams_embeddings.embedding_module."
 EMB = ENC + "tok_embeddings.weight"
-
-CLIPS = {
-    "hello": "hello world, this is a test of the engine",
-    "numbers": "set the timer for twenty five minutes please",
-    "weather": "what is the weather going to be like tomorrow morning",
-}
 
 
 def tensor_bytes(path: Path, name: str) -> bytes:
@@ -76,7 +70,7 @@ def q4_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 def clips() -> dict[str, np.ndarray]:
     if not have_espeak():
         pytest.skip("espeak-ng is not installed")
-    return {k: synth(v) for k, v in CLIPS.items()}
+    return {k: synth(v) for k, v in SENTENCES.items()}
 
 
 # ---------------------------------------------------------------------------
@@ -443,15 +437,6 @@ def write_f32_twin(qdir: Path, out: Path) -> Path:
     return out
 
 
-def logits_and_ids(engine: Engine, audio: np.ndarray) -> tuple[np.ndarray, list[int]]:
-    s = engine.stream()
-    s.enable_debug(DEBUG_LOGITS)
-    events = s.feed(audio) + s.finish()
-    logits = s.debug_tensor(DEBUG_LOGITS)
-    s.close()
-    return logits, [e.token_id for e in events if isinstance(e, TokenEvent)]
-
-
 @pytest.mark.parametrize("fmt", ["Q8", "Q4"])
 @pytest.mark.parametrize("backend", [None, "portable"])
 def test_engine_quantized_matmuls(
@@ -575,9 +560,10 @@ def test_token_agreement_with_bf16(
             ref_logits, ref = logits_and_ids(e16, audio)
             for name, eng in (("q8", e8), ("q4", e4)):
                 logits, ids = logits_and_ids(eng, audio)
-                same[name] += sum(a == b for a, b in zip(ref, ids, strict=False))
+                agree, positions = token_agreement([ref], [ids])
+                same[name] += agree
                 if name == "q8":
-                    total += max(len(ref), len(ids))
+                    total += positions
                 d = logits[0] - ref_logits[0]
                 first_err[name].append(float(np.sqrt(np.mean(d * d)) / ref_logits[0].std()))
     a8, a4 = same["q8"] / total, same["q4"] / total

@@ -1,4 +1,4 @@
-"""bench/token_agreement.py: its counting, and the script end to end on the tiny models."""
+"""bench/token_agreement.py and the agreement count it shares with the tests (parity.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from parity import token_agreement
 from speech import have_espeak
 
 from bench import token_agreement as ta
@@ -18,8 +19,8 @@ def test_agreement_counts_misses_and_length_differences() -> None:
     a = [[5, 6, 7], [1, 2]]
     b = [[5, 9, 7, 8], [1, 2]]
     # clip 1: 2 of 4 positions (the extra token is a miss), clip 2: 2 of 2
-    assert ta.agreement(a, b) == (4, 6)
-    assert ta.agreement(a, a) == (5, 5)
+    assert token_agreement(a, b) == (4, 6)
+    assert token_agreement(a, a) == (5, 5)
 
 
 def test_close_calls_uses_the_top_two_margin_over_the_std() -> None:
