@@ -22,6 +22,7 @@ from speech import SENTENCES, have_espeak, synth
 from st_files import read_header, write_tensors
 
 from voxd import quantize as qz
+from voxd.devmodel import bf16_bits_to_f32, f32_to_bf16_bits
 from voxd.engine import (
     DEBUG_ADAPTER,
     DEBUG_ENCODER,
@@ -45,8 +46,7 @@ def tensor_bytes(path: Path, name: str) -> bytes:
 
 
 def bf16_values(raw: bytes, shape: list[int]) -> np.ndarray:
-    bits = np.frombuffer(raw, dtype="<u2").astype(np.uint32) << np.uint32(16)
-    return bits.view(np.float32).reshape(shape)
+    return bf16_bits_to_f32(np.frombuffer(raw, dtype="<u2")).reshape(shape)
 
 
 def run(tmp: Path, src: Path, *args: str) -> Path:
@@ -326,7 +326,7 @@ def small_model_dir(path: Path, tensors: dict[str, np.ndarray]) -> Path:
     path.mkdir(parents=True)
     blobs = []
     for name, x in tensors.items():
-        bits = (np.ascontiguousarray(x, np.float32).view(np.uint32) >> 16).astype("<u2")
+        bits = f32_to_bf16_bits(x).astype("<u2")
         blobs.append((name, "BF16", list(x.shape), bits.tobytes()))
     write_tensors(path / qz.MODEL_FILE, blobs, {"format": "pt"})
     for f in qz.COPIED_FILES:
