@@ -68,8 +68,9 @@ import numpy.typing as npt
 
 from tests import reference
 from voxd.bench import (
-    _DEC_MATRIX,
     CHUNK_SAMPLES,
+    DECODER_MATRIX,
+    ENCODER_MATRIX,
     LEFT_PAD_POS,
     REALTIME_STEPS_PER_S,
     SAMPLE_RATE,
@@ -92,9 +93,6 @@ BENCH_SECONDS = 10.0  # voxd bench's default speech
 DEFAULT_KV_POSITIONS = LEFT_PAD_POS + round(BENCH_SECONDS * REALTIME_STEPS_PER_S)
 TARGETS = {"bf16": 3.0, "q4": 10.0}  # the targeted speed-up over the baseline
 MODEL_FILE = "consolidated.safetensors"
-_ENC_MATRIX = re.compile(
-    r"whisper_encoder\.transformer\.layers\.\d+\.(attention\.w[qkvo]|feed_forward\.w[123])\.weight$"
-)
 
 
 # ---------------------------------------------------------------- BLAS
@@ -155,7 +153,7 @@ def load_baseline(bf16_dir: str | Path) -> reference.RefModel:
 
 def layer_matrices(model: reference.RefModel) -> list[npt.NDArray[Any]]:
     """Every matrix one decoder step multiplies by, layer by layer, the tied head last."""
-    names = sorted((k for k in model.w if _DEC_MATRIX.match(k)), key=_layer_order)
+    names = sorted((k for k in model.w if DECODER_MATRIX.match(k)), key=_layer_order)
     return [*(model.w[k] for k in names), model.w[reference.TOK_EMB]]
 
 
@@ -328,7 +326,9 @@ def encoder_matrix_shapes(model_dir: str | Path) -> list[tuple[int, int]]:
     """[out, in] of every encoder layer matrix, from the model's header."""
     header, _ = read_safetensors_header(Path(model_dir) / MODEL_FILE)
     shapes = [
-        (int(v["shape"][0]), int(v["shape"][1])) for k, v in header.items() if _ENC_MATRIX.search(k)
+        (int(v["shape"][0]), int(v["shape"][1]))
+        for k, v in header.items()
+        if ENCODER_MATRIX.match(k)
     ]
     if not shapes:
         raise ValueError(f"{model_dir}: no encoder layer matrices")

@@ -233,7 +233,15 @@ class WeightSummary:
         return ", ".join(f"{k} {v}" for k, v in parts.items())
 
 
-_DEC_MATRIX = re.compile(r"^layers\.\d+\.(attention\.w[qkvo]|feed_forward\.w[123])\.weight$")
+# A transformer layer's matrices (attention and feed-forward), of the decoder
+# ("layers.N...") and of the encoder (the same names under its prefix).
+_LAYER_MATRIX = r"layers\.\d+\.(attention\.w[qkvo]|feed_forward\.w[123])\.weight$"
+DECODER_MATRIX = re.compile("^" + _LAYER_MATRIX)
+ENCODER_MATRIX = re.compile(
+    "^"
+    + re.escape("mm_streams_embeddings.embedding_module.whisper_encoder.transformer.")
+    + _LAYER_MATRIX
+)
 
 
 def weight_group(name: str) -> str:
@@ -265,7 +273,7 @@ def summarize_weights(model_dir: str | os.PathLike[str]) -> WeightSummary:
         g = groups.setdefault(weight_group(name), {})
         g[dtype] = g.get(dtype, 0) + size
         total += size
-        if _DEC_MATRIX.match(name):
+        if DECODER_MATRIX.match(name):
             dec += size
         elif name.endswith("tok_embeddings.weight"):
             head += size
