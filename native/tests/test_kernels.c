@@ -354,8 +354,6 @@ static void check_q_exact(const vx_backend *be, int dt, int64_t rows, int64_t co
     free_weight(&t);
 }
 
-/* vx_quantize_act_q8: the block scale, rounding (half to even), clamping and
- * the special blocks. */
 /* The activation quantizer as engine.h defines it, element by element: the
  * engine's vectorized one must give the same bytes and scales. (This file
  * is compiled with -ffp-contract=off, like quant.c.) */
@@ -411,6 +409,8 @@ static void check_act_quant_vs_scalar(void) {
     }
 }
 
+/* vx_quantize_act_q8: the block scale, rounding (half to even), clamping and
+ * the special blocks. */
 static void check_act_quant(void) {
     float x[32 * 6];
     int8_t q[32 * 6];
