@@ -145,8 +145,6 @@ static int mm_plan(const vx_model *m, int nw, const vx_weight *const *W, float *
     return tasks;
 }
 
-static int is_quantized(const vx_weight *W) { return W->dtype == VX_DT_Q8 || W->dtype == VX_DT_Q4; }
-
 /* BATCH rows of X at a time are quantized into the model's buffer (held for
  * the whole call: the tasks read it) and multiplied on the pool. */
 static void matmul_q(const vx_model *m, int nw, const vx_weight *const *W, const float *X, int n,
@@ -181,12 +179,12 @@ void vx_matmul_multi(const vx_model *m, int nw, const vx_weight *const *W, const
     /* one job needs one kind of input (float or int8 blocks) of one width */
     int same = nw <= VX_MATMUL_MAX;
     for (int p = 1; p < nw && same; p++)
-        same = W[p]->cols == W[0]->cols && is_quantized(W[p]) == is_quantized(W[0]);
+        same = W[p]->cols == W[0]->cols && vx_dt_is_block(W[p]->dtype) == vx_dt_is_block(W[0]->dtype);
     if (!same) {
         for (int p = 0; p < nw; p++) vx_matmul_multi(m, 1, &W[p], X, n, &Y[p], &bias[p]);
         return;
     }
-    if (is_quantized(W[0])) {
+    if (vx_dt_is_block(W[0]->dtype)) {
         matmul_q(m, nw, W, X, n, Y, bias);
         return;
     }
@@ -201,7 +199,7 @@ void vx_matmul(const vx_model *m, const vx_weight *W, const float *X, int n, flo
 }
 
 void vx_weight_row(const vx_weight *W, int64_t r, float *out) {
-    if (is_quantized(W)) {
+    if (vx_dt_is_block(W->dtype)) {
         vx_q_row_to_f32(W->dtype, vx_q_row(W->dtype, W->data, W->rows, W->cols, r), 0, W->cols, out);
         return;
     }

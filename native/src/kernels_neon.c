@@ -526,7 +526,7 @@ INLINE void q_rows(int dp, int dt, const vx_weight *W, const int8_t *xq, const f
 
 INLINE int matmul_rows_q(int dp, const vx_weight *W, const int8_t *xq, const float *xd, int n,
                          float *Y, int ldy, int64_t r0, int64_t r1) {
-    if ((W->dtype != VX_DT_Q8 && W->dtype != VX_DT_Q4) || W->cols % VX_QBLOCK != 0 || n > MAX_N)
+    if (!vx_dt_is_block(W->dtype) || W->cols % VX_QBLOCK != 0 || n > MAX_N)
         return -1;
     if (n <= 0 || r0 >= r1) return 0;
     if (W->dtype == VX_DT_Q8) q_rows(dp, VX_DT_Q8, W, xq, xd, n, Y, ldy, r0, r1);

@@ -26,7 +26,7 @@
 
 static int portable_matmul_rows(const vx_weight *W, const float *X, int n, int ldx, float *Y,
                                 int ldy, int64_t r0, int64_t r1) {
-    if (n > MAX_N || W->dtype == VX_DT_Q8 || W->dtype == VX_DT_Q4) return -1;
+    if (n > MAX_N || vx_dt_is_block(W->dtype)) return -1;
     const int64_t cols = W->cols;
     const size_t row_bytes = vx_row_bytes(W->dtype, cols);
     float wbuf[CHUNK];
@@ -111,7 +111,7 @@ static inline void q_rows(int dt, const vx_weight *W, const int8_t *xq, const fl
 
 static int portable_matmul_rows_q(const vx_weight *W, const int8_t *xq, const float *xd, int n,
                                   float *Y, int ldy, int64_t r0, int64_t r1) {
-    if ((W->dtype != VX_DT_Q8 && W->dtype != VX_DT_Q4) || W->cols % VX_QBLOCK != 0) return -1;
+    if (!vx_dt_is_block(W->dtype) || W->cols % VX_QBLOCK != 0) return -1;
     if (W->dtype == VX_DT_Q8) q_rows(VX_DT_Q8, W, xq, xd, n, Y, ldy, r0, r1);
     else q_rows(VX_DT_Q4, W, xq, xd, n, Y, ldy, r0, r1);
     return 0;

@@ -63,10 +63,10 @@ static int bind_matrix(binder *b, vx_weight *w, int ndim, const int64_t *dims, c
     const vx_st_tensor *t = find_shaped(b, name, ndim, dims);
     if (!t) return -1;
     if (t->dtype != VX_DT_BF16 && t->dtype != VX_DT_F32 && t->dtype != VX_DT_F16 &&
-        t->dtype != VX_DT_Q8 && t->dtype != VX_DT_Q4)
+        !vx_dt_is_block(t->dtype))
         return fail(b, "tensor '%s' has dtype %s; weights must be BF16, F16, F32, Q8 or Q4", name,
                     vx_dtype_name(t->dtype));
-    if (t->dtype == VX_DT_Q8 || t->dtype == VX_DT_Q4) {
+    if (vx_dt_is_block(t->dtype)) {
         const char *lay = b->m->st.q_layout;
         if (ndim != 2)
             return fail(b, "tensor '%s' is %s with %d dims; only 2-D matrices may be Q8/Q4", name,
@@ -87,7 +87,7 @@ static int bind_matrix(binder *b, vx_weight *w, int ndim, const int64_t *dims, c
         return fail(b, "tensor '%s': %zu bytes do not fit shape and dtype %s", name, t->nbytes,
                     vx_dtype_name(t->dtype));
     b->m->weight_bytes += (int64_t)t->nbytes;
-    if ((w->dtype == VX_DT_Q8 || w->dtype == VX_DT_Q4) && w->cols > b->q_cols) b->q_cols = w->cols;
+    if (vx_dt_is_block(w->dtype) && w->cols > b->q_cols) b->q_cols = w->cols;
     return 0;
 }
 

@@ -57,7 +57,7 @@ int vx_tensor_nbytes(vx_dtype dt, const int64_t *shape, int ndim, size_t *out) {
         elems *= d;
     }
     uint64_t bytes;
-    if (dt == VX_DT_Q8 || dt == VX_DT_Q4) {
+    if (vx_dt_is_block(dt)) {
         if (ndim < 1 || shape[ndim - 1] % VX_Q_BLOCK_ELEMS != 0) return -1;
         uint64_t blocks = elems / VX_Q_BLOCK_ELEMS;
         uint64_t bb = dt == VX_DT_Q8 ? VX_Q8_BLOCK_BYTES : VX_Q4_BLOCK_BYTES;
@@ -162,7 +162,7 @@ static int read_entry(const json_value *e, vx_st_tensor *t, const unsigned char 
                        "data_offsets end %lld is past the data area (%zu bytes)", en, data_size);
 
     size_t want;
-    if (t->dtype == VX_DT_Q8 || t->dtype == VX_DT_Q4) {
+    if (vx_dt_is_block(t->dtype)) {
         if (t->ndim < 1 || t->shape[t->ndim - 1] % VX_Q_BLOCK_ELEMS != 0)
             return st_fail(err, err_len, path, nm,
                            "%s needs a last dim that is a multiple of %d (shape %s)",

@@ -23,6 +23,9 @@ typedef enum {
 #define VX_Q8_BLOCK_BYTES 34
 #define VX_Q4_BLOCK_BYTES 18
 
+/* Q8 or Q4: a block format (matmuls take its int8 path, quant.h's layout). */
+static inline int vx_dt_is_block(int dt) { return dt == VX_DT_Q8 || dt == VX_DT_Q4; }
+
 /* Alignment of vx_st_tensor.data: the mapping is page-aligned, but the data
  * area starts at 8 + header length, which need not be a multiple of 4 or 8.
  * vx_st_open guarantees only 2-byte alignment, and only for dtypes whose

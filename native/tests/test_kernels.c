@@ -83,15 +83,13 @@ typedef struct {
     float *deq; /* [rows, cols] exact dequantized values */
 } test_weight;
 
-static int is_q(int dt) { return dt == VX_DT_Q8 || dt == VX_DT_Q4; }
-
 /* Q8/Q4 rows are quantized row-major into a scratch copy, then packed into
  * the row-group layout the kernels read (quant.h). */
 static void make_weight(test_weight *t, int dt, int64_t rows, int64_t cols) {
     size_t rb = vx_row_bytes(dt, cols);
     t->buf = xmalloc(rb * (size_t)rows + 2);
     t->deq = xmalloc(sizeof(float) * (size_t)(rows * cols));
-    uint8_t *data = t->buf + 2, *rowmajor = is_q(dt) ? xmalloc(rb * (size_t)rows) : data;
+    uint8_t *data = t->buf + 2, *rowmajor = vx_dt_is_block(dt) ? xmalloc(rb * (size_t)rows) : data;
     float *src = xmalloc(sizeof(float) * (size_t)cols);
     for (int64_t r = 0; r < rows; r++) {
         /* rows of different magnitude, and a few outliers per row, like real
@@ -117,7 +115,7 @@ static void make_weight(test_weight *t, int dt, int64_t rows, int64_t cols) {
         vx_row_to_f32(dt, row, 0, cols, t->deq + (size_t)(r * cols));
     }
     free(src);
-    if (is_q(dt)) {
+    if (vx_dt_is_block(dt)) {
         vx_q_pack_rows(dt, rowmajor, rows, cols, data);
         free(rowmajor);
     }
@@ -163,7 +161,7 @@ static void free_qx(qx *a) {
  * matmul_rows for F32/F16/BF16, matmul_rows_q on quantized X for Q8/Q4. */
 static int run_rows(const vx_backend *be, const test_weight *t, const float *X, int n, int ldx,
                     float *Y, int ldy, int64_t r0, int64_t r1) {
-    if (!is_q(t->w.dtype)) return be->matmul_rows(&t->w, X, n, ldx, Y, ldy, r0, r1);
+    if (!vx_dt_is_block(t->w.dtype)) return be->matmul_rows(&t->w, X, n, ldx, Y, ldy, r0, r1);
     qx a = quantize_x(X, n, ldx, t->w.cols);
     int rc = be->matmul_rows_q(&t->w, a.q, a.d, n, Y, ldy, r0, r1);
     free_qx(&a);
@@ -193,7 +191,7 @@ static void check_accuracy(const vx_backend *be, int dt, int64_t rows, int64_t c
     for (size_t i = 0; i < (size_t)n * (size_t)ldy; i++) Y[i] = 12345.0f; /* canary */
     int rc = run_rows(be, &t, X, n, ldx, Y, ldy, 0, rows);
     qx xa = {NULL, NULL};
-    if (is_q(dt)) xa = quantize_x(X, n, ldx, cols);
+    if (vx_dt_is_block(dt)) xa = quantize_x(X, n, ldx, cols);
     CHECKF(rc == 0, "%s %s [%lld x %lld] n=%d declined", be->name, dt_name(dt), (long long)rows,
           (long long)cols, n);
     if (rc == 0) {
@@ -206,7 +204,7 @@ static void check_accuracy(const vx_backend *be, int dt, int64_t rows, int64_t c
                 for (int64_t c = 0; c < cols; c++) {
                     ref += (double)w[c] * x[c];
                     mag += fabs((double)w[c] * x[c]);
-                    if (is_q(dt)) qerr += fabs((double)w[c]) * xa.d[(size_t)i * (cols / 32) + c / 32] * 0.5;
+                    if (vx_dt_is_block(dt)) qerr += fabs((double)w[c]) * xa.d[(size_t)i * (cols / 32) + c / 32] * 0.5;
                 }
                 double y = Y[(size_t)i * ldy + r];
                 double err = fabs(y - ref), tol = 1e-5 * mag + qerr * 1.001 + 1e-30;
@@ -223,7 +221,7 @@ static void check_accuracy(const vx_backend *be, int dt, int64_t rows, int64_t c
             printf("  %-8s %-4s [%4lld x %4lld] n=%2d  worst err/tol %.3f\n", be->name,
                    dt_name(dt), (long long)rows, (long long)cols, n, worst);
     }
-    if (is_q(dt)) free_qx(&xa);
+    if (vx_dt_is_block(dt)) free_qx(&xa);
     free(X);
     free(Y);
     free_weight(&t);
@@ -586,7 +584,7 @@ int main(void) {
                     check_accuracy(be, dt, shapes[s][0], shapes[s][1], ns[k]);
             check_determinism(be, dt, 37, 320);
             check_determinism(be, dt, 6, 1088);
-            if (is_q(dt)) {
+            if (vx_dt_is_block(dt)) {
                 /* every tile shape and edge: n = 1 (8-row groups and the
                  * rows left over), n = 2..7 (tiles of 3, 2 and 1 inputs),
                  * a single block, and a full batch */
