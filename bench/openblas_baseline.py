@@ -322,16 +322,15 @@ def run_voxd(model_dir: str, audio: F32, threads: int, kv_positions: int, steps:
 # ---------------------------------------------------------------- encoder products
 
 
-def encoder_matrix_shapes(model_dir: str | Path) -> list[tuple[int, int]]:
+def encoder_matrix_shapes(header: dict[str, Any]) -> list[tuple[int, int]]:
     """[out, in] of every encoder layer matrix, from the model's header."""
-    header, _ = read_safetensors_header(Path(model_dir) / MODEL_FILE)
     shapes = [
         (int(v["shape"][0]), int(v["shape"][1]))
         for k, v in header.items()
         if ENCODER_MATRIX.match(k)
     ]
     if not shapes:
-        raise ValueError(f"{model_dir}: no encoder layer matrices")
+        raise ValueError("the model has no encoder layer matrices")
     return shapes
 
 
@@ -375,10 +374,9 @@ def _mem_available() -> int:
     return int(m.group(1)) * 1024 if m else 0
 
 
-def check_memory(bf16_dir: str) -> None:
+def check_memory(header: dict[str, Any]) -> None:
     """Refuse to start when the float32 decoder (twice its BF16 bytes, plus the
     largest tensor once more while it is widened) does not fit in free RAM."""
-    header, _ = read_safetensors_header(Path(bf16_dir) / MODEL_FILE)
     sizes = [
         v["data_offsets"][1] - v["data_offsets"][0]
         for k, v in header.items()
@@ -395,7 +393,8 @@ def check_memory(bf16_dir: str) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     blas = blas_info()
     require_openblas(blas)
-    check_memory(args.bf16_dir)
+    header, _ = read_safetensors_header(Path(args.bf16_dir) / MODEL_FILE)
+    check_memory(header)
     membw = int(args.membw_mb * (1 << 20))
     bw_before = measure_read_bandwidth(membw, args.threads, 3)
     baseline = run_baseline(args.bf16_dir, args.kv_positions, args.steps, EngineSettings().delay_ms)
@@ -408,7 +407,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         audio, source = load_audio(None, seconds)
         for d in args.voxd_dir:
             voxd.append(run_voxd(d, audio, args.threads, args.kv_positions, args.steps))
-    encoder = run_encoder(args.bf16_dir, voxd, args.threads) if voxd else None
+    encoder = run_encoder(encoder_matrix_shapes(header), voxd, args.threads) if voxd else None
     bw_after = measure_read_bandwidth(membw, args.threads, 3)
     bandwidth = max(bw_before, bw_after)
     return {
@@ -427,10 +426,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def run_encoder(bf16_dir: str, voxd: Sequence[VoxdResult], threads: int) -> dict[str, Any]:
+def run_encoder(
+    shapes: Sequence[tuple[int, int]], voxd: Sequence[VoxdResult], threads: int
+) -> dict[str, Any]:
     """OpenBLAS's encoder products at voxd's rows per pass and at the whole audio's,
     voxd's encoder GFLOP/s on the same FLOPs, and the FMA peak."""
-    shapes = encoder_matrix_shapes(bf16_dir)
     flop = encoder_flop_per_frame(shapes)
     passes = sum(v.encoder_passes for v in voxd)
     frames = sum(v.encoder_frames for v in voxd)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import reference
+from st_files import read_header
 
 from bench import openblas_baseline as ob
 from voxd import quantize as qz
@@ -87,7 +88,7 @@ def test_step_bytes_are_float32_matrices_head_and_kv(
 def test_encoder_shapes_are_the_encoder_layer_matrices(
     ref_tiny: reference.RefModel, tiny_model_dir: Path
 ) -> None:
-    shapes = ob.encoder_matrix_shapes(tiny_model_dir)
+    shapes = ob.encoder_matrix_shapes(read_header(tiny_model_dir / ob.MODEL_FILE))
     want = [
         tuple(v.shape)
         for k, v in ref_tiny.w.items()
