@@ -8,14 +8,44 @@ each with its platform ``p``). ``node_id`` is ``voxd_<site>``.
 Entities (unique ids ``voxd_<site>_<key>``):
 
 - ``transcript``: event, event type ``transcript``, fired by each final (a
-  value template turns the final's JSON into the event payload);
+  value template turns the final's JSON into the event payload, see below);
 - ``last_transcript``: sensor, state = text of the last final (HA limits
-  states to 255 characters), attributes = the final's details incl. full text;
+  states to 255 characters), attributes = the final's details incl. full text
+  and the same time keys as the event;
 - ``speaking``: binary_sensor, on while the pipeline state is ``speaking``;
 - ``mute``: switch, on while ``muted``; commands ``ON``/``OFF`` on
   ``<root>/cmd/mute-set``;
 - ``real_time_factor``, ``overruns``, ``uptime``, ``mic_reconnects``:
   diagnostic sensors from ``<root>/stats``.
+
+The ``transcript`` event carries ``text``, ``utterance_id``,
+``audio_seconds``, ``reason`` and the time keys an automation needs to tell
+an old command from a new one:
+
+- ``started_at``, ``ended_at``: when the speech began and ended (unix
+  seconds, e.g. ``now().timestamp() - trigger.to_state.attributes.ended_at``);
+- ``replayed``: true when the final waited in the disk outbox (broker or
+  link down) and is delivered late; false for one published at once;
+- ``age_s``: seconds from the final's creation to its publish.
+
+The MQTT sink adds ``replayed`` and ``age_s`` to the final's JSON when it
+publishes it; the templates read them with ``default(false)`` /
+``default(0)``, so a final without them (an older voxd) still fires the
+event, as a fresh one.
+
+QoS: Home Assistant subscribes to each entity's topics at that entity's
+``qos``. The root ``qos`` of the device message is a shared option that
+only recent Home Assistant versions apply to the components (2025.4 and
+2026.2 ignore it and subscribe at QoS 0), so every component also sets
+``qos`` itself (a component's option overrides the shared one). It is 1
+everywhere: the finals (event and sensor) and the retained state are
+published at QoS 1 and must not be lost on the broker -> Home Assistant
+leg; the mute switch publishes its commands at its ``qos``, so 1 makes a
+command arrive at least once. The diagnostic sensors also get 1: their
+stats are published at QoS 0 and so still arrive at 0 (MQTT delivers at the
+lower of the publish and subscription QoS: nothing gained, nothing paid),
+but Home Assistant subscribes to the availability topic, published at QoS 1,
+at the entity's ``qos``, and ``offline`` should reach every entity.
 
 Every entity names the availability topic. The message is published at each
 connect and again when Home Assistant announces itself (``<prefix>/status``
@@ -34,18 +64,25 @@ if TYPE_CHECKING:
 MANUFACTURER = "voxd"
 MODEL = "Voxtral Realtime speech-to-text"
 STATE_MAX_CHARS = 255  # Home Assistant's limit for a state
+QOS = 1  # root and per component: see the module doc
 
+# The time keys of a final, as Jinja dict items; the MQTT sink adds replayed
+# and age_s at publish time, and a final without them is a fresh one.
+_FINAL_TIMES = (
+    "'started_at': value_json.started_at, 'ended_at': value_json.ended_at, "
+    "'replayed': value_json.replayed | default(false), "
+    "'age_s': value_json.age_s | default(0)"
+)
 _EVENT_TEMPLATE = (
     "{{ {'event_type': 'transcript', 'text': value_json.text, "
     "'utterance_id': value_json.utterance_id, 'audio_seconds': value_json.audio_seconds, "
-    "'reason': value_json.reason} | to_json }}"
+    f"'reason': value_json.reason, {_FINAL_TIMES}}} | to_json }}}}"
 )
 _LAST_TEXT_TEMPLATE = f"{{{{ value_json.text[:{STATE_MAX_CHARS}] }}}}"
 _FINAL_ATTRIBUTES_TEMPLATE = (
     "{{ {'text': value_json.text, 'utterance_id': value_json.utterance_id, "
-    "'started_at': value_json.started_at, 'ended_at': value_json.ended_at, "
     "'audio_seconds': value_json.audio_seconds, 'latency_s': value_json.latency_s, "
-    "'reason': value_json.reason} | to_json }}"
+    f"'reason': value_json.reason, {_FINAL_TIMES}}} | to_json }}}}"
 )
 
 
@@ -78,6 +115,7 @@ def discovery_payload(topics: Topics, settings: MqttSettings, sw_version: str) -
     for key, component in components.items():
         component["unique_id"] = f"{node}_{key}"
         component["availability_topic"] = topics.availability
+        component["qos"] = QOS  # older Home Assistant versions ignore the root one
     return {
         "dev": {
             "identifiers": [node],
@@ -87,7 +125,7 @@ def discovery_payload(topics: Topics, settings: MqttSettings, sw_version: str) -
             "sw_version": sw_version,
         },
         "o": {"name": "voxd", "sw_version": sw_version},
-        "qos": 1,
+        "qos": QOS,  # shared option: read by recent Home Assistant versions
         "cmps": components,
     }
 
