@@ -3,6 +3,12 @@
 Data flows one way: audio -> endpointer -> engine -> these events -> sinks.
 Every event is an immutable dataclass with a ``to_json`` that gives the
 payload published on MQTT / printed by the stdout sink.
+
+An utterance's deltas are closed by exactly one message with its
+``utterance_id``: its final (the normal end: the final's text is the whole
+text, so no closing delta follows it), or, when the utterance is dropped
+without a published final, a closing delta (``end`` = ``"dropped"``). An
+utterance that published no delta gets no closing delta.
 """
 
 from __future__ import annotations
@@ -13,22 +19,58 @@ from typing import Any, Literal
 PipelineState = Literal["idle", "speaking", "processing", "muted", "mic_lost"]
 
 
+DropReason = Literal["reset", "mute", "engine_error", "shutdown", "no_text"]
+
+
 @dataclass(frozen=True)
 class TranscriptDelta:
-    """A new piece of text of the utterance in progress."""
+    """A new piece of text of the utterance in progress, or the close of a dropped one.
+
+    A normal delta's JSON is ``{utterance_id, seq, text, audio_time}``.
+
+    A closing delta says the utterance was dropped and no final will come:
+    its JSON adds ``end`` = ``"dropped"`` and ``reason``, with ``text`` = ""
+    and ``seq`` one past the utterance's last delta. ``reason`` is ``reset``
+    or ``mute`` (the command), ``engine_error``, ``shutdown`` (stopped
+    without finishing it) or ``no_text`` (it ended, e.g. by silence or
+    microphone loss, with only whitespace: empty finals are not published).
+    ``audio_time`` is then the audio the utterance had, in seconds.
+    Consumers that assemble deltas discard the text gathered for it.
+    """
 
     utterance_id: str
     seq: int  # 0, 1, 2 ... within the utterance
     text: str  # only complete characters; may start with a space
     audio_time: float  # seconds from the utterance start this piece stands for
+    end: Literal["dropped"] | None = None  # set only on a closing delta
+    reason: DropReason | None = None  # why it was dropped (closing delta only)
+
+    @classmethod
+    def closing(
+        cls, utterance_id: str, seq: int, audio_time: float, reason: DropReason
+    ) -> TranscriptDelta:
+        return cls(utterance_id, seq, "", audio_time, end="dropped", reason=reason)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if self.end is None:  # a normal delta keeps its four keys
+            del d["end"], d["reason"]
+        return d
 
 
 @dataclass(frozen=True)
 class TranscriptFinal:
-    """The whole text of one utterance, published once at its end."""
+    """The whole text of one utterance, published once at its end.
+
+    It also closes the utterance's deltas (same ``utterance_id``).
+    ``started_at`` and ``ended_at`` date the speech itself (unix seconds),
+    whenever the final is delivered. The MQTT sink adds two keys to the
+    published JSON when it publishes it (this class does not have them):
+    ``replayed`` (bool: true when the final waited in the disk outbox, e.g.
+    while the broker was away, instead of going out at once) and ``age_s``
+    (float: seconds from the final's creation to that publish). A consumer
+    acting on commands can ignore finals that are too old.
+    """
 
     utterance_id: str
     text: str

@@ -46,6 +46,12 @@ Decisions worth knowing:
 * When the microphone is lost mid-utterance, what was heard is finished
   with reason "mic_lost" rather than kept waiting for audio that may never
   come.
+* An utterance that published deltas and then ends without a published
+  final (``reset``, ``mute``, an engine error, stop without flush, or a
+  final with no text) gets a closing delta (``end`` = "dropped", a
+  ``reason``, seq one past its last delta), so that consumers assembling
+  deltas never keep a dangling utterance. A published final closes its
+  deltas by itself. See :class:`voxd.events.TranscriptDelta`.
 """
 
 from __future__ import annotations
@@ -67,6 +73,7 @@ from voxd.config import Settings
 from voxd.endpoint import Audio, Endpointer, EndpointEvent, SpeechEnd, SpeechJudge, SpeechStart
 from voxd.engine import Engine, EngineError, Stream, StreamEvent, StreamStats, TokenEvent
 from voxd.events import (
+    DropReason,
     Event,
     PipelineState,
     StateChanged,
@@ -500,7 +507,7 @@ class Pipeline:
     def _wind_down(self) -> None:
         if not self._flush_on_stop:
             if self._utt is not None:
-                self._drop_utterance("stopping without flush")
+                self._drop_utterance("shutdown")
             return
         now = time.monotonic()
         self._handle_endpoint_events(self._endpointer.flush(), now)
@@ -617,6 +624,7 @@ class Pipeline:
                 final.audio_seconds,
                 reason,
             )
+            self._close_deltas(utt, "no_text")
         self._set_state(self._resting_state())
 
     def _make_final(
@@ -643,16 +651,25 @@ class Pipeline:
             engine=engine,
         )
 
-    def _drop_utterance(self, why: str) -> None:
+    def _drop_utterance(self, reason: DropReason) -> None:
         utt = self._utt
         self._utt = None
         if utt is not None:
-            log.info("utterance %s: dropped (%s)", utt.id, why)
+            log.info("utterance %s: dropped (%s)", utt.id, reason)
+            self._close_deltas(utt, reason)
         try:
             self._stream.reset()
         except EngineError as err:
             log.error("engine stream reset failed (%s); starting a new stream", err)
             self._replace_stream()
+
+    def _close_deltas(self, utt: _Utterance, reason: DropReason) -> None:
+        """Tell delta consumers that this utterance ends without a final (if it had deltas)."""
+        if utt.seq == 0:
+            return  # nothing was published for it: nothing to close
+        log.debug("utterance %s: closing its %d delta(s) (%s)", utt.id, utt.seq, reason)
+        self._emit(TranscriptDelta.closing(utt.id, utt.seq, utt.samples / SAMPLE_RATE, reason))
+        utt.seq += 1
 
     def _engine_failed(self, err: EngineError, during: str) -> None:
         utt_id = self._utt.id if self._utt is not None else "-"
@@ -663,7 +680,7 @@ class Pipeline:
             err.status,
             err,
         )
-        self._drop_utterance("engine error")
+        self._drop_utterance("engine_error")
         self._discarding = self._endpointer.in_speech
         self._set_state(self._resting_state())
 
@@ -721,7 +738,7 @@ class Pipeline:
                 log.info("flush: no utterance in progress")
         elif name == "reset":
             if self._utt is not None:
-                self._drop_utterance("reset command")
+                self._drop_utterance("reset")
             self._discarding = self._endpointer.in_speech
         self._set_state(self._resting_state())
 
@@ -730,7 +747,7 @@ class Pipeline:
             return
         self._muted = True
         if self._utt is not None:
-            self._drop_utterance("muted")
+            self._drop_utterance("mute")
         # Forget the speech in progress; the floor is re-learnt after unmute.
         self._endpointer.reset()
         self._ep_samples = 0
