@@ -578,6 +578,175 @@ def test_array_source_reset_drops_the_utterance(
     check_final(final.to_json(), seconds(sentences[0]), "default")
 
 
+NORMAL_DELTA_KEYS = {"utterance_id", "seq", "text", "audio_time"}
+
+
+def deltas_by_seq(recorder: Recorder, utterance_id: str) -> list[TranscriptDelta]:
+    mine = [d for d in recorder.of(TranscriptDelta) if d.utterance_id == utterance_id]
+    return sorted(mine, key=lambda d: d.seq)
+
+
+def speaking_with_deltas(pipeline: Pipeline, recorder: Recorder, known: set[str]) -> str:
+    """Wait until a new utterance is in progress and has published deltas; its id."""
+
+    def new_id() -> str | None:
+        ids = {d.utterance_id for d in recorder.of(TranscriptDelta)} - known
+        return next(iter(ids), None) if pipeline.state == "speaking" else None
+
+    wait_until(lambda: new_id() is not None, WAIT_S, "an utterance with deltas in progress")
+    utterance_id = new_id()
+    assert utterance_id is not None
+    return utterance_id
+
+
+def check_closed(recorder: Recorder, utterance_id: str, reason: str) -> TranscriptDelta:
+    """The utterance's deltas run 0..n and end with one closing delta for ``reason``."""
+    # The recorder gets events on its own thread, after the pipeline moved on.
+    wait_until(
+        lambda: any(d.end for d in deltas_by_seq(recorder, utterance_id)),
+        WAIT_S,
+        f"a closing delta for {utterance_id}",
+    )
+    deltas = deltas_by_seq(recorder, utterance_id)
+    assert [d.seq for d in deltas] == list(range(len(deltas)))
+    *pieces, closing = deltas
+    assert pieces and all(d.end is None and d.reason is None for d in pieces)
+    assert (closing.end, closing.reason, closing.text) == ("dropped", reason, "")
+    assert closing.audio_time > 0
+    assert utterance_id not in {f.utterance_id for f in recorder.of(TranscriptFinal)}
+    return closing
+
+
+def test_dropped_utterances_close_their_deltas(
+    engine: Engine,
+    sentences: list[np.ndarray],
+    mqtt_broker: Mosquitto,
+    mqtt_collector: CollectorFactory,
+    tmp_path: Path,
+) -> None:
+    """reset, mute and stop without flush, each in the middle of an utterance with deltas.
+
+    The closing deltas go through the real MQTT sink like any delta.
+    """
+    source = ArraySource()
+    recorder = Recorder()
+    settings = Settings(
+        mqtt=MqttSettings(
+            host=mqtt_broker.host,
+            port=mqtt_broker.port,
+            site="drop",
+            discovery=DiscoverySettings(enabled=False),
+        ),
+    )
+    topics = Topics.from_settings(settings.mqtt)
+    collector = mqtt_collector(mqtt_broker, [topics.delta, topics.final])
+    mqtt = MqttSink(settings.mqtt, tmp_path / "state")
+    pipeline = Pipeline(source, engine, [recorder, mqtt], settings=settings)
+    half = sentences[2][: len(sentences[2]) // 2]
+    seen: set[str] = set()
+    closings: dict[str, TranscriptDelta] = {}
+    try:
+        wait_until(lambda: mqtt.connected, WAIT_S, "MQTT connected")
+        pipeline.start()
+
+        # reset in the middle of an utterance that has published deltas
+        source.push(silence(LEAD_S))
+        source.push(half)
+        reset_id = speaking_with_deltas(pipeline, recorder, seen)
+        seen.add(reset_id)
+        pipeline.command("reset")
+        wait_until(lambda: pipeline.state == "idle", WAIT_S, "idle after reset")
+        closings[reset_id] = check_closed(recorder, reset_id, "reset")
+
+        # mute in the middle of the next one (silence first ends the discarded speech)
+        source.push(silence(GAP_S))
+        source.push(half)
+        mute_id = speaking_with_deltas(pipeline, recorder, seen)
+        seen.add(mute_id)
+        pipeline.command("mute")
+        wait_until(lambda: pipeline.state == "muted", WAIT_S, "muted")
+        closings[mute_id] = check_closed(recorder, mute_id, "mute")
+
+        # a normal utterance after unmute: a final, and no closing delta
+        pipeline.command("unmute")
+        wait_until(lambda: pipeline.state == "idle", WAIT_S, "unmuted")
+        source.push(silence(LEAD_S))
+        source.push(sentences[0])
+        source.push(silence(GAP_S))
+        wait_until(lambda: recorder.of(TranscriptFinal), WAIT_S, "a final")
+        (final,) = recorder.of(TranscriptFinal)
+        seen.add(final.utterance_id)
+
+        # stop without flush in the middle of one more
+        source.push(half)
+        stop_id = speaking_with_deltas(pipeline, recorder, seen)
+    finally:
+        pipeline.stop(flush=False)
+    try:
+        closings[stop_id] = check_closed(recorder, stop_id, "shutdown")
+        expected = [c.to_json() for c in closings.values()]
+        wait_until(
+            lambda: all(c in collector.payloads(topics.delta) for c in expected),
+            WAIT_S,
+            "the closing deltas on MQTT",
+        )
+    finally:
+        mqtt.close()
+
+    # On MQTT a closing delta has two more keys than a normal delta.
+    on_mqtt = collector.payloads(topics.delta)
+    for utterance_id, closing in closings.items():
+        mine = [d for d in on_mqtt if d["utterance_id"] == utterance_id]
+        assert mine[-1] == {
+            "utterance_id": utterance_id,
+            "seq": closing.seq,
+            "text": "",
+            "audio_time": closing.audio_time,
+            "end": "dropped",
+            "reason": closing.reason,
+        }
+    assert all(set(d) == NORMAL_DELTA_KEYS for d in on_mqtt if "end" not in d)
+    # The final closes its own deltas: none closing, and they add up to its text.
+    deltas = deltas_by_seq(recorder, final.utterance_id)
+    assert all(d.end is None for d in deltas)
+    assert "".join(d.text for d in deltas).strip() == final.text
+    assert [d.seq for d in deltas] == list(range(len(deltas)))
+    assert collector.payloads(topics.final)[0]["utterance_id"] == final.utterance_id
+    assert [d for d in on_mqtt if d["utterance_id"] == final.utterance_id] == [
+        d.to_json() for d in deltas
+    ]
+    assert all(set(d.to_json()) == NORMAL_DELTA_KEYS for d in deltas)
+
+
+def test_dropped_utterance_without_deltas_gets_no_closing_delta(
+    engine: Engine, sentences: list[np.ndarray]
+) -> None:
+    # With the longest delay the engine has no token yet for a short sentence.
+    settings = Settings(engine=EngineSettings(delay_ms=2400, interval_ms=2400))
+    source = ArraySource()
+    recorder = Recorder()
+    pipeline = Pipeline(source, engine, [recorder], settings=settings)
+    pipeline.start()
+    try:
+        source.push(silence(LEAD_S))
+        source.push(sentences[0])  # no silence after it: still speaking
+        wait_until(lambda: source.pending == 0, WAIT_S, "audio consumed")
+        wait_until(lambda: pipeline.state == "speaking", WAIT_S, "speaking")
+        pipeline.command("reset")
+        wait_until(lambda: pipeline.state == "idle", WAIT_S, "idle after reset")
+        source.push(silence(GAP_S))
+        source.push(sentences[0])
+        wait_until(lambda: source.pending == 0, WAIT_S, "audio consumed")
+        wait_until(lambda: pipeline.state == "speaking", WAIT_S, "speaking again")
+    finally:
+        pipeline.stop(flush=False)
+    assert [s.state for s in recorder.of(StateChanged)] == ["idle", "speaking", "idle", "speaking"]
+    deltas = recorder.of(TranscriptDelta)
+    assert [d for d in deltas if d.end is None] == [], "setup: the engine produced text"
+    assert deltas == []  # two utterances dropped, neither with a delta: nothing to close
+    assert recorder.of(TranscriptFinal) == []
+
+
 @pytest.fixture(scope="module")
 def eos_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model, with EOS where it would say " still" (a real model, edited).
