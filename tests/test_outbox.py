@@ -448,3 +448,37 @@ def test_unusable_directory_runs_in_memory(
     assert box.write_failures == 3
     assert box.remove(2) and box.remove(3) and len(box) == 0
     assert blocker.read_text() == "a file where the state directory should be"
+
+
+def test_repeated_write_errors_are_summarised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr("voxd.outbox._REPEAT_LOG_S", 0.05)  # a short interval for the test
+    directory = tmp_path / "outbox"
+    box = Outbox(directory, max_entries=10_000)
+
+    def errors() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+
+    with caplog.at_level(logging.ERROR, logger="voxd.outbox"):
+        seq = 0
+        # Keep failing until the interval is over: the next ERROR counts the held-back ones.
+        while len(errors()) < 2:
+            seq += 1
+            assert seq < 100_000, errors()
+            fail_next_writes(directory, range(seq, seq + 1))
+            box.put("t/final", payload(seq))
+    assert box.write_failures == seq
+    assert "more like it since the last report" not in errors()[0]
+    assert f"and {seq - 2} more like it since the last report" in errors()[1]
+
+
+def test_oversized_file_is_moved_aside_unread(tmp_path: Path) -> None:
+    directory = tmp_path / "outbox"
+    four_entries(directory)
+    os.truncate(directory / SLOT, 17 * 1024 * 1024)  # sparse: cheap to make and to move
+    box = Outbox(directory, max_entries=10)
+    assert [e.seq for e in box.entries()] == [1, 2, 4]
+    [moved] = [p for p in box.damaged_directory.iterdir() if p.suffix == ".json"]
+    assert moved.stat().st_size == 17 * 1024 * 1024
+    assert "larger than any entry" in moved.with_name(moved.name + ".reason").read_text()
