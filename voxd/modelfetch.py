@@ -399,7 +399,7 @@ def _download_files(src: Path, hub: Hub, fmt: str) -> list[str]:
     for p in plans:
         if p.will_download:
             size = _human(p.file_size or 0)
-            log.info("downloading %s (%s) from %s/%s", p.filename, size, hub.url, hub.repo)
+            _say(hub.quiet, f"downloading {p.filename} ({size}) from {hub.url}/{hub.repo}")
         hub.fetch(p.filename, src)
         if p.will_download:
             fetched.append(p.filename)
@@ -412,7 +412,7 @@ def _download_files(src: Path, hub: Hub, fmt: str) -> list[str]:
 def _quantize(src: Path, target: Path, fmt: str, *, quiet: bool) -> None:
     from voxd.quantize import Options, QuantizeError, quantize_model
 
-    log.info("quantizing %s to %s in %s", src / WEIGHTS_FILE, fmt, target)
+    _say(quiet, f"quantizing {src / WEIGHTS_FILE} to {fmt} into {target}")
     bar = None if quiet else _QuantizeBar(fmt)
     try:
         quantize_model(src, target, Options(fmt=fmt.upper()), progress=bar)
@@ -423,6 +423,13 @@ def _quantize(src: Path, target: Path, fmt: str, *, quiet: bool) -> None:
             bar.close()
 
 
+def _say(quiet: bool, message: str) -> None:
+    """A step of a long command, on stderr: also in logs, where progress bars
+    are off (a download of gigabytes should not look like a hang)."""
+    if not quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
 class _QuantizeBar:
     """tqdm (huggingface_hub's progress bars use it too) fed with bytes written."""
 
@@ -430,7 +437,12 @@ class _QuantizeBar:
         from huggingface_hub.utils.tqdm import tqdm
 
         self._bar = tqdm(  # type: ignore[no-untyped-call]
-            desc=f"quantize {fmt}", unit="B", unit_scale=True, unit_divisor=1000
+            # disable=None: on a terminal only, like huggingface_hub's bars
+            desc=f"quantize {fmt}",
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1000,
+            disable=None,
         )
 
     def __call__(self, done: int, total: int) -> None:
