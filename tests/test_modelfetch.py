@@ -312,6 +312,17 @@ def test_bf16_goes_straight_into_the_directory(
         assert (tmp_path / name).read_bytes() == data
 
 
+def test_an_installed_bf16_model_is_quantized_without_downloading(
+    tmp_path: Path, hub: FakeHub
+) -> None:
+    download_model(tmp_path, "bf16", hub=at(hub), quiet=True)
+    hub.requests.clear()
+    result = download_model(tmp_path, "q8", hub=at(hub), quiet=True)
+    assert (result.downloaded, result.quantized, result.bf16_dir) == ([], True, None)
+    assert model_format(tmp_path) == "q8" and not (tmp_path / "bf16").exists()
+    assert hub.requests == []
+
+
 def test_a_dropped_transfer_resumes_with_a_range_request(tmp_path: Path, hub: FakeHub) -> None:
     # huggingface_hub keeps what it received in whole 10 MB chunks, so the
     # file must be a few of them for a resume to start past byte 0.
@@ -640,3 +651,18 @@ def test_progress_lines_are_sparse_when_not_a_terminal() -> None:
     for done in (10, 50, 100):
         show("x", done, 100)
     assert buf.getvalue().splitlines() == ["x: 10 B / 100 B (10%)", "x: 100 B / 100 B (100%)"]
+
+
+def test_daemon_start_up_warns_when_the_model_does_not_fit(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from voxd import daemon
+    from voxd.config import EngineSettings, Settings
+    from voxd.sdnotify import Notifier
+
+    with (tmp_path / WEIGHTS).open("wb") as f:
+        f.truncate(1 << 40)  # sparse: bigger than any machine's memory
+    settings = Settings(engine=EngineSettings(model_dir=tmp_path))
+    loaded = daemon.load_engine(settings, Notifier(None))
+    assert isinstance(loaded, str)  # not a model at all, so it does not load either
+    assert any("does not fit in this machine's" in r.getMessage() for r in caplog.records)

@@ -364,6 +364,12 @@ def download_model(
         if done and (not keep_bf16 or model_format(src) == "bf16"):
             result.bf16_dir = src if model_format(src) == "bf16" else None
             return result
+        if src != target and model_format(target) == "bf16" and model_format(src) != "bf16":
+            # The checkpoint itself is installed: quantize it rather than
+            # download it again (a rename, on the same filesystem).
+            src.mkdir(exist_ok=True)
+            for name in MODEL_FILES:
+                os.replace(target / name, src / name)
         if model_format(src) != "bf16":
             result.downloaded = _download_bf16(src, hub, result.fmt)
         for name in MODEL_FILES:
