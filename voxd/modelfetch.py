@@ -35,9 +35,12 @@ import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from voxd.modelsize import MODEL_FILES, WEIGHT_BYTES, resolve_format
+
+if TYPE_CHECKING:
+    from voxd.config import EngineSettings
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +71,7 @@ class ModelFetchError(Exception):
     """A failure with a message meant for the person running the command."""
 
 
-def configured_engine(config: Path | None = None) -> Any:
+def configured_engine(config: Path | None = None) -> EngineSettings:
     """The [engine] section of the configuration file (voxd.config.EngineSettings).
 
     Imported here: the config module pulls in pydantic, which a plain
