@@ -570,7 +570,7 @@ def test_cli_download_then_check(
     assert cli(args) == 0
     out = capsys.readouterr().out
     assert f"q4 model installed in {target}\n" in out
-    assert f"q4 model already present, nothing to do in {target}" in out
+    assert f"q4 model already in {target}; nothing to do" in out
     assert cli(["model", "check", "--dir", target]) == 0
     assert "looks complete: random test model (preset tiny), q4" in capsys.readouterr().out
     weights = tmp_path / "m" / WEIGHTS

@@ -731,8 +731,10 @@ def _cmd_download(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("\nvoxd model download: interrupted; run it again to continue", file=sys.stderr)
         return 130
-    state = "installed" if changed else "already present, nothing to do"
-    print(f"{fmt} model {state} in {target}")
+    if changed:
+        print(f"{fmt} model installed in {target}")
+    else:
+        print(f"{fmt} model already in {target}; nothing to do")
     if not args.source and result.bf16_dir is not None and result.bf16_dir != target:
         print(f"BF16 checkpoint kept in {result.bf16_dir}")
     return 0
