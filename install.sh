@@ -16,10 +16,20 @@ STATE_DIR=/var/lib/voxd
 UNIT_DIR=/etc/systemd/system
 SERVICE=voxd
 SERVICE_USER=voxd
+SERVICE_GROUP=voxd # its own group (useradd --user-group)
 DEFAULT_PREFIX=/opt/voxd
+BIN_DIR=/usr/local/bin
+# apt and dpkg hold these while they run; on a first boot the automatic
+# updates often do, for minutes.
+DPKG_LOCKS=(/var/lib/dpkg/lock-frontend /var/lib/dpkg/lock /var/lib/apt/lists/lock
+    /var/cache/apt/archives/lock)
+LOCK_WAIT_S=600
+LOCK_POLL_S=5
 
 MODEL_FROM=""
-MODEL_URL=""
+MODEL_REPO=""
+MODEL_FORMAT=""
+MODEL_STATE="" # ready, skipped, failed (empty: not reached)
 WITH_MODEL=1
 WITH_BROKER=0
 WITH_VAD=0
@@ -37,12 +47,15 @@ Usage: sudo ./install.sh [options]
 
 Installs voxd from this checkout into PREFIX/venv, creates the system user
 '$SERVICE_USER', installs $CONF_DIR/voxd.toml (only if absent) and the systemd unit,
-fetches the model into $STATE_DIR/model and starts the service.
+links $BIN_DIR/voxd, downloads the model from the Hugging Face Hub into
+$STATE_DIR/model (quantized to what this machine's memory holds, as the
+service user) and starts the service.
 
 Options:
   --prefix DIR       install the virtual environment under DIR (default: $DEFAULT_PREFIX)
-  --model-dir DIR    copy the model from a local directory instead of downloading it
-  --model-url URL    download the model from another base URL
+  --model-dir DIR    install the model from a local directory instead of downloading it
+  --model-repo ID    download the model from another Hub repository
+  --model-format F   auto (default: from this machine's memory), q8, q4 or bf16
   --no-model         do not fetch the model (the service is then enabled, not started)
   --with-broker      also install the mosquitto MQTT broker on this machine
   --with-vad         also install onnxruntime for the optional Silero VAD
@@ -51,7 +64,8 @@ Options:
   --dry-run          print what would be done, change nothing
   -h, --help         show this help
 
-A model download that needs a Hugging Face login reads HF_TOKEN:
+A model download that needs a Hugging Face login reads HF_TOKEN (HF_ENDPOINT
+for a mirror):
   sudo HF_TOKEN=hf_... ./install.sh
 EOF
 }
@@ -82,8 +96,10 @@ parse_args() {
         --prefix=*) PREFIX="${1#*=}" ;;
         --model-dir) MODEL_FROM="${2:?--model-dir needs a directory}"; shift ;;
         --model-dir=*) MODEL_FROM="${1#*=}" ;;
-        --model-url) MODEL_URL="${2:?--model-url needs a URL}"; shift ;;
-        --model-url=*) MODEL_URL="${1#*=}" ;;
+        --model-repo) MODEL_REPO="${2:?--model-repo needs a repository id}"; shift ;;
+        --model-repo=*) MODEL_REPO="${1#*=}" ;;
+        --model-format) MODEL_FORMAT="${2:?--model-format needs auto, q8, q4 or bf16}"; shift ;;
+        --model-format=*) MODEL_FORMAT="${1#*=}" ;;
         --no-model) WITH_MODEL=0 ;;
         --with-broker) WITH_BROKER=1 ;;
         --with-vad) WITH_VAD=1 ;;
@@ -97,6 +113,10 @@ parse_args() {
         shift
     done
     [[ $PREFIX == /* && $PREFIX != / ]] || die "--prefix must be an absolute directory other than /"
+    case "$MODEL_FORMAT" in
+    "" | auto | q8 | q4 | bf16) ;;
+    *) die "--model-format must be auto, q8, q4 or bf16, not $MODEL_FORMAT" ;;
+    esac
     PREFIX="${PREFIX%/}"
     VENV="$PREFIX/venv"
     if [[ -n $MODEL_FROM ]]; then
@@ -108,7 +128,12 @@ require_root() {
     ((EUID == 0 || DRY_RUN)) && return 0
     if command -v sudo >/dev/null; then
         log "re-running with sudo"
-        exec sudo -- bash "$SRC_DIR/install.sh" "${ORIG_ARGS[@]}"
+        # sudo clears the environment: hand on what the model download reads.
+        local keep=() var
+        for var in HF_TOKEN HF_ENDPOINT HTTPS_PROXY https_proxy; do
+            [[ -n ${!var:-} ]] && keep+=("$var=${!var}")
+        done
+        exec sudo -- env "${keep[@]}" bash "$SRC_DIR/install.sh" "${ORIG_ARGS[@]}"
     fi
     die "run as root (or install sudo)"
 }
@@ -116,6 +141,46 @@ require_root() {
 systemd_running() {
     # The test sd_booted(3) uses: this directory exists only when systemd is PID 1.
     [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null
+}
+
+dpkg_locked() {
+    # apt and dpkg take fcntl (POSIX) locks, which flock(1) does not see: try
+    # to take each one for an instant. Exit 0 when one is held.
+    command -v python3 >/dev/null || return 1
+    python3 - "${DPKG_LOCKS[@]}" <<'PY'
+import fcntl, sys
+for path in sys.argv[1:]:
+    try:
+        f = open(path, "r+")
+    except OSError:
+        continue
+    with f:
+        try:
+            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            sys.exit(0)
+sys.exit(1)
+PY
+}
+
+lock_holders() {
+    local who
+    who="$(pgrep -l -x 'apt|apt-get|aptitude|dpkg|unattended-upgr|packagekitd' | tr '\n' ' ')"
+    printf '%s' "${who:-an unknown process}"
+}
+
+wait_for_dpkg_lock() {
+    dpkg_locked || return 0
+    log "another package manager is running ($(lock_holders)); on a first boot that is the automatic updates. Waiting for it, at most $((LOCK_WAIT_S / 60)) min"
+    local waited=0
+    while dpkg_locked; do
+        ((waited < LOCK_WAIT_S)) ||
+            die "the package manager is still busy after $waited s ($(lock_holders)); let it finish, then run install.sh again"
+        sleep "$LOCK_POLL_S"
+        waited=$((waited + LOCK_POLL_S))
+        ((waited % 60)) || log "still waiting for the package manager ($waited s)"
+    done
+    log "the package manager is free (waited $waited s)"
 }
 
 package_installed() {
@@ -142,8 +207,12 @@ install_packages() {
         return 0
     fi
     log "installing packages: ${missing[*]}"
-    run apt-get update
-    run env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+    ((DRY_RUN)) || wait_for_dpkg_lock
+    # apt waits by itself too, for a lock taken between the check and here.
+    local wait_lock=(-o "DPkg::Lock::Timeout=$LOCK_WAIT_S")
+    run apt-get "${wait_lock[@]}" update
+    run env DEBIAN_FRONTEND=noninteractive apt-get "${wait_lock[@]}" install -y \
+        --no-install-recommends "${missing[@]}"
     did "installed packages: ${missing[*]}"
 }
 
@@ -235,24 +304,53 @@ install_unit() {
     rm -f "$tmp"
 }
 
-install_model() {
-    ((WITH_MODEL)) || {
-        log "skipping the model (--no-model)"
+link_command() {
+    # voxd on PATH (also under sudo's secure_path), pointing into the venv.
+    local link="$BIN_DIR/voxd"
+    if [[ -e $link && ! -L $link ]]; then
+        warn "$link exists and is not a link; leaving it (voxd is $VENV/bin/voxd)"
         return 0
-    }
-    local target="$STATE_DIR/model"
-    local fetch=("$VENV/bin/python" -m voxd.modelfetch model download --dir "$target")
-    if [[ -n $MODEL_FROM ]]; then
-        fetch+=(--from "$MODEL_FROM")
-    elif [[ -n $MODEL_URL ]]; then
-        fetch+=(--url "$MODEL_URL")
     fi
-    run install -d -m 0750 -o "$SERVICE_USER" -g "$SERVICE_USER" "$STATE_DIR"
-    log "fetching the model into $target (about 9 GB; an interrupted download resumes)"
-    run "${fetch[@]}"
-    # Fetched as root; the service reads it as $SERVICE_USER.
-    run chown -R "$SERVICE_USER:$SERVICE_USER" "$target"
-    did "model ready in $target"
+    if [[ "$(readlink -- "$link" 2>/dev/null)" == "$VENV/bin/voxd" ]]; then
+        log "$link is in place"
+        return 0
+    fi
+    run ln -sfn -- "$VENV/bin/voxd" "$link"
+    did "linked $link -> $VENV/bin/voxd"
+}
+
+model_command() {
+    # The download runs as the service user, so that everything in the model
+    # directory (and huggingface_hub's cache in its home) is the service's;
+    # --model-dir is read as root, as the source may be anywhere.
+    MODEL_CMD=()
+    [[ -n $MODEL_FROM ]] || MODEL_CMD=(runuser -u "$SERVICE_USER" -- env "HOME=$STATE_DIR")
+    MODEL_CMD+=("$VENV/bin/voxd" model download --dir "$STATE_DIR/model")
+    MODEL_CMD+=(--config "$CONF_DIR/voxd.toml")
+    [[ -z $MODEL_FROM ]] || MODEL_CMD+=(--from "$MODEL_FROM")
+    [[ -z $MODEL_REPO ]] || MODEL_CMD+=(--repo "$MODEL_REPO")
+    [[ -z $MODEL_FORMAT ]] || MODEL_CMD+=(--format "$MODEL_FORMAT")
+}
+
+install_model() {
+    if ((!WITH_MODEL)); then
+        log "skipping the model (--no-model)"
+        MODEL_STATE=skipped
+        return 0
+    fi
+    local target="$STATE_DIR/model"
+    run install -d -m 0750 -o "$SERVICE_USER" -g "$SERVICE_GROUP" "$STATE_DIR" "$target"
+    model_command
+    log "fetching the model into $target (an 8.9 GB download, then quantized to fit this machine)"
+    if run "${MODEL_CMD[@]}"; then
+        MODEL_STATE=ready
+        did "model ready in $target"
+    else
+        MODEL_STATE=failed
+        warn "the model is not installed; the install goes on without it (see the end)"
+    fi
+    # Whatever happened, leave nothing in it that the service user cannot use.
+    run chown -R "$SERVICE_USER:$SERVICE_GROUP" "$target"
 }
 
 model_present() {
@@ -262,7 +360,7 @@ model_present() {
 start_service() {
     if ! systemd_running; then
         warn "systemd is not running (a container?): unit installed, not enabled or started"
-        warn "start it by hand: $VENV/bin/voxd run --config $CONF_DIR/voxd.toml"
+        warn "start it by hand: voxd run --config $CONF_DIR/voxd.toml"
         return 0
     fi
     run systemctl daemon-reload
@@ -271,8 +369,7 @@ start_service() {
     if ((!START)); then
         log "not starting (--no-start)"
     elif ! model_present && ((!DRY_RUN)); then
-        warn "no model in $STATE_DIR/model: not starting; fetch it with"
-        warn "  $VENV/bin/voxd model download --dir $STATE_DIR/model && systemctl start $SERVICE"
+        warn "no model in $STATE_DIR/model: not starting $SERVICE (see the end)"
     else
         # restart, not start: a reinstall must load the new code.
         run systemctl restart "$SERVICE.service"
@@ -280,21 +377,59 @@ start_service() {
     fi
 }
 
-summary() {
-    printf '\nvoxd install %s\n' "$( ((DRY_RUN)) && echo '(dry run, nothing changed)' || echo 'done')"
-    if ((${#DONE[@]})); then
-        printf '  - %s\n' "${DONE[@]}"
-    else
-        printf '  - nothing to change\n'
+next_steps() {
+    local target="$STATE_DIR/model"
+    if [[ $MODEL_STATE != ready ]] && ! model_present; then
+        case "$MODEL_STATE" in
+        failed) printf '\nThe model download failed (the error is above). Next, one of:\n' ;;
+        skipped) printf '\nNo model yet (--no-model). Next, one of:\n' ;;
+        *) printf '\nThe model is not installed. Next, one of:\n' ;;
+        esac
+        cat <<EOF
+  sudo -u $SERVICE_USER voxd model download --dir $target
+      download it (again); if the Hub wants a login, with a read token from
+      https://huggingface.co/settings/tokens:
+      sudo -u $SERVICE_USER HF_TOKEN=hf_... voxd model download --dir $target
+  sudo $SRC_DIR/install.sh --model-dir /path/to/model
+      install a model copied from another machine (a directory with
+      consolidated.safetensors, params.json and tekken.json)
+  sudo $SRC_DIR/install.sh --no-model
+      finish the install without a model
+then: sudo systemctl start $SERVICE
+EOF
     fi
     cat <<EOF
 
-  config:  $CONF_DIR/voxd.toml   (then: sudo systemctl restart $SERVICE)
+  config:  $CONF_DIR/voxd.toml   (check: voxd config check; then: sudo systemctl restart $SERVICE)
   status:  systemctl status $SERVICE
   logs:    journalctl -u $SERVICE -f
-  model:   $VENV/bin/voxd model check --dir $STATE_DIR/model
+  model:   voxd model check --dir $target
   remove:  sudo $SRC_DIR/uninstall.sh   (--purge also deletes config and model)
 EOF
+}
+
+summary() {
+    local status=$1 how='done'
+    if ((DRY_RUN)); then
+        how='(dry run, nothing changed)'
+    elif ((status != 0)) && [[ $MODEL_STATE == failed ]]; then
+        how='done, except the model'
+    elif ((status != 0)); then
+        how="stopped by the error above (exit $status); fix it and run install.sh again"
+    fi
+    printf '\nvoxd install %s\n' "$how"
+    if ((${#DONE[@]})); then
+        printf '  - %s\n' "${DONE[@]}"
+    else
+        printf '  - nothing changed\n'
+    fi
+    next_steps
+}
+
+on_exit() {
+    local status=$?
+    summary "$status"
+    exit "$status"
 }
 
 main() {
@@ -302,15 +437,22 @@ main() {
     require_root
     [[ -f $SRC_DIR/pyproject.toml && -f $SRC_DIR/systemd/$SERVICE.service ]] ||
         die "run install.sh from a voxd checkout ($SRC_DIR has no pyproject.toml or unit)"
+    # From here on, also after a failure: say what was done and what to run next.
+    trap on_exit EXIT
     install_packages
     check_python
     create_user
     install_venv
     install_config
     install_unit
+    link_command
     install_model
     start_service
-    summary
+    # Exit status 1 when the model is missing: the install is not finished.
+    [[ $MODEL_STATE != failed ]]
 }
 
-main "$@"
+# Sourced (as the tests do), it only defines the functions.
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
+    main "$@"
+fi

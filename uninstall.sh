@@ -11,6 +11,7 @@ STATE_DIR=/var/lib/voxd
 UNIT_DIR=/etc/systemd/system
 SERVICE=voxd
 SERVICE_USER=voxd
+BIN_DIR=/usr/local/bin
 
 PURGE=0
 DRY_RUN=0
@@ -22,7 +23,8 @@ usage() {
     cat <<EOF
 Usage: sudo ./uninstall.sh [options]
 
-Stops and disables the voxd service, removes its unit and PREFIX/venv.
+Stops and disables the voxd service, removes its unit, PREFIX/venv and the
+$BIN_DIR/voxd link.
 Config ($CONF_DIR), state and model ($STATE_DIR) and the user '$SERVICE_USER' are kept.
 
 Options:
@@ -98,8 +100,18 @@ stop_service() {
     fi
 }
 
+remove_link() {
+    # Only the link install.sh made: a voxd from elsewhere is not ours.
+    local link="$BIN_DIR/voxd"
+    if [[ -L $link && "$(readlink -- "$link")" == "$PREFIX/venv/bin/voxd" ]]; then
+        run rm -f -- "$link"
+        did "removed $link"
+    fi
+}
+
 remove_files() {
     remove_path "$UNIT_DIR/$SERVICE.service"
+    remove_link
     remove_path "$PREFIX/venv"
     remove_path "$PREFIX/build"
     if [[ -d $PREFIX ]] && [[ -z "$(ls -A -- "$PREFIX")" ]]; then
@@ -141,4 +153,7 @@ main() {
     summary
 }
 
-main "$@"
+# Sourced (as the tests do), it only defines the functions.
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
+    main "$@"
+fi

@@ -136,3 +136,35 @@ def test_help_lists_every_command() -> None:
     r = voxd("--help")
     for cmd in ("run", "transcribe", "devices", "config", "model", "quantize", "bench", "dev"):
         assert cmd in r.stdout
+
+
+def test_transcribe_defaults_to_the_configured_model(
+    tiny_model_dir: Path, wav_44k_stereo: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "voxd.toml"
+    config.write_text(f'[engine]\nmodel_dir = "{tiny_model_dir}"\n')
+    r = voxd("transcribe", str(wav_44k_stereo), "--config", str(config), "--json")
+    assert r.returncode == 0, r.stderr
+    explicit = voxd("transcribe", str(wav_44k_stereo), "--model-dir", str(tiny_model_dir), "--json")
+    assert json.loads(r.stdout)["token_ids"] == json.loads(explicit.stdout)["token_ids"]
+
+
+def test_bench_without_model_dir_reads_the_config(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[engine]\nmodel_dir = 5\nformat = "q5"\n')
+    r = voxd("bench", "--config", str(bad), "--seconds", "1")
+    assert r.returncode == 2
+    assert "no --model-dir" in r.stderr and "engine.format" in r.stderr
+
+
+def test_config_check_warns_when_the_model_does_not_fit(tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    with (model / "consolidated.safetensors").open("wb") as f:
+        f.truncate(1 << 40)  # sparse: 1.1 TB of size, no disk space
+    config = tmp_path / "voxd.toml"
+    config.write_text(f'[engine]\nmodel_dir = "{model}"\n')
+    r = voxd("config", "check", "--config", str(config))
+    assert r.returncode == 0, r.stderr  # a warning, the config itself is fine
+    assert "1099.5 GB of files" in r.stderr and "does not fit in this machine's" in r.stderr
+    assert "--format q4" in r.stderr

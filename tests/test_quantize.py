@@ -238,6 +238,8 @@ def test_files_parse_with_right_dtypes_and_shapes(
     dst = read_header(out / qz.MODEL_FILE)
     assert dst["__metadata__"]["voxd_quantize"] == fmt.lower()
     assert dst["__metadata__"]["voxd_q_layout"] == "rowgroup8"
+    # the random model's marker survives, so `voxd model check` still sees it
+    assert dst["__metadata__"]["voxd_random_model"] == "tiny"
     src.pop("__metadata__", None)
     dst.pop("__metadata__")
     assert list(dst) == list(src)
@@ -306,6 +308,20 @@ def test_options(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert h8[ENC + "audio_language_projection.2.weight"]["dtype"] == "Q8"
     assert h8["layers.0.feed_forward.w1.weight"]["dtype"] == "Q4"
     assert h8[EMB]["dtype"] == "Q8"
+
+
+def test_progress_reports_every_byte_written(tiny_model_dir: Path, tmp_path: Path) -> None:
+    calls: list[tuple[int, int]] = []
+    qz.quantize_model(
+        tiny_model_dir, tmp_path, qz.Options(fmt="Q4"), progress=lambda d, t: calls.append((d, t))
+    )
+    totals = {t for _, t in calls}
+    done = [d for d, _ in calls]
+    assert len(totals) == 1 and done == sorted(done) and done[0] == 0
+    h = read_header(tmp_path / qz.MODEL_FILE)
+    h.pop("__metadata__")
+    data_bytes = max(info["data_offsets"][1] for info in h.values())
+    assert calls[-1] == (data_bytes, data_bytes)
 
 
 def test_bad_input(

@@ -842,9 +842,18 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print(f"voxd bench: {exc}", file=sys.stderr)
         return 2
     projections = args.project or [Projection(k, *v) for k, v in DEFAULT_PROJECTIONS.items()]
+    model_dir = args.model_dir
+    if model_dir is None:  # the daemon's model, so the bench runs what it runs
+        from voxd.modelfetch import ModelFetchError, configured_engine
+
+        try:
+            model_dir = configured_engine(args.config).model_dir
+        except ModelFetchError as exc:
+            print(f"voxd bench: no --model-dir, and {exc}", file=sys.stderr)
+            return 2
     try:
         report = run_bench(
-            args.model_dir,
+            model_dir,
             audio,
             audio_source=source,
             threads=args.threads,
@@ -877,7 +886,8 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "and FMA peak, end-of-utterance latency, real-time factor, and projections for "
         "other boards.",
     )
-    p.add_argument("--model-dir", required=True, metavar="DIR", help="model directory")
+    p.add_argument("--model-dir", metavar="DIR", help="model directory (default: engine.model_dir)")
+    p.add_argument("--config", type=Path, metavar="PATH", help="default: /etc/voxd/voxd.toml")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--audio", metavar="WAV", help="audio to feed (any rate; mixed to mono)")
     src.add_argument(

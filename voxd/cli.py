@@ -1,12 +1,12 @@
 """The `voxd` command line.
 
     voxd run [--config PATH] [--stdout]     the daemon (systemd runs this)
-    voxd transcribe FILE --model-dir DIR    one file, offline
+    voxd transcribe FILE [--model-dir DIR]  one file, offline
     voxd devices                            audio inputs PortAudio sees
     voxd config check [--config PATH]       the effective config, or what is wrong
     voxd model download|check               fetch / verify the model
     voxd quantize IN OUT --format q8|q4     8- and 4-bit weights
-    voxd bench --model-dir DIR              speed figures of this machine
+    voxd bench [--model-dir DIR]            speed figures of this machine
     voxd dev make-model DIR --preset tiny   random models for tests and benches
 """
 
@@ -50,13 +50,16 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
         TokenEvent,
     )
 
+    model_dir = _model_dir(args)
+    if model_dir is None:
+        return 2
     try:
         audio = read_wav(args.file)
     except (OSError, ValueError) as e:
         _err(f"cannot read {args.file}: {e}")
         return 1
     try:
-        engine = Engine(args.model_dir, threads=args.threads, backend=args.backend)
+        engine = Engine(model_dir, threads=args.threads, backend=args.backend)
         stream = engine.stream(delay_ms=args.delay_ms)
     except EngineError as e:
         _err(str(e))
@@ -103,6 +106,19 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_dir(args: argparse.Namespace) -> Path | None:
+    """--model-dir, else engine.model_dir of the configuration (None: error shown)."""
+    if args.model_dir is not None:
+        return Path(args.model_dir)
+    from voxd.modelfetch import ModelFetchError, configured_engine
+
+    try:
+        return Path(configured_engine(args.config).model_dir)
+    except ModelFetchError as e:
+        _err(f"no --model-dir, and {e}")
+        return None
+
+
 def _dump(stream: object, out: Path, ids: list[int]) -> None:
     from voxd.engine import DEBUG_ADAPTER, DEBUG_ENCODER, DEBUG_LOGITS, DEBUG_MEL, Stream
 
@@ -121,7 +137,8 @@ def _dump(stream: object, out: Path, ids: list[int]) -> None:
 def _add_transcribe(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("transcribe", help="transcribe a WAV file (any rate / channels)")
     p.add_argument("file", type=Path)
-    p.add_argument("--model-dir", type=Path, required=True)
+    p.add_argument("--model-dir", type=Path, help="default: engine.model_dir of the config")
+    p.add_argument("--config", type=Path, default=None, help="default: /etc/voxd/voxd.toml")
     p.add_argument("--delay-ms", type=int, default=480, help="80..2400 in steps of 80")
     p.add_argument("--json", action="store_true", help="print text and token_ids as JSON")
     p.add_argument("--dump", metavar="DIR", help="write mel/encoder/adapter/logits as .npy")
@@ -162,6 +179,10 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
     if not isinstance(settings, Settings):
         return 2
     print(effective_config_toml(settings), end="")
+    from voxd.modelsize import fit_warning
+
+    if (warning := fit_warning(settings.engine.model_dir)) is not None:
+        _err(f"warning: {warning}")
     return 0
 
 

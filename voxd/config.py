@@ -141,6 +141,14 @@ class EngineSettings(_Section):
     interval_ms: int = Field(default=480, gt=0)
     threads: int = Field(default=0, ge=0)
     backend: str | None = None
+    # Weight format `voxd model download` installs: "auto" picks q8 or q4 from
+    # the machine's memory (voxd.modelsize.choose_format).
+    format: Literal["auto", "bf16", "q8", "q4"] = "auto"
+
+    @field_validator("format", mode="before")
+    @classmethod
+    def _format_case(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
 
 class TlsSettings(_Section):

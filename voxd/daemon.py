@@ -42,6 +42,7 @@ from voxd.config import ConfigError, Settings, load_settings
 from voxd.endpoint import SpeechJudge
 from voxd.engine import Engine, EngineError
 from voxd.events import Event, StateChanged, TranscriptFinal
+from voxd.modelsize import fit_warning
 from voxd.mqtt import MqttSink
 from voxd.pipeline import WATCHDOG_SOURCES, Pipeline, StdoutSink
 from voxd.sdnotify import Notifier, Watchdog
@@ -163,6 +164,8 @@ def load_engine(settings: Settings, notifier: Notifier) -> Engine | str:
             f"model directory {model_dir} does not exist: run `voxd model download` "
             "or set engine.model_dir in the configuration"
         )
+    if (too_big := fit_warning(model_dir)) is not None:
+        log.warning("%s", too_big)
     notifier.extend_timeout(LOAD_TIMEOUT_S)
     notifier.status(f"loading the model from {model_dir}")
     started = time.monotonic()

@@ -19,7 +19,7 @@ import argparse
 import base64
 import json
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -30,6 +30,9 @@ import numpy.typing as npt
 F32 = npt.NDArray[np.float32]
 
 ENC_PREFIX = "mm_streams_embeddings.embedding_module."
+
+# __metadata__ key of the files make_model writes; the value is the preset name.
+RANDOM_MODEL_KEY = "voxd_random_model"
 
 # Special token ids written into tekken.json (the real model's BOS/EOS/PAD ids;
 # STREAMING_WORD's id is our own choice, engines must look it up by name).
@@ -99,8 +102,8 @@ class TensorPlan:
         return int(np.prod(self.shape, dtype=np.int64))
 
 
-def _header_bytes(plans: Sequence[TensorPlan]) -> bytes:
-    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+def _header_bytes(plans: Sequence[TensorPlan], metadata: Mapping[str, str] | None = None) -> bytes:
+    header: dict[str, Any] = {"__metadata__": {"format": "pt", **(metadata or {})}}
     offset = 0
     for plan in plans:
         size = plan.numel * 2
@@ -116,8 +119,11 @@ def _header_bytes(plans: Sequence[TensorPlan]) -> bytes:
     return raw + b" " * (-len(raw) % 8)
 
 
-def write_safetensors(path: Path, plans: Sequence[TensorPlan]) -> None:
-    """Write BF16 tensors to ``path``, streaming each plan's chunks to disk.
+def write_safetensors(
+    path: Path, plans: Sequence[TensorPlan], metadata: Mapping[str, str] | None = None
+) -> None:
+    """Write BF16 tensors to ``path``, streaming each plan's chunks to disk;
+    ``metadata`` goes into the header's ``__metadata__`` (string values).
 
     The file is written under a temporary name and renamed at the end, so an
     interrupted run (the full model takes a minute or more) never leaves a
@@ -126,7 +132,7 @@ def write_safetensors(path: Path, plans: Sequence[TensorPlan]) -> None:
     names = [p.name for p in plans]
     if len(set(names)) != len(names):
         raise ValueError("duplicate tensor names")
-    header = _header_bytes(plans)
+    header = _header_bytes(plans, metadata)
     partial = path.with_name(path.name + ".partial")
     try:
         with open(partial, "wb") as f:
@@ -630,7 +636,13 @@ def make_model(out_dir: Path, dims: ModelDims, seed: int) -> None:
     (out_dir / "tekken.json").write_text(
         json.dumps(tekken_json(dims, seed), ensure_ascii=False) + "\n", encoding="utf-8"
     )
-    write_safetensors(out_dir / "consolidated.safetensors", weight_plans(dims, seed))
+    # The marker tells `voxd model check` (and whoever reads the header) that
+    # these weights are noise, not a checkpoint; `voxd quantize` carries it over.
+    write_safetensors(
+        out_dir / "consolidated.safetensors",
+        weight_plans(dims, seed),
+        {RANDOM_MODEL_KEY: dims.name},
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,50 +1,56 @@
 """Fetch, install and check the Voxtral model files (`voxd model ...`).
 
-The model is three files: consolidated.safetensors (~8.9 GB), params.json
-and tekken.json. They are downloaded over HTTP(S) with urllib only, or copied
-from a local directory. Downloads are written to `<file>.part`, resumed with
-an HTTP Range request after an interruption, checked against the size the
-server announced (and an optional sha256 manifest), and only then renamed
-into place, so a file under its final name is always complete.
+The model is three files: consolidated.safetensors (8.9 GB in BF16),
+params.json and tekken.json. `voxd model download` fetches them from the
+Hugging Face Hub with huggingface_hub (HF_TOKEN, HF_ENDPOINT, its progress
+bars, size checks, and resumption of a transfer that breaks off), then
+quantizes the weights tensor by tensor to the format the machine's memory
+takes (`engine.format`, "auto" by default: see voxd.modelsize), so that a
+4 GB Raspberry Pi 5 gets a model it can hold. `--from DIR` installs a model
+directory that is already on this machine instead.
 
-A `<file>.part.json` sidecar remembers the size and ETag the server gave
-when the partial file was started: if the file on the server changes in the
-meantime, the stale partial data is discarded instead of being spliced with
-the new version.
+The BF16 files are downloaded into DIR/bf16 (huggingface_hub's local-dir
+layout) and deleted once quantized, unless --keep-bf16. Every file under its
+final name is complete: huggingface_hub and the quantizer both write under a
+temporary name and rename at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import fcntl
 import hashlib
-import http.client
 import json
 import logging
 import math
 import os
 import shutil
+import socket
 import struct
 import sys
 import time
-import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from voxd import __version__
+from voxd.modelsize import MODEL_FILES, WEIGHT_BYTES, resolve_format
+
+if TYPE_CHECKING:
+    from voxd.config import EngineSettings
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BASE_URL = "https://huggingface.co/mistralai/Voxtral-Mini-4B-Realtime-2602/resolve/main"
+DEFAULT_REPO = "mistralai/Voxtral-Mini-4B-Realtime-2602"
+DEFAULT_ENDPOINT = "https://huggingface.co"
 WEIGHTS_FILE = "consolidated.safetensors"
-# Small files first: a wrong URL or a missing token fails within a second,
-# not after gigabytes.
-MODEL_FILES: tuple[str, ...] = ("params.json", "tekken.json", WEIGHTS_FILE)
+BF16_SUBDIR = "bf16"  # where the downloaded checkpoint waits to be quantized
+FORMAT_CHOICES = ("auto", "bf16", "q8", "q4")
+TOKENS_URL = "https://huggingface.co/settings/tokens"
+CONNECT_TIMEOUT_S = 15.0
 
 CHUNK = 1 << 20
 LOCK_NAME = ".voxd-download.lock"
@@ -65,16 +71,19 @@ class ModelFetchError(Exception):
     """A failure with a message meant for the person running the command."""
 
 
-class _TransientError(Exception):
-    """A failure worth retrying: the partial file is kept and resumed."""
+def configured_engine(config: Path | None = None) -> EngineSettings:
+    """The [engine] section of the configuration file (voxd.config.EngineSettings).
 
+    Imported here: the config module pulls in pydantic, which a plain
+    `import voxd.modelfetch` need not pay for."""
+    from voxd.config import ConfigError, load_settings
 
-def default_model_dir() -> Path:
-    # Imported here: the config module pulls in pydantic, which a plain
-    # `import voxd.modelfetch` (e.g. from install.sh) need not pay for.
-    from voxd.config import ServiceSettings
-
-    return ServiceSettings().state_dir / "model"
+    try:
+        return load_settings(config).engine
+    except ConfigError as exc:
+        raise ModelFetchError(
+            f"configuration error (pass --dir and --format to skip it):\n{exc}"
+        ) from None
 
 
 def _human(n: float) -> str:
@@ -178,266 +187,279 @@ def _check_space(directory: Path, needed: int) -> None:
         )
 
 
-# --- HTTP download -------------------------------------------------------------
+# --- download from the Hub ------------------------------------------------------
 
 
-@dataclass
-class _PartInfo:
-    """What the server said about the file when its .part was started."""
-
-    size: int
-    etag: str | None = None
-
-    @classmethod
-    def load(cls, path: Path) -> _PartInfo | None:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            return cls(size=int(data["size"]), etag=data.get("etag"))
-        except (OSError, ValueError, KeyError, TypeError):
+def model_format(directory: Path) -> str | None:
+    """Format of the complete model in `directory` ("bf16", "q8", "q4"), or
+    None when it is incomplete or damaged. Reads headers only."""
+    for name in MODEL_FILES:
+        path = directory / name
+        if not path.is_file() or _check_file(path):
             return None
-
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps({"size": self.size, "etag": self.etag}), encoding="utf-8")
+    return _weights_format(read_metadata(directory / WEIGHTS_FILE))
 
 
-def _parse_content_range(value: str | None) -> tuple[int | None, int | None]:
-    """'bytes 100-199/1000' -> (100, 1000); 'bytes */1000' -> (None, 1000)."""
-    if not value or not value.startswith("bytes "):
-        return None, None
-    span, _, total = value[6:].partition("/")
-    start = span.partition("-")[0]
+def _weights_format(meta: Mapping[str, str]) -> str:
+    # voxd quantize records its format; a checkpoint as published is BF16.
+    return meta.get("voxd_quantize", "bf16")
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The `__metadata__` of a safetensors file (empty when it has none)."""
+    from voxd.quantize import QuantizeError, read_header
+
     try:
-        return (int(start) if start != "*" else None), (int(total) if total != "*" else None)
-    except ValueError:
-        return None, None
+        return read_header(path)[1]
+    except (QuantizeError, OSError) as exc:
+        raise ModelFetchError(str(exc)) from exc
 
 
-def _http_error(url: str, code: int, reason: str) -> ModelFetchError:
-    hint = {
-        401: "authentication required: set HF_TOKEN to a Hugging Face access token",
-        403: "access denied: accept the model's licence on its page and set HF_TOKEN",
-        404: "not found: check --url (the base URL, without the file name)",
-    }.get(code, "")
-    return ModelFetchError(f"HTTP {code} {reason} for {url}" + (f" ({hint})" if hint else ""))
+def _check_network(endpoint: str) -> None:
+    """Fail within seconds where the download cannot work at all (no DNS, no
+    route), instead of huggingface_hub's minute of retries."""
+    if urllib.request.getproxies():
+        return  # the proxy resolves and connects for us
+    url = urllib.parse.urlsplit(endpoint)
+    host = url.hostname or ""
+    port = url.port or (443 if url.scheme == "https" else 80)
+    offline = (
+        "copy the model from another machine with `voxd model download --from DIR`, "
+        "or connect this one and run the command again"
+    )
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ModelFetchError(
+            f"cannot resolve {host} ({exc.strerror}): this machine has no working DNS or no "
+            f"network; {offline}"
+        ) from None
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ModelFetchError(
+            f"cannot connect to {host} port {port} ({exc.strerror or exc}): no route to the "
+            f"Hub from this machine (a firewall, or a proxy that needs HTTPS_PROXY); {offline}"
+        ) from None
 
 
 @dataclass
-class _Fetch:
-    """One file transfer: the URL, where it goes, and how to report."""
+class Hub:
+    """Where and as whom to download: a repository on a Hub endpoint."""
 
-    name: str
-    url: str
-    final: Path
-    opener: urllib.request.OpenerDirector
-    token: str | None
-    timeout: float
-    progress: ProgressFn | None
+    repo: str = DEFAULT_REPO
+    revision: str | None = None
+    token: str | None = None  # None: HF_TOKEN or the token `hf auth login` saved
+    endpoint: str | None = None  # None: HF_ENDPOINT or huggingface.co
+    quiet: bool = False
 
     @property
-    def part(self) -> Path:
-        return self.final.with_name(self.final.name + ".part")
+    def url(self) -> str:
+        return (self.endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+
+    def fetch(self, name: str, local_dir: Path, *, dry_run: bool = False) -> Any:
+        from huggingface_hub import hf_hub_download
+
+        with self._errors(name):
+            return hf_hub_download(
+                self.repo,
+                name,
+                revision=self.revision,
+                local_dir=local_dir,
+                token=self.token,
+                endpoint=self.url,
+                library_name="voxd",
+                dry_run=dry_run,
+            )
+
+    @contextlib.contextmanager
+    def _errors(self, name: str) -> Iterator[None]:
+        """huggingface_hub's exceptions as messages that say what to do."""
+        import httpx2
+        from huggingface_hub import errors as e
+
+        page = f"{self.url}/{self.repo}"
+        try:
+            yield
+        except e.GatedRepoError:
+            raise ModelFetchError(
+                f"{self.repo} is gated: accept its licence at {page} with your Hugging Face "
+                f"account, then run again with HF_TOKEN set to a token of it ({TOKENS_URL})"
+            ) from None
+        except e.RepositoryNotFoundError:
+            raise ModelFetchError(
+                f"repository {self.repo} not found at {self.url}, or it needs a login: check "
+                f"--repo, or run again with HF_TOKEN=hf_... ({TOKENS_URL})"
+            ) from None
+        except e.RevisionNotFoundError:
+            raise ModelFetchError(f"{self.repo} has no revision {self.revision!r}") from None
+        except e.RemoteEntryNotFoundError:
+            raise ModelFetchError(
+                f"{self.repo} has no file {name}: is it a Voxtral Realtime repository?"
+            ) from None
+        except e.HfHubHTTPError as exc:
+            raise ModelFetchError(self._http_message(exc, name)) from None
+        except e.LocalEntryNotFoundError as exc:
+            cause = exc.__cause__ or exc
+            raise ModelFetchError(
+                f"cannot reach {self.url} for {name} ({cause}); check the network and run the "
+                "command again"
+            ) from None
+        except (httpx2.HTTPError, OSError) as exc:
+            raise ModelFetchError(
+                f"downloading {name} failed: {exc}; run the command again (files already "
+                "complete are kept)"
+            ) from None
+
+    def _http_message(self, exc: Any, name: str) -> str:
+        status = exc.response.status_code if exc.response is not None else None
+        if status == 401:
+            return (
+                f"the Hub refused the access token (HTTP 401 for {name}): HF_TOKEN (or the token "
+                f"saved by `hf auth login`) is wrong or expired; create a read token at "
+                f"{TOKENS_URL} and run again with HF_TOKEN=hf_..."
+            )
+        if status == 403:
+            return (
+                f"access to {self.repo} denied (HTTP 403 for {name}): accept the model's licence "
+                f"at {self.url}/{self.repo} with the account of your token"
+            )
+        return f"the Hub answered HTTP {status} for {name}: {exc}; run the command again later"
+
+
+@dataclass
+class DownloadResult:
+    fmt: str
+    downloaded: list[str] = field(default_factory=list)
+    quantized: bool = False
+    bf16_dir: Path | None = None  # where the BF16 checkpoint is, when kept
 
     @property
-    def info_path(self) -> Path:
-        return self.final.with_name(self.final.name + ".part.json")
-
-    def discard(self) -> None:
-        self.part.unlink(missing_ok=True)
-        self.info_path.unlink(missing_ok=True)
-
-    def request(self, offset: int) -> urllib.request.Request:
-        req = urllib.request.Request(self.url, headers={"User-Agent": f"voxd/{__version__}"})
-        if offset:
-            req.add_header("Range", f"bytes={offset}-")
-        if self.token:
-            # Unredirected: the token is for the origin, not for the CDN it
-            # redirects to with a pre-signed URL.
-            req.add_unredirected_header("Authorization", f"Bearer {self.token}")
-        return req
-
-    def attempt(self) -> None:
-        """Fetch the rest of the file into .part; raise _TransientError to retry."""
-        have = self.part.stat().st_size if self.part.exists() else 0
-        info = _PartInfo.load(self.info_path) if have else None
-        if have and info is None:
-            # A .part without its sidecar cannot be trusted to match.
-            self.discard()
-            have = 0
-        try:
-            resp = self.opener.open(self.request(have), timeout=self.timeout)
-        except urllib.error.HTTPError as exc:
-            with exc:
-                self._on_http_error(exc, have, info)
-            return
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise _TransientError(f"cannot reach {self.url}: {reason}") from exc
-        with resp:
-            self._receive(resp, have, info)
-
-    def _on_http_error(
-        self, exc: urllib.error.HTTPError, have: int, info: _PartInfo | None
-    ) -> None:
-        if exc.code == 416 and have:
-            # Nothing left to send from our offset: either we already have the
-            # whole file (an earlier run died before the rename) or the
-            # partial file is longer than the server's and must go.
-            _, total = _parse_content_range(exc.headers.get("Content-Range"))
-            if info is not None and total == have == info.size:
-                return
-            self.discard()
-            raise _TransientError(f"partial {self.name} does not match the server's file")
-        if exc.code >= 500 or exc.code == 429:
-            raise _TransientError(f"HTTP {exc.code} {exc.reason} for {self.url}")
-        raise _http_error(self.url, exc.code, str(exc.reason))
-
-    def _receive(self, resp: http.client.HTTPResponse, have: int, info: _PartInfo | None) -> None:
-        etag = resp.headers.get("ETag")
-        if resp.status == 206:
-            start, total = _parse_content_range(resp.headers.get("Content-Range"))
-            if start != have or total is None or info is None or not _same(info, total, etag):
-                # The server's file is not the one our partial data came from.
-                self.discard()
-                raise _TransientError(f"{self.name} changed on the server; starting over")
-            mode = "ab"
-        else:
-            # A plain 200: a fresh start, or a server that ignores Range.
-            total = _content_length(resp)
-            have, mode = 0, "wb"
-            if total is not None:
-                _PartInfo(total, etag).save(self.info_path)
-            elif resp.chunked:
-                # Chunked framing tells a complete body from a cut one, but
-                # the size is unknown, so without a sidecar this transfer is
-                # restarted rather than resumed if it breaks.
-                self.info_path.unlink(missing_ok=True)
-            else:
-                raise ModelFetchError(
-                    f"{self.url}: the server sent neither the file size (Content-Length) "
-                    "nor chunked framing, so a truncated download could not be detected"
-                )
-        if total is not None:
-            _check_space(self.final.parent, total - have)
-        with self.part.open(mode) as out:
-            have = self._copy_body(resp, out, have, total)
-            out.flush()
-            os.fsync(out.fileno())
-        if total is not None and have != total:
-            raise _TransientError(f"{self.name}: connection closed after {have} of {total} bytes")
-
-    def _copy_body(
-        self, resp: http.client.HTTPResponse, out: IO[bytes], have: int, total: int | None
-    ) -> int:
-        try:
-            while chunk := resp.read(CHUNK):
-                if total is not None and have + len(chunk) > total:
-                    self.discard()
-                    raise ModelFetchError(
-                        f"{self.name}: the server sent more than the {total} bytes it announced"
-                    )
-                out.write(chunk)
-                have += len(chunk)
-                if self.progress is not None:
-                    self.progress(self.name, have, total)
-        except (OSError, http.client.HTTPException) as exc:
-            if isinstance(exc, OSError) and exc.errno is not None and not _is_network(exc):
-                raise ModelFetchError(f"cannot write {self.part}: {exc.strerror}") from exc
-            out.flush()
-            raise _TransientError(
-                f"{self.name}: transfer interrupted after {have} of {total} bytes ({exc})"
-            ) from exc
-        return have
+    def changed(self) -> bool:
+        return bool(self.downloaded) or self.quantized
 
 
-def _same(info: _PartInfo, total: int, etag: str | None) -> bool:
-    if info.size != total:
-        return False
-    return info.etag is None or etag is None or info.etag == etag
-
-
-def _content_length(resp: http.client.HTTPResponse) -> int | None:
-    value = resp.headers.get("Content-Length")
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None
-
-
-def _is_network(exc: OSError) -> bool:
-    # Socket failures while reading the body, as opposed to local disk errors
-    # (ENOSPC, EIO) when writing it.
-    return isinstance(exc, (ConnectionError, TimeoutError)) or exc.errno in {
-        errno.ECONNRESET,
-        errno.ETIMEDOUT,
-        errno.EHOSTUNREACH,
-        errno.ENETUNREACH,
-    }
-
-
-def _download_file(
-    fetch: _Fetch,
-    *,
-    digests: Mapping[str, str] | None,
-    retries: int,
-    backoff: float,
-) -> bool:
-    """Download one file unless already present; True when it was fetched."""
-    if fetch.final.exists():
-        return False
-    for attempt in range(retries + 1):
-        try:
-            fetch.attempt()
-            break
-        except _TransientError as exc:
-            if attempt == retries:
-                raise ModelFetchError(
-                    f"{exc} (gave up after {retries + 1} attempts; run the command again to resume)"
-                ) from exc
-            delay = min(backoff * 2**attempt, 60.0)
-            log.warning("%s; retrying in %.0f s", exc, delay)
-            time.sleep(delay)
-    _verify_digest(fetch.part, fetch.name, digests)
-    _commit(fetch.part, fetch.final)
-    fetch.info_path.unlink(missing_ok=True)
-    return True
+def _bf16_dir(target: Path, fmt: str) -> Path:
+    return target if fmt == "bf16" else target / BF16_SUBDIR
 
 
 def download_model(
     target: Path,
-    base_url: str = DEFAULT_BASE_URL,
+    fmt: str = "auto",
     *,
-    files: Sequence[str] = MODEL_FILES,
+    hub: Hub | None = None,
+    keep_bf16: bool = False,
     digests: Mapping[str, str] | None = None,
-    progress: ProgressFn | None = None,
-    token: str | None = None,
-    retries: int = 5,
-    backoff: float = 2.0,
-    timeout: float = 60.0,
-    opener: urllib.request.OpenerDirector | None = None,
-) -> list[str]:
-    """Download the model files missing from `target`; return their names.
+    quiet: bool = False,
+) -> DownloadResult:
+    """Install the model in `target` in format `fmt` (auto: from this machine's
+    memory), downloading the BF16 checkpoint unless it is already there.
 
-    Files already under their final name are left alone (a final name is
-    only ever given to a complete, checked file), so a second run is free.
-    """
+    A second run with the same format does nothing and asks nothing of the
+    network; one with another format re-quantizes (downloading again unless
+    the BF16 checkpoint was kept)."""
+    hub = hub or Hub()
     target = Path(target)
-    base = base_url.rstrip("/")
-    opener = opener or urllib.request.build_opener()
-    fetched: list[str] = []
+    result = DownloadResult(resolve_format(fmt))
+    src = _bf16_dir(target, result.fmt)
     with _dir_lock(target):
-        for name in files:
-            fetch = _Fetch(
-                name=name,
-                url=f"{base}/{name}",
-                final=target / name,
-                opener=opener,
-                token=token,
-                timeout=timeout,
-                progress=progress,
-            )
-            if _download_file(fetch, digests=digests, retries=retries, backoff=backoff):
-                fetched.append(name)
+        done = model_format(target) == result.fmt
+        if done and (not keep_bf16 or model_format(src) == "bf16"):
+            result.bf16_dir = src if model_format(src) == "bf16" else None
+            return result
+        if src != target and model_format(target) == "bf16" and model_format(src) != "bf16":
+            # The checkpoint itself is installed: quantize it rather than
+            # download it again (a rename, on the same filesystem).
+            src.mkdir(exist_ok=True)
+            for name in MODEL_FILES:
+                os.replace(target / name, src / name)
+        if model_format(src) != "bf16":
+            result.downloaded = _download_bf16(src, hub, result.fmt)
+        for name in MODEL_FILES:
+            _verify_digest(src / name, name, digests)
+        if result.fmt != "bf16" and not done:
+            _quantize(src, target, result.fmt, quiet=quiet)
+            result.quantized = True
+        if result.fmt != "bf16" and not keep_bf16:
+            shutil.rmtree(src)
+        result.bf16_dir = src if src.exists() else None
+    return result
+
+
+def _download_bf16(src: Path, hub: Hub, fmt: str) -> list[str]:
+    from huggingface_hub.utils.tqdm import disable_progress_bars
+
+    _check_network(hub.url)
+    with disable_progress_bars() if hub.quiet else contextlib.nullcontext():
+        return _download_files(src, hub, fmt)
+
+
+def _download_files(src: Path, hub: Hub, fmt: str) -> list[str]:
+    src.mkdir(parents=True, exist_ok=True)
+    # Ask for every file's size first (HEAD requests) so that a full disk is
+    # reported before gigabytes are downloaded, not after.
+    plans = [hub.fetch(name, src, dry_run=True) for name in MODEL_FILES]
+    need = sum(int(p.file_size or 0) for p in plans if p.will_download)
+    weights = next(int(p.file_size or 0) for p in plans if p.filename == WEIGHTS_FILE)
+    if fmt != "bf16":
+        need += weights * WEIGHT_BYTES[fmt] // WEIGHT_BYTES["bf16"]
+    _check_space(src, need)
+    fetched = []
+    for p in plans:
+        if p.will_download:
+            size = _human(p.file_size or 0)
+            _say(hub.quiet, f"downloading {p.filename} ({size}) from {hub.url}/{hub.repo}")
+        hub.fetch(p.filename, src)
+        if p.will_download:
+            fetched.append(p.filename)
+    problems = [msg for name in MODEL_FILES for msg in _check_file(src / name)]
+    if problems:
+        raise ModelFetchError("the downloaded checkpoint is damaged: " + "; ".join(problems))
     return fetched
+
+
+def _quantize(src: Path, target: Path, fmt: str, *, quiet: bool) -> None:
+    from voxd.quantize import Options, QuantizeError, quantize_model
+
+    _say(quiet, f"quantizing {src / WEIGHTS_FILE} to {fmt} into {target}")
+    bar = None if quiet else _QuantizeBar(fmt)
+    try:
+        quantize_model(src, target, Options(fmt=fmt.upper()), progress=bar)
+    except (QuantizeError, OSError) as exc:
+        raise ModelFetchError(f"quantizing to {fmt} failed: {exc}") from exc
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _say(quiet: bool, message: str) -> None:
+    """A step of a long command, on stderr: also in logs, where progress bars
+    are off (a download of gigabytes should not look like a hang)."""
+    if not quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+class _QuantizeBar:
+    """tqdm (huggingface_hub's progress bars use it too) fed with bytes written."""
+
+    def __init__(self, fmt: str) -> None:
+        from huggingface_hub.utils.tqdm import tqdm
+
+        self._bar = tqdm(  # type: ignore[no-untyped-call]
+            # disable=None: on a terminal only, like huggingface_hub's bars
+            desc=f"quantize {fmt}",
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1000,
+            disable=None,
+        )
+
+    def __call__(self, done: int, total: int) -> None:
+        self._bar.total = total
+        self._bar.update(done - self._bar.n)
+
+    def close(self) -> None:
+        self._bar.close()
 
 
 # --- local copy --------------------------------------------------------------
@@ -649,40 +671,88 @@ class _ProgressPrinter:
         self._stream.flush()
 
 
+def _target_and_format(args: argparse.Namespace) -> tuple[Path, str]:
+    """--dir and --format, else engine.model_dir and engine.format of the config."""
+    fmt: str | None = getattr(args, "format", None)
+    if args.dir and (fmt or not hasattr(args, "format")):
+        return Path(args.dir), fmt or "auto"
+    engine = configured_engine(args.config)
+    return Path(args.dir or engine.model_dir), str(fmt or engine.format)
+
+
+def install_local(
+    source: Path,
+    target: Path,
+    fmt: str,
+    *,
+    link: bool = False,
+    digests: Mapping[str, str] | None = None,
+    progress: ProgressFn | None = None,
+    quiet: bool = False,
+) -> tuple[str, list[str]]:
+    """`--from DIR`: quantize a BF16 model directory into `target` when another
+    format is wanted, else copy it; returns (format installed, files written)."""
+    fmt = resolve_format(fmt)
+    have = model_format(Path(source)) if Path(source).is_dir() else None
+    if have == "bf16" and fmt != "bf16":
+        for name in MODEL_FILES:
+            _verify_digest(Path(source) / name, name, digests)
+        with _dir_lock(target):
+            if model_format(target) == fmt:
+                return fmt, []
+            _quantize(Path(source), target, fmt, quiet=quiet)
+        return fmt, list(MODEL_FILES)
+    if have is not None and have != fmt:
+        log.warning("%s holds a %s model; installing it as it is (not %s)", source, have, fmt)
+    done = install_from_dir(source, target, link=link, digests=digests, progress=progress)
+    return have or fmt, done
+
+
 def _cmd_download(args: argparse.Namespace) -> int:
-    target = Path(args.dir) if args.dir else default_model_dir()
-    progress = None if args.quiet else _ProgressPrinter()
     try:
+        target, fmt = _target_and_format(args)
         digests = read_manifest(Path(args.sha256)) if args.sha256 else None
         if args.source:
-            done = install_from_dir(
-                Path(args.source), target, link=args.link, digests=digests, progress=progress
-            )
+            progress = None if args.quiet else _ProgressPrinter()
+            fmt, done = install_local(
+                Path(args.source), target, fmt, link=args.link, digests=digests,
+                progress=progress, quiet=args.quiet,
+            )  # fmt: skip
+            changed = bool(done)
         else:
-            done = download_model(
-                target,
-                args.url,
-                digests=digests,
-                progress=progress,
-                token=os.environ.get("HF_TOKEN") or None,
-                retries=args.retries,
+            hub = Hub(repo=args.repo, revision=args.revision, quiet=args.quiet)
+            result = download_model(
+                target, fmt, hub=hub, keep_bf16=args.keep_bf16, digests=digests, quiet=args.quiet
             )
+            fmt, changed = result.fmt, result.changed
     except ModelFetchError as exc:
         print(f"voxd model download: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\nvoxd model download: interrupted; run it again to resume", file=sys.stderr)
+        print("\nvoxd model download: interrupted; run it again to continue", file=sys.stderr)
         return 130
-    if done:
-        print(f"model files installed in {target}: {', '.join(done)}")
+    if changed:
+        print(f"{fmt} model installed in {target}")
     else:
-        print(f"model already present in {target}; nothing to do")
+        print(f"{fmt} model already in {target}; nothing to do")
+    if not args.source and result.bf16_dir is not None and result.bf16_dir != target:
+        print(f"BF16 checkpoint kept in {result.bf16_dir}")
     return 0
 
 
+def describe_model(directory: Path) -> str:
+    """What the weights are: "<format> checkpoint", or "random test model (preset X)"."""
+    meta = read_metadata(directory / WEIGHTS_FILE)
+    fmt = _weights_format(meta)
+    preset = meta.get("voxd_random_model")
+    if preset is not None:
+        return f"random test model (preset {preset}), {fmt}: it transcribes nothing"
+    return f"{fmt} checkpoint"
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
-    target = Path(args.dir) if args.dir else default_model_dir()
     try:
+        target = Path(args.dir) if args.dir else _target_and_format(args)[0]
         digests = read_manifest(Path(args.sha256)) if args.sha256 else None
     except ModelFetchError as exc:
         print(f"voxd model check: error: {exc}", file=sys.stderr)
@@ -692,7 +762,12 @@ def _cmd_check(args: argparse.Namespace) -> int:
         print(f"voxd model check: {problem}", file=sys.stderr)
     if problems:
         return 1
-    print(f"model in {target} looks complete")
+    try:
+        kind = describe_model(target)
+    except ModelFetchError as exc:
+        print(f"voxd model check: {exc}", file=sys.stderr)
+        return 1
+    print(f"model in {target} looks complete: {kind}")
     return 0
 
 
@@ -716,26 +791,41 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
     dl = actions.add_parser(
         "download",
-        help="download the model (resumable) or install it from a local directory",
-        description="Download the model files into DIR, resuming an interrupted "
-        "download. Set HF_TOKEN if the repository requires a login.",
+        help="download the model from the Hugging Face Hub, or install it from a local directory",
+        description="Download the BF16 checkpoint from the Hugging Face Hub and quantize it to "
+        "the format this machine's memory takes (engine.format; auto: q8 with 6.3 GB of RAM or "
+        "more, else q4). Set HF_TOKEN if the repository needs a login, HF_ENDPOINT for a "
+        "mirror. A second run does nothing.",
     )
-    dl.add_argument("--dir", metavar="DIR", help="target directory (default: <state_dir>/model)")
+    dl.add_argument("--dir", metavar="DIR", help="model directory (default: engine.model_dir)")
     dl.add_argument(
-        "--from", dest="source", metavar="DIR", help="copy from a local directory instead"
+        "--format",
+        choices=FORMAT_CHOICES,
+        help="weight format to install (default: engine.format, auto)",
     )
-    dl.add_argument("--url", default=DEFAULT_BASE_URL, metavar="BASE", help="base URL of the files")
+    dl.add_argument("--keep-bf16", action="store_true", help="keep the BF16 checkpoint in DIR/bf16")
+    dl.add_argument(
+        "--from", dest="source", metavar="SRC", help="install from a local model directory"
+    )
+    dl.add_argument(
+        "--repo", default=DEFAULT_REPO, help=f"Hub repository (default: {DEFAULT_REPO})"
+    )
+    dl.add_argument("--revision", help="branch, tag or commit of the repository (default: main)")
     dl.add_argument(
         "--link", action="store_true", help="with --from: hard-link instead of copying if possible"
     )
     dl.add_argument("--sha256", metavar="FILE", help="verify against a sha256sum-style manifest")
-    dl.add_argument("--retries", type=int, default=5, help="retries per file (default: 5)")
+    dl.add_argument("--config", type=Path, help="configuration file (default: /etc/voxd/voxd.toml)")
     dl.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     dl.set_defaults(func=_cmd_download)
 
-    ck = actions.add_parser("check", help="check that the model files are complete and readable")
-    ck.add_argument("--dir", metavar="DIR", help="model directory (default: <state_dir>/model)")
+    ck = actions.add_parser(
+        "check",
+        help="check that the model files are complete, and whether they are a real checkpoint",
+    )
+    ck.add_argument("--dir", metavar="DIR", help="model directory (default: engine.model_dir)")
     ck.add_argument("--sha256", metavar="FILE", help="also verify a sha256sum-style manifest")
+    ck.add_argument("--config", type=Path, help="configuration file (default: /etc/voxd/voxd.toml)")
     ck.set_defaults(func=_cmd_check)
 
 

@@ -488,10 +488,15 @@ def _write_quantized(src_path: Path, e: PlanEntry, dst: BinaryIO) -> float:
 
 
 def quantize_model(
-    in_dir: Path, out_dir: Path, opts: Options, log: TextIO | None = None
+    in_dir: Path,
+    out_dir: Path,
+    opts: Options,
+    log: TextIO | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Summary:
     """Write the quantized model directory ``out_dir`` from ``in_dir``; ``log``
-    gets one line per quantized tensor."""
+    gets one line per quantized tensor, ``progress`` (bytes written, total) a
+    call after each tensor."""
     t0 = time.monotonic()
     src_path = in_dir / MODEL_FILE
     if not src_path.is_file():
@@ -515,6 +520,8 @@ def quantize_model(
     counts: dict[str, int] = {}
     worst: dict[str, tuple[float, str]] = {}
     header = _header_bytes(plan, meta)
+    total = sum(e.nbytes for e in plan)
+    done = 0
     partial = dst_path.with_name(dst_path.name + ".partial")
     try:
         with open(src_path, "rb") as src, open(partial, "wb") as dst:
@@ -522,6 +529,9 @@ def quantize_model(
             dst.write(header)
             for e in plan:
                 counts[e.dtype] = counts.get(e.dtype, 0) + 1
+                if progress is not None:
+                    progress(done, total)
+                done += e.nbytes
                 if not e.quantized:
                     _copy_bytes(src, dst, e.src.offset, e.src.nbytes)
                     if log is not None:
@@ -533,6 +543,8 @@ def quantize_model(
                 if log is not None:
                     log.write(f"  {e.dtype}  {e.src.name} {list(e.src.shape)}  rel rms {rel:.2e}\n")
         partial.replace(dst_path)
+        if progress is not None:
+            progress(done, total)
     finally:
         partial.unlink(missing_ok=True)
     for name in COPIED_FILES:
