@@ -187,8 +187,15 @@ class AsrSession:
     are only to be run that way.
     """
 
-    def __init__(self, engine: Engine, settings: EngineSettings, name: str) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        settings: EngineSettings,
+        name: str,
+        on_closed: Callable[[AsrSession], None] | None = None,
+    ) -> None:
         self._engine = engine
+        self._on_closed = on_closed
         self._settings = settings
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"voxd-{name}")
         self._stream: Stream | None = None  # made on the worker, at the first request
@@ -245,8 +252,12 @@ class AsrSession:
 
     def _w_close(self) -> None:
         stream, self._stream = self._stream, None
-        if stream is not None:
-            stream.close()
+        try:
+            if stream is not None:
+                stream.close()
+        finally:
+            if self._on_closed is not None:
+                self._on_closed(self)
 
     def close(self) -> None:
         """Close the stream after any call still running; returns at once."""
@@ -303,13 +314,25 @@ class _Hub:
         self.info_event = asr_info().event()
         self.active: set[WyomingHandler] = set()
         self.tasks: set[asyncio.Task[None]] = set()
-        self.sessions: list[AsrSession] = []
+        # Sessions whose stream is not closed yet (the workers remove them: hence the lock).
+        self._sessions: set[AsrSession] = set()
+        self._sessions_lock = threading.Lock()
         self.connections = 0  # ever, for names
 
     def new_session(self) -> AsrSession:
-        session = AsrSession(self.engine, self.engine_settings, f"wyoming-{self.connections}")
-        self.sessions.append(session)
+        name = f"wyoming-{self.connections}"
+        session = AsrSession(self.engine, self.engine_settings, name, on_closed=self._closed)
+        with self._sessions_lock:
+            self._sessions.add(session)
         return session
+
+    def _closed(self, session: AsrSession) -> None:
+        with self._sessions_lock:
+            self._sessions.discard(session)
+
+    def open_sessions(self) -> list[AsrSession]:
+        with self._sessions_lock:
+            return list(self._sessions)
 
 
 _State = Literal["idle", "audio", "over_limit"]
@@ -341,6 +364,16 @@ class WyomingHandler(AsyncEventHandler):
         self._requests = 0
 
     # -- connection -------------------------------------------------------------------
+
+    async def write_event(self, event: Event) -> None:
+        """Send an event; a client that takes nothing for the idle timeout is given up."""
+        idle = self._hub.settings.idle_timeout_s
+        try:
+            await asyncio.wait_for(super().write_event(event), timeout=idle)
+        except asyncio.TimeoutError:
+            raise ConnectionError(
+                f"it took nothing voxd sent for {idle:g} s (wyoming.idle_timeout_s)"
+            ) from None
 
     async def run(self) -> None:
         task = asyncio.current_task()
@@ -577,7 +610,7 @@ class WyomingServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_async: asyncio.Event | None = None
         self._ready = threading.Event()
-        self._start_error: OSError | None = None
+        self._start_error: Exception | None = None
 
     @property
     def clients(self) -> int:
@@ -606,17 +639,18 @@ class WyomingServer:
         thread.join(timeout)
         if thread.is_alive():
             log.error("the Wyoming server did not stop within %.0f s", timeout)
-        for session in self._hub.sessions:
+        for session in self._hub.open_sessions():
             if not session.join(timeout):
                 log.error("a Wyoming connection's engine call did not end within %.0f s", timeout)
-        self._hub.sessions.clear()
 
     def _run(self) -> None:
         loop = asyncio.new_event_loop()
         self._loop = loop
         try:
             loop.run_until_complete(self._main())
-        except Exception:  # a bug: the daemon goes on with its microphone pipeline
+        except Exception as err:  # a bug: the daemon goes on with its microphone pipeline
+            if not self._ready.is_set():
+                self._start_error = err
             log.exception("the Wyoming server failed")
         finally:
             self._ready.set()
