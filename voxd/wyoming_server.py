@@ -435,6 +435,7 @@ class WyomingHandler(AsyncEventHandler):
             seconds = self._frames / self._fmt.rate
             during = f" (its request, {seconds:.2f} s of audio so far, is dropped)"
         log.warning("wyoming client %s: %s; closing the connection%s", self.peer, reason, during)
+        self._state = "idle"  # said here: disconnect() need not say it again
         await self._send_error_and_linger(code, reason)
 
     async def _send_error_and_linger(self, code: str, reason: str) -> None:
@@ -453,7 +454,7 @@ class WyomingHandler(AsyncEventHandler):
     async def disconnect(self) -> None:
         if self._state == "audio":
             log.warning(
-                "wyoming client %s disconnected in the middle of a request "
+                "wyoming client %s: the connection ended in the middle of a request "
                 "(%.2f s of audio); the request is dropped",
                 self.peer,
                 self._frames / self._fmt.rate,
