@@ -229,6 +229,26 @@ class ServiceSettings(_Section):
     stdout_sink: bool = False  # JSON lines on stdout (foreground use)
 
 
+class WyomingSettings(_Section):
+    """The Wyoming speech-to-text server for Home Assistant Assist (voxd/wyoming_server.py)."""
+
+    enabled: bool = False
+    host: str = "0.0.0.0"  # all interfaces: Home Assistant usually runs on another machine
+    port: int = Field(default=10300, ge=1, le=65535)
+    zeroconf: bool = True  # advertise _wyoming._tcp so Home Assistant discovers voxd
+    zeroconf_name: str | None = None  # None = "voxd-<hostname>"
+    max_clients: int = Field(default=4, ge=1, le=64)
+    max_audio_s: float = Field(default=30.0, gt=0, le=3600)  # per request
+    idle_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+
+    @field_validator("zeroconf_name")
+    @classmethod
+    def _instance_name(cls, value: str | None) -> str | None:
+        if value is not None and not (0 < len(value.encode()) <= 63 and "." not in value):
+            raise ValueError("must be 1 to 63 bytes long and contain no '.'")
+        return value
+
+
 # --------------------------------------------------------------------------- loading
 
 # The TOML file read by Settings(). A context variable rather than a class
@@ -259,6 +279,7 @@ class Settings(BaseSettings):
     engine: EngineSettings = EngineSettings()
     mqtt: MqttSettings = MqttSettings()
     service: ServiceSettings = ServiceSettings()
+    wyoming: WyomingSettings = WyomingSettings()
 
     @classmethod
     def settings_customise_sources(

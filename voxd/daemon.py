@@ -280,9 +280,20 @@ def _serve(
     if settings.service.stdout_sink if stdout_sink is None else stdout_sink:
         pipeline.add_sink(StdoutSink())
     pipeline.add_sink(SystemdStatusSink(notifier))
+    wyoming = None
     try:
+        if settings.wyoming.enabled:  # Home Assistant Assist's STT, beside the microphone
+            from voxd.wyoming_server import WyomingServer, WyomingStartError
+
+            wyoming = WyomingServer(settings.wyoming, engine, settings.engine)
+            try:
+                wyoming.start()
+            except WyomingStartError as err:
+                return _fail(notifier, str(err))
         return _supervise(settings, pipeline, mqtt, notifier, stop)
     finally:
+        if wyoming is not None:
+            wyoming.stop()  # its streams are closed before run() closes the engine
         if mqtt is not None:
             mqtt.close()
 
