@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -161,6 +162,7 @@ def test_last_will_offline_when_the_process_dies(
 def test_event_topics_and_payloads(
     mqtt_broker: Mosquitto, mqtt_collector: CollectorFactory, sinks: Sinks
 ) -> None:
+    started = time.time()
     settings = settings_for(mqtt_broker, site="kitchen")
     topics = Topics.from_settings(settings)
     assert topics.root == "voxd/kitchen"
@@ -180,7 +182,11 @@ def test_event_topics_and_payloads(
     assert (got_delta.qos, got_delta.retain) == (0, False)
 
     got_final = collector.wait_count(topics.final, 1)[0]
-    assert got_final.json() == final(1, "Hello world").to_json()
+    published = got_final.json()
+    # Added at publish time: handed over as soon as it was made, moments ago.
+    assert published.pop("replayed") is False
+    assert 0 <= published.pop("age_s") <= time.time() - started + 0.001
+    assert published == final(1, "Hello world").to_json()
     assert (got_final.qos, got_final.retain) == (1, False)
 
     states = collector.wait_count(topics.state, 2)

@@ -11,6 +11,8 @@
    (also sent as the unit's STATUS);
 3. sinks (MQTT, JSON lines on stdout), the optional Silero VAD, the
    microphone capture and the pipeline are built and started; READY=1;
+   the watchdog is fed while the engine loop, the capture and (when
+   enabled) the MQTT link are healthy; a failed MQTT link is named in STATUS;
 4. SIGTERM/SIGINT: the utterance in progress is finished (its final has
    reason "shutdown"), MQTT gets a moment to deliver what is queued, then
    the daemon exits 0. SIGHUP only logs: the configuration is read at start.
@@ -42,7 +44,7 @@ from voxd.config import ConfigError, Settings, load_settings
 from voxd.endpoint import SpeechJudge
 from voxd.engine import Engine, EngineError
 from voxd.events import Event, StateChanged, TranscriptFinal
-from voxd.mqtt import MqttSink
+from voxd.mqtt import MqttHealth, MqttSink
 from voxd.pipeline import WATCHDOG_SOURCES, Pipeline, StdoutSink
 from voxd.sdnotify import Notifier, Watchdog
 
@@ -63,6 +65,8 @@ MQTT_DRAIN_S = 5.0
 # outbox: give that hand-off this long before reading the outbox size.
 MQTT_HANDOFF_S = 0.2
 PIPELINE_STOP_S = 20.0
+# The watchdog source fed while the MQTT link is healthy (with the pipeline's).
+WATCHDOG_MQTT = "mqtt"
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -205,6 +209,7 @@ class SystemdStatusSink:
         self._notifier = notifier
         self._state = "idle"
         self._finals = 0
+        self._problem: str | None = None
 
     def handle(self, event: Event) -> None:
         if isinstance(event, StateChanged):
@@ -216,7 +221,56 @@ class SystemdStatusSink:
             self._finals += 1
         else:
             return
-        self._notifier.status(f"{self._state}; {self._finals} transcripts")
+        self._send()
+
+    def set_problem(self, problem: str | None) -> None:
+        """A problem named in every STATUS until it is cleared with None."""
+        self._problem = problem
+        self._send()
+
+    def _send(self) -> None:
+        text = f"{self._state}; {self._finals} transcripts"
+        if self._problem is not None:
+            text += f"; PROBLEM: {self._problem}"
+        self._notifier.status(text)
+
+
+class MqttHealthCheck:
+    """The daemon's view of the MQTT link, checked from the supervise loop.
+
+    While the link works the watchdog's "mqtt" source is fed; when it has
+    failed (a thread that keeps dying, a connect path that keeps raising)
+    the feeding stops, so systemd's watchdog restarts voxd, and STATUS names
+    the problem. A broker that is merely down is not a failure: finals wait
+    in the outbox and the link reconnects by itself.
+    """
+
+    def __init__(self, mqtt: MqttSink, watchdog: Watchdog, status: SystemdStatusSink) -> None:
+        self._mqtt = mqtt
+        self._watchdog = watchdog
+        self._status = status
+        self._problem: str | None = None
+
+    def check(self) -> MqttHealth | None:
+        """Feed the watchdog or report the problem; the health read (None: unreadable)."""
+        health: MqttHealth | None = None
+        try:
+            health = self._mqtt.health()
+        except Exception as err:  # a bug in health(): the link cannot be vouched for
+            log.exception("cannot read the MQTT link's health")
+            problem: str | None = f"MQTT link health unknown: {err}"
+        else:
+            problem = None if health.ok else f"MQTT link failed: {health.failed}"
+        if problem is None:
+            self._watchdog.beat(WATCHDOG_MQTT)
+        if problem != self._problem:
+            if problem is None:
+                log.info("the MQTT link works again")
+            else:
+                log.error("%s; no longer feeding the watchdog", problem)
+            self._problem = problem
+            self._status.set_problem(problem)
+        return health
 
 
 # -- run --------------------------------------------------------------------------------
@@ -259,13 +313,9 @@ def _serve(
     if isinstance(judge, str):
         return _fail(notifier, judge)
     capture = Capture(settings.audio)
-    pipeline = Pipeline(
-        capture,
-        engine,
-        settings=settings,
-        judge=judge,
-        watchdog=Watchdog(notifier, sources=WATCHDOG_SOURCES),
-    )
+    sources = (*WATCHDOG_SOURCES, WATCHDOG_MQTT) if settings.mqtt.enabled else WATCHDOG_SOURCES
+    watchdog = Watchdog(notifier, sources=sources)
+    pipeline = Pipeline(capture, engine, settings=settings, judge=judge, watchdog=watchdog)
     capture.on_status = pipeline.on_mic_status
     mqtt: MqttSink | None = None
     if settings.mqtt.enabled:
@@ -276,9 +326,11 @@ def _serve(
         pipeline.add_sink(mqtt)
     if settings.service.stdout_sink if stdout_sink is None else stdout_sink:
         pipeline.add_sink(StdoutSink())
-    pipeline.add_sink(SystemdStatusSink(notifier))
+    status = SystemdStatusSink(notifier)
+    pipeline.add_sink(status)
+    health = MqttHealthCheck(mqtt, watchdog, status) if mqtt is not None else None
     try:
-        return _supervise(settings, pipeline, mqtt, notifier, stop)
+        return _supervise(settings, pipeline, mqtt, health, notifier, stop)
     finally:
         if mqtt is not None:
             mqtt.close()
@@ -288,6 +340,7 @@ def _supervise(
     settings: Settings,
     pipeline: Pipeline,
     mqtt: MqttSink | None,
+    mqtt_health: MqttHealthCheck | None,
     notifier: Notifier,
     stop: threading.Event,
 ) -> int:
@@ -302,6 +355,8 @@ def _supervise(
             log.error("the pipeline stopped unexpectedly; exiting so that systemd restarts voxd")
             code = EXIT_FAILED
             break
+        if mqtt_health is not None:
+            mqtt_health.check()
     notifier.stopping("stopping: finishing the utterance in progress")
     pipeline.stop(flush=True, timeout=PIPELINE_STOP_S)
     if mqtt is not None:
