@@ -376,6 +376,7 @@ class MqttHealth:
     """How the MQTT link is doing (see :meth:`MqttSink.health`)."""
 
     connected: bool
+    subscribed: bool  # commands can arrive: the broker granted <root>/cmd/+
     link_alive: bool  # voxd's link thread: connects, reconnects, restarts the others
     network_alive: bool  # paho's network thread (runs while connected or connecting)
     worker_alive: bool  # the outbox worker
@@ -473,6 +474,8 @@ class MqttSink:
         self._state_lock = threading.Lock()  # orders state publishes with (re)connects
         self._state: StateChanged | None = None
         self._connected = False
+        self._subscribed = False  # the broker granted the command subscription
+        self._commands_mid: int | None = None
         self._closed = False
         self._stop = threading.Event()  # ends the link thread
         self._connected_since = 0.0
@@ -493,6 +496,7 @@ class MqttSink:
         # Owned by the link thread only:
         self._loop_running = False  # loop_start() was called and its end not yet handled
         self._saw_disconnect = False  # on_disconnect ran since (a normal end of the loop)
+        self._socket_abandoned = False  # closed without DISCONNECT when giving up
         # Owned by the worker thread only:
         self._link_up = False
         self._in_flight: _InFlight | None = None
@@ -552,6 +556,7 @@ class MqttSink:
         closed = self._closed
         return MqttHealth(
             connected=self._connected,
+            subscribed=self._connected and self._subscribed,
             link_alive=self._link.is_alive(),
             network_alive=self._client.loop_alive,
             worker_alive=self._worker.is_alive(),
@@ -578,7 +583,8 @@ class MqttSink:
             log.warning("MQTT link thread did not stop within %.1f s", _LINK_JOIN_S)
         if self._connected:
             self._publish_offline()
-        self._client.disconnect()
+        if not self._socket_abandoned:  # closed on purpose: the will stays
+            self._client.disconnect()
         self._client.loop_stop()
         log.info("MQTT sink closed (%d finals waiting in the outbox)", len(self._outbox))
 
@@ -611,6 +617,7 @@ class MqttSink:
         # No exception may escape a callback: it would end paho's network thread.
         client.on_connect = self._guard("on_connect", self._on_connect)
         client.on_disconnect = self._guard("on_disconnect", self._on_disconnect)
+        client.on_subscribe = self._guard("on_subscribe", self._on_subscribe)
         client.on_publish = self._guard("on_publish", self._on_publish)
         client.on_message = self._guard("on_message", self._on_message)
         return client
@@ -700,10 +707,10 @@ class MqttSink:
             # Not the network: a setting paho cannot use (a host name IDNA
             # cannot encode, a keepalive or client id too large for the packet)
             # or a bug. Retrying is cheap, and health() says what is wrong.
+            self._note_error(f"connecting to {s.host}:{s.port}", err)
             self._connect_problem = (
                 f"cannot connect to {s.host}:{s.port}: {type(err).__name__}: {err}"
             )
-            self._note_error(f"connecting to {s.host}:{s.port}", err)
             return
         self._connect_problem = None
         self._saw_disconnect = False
@@ -782,10 +789,12 @@ class MqttSink:
             sock = self._client.socket()
             if sock is not None:
                 sock.close()  # no DISCONNECT: the broker publishes the last will
+                self._socket_abandoned = True
         return False
 
     def _mark_down(self) -> None:
         self._connected = False
+        self._subscribed = False
         self._queue.put(_Link(up=False))
 
     def _supervise_worker(self) -> None:
@@ -880,7 +889,7 @@ class MqttSink:
         self._connect_failures = 0
         self._backoff.reset()
         self._connected_since = time.monotonic()
-        client.subscribe(self._topics.commands, qos=1)
+        self._commands_mid = client.subscribe(self._topics.commands, qos=1)[1]
         if s.discovery.enabled:
             client.subscribe(hass.status_topic(s.discovery.prefix), qos=1)
         self._publish_discovery()
@@ -900,6 +909,7 @@ class MqttSink:
         properties: Properties | None,
     ) -> None:
         self._saw_disconnect = True
+        self._subscribed = False
         was_connected = self._connected
         # No lock here: paho may call this while holding its own message lock,
         # which a thread in _publish_state could be waiting for.
@@ -919,6 +929,26 @@ class MqttSink:
                 reason_code,
                 len(self._outbox),
             )
+
+    def _on_subscribe(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties,
+    ) -> None:
+        if mid != self._commands_mid:
+            return
+        refused = [code for code in reason_codes if code.is_failure]
+        if refused:
+            log.error(
+                "MQTT: the broker refused the subscription to %s (%s): commands cannot "
+                "reach voxd; check the broker's access control for this user",
+                self._topics.commands,
+                refused[0],
+            )
+        self._subscribed = not refused
 
     def _on_publish(
         self,
