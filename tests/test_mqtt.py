@@ -68,7 +68,8 @@ class Sinks:
         sink = MqttSink(settings, self.state_dir, on_command=self.commands.append)
         self._made.append(sink)
         if wait_connected:
-            wait_until(lambda: sink.connected, what="sink connected")
+            # Subscribed too: a command published before would not reach it.
+            wait_until(lambda: sink.health().subscribed, what="sink connected and subscribed")
         return sink
 
     def close_all(self) -> None:
@@ -290,7 +291,7 @@ def test_command_handler_errors_do_not_break_the_sink(
     topics = Topics.from_settings(settings)
     sink = MqttSink(settings, tmp_path, on_command=handler)
     try:
-        wait_until(lambda: sink.connected, what="connected")
+        wait_until(lambda: sink.health().subscribed, what="connected and subscribed")
         publisher = mqtt_collector(mqtt_broker, [topics.final])
         publisher.publish(f"{topics.command_prefix}mute")
         publisher.publish(f"{topics.command_prefix}unmute")
