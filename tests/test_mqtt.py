@@ -443,6 +443,9 @@ def test_sink_restart_while_broker_down_loses_nothing(
     second.handle(final(5))
     collector.wait_count(topics.final, 6)
     assert final_ids(collector, topics) == [f"utt-{n}" for n in range(6)]
+    # Only the first and the last went out as soon as they were made.
+    replayed = [p["replayed"] for p in collector.payloads(topics.final)]
+    assert replayed == [False, True, True, True, True, False]
 
 
 def test_broker_down_at_start_and_outbox_bound(

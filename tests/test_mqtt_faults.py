@@ -34,8 +34,10 @@ from voxd.mqtt import (
     MqttSink,
     Topics,
     check_command,
+    final_payload,
     json_depth_within,
 )
+from voxd.outbox import OutboxEntry
 
 BRACKETS = b"[" * 2000 + b"]" * 2000  # the payload that killed paho's thread
 
@@ -460,6 +462,20 @@ def test_connect_path_errors_are_reported_not_raised(
     assert error in health.failed
     assert health.link_alive and not health.connected
     assert any("connecting to" in r.getMessage() for r in caplog.records)
+
+
+# --------------------------------------------------------------------------- finals
+
+
+def test_final_payload_adds_replayed_and_age() -> None:
+    entry = OutboxEntry(7, "voxd/x/transcript/final", '{"text":"hi","age_s":"old"}', 100.0)
+    data = json.loads(final_payload(entry, replayed=True, now=112.34567))
+    assert data == {"text": "hi", "replayed": True, "age_s": 12.346}
+    clock_went_back = json.loads(final_payload(entry, replayed=False, now=99.0))
+    assert clock_went_back["age_s"] == 0.0 and clock_went_back["replayed"] is False
+    for stored in ("[1, 2]", "not json", '"text"', "[" * 5000):
+        odd = OutboxEntry(8, entry.topic, stored, 100.0)
+        assert final_payload(odd, replayed=True) == stored  # published as stored
 
 
 # --------------------------------------------------------------------------- long outage
