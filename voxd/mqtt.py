@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -346,29 +346,39 @@ _paho_log.addFilter(_QuietPahoNoise())
 class _Client(paho.Client):
     """paho's client, telling whether its network thread runs and why it ended.
 
-    paho runs its loop in ``_thread_main`` on the thread ``loop_start`` made
-    and forgets that thread when it ends. An exception that escapes the loop
-    (a callback is guarded, but paho's own code is not) would end it with
-    nothing but a traceback on stderr: the override keeps the exception for
-    the link thread, which logs it and restarts the loop.
+    paho runs its loop in ``_thread_main`` on the thread ``loop_start`` made.
+    An exception that escapes the loop (callbacks are guarded, paho's own
+    code is not) would end that thread with nothing but a traceback on
+    stderr: the override keeps the exception for the link thread, which logs
+    it and restarts the loop, and marks the end only after keeping it.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.loop_error: BaseException | None = None
+        self._loop_ended = threading.Event()
+        self._loop_ended.set()  # no loop yet
+
+    def loop_start(self) -> MQTTErrorCode:
+        self.loop_error = None
+        self._loop_ended.clear()
+        rc = super().loop_start()
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._loop_ended.set()
+        return rc
 
     def _thread_main(self) -> None:
-        self.loop_error = None
         try:
             super()._thread_main()
         except BaseException as err:  # noqa: BLE001 - reported by the link thread
             self.loop_error = err
+        finally:
+            self._loop_ended.set()
 
     @property
     def loop_alive(self) -> bool:
         """Whether the network thread started by loop_start() still runs."""
-        thread = self._thread
-        return thread is not None and thread.is_alive()
+        return not self._loop_ended.is_set()
 
 
 @dataclass(frozen=True)
@@ -478,6 +488,7 @@ class MqttSink:
         self._commands_mid: int | None = None
         self._closed = False
         self._stop = threading.Event()  # ends the link thread
+        self._revive_lock = threading.Lock()
         self._connected_since = 0.0
         self._connect_failures = 0
         self._backoff = _Backoff(settings.reconnect_min_s, settings.reconnect_max_s)
@@ -773,13 +784,16 @@ class MqttSink:
     def _loop_ended(self) -> bool:
         """paho's network thread has ended; True when the next attempt must wait."""
         self._loop_running = False
-        if self._saw_disconnect:
-            return True  # the normal end: the connection was lost or refused
+        err = self._client.loop_error
+        if err is None:  # the normal end: the connection was lost or refused
+            if not self._saw_disconnect:  # (paho ends some ways without on_disconnect)
+                log.warning("MQTT: the connection to %s:%d ended; reconnecting", *self._address())
+                self._mark_down()
+            return True
         # It died: its socket may still be open, keeping "online" up at the
         # broker with nobody reading. Reconnecting closes that socket without
         # a DISCONNECT, so the broker publishes the last will; then "online"
         # again once connected.
-        err = self._client.loop_error or RuntimeError("paho's network thread ended")
         self._mark_down()
         if self._restarts["network"].allow():
             self._note_error("paho's network thread died; restarting it", err)
@@ -810,8 +824,12 @@ class MqttSink:
         self._worker = self._start_thread("voxd-mqtt-outbox", self._work)
 
     def _revive_link(self) -> None:
-        if self._closed or self._link.is_alive() or self._failed is not None:
-            return
+        with self._revive_lock:  # health() may be called from several threads
+            if self._closed or self._link.is_alive() or self._failed is not None:
+                return
+            self._restart_link()
+
+    def _restart_link(self) -> None:
         err = self._link_error or RuntimeError("the link thread ended")
         if not self._restarts["link"].allow():
             self._give_up(f"the MQTT link thread keeps dying: {type(err).__name__}: {err}")
