@@ -15,15 +15,17 @@ from __future__ import annotations
 import json
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures_mqtt import CollectorFactory, Mosquitto, MqttCollector, wait_until
+from fixtures_mqtt import WAIT_S, CollectorFactory, Mosquitto, MqttCollector, wait_until
 from test_mqtt import final, final_ids, settings_for
 
+from voxd import mqtt
 from voxd.mqtt import (
     COMMANDS,
     MAX_COMMAND_BYTES,
@@ -309,6 +311,29 @@ def test_command_handler_that_raises(
         sink.handle(final(1))
         collector.wait_count(topics.final, 1)
         assert sink.health().ok
+
+
+def test_a_blocking_command_handler_is_reported(
+    mqtt_broker: Mosquitto,
+    mqtt_collector: CollectorFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(mqtt, "CALLBACK_STUCK_S", 0.5)  # 30 s in production
+    release = threading.Event()
+    settings = settings_for(mqtt_broker)
+    topics = Topics.from_settings(settings)
+    collector = mqtt_collector(mqtt_broker, [topics.final])
+    with MqttSink(settings, tmp_path, on_command=lambda name: release.wait(WAIT_S)) as sink:
+        wait_until(lambda: sink.health().subscribed, what="connected and subscribed")
+        collector.publish(f"{topics.command_prefix}mute")
+        wait_until(lambda: not sink.health().ok, what="the blocked thread reported")
+        failed = sink.health().failed
+        assert failed is not None and "on_message callback has blocked" in failed
+        release.set()
+        wait_until(lambda: sink.health().ok, what="healthy once the handler returned")
+        sink.handle(final(1))
+        collector.wait_count(topics.final, 1)
 
 
 # --------------------------------------------------------------------------- dying threads

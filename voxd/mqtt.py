@@ -37,7 +37,9 @@ thread owns the outbox and the in-flight final; the link thread connects,
 reconnects and restarts the other two if they die. Connection attempts back
 off from ``reconnect_min_s`` to ``reconnect_max_s``; while the broker does not
 answer, the link thread also tries a plain TCP connection every second and
-reconnects as soon as one succeeds. ``health()`` says how all this is going.
+reconnects as soon as one succeeds. ``health()`` says how all this is going,
+and names a failure: a thread that keeps dying, a connect path that raises, a
+callback that has blocked paho's thread for CALLBACK_STUCK_S.
 """
 
 from __future__ import annotations
@@ -96,6 +98,9 @@ _MAX_RESTARTS = 3
 _RESTART_WINDOW_S = 600.0
 # The link thread may be inside a connection attempt (paho's 5 s timeout).
 _LINK_JOIN_S = 8.0
+# A paho callback running longer than this blocks the network thread (no
+# keepalive, no acks): health() reports the link as failed.
+CALLBACK_STUCK_S = 30.0
 # Rate-limited logs: this many lines per interval, then one summary count.
 _LOG_BURST = 5
 _LOG_INTERVAL_S = 60.0
@@ -362,7 +367,11 @@ class _Client(paho.Client):
     def loop_start(self) -> MQTTErrorCode:
         self.loop_error = None
         self._loop_ended.clear()
-        rc = super().loop_start()
+        try:
+            rc = super().loop_start()
+        except BaseException:
+            self._loop_ended.set()
+            raise
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             self._loop_ended.set()
         return rc
@@ -499,6 +508,7 @@ class MqttSink:
         self._connect_problem: str | None = None  # the connect path raised unexpectedly
         self._failed: str | None = None  # gave up: a thread keeps dying
         self._callback_errors = 0
+        self._callback_running: tuple[str, float] | None = None  # name, since
         self._commands_received = 0
         self._commands_rejected = 0
         self._restarts = {"link": _Restarts(), "network": _Restarts(), "worker": _Restarts()}
@@ -576,8 +586,19 @@ class MqttSink:
             commands_received=self._commands_received,
             commands_rejected=self._commands_rejected,
             last_error=self._last_error,
-            failed=None if closed else self._failed or self._connect_problem,
+            failed=None if closed else self._failed or self._connect_problem or self._stuck(),
         )
+
+    def _stuck(self) -> str | None:
+        """What blocks paho's network thread, if a callback has run too long."""
+        running = self._callback_running
+        if running is None:
+            return None
+        name, since = running
+        blocked = time.monotonic() - since
+        if blocked <= CALLBACK_STUCK_S:
+            return None
+        return f"the {name} callback has blocked paho's network thread for {blocked:.0f} s"
 
     def close(self, timeout: float = 5.0) -> None:
         """Persist queued finals, publish ``offline``, disconnect, stop threads."""
@@ -656,11 +677,14 @@ class MqttSink:
         """``callback`` for paho, logging (rate-limited) any exception instead of raising."""
 
         def guarded(*args: Any) -> None:
+            self._callback_running = (name, time.monotonic())
             try:
                 callback(*args)
             except Exception as err:
                 self._callback_errors += 1
                 self._note_error(f"{name} callback failed", err)
+            finally:
+                self._callback_running = None
 
         return guarded
 
@@ -723,10 +747,15 @@ class MqttSink:
                 f"cannot connect to {s.host}:{s.port}: {type(err).__name__}: {err}"
             )
             return
-        self._connect_problem = None
         self._saw_disconnect = False
+        try:
+            self._client.loop_start()
+        except Exception as err:  # e.g. RuntimeError: no thread can be started
+            self._note_error("starting paho's network thread", err)
+            self._connect_problem = f"cannot start paho's network thread: {err}"
+            return
+        self._connect_problem = None
         self._loop_running = True
-        self._client.loop_start()
 
     def _connect_failed(self, err: OSError) -> None:
         self._connect_failures += 1
