@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import pytest
 from fixtures_audio import AlsaSandbox
 from fixtures_mqtt import CollectorFactory, Mosquitto, wait_until
 from speech import silence
+from test_mqtt import final as mqtt_final
 from test_pipeline import (  # the same microphone, speech and checks as the pipeline tests
     WAIT_S,
     FifoMic,
@@ -40,7 +42,8 @@ from test_pipeline import (  # the same microphone, speech and checks as the pip
 
 from voxd import daemon
 from voxd.config import EngineSettings, MqttSettings, ServiceSettings, Settings
-from voxd.mqtt import Topics
+from voxd.mqtt import MqttSink, Topics
+from voxd.sdnotify import Notifier, Watchdog
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -339,6 +342,99 @@ def test_broker_outage_and_daemon_restart_lose_and_repeat_nothing(
     assert len({f["utterance_id"] for f in finals}) == 4
     for final, x in zip(finals, spoken, strict=True):
         check_final(final, seconds(x), "daemon")
+
+
+def test_hostile_commands_leave_the_daemon_obeying_and_delivering(
+    fifo_mic: FifoMic,
+    notify_socket: NotifySocket,
+    daemons: list[Daemon],
+    mqtt_broker: Mosquitto,
+    mqtt_collector: CollectorFactory,
+    tiny_model_dir: Path,
+    sentences: list[np.ndarray],
+    tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path, model_dir=tiny_model_dir, broker=mqtt_broker)
+    topics = Topics("voxd/daemon")
+    collector = mqtt_collector(mqtt_broker, [f"{topics.root}/#"])
+    d = start_daemon(daemons, config, tmp_path, notify_socket, env={"WATCHDOG_USEC": "4000000"})
+    wait_until(lambda: states(collector, topics) == ["idle"], WAIT_S, "idle")
+    hostile = [
+        b"[" * 2000 + b"]" * 2000,  # raised RecursionError in paho's thread
+        b'{"a":' * 600 + b"1" + b"}" * 600,
+        b"\xff\xfe" * 100,
+        b'{"n": ' + b"9" * 4000 + b"}",
+        b"{" + b" " * 5000 + b"}",
+    ]
+    for payload in hostile:
+        collector.publish(f"{topics.command_prefix}flush", payload)
+    # Commands are still obeyed ...
+    collector.publish(f"{topics.command_prefix}mute")
+    wait_until(lambda: states(collector, topics)[-1:] == ["muted"], WAIT_S, "muted")
+    collector.publish(f"{topics.command_prefix}unmute")
+    wait_until(lambda: states(collector, topics)[-1:] == ["idle"], WAIT_S, "unmuted")
+    # ... and finals delivered, while the link stays online and healthy.
+    fifo_mic.say(sentences[0])
+    fifo_mic.say(silence(1.5))
+    final = collector.wait_count(topics.final, 1, WAIT_S)[0].json()
+    check_final(final, seconds(sentences[0]), "daemon")
+    assert final["replayed"] is False
+    assert [m.text for m in collector.messages(topics.availability)] == ["online"]
+    watchdog_pings = notify_socket.lines.count("WATCHDOG=1")
+    wait_until(
+        lambda: notify_socket.lines.count("WATCHDOG=1") > watchdog_pings, WAIT_S, "still pinged"
+    )
+    assert not any("PROBLEM" in line for line in notify_socket.lines)
+    assert d.terminate() == 0
+    assert "ignoring command 'flush'" in d.stderr()
+    assert "Traceback" not in d.stderr()
+
+
+def test_failed_mqtt_link_starves_the_watchdog_and_is_named_in_status(
+    notify_socket: NotifySocket, mqtt_broker: Mosquitto, tmp_path: Path
+) -> None:
+    """The daemon's check of the MQTT link, in process, with a real sink and socket."""
+    notifier = Notifier(str(notify_socket.path))
+    watchdog = Watchdog(notifier, interval=2.0, sources=(daemon.WATCHDOG_MQTT,))
+    status = daemon.SystemdStatusSink(notifier)
+    settings = MqttSettings(
+        host=mqtt_broker.host, port=mqtt_broker.port, site="health", keepalive_s=5
+    )
+    sink = MqttSink(settings, tmp_path / "state")
+    try:
+        check = daemon.MqttHealthCheck(sink, watchdog, status)
+
+        def pinged() -> bool:
+            check.check()
+            return "WATCHDOG=1" in notify_socket.lines
+
+        wait_until(pinged, WAIT_S, "watchdog fed while the link works")
+        # Fault injection (as in test_mqtt_faults): the outbox worker dies each
+        # time it starts, so the sink gives up after its restarts.
+        sink._work_loop = _always_raise  # type: ignore[method-assign]
+        sink._pump = _always_raise  # type: ignore[method-assign]
+        sink.handle(mqtt_final(1))
+
+        def reported() -> str | None:
+            check.check()
+            return next((ln for ln in notify_socket.lines if "PROBLEM" in ln), None)
+
+        line = wait_until(reported, WAIT_S, "the problem in STATUS")
+        assert line.startswith("STATUS=idle; 0 transcripts; PROBLEM: MQTT link failed: ")
+        assert "outbox worker keeps dying" in line
+        pings = notify_socket.lines.count("WATCHDOG=1")
+        deadline = time.monotonic() + 3 * watchdog.interval  # pings were due every 1 s
+        while time.monotonic() < deadline:
+            assert check.check() is not None
+            time.sleep(0.1)
+        assert notify_socket.lines.count("WATCHDOG=1") == pings
+    finally:
+        sink.close()
+        notifier.close()
+
+
+def _always_raise(*args: Any) -> None:
+    raise SystemExit("worker bug")
 
 
 def test_missing_model_directory_exits_2_naming_it(

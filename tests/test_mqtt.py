@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,8 @@ class Sinks:
         sink = MqttSink(settings, self.state_dir, on_command=self.commands.append)
         self._made.append(sink)
         if wait_connected:
-            wait_until(lambda: sink.connected, what="sink connected")
+            # Subscribed too: a command published before would not reach it.
+            wait_until(lambda: sink.health().subscribed, what="sink connected and subscribed")
         return sink
 
     def close_all(self) -> None:
@@ -161,6 +163,7 @@ def test_last_will_offline_when_the_process_dies(
 def test_event_topics_and_payloads(
     mqtt_broker: Mosquitto, mqtt_collector: CollectorFactory, sinks: Sinks
 ) -> None:
+    started = time.time()
     settings = settings_for(mqtt_broker, site="kitchen")
     topics = Topics.from_settings(settings)
     assert topics.root == "voxd/kitchen"
@@ -180,7 +183,11 @@ def test_event_topics_and_payloads(
     assert (got_delta.qos, got_delta.retain) == (0, False)
 
     got_final = collector.wait_count(topics.final, 1)[0]
-    assert got_final.json() == final(1, "Hello world").to_json()
+    published = got_final.json()
+    # Added at publish time: handed over as soon as it was made, moments ago.
+    assert published.pop("replayed") is False
+    assert 0 <= published.pop("age_s") <= time.time() - started + 0.001
+    assert published == final(1, "Hello world").to_json()
     assert (got_final.qos, got_final.retain) == (1, False)
 
     states = collector.wait_count(topics.state, 2)
@@ -284,7 +291,7 @@ def test_command_handler_errors_do_not_break_the_sink(
     topics = Topics.from_settings(settings)
     sink = MqttSink(settings, tmp_path, on_command=handler)
     try:
-        wait_until(lambda: sink.connected, what="connected")
+        wait_until(lambda: sink.health().subscribed, what="connected and subscribed")
         publisher = mqtt_collector(mqtt_broker, [topics.final])
         publisher.publish(f"{topics.command_prefix}mute")
         publisher.publish(f"{topics.command_prefix}unmute")
@@ -436,6 +443,9 @@ def test_sink_restart_while_broker_down_loses_nothing(
     second.handle(final(5))
     collector.wait_count(topics.final, 6)
     assert final_ids(collector, topics) == [f"utt-{n}" for n in range(6)]
+    # Only the first and the last went out as soon as they were made.
+    replayed = [p["replayed"] for p in collector.payloads(topics.final)]
+    assert replayed == [False, True, True, True, True, False]
 
 
 def test_broker_down_at_start_and_outbox_bound(

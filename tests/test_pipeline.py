@@ -347,6 +347,8 @@ def test_three_sentences_from_a_16k_mono_device(
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     stdout_finals = [d for d in lines if d["type"] == "final"]
     mqtt_finals = collector.payloads(topics.final)
+    # MQTT adds when it was published: replayed and age_s (see voxd.mqtt).
+    assert all(d.pop("replayed") is False and d.pop("age_s") >= 0 for d in mqtt_finals)
     assert [{k: v for k, v in d.items() if k != "type"} for d in stdout_finals] == mqtt_finals
     assert {d["type"] for d in lines} >= {"state", "delta", "final", "stats"}
 

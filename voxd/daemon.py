@@ -11,6 +11,8 @@
    (also sent as the unit's STATUS);
 3. sinks (MQTT, JSON lines on stdout), the optional Silero VAD, the
    microphone capture and the pipeline are built and started; READY=1;
+   the watchdog is fed while the engine loop, the capture and (when
+   enabled) the MQTT link are healthy; a failed MQTT link is named in STATUS;
 4. SIGTERM/SIGINT: the utterance in progress is finished (its final has
    reason "shutdown"), MQTT gets a moment to deliver what is queued, then
    the daemon exits 0. SIGHUP only logs: the configuration is read at start.
@@ -43,7 +45,7 @@ from voxd.endpoint import SpeechJudge
 from voxd.engine import Engine, EngineError
 from voxd.events import Event, StateChanged, TranscriptFinal
 from voxd.modelsize import fit_warning
-from voxd.mqtt import MqttSink
+from voxd.mqtt import MqttHealth, MqttSink
 from voxd.pipeline import WATCHDOG_SOURCES, Pipeline, StdoutSink
 from voxd.sdnotify import Notifier, Watchdog
 
@@ -64,6 +66,8 @@ MQTT_DRAIN_S = 5.0
 # outbox: give that hand-off this long before reading the outbox size.
 MQTT_HANDOFF_S = 0.2
 PIPELINE_STOP_S = 20.0
+# The watchdog source fed while the MQTT link is healthy (with the pipeline's).
+WATCHDOG_MQTT = "mqtt"
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -208,6 +212,7 @@ class SystemdStatusSink:
         self._notifier = notifier
         self._state = "idle"
         self._finals = 0
+        self._problem: str | None = None
 
     def handle(self, event: Event) -> None:
         if isinstance(event, StateChanged):
@@ -219,7 +224,69 @@ class SystemdStatusSink:
             self._finals += 1
         else:
             return
-        self._notifier.status(f"{self._state}; {self._finals} transcripts")
+        self._send()
+
+    def set_problem(self, problem: str | None) -> None:
+        """A problem named in every STATUS until it is cleared with None."""
+        self._problem = problem
+        self._send()
+
+    def _send(self) -> None:
+        text = f"{self._state}; {self._finals} transcripts"
+        if self._problem is not None:
+            text += f"; PROBLEM: {self._problem}"
+        self._notifier.status(text)
+
+
+class MqttHealthCheck:
+    """The daemon's view of the MQTT link, checked from the supervise loop.
+
+    While the link works the watchdog's "mqtt" source is fed; when it has
+    failed (a thread that keeps dying, a connect path that keeps raising)
+    the feeding stops, so systemd's watchdog restarts voxd, and STATUS names
+    the problem. A broker that is merely down is not a failure: finals wait
+    in the outbox and the link reconnects by itself.
+    """
+
+    def __init__(self, mqtt: MqttSink, watchdog: Watchdog, status: SystemdStatusSink) -> None:
+        self._mqtt = mqtt
+        self._watchdog = watchdog
+        self._status = status
+        self._problem: str | None = None
+
+    def check(self) -> MqttHealth | None:
+        """Feed the watchdog or report the problem; the health read (None: unreadable)."""
+        health: MqttHealth | None = None
+        try:
+            health = self._mqtt.health()
+        except Exception as err:  # a bug in health(): the link cannot be vouched for
+            log.exception("cannot read the MQTT link's health")
+            problem: str | None = f"MQTT link health unknown: {err}"
+        else:
+            problem = None if health.ok else f"MQTT link failed: {health.failed}"
+        if problem is None:
+            self._watchdog.beat(WATCHDOG_MQTT)
+            # Finals held in memory still go out, and a restart cannot mend a
+            # disk: say so in STATUS, but keep feeding the watchdog.
+            problem = self._outbox_problem()
+        elif problem != self._problem:
+            log.error("%s; no longer feeding the watchdog", problem)
+        if problem != self._problem:
+            if problem is None:
+                log.info("MQTT delivery works normally again")
+            self._problem = problem
+            self._status.set_problem(problem)
+        return health
+
+    def _outbox_problem(self) -> str | None:
+        outbox = self._mqtt.outbox
+        if not outbox.degraded:
+            return None
+        held = outbox.memory_only
+        return (
+            f"outbox {outbox.directory} cannot be written ({outbox.last_error}); "
+            f"{held} final(s) held in memory only"
+        )
 
 
 # -- run --------------------------------------------------------------------------------
@@ -262,13 +329,9 @@ def _serve(
     if isinstance(judge, str):
         return _fail(notifier, judge)
     capture = Capture(settings.audio)
-    pipeline = Pipeline(
-        capture,
-        engine,
-        settings=settings,
-        judge=judge,
-        watchdog=Watchdog(notifier, sources=WATCHDOG_SOURCES),
-    )
+    sources = (*WATCHDOG_SOURCES, WATCHDOG_MQTT) if settings.mqtt.enabled else WATCHDOG_SOURCES
+    watchdog = Watchdog(notifier, sources=sources)
+    pipeline = Pipeline(capture, engine, settings=settings, judge=judge, watchdog=watchdog)
     capture.on_status = pipeline.on_mic_status
     mqtt: MqttSink | None = None
     if settings.mqtt.enabled:
@@ -279,7 +342,9 @@ def _serve(
         pipeline.add_sink(mqtt)
     if settings.service.stdout_sink if stdout_sink is None else stdout_sink:
         pipeline.add_sink(StdoutSink())
-    pipeline.add_sink(SystemdStatusSink(notifier))
+    status = SystemdStatusSink(notifier)
+    pipeline.add_sink(status)
+    health = MqttHealthCheck(mqtt, watchdog, status) if mqtt is not None else None
     wyoming = None
     try:
         if settings.wyoming.enabled:  # Home Assistant Assist's STT, beside the microphone
@@ -290,7 +355,7 @@ def _serve(
                 wyoming.start()
             except WyomingStartError as err:
                 return _fail(notifier, str(err))
-        return _supervise(settings, pipeline, mqtt, notifier, stop)
+        return _supervise(settings, pipeline, mqtt, health, notifier, stop)
     finally:
         if wyoming is not None:
             wyoming.stop()  # its streams are closed before run() closes the engine
@@ -302,6 +367,7 @@ def _supervise(
     settings: Settings,
     pipeline: Pipeline,
     mqtt: MqttSink | None,
+    mqtt_health: MqttHealthCheck | None,
     notifier: Notifier,
     stop: threading.Event,
 ) -> int:
@@ -316,6 +382,8 @@ def _supervise(
             log.error("the pipeline stopped unexpectedly; exiting so that systemd restarts voxd")
             code = EXIT_FAILED
             break
+        if mqtt_health is not None:
+            mqtt_health.check()
     notifier.stopping("stopping: finishing the utterance in progress")
     pipeline.stop(flush=True, timeout=PIPELINE_STOP_S)
     if mqtt is not None:
@@ -334,8 +402,17 @@ def _drain_mqtt(mqtt: MqttSink, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while mqtt.connected and len(mqtt.outbox) > 0 and time.monotonic() < deadline:
         time.sleep(0.05)
-    if len(mqtt.outbox):
-        log.info("%d final(s) left in the outbox for the next start", len(mqtt.outbox))
+    held = mqtt.outbox.memory_only
+    if held:
+        log.error(
+            "%d final(s) held in memory only (the outbox %s could not be written) are lost "
+            "at this stop: the broker did not acknowledge them in time",
+            held,
+            mqtt.outbox.directory,
+        )
+    on_disk = len(mqtt.outbox) - held
+    if on_disk:
+        log.info("%d final(s) left in the outbox for the next start", on_disk)
 
 
 # -- python -m voxd.daemon ----------------------------------------------------------------
