@@ -26,8 +26,10 @@ from test_daemon import notify_socket as notify_socket
 from test_mqtt import Sinks, final, final_ids, settings_for
 from test_pipeline import WAIT_S
 
+from voxd.daemon import WATCHDOG_MQTT, MqttHealthCheck, SystemdStatusSink
 from voxd.mqtt import OUTBOX_DIRNAME, Topics
 from voxd.outbox import entry_name
+from voxd.sdnotify import Notifier, Watchdog
 
 
 @pytest.fixture
@@ -62,6 +64,7 @@ class Unwritable:
     def restore(self) -> None:
         for directory in self._immutable:
             subprocess.run(["chattr", "-i", str(directory)], check=True)
+        self._immutable.clear()
 
 
 @pytest.fixture
@@ -179,3 +182,38 @@ def test_daemon_starts_with_a_damaged_outbox_and_sends_the_good_entries(
     err = d.stderr()
     assert err.count("damaged entry") == 3 and "seq inf is not an integer" in err
     assert len(collector.messages(topics.final)) == 3
+
+
+def test_unwritable_outbox_is_named_in_status_and_the_watchdog_stays_fed(
+    mqtt_broker: Mosquitto,
+    sinks: Sinks,
+    unwritable: Unwritable,
+    notify_socket: NotifySocket,
+) -> None:
+    """Finals held in memory still go out and a restart cannot mend a disk: STATUS
+    says so, the "mqtt" watchdog source keeps beating, and the problem clears."""
+    sink = sinks.make(settings_for(mqtt_broker))
+    wait_until(lambda: sink.health().subscribed, what="the sink connected")
+    notifier = Notifier(str(notify_socket.path))
+    watchdog = Watchdog(notifier, interval=60.0, sources=(WATCHDOG_MQTT,))
+    check = MqttHealthCheck(sink, watchdog, SystemdStatusSink(notifier))
+    how = unwritable.make(sink.outbox.directory, range(1, 2))  # seq 1 fails, seq 2 not
+
+    sink.handle(final(0))
+    wait_until(lambda: sink.outbox.write_failures == 1, what="the failed write")
+    check.check()
+    status = notify_socket.wait_for("STATUS=")
+    assert "PROBLEM: outbox" in status and str(sink.outbox.directory) in status, how
+    assert watchdog.stale_sources() == [], how  # still fed: not a reason to restart
+
+    wait_until(lambda: len(sink.outbox) == 0, what="the final held in memory acknowledged")
+    unwritable.restore()
+    sink.handle(final(1))  # written to disk: the outbox is healthy again
+    wait_until(lambda: not sink.outbox.degraded, what="the outbox healthy again")
+    check.check()
+    wait_until(
+        lambda: any(
+            line.startswith("STATUS=") and "PROBLEM" not in line for line in notify_socket.lines
+        ),
+        what="a STATUS without the problem",
+    )
