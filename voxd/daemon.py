@@ -44,6 +44,7 @@ from voxd.engine import Engine, EngineError
 from voxd.events import Event, StateChanged, TranscriptFinal
 from voxd.mqtt import MqttSink
 from voxd.pipeline import WATCHDOG_SOURCES, Pipeline, StdoutSink
+from voxd.preflight import refusal
 from voxd.sdnotify import Notifier, Watchdog
 
 log = logging.getLogger("voxd.daemon")
@@ -234,6 +235,9 @@ def run(
     """
     setup_logging(settings.service.log_level)
     notifier = sdnotify.default_notifier()
+    refused = refusal(settings)  # the same checks and message as `voxd config check`
+    if refused is not None:
+        return _fail(notifier, refused)
     stop = stop_event if stop_event is not None else threading.Event()
     with _signals(stop):
         loaded = load_engine(settings, notifier)
