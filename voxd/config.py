@@ -471,8 +471,9 @@ class Settings(BaseSettings):
         case_sensitive=False,
         extra="forbid",
         frozen=True,
-        strict=True,
-        allow_inf_nan=False,
+        # Not strict here: the sections are. pydantic-settings converts environment
+        # values itself for a strict settings class, but turns "" into Path(".");
+        # _LaxEnvSource does the conversion instead.
     )
 
     audio: AudioSettings = AudioSettings()
