@@ -468,6 +468,11 @@ REPRODUCED = [
         id="bool-not-number",
     ),
     pytest.param(
+        '[mqtt]\nusername = "u"\npassword = true\n',
+        ["mqtt.password: true is not allowed: must be a string (in "],
+        id="password-not-string",  # the message showed typing.Annotated[...]
+    ),
+    pytest.param(
         "[audio]\nchannels = 0\n",
         ["audio.channels: 0 is not allowed: must be at least 1 and at most 32"],
         id="channels-zero",

@@ -756,6 +756,8 @@ def _one_sided(bounds: Mapping[str, Any]) -> list[str]:
 
 def _describe_type(annotation: Any) -> str:
     origin = typing.get_origin(annotation)
+    if origin is Annotated:  # a type with validators: describe the type
+        return _describe_type(typing.get_args(annotation)[0])
     if origin in (typing.Union, types.UnionType):
         options = [_describe_type(a) for a in typing.get_args(annotation) if a is not type(None)]
         return " or ".join(options)
