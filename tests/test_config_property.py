@@ -64,7 +64,7 @@ JUNK: list[Any] = ["20", "true", "", True, 1, 0, -1, 1.5, INF, -INF, NAN, 1e308,
 KEYS: dict[tuple[str, ...], list[Any]] = {
     ("audio", "sample_rate"): [8000, 11025, 16000, 44100, 48000, 192000, 7999, 44101, 192001],
     ("audio", "channels"): [1, 2, 4, 32, 0, 33],
-    ("audio", "channel"): ["mix", 0, 1, 3, 31, 32, "both"],
+    ("audio", "channel"): ["mix", 0, 1, 3, 31, 32, -1, "both"],
     ("audio", "gain_db"): [0.0, -60.0, 60.0, 12.5, 60.5, -61],
     ("audio", "block_ms"): [5, 20, 200, 4, 201],
     ("audio", "queue_seconds"): [0.01, 10.0, 600, 600.5, 0.0],
@@ -142,21 +142,30 @@ def valid_values(key: tuple[str, ...]) -> list[Any]:
     return found
 
 
+MODES = ("valid", "one-wrong", "any")
+
+
 @st.composite
 def configs(
     draw: st.DrawFn, junk: bool = True
 ) -> tuple[dict[tuple[str, ...], Any], dict[str, str]]:
-    """(key -> value for the file, environment overrides).
+    """(key -> value for the file, environment overrides), in one of three modes.
 
-    Half the examples use only values accepted one by one (so that their
-    combinations are tried); the others any value of KEYS, and with ``junk``
-    also values of any type.
+    "valid": only values accepted one by one (their combinations are tried);
+    "one-wrong": the same but one key takes any value, the sharpest test of
+    that key's check; "any": any value of KEYS (with ``junk``, of any type),
+    files, flags and environment overrides.
     """
+    mode = draw(st.sampled_from(MODES))
     keys = draw(st.lists(st.sampled_from(sorted(KEYS)), min_size=1, max_size=7, unique=True))
     chosen: dict[tuple[str, ...], Any] = {}
-    if draw(st.booleans()):
+    anything = st.sampled_from(KEYS[keys[0]])
+    anything = anything | st.sampled_from(JUNK) if junk else anything
+    if mode != "any":
         for key in keys:
             chosen[key] = draw(st.sampled_from(valid_values(key)))
+        if mode == "one-wrong":
+            chosen[keys[0]] = draw(anything)
         if ("mqtt", "password") in chosen:
             chosen[("mqtt", "username")] = "voxd"
         return chosen, {}
