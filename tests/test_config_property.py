@@ -11,6 +11,7 @@ settings, accepts it:
   voxd.mqtt builds it, connect_async(host, port, keepalive), the host encoded
   as socket.getaddrinfo encodes it (IDNA), and one real connection (CONNECT
   packed and sent, CONNACK received) to the test Mosquitto;
+- the VAD as the daemon loads it (load_judge), when enabled;
 - the engine: the tiny model loaded with the threads and backend, a stream
   opened with the delay and interval;
 - audio: Capture's queue and gain, the Resampler for the rate and channels,
@@ -47,6 +48,7 @@ from test_daemon import Daemon, NotifySocket, fifo_mic, notify_socket  # noqa: F
 
 from voxd.audio import Capture
 from voxd.config import ConfigError, Settings, load_settings
+from voxd.daemon import load_judge
 from voxd.endpoint import Endpointer
 from voxd.engine import Engine
 from voxd.mqtt import OFFLINE, Topics, default_client_id, read_password
@@ -123,6 +125,12 @@ FILE_KEYS: dict[tuple[str, ...], list[str]] = {
     ("mqtt", "tls", "ca_file"): ["garbage", "missing"],
     ("vad", "model_path"): ["missing", "{dir}"],
 }
+# What makes each file matter to `voxd run`.
+NEEDED_BY: dict[tuple[str, ...], dict[tuple[str, ...], Any]] = {
+    ("mqtt", "password_file"): {("mqtt", "username"): "voxd", ("mqtt", "enabled"): True},
+    ("mqtt", "tls", "ca_file"): {("mqtt", "tls", "enabled"): True, ("mqtt", "enabled"): True},
+    ("vad", "model_path"): {("vad", "enabled"): True},
+}
 FLAGS: list[tuple[str, ...]] = [
     ("vad", "enabled"),
     ("mqtt", "tls", "enabled"),
@@ -147,7 +155,7 @@ MODES = ("valid", "one-wrong", "any")
 
 @st.composite
 def configs(
-    draw: st.DrawFn, junk: bool = True
+    draw: st.DrawFn, junk: bool = True, modes: tuple[str, ...] = MODES
 ) -> tuple[dict[tuple[str, ...], Any], dict[str, str]]:
     """(key -> value for the file, environment overrides), in one of three modes.
 
@@ -156,7 +164,7 @@ def configs(
     that key's check; "any": any value of KEYS (with ``junk``, of any type),
     files, flags and environment overrides.
     """
-    mode = draw(st.sampled_from(MODES))
+    mode = draw(st.sampled_from(modes))
     keys = draw(st.lists(st.sampled_from(sorted(KEYS)), min_size=1, max_size=7, unique=True))
     chosen: dict[tuple[str, ...], Any] = {}
     anything = st.sampled_from(KEYS[keys[0]])
@@ -164,7 +172,11 @@ def configs(
     if mode != "any":
         for key in keys:
             chosen[key] = draw(st.sampled_from(valid_values(key)))
-        if mode == "one-wrong":
+        if mode == "one-wrong" and draw(st.booleans()):
+            file_key = draw(st.sampled_from(sorted(FILE_KEYS)))
+            chosen[file_key] = ("file", draw(st.sampled_from(FILE_KEYS[file_key])))
+            chosen.update(NEEDED_BY[file_key])  # so that only the file can be wrong
+        elif mode == "one-wrong":
             chosen[keys[0]] = draw(anything)
         if ("mqtt", "password") in chosen:
             chosen[("mqtt", "username")] = "voxd"
@@ -281,6 +293,8 @@ class StartPath:
             engine.close()
 
     def run(self, s: Settings) -> None:
+        judge = load_judge(s)  # the daemon's own VAD loading
+        assert not isinstance(judge, str), judge
         self._engine(s)
         self._audio(s)
         if s.mqtt.enabled:
@@ -448,7 +462,8 @@ DAEMON_COUNTS = {"ready": 0, "exit 2": 0}
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(generated=configs(junk=False))
+# Mostly combinations of valid values: what reaches READY is the point here.
+@given(generated=configs(junk=False, modes=("valid", "valid", "one-wrong")))
 def test_generated_configs_run_the_real_daemon(
     generated: tuple[dict[tuple[str, ...], Any], dict[str, str]],
     fifo_mic: Any,  # noqa: F811
