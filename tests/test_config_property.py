@@ -529,3 +529,46 @@ def test_tls_files_check_matches_paho(tmp_path: Path) -> None:
         tmp_path, {("mqtt", "tls", "enabled"): True, ("mqtt", "tls", "ca_file"): str(bad)}, {}
     )
     assert "mqtt.tls: cannot load certificates" in (check(config)[1] or "")
+
+
+def test_check_and_run_refuse_with_the_same_lines(
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    notify_socket: NotifySocket,  # noqa: F811
+) -> None:
+    """A load error and a preflight refusal: `config check` and the daemon say the same."""
+    for name, chosen in {
+        "load": {("mqtt", "keepalive_s"): 999999, ("audio", "gain_db"): INF},
+        "preflight": {("audio", "channels"): 2, ("audio", "channel"): 2},
+    }.items():
+        directory = tmp_path / name
+        directory.mkdir()
+        base = {("engine", "model_dir"): str(tiny_model_dir), ("mqtt", "enabled"): False}
+        path = write_config(directory, chosen, base)
+        checked = cli_check(path)
+        assert checked.returncode == 2 and checked.stdout == ""
+        problems = [line for line in checked.stderr.splitlines() if line.startswith("  - ")]
+        assert len(problems) == len(chosen) if name == "load" else len(problems) == 1
+        daemon = Daemon(path, directory, env={"NOTIFY_SOCKET": str(notify_socket.path)})
+        try:
+            assert daemon.wait() == 2
+            for line in problems:
+                assert line in daemon.stderr()
+        finally:
+            daemon.kill()
+        if name == "preflight":  # also the unit's STATUS, as for every start failure
+            assert "audio.channel: 2" in notify_socket.wait_for("STATUS=failed")
+
+
+def test_check_warns_and_notes_but_accepts(tmp_path: Path) -> None:
+    chosen = {
+        ("mqtt", "client_id"): "c" * 30,
+        ("engine", "model_dir"): str(tmp_path / "no-model"),
+    }
+    checked = cli_check(write_config(tmp_path, chosen, {}))
+    assert checked.returncode == 0, checked.stderr
+    assert "voxd: warning: mqtt.client_id: 30 bytes; MQTT 3.1.1 only guarantees 23" in (
+        checked.stderr
+    )
+    assert f"note: engine.model_dir {tmp_path / 'no-model'} does not exist yet" in checked.stderr
+    assert 'client_id = "' + "c" * 30 + '"' in checked.stdout
