@@ -473,6 +473,11 @@ REPRODUCED = [
         id="password-not-string",  # the message showed typing.Annotated[...]
     ),
     pytest.param(
+        "[audio]\nblock_ms = 1" + "0" * 400 + "\n",
+        ["audio.block_ms: an integer of 401 digits is not allowed: must be between 5 and 200"],
+        id="huge-integer",
+    ),
+    pytest.param(
         "[audio]\nchannels = 0\n",
         ["audio.channels: 0 is not allowed: must be at least 1 and at most 32"],
         id="channels-zero",

@@ -727,6 +727,8 @@ def show_value(value: Any) -> str:
         return "a table"
     if isinstance(value, list):
         return "a list"
+    if isinstance(value, int) and abs(value) >= 10**_SHOWN_CHARS:
+        return f"an integer of {len(str(abs(value)))} digits"
     return str(value)
 
 
