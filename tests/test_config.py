@@ -21,6 +21,7 @@ from voxd.config import (
     load_settings,
 )
 from voxd.preflight import preflight, refusal
+from voxd.resample import Resampler
 
 SHIPPED = Path(__file__).resolve().parent.parent / "config" / "voxd.toml"
 
@@ -714,3 +715,9 @@ def test_backend_of_another_cpu_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=f'engine.backend: "{other}" is not allowed'):
         preflight(settings)
     assert preflight(load_settings(write(tmp_path, '[engine]\nbackend = "portable"\n'))) == []
+
+
+@pytest.mark.parametrize("rate", [8000, 11025, 22050, 44100, 48000, 12345])
+def test_resampler_taps_match_the_resampler(rate: int) -> None:
+    """The sample_rate limit counts the taps the Resampler really designs."""
+    assert config.resampler_taps(rate) == Resampler(rate, 16000).taps

@@ -191,7 +191,8 @@ def resampler_taps(rate: int, out_rate: int = OUT_RATE) -> int:
     nyquist = min(rate, out_rate) / 2.0
     transition = 2.0 * (1.0 - CUTOFF_FRACTION) * nyquist
     fs = rate * up
-    return math.ceil((STOPBAND_DB - 7.95) / (2.285 * 2.0 * math.pi * transition / fs)) + 2
+    n = math.ceil((STOPBAND_DB - 7.95) / (2.285 * 2.0 * math.pi * transition / fs)) + 1
+    return n + 1 - n % 2  # odd, as design_lowpass makes it
 
 
 # Paths come as TOML strings: Path conversion stays lax; no empty or NUL-containing path.
