@@ -561,7 +561,7 @@ def test_wyoming_settings_defaults_and_bad_values(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_settings(path)
     text = str(err.value)
-    assert "wyoming.port: 0 is not allowed: must be between 1 and 65535" in text
+    assert "wyoming.port: 0 is not allowed: must be at least 1 and at most 65535" in text
     assert "wyoming.zeroconf_name" in text and "no '.'" in text
     assert "wyoming.max_clients: 0" in text
 

@@ -173,16 +173,31 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_config_check(args: argparse.Namespace) -> int:
-    from voxd.config import Settings, effective_config_toml
+    """The verdict `voxd run` would reach before loading the model, and its message."""
+    from voxd.config import ConfigError, Settings, effective_config_toml
+    from voxd.preflight import preflight
 
     settings = _load(args)
     if not isinstance(settings, Settings):
         return 2
+    try:
+        warnings = preflight(settings)
+    except ConfigError as e:
+        _err(f"configuration error:\n{e}")
+        return 2
+    for warning in warnings:
+        _err(f"warning: {warning}")
+    model_dir = settings.engine.model_dir
+    if not model_dir.is_dir():  # installation state, not configuration: a note only
+        _err(
+            f"note: engine.model_dir {model_dir} does not exist yet; `voxd run` needs the "
+            "model there (`voxd model download`)"
+        )
     print(effective_config_toml(settings), end="")
     from voxd.modelsize import fit_warning
 
-    if (warning := fit_warning(settings.engine.model_dir)) is not None:
-        _err(f"warning: {warning}")
+    if (fit := fit_warning(settings.engine.model_dir)) is not None:
+        _err(f"warning: {fit}")
     return 0
 
 

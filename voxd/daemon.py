@@ -47,6 +47,7 @@ from voxd.events import Event, StateChanged, TranscriptFinal
 from voxd.modelsize import fit_warning
 from voxd.mqtt import MqttHealth, MqttSink
 from voxd.pipeline import WATCHDOG_SOURCES, Pipeline, StdoutSink
+from voxd.preflight import refusal
 from voxd.sdnotify import Notifier, Watchdog
 
 log = logging.getLogger("voxd.daemon")
@@ -304,6 +305,9 @@ def run(
     """
     setup_logging(settings.service.log_level)
     notifier = sdnotify.default_notifier()
+    refused = refusal(settings)  # the same checks and message as `voxd config check`
+    if refused is not None:
+        return _fail(notifier, refused)
     stop = stop_event if stop_event is not None else threading.Event()
     with _signals(stop):
         loaded = load_engine(settings, notifier)
