@@ -41,10 +41,11 @@ class TranscriptDelta:
     utterance_id: str
     seq: int  # 0, 1, 2 ... within the utterance
     text: str  # only complete characters; may start with a space
-    # Seconds into the utterance's audio (from its first sample, pre-roll
-    # included) that this piece stands for: a position in the audio, not a
-    # time of day and not a delay (the engine may emit it later than that
-    # audio was spoken, by its decoder delay and by any lag).
+    # Where in the utterance's audio this piece came out, in seconds from its
+    # first sample (pre-roll included): the end of the 80 ms position the
+    # decoder was at, so its words were spoken up to the decoder delay
+    # (engine.delay_ms) before that. A place in the audio, not a time of day
+    # and not a wait: a lagging engine publishes the piece later, same value.
     audio_time: float
     end: Literal["dropped"] | None = None  # set only on a closing delta
     reason: DropReason | None = None  # why it was dropped (closing delta only)
