@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from voxd import bench
+from voxd.config import EndpointSettings
 from voxd.engine import Engine, ModelInfo
 
 EXPECTED: dict[str, list[str]] = {
@@ -115,6 +116,7 @@ EXPECTED: dict[str, list[str]] = {
         "text_tokens",
         "eos",
     ],
+    "wait": ["hangover_ms", "lag_ms", "flush_ms", "total_ms"],
 }
 
 # fields that may legitimately be zero (counts of what a random model says)
@@ -227,6 +229,23 @@ def test_report_is_consistent(report: dict[str, Any], tiny_model_dir: Path) -> N
     assert 0 < m["mapped_bytes"] <= m["weight_bytes"]
     assert report["stream"]["flush_positions"] >= 17
     assert report["stream"]["flush_positions"] <= d["positions"]
+    # the modelled wait: the daemon's hangover, the lag at real time, this run's flush
+    w = report["wait"]
+    assert w["hangover_ms"] == EndpointSettings().hangover_ms
+    assert w["flush_ms"] == report["stream"]["flush_ms"]
+    assert w["total_ms"] == pytest.approx(w["hangover_ms"] + w["lag_ms"] + w["flush_ms"])
+    # at least the last chunk's feed, at most every chunk's (all behind from the start)
+    assert 0 < w["lag_ms"] <= report["stream"]["feed_s"] * 1e3
+
+
+def test_realtime_lag() -> None:
+    # 80 ms chunks that take 50 ms: the engine keeps up, the lag is the last chunk's time
+    assert bench.realtime_lag_ms([0.08, 0.16, 0.24], [50.0, 50.0, 50.0]) == pytest.approx(50.0)
+    # 100 ms each: done at 0.18, 0.28, 0.38 s; the last chunk arrived at 0.24 s
+    assert bench.realtime_lag_ms([0.08, 0.16, 0.24], [100.0] * 3) == pytest.approx(140.0)
+    # a slow first chunk (the prompt's prefill) is caught up with later
+    assert bench.realtime_lag_ms([0.08, 0.16, 0.24], [150.0, 10.0, 10.0]) == pytest.approx(10.0)
+    assert bench.realtime_lag_ms([], []) == 0.0
 
 
 def test_text_report(tiny_model_dir: Path) -> None:
@@ -238,6 +257,7 @@ def test_text_report(tiny_model_dir: Path) -> None:
     text = bench.format_report(r)
     for label in ("memory read bandwidth", "FMA peak", "decoder step", "flush latency", "-> board"):
         assert label in text
+    assert "end-of-utterance wait" in text and "hangover 700 ms" in text
     assert r["decoder"]["passes"] <= r["decoder"]["positions"]
     no_peak, board = r["projections"]
     assert no_peak["compute_s_per_audio_s"] is None
@@ -338,6 +358,9 @@ def test_add_cli_registers_bench() -> None:
 
     assert args.interval_ms == EngineSettings.model_fields["interval_ms"].default
     assert args.delay_ms == EngineSettings.model_fields["delay_ms"].default
+    assert args.hangover_ms == EndpointSettings().hangover_ms
+    args = parser.parse_args(["bench", "--model-dir", "d", "--hangover-ms", "-1"])
+    assert args.func(args) == 2  # refused before any work
 
 
 def test_speculation_is_reported(tiny_model_dir: Path) -> None:

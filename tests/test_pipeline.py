@@ -10,10 +10,14 @@ duration: every wait polls with a generous deadline.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import io
 import json
+import logging
+import math
 import os
+import queue
 import shutil
 import threading
 import time
@@ -35,15 +39,23 @@ from voxd.audio import Capture
 from voxd.config import (
     AudioSettings,
     DiscoverySettings,
+    EndpointSettings,
     EngineSettings,
     MqttSettings,
     ServiceSettings,
     Settings,
 )
-from voxd.devmodel import ENC_PREFIX, TensorPlan, read_safetensors, write_safetensors
-from voxd.endpoint import SpeechJudge
-from voxd.engine import Engine
-from voxd.events import StateChanged, TranscriptDelta, TranscriptFinal
+from voxd.devmodel import (
+    ENC_PREFIX,
+    TINY,
+    TensorPlan,
+    make_model,
+    read_safetensors,
+    write_safetensors,
+)
+from voxd.endpoint import Audio, Endpointer, SpeechEnd, SpeechJudge
+from voxd.engine import Engine, transcribe
+from voxd.events import StateChanged, Stats, TranscriptDelta, TranscriptFinal
 from voxd.mqtt import MqttSink, Topics
 from voxd.pipeline import ArraySource, Pipeline, StdoutSink
 from voxd.resample import resample
@@ -282,7 +294,9 @@ def check_final(final: dict[str, Any], spoken_s: float, site: str, reason: str =
         spoken_s - AUDIO_SLACK_BELOW_S <= final["audio_seconds"] <= spoken_s + AUDIO_SLACK_ABOVE_S
     )
     assert final["ended_at"] >= final["started_at"] > 1e9
-    assert final["latency_s"] >= 0
+    assert final["latency_s"] >= final["hangover_s"] >= 0
+    parts = final["hangover_s"] + final["lag_s"] + final["flush_s"]
+    assert final["latency_s"] == pytest.approx(parts, abs=1e-9)
     assert final["token_ids"]
     assert {"encoder_ms", "decoder_ms", "real_time_factor"} <= final["engine"].keys()
     assert final["engine"]["real_time_factor"] > 0
@@ -792,6 +806,9 @@ def test_model_eos_ends_the_utterance_and_the_speech_goes_on(
     finals = recorder.of(TranscriptFinal)
     assert finals and finals[0].reason == "model_eos" and finals[0].text
     assert finals[0].token_ids[-1] == engine.info.eos_id
+    # The model decided on the audio it had: no hangover, all of its wait is lag and flush.
+    check_wait(finals[0])
+    assert finals[0].hangover_s == 0
     assert len({f.utterance_id for f in finals}) == len(finals)
     # After the EOS the speech goes on as a new utterance, without a pass through idle.
     seen = [s.state for s in recorder.of(StateChanged)]
@@ -800,3 +817,205 @@ def test_model_eos_ends_the_utterance_and_the_speech_goes_on(
     for final in finals:
         deltas = [d for d in recorder.of(TranscriptDelta) if d.utterance_id == final.utterance_id]
         assert "".join(d.text for d in deltas).strip() == final.text
+
+
+# -- an engine slower than the audio: the backlog ----------------------------------------------
+
+# A random model about 20 times the tiny one's work per second of audio (a real
+# model, run on one thread): a few times faster than real time here, but far
+# slower than a source that plays audio at FLOOD_SPEED times real time.
+SLOW = dataclasses.replace(
+    TINY,
+    name="slow",
+    dim=384,
+    n_layers=4,
+    head_dim=64,
+    hidden_dim=1024,
+    n_heads=6,
+    n_kv_heads=2,
+    sliding_window=200,
+    enc_dim=384,
+    enc_layers=6,
+    enc_head_dim=64,
+    enc_hidden_dim=1024,
+    enc_heads=6,
+    enc_kv_heads=6,
+    enc_window=200,
+)
+FLOOD_SPEED = 20.0
+
+
+@pytest.fixture(scope="module")
+def slow_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    out = tmp_path_factory.mktemp("slow_model")
+    make_model(out, SLOW, seed=3)
+    with Engine(out, threads=1) as e:
+        yield e
+
+
+class FloodSource:
+    """Capture's contract with a microphone that plays ``speed`` times faster than real time.
+
+    A producer thread puts 20 ms blocks on a schedule into a queue of
+    ``queue_seconds``, as Capture's PortAudio callback does: a block that finds
+    the queue full is dropped and counted as an overrun. A reader that falls
+    behind by more than the queue loses audio, as on a board whose pipeline
+    does not keep up.
+    """
+
+    BLOCK = RATE // 50
+
+    def __init__(self, audio: np.ndarray, queue_seconds: float, speed: float) -> None:
+        self._blocks = [audio[i : i + self.BLOCK] for i in range(0, len(audio), self.BLOCK)]
+        self.capacity = math.ceil(queue_seconds * RATE / self.BLOCK)
+        self._queue: queue.Queue[np.ndarray] = queue.Queue(self.capacity)
+        self._speed = speed
+        self._overruns = 0
+        self._stop = threading.Event()
+        self.played = threading.Event()
+        self._thread = threading.Thread(target=self._play, name="flood-mic", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5.0)
+
+    def _play(self) -> None:
+        t0 = time.monotonic()
+        for k, block in enumerate(self._blocks):
+            due = t0 + k * self.BLOCK / RATE / self._speed
+            if self._stop.wait(max(due - time.monotonic(), 0.0)):
+                return
+            try:
+                self._queue.put_nowait(block)
+            except queue.Full:
+                self._overruns += 1
+        self.played.set()
+
+    def read(self, timeout: float | None = None) -> np.ndarray | None:
+        try:
+            return self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+    @property
+    def overruns(self) -> int:
+        return self._overruns
+
+    @property
+    def reconnects(self) -> int:
+        return 0
+
+
+def utterances_of(audio: np.ndarray, settings: Settings) -> list[tuple[np.ndarray, str]]:
+    """The endpointer's utterances in ``audio``, offline: (their audio, end reason)."""
+    endpointer = Endpointer(settings.endpoint)
+    found: list[tuple[np.ndarray, str]] = []
+    pieces: list[np.ndarray] = []
+    for event in endpointer.process(audio) + endpointer.flush():
+        if isinstance(event, Audio):
+            pieces.append(event.samples)
+        elif isinstance(event, SpeechEnd):
+            found.append((np.concatenate(pieces), event.reason))
+            pieces = []
+    return found
+
+
+def check_wait(final: TranscriptFinal) -> None:
+    """latency_s is the whole wait from the end of speech; its parts add up to it."""
+    parts = (final.hangover_s, final.lag_s, final.flush_s)
+    assert all(p >= 0 for p in parts)
+    assert final.latency_s >= final.hangover_s
+    assert final.latency_s == pytest.approx(sum(parts), abs=1e-9)
+    json_keys = final.to_json().keys()
+    assert {"latency_s", "hangover_s", "lag_s", "flush_s"} <= json_keys
+
+
+def test_a_lagging_engine_gets_every_sample_of_the_utterance(
+    slow_engine: Engine, sentences: list[np.ndarray]
+) -> None:
+    long = sentences[2]
+    audio = np.concatenate([silence(LEAD_S), long, silence(GAP_S)])
+    settings = Settings(mqtt=MqttSettings(stats_interval_s=0.5))  # the shortest allowed
+    ((spoken, reason),) = utterances_of(audio, settings)
+    assert reason == "silence"
+    # Capture's queue holds much less than the utterance: a reader that waits
+    # for the engine would have to drop audio in the middle of it.
+    source = FloodSource(audio, queue_seconds=0.5, speed=FLOOD_SPEED)
+    assert source.capacity * FloodSource.BLOCK < len(spoken) / 2
+    recorder = Recorder()
+    pipeline = Pipeline(source, slow_engine, [recorder], settings=settings)
+    pipeline.start()
+    try:
+        wait_until(source.played.is_set, WAIT_S, "the source to play everything")
+        wait_until(lambda: recorder.of(TranscriptFinal), WAIT_S, "the final")
+        wait_until(lambda: pipeline.engine_lag_s == 0, WAIT_S, "the engine to catch up")
+        wait_until(
+            lambda: [s for s in recorder.of(Stats) if s.engine_lag_s == 0 and s.utterances],
+            WAIT_S,
+            "stats after the final",
+        )
+    finally:
+        pipeline.stop()
+    assert source.overruns == 0
+    (final,) = recorder.of(TranscriptFinal)
+    assert final.reason == "silence"
+    # Every sample reached the engine: the same audio and tokens as offline.
+    assert round(final.audio_seconds * RATE) == len(spoken)
+    text, token_ids = transcribe(slow_engine, spoken, delay_ms=settings.engine.delay_ms)
+    assert list(final.token_ids) == token_ids
+    assert final.text == text
+    check_wait(final)
+    stats = recorder.of(Stats)
+    assert all(s.engine_lag_s >= 0 and "engine_lag_s" in s.to_json() for s in stats)
+    print(f"most engine lag in the stats: {max(s.engine_lag_s for s in stats):.2f} s")
+
+
+def test_b_an_engine_a_whole_backlog_behind_ends_the_utterance_early(
+    slow_engine: Engine, sentences: list[np.ndarray], caplog: pytest.LogCaptureFixture
+) -> None:
+    # A sentence, then continuous speech twice the utterance limit, all at
+    # once: the engine is still on the first utterance when the second one
+    # fills the backlog (the limit plus a second). The first utterance is
+    # longer than that second, so the cut comes before the limit would split.
+    settings = Settings(endpoint=EndpointSettings(max_utterance_s=5.0))
+    speech = np.concatenate([sentences[2], sentences[1], sentences[2]])
+    audio = np.concatenate([silence(LEAD_S), sentences[1], silence(GAP_S), speech, silence(GAP_S)])
+    cut = utterances_of(audio, settings)[1][0]  # the second utterance, the one cut short
+    source = ArraySource()
+    recorder = Recorder()
+    pipeline = Pipeline(source, slow_engine, [recorder], settings=settings)
+    pipeline.start()
+    try:
+        source.push(audio)
+        wait_until(lambda: source.pending == 0, WAIT_S, "audio read")
+        wait_until(lambda: pipeline.engine_lag_s == 0, WAIT_S, "the engine to catch up")
+        wait_until(lambda: pipeline.state == "idle", WAIT_S, "idle")
+        before = len(recorder.of(TranscriptFinal))
+        # The next utterance is transcribed as usual.
+        source.push(sentences[1])
+        source.push(silence(GAP_S))
+        wait_until(lambda: len(recorder.of(TranscriptFinal)) > before, WAIT_S, "the next final")
+    finally:
+        pipeline.stop()
+    finals = recorder.of(TranscriptFinal)
+    assert finals[0].reason == "silence"
+    assert finals[1].reason == "backlog" and finals[1].text
+    # Cut where its queued audio stopped, without a hole: the start of the utterance.
+    n = round(finals[1].audio_seconds * RATE)
+    assert 0 < n < len(cut)
+    text, token_ids = transcribe(slow_engine, cut[:n], delay_ms=settings.engine.delay_ms)
+    assert list(finals[1].token_ids) == token_ids and finals[1].text == text
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("backlog" in w for w in warnings)
+    check_final(finals[-1].to_json(), seconds(sentences[1]), "default")
+    for final in finals:
+        check_wait(final)
+    assert [f.started_at for f in finals] == sorted(f.started_at for f in finals)
+    assert len({f.utterance_id for f in finals}) == len(finals)

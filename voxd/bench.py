@@ -19,8 +19,13 @@ compares figures taken side by side (same threads, same build):
   of the read bandwidth (the decoder at batch 1 is bandwidth bound: the
   "roofline" fraction), decoder passes vs positions (pad speculation batches
   several positions into one pass);
-* end of utterance: the latency of ``flush()`` after the last chunk, and the
-  real-time factor of the whole run;
+* end of utterance: the latency of ``flush()`` after the last chunk, the
+  real-time factor of the whole run, and the wait a speaker would have
+  after the end of speech, modelled as the daemon's final reports it
+  (``latency_s`` = ``hangover_s`` + ``lag_s`` + ``flush_s``): the configured
+  hangover (``--hangover-ms``, the daemon's by default), plus the lag (this
+  run's chunk times replayed as if the audio came in real time: how far the
+  engine is behind when the last chunk has been spoken), plus the flush;
 * projections for other boards (``--project NAME=GBPS[,GFLOPS]``; a Raspberry
   Pi 5 and a Jetson Orin Nano by default), spec section 10's cost model with
   this run's figures: a decoder step takes bytes per step / bandwidth (at
@@ -89,7 +94,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from voxd.config import EngineSettings
+from voxd.config import EndpointSettings, EngineSettings
 from voxd.engine import Engine, ModelInfo, Stream, StreamStats, TokenEvent, library
 
 SAMPLE_RATE = 16000
@@ -446,6 +451,23 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b > 0 else 0.0
 
 
+def realtime_lag_ms(arrivals_s: Sequence[float], chunk_ms: Sequence[float]) -> float:
+    """How far behind the engine is when the last chunk has arrived, fed in real time.
+
+    Chunk i arrives at ``arrivals_s[i]`` (when its audio has been spoken) and
+    takes ``chunk_ms[i]`` (as measured); the engine starts on it once it has
+    arrived and the chunk before is done. The lag is the time from the last
+    arrival (the daemon's end decision: the hangover's audio is the
+    utterance's last) to the engine being done with that chunk: at least its
+    own feed time, more when the engine was behind.
+    """
+    done = 0.0
+    for arrived, ms in zip(arrivals_s, chunk_ms, strict=True):
+        done = max(done, arrived) + ms / 1e3
+    last = arrivals_s[-1] if arrivals_s else 0.0
+    return max(done - last, 0.0) * 1e3
+
+
 def _prefill(stream: Stream) -> tuple[float, StreamStats]:
     t0 = time.perf_counter()
     stream.feed(np.zeros(0, dtype=np.float32))
@@ -464,6 +486,7 @@ def run_bench(
     kv_f32: bool = False,
     membw_bytes: int = 1 << 30,
     projections: Sequence[Projection] = (),
+    hangover_ms: int = EndpointSettings().hangover_ms,
 ) -> dict[str, Any]:
     """Run the benchmark; returns the report as a JSON-ready dict."""
     weights = summarize_weights(model_dir)
@@ -520,6 +543,10 @@ def run_bench(
     fma_peak = max(fma_before, fma_after)
 
     audio_s = x.size / SAMPLE_RATE
+    arrivals = [
+        min(i + CHUNK_SAMPLES, x.size) / SAMPLE_RATE for i in range(0, x.size, CHUNK_SAMPLES)
+    ]
+    lag_ms = realtime_lag_ms(arrivals, chunk_ms)
     run = _delta(pre, end)  # everything after the left padding: feeds + flush
     flushed = _delta(fed, end)
 
@@ -707,6 +734,13 @@ def run_bench(
             "text_tokens": text_tokens,
             "eos": eos,
         },
+        # the wait after the end of speech, as the daemon's final reports it
+        "wait": {
+            "hangover_ms": float(hangover_ms),
+            "lag_ms": lag_ms,
+            "flush_ms": flush_ms,
+            "total_ms": hangover_ms + lag_ms + flush_ms,
+        },
         "projections": proj_out,
     }
 
@@ -728,7 +762,7 @@ def _spread(section: dict[str, Any], key: str) -> str:
 
 def format_report(r: dict[str, Any]) -> str:
     m, mo, a, pf = r["machine"], r["model"], r["audio"], r["prefill"]
-    e, d, s = r["encoder"], r["decoder"], r["stream"]
+    e, d, s, w = r["encoder"], r["decoder"], r["stream"], r["wait"]
     rows: list[tuple[str, str]] = [
         ("cpu", f"{m['cpu_model']} ({m['arch']}, {m['cores']} cores, {m['threads']} threads)"),
         (
@@ -796,6 +830,12 @@ def format_report(r: dict[str, Any]) -> str:
             f"{s['flush_passes']} passes: encoder {s['flush_encoder_ms']:.0f} ms, "
             f"decoder {s['flush_decoder_ms']:.0f} ms)",
         ),
+        (
+            "end-of-utterance wait",
+            f"{w['total_ms']:.0f} ms modelled = hangover {w['hangover_ms']:.0f} ms (configured) "
+            f"+ lag {w['lag_ms']:.0f} ms (these chunk times at real time) "
+            f"+ flush {w['flush_ms']:.0f} ms",
+        ),
         ("real-time factor", f"{s['rtf']:.2f}"),
         ("tokens", f"{s['tokens']} ({s['text_tokens']} text){', EOS' if s['eos'] else ''}"),
     ]
@@ -836,6 +876,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.seconds <= 0:
         print("voxd bench: --seconds must be > 0", file=sys.stderr)
         return 2
+    if args.hangover_ms < 0:
+        print("voxd bench: --hangover-ms must be >= 0", file=sys.stderr)
+        return 2
     try:
         audio, source = load_audio(args.audio, args.seconds)
     except (OSError, ValueError) as exc:
@@ -864,6 +907,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             kv_f32=args.kv_f32,
             membw_bytes=int(args.membw_mb * (1 << 20)),
             projections=projections,
+            hangover_ms=args.hangover_ms,
         )
     except (OSError, RuntimeError, MemoryError, ValueError) as exc:
         print(f"voxd bench: {exc}", file=sys.stderr)
@@ -927,6 +971,15 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "--kv-f32",
         action="store_true",
         help="keep the KV caches in float32 instead of fp16 (twice the bytes)",
+    )
+    hangover = EndpointSettings().hangover_ms
+    p.add_argument(
+        "--hangover-ms",
+        type=int,
+        default=hangover,
+        metavar="MS",
+        help=f"endpointer hangover for the modelled end-of-utterance wait "
+        f"(default: the daemon's, {hangover})",
     )
     p.add_argument(
         "--membw-mb",

@@ -41,7 +41,12 @@ class TranscriptDelta:
     utterance_id: str
     seq: int  # 0, 1, 2 ... within the utterance
     text: str  # only complete characters; may start with a space
-    audio_time: float  # seconds from the utterance start this piece stands for
+    # Where in the utterance's audio this piece came out, in seconds from its
+    # first sample (pre-roll included): the end of the 80 ms position the
+    # decoder was at, so its words were spoken up to the decoder delay
+    # (engine.delay_ms) before that. A place in the audio, not a time of day
+    # and not a wait: a lagging engine publishes the piece later, same value.
+    audio_time: float
     end: Literal["dropped"] | None = None  # set only on a closing delta
     reason: DropReason | None = None  # why it was dropped (closing delta only)
 
@@ -70,17 +75,31 @@ class TranscriptFinal:
     while the broker was away, instead of going out at once) and ``age_s``
     (float: seconds from the final's creation to that publish). A consumer
     acting on commands can ignore finals that are too old.
+
+    ``latency_s`` is the wait a speaker has: from the end of speech
+    (``ended_at``) to the final being ready, in three parts that add up to
+    it: ``hangover_s`` (end of speech -> the end was decided: the
+    endpointer's silence hangover, or ~0 for a command, a cut or the model's
+    EOS), ``lag_s`` (decided -> the engine had been fed all of the
+    utterance's audio: how far the engine was behind) and ``flush_s`` (the
+    engine's flush, which decodes the audio still held back, and the final's
+    assembly).
     """
 
     utterance_id: str
     text: str
     started_at: float  # wall clock (unix seconds) of the first speech sample
-    ended_at: float  # wall clock of the end of speech
+    ended_at: float  # wall clock of the end of speech (of the last voiced frame)
     audio_seconds: float  # seconds of audio fed for this utterance
-    latency_s: float  # end of speech -> final ready
-    reason: str = "silence"  # silence | max_length | command | shutdown | model_eos
+    latency_s: float  # end of speech -> final ready: hangover_s + lag_s + flush_s
+    # silence | max_length | command | shutdown | model_eos | mic_lost | backlog
+    # (backlog: the engine fell a whole backlog behind; the rest of that speech is lost)
+    reason: str = "silence"
     token_ids: tuple[int, ...] = ()
     engine: dict[str, float] = field(default_factory=dict)
+    hangover_s: float = 0.0  # end of speech -> end decided
+    lag_s: float = 0.0  # end decided -> engine caught up with the audio
+    flush_s: float = 0.0  # engine caught up -> final ready
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -100,10 +119,14 @@ class StateChanged:
 class Stats:
     uptime_s: float
     real_time_factor: float  # engine seconds per audio second (lower is faster)
-    queue_depth: int
-    overruns: int
+    queue_depth: int  # capture blocks waiting to be read
+    overruns: int  # capture blocks dropped because nobody read them in time
     utterances: int
     mic_reconnects: int
+    # Seconds of audio read from the microphone that the engine has not taken
+    # in yet (waiting in the backlog, or in the feed call under way): how far
+    # transcription is behind the speaker.
+    engine_lag_s: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
