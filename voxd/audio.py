@@ -47,7 +47,6 @@ import queue
 import struct
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -412,7 +411,8 @@ class Capture:
         # Streams found running faster than real time: their queued blocks are
         # dropped unread (a few suffice: each such stream floods the queue and
         # is replaced at the next reopen).
-        self._unpaced: deque[_StreamFormat] = deque(maxlen=4)
+        # A tuple, replaced whole, so the reader never sees it change mid-lookup.
+        self._unpaced: tuple[_StreamFormat, ...] = ()
         self._open_lock = threading.Lock()
         self._status: MicStatus | None = None
         self._overruns = 0
@@ -559,7 +559,7 @@ class Capture:
                 delay = self.settings.reconnect_min_s
             self._set_lost(error, delay)  # report first: closing may take a while
             self._release(stream.pa, stream.stream)
-        else:
+        elif not self._stop.is_set():  # (an open cut short by stop() is no loss)
             self._set_lost(error, delay)
         return delay
 
@@ -736,12 +736,16 @@ class Capture:
     def _watch(self, s: _Stream) -> str:
         """Wait while the stream is healthy; returns why it is not."""
         poll = min(0.1, self.stall_timeout_s / 4.0)
+        # Stall and pace are judged from now: an open that was blocked may
+        # have completed long after the stream object was made.
+        s.opened_at = s.window_t = time.monotonic()
+        s.window_frames = s.frames
         while not self._stop.wait(poll):
             last = s.last_data
             lying = s.pace_violation(time.monotonic()) if self.pace_check else None
             if lying is not None:
                 s.paced = False
-                self._unpaced.append(s.fmt)
+                self._unpaced = (*self._unpaced[-3:], s.fmt)
                 return lying
             if last is not None and self._status != "ok":
                 if self._status == "mic_lost":
