@@ -415,6 +415,7 @@ def test_device_faster_than_real_time_is_lost_until_a_live_one_appears(
             # Longer than a pace window of live audio: a real-time stream is never lost.
             got = read_samples(cap, int(RATE * (PACE_WINDOW_S + 2)), timeout=60.0)
             assert status.seen == ["mic_lost", "ok"]
+        fifo.hang_up()  # end-of-file unblocks the read, so the stream closes at once
     assert np.abs(got[-RATE:]).max() > 0.2  # the tone, not the file device's zeros
 
 
@@ -452,6 +453,7 @@ def test_blocked_open_is_abandoned_reported_and_recovered(
             got = read_samples(cap, RATE // 4)
             assert np.abs(got).max() > 0.2
         finally:
+            fifo.reconnect()  # a writer unblocks an open still waiting (if the test failed)
             fifo.hang_up()  # end-of-file unblocks any read, so the stream can close
             cap.stop()
     assert openers_alive() == 0 or wait_for(lambda: openers_alive() == 0)

@@ -229,15 +229,24 @@ def _loaded(soname: str) -> ctypes.CDLL | None:
 _library_messages = _LibraryMessages()
 
 
+# Pa_Initialize and Pa_Terminate are not thread-safe: two captures (or a
+# capture and `voxd devices`) must not run them at once.
+_portaudio_lock = threading.Lock()
+
+
 def _start_portaudio() -> Any:
-    """A fresh PyAudio instance (PortAudio enumerates the devices now), probe noise muted."""
+    """A fresh PyAudio instance (PortAudio enumerates the devices now), probe noise muted.
+
+    PortAudio counts initialisations: it enumerates afresh only when no
+    other instance in the process is still alive.
+    """
     pyaudio = _import_pyaudio()
-    with _library_messages.probe():
+    with _portaudio_lock, _library_messages.probe():
         return pyaudio.PyAudio()
 
 
 def _stop_portaudio(pa: Any) -> None:
-    with _library_messages.probe():
+    with _portaudio_lock, _library_messages.probe():
         pa.terminate()
 
 
