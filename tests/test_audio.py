@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import struct
+import subprocess
+import sys
 import threading
 import time
 import wave
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-from fixtures_audio import AlsaSandbox
+from fixtures_audio import AlsaFifoDevice, AlsaSandbox
 from speech import have_espeak, synth
 
 from voxd.audio import (
+    PACE_WINDOW_S,
     Capture,
     DeviceInfo,
     DeviceNotFoundError,
@@ -27,6 +32,12 @@ from voxd.config import AudioSettings
 from voxd.resample import resample
 
 RATE = 16000
+REPO = Path(__file__).resolve().parent.parent
+
+# The file devices' null slave paces nothing: they "record" at CPU speed, which
+# Capture's pace check rightly calls a lying device. Tests that use them as a
+# working microphone turn the check off (pace_check=False); the tests of the
+# check itself keep it on.
 
 
 def wait_for(cond: Callable[[], bool], timeout: float = 20.0) -> bool:
@@ -136,7 +147,7 @@ def test_capture_16k_mono_gives_the_spoken_audio(
     dev = alsa_sandbox.add_file_device("voxtest_mono16k", speech, 16000)
     status = StatusLog()
     settings = AudioSettings(device="mono16k", sample_rate=16000, channels=1)
-    with Capture(settings, on_status=status) as cap:
+    with Capture(settings, on_status=status, pace_check=False) as cap:
         got = read_samples(cap, len(speech))
         assert wait_for(lambda: status.has("ok"))
         assert cap.device is not None and cap.device.name == "voxtest_mono16k"
@@ -155,7 +166,7 @@ def test_capture_48k_stereo_is_resampled_and_channels_handled(
     alsa_sandbox.add_file_device("voxtest_mono16k", speech, 16000)  # a decoy
     for channel, expected in ((0, speech), (1, resample(right, 48000)), ("mix", None)):
         settings = AudioSettings(device="stereo48", sample_rate=48000, channels=2, channel=channel)
-        with Capture(settings) as cap:
+        with Capture(settings, pace_check=False) as cap:
             got = read_samples(cap, len(speech))
             assert cap.device is not None and cap.device.name == "voxtest_stereo48k"
         if expected is None:
@@ -174,7 +185,7 @@ def test_gain_is_applied_and_clipped(alsa_sandbox: AlsaSandbox) -> None:
     x = (0.3 * np.sin(2 * np.pi * 440 * np.arange(RATE) / RATE)).astype(np.float32)
     dev = alsa_sandbox.add_file_device("voxtest_tone", x, 16000)
     settings = AudioSettings(device="voxtest_tone", sample_rate=16000, channels=1, gain_db=12.0)
-    with Capture(settings) as cap:
+    with Capture(settings, pace_check=False) as cap:
         got = read_samples(cap, RATE)
     expected = np.clip(dev.samples[:, 0] * 10 ** (12 / 20), -1, 1)
     assert np.allclose(got, expected, atol=1e-6)
@@ -189,7 +200,7 @@ def test_overruns_are_counted_and_early_audio_kept(
     settings = AudioSettings(
         device="voxtest_fast", sample_rate=16000, channels=1, queue_seconds=0.5
     )
-    with Capture(settings) as cap:
+    with Capture(settings, pace_check=False) as cap:
         assert wait_for(lambda: cap.overruns > 0)
         # Dropping happens at the tail: the first queue_seconds stay whole and in order.
         got = read_samples(cap, RATE // 2)
@@ -198,7 +209,7 @@ def test_overruns_are_counted_and_early_audio_kept(
 
 
 def test_default_device_when_none_configured(alsa_sandbox: AlsaSandbox) -> None:
-    with Capture(AudioSettings(sample_rate=16000, channels=1)) as cap:
+    with Capture(AudioSettings(sample_rate=16000, channels=1), pace_check=False) as cap:
         block = read_samples(cap, 1600)
         assert cap.device is not None and cap.device.name == "default"
     # (the null device's capture data is whatever its buffer holds: not checked)
@@ -218,7 +229,7 @@ def test_missing_device_is_reported_retried_and_recovered(
         reconnect_min_s=0.05,
         reconnect_max_s=0.2,
     )
-    with Capture(settings, on_status=status) as cap:
+    with Capture(settings, on_status=status, pace_check=False) as cap:
         assert wait_for(lambda: status.has("mic_lost"))
         assert wait_for(lambda: cap.attempts >= 4)  # keeps trying, never gives up
         assert cap.read(timeout=0.2) is None
@@ -273,7 +284,7 @@ def test_broken_status_listener_does_not_stop_capture(
         raise RuntimeError("listener bug")
 
     settings = AudioSettings(device="mono16k", sample_rate=16000, channels=1)
-    with Capture(settings, on_status=listener) as cap:
+    with Capture(settings, on_status=listener, pace_check=False) as cap:
         assert wait_for(lambda: cap.status == "ok")
         assert len(read_samples(cap, 1600)) == 1600
 
@@ -289,6 +300,196 @@ def test_channel_beyond_device_is_a_clear_error(
     with caplog.at_level("WARNING", logger="voxd.audio"), Capture(settings, on_status=status):
         assert wait_for(lambda: status.has("mic_lost"))
     assert "audio.channel = 1 but the stream has only 1 channel(s)" in caplog.text
+
+
+def add_mono_device(box: AlsaSandbox, name: str, source: str) -> None:
+    """A device with exactly one input channel: ALSA's multi plugin binding one
+    channel of ``source`` (file devices themselves take any channel count)."""
+    box.config_path.write_text(
+        box.config_path.read_text()
+        + f'pcm.{name} {{\n    type multi\n    slaves.a.pcm "{source}"\n'
+        "    slaves.a.channels 1\n    bindings.0.slave a\n    bindings.0.channel 0\n}\n"
+    )
+
+
+def capture_thread_alive() -> bool:
+    return any(t.name == "voxd-capture" and t.is_alive() for t in threading.enumerate())
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"channel": 3}, "audio.channel = 3 but the stream has only 1 channel(s) ("),
+        ({"channel": 3, "channels": 1}, "audio.channel = 3 but the stream has only 1 channel(s)"),
+        ({"channels": 2}, "audio.channels = 2 but 'voxtest_mono' has only 1 input channel(s)"),
+    ],
+)
+def test_channel_beyond_a_mono_device_is_reported_as_mic_lost_and_retried(
+    alsa_sandbox: AlsaSandbox,
+    speech: np.ndarray,
+    caplog: pytest.LogCaptureFixture,
+    options: dict[str, Any],
+    message: str,
+) -> None:
+    alsa_sandbox.add_file_device("voxtest_any", speech, 16000)
+    add_mono_device(alsa_sandbox, "voxtest_mono", "voxtest_any")
+    assert {d.name: d.max_input_channels for d in list_input_devices()}["voxtest_mono"] == 1
+    settings = AudioSettings(
+        device="voxtest_mono", sample_rate=16000, reconnect_min_s=0.05, reconnect_max_s=0.1,
+        **options,
+    )  # fmt: skip
+    status = StatusLog()
+    with caplog.at_level("INFO", logger="voxd.audio"), Capture(settings, on_status=status) as cap:
+        assert wait_for(lambda: status.has("mic_lost"))
+        assert wait_for(lambda: cap.attempts >= 3)  # retried with backoff, thread still alive
+        assert capture_thread_alive()
+        assert cap.read(timeout=0.1) is None
+    assert message in caplog.text
+    assert "'voxtest_mono' offers 1" in caplog.text or "has only 1 input channel" in caplog.text
+    assert status.seen == ["mic_lost"]
+
+
+class PacedWriter:
+    """Feeds a FIFO device a signal at real-time pace (20 ms chunks, looped), as a
+    live microphone would deliver it, until stopped."""
+
+    CHUNK = RATE // 50
+
+    def __init__(self, fifo: AlsaFifoDevice, signal: np.ndarray) -> None:
+        self.fifo = fifo
+        self.signal = signal
+        self.written = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="paced-writer", daemon=True)
+
+    def __enter__(self) -> PacedWriter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5.0)
+
+    def _run(self) -> None:
+        assert self.fifo.fd is not None
+        os.set_blocking(self.fifo.fd, False)  # a full pipe drops audio, as a room would
+        start, sent = time.monotonic(), 0
+        while not self._stop.is_set():
+            due = int((time.monotonic() - start) * RATE / self.CHUNK) + 1
+            while sent < due:
+                at = sent * self.CHUNK % len(self.signal)
+                chunk = np.resize(self.signal[at:], self.CHUNK)
+                try:
+                    self.fifo.write(chunk)
+                    self.written += len(chunk)
+                except BlockingIOError:
+                    pass
+                sent += 1
+            time.sleep(0.005)
+
+
+def tone(seconds: float, hz: float = 300.0) -> np.ndarray:
+    t = np.arange(int(RATE * seconds)) / RATE
+    return (0.25 * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+
+
+def test_device_faster_than_real_time_is_lost_until_a_live_one_appears(
+    alsa_sandbox: AlsaSandbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file device runs past its end at CPU speed (zeros); it is no microphone."""
+    alsa_sandbox.add_file_device("voxtest_mic", tone(0.5), 16000)
+    status = StatusLog()
+    settings = AudioSettings(
+        device="voxtest_mic", sample_rate=16000, channels=1,
+        reconnect_min_s=0.05, reconnect_max_s=0.5,
+    )  # fmt: skip
+    with caplog.at_level("INFO", logger="voxd.audio"), Capture(settings, on_status=status) as cap:
+        assert wait_for(lambda: status.has("mic_lost"))
+        assert wait_for(lambda: cap.attempts >= 3)  # reopened with backoff, found lying again
+        assert "faster than real time" in caplog.text
+        assert cap.status == "mic_lost"
+        # A live device takes its place: same name, paced by its writer.
+        fifo = alsa_sandbox.add_fifo_device("voxtest_mic")
+        with PacedWriter(fifo, tone(1.0, hz=440.0)):
+            assert wait_for(lambda: status.has("mic_lost", "ok"))
+            # Longer than a pace window of live audio: a real-time stream is never lost.
+            got = read_samples(cap, int(RATE * (PACE_WINDOW_S + 2)), timeout=60.0)
+            assert status.seen == ["mic_lost", "ok"]
+        fifo.hang_up()  # end-of-file unblocks the read, so the stream closes at once
+    assert np.abs(got[-RATE:]).max() > 0.2  # the tone, not the file device's zeros
+
+
+def test_blocked_open_is_abandoned_reported_and_recovered(
+    alsa_sandbox: AlsaSandbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A FIFO-backed device with no writer blocks open() (PortAudio's probe included)."""
+    fifo = alsa_sandbox.add_fifo_device("voxtest_fifo")
+    fifo.hang_up()  # no writer: opening the FIFO for reading blocks
+    status = StatusLog()
+    settings = AudioSettings(
+        device="voxtest_fifo", sample_rate=16000, channels=1,
+        reconnect_min_s=0.05, reconnect_max_s=0.2,
+    )  # fmt: skip
+    cap = Capture(settings, on_status=status, open_timeout_s=1.0)
+    openers: list[int] = []
+
+    def openers_alive() -> int:
+        n = sum(t.name == "voxd-capture-open" and t.is_alive() for t in threading.enumerate())
+        openers.append(n)
+        return n
+
+    with caplog.at_level("INFO", logger="voxd.audio"):
+        cap.start()
+        try:
+            assert wait_for(lambda: status.has("mic_lost"))
+            assert "did not finish within 1 s" in caplog.text
+            # Retries while the open stays blocked start no second open.
+            assert wait_for(lambda: openers_alive() >= 0 and len(openers) > 5 and cap.attempts >= 5)
+            assert max(openers) == 1
+            assert "still blocked" in caplog.text
+            fifo.reconnect()  # a writer appears: the blocked open completes
+            fifo.write(tone(0.5))
+            assert wait_for(lambda: status.has("mic_lost", "ok"))
+            got = read_samples(cap, RATE // 4)
+            assert np.abs(got).max() > 0.2
+        finally:
+            fifo.reconnect()  # a writer unblocks an open still waiting (if the test failed)
+            fifo.hang_up()  # end-of-file unblocks any read, so the stream can close
+            cap.stop()
+    assert openers_alive() == 0 or wait_for(lambda: openers_alive() == 0)
+
+
+def test_probe_noise_goes_to_the_log_not_stderr(
+    alsa_sandbox: AlsaSandbox, speech: np.ndarray
+) -> None:
+    """PortAudio's start makes ALSA and JACK print device-probe complaints to stderr."""
+    alsa_sandbox.add_file_device("voxtest_mono16k", speech, 16000)
+    # A config naming a card that does not exist: ALSA complains while PortAudio probes it.
+    alsa_sandbox.config_path.write_text(
+        alsa_sandbox.config_path.read_text() + "pcm.voxtest_nocard {\n    type hw\n    card 7\n}\n"
+    )
+    plain = "import pyaudio; pyaudio.PyAudio().terminate()"
+    ours = (
+        "import logging, sys; logging.basicConfig(level=logging.DEBUG, stream=sys.stdout);"
+        "from voxd.audio import list_input_devices, _library_messages;"
+        "print([d.name for d in list_input_devices()]);"
+        "print('probe', _library_messages.probe_messages)"
+    )
+    noisy = run_python(plain)
+    if not noisy.stderr.strip():
+        pytest.skip("PortAudio prints nothing at start here: no noise to silence")
+    quiet = run_python(ours)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "voxtest_mono16k" in quiet.stdout
+    assert quiet.stderr.strip() == ""  # nothing printed past voxd's logging
+    assert "DEBUG:voxd.audio:" in quiet.stdout  # the messages are in the log, at debug level
+    assert "probe 0" not in quiet.stdout
+
+
+def run_python(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
 
 
 # -- WAV files ---------------------------------------------------------------------------

@@ -68,11 +68,23 @@ def make_safetensors(tensors: dict[str, tuple[str, list[int], bytes]]) -> bytes:
     return struct.pack("<Q", len(blob)) + blob + data
 
 
+def random_f32(n: int) -> bytes:
+    """n random finite float32 values (random bytes would hold NaN/Inf, which
+    `voxd model check` rightly reports)."""
+    ints = struct.unpack(f"<{n}i", os.urandom(4 * n))
+    return struct.pack(f"<{n}f", *(i / 2**31 for i in ints))
+
+
+def random_bf16(n: int) -> bytes:
+    f32 = random_f32(n)
+    return b"".join(f32[i + 2 : i + 4] for i in range(0, len(f32), 4))  # the high halves
+
+
 def fake_model_files() -> dict[str, bytes]:
     weights = make_safetensors(
         {
-            "embed.weight": ("F32", [64, 256], os.urandom(64 * 256 * 4)),
-            "norm.weight": ("BF16", [256], os.urandom(512)),
+            "embed.weight": ("F32", [64, 256], random_f32(64 * 256)),
+            "norm.weight": ("BF16", [256], random_bf16(256)),
         }
     )
     return {

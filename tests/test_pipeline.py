@@ -253,7 +253,7 @@ def running(
     settings: Settings, engine: Engine, *extra_sinks: Any, judge: SpeechJudge | None = None
 ) -> Iterator[Running]:
     """Capture -> Pipeline -> MqttSink (+ extra sinks), wired as the daemon does."""
-    capture = Capture(settings.audio)
+    capture = Capture(settings.audio, pace_check=False)  # file devices run at CPU speed
     pipeline = Pipeline(capture, engine, extra_sinks, settings=settings, judge=judge)
     capture.on_status = pipeline.on_mic_status
     mqtt = MqttSink(settings.mqtt, settings.service.state_dir, on_command=pipeline.command)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -17,8 +18,12 @@ from types import TracebackType
 import numpy as np
 import numpy.typing as npt
 
+log = logging.getLogger(__name__)
+
 LIB_NAME = "libvoxd_engine.so"
 EVENT_TEXT_MAX = 256
+TENSOR_NAME_MAX = 192  # VX_TENSOR_NAME_MAX
+NONFINITE_REPORT_MAX = 64  # tensors listed by one check (the count covers all)
 
 VX_EVENT_TOKEN = 0
 VX_EVENT_UTTERANCE_END = 1
@@ -55,6 +60,14 @@ class _ModelInfo(ctypes.Structure):
         ("weight_bytes", ctypes.c_int64),
         ("backend", ctypes.c_char_p),
         ("n_threads", ctypes.c_int),
+    ]
+
+
+class _NonFinite(ctypes.Structure):
+    _fields_ = [
+        ("tensor", ctypes.c_char * TENSOR_NAME_MAX),
+        ("count", ctypes.c_int64),
+        ("first", ctypes.c_int64),
     ]
 
 
@@ -163,6 +176,17 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.vx_stream_debug_get.restype = c_int
     lib.vx_status_name.argtypes = [c_int]
     lib.vx_status_name.restype = ctypes.c_char_p
+    lib.vx_model_find_nonfinite.argtypes = [p, c_int, ctypes.POINTER(_NonFinite), c_size]
+    lib.vx_model_find_nonfinite.restype = ctypes.c_int64
+    lib.vx_weights_find_nonfinite.argtypes = [
+        ctypes.c_char_p,
+        ctypes.POINTER(_NonFinite),
+        c_size,
+        ctypes.POINTER(ctypes.c_int64),
+        ctypes.c_char_p,
+        c_size,
+    ]
+    lib.vx_weights_find_nonfinite.restype = c_int
 
 
 _lib: ctypes.CDLL | None = None
@@ -208,6 +232,54 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
+class NonFinite:
+    """A weight tensor holding NaN or Inf values."""
+
+    tensor: str
+    count: int  # non-finite values in the part scanned (Q8/Q4: 32 per bad block scale)
+    first: int  # flat element index of the first
+
+    def describe(self) -> str:
+        return (
+            f"tensor {self.tensor!r}: {self.count} non-finite value(s), "
+            f"first at element {self.first}"
+        )
+
+
+@dataclass(frozen=True)
+class NonFiniteScan:
+    """What a scan for NaN/Inf weights found: up to NONFINITE_REPORT_MAX tensors, and
+    how many tensors hold such values in all."""
+
+    tensors: tuple[NonFinite, ...]
+    total: int
+
+
+def _nonfinite_scan(found: int, buf: ctypes.Array[_NonFinite]) -> NonFiniteScan:
+    n = min(found, len(buf))
+    tensors = tuple(
+        NonFinite(buf[i].tensor.decode("utf-8", "replace"), buf[i].count, buf[i].first)
+        for i in range(n)
+    )
+    return NonFiniteScan(tensors, found)
+
+
+def find_nonfinite_weights(path: str | os.PathLike[str]) -> NonFiniteScan:
+    """Every value of every tensor of a safetensors file, checked for NaN/Inf
+    (``voxd model check``). EngineError when the engine cannot map the file."""
+    lib = library()
+    buf = (_NonFinite * NONFINITE_REPORT_MAX)()
+    found = ctypes.c_int64()
+    err = ctypes.create_string_buffer(1024)
+    st = lib.vx_weights_find_nonfinite(
+        os.fsencode(path), buf, len(buf), ctypes.byref(found), err, len(err)
+    )
+    if st != 0:
+        raise EngineError(err.value.decode("utf-8", "replace"), st)
+    return _nonfinite_scan(found.value, buf)
+
+
+@dataclass(frozen=True)
 class TokenEvent:
     """The decoder produced a token; `text` holds only complete characters."""
 
@@ -247,6 +319,23 @@ class StreamStats:
     encoder_passes: int  # weight passes of the encoder
 
 
+def _warn_nonfinite(model_dir: str | os.PathLike[str], scan: NonFiniteScan) -> None:
+    """Load succeeds with NaN/Inf weights, but transcripts come out empty: say so loudly."""
+    if not scan.total:
+        return
+    for t in scan.tensors[:8]:
+        log.warning("model weights in %s: %s", os.fspath(model_dir), t.describe())
+    more = f" ({scan.total - 8} more tensors not listed)" if scan.total > 8 else ""
+    log.warning(
+        "the model in %s has NaN/Inf weights in %d tensor(s)%s: transcripts will be empty or "
+        "wrong. Run `voxd model check` for a full scan, then fetch the model again "
+        "(`voxd model download`) or quantize it again from a good copy",
+        os.fspath(model_dir),
+        scan.total,
+        more,
+    )
+
+
 class Engine:
     """A loaded model. Streams made from it may run in different threads."""
 
@@ -269,6 +358,15 @@ class Engine:
         values["backend"] = (raw.backend or b"").decode()
         self.info = ModelInfo(**values)
         self._streams: list[Stream] = []
+        self.nonfinite = self.find_nonfinite(full=False)
+        _warn_nonfinite(model_dir, self.nonfinite)
+
+    def find_nonfinite(self, *, full: bool = False) -> NonFiniteScan:
+        """Tensors with NaN/Inf weights. ``full=False`` is the quick check done at
+        load (vectors in full, a few rows of each matrix); ``full=True`` reads every value."""
+        buf = (_NonFinite * NONFINITE_REPORT_MAX)()
+        found = self._lib.vx_model_find_nonfinite(self._ptr(), int(full), buf, len(buf))
+        return _nonfinite_scan(int(found), buf)
 
     def _ptr(self) -> ctypes.c_void_p:
         if self._handle is None:

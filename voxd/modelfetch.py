@@ -758,6 +758,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
         print(f"voxd model check: error: {exc}", file=sys.stderr)
         return 1
     problems = check_model(target, digests=digests)
+    if not problems:
+        problems = _nonfinite_problems(target / "consolidated.safetensors")
     for problem in problems:
         print(f"voxd model check: {problem}", file=sys.stderr)
     if problems:
@@ -769,6 +771,20 @@ def _cmd_check(args: argparse.Namespace) -> int:
         return 1
     print(f"model in {target} looks complete: {kind}")
     return 0
+
+
+def _nonfinite_problems(weights: Path) -> list[str]:
+    """Every tensor holding NaN/Inf values, from a full scan by the native engine."""
+    from voxd.engine import EngineError, find_nonfinite_weights  # the native library
+
+    try:
+        scan = find_nonfinite_weights(weights)
+    except EngineError as exc:
+        return [f"{weights.name}: cannot scan the weights: {exc}"]
+    found = [f"{weights.name}: {t.describe()} (NaN or Inf)" for t in scan.tensors]
+    if scan.total > len(scan.tensors):
+        found.append(f"{weights.name}: {scan.total - len(scan.tensors)} more tensors with NaN/Inf")
+    return found
 
 
 def _cmd_model_help(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:

@@ -78,6 +78,31 @@ VX_EXPORT void vx_model_get_info(const vx_model *m, vx_model_info *out);
 /* Bytes of token id's text (no NUL); NULL with *len 0 for control ids. */
 VX_EXPORT const char *vx_model_token_bytes(const vx_model *m, int id, int *len);
 
+/* Non-finite (NaN or Inf) weights: they load without complaint but make the
+ * decoder emit nothing, so callers check for them and warn. */
+#define VX_TENSOR_NAME_MAX 192
+#define VX_NONFINITE_SAMPLE_ROWS 4 /* rows of each matrix the quick check reads */
+typedef struct {
+    char tensor[VX_TENSOR_NAME_MAX]; /* the tensor's name (cut short if longer) */
+    int64_t count; /* non-finite values in the part scanned (Q8/Q4: 32 per block
+                    * whose fp16 scale is not finite) */
+    int64_t first; /* flat element index of the first of them */
+} vx_nonfinite;
+
+/* Look for non-finite values in a loaded model's weights. full = 0: the quick
+ * check (every vector in full, VX_NONFINITE_SAMPLE_ROWS rows of each matrix
+ * spread evenly, first and last included; Q8/Q4: those rows' block scales),
+ * cheap enough for every start; full = 1: every value. Fills up to max
+ * entries of out (may be NULL), in the file's tensor order, and returns how
+ * many tensors hold non-finite values (possibly more than max). */
+VX_EXPORT int64_t vx_model_find_nonfinite(const vx_model *m, int full, vx_nonfinite *out,
+                                          size_t max);
+/* The full scan of a safetensors file without loading a model (`voxd model
+ * check`): *n_found as above. Fails (err says why) when the file cannot be
+ * mapped or its header is invalid. */
+VX_EXPORT vx_status vx_weights_find_nonfinite(const char *path, vx_nonfinite *out, size_t max,
+                                              int64_t *n_found, char *err, size_t err_len);
+
 typedef struct {
     int delay_ms;     /* 80..2400 in steps of 80; 0 = default 480 */
     int interval_ms;  /* audio to batch before running the encoder; 0 = 80 (every position) */

@@ -347,3 +347,153 @@ const char *vx_status_name(vx_status st) {
     }
     return "unknown status";
 }
+
+/* -- non-finite weights ------------------------------------------------------
+ * NaN or Inf in a weight makes every output that reads it NaN: the decoder
+ * then emits nothing. Non-finite is an all-ones exponent, tested on the bit
+ * patterns (no conversion). Q8/Q4 values are finite integers times their
+ * block's fp16 scale, so the scales are what is checked there. */
+
+typedef struct {
+    int64_t count, first; /* non-finite values, flat index of the first */
+} nf_tally;
+
+static void nf_add(nf_tally *t, int64_t index, int64_t n) {
+    if (t->count == 0) t->first = index;
+    t->count += n;
+}
+
+#define NF_CHUNK 4096
+
+/* Elements [e0, e0 + n) of a tensor of plain floats (F32, F16, BF16, F64).
+ * Each chunk is counted first (a loop the compiler vectorises) and searched
+ * element by element only when it holds something. */
+static void nf_scan_plain(vx_dtype dt, const uint8_t *data, int64_t e0, int64_t n, nf_tally *t) {
+    const size_t es = vx_dtype_size(dt);
+    for (int64_t c0 = 0; c0 < n; c0 += NF_CHUNK) {
+        const int64_t len = n - c0 < NF_CHUNK ? n - c0 : NF_CHUNK;
+        const uint8_t *p = data + (size_t)(e0 + c0) * es;
+        int64_t bad = 0;
+        switch (dt) {
+        case VX_DT_F32:
+            for (int64_t i = 0; i < len; i++) {
+                uint32_t u;
+                memcpy(&u, p + 4 * i, 4);
+                bad += (u & 0x7f800000u) == 0x7f800000u;
+            }
+            break;
+        case VX_DT_F16:
+        case VX_DT_BF16: {
+            const uint16_t mask = dt == VX_DT_F16 ? 0x7c00u : 0x7f80u;
+            for (int64_t i = 0; i < len; i++) {
+                uint16_t u;
+                memcpy(&u, p + 2 * i, 2);
+                bad += (u & mask) == mask;
+            }
+            break;
+        }
+        case VX_DT_F64:
+            for (int64_t i = 0; i < len; i++) {
+                uint64_t u;
+                memcpy(&u, p + 8 * i, 8);
+                bad += (u & 0x7ff0000000000000ull) == 0x7ff0000000000000ull;
+            }
+            break;
+        default:
+            return;
+        }
+        if (!bad) continue;
+        int64_t at = 0;
+        for (; at < len; at++) { /* the first one in this chunk */
+            uint64_t u = 0;
+            memcpy(&u, p + (size_t)at * es, es); /* little-endian: the value's low bytes */
+            const int hit = dt == VX_DT_F32    ? (u & 0x7f800000u) == 0x7f800000u
+                            : dt == VX_DT_F16  ? (u & 0x7c00u) == 0x7c00u
+                            : dt == VX_DT_BF16 ? (u & 0x7f80u) == 0x7f80u
+                                               : (u & 0x7ff0000000000000ull) == 0x7ff0000000000000ull;
+            if (hit) break;
+        }
+        if (t->count == 0) t->first = e0 + c0 + at;
+        t->count += bad;
+    }
+}
+
+/* The block scales of row r of a Q8/Q4 [rows, cols] tensor: a non-finite
+ * scale makes the block's 32 values non-finite. */
+static void nf_scan_qrow(const vx_st_tensor *t, int64_t rows, int64_t cols, int64_t r,
+                         nf_tally *tl) {
+    const vx_qrow q = vx_q_row(t->dtype, t->data, rows, cols, r);
+    for (int64_t b = 0; b < cols / VX_QBLOCK; b++) {
+        uint16_t u;
+        memcpy(&u, q.scale + (size_t)b * q.stride, 2);
+        if ((u & 0x7c00u) == 0x7c00u) nf_add(tl, r * cols + b * VX_QBLOCK, VX_QBLOCK);
+    }
+}
+
+/* One tensor, viewed as [rows, cols] (cols = the last dim): all rows, or
+ * max_rows of them spread evenly (first and last included) when max_rows > 0.
+ * Integer tensors, and Q8/Q4 ones in a layout this build does not know, are
+ * skipped. */
+static nf_tally nf_scan_tensor(const vx_safetensors *st, const vx_st_tensor *t, int64_t max_rows) {
+    nf_tally tl = {0, -1};
+    const int block = vx_dt_is_block(t->dtype);
+    const int plain = t->dtype == VX_DT_F32 || t->dtype == VX_DT_F16 || t->dtype == VX_DT_BF16 ||
+                      t->dtype == VX_DT_F64;
+    if (!block && !plain) return tl;
+    if (block && (!st->q_layout || strcmp(st->q_layout, VX_Q_LAYOUT) != 0)) return tl;
+    const int64_t cols = t->ndim > 0 ? t->shape[t->ndim - 1] : 1;
+    int64_t rows = 1;
+    for (int i = 0; i + 1 < t->ndim; i++) rows *= t->shape[i];
+    if (rows <= 0 || cols <= 0) return tl;
+    const int64_t pick = max_rows > 0 && rows > max_rows ? max_rows : rows;
+    for (int64_t i = 0; i < pick; i++) {
+        const int64_t r = pick == rows ? i : pick == 1 ? 0 : i * (rows - 1) / (pick - 1);
+        if (block)
+            nf_scan_qrow(t, rows, cols, r, &tl);
+        else
+            nf_scan_plain(t->dtype, (const uint8_t *)t->data, r * cols, cols, &tl);
+    }
+    return tl;
+}
+
+static int64_t nf_find(const vx_safetensors *st, int64_t max_rows, vx_nonfinite *out, size_t max) {
+    int64_t found = 0;
+    for (int i = 0; i < st->n_tensors; i++) {
+        const nf_tally tl = nf_scan_tensor(st, &st->tensors[i], max_rows);
+        if (tl.count == 0) continue;
+        if (out && (size_t)found < max) {
+            vx_nonfinite *o = &out[found];
+            snprintf(o->tensor, sizeof o->tensor, "%s", st->tensors[i].name);
+            o->count = tl.count;
+            o->first = tl.first;
+        }
+        found++;
+    }
+    return found;
+}
+
+int64_t vx_model_find_nonfinite(const vx_model *m, int full, vx_nonfinite *out, size_t max) {
+    if (!m) return 0;
+    return nf_find(&m->st, full ? 0 : VX_NONFINITE_SAMPLE_ROWS, out, max);
+}
+
+vx_status vx_weights_find_nonfinite(const char *path, vx_nonfinite *out, size_t max,
+                                    int64_t *n_found, char *err, size_t err_len) {
+    char scratch_err[8];
+    if (!err || err_len == 0) {
+        err = scratch_err;
+        err_len = sizeof scratch_err;
+    }
+    err[0] = 0;
+    if (!path || !n_found) {
+        snprintf(err, err_len, "no file or result given");
+        return VX_ERR_ARG;
+    }
+    *n_found = 0;
+    vx_safetensors st;
+    memset(&st, 0, sizeof st);
+    if (vx_st_open(path, &st, err, err_len) != 0) return VX_ERR_FORMAT;
+    *n_found = nf_find(&st, 0, out, max);
+    vx_st_close(&st);
+    return VX_OK;
+}
