@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "stream.h"
+#include "util.h"
 
 static void gelu_rows(float *x, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] = vx_gelu(x[i]);
@@ -57,14 +58,8 @@ static int conv_stem(vx_stream *s, int nm, float *e) {
 }
 
 static int append_adapter_rows(vx_state *st, const float *rows, int64_t n, int dim) {
-    if (st->adq_n + n > st->adq_cap) {
-        int64_t cap = st->adq_cap ? st->adq_cap : 16;
-        while (cap < st->adq_n + n) cap *= 2;
-        float *q = realloc(st->adq, sizeof(float) * (size_t)cap * dim);
-        if (!q) return -1;
-        st->adq = q;
-        st->adq_cap = cap;
-    }
+    if (vx_grow((void **)&st->adq, &st->adq_cap, st->adq_n + n, sizeof(float) * (size_t)dim, 16) != 0)
+        return -1;
     memcpy(st->adq + (size_t)st->adq_n * dim, rows, sizeof(float) * (size_t)n * dim);
     st->adq_n += n;
     return 0;

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "json.h"
+#include "util.h"
 
 /* Same cap as the reference implementation: a bigger header is not a real file. */
 #define VX_ST_MAX_HEADER 100000000ull
@@ -76,20 +77,16 @@ int vx_tensor_nbytes(vx_dtype dt, const int64_t *shape, int ndim, size_t *out) {
 /* "PATH: tensor 'NAME': what" (name may be NULL -> "PATH: what"). */
 static int st_fail(char *err, size_t err_len, const char *path, const char *name,
                    const char *fmt, ...) {
-    if (!err || err_len == 0) return -1;
-    int k = name ? snprintf(err, err_len, "%s: tensor '%s': ", path, name)
-                 : snprintf(err, err_len, "%s: ", path);
-    if (k < 0) k = 0;
-    if ((size_t)k < err_len) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err + k, err_len - (size_t)k, fmt, ap);
-        va_end(ap);
-    }
+    char prefix[4096 + 512];
+    if (name) snprintf(prefix, sizeof prefix, "%s: tensor '%s'", path, name);
+    va_list ap;
+    va_start(ap, fmt);
+    vx_verrf(err, err_len, name ? prefix : path, fmt, ap);
+    va_end(ap);
     return -1;
 }
 
-static void fmt_shape(char *buf, size_t n, const int64_t *shape, int ndim) {
+void vx_fmt_shape(char *buf, size_t n, const int64_t *shape, int ndim) {
     size_t o = 0;
     int k = snprintf(buf, n, "[");
     if (k > 0) o = (size_t)k;
@@ -146,7 +143,7 @@ static int read_entry(const json_value *e, vx_st_tensor *t, const unsigned char 
         t->shape[i] = (int64_t)d;
     }
     char shs[128];
-    fmt_shape(shs, sizeof shs, t->shape, t->ndim);
+    vx_fmt_shape(shs, sizeof shs, t->shape, t->ndim);
 
     const json_value *off = json_get(e, "data_offsets");
     if (!off) return st_fail(err, err_len, path, nm, "missing data_offsets");

@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "stream.h"
+#include "util.h"
 
 double vx_now_ms(void) {
     struct timespec ts;
@@ -17,25 +18,19 @@ double vx_now_ms(void) {
     return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
+static vx_status set_err(vx_stream *s, vx_status st, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static vx_status set_err(vx_stream *s, vx_status st, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(s->err, sizeof s->err, fmt, ap);
+    vx_verrf(s->err, sizeof s->err, NULL, fmt, ap);
     va_end(ap);
     return st;
 }
 
-/* ---- growable helpers ---- */
-
+/* Growing buffers of the stream start at 64 elements. */
 static int grow(void **buf, int64_t *cap, int64_t need, size_t elem) {
-    if (need <= *cap) return 0;
-    int64_t c = *cap ? *cap : 64;
-    while (c < need) c *= 2;
-    void *b = realloc(*buf, (size_t)c * elem);
-    if (!b) return -1;
-    *buf = b;
-    *cap = c;
-    return 0;
+    return vx_grow(buf, cap, need, elem, 64);
 }
 
 int vx_capture_rows(vx_stream *s, int kind, const float *rows, int64_t n, int64_t cols) {

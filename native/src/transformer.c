@@ -8,6 +8,7 @@
 
 #include "engine.h"
 #include "quant.h"
+#include "util.h"
 
 /* ---- rolling KV cache ---- */
 
@@ -31,8 +32,7 @@ int vx_kv_init(vx_kv *kv, int n_layers, int kv_dim, int64_t cap_max, int f16) {
 int vx_kv_reserve(vx_kv *kv, int64_t pos_end) {
     int64_t need = pos_end < kv->cap_max ? pos_end : kv->cap_max;
     if (need <= kv->cap) return 0;
-    int64_t cap = kv->cap ? kv->cap : 64;
-    while (cap < need) cap *= 2;
+    int64_t cap = vx_grow_cap(kv->cap, need, 64);
     if (cap > kv->cap_max) cap = kv->cap_max;
     size_t bytes = (size_t)cap * (size_t)kv->kv_dim * kv_elem_bytes(kv);
     for (int l = 0; l < kv->n_layers; l++) {
