@@ -12,7 +12,7 @@
 #include "stream.h"
 #include "util.h"
 
-double vx_now_ms(void) {
+static double now_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
@@ -33,7 +33,9 @@ static int grow(void **buf, int64_t *cap, int64_t need, size_t elem) {
     return vx_grow(buf, cap, need, elem, 64);
 }
 
-int vx_capture_rows(vx_stream *s, int kind, const float *rows, int64_t n, int64_t cols) {
+/* Debug capture (vx_stream_debug_enable): rows of a stage's output, kept
+ * when kind is enabled. */
+static int capture_rows(vx_stream *s, int kind, const float *rows, int64_t n, int64_t cols) {
     if (!(s->debug_kinds & kind)) return 0;
     vx_capture *c = kind == VX_DEBUG_MEL       ? &s->cap_mel
                     : kind == VX_DEBUG_ENCODER ? &s->cap_enc
@@ -52,10 +54,8 @@ int vx_capture_rows(vx_stream *s, int kind, const float *rows, int64_t n, int64_
 static void state_free(vx_state *st) {
     free(st->smp);
     free(st->mel_pend);
-    free(st->mel_hist);
-    free(st->c0_last);
     free(st->adq);
-    vx_kv_free(&st->enc_kv);
+    vx_enc_state_free(&st->enc);
     vx_kv_free(&st->dec_kv);
     memset(st, 0, sizeof *st);
 }
@@ -63,11 +63,7 @@ static void state_free(vx_state *st) {
 static int state_init(vx_state *st, const vx_model *m, int kv_f16) {
     memset(st, 0, sizeof *st);
     const vx_params *p = &m->p;
-    st->mel_hist = calloc((size_t)2 * p->n_mels, sizeof(float));
-    st->c0_last = calloc((size_t)p->enc.dim, sizeof(float));
-    if (!st->mel_hist || !st->c0_last ||
-        vx_kv_init(&st->enc_kv, p->enc.n_layers, p->enc.n_kv_heads * p->enc.head_dim,
-                   (int64_t)p->enc.window + VX_ENC_BATCH, kv_f16) != 0 ||
+    if (vx_enc_state_init(&st->enc, m, kv_f16) != 0 ||
         vx_kv_init(&st->dec_kv, p->dec.n_layers, p->dec.n_kv_heads * p->dec.head_dim,
                    (int64_t)p->dec.window + VX_DEC_BATCH, kv_f16) != 0) {
         state_free(st);
@@ -85,19 +81,17 @@ static int state_copy(vx_state *dst, const vx_state *src, const vx_model *m) {
     if (grow((void **)&dst->mel_pend, &mcap, src->n_mel_pend, sizeof(float) * nmel) != 0) return -1;
     dst->mel_pend_cap = (int)mcap;
     if (grow((void **)&dst->adq, &dst->adq_cap, src->adq_n, sizeof(float) * dim) != 0) return -1;
-    if (vx_kv_copy(&dst->enc_kv, &src->enc_kv) != 0 || vx_kv_copy(&dst->dec_kv, &src->dec_kv) != 0)
+    if (vx_enc_state_copy(&dst->enc, &src->enc, m) != 0 ||
+        vx_kv_copy(&dst->dec_kv, &src->dec_kv) != 0)
         return -1;
     if (src->smp_len) memcpy(dst->smp, src->smp, sizeof(float) * (size_t)src->smp_len);
     if (src->n_mel_pend)
         memcpy(dst->mel_pend, src->mel_pend, sizeof(float) * (size_t)src->n_mel_pend * nmel);
     if (src->adq_n) memcpy(dst->adq, src->adq, sizeof(float) * (size_t)src->adq_n * dim);
-    memcpy(dst->mel_hist, src->mel_hist, sizeof(float) * 2 * nmel);
-    memcpy(dst->c0_last, src->c0_last, sizeof(float) * m->p.enc.dim);
     dst->smp_len = src->smp_len;
     dst->smp_base = src->smp_base;
     dst->mel_next = src->mel_next;
     dst->n_mel_pend = src->n_mel_pend;
-    dst->enc_pos = src->enc_pos;
     dst->adq_base = src->adq_base;
     dst->adq_n = src->adq_n;
     dst->dec_pos = src->dec_pos;
@@ -194,7 +188,7 @@ static int produce_mel(vx_stream *s, int64_t frame_limit) {
     const vx_model *m = s->m;
     vx_state *st = &s->st;
     const int hop = m->p.hop, half = m->n_fft / 2, nmel = m->p.n_mels;
-    double t0 = vx_now_ms();
+    double t0 = now_ms();
     float win[512], frame[512];
     int64_t end = st->smp_base + st->smp_len;
     while (st->mel_next < frame_limit && st->mel_next * hop + half - 1 < end) {
@@ -212,7 +206,7 @@ static int produce_mel(vx_stream *s, int64_t frame_limit) {
         st->mel_pend_cap = (int)cap;
         memcpy(st->mel_pend + (size_t)st->n_mel_pend * nmel, frame, sizeof(float) * nmel);
         st->n_mel_pend++;
-        if (vx_capture_rows(s, VX_DEBUG_MEL, frame, 1, nmel) != 0) return -1;
+        if (capture_rows(s, VX_DEBUG_MEL, frame, 1, nmel) != 0) return -1;
         st->mel_next++;
     }
     /* drop samples no future frame needs */
@@ -224,14 +218,63 @@ static int produce_mel(vx_stream *s, int64_t frame_limit) {
         st->smp_len -= drop;
         st->smp_base += drop;
     }
-    s->stats.mel_ms += vx_now_ms() - t0;
+    s->stats.mel_ms += now_ms() - t0;
     return 0;
+}
+
+static int append_adapter_rows(vx_state *st, const float *rows, int64_t n, int dim) {
+    if (vx_grow((void **)&st->adq, &st->adq_cap, st->adq_n + n, sizeof(float) * (size_t)dim, 16) != 0)
+        return -1;
+    memcpy(st->adq + (size_t)st->adq_n * dim, rows, sizeof(float) * (size_t)n * dim);
+    st->adq_n += n;
+    return 0;
+}
+
+/* One encoder pass over n_pos whole positions of the pending mel frames:
+ * they are consumed, the adapter rows are queued for the decoder. */
+static int run_encoder(vx_stream *s, int n_pos) {
+    const vx_model *m = s->m;
+    vx_state *st = &s->st;
+    const int nmel = m->p.n_mels, ed = m->p.enc.dim, dim = m->p.dec.dim;
+    const int nm = n_pos * VX_POS_FRAMES, ne = n_pos * VX_POS_ENC_FRAMES;
+    if (n_pos <= 0) return 0;
+    if (nm > st->n_mel_pend) return -1;
+    const double t0 = now_ms();
+    float *enc = malloc(sizeof(float) * (size_t)ne * ed);
+    float *out = malloc(sizeof(float) * (size_t)n_pos * dim);
+    int rc = -1;
+    if (!enc || !out) goto done;
+    const int passes = vx_encoder_pass(m, &st->enc, &s->enc_s, st->mel_pend, n_pos, enc, out);
+    if (passes < 0) goto done;
+    s->stats.encoder_passes += passes;
+    st->n_mel_pend -= nm;
+    memmove(st->mel_pend, st->mel_pend + (size_t)nm * nmel,
+            sizeof(float) * (size_t)st->n_mel_pend * nmel);
+    if (capture_rows(s, VX_DEBUG_ENCODER, enc, ne, ed) != 0 ||
+        capture_rows(s, VX_DEBUG_ADAPTER, out, n_pos, dim) != 0 ||
+        append_adapter_rows(st, out, n_pos, dim) != 0)
+        goto done;
+    s->stats.encoder_frames += ne;
+    rc = 0;
+done:
+    s->stats.encoder_ms += now_ms() - t0;
+    free(enc);
+    free(out);
+    return rc;
 }
 
 static int run_audio(vx_stream *s, int force) {
     vx_state *st = &s->st;
     if (!force && st->n_mel_pend < s->interval_frames) return 0;
-    return vx_encode_positions(s, st->n_mel_pend / VX_POS_FRAMES);
+    return run_encoder(s, st->n_mel_pend / VX_POS_FRAMES);
+}
+
+/* One decoder pass of the stream (vx_decoder_pass), counted. */
+static int decoder_pass(vx_stream *s, float *x, int n, int64_t pos0, float *logits) {
+    if (vx_decoder_pass(s->m, s->ada, &s->st.dec_kv, &s->dec_s, x, n, pos0, logits) != 0)
+        return -1;
+    s->stats.decoder_passes += 1;
+    return 0;
 }
 
 static int prompt_token(const vx_stream *s, int64_t p) {
@@ -252,7 +295,7 @@ static int run_decoder(vx_stream *s) {
     const int dim = m->p.dec.dim, L = s->prompt_len;
     const int64_t vocab = m->p.vocab_size;
     const int kmax = s->max_spec;
-    double t0 = vx_now_ms();
+    double t0 = now_ms();
     float *x = s->dec_x, *emb = s->dec_emb, *logits = s->dec_logits;
     const float *pad_emb = s->pad_emb;
     int rc = -1;
@@ -266,13 +309,13 @@ static int run_decoder(vx_stream *s) {
                 vx_weight_row(&m->tok_emb, prompt_token(s, p + i), emb);
                 for (int c = 0; c < dim; c++) x[i * dim + c] = ad[i * dim + c] + emb[c];
             }
-            double tp = vx_now_ms();
-            if (vx_decoder_forward(s, x, (int)n, p, NULL) != 0) goto done;
+            double tp = now_ms();
+            if (decoder_pass(s, x, (int)n, p, NULL) != 0) goto done;
             st->dec_pos += n;
             s->stats.positions += n;
             s->stats.prompt_positions += n;
             s->stats.prompt_passes += 1;
-            s->stats.prompt_ms += vx_now_ms() - tp;
+            s->stats.prompt_ms += now_ms() - tp;
             continue;
         }
         /* guess only as far as the recent outputs justify: after a run of r
@@ -284,12 +327,12 @@ static int run_decoder(vx_stream *s) {
             const float *e = i == 0 ? emb : pad_emb;
             for (int c = 0; c < dim; c++) x[i * dim + c] = ad[i * dim + c] + e[c];
         }
-        if (vx_decoder_forward(s, x, k, p, logits) != 0) goto done;
+        if (decoder_pass(s, x, k, p, logits) != 0) goto done;
         int kept = 0;
         while (kept < k) {
             const float *row = logits + (size_t)kept * vocab;
             int tok = (int)vx_argmax(row, vocab);
-            if (vx_capture_rows(s, VX_DEBUG_LOGITS, row, 1, vocab) != 0) goto done;
+            if (capture_rows(s, VX_DEBUG_LOGITS, row, 1, vocab) != 0) goto done;
             if (emit_token(s, tok, p + kept) != 0) goto done;
             st->last_token = tok;
             st->pad_run = tok == m->pad_id ? st->pad_run + 1 : 0;
@@ -315,7 +358,7 @@ static int run_decoder(vx_stream *s) {
     }
     rc = 0;
 done:
-    s->stats.decoder_ms += vx_now_ms() - t0;
+    s->stats.decoder_ms += now_ms() - t0;
     return rc;
 }
 
@@ -361,7 +404,7 @@ vx_status vx_stream_new(vx_model *m, const vx_stream_options *opt, vx_stream **o
     s->dec_logits = malloc(sizeof(float) * (size_t)spec * (size_t)m->p.vocab_size);
     if (!s->dec_x || !s->dec_emb || !s->pad_emb || !s->dec_logits ||
         state_init(&s->st, m, kv_f16) != 0 || state_init(&s->snap, m, kv_f16) != 0 ||
-        vx_decoder_init_ada(s) != 0) {
+        !(s->ada = vx_decoder_ada_new(m, s->delay_pos))) {
         vx_stream_free(s);
         return VX_ERR_NOMEM;
     }
@@ -372,9 +415,7 @@ vx_status vx_stream_new(vx_model *m, const vx_stream_options *opt, vx_stream **o
 
 void vx_stream_free(vx_stream *s) {
     if (!s) return;
-    if (s->ada)
-        for (int l = 0; l < s->m->p.dec.n_layers; l++) free(s->ada[l]);
-    free(s->ada);
+    vx_decoder_ada_free(s->m, s->ada);
     state_free(&s->st);
     state_free(&s->snap);
     vx_scratch_free(&s->enc_s);
