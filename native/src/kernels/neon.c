@@ -26,7 +26,7 @@
  * (an fp16 product would round). SDOT is only executed when the kernel's
  * HWCAP says the core has it, so vx_backend_neon() still needs only ASIMD
  * and the backend runs on ARMv8.0 cores (Jetson Nano's A57);
- * ci/aarch64-test.sh runs the tests on an emulated A57 to make sure the
+ * scripts/aarch64-test.sh runs the tests on an emulated A57 to make sure the
  * compiler, allowed +fp16+dotprod by CMake, did not slip such an instruction
  * into the other paths.
  *

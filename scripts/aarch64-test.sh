@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# ci/aarch64-test.sh - build the native engine and its C tests for AArch64 with
+# scripts/aarch64-test.sh - build the native engine and its C tests for AArch64 with
 # the cross compiler and run them under user-mode QEMU, so the NEON backend is
 # tested on every change without an ARM board.
 #
-#   ci/aarch64-test.sh [BUILD_DIR]      (default: build/aarch64)
+#   scripts/aarch64-test.sh [BUILD_DIR]      (default: build/aarch64)
 #
 # Needs the Debian/Ubuntu packages gcc-aarch64-linux-gnu and qemu-user.
 # Binaries are linked statically, so no AArch64 sysroot setup is needed at
