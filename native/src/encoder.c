@@ -22,7 +22,7 @@ int vx_enc_state_init(vx_enc_state *e, const vx_model *m, int kv_f16) {
     e->mel_hist = calloc((size_t)2 * p->n_mels, sizeof(float));
     e->c0_last = calloc((size_t)p->enc.dim, sizeof(float));
     if (!e->mel_hist || !e->c0_last ||
-        vx_kv_init(&e->kv, p->enc.n_layers, p->enc.n_kv_heads * p->enc.head_dim,
+        vx_kv_init(&e->kv, m->dev, p->enc.n_layers, p->enc.n_kv_heads * p->enc.head_dim,
                    (int64_t)p->enc.window + VX_ENC_BATCH, kv_f16) != 0) {
         vx_enc_state_free(e);
         return -1;

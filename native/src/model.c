@@ -8,7 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "engine.h"
+#include "device.h"
 #include "quant.h"
 #include "util.h"
 
@@ -277,6 +277,7 @@ vx_status vx_model_load(const char *dir, const vx_model_options *opt, vx_model *
         st = VX_ERR_NOMEM;
         goto fail;
     }
+    m->dev = vx_device_cpu();
     m->be = vx_backend_select(opt ? opt->backend : NULL, err, err_len);
     if (!m->be) {
         st = VX_ERR_ARG;

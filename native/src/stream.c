@@ -64,8 +64,9 @@ static int state_init(vx_state *st, const vx_model *m, int kv_f16) {
     memset(st, 0, sizeof *st);
     const vx_params *p = &m->p;
     if (vx_enc_state_init(&st->enc, m, kv_f16) != 0 ||
-        vx_kv_init(&st->dec_kv, p->dec.n_layers, p->dec.n_kv_heads * p->dec.head_dim,
-                   (int64_t)p->dec.window + VX_DEC_BATCH, kv_f16) != 0) {
+        vx_kv_init(&st->dec_kv, m->dev, p->dec.n_layers,
+                   p->dec.n_kv_heads * p->dec.head_dim, (int64_t)p->dec.window + VX_DEC_BATCH,
+                   kv_f16) != 0) {
         state_free(st);
         return -1;
     }
@@ -223,8 +224,8 @@ static int produce_mel(vx_stream *s, int64_t frame_limit) {
 }
 
 static int append_adapter_rows(vx_state *st, const float *rows, int64_t n, int dim) {
-    if (vx_grow((void **)&st->adq, &st->adq_cap, st->adq_n + n, sizeof(float) * (size_t)dim, 16) != 0)
-        return -1;
+    const size_t row = sizeof(float) * (size_t)dim;
+    if (vx_grow((void **)&st->adq, &st->adq_cap, st->adq_n + n, row, 16) != 0) return -1;
     memcpy(st->adq + (size_t)st->adq_n * dim, rows, sizeof(float) * (size_t)n * dim);
     st->adq_n += n;
     return 0;

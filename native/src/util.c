@@ -47,7 +47,8 @@ char *vx_read_file(const char *path, size_t *len, char *err, size_t err_len) {
     int64_t cap = 0, n = 0;
     char *buf = NULL;
     for (;;) {
-        if (vx_grow((void **)&buf, &cap, n + 2, 1, 1 << 16) != 0) { /* a byte to read, one for the NUL */
+        /* room for a byte to read and for the NUL */
+        if (vx_grow((void **)&buf, &cap, n + 2, 1, 1 << 16) != 0) {
             free(buf);
             fclose(f);
             vx_errf(err, err_len, path, "out of memory reading the file");

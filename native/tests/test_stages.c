@@ -56,10 +56,11 @@ static void check_encoder(const vx_model *m, int kv_f16, rows_t mel, rows_t enc,
     float *out = tiny_alloc(sizeof(float) * (size_t)n_step * dim);
     for (int64_t p = 0; p < n_pos; p += n_step) {
         const int n = n_pos - p < n_step ? (int)(n_pos - p) : n_step;
-        const int passes = vx_encoder_pass(m, &es, &sc, mel.data + (size_t)p * VX_POS_FRAMES * mel.cols,
-                                           n, e, out);
+        const float *frames = mel.data + (size_t)p * VX_POS_FRAMES * mel.cols;
+        const int passes = vx_encoder_pass(m, &es, &sc, frames, n, e, out);
         const int ne = n * VX_POS_ENC_FRAMES;
-        CHECKF(passes == (ne + VX_ENC_BATCH - 1) / VX_ENC_BATCH, "%d passes for %d frames", passes, ne);
+        CHECKF(passes == (ne + VX_ENC_BATCH - 1) / VX_ENC_BATCH, "%d passes for %d frames", passes,
+               ne);
         CHECKF(same_bits(e, enc.data + (size_t)p * VX_POS_ENC_FRAMES * ed, (size_t)ne * ed),
                "encoder rows of positions %lld..%lld (step %d)", (long long)p, (long long)p + n - 1,
                n_step);
@@ -85,9 +86,10 @@ static void check_decoder(const vx_model *m, int kv_f16, rows_t ad, rows_t logit
     vx_scratch sc;
     memset(&sc, 0, sizeof sc);
     CHECK(ada != NULL);
-    CHECK(vx_kv_init(&kv, m->p.dec.n_layers, m->p.dec.n_kv_heads * m->p.dec.head_dim,
+    CHECK(vx_kv_init(&kv, m->dev, m->p.dec.n_layers, m->p.dec.n_kv_heads * m->p.dec.head_dim,
                      (int64_t)m->p.dec.window + VX_DEC_BATCH, kv_f16) == 0);
-    float *x = tiny_alloc(sizeof(float) * (size_t)dim), *emb = tiny_alloc(sizeof(float) * (size_t)dim);
+    float *x = tiny_alloc(sizeof(float) * (size_t)dim);
+    float *emb = tiny_alloc(sizeof(float) * (size_t)dim);
     float *lg = tiny_alloc(sizeof(float) * (size_t)vocab);
     int token = -1, last = -1;
     for (int64_t p = 0; p < L - 1 + logits.rows; p++) {

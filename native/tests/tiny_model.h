@@ -14,7 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine.h"
+#include "device.h"
 
 #define TINY_MAX_WEIGHTS 64
 
@@ -125,6 +125,7 @@ static void tiny_model_init(tiny_model *t, const vx_backend *be, int n_threads) 
     tiny_stack(t, &p->dec, m->dec_layers, 0);
     m->dec_norm = tiny_vector(t, d, 1.0f, 0.1f);
     char err[256];
+    m->dev = vx_device_cpu();
     m->be = be ? be : vx_backend_select(NULL, err, sizeof err);
     m->pool = vx_pool_new(n_threads);
     m->n_threads = n_threads;
