@@ -4,6 +4,7 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "device.h"
 #include "stages.h"
 
 void vx_decoder_ada_free(const vx_model *m, float **ada) {
@@ -43,16 +44,23 @@ done:
     return ada;
 }
 
-int vx_decoder_pass(const vx_model *m, float **ada, vx_kv *kv, vx_scratch *s, float *x, int n,
-                    int64_t pos0, float *logits) {
+/* The rows stay on the device from the stack to the output head; only the
+ * logits come back. */
+int vx_decoder_pass(const vx_model *m, float **ada, vx_kv *kv, vx_scratch *s, const float *x,
+                    int n, int64_t pos0, float *logits) {
+    const vx_device *d = m->dev;
     const int dim = m->p.dec.dim;
-    if (vx_stack_forward(m, &m->p.dec, m->dec_layers, ada, kv, s, x, n, pos0) != 0) return -1;
+    const size_t vocab = (size_t)m->p.vocab_size;
+    if (vx_stack_reserve(m, &m->p.dec, kv, s, n, pos0) != 0) return -1;
+    if (logits && vx_scratch_reserve_out(s, d, (size_t)n * vocab) != 0) return -1;
+    d->upload(d, s->x, 0, x, sizeof(float) * (size_t)n * dim);
+    vx_stack_layers(m, &m->p.dec, m->dec_layers, ada, kv, s, n, pos0);
     if (logits) {
-        for (int i = 0; i < n; i++) {
-            float *h = x + (size_t)i * dim;
-            vx_rmsnorm(h, h, m->dec_norm, dim, m->p.dec.norm_eps);
-        }
-        vx_matmul(m, &m->tok_emb, x, n, logits, NULL);
+        const vx_weight *head[] = {&m->tok_emb};
+        const float *no_bias[] = {NULL};
+        d->rmsnorm(m, s->xn, s->x, m->dec_norm, NULL, n, dim, m->p.dec.norm_eps);
+        d->matmul(m, 1, head, s->xn, n, &s->out, no_bias);
+        d->download(d, logits, s->out, 0, sizeof(float) * (size_t)n * vocab);
     }
     return 0;
 }

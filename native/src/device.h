@@ -7,7 +7,7 @@
  * vx_dbuf handles allocated through the device, so a device whose memory is
  * not the host's (a GPU) keeps them there across operations and passes with
  * no copy per kernel; rows cross to and from the host only through upload
- * and download, at the ends of a stack pass. The model's constants (the
+ * and download, at the ends of a stage's pass. The model's constants (the
  * weight matrices, norm and bias vectors, a stream's ada-norm scales) are
  * read-only and named by their host descriptors (vx_weight, float *): a
  * device that keeps its own copies makes them once, before the first pass,

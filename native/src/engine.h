@@ -208,21 +208,33 @@ int vx_kv_copy(vx_kv *dst, const vx_kv *src);
 static inline size_t vx_kv_elem_bytes(const vx_kv *kv) { return kv->f16 ? 2 : 4; }
 
 /* A stack pass's activations, in the memory of the device that first
- * reserves them (vx_stack_forward). */
+ * reserves them (vx_stack_reserve). */
 typedef struct {
     const vx_device *dev;
-    vx_dbuf *x, *xn, *q, *k, *v, *att, *h1, *h3, *scores;
+    vx_dbuf *x; /* [rows, dim]: the residual stream, the stack's input and output */
+    vx_dbuf *xn, *q, *k, *v, *att, *h1, *h3, *scores;
     vx_dbuf *rope; /* [rows, head_dim]: (cos, sin) pairs of each row's position */
+    vx_dbuf *out;  /* a stage's output after the stack (the decoder's logits) */
     int cap_rows;
     size_t cap_scores; /* floats of attention scratch (the device sizes them) */
+    size_t cap_out;    /* floats of out */
 } vx_scratch;
 
-int vx_scratch_reserve(vx_scratch *s, const vx_device *dev, const vx_tf_params *p, int rows,
-                       size_t scores);
 void vx_scratch_free(vx_scratch *s);
+/* Room for out_floats floats in s->out. 0 or -1. */
+int vx_scratch_reserve_out(vx_scratch *s, const vx_device *dev, size_t out_floats);
 
-/* Run n positions [pos0, pos0+n) through every layer on m->dev; h is host
- * rows [n, dim] in/out. ada: per-layer scale vectors (1 + s) or NULL. */
+/* The transformer stack on m->dev, in two steps so that a stage can keep
+ * its rows on the device: vx_stack_reserve makes room in s and kv for n
+ * positions from pos0 (0, or -1 when memory runs out or n is more than the
+ * cache can take), then vx_stack_layers runs them through every layer, the
+ * rows being s->x [n, dim] in and out. ada: per-layer scale vectors (1 + s)
+ * or NULL. */
+int vx_stack_reserve(const vx_model *m, const vx_tf_params *p, vx_kv *kv, vx_scratch *s, int n,
+                     int64_t pos0);
+void vx_stack_layers(const vx_model *m, const vx_tf_params *p, const vx_layer *layers,
+                     float **ada, vx_kv *kv, vx_scratch *s, int n, int64_t pos0);
+/* Both, with host rows h [n, dim] in and out. */
 int vx_stack_forward(const vx_model *m, const vx_tf_params *p, const vx_layer *layers,
                      float **ada, vx_kv *kv, vx_scratch *s, float *h, int n, int64_t pos0);
 

@@ -45,8 +45,8 @@ float **vx_decoder_ada_new(const vx_model *m, int delay_pos);
 void vx_decoder_ada_free(const vx_model *m, float **ada);
 
 /* One decoder pass: positions [pos0, pos0+n) with input rows x [n, dim]
- * (clobbered) over the cache kv. When logits is non-NULL every row's
- * logits are written there ([n, vocab]). 0, or -1 when memory runs out. */
-int vx_decoder_pass(const vx_model *m, float **ada, vx_kv *kv, vx_scratch *s, float *x, int n,
-                    int64_t pos0, float *logits);
+ * over the cache kv. When logits is non-NULL every row's logits are written
+ * there ([n, vocab]). 0, or -1 when memory runs out. */
+int vx_decoder_pass(const vx_model *m, float **ada, vx_kv *kv, vx_scratch *s, const float *x,
+                    int n, int64_t pos0, float *logits);
 #endif

@@ -82,8 +82,8 @@ int vx_kv_copy(vx_kv *dst, const vx_kv *src) {
 
 /* ---- scratch ---- */
 
-int vx_scratch_reserve(vx_scratch *s, const vx_device *dev, const vx_tf_params *p, int rows,
-                       size_t scores) {
+static int scratch_reserve(vx_scratch *s, const vx_device *dev, const vx_tf_params *p, int rows,
+                           size_t scores) {
     if (s->dev && s->dev != dev) return -1;
     s->dev = dev;
     if (rows <= s->cap_rows && scores <= s->cap_scores) return 0;
@@ -109,9 +109,21 @@ int vx_scratch_reserve(vx_scratch *s, const vx_device *dev, const vx_tf_params *
     return 0;
 }
 
+int vx_scratch_reserve_out(vx_scratch *s, const vx_device *dev, size_t out_floats) {
+    if (s->dev && s->dev != dev) return -1;
+    s->dev = dev;
+    if (out_floats <= s->cap_out) return 0;
+    dev->release(dev, s->out);
+    s->cap_out = 0;
+    if (!(s->out = dev->alloc(dev, out_floats * sizeof(float)))) return -1;
+    s->cap_out = out_floats;
+    return 0;
+}
+
 void vx_scratch_free(vx_scratch *s) {
     if (s->dev) {
-        vx_dbuf *bufs[] = {s->x, s->xn, s->q, s->k, s->v, s->att, s->h1, s->h3, s->scores, s->rope};
+        vx_dbuf *bufs[] = {s->x,  s->xn,     s->q,    s->k,  s->v, s->att,
+                           s->h1, s->h3, s->scores, s->rope, s->out};
         for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) s->dev->release(s->dev, bufs[i]);
     }
     memset(s, 0, sizeof *s);
@@ -119,15 +131,19 @@ void vx_scratch_free(vx_scratch *s) {
 
 /* ---- the stack ---- */
 
-int vx_stack_forward(const vx_model *m, const vx_tf_params *p, const vx_layer *layers,
-                     float **ada, vx_kv *kv, vx_scratch *s, float *h, int n, int64_t pos0) {
+int vx_stack_reserve(const vx_model *m, const vx_tf_params *p, vx_kv *kv, vx_scratch *s, int n,
+                     int64_t pos0) {
     const vx_device *d = m->dev;
-    const int dim = p->dim;
-    const size_t rows_bytes = sizeof(float) * (size_t)n * dim;
-    if (vx_scratch_reserve(s, d, p, n, d->attention_scratch(p, n, pos0)) != 0) return -1;
+    if (scratch_reserve(s, d, p, n, d->attention_scratch(p, n, pos0)) != 0) return -1;
     if (vx_kv_reserve(kv, pos0 + n) != 0) return -1;
     if (n > kv->cap_max - p->window + 1 && kv->cap_max < pos0 + n) return -1; /* would overwrite */
-    d->upload(d, s->x, 0, h, rows_bytes);
+    return 0;
+}
+
+void vx_stack_layers(const vx_model *m, const vx_tf_params *p, const vx_layer *layers,
+                     float **ada, vx_kv *kv, vx_scratch *s, int n, int64_t pos0) {
+    const vx_device *d = m->dev;
+    const int dim = p->dim;
     d->rope_table(m, s->rope, n, p->head_dim, pos0, p->rope_theta);
 
     for (int l = 0; l < p->n_layers; l++) {
@@ -156,6 +172,15 @@ int vx_stack_forward(const vx_model *m, const vx_tf_params *p, const vx_layer *l
         d->matmul(m, 1, w2, s->h1, n, &s->xn, b2);
         d->add(m, s->x, s->xn, (size_t)n * dim);
     }
-    d->download(d, h, s->x, 0, rows_bytes);
+}
+
+int vx_stack_forward(const vx_model *m, const vx_tf_params *p, const vx_layer *layers,
+                     float **ada, vx_kv *kv, vx_scratch *s, float *h, int n, int64_t pos0) {
+    const vx_device *d = m->dev;
+    const size_t bytes = sizeof(float) * (size_t)n * p->dim;
+    if (vx_stack_reserve(m, p, kv, s, n, pos0) != 0) return -1;
+    d->upload(d, s->x, 0, h, bytes);
+    vx_stack_layers(m, p, layers, ada, kv, s, n, pos0);
+    d->download(d, h, s->x, 0, bytes);
     return 0;
 }
