@@ -282,6 +282,87 @@ static int prompt_token(const vx_stream *s, int64_t p) {
     return p == 0 ? s->m->bos_id : s->m->pad_id;
 }
 
+/* Input row i: adapter row ad[i] plus the embedding e of its input token. */
+static void input_row(float *x, const float *ad, const float *e, int i, int dim) {
+    for (int c = 0; c < dim; c++) x[i * dim + c] = ad[i * dim + c] + e[c];
+}
+
+/* Prompt positions [p, p+n) in one pass, no logits needed. */
+static int prefill(vx_stream *s, int64_t p, int n, const float *ad) {
+    const vx_model *m = s->m;
+    const int dim = m->p.dec.dim;
+    for (int i = 0; i < n; i++) {
+        vx_weight_row(&m->tok_emb, prompt_token(s, p + i), s->dec_emb);
+        input_row(s->dec_x, ad, s->dec_emb, i, dim);
+    }
+    const double tp = now_ms();
+    if (decoder_pass(s, s->dec_x, n, p, NULL) != 0) return -1;
+    s->st.dec_pos += n;
+    s->stats.positions += n;
+    s->stats.prompt_positions += n;
+    s->stats.prompt_passes += 1;
+    s->stats.prompt_ms += now_ms() - tp;
+    return 0;
+}
+
+/* The outputs of a pass of k rows from position p: tokens up to the first
+ * non-pad one (or the end of the utterance); returns how many, or -1. */
+static int keep_tokens(vx_stream *s, int64_t p, int k) {
+    const vx_model *m = s->m;
+    vx_state *st = &s->st;
+    const int64_t vocab = m->p.vocab_size;
+    int kept = 0;
+    while (kept < k) {
+        const float *row = s->dec_logits + (size_t)kept * vocab;
+        int tok = (int)vx_argmax(row, vocab);
+        if (capture_rows(s, VX_DEBUG_LOGITS, row, 1, vocab) != 0) return -1;
+        if (emit_token(s, tok, p + kept) != 0) return -1;
+        st->last_token = tok;
+        st->pad_run = tok == m->pad_id ? st->pad_run + 1 : 0;
+        kept++;
+        if (tok == m->eos_id) {
+            st->eos = 1;
+            break;
+        }
+        if (tok != m->pad_id) break; /* the next row's guess was wrong */
+    }
+    return kept;
+}
+
+/* One pass from position p, avail - p positions having adapter rows: the
+ * first row with its known input token, the others guessing STREAMING_PAD. */
+static int step(vx_stream *s, int64_t p, int64_t avail, const float *ad) {
+    const vx_model *m = s->m;
+    vx_state *st = &s->st;
+    const int dim = m->p.dec.dim, L = s->prompt_len;
+    /* guess only as far as the recent outputs justify: after a run of r
+     * pads, r+1 rows; after text, one (a wrong guess costs a full row) */
+    int k = st->pad_run + 1 < s->max_spec ? st->pad_run + 1 : s->max_spec;
+    if (k > avail - p) k = (int)(avail - p);
+    vx_weight_row(&m->tok_emb, p < L ? prompt_token(s, p) : st->last_token, s->dec_emb);
+    for (int i = 0; i < k; i++) input_row(s->dec_x, ad, i == 0 ? s->dec_emb : s->pad_emb, i, dim);
+    if (decoder_pass(s, s->dec_x, k, p, s->dec_logits) != 0) return -1;
+    const int kept = keep_tokens(s, p, k);
+    if (kept < 0) return -1;
+    st->dec_pos += kept;
+    s->stats.positions += kept;
+    s->stats.spec_guesses += k - 1;
+    s->stats.spec_accepted += kept - 1;
+    return 0;
+}
+
+/* Drop the adapter rows the decoder has consumed. */
+static void drop_used_rows(vx_state *st, int dim) {
+    int64_t used = st->dec_pos - st->adq_base;
+    if (used > st->adq_n || st->eos) used = st->adq_n;
+    if (used > 0) {
+        memmove(st->adq, st->adq + (size_t)used * dim,
+                sizeof(float) * (size_t)(st->adq_n - used) * dim);
+        st->adq_n -= used;
+        st->adq_base += used;
+    }
+}
+
 /* Positions below prompt_len-1 are prefilled in batches (no logits). After
  * that each pass runs k >= 1 positions: the first with its known input token,
  * the others guessing that the previous output was STREAMING_PAD (as many as
@@ -291,74 +372,21 @@ static int prompt_token(const vx_stream *s, int64_t p) {
  * Rows never influence each other's arithmetic, so the output is bitwise the
  * same as one position per pass. */
 static int run_decoder(vx_stream *s) {
-    const vx_model *m = s->m;
     vx_state *st = &s->st;
-    const int dim = m->p.dec.dim, L = s->prompt_len;
-    const int64_t vocab = m->p.vocab_size;
-    const int kmax = s->max_spec;
-    double t0 = now_ms();
-    float *x = s->dec_x, *emb = s->dec_emb, *logits = s->dec_logits;
-    const float *pad_emb = s->pad_emb;
-    int rc = -1;
-    while (!st->eos && st->dec_pos < st->adq_base + st->adq_n) {
-        int64_t p = st->dec_pos, avail = st->adq_base + st->adq_n;
+    const int dim = s->m->p.dec.dim, L = s->prompt_len;
+    const double t0 = now_ms();
+    int rc = 0;
+    while (rc == 0 && !st->eos && st->dec_pos < st->adq_base + st->adq_n) {
+        const int64_t p = st->dec_pos, avail = st->adq_base + st->adq_n;
         const float *ad = st->adq + (size_t)(p - st->adq_base) * dim;
-        if (p < L - 1) { /* prompt prefill: no logits needed */
+        if (p < L - 1) {
             int64_t n = (L - 1 < avail ? L - 1 : avail) - p;
-            if (n > VX_DEC_BATCH) n = VX_DEC_BATCH;
-            for (int64_t i = 0; i < n; i++) {
-                vx_weight_row(&m->tok_emb, prompt_token(s, p + i), emb);
-                for (int c = 0; c < dim; c++) x[i * dim + c] = ad[i * dim + c] + emb[c];
-            }
-            double tp = now_ms();
-            if (decoder_pass(s, x, (int)n, p, NULL) != 0) goto done;
-            st->dec_pos += n;
-            s->stats.positions += n;
-            s->stats.prompt_positions += n;
-            s->stats.prompt_passes += 1;
-            s->stats.prompt_ms += now_ms() - tp;
-            continue;
+            rc = prefill(s, p, n > VX_DEC_BATCH ? VX_DEC_BATCH : (int)n, ad);
+        } else {
+            rc = step(s, p, avail, ad);
         }
-        /* guess only as far as the recent outputs justify: after a run of r
-         * pads, r+1 rows; after text, one (a wrong guess costs a full row) */
-        int k = st->pad_run + 1 < kmax ? st->pad_run + 1 : kmax;
-        if (k > avail - p) k = (int)(avail - p);
-        vx_weight_row(&m->tok_emb, p < L ? prompt_token(s, p) : st->last_token, emb);
-        for (int i = 0; i < k; i++) {
-            const float *e = i == 0 ? emb : pad_emb;
-            for (int c = 0; c < dim; c++) x[i * dim + c] = ad[i * dim + c] + e[c];
-        }
-        if (decoder_pass(s, x, k, p, logits) != 0) goto done;
-        int kept = 0;
-        while (kept < k) {
-            const float *row = logits + (size_t)kept * vocab;
-            int tok = (int)vx_argmax(row, vocab);
-            if (capture_rows(s, VX_DEBUG_LOGITS, row, 1, vocab) != 0) goto done;
-            if (emit_token(s, tok, p + kept) != 0) goto done;
-            st->last_token = tok;
-            st->pad_run = tok == m->pad_id ? st->pad_run + 1 : 0;
-            kept++;
-            if (tok == m->eos_id) {
-                st->eos = 1;
-                break;
-            }
-            if (tok != m->pad_id) break; /* the next row's guess was wrong */
-        }
-        st->dec_pos += kept;
-        s->stats.positions += kept;
-        s->stats.spec_guesses += k - 1;
-        s->stats.spec_accepted += kept - 1;
     }
-    /* drop adapter rows the decoder has consumed */
-    int64_t used = st->dec_pos - st->adq_base;
-    if (used > st->adq_n || st->eos) used = st->adq_n;
-    if (used > 0) {
-        memmove(st->adq, st->adq + (size_t)used * dim, sizeof(float) * (size_t)(st->adq_n - used) * dim);
-        st->adq_n -= used;
-        st->adq_base += used;
-    }
-    rc = 0;
-done:
+    if (rc == 0) drop_used_rows(st, dim);
     s->stats.decoder_ms += now_ms() - t0;
     return rc;
 }
