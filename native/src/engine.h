@@ -82,7 +82,8 @@ struct vx_model {
     int64_t weight_bytes;
 };
 
-/* ---- kernels seam (kernels.c picks a backend at load) ---- */
+/* ---- CPU kernel table (kernels.c picks one at load; the CPU device, device_cpu.c,
+ * runs the stacks on it) ---- */
 
 struct vx_backend {
     const char *name;

@@ -57,6 +57,113 @@ static long b64_decode(const char *s, size_t n, unsigned char *out) {
 
 /* ---- loading ---- */
 
+/* The text tokens: count entries of vocab decoded into one allocation. */
+static int load_vocab(vx_tokenizer *t, const json_value *vocab, size_t count, const char *path,
+                      char *err, size_t err_len) {
+    /* Pass 1: validate and measure, so all pieces fit one allocation. */
+    size_t total = 0;
+    for (size_t i = 0; i < count; i++) {
+        const json_value *e = &vocab->items[i];
+        const json_value *tb = json_get(e, "token_bytes");
+        if (!tb || tb->type != JSON_STRING) {
+            vx_errf(err, err_len, path, "vocab[%zu] has no \"token_bytes\" string", i);
+            return -1;
+        }
+        /* Ids are positions in the array: a rank that disagrees means the
+         * file is not in rank order and the ids would be wrong. */
+        const json_value *rk = json_get(e, "rank");
+        long long r;
+        if (rk && json_as_int(rk, &r) != 0) {
+            vx_errf(err, err_len, path, "vocab[%zu]: rank is not an integer", i);
+            return -1;
+        }
+        if (rk && r != (long long)i) {
+            vx_errf(err, err_len, path, "vocab[%zu] has rank %lld (entries must be in rank order)", i, r);
+            return -1;
+        }
+        long dl = b64_decode(tb->str, tb->str_len, NULL);
+        if (dl < 0) {
+            vx_errf(err, err_len, path, "vocab[%zu]: token_bytes \"%.40s\" is not valid base64", i,
+                    tb->str);
+            return -1;
+        }
+        if ((size_t)dl > SIZE_MAX - total || dl > 0x7fffffff) {
+            vx_errf(err, err_len, path, "vocab[%zu]: token too long", i);
+            return -1;
+        }
+        total += (size_t)dl;
+    }
+
+    /* Pointer array followed by the bytes: freeing t->bytes frees all. */
+    if (total > SIZE_MAX - 1 || count > (SIZE_MAX - 1 - total) / sizeof(unsigned char *)) {
+        vx_errf(err, err_len, path, "vocab too large");
+        return -1;
+    }
+    t->bytes = malloc(count * sizeof(unsigned char *) + total + 1);
+    t->lens = malloc((count ? count : 1) * sizeof(int));
+    if (!t->bytes || !t->lens) {
+        vx_errf(err, err_len, path, "out of memory for %zu tokens", count);
+        return -1;
+    }
+    unsigned char *blob = (unsigned char *)(t->bytes + count);
+    size_t off = 0;
+    for (size_t i = 0; i < count; i++) {
+        const json_value *tb = json_get(&vocab->items[i], "token_bytes");
+        long dl = b64_decode(tb->str, tb->str_len, blob + off);
+        t->bytes[i] = blob + off;
+        t->lens[i] = (int)dl;
+        if ((int)dl > t->max_token_len) t->max_token_len = (int)dl;
+        off += (size_t)dl;
+    }
+    return 0;
+}
+
+/* The names of the control ids, where the file lists them. */
+static int load_specials(vx_tokenizer *t, const json_value *root, const char *path, char *err,
+                         size_t err_len) {
+    if (t->n_special > 0) {
+        t->special_names = calloc((size_t)t->n_special, sizeof(char *));
+        if (!t->special_names) {
+            vx_errf(err, err_len, path, "out of memory");
+            return -1;
+        }
+    }
+    /* A missing list is fine: ids below n_special are then unnamed controls. */
+    const json_value *sp = json_get(root, "special_tokens");
+    if (sp && sp->type != JSON_NULL) {
+        if (sp->type != JSON_ARRAY) {
+            vx_errf(err, err_len, path, "\"special_tokens\" is not an array");
+            return -1;
+        }
+        for (size_t i = 0; i < sp->n; i++) {
+            const json_value *e = &sp->items[i];
+            const json_value *rk = json_get(e, "rank");
+            const json_value *ts = json_get(e, "token_str");
+            long long r;
+            if (!rk || json_as_int(rk, &r) != 0 || r < 0 || r >= t->n_special) {
+                vx_errf(err, err_len, path,
+                        "special_tokens[%zu]: rank must be an integer in 0..%d", i, t->n_special - 1);
+                return -1;
+            }
+            if (!ts || ts->type != JSON_STRING) {
+                vx_errf(err, err_len, path, "special_tokens[%zu]: missing \"token_str\" string", i);
+                return -1;
+            }
+            if (t->special_names[r]) {
+                vx_errf(err, err_len, path, "special_tokens[%zu]: rank %lld listed twice", i, r);
+                return -1;
+            }
+            t->special_names[r] = malloc(ts->str_len + 1);
+            if (!t->special_names[r]) {
+                vx_errf(err, err_len, path, "out of memory");
+                return -1;
+            }
+            memcpy(t->special_names[r], ts->str, ts->str_len + 1);
+        }
+    }
+    return 0;
+}
+
 int vx_tok_load(const char *path, int vocab_size, vx_tokenizer *t, char *err, size_t err_len) {
     if (err && err_len) err[0] = 0;
     if (!t) return -1;
@@ -80,8 +187,8 @@ int vx_tok_load(const char *path, int vocab_size, vx_tokenizer *t, char *err, si
     }
     if (json_as_int(nsv, &ns) != 0 || ns < 0 || ns > vocab_size) {
         vx_errf(err, err_len, path,
-                 "config.default_num_special_tokens must be an integer in 0..%d (vocab_size)",
-                 vocab_size);
+                "config.default_num_special_tokens must be an integer in 0..%d (vocab_size)",
+                vocab_size);
         goto out;
     }
     t->n_special = (int)ns;
@@ -95,107 +202,14 @@ int vx_tok_load(const char *path, int vocab_size, vx_tokenizer *t, char *err, si
     }
     if (vocab->n < count) {
         vx_errf(err, err_len, path,
-                 "vocab has %zu entries, but the model needs %zu (vocab_size %d - %d special ids)",
-                 vocab->n, count, vocab_size, t->n_special);
+                "vocab has %zu entries, but the model needs %zu (vocab_size %d - %d special ids)",
+                vocab->n, count, vocab_size, t->n_special);
         goto out;
     }
 
-    /* Pass 1: validate and measure, so all pieces fit one allocation. */
-    size_t total = 0;
-    for (size_t i = 0; i < count; i++) {
-        const json_value *e = &vocab->items[i];
-        const json_value *tb = json_get(e, "token_bytes");
-        if (!tb || tb->type != JSON_STRING) {
-            vx_errf(err, err_len, path, "vocab[%zu] has no \"token_bytes\" string", i);
-            goto out;
-        }
-        /* Ids are positions in the array: a rank that disagrees means the
-         * file is not in rank order and the ids would be wrong. */
-        const json_value *rk = json_get(e, "rank");
-        long long r;
-        if (rk && json_as_int(rk, &r) != 0) {
-            vx_errf(err, err_len, path, "vocab[%zu]: rank is not an integer", i);
-            goto out;
-        }
-        if (rk && r != (long long)i) {
-            vx_errf(err, err_len, path, "vocab[%zu] has rank %lld (entries must be in rank order)", i, r);
-            goto out;
-        }
-        long dl = b64_decode(tb->str, tb->str_len, NULL);
-        if (dl < 0) {
-            vx_errf(err, err_len, path, "vocab[%zu]: token_bytes \"%.40s\" is not valid base64", i,
-                     tb->str);
-            goto out;
-        }
-        if ((size_t)dl > SIZE_MAX - total || dl > 0x7fffffff) {
-            vx_errf(err, err_len, path, "vocab[%zu]: token too long", i);
-            goto out;
-        }
-        total += (size_t)dl;
-    }
-
-    /* Pointer array followed by the bytes: freeing t->bytes frees all. */
-    if (total > SIZE_MAX - 1 || count > (SIZE_MAX - 1 - total) / sizeof(unsigned char *)) {
-        vx_errf(err, err_len, path, "vocab too large");
+    if (load_vocab(t, vocab, count, path, err, err_len) != 0 ||
+        load_specials(t, root, path, err, err_len) != 0)
         goto out;
-    }
-    t->bytes = malloc(count * sizeof(unsigned char *) + total + 1);
-    t->lens = malloc((count ? count : 1) * sizeof(int));
-    if (!t->bytes || !t->lens) {
-        vx_errf(err, err_len, path, "out of memory for %zu tokens", count);
-        goto out;
-    }
-    unsigned char *blob = (unsigned char *)(t->bytes + count);
-    size_t off = 0;
-    for (size_t i = 0; i < count; i++) {
-        const json_value *tb = json_get(&vocab->items[i], "token_bytes");
-        long dl = b64_decode(tb->str, tb->str_len, blob + off);
-        t->bytes[i] = blob + off;
-        t->lens[i] = (int)dl;
-        if ((int)dl > t->max_token_len) t->max_token_len = (int)dl;
-        off += (size_t)dl;
-    }
-
-    if (t->n_special > 0) {
-        t->special_names = calloc((size_t)t->n_special, sizeof(char *));
-        if (!t->special_names) {
-            vx_errf(err, err_len, path, "out of memory");
-            goto out;
-        }
-    }
-    /* A missing list is fine: ids below n_special are then unnamed controls. */
-    const json_value *sp = json_get(root, "special_tokens");
-    if (sp && sp->type != JSON_NULL) {
-        if (sp->type != JSON_ARRAY) {
-            vx_errf(err, err_len, path, "\"special_tokens\" is not an array");
-            goto out;
-        }
-        for (size_t i = 0; i < sp->n; i++) {
-            const json_value *e = &sp->items[i];
-            const json_value *rk = json_get(e, "rank");
-            const json_value *ts = json_get(e, "token_str");
-            long long r;
-            if (!rk || json_as_int(rk, &r) != 0 || r < 0 || r >= t->n_special) {
-                vx_errf(err, err_len, path,
-                         "special_tokens[%zu]: rank must be an integer in 0..%d", i, t->n_special - 1);
-                goto out;
-            }
-            if (!ts || ts->type != JSON_STRING) {
-                vx_errf(err, err_len, path, "special_tokens[%zu]: missing \"token_str\" string", i);
-                goto out;
-            }
-            if (t->special_names[r]) {
-                vx_errf(err, err_len, path, "special_tokens[%zu]: rank %lld listed twice", i, r);
-                goto out;
-            }
-            t->special_names[r] = malloc(ts->str_len + 1);
-            if (!t->special_names[r]) {
-                vx_errf(err, err_len, path, "out of memory");
-                goto out;
-            }
-            memcpy(t->special_names[r], ts->str, ts->str_len + 1);
-        }
-    }
     rc = 0;
 out:
     json_free(root);
