@@ -45,22 +45,27 @@ done:
 }
 
 /* The rows stay on the device from the stack to the output head; only the
- * logits come back. */
+ * logits come back (a device with host memory writes them in place). */
 int vx_decoder_pass(const vx_model *m, float **ada, vx_kv *kv, vx_scratch *s, const float *x,
                     int n, int64_t pos0, float *logits) {
     const vx_device *d = m->dev;
     const int dim = m->p.dec.dim;
     const size_t vocab = (size_t)m->p.vocab_size;
     if (vx_stack_reserve(m, &m->p.dec, kv, s, n, pos0) != 0) return -1;
-    if (logits && vx_scratch_reserve_out(s, d, (size_t)n * vocab) != 0) return -1;
+    vx_dbuf *out = logits ? vx_dbuf_host(d, logits) : NULL;
+    if (logits && !out) {
+        if (vx_scratch_reserve_out(s, d, (size_t)n * vocab) != 0) return -1;
+        out = s->out;
+    }
     d->upload(d, s->x, 0, x, sizeof(float) * (size_t)n * dim);
     vx_stack_layers(m, &m->p.dec, m->dec_layers, ada, kv, s, n, pos0);
     if (logits) {
         const vx_weight *head[] = {&m->tok_emb};
         const float *no_bias[] = {NULL};
         d->rmsnorm(m, s->xn, s->x, m->dec_norm, NULL, n, dim, m->p.dec.norm_eps);
-        d->matmul(m, 1, head, s->xn, n, &s->out, no_bias);
-        d->download(d, logits, s->out, 0, sizeof(float) * (size_t)n * vocab);
+        d->matmul(m, 1, head, s->xn, n, &out, no_bias);
+        if (out != vx_dbuf_host(d, logits))
+            d->download(d, logits, out, 0, sizeof(float) * (size_t)n * vocab);
     }
     return 0;
 }

@@ -23,6 +23,10 @@
 
 struct vx_device {
     const char *name;
+    /* 1 when a vx_dbuf is host memory (the CPU device): a stage may then
+     * hand the device a host buffer as a handle (vx_dbuf_host) and skip a
+     * copy, as the decoder does with its logits. */
+    int host_visible;
 
     /* ---- memory: bytes, offsets in bytes ---- */
     vx_dbuf *(*alloc)(const vx_device *d, size_t bytes); /* NULL when out of memory */
@@ -64,4 +68,9 @@ struct vx_device {
 };
 
 const vx_device *vx_device_cpu(void);
+
+/* Host memory p as a handle of d where d reads host memory, else NULL. */
+static inline vx_dbuf *vx_dbuf_host(const vx_device *d, void *p) {
+    return d->host_visible ? (vx_dbuf *)p : NULL;
+}
 #endif

@@ -270,6 +270,7 @@ static void cpu_attention(const vx_model *m, const vx_tf_params *p, const vx_kv 
 
 static const vx_device cpu = {
     .name = "cpu",
+    .host_visible = 1,
     .alloc = cpu_alloc,
     .release = cpu_release,
     .upload = cpu_upload,
