@@ -52,7 +52,7 @@ cmake --build build/ctest-tsan -j2 --target test_threadpool >/dev/null
 TSAN_OPTIONS=halt_on_error=1 build/ctest-tsan/tests/test_threadpool
 
 echo "== C tests on aarch64 (qemu, cortex-a76)"
-bash ci/aarch64-test.sh
+bash scripts/aarch64-test.sh
 
 echo "== lint"
 .venv/bin/ruff check voxd tests bench

@@ -1,52 +1,71 @@
-/* decoder.c - the text decoder: ada-norm scales for the stream's delay, the
- * shared transformer stack over a rolling KV cache, final norm and the output
- * head tied to the token embedding. Sampling is greedy (stream.c). */
+/* decoder.c - the text decoder: ada-norm scales for a delay, the shared
+ * transformer stack over a rolling KV cache, final norm and the output head
+ * tied to the token embedding. Sampling is greedy (stream.c). */
 #include <math.h>
 #include <stdlib.h>
 
-#include "stream.h"
+#include "device.h"
+#include "stages.h"
 
-int vx_decoder_init_ada(vx_stream *s) {
-    const vx_model *m = s->m;
+void vx_decoder_ada_free(const vx_model *m, float **ada) {
+    if (!ada) return;
+    for (int l = 0; l < m->p.dec.n_layers; l++) free(ada[l]);
+    free(ada);
+}
+
+float **vx_decoder_ada_new(const vx_model *m, int delay_pos) {
     const int dim = m->p.dec.dim, half = dim / 2, nl = m->p.dec.n_layers;
     float *t = malloc(sizeof(float) * (size_t)dim);
     float *mid = malloc(sizeof(float) * (size_t)m->p.ada_dim);
-    s->ada = calloc((size_t)nl, sizeof(float *));
-    int rc = -1;
-    if (!t || !mid || !s->ada) goto done;
+    float **ada = calloc((size_t)nl, sizeof(float *));
+    int ok = 0;
+    if (!t || !mid || !ada) goto done;
     /* t_cond: sinusoidal embedding of the delay (in positions) */
     for (int i = 0; i < half; i++) {
-        double f = exp(-log(10000.0) * i / half) * (double)s->delay_pos;
+        double f = exp(-log(10000.0) * i / half) * (double)delay_pos;
         t[i] = (float)cos(f);
         t[half + i] = (float)sin(f);
     }
     for (int l = 0; l < nl; l++) {
-        if (!(s->ada[l] = malloc(sizeof(float) * (size_t)dim))) goto done;
+        if (!(ada[l] = malloc(sizeof(float) * (size_t)dim))) goto done;
         vx_matmul(m, &m->dec_layers[l].ada_down, t, 1, mid, NULL);
         for (int i = 0; i < m->p.ada_dim; i++) mid[i] = vx_gelu(mid[i]);
-        vx_matmul(m, &m->dec_layers[l].ada_up, mid, 1, s->ada[l], NULL);
-        for (int i = 0; i < dim; i++) s->ada[l][i] += 1.0f;
+        vx_matmul(m, &m->dec_layers[l].ada_up, mid, 1, ada[l], NULL);
+        for (int i = 0; i < dim; i++) ada[l][i] += 1.0f;
     }
-    rc = 0;
+    ok = 1;
 done:
     free(t);
     free(mid);
-    return rc;
+    if (!ok) {
+        vx_decoder_ada_free(m, ada);
+        return NULL;
+    }
+    return ada;
 }
 
-int vx_decoder_forward(vx_stream *s, float *x, int n, int64_t pos0, float *logits) {
-    const vx_model *m = s->m;
+/* The rows stay on the device from the stack to the output head; only the
+ * logits come back (a device with host memory writes them in place). */
+int vx_decoder_pass(const vx_model *m, float **ada, vx_kv *kv, vx_scratch *s, const float *x,
+                    int n, int64_t pos0, float *logits) {
+    const vx_device *d = m->dev;
     const int dim = m->p.dec.dim;
-    if (vx_stack_forward(m, &m->p.dec, m->dec_layers, s->ada, &s->st.dec_kv, &s->dec_s, x, n,
-                         pos0) != 0)
-        return -1;
-    s->stats.decoder_passes += 1;
+    const size_t vocab = (size_t)m->p.vocab_size;
+    if (vx_stack_reserve(m, &m->p.dec, kv, s, n, pos0) != 0) return -1;
+    vx_dbuf *out = logits ? vx_dbuf_host(d, logits) : NULL;
+    if (logits && !out) {
+        if (vx_scratch_reserve_out(s, d, (size_t)n * vocab) != 0) return -1;
+        out = s->out;
+    }
+    d->upload(d, s->x, 0, x, sizeof(float) * (size_t)n * dim);
+    vx_stack_layers(m, &m->p.dec, m->dec_layers, ada, kv, s, n, pos0);
     if (logits) {
-        for (int i = 0; i < n; i++) {
-            float *h = x + (size_t)i * dim;
-            vx_rmsnorm(h, h, m->dec_norm, dim, m->p.dec.norm_eps);
-        }
-        vx_matmul(m, &m->tok_emb, x, n, logits, NULL);
+        const vx_weight *head[] = {&m->tok_emb};
+        const float *no_bias[] = {NULL};
+        d->rmsnorm(m, s->xn, s->x, m->dec_norm, NULL, n, dim, m->p.dec.norm_eps);
+        d->matmul(m, 1, head, s->xn, n, &out, no_bias);
+        if (out != vx_dbuf_host(d, logits))
+            d->download(d, logits, out, 0, sizeof(float) * (size_t)n * vocab);
     }
     return 0;
 }

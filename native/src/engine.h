@@ -47,6 +47,8 @@ typedef struct {
 } vx_layer;
 
 typedef struct vx_pool vx_pool;
+typedef struct vx_device vx_device; /* device.h */
+typedef struct vx_dbuf vx_dbuf;     /* memory owned by a device */
 typedef struct vx_actbuf vx_actbuf;
 typedef struct vx_backend vx_backend;
 
@@ -72,14 +74,16 @@ struct vx_model {
     double *dft_cos, *dft_sin;     /* [n_freq, n_fft] */
     float *mel_fb;                 /* [n_mels, n_freq] */
 
-    const vx_backend *be;
+    const vx_device *dev; /* runs the transformer stacks (device.h) */
+    const vx_backend *be; /* the CPU kernels */
     vx_pool *pool;
     vx_actbuf *act; /* NULL when no weight is Q8/Q4 */
     int n_threads;
     int64_t weight_bytes;
 };
 
-/* ---- kernels seam (kernels.c picks a backend at load) ---- */
+/* ---- CPU kernel table (kernels.c picks one at load; the CPU device, device_cpu.c,
+ * runs the stacks on it) ---- */
 
 struct vx_backend {
     const char *name;
@@ -182,35 +186,56 @@ float vx_f16_to_f32(uint16_t h);
 
 /* ---- transformer stack shared by encoder and decoder ---- */
 
-/* Rolling KV cache of one stack: slot = pos % cap_max, grown lazily. Values
- * are fp16 by default (half the memory and the attention's reads); float32
- * where a stream asks for it (exact checks against the reference). */
-typedef struct {
+/* Rolling KV cache of one stack: slot = pos % cap_max, grown lazily, in
+ * the memory of a device. Values are fp16 by default (half the memory and
+ * the attention's reads); float32 where a stream asks for it (exact checks
+ * against the reference). */
+typedef struct vx_kv {
+    const vx_device *dev;
     int n_layers, kv_dim;
     int f16;           /* elements are uint16_t halves, else float */
     int64_t cap;       /* slots allocated now */
     int64_t cap_max;   /* window + largest batch */
-    void **k, **v;     /* [n_layers][cap * kv_dim] elements */
+    vx_dbuf **k, **v;  /* [n_layers] buffers of [cap * kv_dim] elements */
 } vx_kv;
 
-int vx_kv_init(vx_kv *kv, int n_layers, int kv_dim, int64_t cap_max, int f16);
+int vx_kv_init(vx_kv *kv, const vx_device *dev, int n_layers, int kv_dim, int64_t cap_max,
+               int f16);
 int vx_kv_reserve(vx_kv *kv, int64_t pos_end); /* make slots for positions < pos_end */
 void vx_kv_free(vx_kv *kv);
 /* Copy every slot src holds into dst (same geometry); dst keeps any extra slots. */
 int vx_kv_copy(vx_kv *dst, const vx_kv *src);
+/* Bytes of one cache element. */
+static inline size_t vx_kv_elem_bytes(const vx_kv *kv) { return kv->f16 ? 2 : 4; }
 
+/* A stack pass's activations, in the memory of the device that first
+ * reserves them (vx_stack_reserve). */
 typedef struct {
-    float *x, *xn, *q, *k, *v, *att, *h1, *h3, *scores;
-    float *rope; /* [rows, head_dim]: (cos, sin) pairs of each row's position */
+    const vx_device *dev;
+    vx_dbuf *x; /* [rows, dim]: the residual stream, the stack's input and output */
+    vx_dbuf *xn, *q, *k, *v, *att, *h1, *h3, *scores;
+    vx_dbuf *rope; /* [rows, head_dim]: (cos, sin) pairs of each row's position */
+    vx_dbuf *out;  /* a stage's output after the stack (the decoder's logits) */
     int cap_rows;
-    size_t cap_scores; /* floats of attention scores (transformer.c sizes them) */
+    size_t cap_scores; /* floats of attention scratch (the device sizes them) */
+    size_t cap_out;    /* floats of out */
 } vx_scratch;
 
-int vx_scratch_reserve(vx_scratch *s, const vx_tf_params *p, int rows, size_t scores);
 void vx_scratch_free(vx_scratch *s);
+/* Room for out_floats floats in s->out. 0 or -1. */
+int vx_scratch_reserve_out(vx_scratch *s, const vx_device *dev, size_t out_floats);
 
-/* Run n positions [pos0, pos0+n) through every layer; h is [n, dim] in/out.
- * ada: per-layer scale vectors (1 + s) or NULL. */
+/* The transformer stack on m->dev, in two steps so that a stage can keep
+ * its rows on the device: vx_stack_reserve makes room in s and kv for n
+ * positions from pos0 (0, or -1 when memory runs out or n is more than the
+ * cache can take), then vx_stack_layers runs them through every layer, the
+ * rows being s->x [n, dim] in and out. ada: per-layer scale vectors (1 + s)
+ * or NULL. */
+int vx_stack_reserve(const vx_model *m, const vx_tf_params *p, vx_kv *kv, vx_scratch *s, int n,
+                     int64_t pos0);
+void vx_stack_layers(const vx_model *m, const vx_tf_params *p, const vx_layer *layers,
+                     float **ada, vx_kv *kv, vx_scratch *s, int n, int64_t pos0);
+/* Both, with host rows h [n, dim] in and out. */
 int vx_stack_forward(const vx_model *m, const vx_tf_params *p, const vx_layer *layers,
                      float **ada, vx_kv *kv, vx_scratch *s, float *h, int n, int64_t pos0);
 

@@ -18,6 +18,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util.h"
+
 #define JSON_MAX_DEPTH 64
 
 typedef struct {
@@ -43,14 +45,12 @@ static int fail_at(parser *p, size_t at, const char *fmt, ...) {
             col++;
         }
     }
-    int k = snprintf(p->err, p->err_len, "line %zu col %zu: ", line, col);
-    if (k < 0) k = 0;
-    if ((size_t)k < p->err_len) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(p->err + k, p->err_len - (size_t)k, fmt, ap);
-        va_end(ap);
-    }
+    char where[64];
+    snprintf(where, sizeof where, "line %zu col %zu", line, col);
+    va_list ap;
+    va_start(ap, fmt);
+    vx_verrf(p->err, p->err_len, where, fmt, ap);
+    va_end(ap);
     return -1;
 }
 
@@ -292,20 +292,20 @@ static void free_contents(json_value *v) {
     free(v->keys);
 }
 
-/* Grow items (and keys) to hold one more; new slots zeroed. */
+/* Grow items (and keys) to hold one more. */
 static int grow(json_value *v, size_t *cap, int with_keys) {
     if (v->n < *cap) return 0;
-    size_t nc = *cap ? *cap * 2 : 4;
-    if (nc > SIZE_MAX / sizeof(json_value)) return -1;
-    json_value *ni = realloc(v->items, nc * sizeof *ni);
+    const int64_t nc = vx_grow_cap((int64_t)*cap, (int64_t)v->n + 1, 4);
+    if ((uint64_t)nc > SIZE_MAX / sizeof(json_value)) return -1;
+    json_value *ni = realloc(v->items, (size_t)nc * sizeof *ni);
     if (!ni) return -1;
     v->items = ni;
     if (with_keys) {
-        char **nk = realloc(v->keys, nc * sizeof *nk);
+        char **nk = realloc(v->keys, (size_t)nc * sizeof *nk);
         if (!nk) return -1;
         v->keys = nk;
     }
-    *cap = nc;
+    *cap = (size_t)nc;
     return 0;
 }
 
@@ -557,4 +557,15 @@ int json_as_int(const json_value *v, long long *out) {
     if (d != floor(d)) return -1;
     if (out) *out = (long long)d;
     return 0;
+}
+
+int json_load_file(const char *path, json_value **out, char *err, size_t err_len) {
+    size_t len = 0;
+    char *text = vx_read_file(path, &len, err, err_len);
+    if (!text) return -1;
+    char jerr[256];
+    const int rc = json_parse(text, len, out, jerr, sizeof jerr);
+    if (rc != 0) vx_errf(err, err_len, path, "invalid JSON: %s", jerr);
+    free(text); /* the tree holds everything */
+    return rc;
 }

@@ -22,6 +22,9 @@ typedef struct json_value {
  * returns -1 and writes "line L col C: what" to err. Depth is limited (64). */
 int json_parse(const char *text, size_t len, json_value **out, char *err, size_t err_len);
 void json_free(json_value *v);
+/* Read and parse the file at path: 0 and *out, or -1 with "PATH: what" in err
+ * ("PATH: invalid JSON: line L col C: what" for a parse error). */
+int json_load_file(const char *path, json_value **out, char *err, size_t err_len);
 
 /* Object member by key, or NULL (also when obj is not an object). */
 const json_value *json_get(const json_value *obj, const char *key);

@@ -8,6 +8,7 @@
 
 #include "engine.h"
 #include "quant.h"
+#include "util.h"
 #include "vec4.h"
 
 #if !defined(VX_HAVE_AVX2)
@@ -17,22 +18,40 @@ const vx_backend *vx_backend_avx2(void) { return NULL; }
 const vx_backend *vx_backend_neon(void) { return NULL; }
 #endif
 
+/* The CPU backends, best first: the default is the first one this CPU and
+ * build have. A new backend is one line here (and its file in kernels/). */
+static const struct {
+    const char *name;
+    const vx_backend *(*get)(void); /* NULL where not compiled in or the CPU lacks it */
+} backends[] = {
+    {"avx2", vx_backend_avx2},
+    {"neon", vx_backend_neon},
+    {"portable", vx_backend_portable},
+};
+#define N_BACKENDS (sizeof backends / sizeof backends[0])
+
 const vx_backend *vx_backend_select(const char *name, char *err, size_t err_len) {
     if (name && *name) {
-        const vx_backend *b = NULL;
-        if (strcmp(name, "portable") == 0) b = vx_backend_portable();
-        else if (strcmp(name, "avx2") == 0) b = vx_backend_avx2();
-        else if (strcmp(name, "neon") == 0) b = vx_backend_neon();
-        else {
-            snprintf(err, err_len, "unknown backend '%s' (portable, avx2, neon)", name);
-            return NULL;
+        for (size_t i = 0; i < N_BACKENDS; i++) {
+            if (strcmp(name, backends[i].name) != 0) continue;
+            const vx_backend *b = backends[i].get();
+            if (!b)
+                vx_errf(err, err_len, NULL, "backend '%s' is not available on this CPU/build",
+                        name);
+            return b;
         }
-        if (!b) snprintf(err, err_len, "backend '%s' is not available on this CPU/build", name);
-        return b;
+        char names[128] = "";
+        for (size_t i = 0; i < N_BACKENDS; i++)
+            snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", i ? ", " : "",
+                     backends[i].name);
+        vx_errf(err, err_len, NULL, "unknown backend '%s' (%s)", name, names);
+        return NULL;
     }
-    const vx_backend *b = vx_backend_avx2();
-    if (!b) b = vx_backend_neon();
-    return b ? b : vx_backend_portable();
+    for (size_t i = 0; i < N_BACKENDS; i++) {
+        const vx_backend *b = backends[i].get();
+        if (b) return b;
+    }
+    return vx_backend_portable();
 }
 
 /* ---- threaded matmul ---- */

@@ -8,8 +8,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "engine.h"
+#include "device.h"
 #include "quant.h"
+#include "util.h"
 
 #define E "mm_streams_embeddings.embedding_module."
 
@@ -18,18 +19,23 @@ typedef struct {
     const char *file; /* for messages */
     char *err;
     size_t err_len;
+    vx_status status; /* of the failure in err */
     int64_t q_cols; /* widest Q8/Q4 matrix: sizes the activation buffer */
 } binder;
 
-static int fail(binder *b, const char *fmt, ...) {
-    char msg[512];
+/* "FILE: message" into b->err with the status the load returns for it. */
+static int fail_status(binder *b, vx_status st, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int fail_status(binder *b, vx_status st, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    vx_verrf(b->err, b->err_len, b->file, fmt, ap);
     va_end(ap);
-    snprintf(b->err, b->err_len, "%s: %s", b->file, msg);
+    b->status = st;
     return -1;
 }
+#define fail(b, ...) fail_status(b, VX_ERR_FORMAT, __VA_ARGS__)
+#define fail_shape(b, ...) fail_status(b, VX_ERR_SHAPE, __VA_ARGS__)
 
 static const vx_st_tensor *find_shaped(binder *b, const char *name, int ndim, const int64_t *dims) {
     const vx_st_tensor *t = vx_st_find(&b->m->st, name);
@@ -40,14 +46,10 @@ static const vx_st_tensor *find_shaped(binder *b, const char *name, int ndim, co
     int ok = t->ndim == ndim;
     for (int i = 0; ok && i < ndim; i++) ok = t->shape[i] == dims[i];
     if (!ok) {
-        char got[96] = "", want[96] = "";
-        for (int i = 0; i < t->ndim; i++)
-            snprintf(got + strlen(got), sizeof got - strlen(got), "%s%lld", i ? ", " : "",
-                     (long long)t->shape[i]);
-        for (int i = 0; i < ndim; i++)
-            snprintf(want + strlen(want), sizeof want - strlen(want), "%s%lld", i ? ", " : "",
-                     (long long)dims[i]);
-        fail(b, "tensor '%s' has shape [%s] but params.json implies [%s]", name, got, want);
+        char got[96], want[96];
+        vx_fmt_shape(got, sizeof got, t->shape, t->ndim);
+        vx_fmt_shape(want, sizeof want, dims, ndim);
+        fail_shape(b, "tensor '%s' has shape %s but params.json implies %s", name, got, want);
         return NULL;
     }
     return t;
@@ -64,8 +66,8 @@ static int bind_matrix(binder *b, vx_weight *w, int ndim, const int64_t *dims, c
     if (!t) return -1;
     if (t->dtype != VX_DT_BF16 && t->dtype != VX_DT_F32 && t->dtype != VX_DT_F16 &&
         !vx_dt_is_block(t->dtype))
-        return fail(b, "tensor '%s' has dtype %s; weights must be BF16, F16, F32, Q8 or Q4", name,
-                    vx_dtype_name(t->dtype));
+        return fail_shape(b, "tensor '%s' has dtype %s; weights must be BF16, F16, F32, Q8 or Q4",
+                          name, vx_dtype_name(t->dtype));
     if (vx_dt_is_block(t->dtype)) {
         const char *lay = b->m->st.q_layout;
         if (ndim != 2)
@@ -84,8 +86,8 @@ static int bind_matrix(binder *b, vx_weight *w, int ndim, const int64_t *dims, c
     for (int i = 1; i < ndim; i++) w->cols *= dims[i];
     w->data = t->data;
     if (vx_row_bytes(w->dtype, w->cols) * (size_t)w->rows != t->nbytes)
-        return fail(b, "tensor '%s': %zu bytes do not fit shape and dtype %s", name, t->nbytes,
-                    vx_dtype_name(t->dtype));
+        return fail_shape(b, "tensor '%s': %zu bytes do not fit shape and dtype %s", name,
+                          t->nbytes, vx_dtype_name(t->dtype));
     b->m->weight_bytes += (int64_t)t->nbytes;
     if (vx_dt_is_block(w->dtype) && w->cols > b->q_cols) b->q_cols = w->cols;
     return 0;
@@ -101,13 +103,13 @@ static float *bind_vector(binder *b, int64_t n, const char *fmt, ...) {
     const vx_st_tensor *t = find_shaped(b, name, 1, &n);
     if (!t) return NULL;
     if (t->dtype != VX_DT_BF16 && t->dtype != VX_DT_F32 && t->dtype != VX_DT_F16) {
-        fail(b, "tensor '%s' has dtype %s; vectors must be BF16, F16 or F32", name,
-             vx_dtype_name(t->dtype));
+        fail_shape(b, "tensor '%s' has dtype %s; vectors must be BF16, F16 or F32", name,
+                   vx_dtype_name(t->dtype));
         return NULL;
     }
     float *out = malloc(sizeof(float) * (size_t)n);
     if (!out) {
-        fail(b, "out of memory");
+        fail_status(b, VX_ERR_NOMEM, "out of memory");
         return NULL;
     }
     vx_row_to_f32(t->dtype, t->data, 0, n, out);
@@ -186,7 +188,7 @@ static int bind_all(binder *b) {
     const int64_t ed = p->enc.dim, d = p->dec.dim;
     m->enc_layers = calloc((size_t)p->enc.n_layers, sizeof(vx_layer));
     m->dec_layers = calloc((size_t)p->dec.n_layers, sizeof(vx_layer));
-    if (!m->enc_layers || !m->dec_layers) return fail(b, "out of memory");
+    if (!m->enc_layers || !m->dec_layers) return fail_status(b, VX_ERR_NOMEM, "out of memory");
     if (bind_matrix(b, &m->conv0, 3, (int64_t[]){ed, p->n_mels, 3},
                     E "whisper_encoder.conv_layers.0.conv.weight") ||
         bind_matrix(b, &m->conv1, 3, (int64_t[]){ed, ed, 3},
@@ -246,10 +248,10 @@ vx_status vx_model_load(const char *dir, const vx_model_options *opt, vx_model *
     }
     if (vx_st_open(path, &m->st, err, err_len) != 0) goto fail;
 
-    binder b = {m, path, file_err, sizeof file_err, 0};
+    binder b = {m, path, file_err, sizeof file_err, VX_OK, 0};
     if (bind_all(&b) != 0) {
         snprintf(err, err_len, "%s", file_err);
-        st = strstr(file_err, "shape") || strstr(file_err, "dtype") ? VX_ERR_SHAPE : VX_ERR_FORMAT;
+        st = b.status;
         goto fail;
     }
     if (b.q_cols > 0 && !(m->act = vx_actbuf_new(b.q_cols))) {
@@ -275,6 +277,7 @@ vx_status vx_model_load(const char *dir, const vx_model_options *opt, vx_model *
         st = VX_ERR_NOMEM;
         goto fail;
     }
+    m->dev = vx_device_cpu();
     m->be = vx_backend_select(opt ? opt->backend : NULL, err, err_len);
     if (!m->be) {
         st = VX_ERR_ARG;

@@ -5,35 +5,7 @@
 
 #include "engine.h"
 #include "json.h"
-
-static char *read_file(const char *path, size_t *len, char *err, size_t err_len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        snprintf(err, err_len, "%s: cannot open (missing file?)", path);
-        return NULL;
-    }
-    if (fseek(f, 0, SEEK_END) != 0) goto fail;
-    long n = ftell(f);
-    if (n < 0 || fseek(f, 0, SEEK_SET) != 0) goto fail;
-    char *buf = malloc((size_t)n + 1);
-    if (!buf) {
-        fclose(f);
-        snprintf(err, err_len, "%s: out of memory reading %ld bytes", path, n);
-        return NULL;
-    }
-    if (fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        goto fail;
-    }
-    buf[n] = 0;
-    fclose(f);
-    *len = (size_t)n;
-    return buf;
-fail:
-    fclose(f);
-    snprintf(err, err_len, "%s: read error", path);
-    return NULL;
-}
+#include "util.h"
 
 /* Required positive integer at obj.key; names the path in the message. */
 static int get_int(const json_value *obj, const char *where, const char *key, int *out,
@@ -41,11 +13,11 @@ static int get_int(const json_value *obj, const char *where, const char *key, in
     const json_value *v = json_get(obj, key);
     long long x;
     if (!v) {
-        snprintf(err, err_len, "%s: missing key %s%s", path, where, key);
+        vx_errf(err, err_len, path, "missing key %s%s", where, key);
         return -1;
     }
     if (json_as_int(v, &x) != 0 || x <= 0 || x > (1LL << 30)) {
-        snprintf(err, err_len, "%s: %s%s must be a positive integer", path, where, key);
+        vx_errf(err, err_len, path, "%s%s must be a positive integer", where, key);
         return -1;
     }
     *out = (int)x;
@@ -60,7 +32,7 @@ static int get_num(const json_value *obj, const char *where, const char *key, do
         return 0;
     }
     if (v->type != JSON_NUMBER || !(v->number > 0)) {
-        snprintf(err, err_len, "%s: %s%s must be a positive number", path, where, key);
+        vx_errf(err, err_len, path, "%s%s must be a positive number", where, key);
         return -1;
     }
     *out = v->number;
@@ -85,29 +57,22 @@ static int read_stack(const json_value *o, const char *where, vx_tf_params *t, i
         get_num(o, where, "rope_theta", 1e6, &t->rope_theta, path, err, err_len))
         return -1;
     if (t->n_heads % t->n_kv_heads != 0) {
-        snprintf(err, err_len, "%s: %sn_heads (%d) must be a multiple of n_kv_heads (%d)", path,
-                 where, t->n_heads, t->n_kv_heads);
+        vx_errf(err, err_len, path, "%sn_heads (%d) must be a multiple of n_kv_heads (%d)",
+                where, t->n_heads, t->n_kv_heads);
         return -1;
     }
     if (t->head_dim % 2 != 0) {
-        snprintf(err, err_len, "%s: %shead_dim (%d) must be even for RoPE", path, where,
-                 t->head_dim);
+        vx_errf(err, err_len, path, "%shead_dim (%d) must be even for RoPE", where,
+                t->head_dim);
         return -1;
     }
     return 0;
 }
 
 int vx_params_load(const char *path, vx_params *p, char *err, size_t err_len) {
-    size_t len = 0;
-    char *text = read_file(path, &len, err, err_len);
-    if (!text) return -1;
     json_value *root = NULL;
-    char jerr[256];
     int rc = -1;
-    if (json_parse(text, len, &root, jerr, sizeof jerr) != 0) {
-        snprintf(err, err_len, "%s: invalid JSON: %s", path, jerr);
-        goto out;
-    }
+    if (json_load_file(path, &root, err, err_len) != 0) goto out;
     memset(p, 0, sizeof *p);
     if (read_stack(root, "", &p->dec, 0, path, err, err_len)) goto out;
     if (get_int(root, "", "vocab_size", &p->vocab_size, path, err, err_len)) goto out;
@@ -119,13 +84,13 @@ int vx_params_load(const char *path, vx_params *p, char *err, size_t err_len) {
     const char *wma = "multimodal.whisper_model_args.";
     const json_value *enc = json_path(root, "multimodal.whisper_model_args.encoder_args");
     if (!enc || enc->type != JSON_OBJECT) {
-        snprintf(err, err_len, "%s: missing object %sencoder_args", path, wma);
+        vx_errf(err, err_len, path, "missing object %sencoder_args", wma);
         goto out;
     }
     if (read_stack(enc, "encoder_args.", &p->enc, 0, path, err, err_len)) goto out;
     const json_value *audio = json_get(enc, "audio_encoding_args");
     if (!audio || audio->type != JSON_OBJECT) {
-        snprintf(err, err_len, "%s: missing object encoder_args.audio_encoding_args", path);
+        vx_errf(err, err_len, path, "missing object encoder_args.audio_encoding_args");
         goto out;
     }
     const char *aw = "encoder_args.audio_encoding_args.";
@@ -142,20 +107,19 @@ int vx_params_load(const char *path, vx_params *p, char *err, size_t err_len) {
         goto out;
     /* The streaming schedule is built around these: say so instead of misbehaving. */
     if (p->sample_rate != 16000 || p->hop != 160 || p->window_size != 400) {
-        snprintf(err, err_len,
-                 "%s: audio_encoding_args must be sampling_rate 16000, hop_length 160, "
-                 "window_size 400 (got %d, %d, %d)",
-                 path, p->sample_rate, p->hop, p->window_size);
+        vx_errf(err, err_len, path,
+                "audio_encoding_args must be sampling_rate 16000, hop_length 160, "
+                "window_size 400 (got %d, %d, %d)",
+                p->sample_rate, p->hop, p->window_size);
         goto out;
     }
     /* 1 text position = 2 * downsample mel frames = 1280 samples. */
     if (p->downsample != 4) {
-        snprintf(err, err_len, "%s: downsample_factor must be 4 (got %d)", path, p->downsample);
+        vx_errf(err, err_len, path, "downsample_factor must be 4 (got %d)", p->downsample);
         goto out;
     }
     rc = 0;
 out:
     json_free(root);
-    free(text);
     return rc;
 }

@@ -142,7 +142,7 @@ void vx_quantize_row_q4(const float *x, int64_t cols, uint8_t *dst) {
     }
 }
 
-/* quant.c is compiled with -ffp-contract=off (CMakeLists.txt, ci/aarch64-test.sh):
+/* quant.c is compiled with -ffp-contract=off (CMakeLists.txt, scripts/aarch64-test.sh):
  * a fused (x * inv + magic) would round differently from the two-step
  * arithmetic written here, and on AArch64 the compiler would fuse it.
  *

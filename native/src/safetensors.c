@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "json.h"
+#include "util.h"
 
 /* Same cap as the reference implementation: a bigger header is not a real file. */
 #define VX_ST_MAX_HEADER 100000000ull
@@ -76,20 +77,16 @@ int vx_tensor_nbytes(vx_dtype dt, const int64_t *shape, int ndim, size_t *out) {
 /* "PATH: tensor 'NAME': what" (name may be NULL -> "PATH: what"). */
 static int st_fail(char *err, size_t err_len, const char *path, const char *name,
                    const char *fmt, ...) {
-    if (!err || err_len == 0) return -1;
-    int k = name ? snprintf(err, err_len, "%s: tensor '%s': ", path, name)
-                 : snprintf(err, err_len, "%s: ", path);
-    if (k < 0) k = 0;
-    if ((size_t)k < err_len) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err + k, err_len - (size_t)k, fmt, ap);
-        va_end(ap);
-    }
+    char prefix[4096 + 512];
+    if (name) snprintf(prefix, sizeof prefix, "%s: tensor '%s'", path, name);
+    va_list ap;
+    va_start(ap, fmt);
+    vx_verrf(err, err_len, name ? prefix : path, fmt, ap);
+    va_end(ap);
     return -1;
 }
 
-static void fmt_shape(char *buf, size_t n, const int64_t *shape, int ndim) {
+void vx_fmt_shape(char *buf, size_t n, const int64_t *shape, int ndim) {
     size_t o = 0;
     int k = snprintf(buf, n, "[");
     if (k > 0) o = (size_t)k;
@@ -146,7 +143,7 @@ static int read_entry(const json_value *e, vx_st_tensor *t, const unsigned char 
         t->shape[i] = (int64_t)d;
     }
     char shs[128];
-    fmt_shape(shs, sizeof shs, t->shape, t->ndim);
+    vx_fmt_shape(shs, sizeof shs, t->shape, t->ndim);
 
     const json_value *off = json_get(e, "data_offsets");
     if (!off) return st_fail(err, err_len, path, nm, "missing data_offsets");
@@ -193,12 +190,8 @@ static int read_entry(const json_value *e, vx_st_tensor *t, const unsigned char 
     return 0;
 }
 
-int vx_st_open(const char *path, vx_safetensors *st, char *err, size_t err_len) {
-    if (err && err_len) err[0] = 0;
-    if (!st) return -1;
-    memset(st, 0, sizeof *st);
-    if (!path) return st_fail(err, err_len, "(null)", NULL, "no path");
-
+/* Map the file read-only into st->map / st->map_size. */
+static int map_file(const char *path, vx_safetensors *st, char *err, size_t err_len) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return st_fail(err, err_len, path, NULL, "cannot open: %s", strerror(errno));
     struct stat sb;
@@ -230,13 +223,76 @@ int vx_st_open(const char *path, vx_safetensors *st, char *err, size_t err_len) 
                        strerror(map_errno));
     st->map = map;
     st->map_size = size;
+    return 0;
+}
+
+/* The header's entries into st->tensors (their byte spans into spans), and
+ * the block layout from __metadata__. */
+static int read_entries(const json_value *h, vx_safetensors *st, span *spans,
+                        const unsigned char *data, size_t data_size, size_t data_start,
+                        const char *path, char *err, size_t err_len) {
+    for (size_t i = 0; i < h->n; i++) {
+        if (strcmp(h->keys[i], "__metadata__") == 0) {
+            const json_value *lay = json_get(&h->items[i], "voxd_q_layout");
+            if (lay && lay->type == JSON_STRING && !st->q_layout && !(st->q_layout = strdup(lay->str))) {
+                st_fail(err, err_len, path, NULL, "out of memory");
+                return -1;
+            }
+            continue;
+        }
+        vx_st_tensor *t = &st->tensors[st->n_tensors];
+        t->name = strdup(h->keys[i]);
+        if (!t->name) {
+            st_fail(err, err_len, path, h->keys[i], "out of memory");
+            return -1;
+        }
+        st->n_tensors++; /* counted now so close() frees the name */
+        size_t begin = 0;
+        if (read_entry(&h->items[i], t, data, data_size, data_start, &begin, path, err, err_len))
+            return -1;
+        spans[st->n_tensors - 1] = (span){begin, begin + t->nbytes, st->n_tensors - 1};
+    }
+    return 0;
+}
+
+/* Overlaps: sorted by begin, each non-empty span must start at or after
+ * the furthest end seen so far. Empty tensors occupy nothing. */
+static int check_overlaps(const vx_safetensors *st, span *spans, size_t n, const char *path,
+                          char *err, size_t err_len) {
+    if (n > 1) {
+        qsort(spans, n, sizeof *spans, span_cmp);
+        int far = -1; /* span with the furthest end so far */
+        for (size_t i = 0; i < n; i++) {
+            if (spans[i].begin == spans[i].end) continue;
+            if (far >= 0 && spans[i].begin < spans[far].end) {
+                const vx_st_tensor *a = &st->tensors[spans[far].idx];
+                const vx_st_tensor *b = &st->tensors[spans[i].idx];
+                st_fail(err, err_len, path, b->name,
+                        "data_offsets [%zu, %zu] overlap tensor '%s' [%zu, %zu]", spans[i].begin,
+                        spans[i].end, a->name, spans[far].begin, spans[far].end);
+                return -1;
+            }
+            if (far < 0 || spans[i].end > spans[far].end) far = (int)i;
+        }
+    }
+    return 0;
+}
+
+int vx_st_open(const char *path, vx_safetensors *st, char *err, size_t err_len) {
+    if (err && err_len) err[0] = 0;
+    if (!st) return -1;
+    memset(st, 0, sizeof *st);
+    if (!path) return st_fail(err, err_len, "(null)", NULL, "no path");
+
+    if (map_file(path, st, err, err_len) != 0) return -1;
+    const size_t size = st->map_size;
     st->path = strdup(path);
     if (!st->path) {
         st_fail(err, err_len, path, NULL, "out of memory");
         goto fail;
     }
 
-    const unsigned char *m = map;
+    const unsigned char *m = st->map;
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | m[i]; /* little-endian */
     if (hlen > size - 8) {
@@ -279,46 +335,9 @@ int vx_st_open(const char *path, vx_safetensors *st, char *err, size_t err_len) 
             goto fail_h;
         }
     }
-    for (size_t i = 0; i < h->n; i++) {
-        if (strcmp(h->keys[i], "__metadata__") == 0) {
-            const json_value *lay = json_get(&h->items[i], "voxd_q_layout");
-            if (lay && lay->type == JSON_STRING && !st->q_layout && !(st->q_layout = strdup(lay->str))) {
-                st_fail(err, err_len, path, NULL, "out of memory");
-                goto fail_h;
-            }
-            continue;
-        }
-        vx_st_tensor *t = &st->tensors[st->n_tensors];
-        t->name = strdup(h->keys[i]);
-        if (!t->name) {
-            st_fail(err, err_len, path, h->keys[i], "out of memory");
-            goto fail_h;
-        }
-        st->n_tensors++; /* counted now so close() frees the name */
-        size_t begin = 0;
-        if (read_entry(&h->items[i], t, data, data_size, data_start, &begin, path, err, err_len))
-            goto fail_h;
-        spans[st->n_tensors - 1] = (span){begin, begin + t->nbytes, st->n_tensors - 1};
-    }
-
-    /* Overlaps: sorted by begin, each non-empty span must start at or after
-     * the furthest end seen so far. Empty tensors occupy nothing. */
-    if (n > 1) {
-        qsort(spans, n, sizeof *spans, span_cmp);
-        int far = -1; /* span with the furthest end so far */
-        for (size_t i = 0; i < n; i++) {
-            if (spans[i].begin == spans[i].end) continue;
-            if (far >= 0 && spans[i].begin < spans[far].end) {
-                const vx_st_tensor *a = &st->tensors[spans[far].idx];
-                const vx_st_tensor *b = &st->tensors[spans[i].idx];
-                st_fail(err, err_len, path, b->name,
-                        "data_offsets [%zu, %zu] overlap tensor '%s' [%zu, %zu]", spans[i].begin,
-                        spans[i].end, a->name, spans[far].begin, spans[far].end);
-                goto fail_h;
-            }
-            if (far < 0 || spans[i].end > spans[far].end) far = (int)i;
-        }
-    }
+    if (read_entries(h, st, spans, data, data_size, data_start, path, err, err_len) != 0 ||
+        check_overlaps(st, spans, n, path, err, err_len) != 0)
+        goto fail_h;
     free(spans);
     json_free(h);
     return 0;

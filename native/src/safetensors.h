@@ -59,6 +59,8 @@ const char *vx_dtype_name(vx_dtype dt);
  * -1 when the shape does not fit the dtype (negative dim; block format with
  * no dims or a last dim that is not a multiple of 32) or the size overflows. */
 int vx_tensor_nbytes(vx_dtype dt, const int64_t *shape, int ndim, size_t *out);
+/* A shape as "[d0, d1, ...]" for messages (cut to n - 1 bytes). */
+void vx_fmt_shape(char *buf, size_t n, const int64_t *shape, int ndim);
 
 /* Map and validate a file: header length within the file, header is valid JSON,
  * each entry has a known dtype, a shape of <= 4 non-negative dims, offsets

@@ -10,35 +10,32 @@
 #include <time.h>
 
 #include "stream.h"
+#include "util.h"
 
-double vx_now_ms(void) {
+static double now_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
+static vx_status set_err(vx_stream *s, vx_status st, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static vx_status set_err(vx_stream *s, vx_status st, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(s->err, sizeof s->err, fmt, ap);
+    vx_verrf(s->err, sizeof s->err, NULL, fmt, ap);
     va_end(ap);
     return st;
 }
 
-/* ---- growable helpers ---- */
-
+/* Growing buffers of the stream start at 64 elements. */
 static int grow(void **buf, int64_t *cap, int64_t need, size_t elem) {
-    if (need <= *cap) return 0;
-    int64_t c = *cap ? *cap : 64;
-    while (c < need) c *= 2;
-    void *b = realloc(*buf, (size_t)c * elem);
-    if (!b) return -1;
-    *buf = b;
-    *cap = c;
-    return 0;
+    return vx_grow(buf, cap, need, elem, 64);
 }
 
-int vx_capture_rows(vx_stream *s, int kind, const float *rows, int64_t n, int64_t cols) {
+/* Debug capture (vx_stream_debug_enable): rows of a stage's output, kept
+ * when kind is enabled. */
+static int capture_rows(vx_stream *s, int kind, const float *rows, int64_t n, int64_t cols) {
     if (!(s->debug_kinds & kind)) return 0;
     vx_capture *c = kind == VX_DEBUG_MEL       ? &s->cap_mel
                     : kind == VX_DEBUG_ENCODER ? &s->cap_enc
@@ -57,10 +54,8 @@ int vx_capture_rows(vx_stream *s, int kind, const float *rows, int64_t n, int64_
 static void state_free(vx_state *st) {
     free(st->smp);
     free(st->mel_pend);
-    free(st->mel_hist);
-    free(st->c0_last);
     free(st->adq);
-    vx_kv_free(&st->enc_kv);
+    vx_enc_state_free(&st->enc);
     vx_kv_free(&st->dec_kv);
     memset(st, 0, sizeof *st);
 }
@@ -68,13 +63,10 @@ static void state_free(vx_state *st) {
 static int state_init(vx_state *st, const vx_model *m, int kv_f16) {
     memset(st, 0, sizeof *st);
     const vx_params *p = &m->p;
-    st->mel_hist = calloc((size_t)2 * p->n_mels, sizeof(float));
-    st->c0_last = calloc((size_t)p->enc.dim, sizeof(float));
-    if (!st->mel_hist || !st->c0_last ||
-        vx_kv_init(&st->enc_kv, p->enc.n_layers, p->enc.n_kv_heads * p->enc.head_dim,
-                   (int64_t)p->enc.window + VX_ENC_BATCH, kv_f16) != 0 ||
-        vx_kv_init(&st->dec_kv, p->dec.n_layers, p->dec.n_kv_heads * p->dec.head_dim,
-                   (int64_t)p->dec.window + VX_DEC_BATCH, kv_f16) != 0) {
+    if (vx_enc_state_init(&st->enc, m, kv_f16) != 0 ||
+        vx_kv_init(&st->dec_kv, m->dev, p->dec.n_layers,
+                   p->dec.n_kv_heads * p->dec.head_dim, (int64_t)p->dec.window + VX_DEC_BATCH,
+                   kv_f16) != 0) {
         state_free(st);
         return -1;
     }
@@ -90,19 +82,17 @@ static int state_copy(vx_state *dst, const vx_state *src, const vx_model *m) {
     if (grow((void **)&dst->mel_pend, &mcap, src->n_mel_pend, sizeof(float) * nmel) != 0) return -1;
     dst->mel_pend_cap = (int)mcap;
     if (grow((void **)&dst->adq, &dst->adq_cap, src->adq_n, sizeof(float) * dim) != 0) return -1;
-    if (vx_kv_copy(&dst->enc_kv, &src->enc_kv) != 0 || vx_kv_copy(&dst->dec_kv, &src->dec_kv) != 0)
+    if (vx_enc_state_copy(&dst->enc, &src->enc, m) != 0 ||
+        vx_kv_copy(&dst->dec_kv, &src->dec_kv) != 0)
         return -1;
     if (src->smp_len) memcpy(dst->smp, src->smp, sizeof(float) * (size_t)src->smp_len);
     if (src->n_mel_pend)
         memcpy(dst->mel_pend, src->mel_pend, sizeof(float) * (size_t)src->n_mel_pend * nmel);
     if (src->adq_n) memcpy(dst->adq, src->adq, sizeof(float) * (size_t)src->adq_n * dim);
-    memcpy(dst->mel_hist, src->mel_hist, sizeof(float) * 2 * nmel);
-    memcpy(dst->c0_last, src->c0_last, sizeof(float) * m->p.enc.dim);
     dst->smp_len = src->smp_len;
     dst->smp_base = src->smp_base;
     dst->mel_next = src->mel_next;
     dst->n_mel_pend = src->n_mel_pend;
-    dst->enc_pos = src->enc_pos;
     dst->adq_base = src->adq_base;
     dst->adq_n = src->adq_n;
     dst->dec_pos = src->dec_pos;
@@ -199,7 +189,7 @@ static int produce_mel(vx_stream *s, int64_t frame_limit) {
     const vx_model *m = s->m;
     vx_state *st = &s->st;
     const int hop = m->p.hop, half = m->n_fft / 2, nmel = m->p.n_mels;
-    double t0 = vx_now_ms();
+    double t0 = now_ms();
     float win[512], frame[512];
     int64_t end = st->smp_base + st->smp_len;
     while (st->mel_next < frame_limit && st->mel_next * hop + half - 1 < end) {
@@ -217,7 +207,7 @@ static int produce_mel(vx_stream *s, int64_t frame_limit) {
         st->mel_pend_cap = (int)cap;
         memcpy(st->mel_pend + (size_t)st->n_mel_pend * nmel, frame, sizeof(float) * nmel);
         st->n_mel_pend++;
-        if (vx_capture_rows(s, VX_DEBUG_MEL, frame, 1, nmel) != 0) return -1;
+        if (capture_rows(s, VX_DEBUG_MEL, frame, 1, nmel) != 0) return -1;
         st->mel_next++;
     }
     /* drop samples no future frame needs */
@@ -229,18 +219,148 @@ static int produce_mel(vx_stream *s, int64_t frame_limit) {
         st->smp_len -= drop;
         st->smp_base += drop;
     }
-    s->stats.mel_ms += vx_now_ms() - t0;
+    s->stats.mel_ms += now_ms() - t0;
     return 0;
+}
+
+static int append_adapter_rows(vx_state *st, const float *rows, int64_t n, int dim) {
+    const size_t row = sizeof(float) * (size_t)dim;
+    if (vx_grow((void **)&st->adq, &st->adq_cap, st->adq_n + n, row, 16) != 0) return -1;
+    memcpy(st->adq + (size_t)st->adq_n * dim, rows, sizeof(float) * (size_t)n * dim);
+    st->adq_n += n;
+    return 0;
+}
+
+/* One encoder pass over n_pos whole positions of the pending mel frames:
+ * they are consumed, the adapter rows are queued for the decoder. */
+static int run_encoder(vx_stream *s, int n_pos) {
+    const vx_model *m = s->m;
+    vx_state *st = &s->st;
+    const int nmel = m->p.n_mels, ed = m->p.enc.dim, dim = m->p.dec.dim;
+    const int nm = n_pos * VX_POS_FRAMES, ne = n_pos * VX_POS_ENC_FRAMES;
+    if (n_pos <= 0) return 0;
+    if (nm > st->n_mel_pend) return -1;
+    const double t0 = now_ms();
+    float *enc = malloc(sizeof(float) * (size_t)ne * ed);
+    float *out = malloc(sizeof(float) * (size_t)n_pos * dim);
+    int rc = -1;
+    if (!enc || !out) goto done;
+    const int passes = vx_encoder_pass(m, &st->enc, &s->enc_s, st->mel_pend, n_pos, enc, out);
+    if (passes < 0) goto done;
+    s->stats.encoder_passes += passes;
+    st->n_mel_pend -= nm;
+    memmove(st->mel_pend, st->mel_pend + (size_t)nm * nmel,
+            sizeof(float) * (size_t)st->n_mel_pend * nmel);
+    if (capture_rows(s, VX_DEBUG_ENCODER, enc, ne, ed) != 0 ||
+        capture_rows(s, VX_DEBUG_ADAPTER, out, n_pos, dim) != 0 ||
+        append_adapter_rows(st, out, n_pos, dim) != 0)
+        goto done;
+    s->stats.encoder_frames += ne;
+    rc = 0;
+done:
+    s->stats.encoder_ms += now_ms() - t0;
+    free(enc);
+    free(out);
+    return rc;
 }
 
 static int run_audio(vx_stream *s, int force) {
     vx_state *st = &s->st;
     if (!force && st->n_mel_pend < s->interval_frames) return 0;
-    return vx_encode_positions(s, st->n_mel_pend / VX_POS_FRAMES);
+    return run_encoder(s, st->n_mel_pend / VX_POS_FRAMES);
+}
+
+/* One decoder pass of the stream (vx_decoder_pass), counted. */
+static int decoder_pass(vx_stream *s, float *x, int n, int64_t pos0, float *logits) {
+    if (vx_decoder_pass(s->m, s->ada, &s->st.dec_kv, &s->dec_s, x, n, pos0, logits) != 0)
+        return -1;
+    s->stats.decoder_passes += 1;
+    return 0;
 }
 
 static int prompt_token(const vx_stream *s, int64_t p) {
     return p == 0 ? s->m->bos_id : s->m->pad_id;
+}
+
+/* Input row i: adapter row ad[i] plus the embedding e of its input token. */
+static void input_row(float *x, const float *ad, const float *e, int i, int dim) {
+    for (int c = 0; c < dim; c++) x[i * dim + c] = ad[i * dim + c] + e[c];
+}
+
+/* Prompt positions [p, p+n) in one pass, no logits needed. */
+static int prefill(vx_stream *s, int64_t p, int n, const float *ad) {
+    const vx_model *m = s->m;
+    const int dim = m->p.dec.dim;
+    for (int i = 0; i < n; i++) {
+        vx_weight_row(&m->tok_emb, prompt_token(s, p + i), s->dec_emb);
+        input_row(s->dec_x, ad, s->dec_emb, i, dim);
+    }
+    const double tp = now_ms();
+    if (decoder_pass(s, s->dec_x, n, p, NULL) != 0) return -1;
+    s->st.dec_pos += n;
+    s->stats.positions += n;
+    s->stats.prompt_positions += n;
+    s->stats.prompt_passes += 1;
+    s->stats.prompt_ms += now_ms() - tp;
+    return 0;
+}
+
+/* The outputs of a pass of k rows from position p: tokens up to the first
+ * non-pad one (or the end of the utterance); returns how many, or -1. */
+static int keep_tokens(vx_stream *s, int64_t p, int k) {
+    const vx_model *m = s->m;
+    vx_state *st = &s->st;
+    const int64_t vocab = m->p.vocab_size;
+    int kept = 0;
+    while (kept < k) {
+        const float *row = s->dec_logits + (size_t)kept * vocab;
+        int tok = (int)vx_argmax(row, vocab);
+        if (capture_rows(s, VX_DEBUG_LOGITS, row, 1, vocab) != 0) return -1;
+        if (emit_token(s, tok, p + kept) != 0) return -1;
+        st->last_token = tok;
+        st->pad_run = tok == m->pad_id ? st->pad_run + 1 : 0;
+        kept++;
+        if (tok == m->eos_id) {
+            st->eos = 1;
+            break;
+        }
+        if (tok != m->pad_id) break; /* the next row's guess was wrong */
+    }
+    return kept;
+}
+
+/* One pass from position p, avail - p positions having adapter rows: the
+ * first row with its known input token, the others guessing STREAMING_PAD. */
+static int step(vx_stream *s, int64_t p, int64_t avail, const float *ad) {
+    const vx_model *m = s->m;
+    vx_state *st = &s->st;
+    const int dim = m->p.dec.dim, L = s->prompt_len;
+    /* guess only as far as the recent outputs justify: after a run of r
+     * pads, r+1 rows; after text, one (a wrong guess costs a full row) */
+    int k = st->pad_run + 1 < s->max_spec ? st->pad_run + 1 : s->max_spec;
+    if (k > avail - p) k = (int)(avail - p);
+    vx_weight_row(&m->tok_emb, p < L ? prompt_token(s, p) : st->last_token, s->dec_emb);
+    for (int i = 0; i < k; i++) input_row(s->dec_x, ad, i == 0 ? s->dec_emb : s->pad_emb, i, dim);
+    if (decoder_pass(s, s->dec_x, k, p, s->dec_logits) != 0) return -1;
+    const int kept = keep_tokens(s, p, k);
+    if (kept < 0) return -1;
+    st->dec_pos += kept;
+    s->stats.positions += kept;
+    s->stats.spec_guesses += k - 1;
+    s->stats.spec_accepted += kept - 1;
+    return 0;
+}
+
+/* Drop the adapter rows the decoder has consumed. */
+static void drop_used_rows(vx_state *st, int dim) {
+    int64_t used = st->dec_pos - st->adq_base;
+    if (used > st->adq_n || st->eos) used = st->adq_n;
+    if (used > 0) {
+        memmove(st->adq, st->adq + (size_t)used * dim,
+                sizeof(float) * (size_t)(st->adq_n - used) * dim);
+        st->adq_n -= used;
+        st->adq_base += used;
+    }
 }
 
 /* Positions below prompt_len-1 are prefilled in batches (no logits). After
@@ -252,75 +372,22 @@ static int prompt_token(const vx_stream *s, int64_t p) {
  * Rows never influence each other's arithmetic, so the output is bitwise the
  * same as one position per pass. */
 static int run_decoder(vx_stream *s) {
-    const vx_model *m = s->m;
     vx_state *st = &s->st;
-    const int dim = m->p.dec.dim, L = s->prompt_len;
-    const int64_t vocab = m->p.vocab_size;
-    const int kmax = s->max_spec;
-    double t0 = vx_now_ms();
-    float *x = s->dec_x, *emb = s->dec_emb, *logits = s->dec_logits;
-    const float *pad_emb = s->pad_emb;
-    int rc = -1;
-    while (!st->eos && st->dec_pos < st->adq_base + st->adq_n) {
-        int64_t p = st->dec_pos, avail = st->adq_base + st->adq_n;
+    const int dim = s->m->p.dec.dim, L = s->prompt_len;
+    const double t0 = now_ms();
+    int rc = 0;
+    while (rc == 0 && !st->eos && st->dec_pos < st->adq_base + st->adq_n) {
+        const int64_t p = st->dec_pos, avail = st->adq_base + st->adq_n;
         const float *ad = st->adq + (size_t)(p - st->adq_base) * dim;
-        if (p < L - 1) { /* prompt prefill: no logits needed */
+        if (p < L - 1) {
             int64_t n = (L - 1 < avail ? L - 1 : avail) - p;
-            if (n > VX_DEC_BATCH) n = VX_DEC_BATCH;
-            for (int64_t i = 0; i < n; i++) {
-                vx_weight_row(&m->tok_emb, prompt_token(s, p + i), emb);
-                for (int c = 0; c < dim; c++) x[i * dim + c] = ad[i * dim + c] + emb[c];
-            }
-            double tp = vx_now_ms();
-            if (vx_decoder_forward(s, x, (int)n, p, NULL) != 0) goto done;
-            st->dec_pos += n;
-            s->stats.positions += n;
-            s->stats.prompt_positions += n;
-            s->stats.prompt_passes += 1;
-            s->stats.prompt_ms += vx_now_ms() - tp;
-            continue;
+            rc = prefill(s, p, n > VX_DEC_BATCH ? VX_DEC_BATCH : (int)n, ad);
+        } else {
+            rc = step(s, p, avail, ad);
         }
-        /* guess only as far as the recent outputs justify: after a run of r
-         * pads, r+1 rows; after text, one (a wrong guess costs a full row) */
-        int k = st->pad_run + 1 < kmax ? st->pad_run + 1 : kmax;
-        if (k > avail - p) k = (int)(avail - p);
-        vx_weight_row(&m->tok_emb, p < L ? prompt_token(s, p) : st->last_token, emb);
-        for (int i = 0; i < k; i++) {
-            const float *e = i == 0 ? emb : pad_emb;
-            for (int c = 0; c < dim; c++) x[i * dim + c] = ad[i * dim + c] + e[c];
-        }
-        if (vx_decoder_forward(s, x, k, p, logits) != 0) goto done;
-        int kept = 0;
-        while (kept < k) {
-            const float *row = logits + (size_t)kept * vocab;
-            int tok = (int)vx_argmax(row, vocab);
-            if (vx_capture_rows(s, VX_DEBUG_LOGITS, row, 1, vocab) != 0) goto done;
-            if (emit_token(s, tok, p + kept) != 0) goto done;
-            st->last_token = tok;
-            st->pad_run = tok == m->pad_id ? st->pad_run + 1 : 0;
-            kept++;
-            if (tok == m->eos_id) {
-                st->eos = 1;
-                break;
-            }
-            if (tok != m->pad_id) break; /* the next row's guess was wrong */
-        }
-        st->dec_pos += kept;
-        s->stats.positions += kept;
-        s->stats.spec_guesses += k - 1;
-        s->stats.spec_accepted += kept - 1;
     }
-    /* drop adapter rows the decoder has consumed */
-    int64_t used = st->dec_pos - st->adq_base;
-    if (used > st->adq_n || st->eos) used = st->adq_n;
-    if (used > 0) {
-        memmove(st->adq, st->adq + (size_t)used * dim, sizeof(float) * (size_t)(st->adq_n - used) * dim);
-        st->adq_n -= used;
-        st->adq_base += used;
-    }
-    rc = 0;
-done:
-    s->stats.decoder_ms += vx_now_ms() - t0;
+    if (rc == 0) drop_used_rows(st, dim);
+    s->stats.decoder_ms += now_ms() - t0;
     return rc;
 }
 
@@ -366,7 +433,7 @@ vx_status vx_stream_new(vx_model *m, const vx_stream_options *opt, vx_stream **o
     s->dec_logits = malloc(sizeof(float) * (size_t)spec * (size_t)m->p.vocab_size);
     if (!s->dec_x || !s->dec_emb || !s->pad_emb || !s->dec_logits ||
         state_init(&s->st, m, kv_f16) != 0 || state_init(&s->snap, m, kv_f16) != 0 ||
-        vx_decoder_init_ada(s) != 0) {
+        !(s->ada = vx_decoder_ada_new(m, s->delay_pos))) {
         vx_stream_free(s);
         return VX_ERR_NOMEM;
     }
@@ -377,9 +444,7 @@ vx_status vx_stream_new(vx_model *m, const vx_stream_options *opt, vx_stream **o
 
 void vx_stream_free(vx_stream *s) {
     if (!s) return;
-    if (s->ada)
-        for (int l = 0; l < s->m->p.dec.n_layers; l++) free(s->ada[l]);
-    free(s->ada);
+    vx_decoder_ada_free(s->m, s->ada);
     state_free(&s->st);
     state_free(&s->snap);
     vx_scratch_free(&s->enc_s);

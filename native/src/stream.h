@@ -4,13 +4,10 @@
 #ifndef VX_STREAM_H
 #define VX_STREAM_H
 
-#include "engine.h"
+#include "stages.h"
 
 #define VX_POS_SAMPLES 1280  /* one text position = 80 ms */
-#define VX_POS_FRAMES 8      /* mel frames per position */
 #define VX_LEFT_PAD_POS 32   /* positions of zero audio in front of every stream */
-#define VX_ENC_BATCH 64      /* encoder frames per transformer pass */
-#define VX_DEC_BATCH 32      /* decoder positions per prefill pass */
 
 typedef struct {
     /* audio samples of the padded stream; smp[0] is absolute sample smp_base */
@@ -19,10 +16,7 @@ typedef struct {
     int64_t mel_next;          /* next mel frame to compute */
     float *mel_pend;           /* [n_mel_pend, n_mels] frames waiting for the conv stem */
     int n_mel_pend, mel_pend_cap;
-    float *mel_hist;           /* [2, n_mels] the two frames before the pending ones */
-    float *c0_last;            /* [enc_dim] last (odd) output of the first conv */
-    int64_t enc_pos;           /* next encoder frame */
-    vx_kv enc_kv;
+    vx_enc_state enc;          /* the encoder's carried state */
     float *adq;                /* [adq_n, dim] adapter rows for positions adq_base.. */
     int64_t adq_base, adq_n, adq_cap;
     int64_t dec_pos;           /* next decoder position */
@@ -64,16 +58,4 @@ struct vx_stream {
     char err[512];
 };
 
-/* encoder.c: run the conv stem, encoder and adapter on n_pos whole positions
- * of pending mel frames; appends adapter rows to st->adq. */
-int vx_encode_positions(vx_stream *s, int n_pos);
-/* decoder.c */
-int vx_decoder_init_ada(vx_stream *s);
-/* Run positions [pos0, pos0+n) with input rows x [n, dim] (clobbered). When
- * logits is non-NULL, every row's logits are written there ([n, vocab]). */
-int vx_decoder_forward(vx_stream *s, float *x, int n, int64_t pos0, float *logits);
-
-/* helpers shared by the stage files (stream.c) */
-int vx_capture_rows(vx_stream *s, int kind, const float *rows, int64_t n, int64_t cols);
-double vx_now_ms(void);
 #endif

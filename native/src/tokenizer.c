@@ -7,26 +7,13 @@
  * Id t < n_special is a control token; id t >= n_special is vocab[t - n_special]. */
 #include "tokenizer.h"
 
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "json.h"
-
-static int tok_fail(char *err, size_t err_len, const char *path, const char *fmt, ...) {
-    if (!err || err_len == 0) return -1;
-    int k = snprintf(err, err_len, "%s: ", path);
-    if (k < 0) k = 0;
-    if ((size_t)k < err_len) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err + k, err_len - (size_t)k, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
+#include "util.h"
 
 /* ---- base64 (RFC 4648, standard alphabet, padded, canonical) ---- */
 
@@ -70,139 +57,53 @@ static long b64_decode(const char *s, size_t n, unsigned char *out) {
 
 /* ---- loading ---- */
 
-static char *read_all(const char *path, size_t *len, char *err, size_t err_len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        tok_fail(err, err_len, path, "cannot open (missing file?)");
-        return NULL;
-    }
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap);
-    if (!buf) goto oom;
-    for (;;) {
-        if (n == cap) {
-            if (cap > SIZE_MAX / 2) goto oom;
-            char *nb = realloc(buf, cap * 2);
-            if (!nb) goto oom;
-            buf = nb;
-            cap *= 2;
-        }
-        size_t got = fread(buf + n, 1, cap - n, f);
-        n += got;
-        if (got == 0) break;
-    }
-    if (ferror(f)) {
-        free(buf);
-        fclose(f);
-        tok_fail(err, err_len, path, "read error");
-        return NULL;
-    }
-    fclose(f);
-    *len = n;
-    return buf;
-oom:
-    free(buf);
-    fclose(f);
-    tok_fail(err, err_len, path, "out of memory reading the file");
-    return NULL;
-}
-
-int vx_tok_load(const char *path, int vocab_size, vx_tokenizer *t, char *err, size_t err_len) {
-    if (err && err_len) err[0] = 0;
-    if (!t) return -1;
-    memset(t, 0, sizeof *t);
-    if (!path) return tok_fail(err, err_len, "(null)", "no path");
-    if (vocab_size <= 0) return tok_fail(err, err_len, path, "vocab_size %d is not positive", vocab_size);
-
-    size_t len = 0;
-    char *text = read_all(path, &len, err, err_len);
-    if (!text) return -1;
-    json_value *root = NULL;
-    char jerr[200];
-    int rc = -1;
-    if (json_parse(text, len, &root, jerr, sizeof jerr) != 0) {
-        tok_fail(err, err_len, path, "invalid JSON: %s", jerr);
-        goto out;
-    }
-    free(text); /* the tree holds everything from here on */
-    text = NULL;
-    if (root->type != JSON_OBJECT) {
-        tok_fail(err, err_len, path, "top level is not a JSON object");
-        goto out;
-    }
-
-    long long ns;
-    const json_value *nsv = json_path(root, "config.default_num_special_tokens");
-    if (!nsv) {
-        tok_fail(err, err_len, path, "missing config.default_num_special_tokens");
-        goto out;
-    }
-    if (json_as_int(nsv, &ns) != 0 || ns < 0 || ns > vocab_size) {
-        tok_fail(err, err_len, path,
-                 "config.default_num_special_tokens must be an integer in 0..%d (vocab_size)",
-                 vocab_size);
-        goto out;
-    }
-    t->n_special = (int)ns;
-    t->vocab_size = vocab_size;
-    size_t count = (size_t)(vocab_size - t->n_special);
-
-    const json_value *vocab = json_get(root, "vocab");
-    if (!vocab || vocab->type != JSON_ARRAY) {
-        tok_fail(err, err_len, path, "missing \"vocab\" array");
-        goto out;
-    }
-    if (vocab->n < count) {
-        tok_fail(err, err_len, path,
-                 "vocab has %zu entries, but the model needs %zu (vocab_size %d - %d special ids)",
-                 vocab->n, count, vocab_size, t->n_special);
-        goto out;
-    }
-
+/* The text tokens: count entries of vocab decoded into one allocation. */
+static int load_vocab(vx_tokenizer *t, const json_value *vocab, size_t count, const char *path,
+                      char *err, size_t err_len) {
     /* Pass 1: validate and measure, so all pieces fit one allocation. */
     size_t total = 0;
     for (size_t i = 0; i < count; i++) {
         const json_value *e = &vocab->items[i];
         const json_value *tb = json_get(e, "token_bytes");
         if (!tb || tb->type != JSON_STRING) {
-            tok_fail(err, err_len, path, "vocab[%zu] has no \"token_bytes\" string", i);
-            goto out;
+            vx_errf(err, err_len, path, "vocab[%zu] has no \"token_bytes\" string", i);
+            return -1;
         }
         /* Ids are positions in the array: a rank that disagrees means the
          * file is not in rank order and the ids would be wrong. */
         const json_value *rk = json_get(e, "rank");
         long long r;
         if (rk && json_as_int(rk, &r) != 0) {
-            tok_fail(err, err_len, path, "vocab[%zu]: rank is not an integer", i);
-            goto out;
+            vx_errf(err, err_len, path, "vocab[%zu]: rank is not an integer", i);
+            return -1;
         }
         if (rk && r != (long long)i) {
-            tok_fail(err, err_len, path, "vocab[%zu] has rank %lld (entries must be in rank order)", i, r);
-            goto out;
+            vx_errf(err, err_len, path, "vocab[%zu] has rank %lld (entries must be in rank order)", i, r);
+            return -1;
         }
         long dl = b64_decode(tb->str, tb->str_len, NULL);
         if (dl < 0) {
-            tok_fail(err, err_len, path, "vocab[%zu]: token_bytes \"%.40s\" is not valid base64", i,
-                     tb->str);
-            goto out;
+            vx_errf(err, err_len, path, "vocab[%zu]: token_bytes \"%.40s\" is not valid base64", i,
+                    tb->str);
+            return -1;
         }
         if ((size_t)dl > SIZE_MAX - total || dl > 0x7fffffff) {
-            tok_fail(err, err_len, path, "vocab[%zu]: token too long", i);
-            goto out;
+            vx_errf(err, err_len, path, "vocab[%zu]: token too long", i);
+            return -1;
         }
         total += (size_t)dl;
     }
 
     /* Pointer array followed by the bytes: freeing t->bytes frees all. */
     if (total > SIZE_MAX - 1 || count > (SIZE_MAX - 1 - total) / sizeof(unsigned char *)) {
-        tok_fail(err, err_len, path, "vocab too large");
-        goto out;
+        vx_errf(err, err_len, path, "vocab too large");
+        return -1;
     }
     t->bytes = malloc(count * sizeof(unsigned char *) + total + 1);
     t->lens = malloc((count ? count : 1) * sizeof(int));
     if (!t->bytes || !t->lens) {
-        tok_fail(err, err_len, path, "out of memory for %zu tokens", count);
-        goto out;
+        vx_errf(err, err_len, path, "out of memory for %zu tokens", count);
+        return -1;
     }
     unsigned char *blob = (unsigned char *)(t->bytes + count);
     size_t off = 0;
@@ -214,20 +115,25 @@ int vx_tok_load(const char *path, int vocab_size, vx_tokenizer *t, char *err, si
         if ((int)dl > t->max_token_len) t->max_token_len = (int)dl;
         off += (size_t)dl;
     }
+    return 0;
+}
 
+/* The names of the control ids, where the file lists them. */
+static int load_specials(vx_tokenizer *t, const json_value *root, const char *path, char *err,
+                         size_t err_len) {
     if (t->n_special > 0) {
         t->special_names = calloc((size_t)t->n_special, sizeof(char *));
         if (!t->special_names) {
-            tok_fail(err, err_len, path, "out of memory");
-            goto out;
+            vx_errf(err, err_len, path, "out of memory");
+            return -1;
         }
     }
     /* A missing list is fine: ids below n_special are then unnamed controls. */
     const json_value *sp = json_get(root, "special_tokens");
     if (sp && sp->type != JSON_NULL) {
         if (sp->type != JSON_ARRAY) {
-            tok_fail(err, err_len, path, "\"special_tokens\" is not an array");
-            goto out;
+            vx_errf(err, err_len, path, "\"special_tokens\" is not an array");
+            return -1;
         }
         for (size_t i = 0; i < sp->n; i++) {
             const json_value *e = &sp->items[i];
@@ -235,29 +141,77 @@ int vx_tok_load(const char *path, int vocab_size, vx_tokenizer *t, char *err, si
             const json_value *ts = json_get(e, "token_str");
             long long r;
             if (!rk || json_as_int(rk, &r) != 0 || r < 0 || r >= t->n_special) {
-                tok_fail(err, err_len, path,
-                         "special_tokens[%zu]: rank must be an integer in 0..%d", i, t->n_special - 1);
-                goto out;
+                vx_errf(err, err_len, path,
+                        "special_tokens[%zu]: rank must be an integer in 0..%d", i, t->n_special - 1);
+                return -1;
             }
             if (!ts || ts->type != JSON_STRING) {
-                tok_fail(err, err_len, path, "special_tokens[%zu]: missing \"token_str\" string", i);
-                goto out;
+                vx_errf(err, err_len, path, "special_tokens[%zu]: missing \"token_str\" string", i);
+                return -1;
             }
             if (t->special_names[r]) {
-                tok_fail(err, err_len, path, "special_tokens[%zu]: rank %lld listed twice", i, r);
-                goto out;
+                vx_errf(err, err_len, path, "special_tokens[%zu]: rank %lld listed twice", i, r);
+                return -1;
             }
             t->special_names[r] = malloc(ts->str_len + 1);
             if (!t->special_names[r]) {
-                tok_fail(err, err_len, path, "out of memory");
-                goto out;
+                vx_errf(err, err_len, path, "out of memory");
+                return -1;
             }
             memcpy(t->special_names[r], ts->str, ts->str_len + 1);
         }
     }
+    return 0;
+}
+
+int vx_tok_load(const char *path, int vocab_size, vx_tokenizer *t, char *err, size_t err_len) {
+    if (err && err_len) err[0] = 0;
+    if (!t) return -1;
+    memset(t, 0, sizeof *t);
+    if (!path) return vx_errf(err, err_len, "(null)", "no path");
+    if (vocab_size <= 0) return vx_errf(err, err_len, path, "vocab_size %d is not positive", vocab_size);
+
+    json_value *root = NULL;
+    int rc = -1;
+    if (json_load_file(path, &root, err, err_len) != 0) goto out;
+    if (root->type != JSON_OBJECT) {
+        vx_errf(err, err_len, path, "top level is not a JSON object");
+        goto out;
+    }
+
+    long long ns;
+    const json_value *nsv = json_path(root, "config.default_num_special_tokens");
+    if (!nsv) {
+        vx_errf(err, err_len, path, "missing config.default_num_special_tokens");
+        goto out;
+    }
+    if (json_as_int(nsv, &ns) != 0 || ns < 0 || ns > vocab_size) {
+        vx_errf(err, err_len, path,
+                "config.default_num_special_tokens must be an integer in 0..%d (vocab_size)",
+                vocab_size);
+        goto out;
+    }
+    t->n_special = (int)ns;
+    t->vocab_size = vocab_size;
+    size_t count = (size_t)(vocab_size - t->n_special);
+
+    const json_value *vocab = json_get(root, "vocab");
+    if (!vocab || vocab->type != JSON_ARRAY) {
+        vx_errf(err, err_len, path, "missing \"vocab\" array");
+        goto out;
+    }
+    if (vocab->n < count) {
+        vx_errf(err, err_len, path,
+                "vocab has %zu entries, but the model needs %zu (vocab_size %d - %d special ids)",
+                vocab->n, count, vocab_size, t->n_special);
+        goto out;
+    }
+
+    if (load_vocab(t, vocab, count, path, err, err_len) != 0 ||
+        load_specials(t, root, path, err, err_len) != 0)
+        goto out;
     rc = 0;
 out:
-    free(text);
     json_free(root);
     if (rc != 0) vx_tok_free(t);
     return rc;

@@ -1,4 +1,4 @@
-/* kernels_avx2.c - x86-64 AVX2 + FMA backend for F32, F16, BF16, Q8 and Q4.
+/* avx2.c - x86-64 AVX2 + FMA backend for F32, F16, BF16, Q8 and Q4.
  *
  * F32 / F16 / BF16 (matmul_rows). Summation order (the seam's contract):
  * every output Y[i, r] is one chain of 8-lane FMAs,
@@ -45,6 +45,10 @@
  * blocks (the chain is per output, so chunking reorders nothing) while the
  * 4 rows' bytes are reused from L1 by every input.
  *
+ * The float paths' driver (row blocking, batched tiles, prefetch, attention
+ * tiling) is simd_driver.h, shared with the NEON backend: this file holds
+ * AVX2's vector primitives, its reductions and its Q8/Q4 kernels.
+ *
  * Weight data is only guaranteed 2-byte aligned (safetensors.h), so every
  * load is an unaligned one and nothing wider than 2 bytes is dereferenced
  * through a typed pointer. */
@@ -54,13 +58,6 @@
 
 #include "engine.h"
 #include "quant.h"
-
-#define CHUNK 512 /* columns widened at a time (BR rows x 2 KB in L1) */
-#define MAX_N 64  /* rows of X per call (kernels.c's BATCH) */
-
-#define DTYPES                                                                               \
-    ((1u << VX_DT_F32) | (1u << VX_DT_F16) | (1u << VX_DT_BF16) | (1u << VX_DT_Q8) |          \
-     (1u << VX_DT_Q4))
 
 #define INLINE static inline __attribute__((always_inline))
 
@@ -92,11 +89,29 @@ INLINE void hsum8x8(__m256 v0, __m256 v1, __m256 v2, __m256 v3, __m256 v4, __m25
     _mm256_store_ps(r, _mm256_hadd_ps(h01, h23));
 }
 
-INLINE float scale_of(const uint8_t *blk) {
-    uint16_t h;
-    memcpy(&h, blk, 2);
-    return _cvtsh_ss(h);
-}
+/* ---------------- the driver's primitives (simd_driver.h) */
+
+typedef __m256 vf8;
+
+/* MV_ROWS chains cover the FMA latency (4-5 cycles x 2 ports); with 4 the
+ * loop was latency bound. 4 rows x 3 inputs: 12 accumulators + 3 x + 1 w =
+ * the 16 ymm registers, 7 loads per 12 FMAs. */
+#define MV_ROWS 8
+#define TILE_N 3
+#define SIMD_ALIGN 32
+#define FUSED_WIDEN 1
+#define SCORES_4X2 1
+
+INLINE vf8 vf8_zero(void) { return _mm256_setzero_ps(); }
+INLINE vf8 vf8_fma(vf8 acc, vf8 a, vf8 b) { return _mm256_fmadd_ps(a, b, acc); }
+INLINE vf8 vf8_loadu(const float *p) { return _mm256_loadu_ps(p); }
+INLINE vf8 vf8_load_a(const float *p) { return _mm256_load_ps(p); }
+INLINE void vf8_store_a(float *p, vf8 v) { _mm256_store_ps(p, v); }
+INLINE void vf8_storeu(float *p, vf8 v) { _mm256_storeu_ps(p, v); }
+INLINE vf8 vf8_bcast(const float *p) { return _mm256_broadcast_ss(p); }
+INLINE float vf8_hsum(vf8 v) { return hsum8(v); }
+INLINE float f16_scalar(uint16_t h) { return _cvtsh_ss(h); }
+INLINE void prefetch_line(const void *p) { _mm_prefetch((const char *)p, _MM_HINT_T0); }
 
 /* 8 consecutive elements of a plain-dtype row, starting at byte p. */
 INLINE __m256 load8(int dt, const uint8_t *p) {
@@ -106,362 +121,24 @@ INLINE __m256 load8(int dt, const uint8_t *p) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)); /* BF16 */
 }
 
-INLINE size_t elem_bytes(int dt) { return dt == VX_DT_F32 ? 4 : 2; }
-
-/* ---------------- n == 1: matrix-vector, weights dequantized in registers */
-
-/* MV_ROWS rows at once: one FMA chain each, so MV_ROWS chains cover the FMA
- * latency (4-5 cycles x 2 ports); with 4 the loop was latency bound. */
-#define MV_ROWS 8
-
-/* Rows w[0..R) (R = 1 or MV_ROWS, a compile-time constant at each call). */
-INLINE void matvec_plain(int dt, int R, const uint8_t *const *w, const float *x, int64_t cols,
-                         float *y) {
-    __m256 a[MV_ROWS];
-    for (int k = 0; k < R; k++) a[k] = _mm256_setzero_ps();
-    const size_t es = elem_bytes(dt);
-    for (int64_t c = 0; c < cols; c += 8) {
-        __m256 xv = _mm256_loadu_ps(x + c);
-        for (int k = 0; k < R; k++) a[k] = _mm256_fmadd_ps(load8(dt, w[k] + (size_t)c * es), xv, a[k]);
-    }
-    for (int k = 0; k < R; k++) y[k] = hsum8(a[k]);
-}
-
-/* One call per dtype so each inner loop is compiled for its dtype and R. */
-INLINE void matvec_rows(int dt, int R, const uint8_t *const *w, const float *x, int64_t cols,
-                        float *y) {
-    matvec_plain(dt, R, w, x, cols, y);
-}
-
-INLINE void matvec(int dt, const uint8_t *base, size_t row_bytes, const float *x, int64_t cols,
-                   float *Y, int64_t r0, int64_t r1) {
-    int64_t r = r0;
-    for (; r + MV_ROWS <= r1; r += MV_ROWS) {
-        const uint8_t *w[MV_ROWS];
-        for (int k = 0; k < MV_ROWS; k++) w[k] = base + (size_t)(r + k) * row_bytes;
-        matvec_rows(dt, MV_ROWS, w, x, cols, Y + r);
-    }
-    for (; r < r1; r++) {
-        const uint8_t *w[1] = {base + (size_t)r * row_bytes};
-        matvec_rows(dt, 1, w, x, cols, Y + r);
-    }
-}
-
-static void matvec_f32(const uint8_t *b, size_t rb, const float *x, int64_t c, float *Y, int64_t r0, int64_t r1) { matvec(VX_DT_F32, b, rb, x, c, Y, r0, r1); }
-static void matvec_f16(const uint8_t *b, size_t rb, const float *x, int64_t c, float *Y, int64_t r0, int64_t r1) { matvec(VX_DT_F16, b, rb, x, c, Y, r0, r1); }
-static void matvec_bf16(const uint8_t *b, size_t rb, const float *x, int64_t c, float *Y, int64_t r0, int64_t r1) { matvec(VX_DT_BF16, b, rb, x, c, Y, r0, r1); }
-
-/* ---------------- n >= 2: widen a chunk once, register-blocked tiles */
-
-/* Widen elements [c0, c0+len) of a row (len a multiple of 8) to float: the
- * very values matvec_* feed to their FMAs. */
-static void widen(int dt, const uint8_t *row, int64_t c0, int64_t len, float *out) {
-    switch (dt) {
-    case VX_DT_F32:
-    case VX_DT_F16:
-    case VX_DT_BF16: {
-        /* F32 too goes through registers: memcpy of 1 KB pieces (rep movsb
-         * here) cost more than the FMAs that reuse them */
-        const size_t es = elem_bytes(dt);
-        const uint8_t *p = row + (size_t)c0 * es;
-        if (dt == VX_DT_F32) {
-            for (int64_t c = 0; c < len; c += 8) _mm256_store_ps(out + c, load8(VX_DT_F32, p + c * 4));
-        } else if (dt == VX_DT_F16) {
-            for (int64_t c = 0; c < len; c += 8) _mm256_store_ps(out + c, load8(VX_DT_F16, p + c * 2));
-        } else {
-            for (int64_t c = 0; c < len; c += 8) _mm256_store_ps(out + c, load8(VX_DT_BF16, p + c * 2));
-        }
-        break;
-    }
-    default: break;
-    }
-}
-
-/* Rows per block of the batched path: 16 widened rows x CHUNK floats (16 KB)
- * stay in L1 together with the x chunks of the current inputs. */
-#define BR 8
-
-/* Tile of R widened rows (w, stride CHUNK) x N inputs (x, stride ldx) over
- * len columns; acc[i * BR + k] carries the chain of (input i, row k) from the
- * previous chunk and gets it back, so chunking does not reorder anything. */
-INLINE void tile(int R, int N, const float *w, const float *x, int ldx, int64_t len, __m256 *acc) {
-    __m256 a[3][4];
-    for (int i = 0; i < N; i++)
-        for (int k = 0; k < R; k++) a[i][k] = acc[i * BR + k];
-    for (int64_t c = 0; c < len; c += 8) {
-        __m256 xv[3];
-        for (int i = 0; i < N; i++) xv[i] = _mm256_loadu_ps(x + (size_t)i * ldx + c);
-        for (int k = 0; k < R; k++) {
-            __m256 wv = _mm256_load_ps(w + k * CHUNK + c);
-            for (int i = 0; i < N; i++) a[i][k] = _mm256_fmadd_ps(wv, xv[i], a[i][k]);
-        }
-    }
-    for (int i = 0; i < N; i++)
-        for (int k = 0; k < R; k++) acc[i * BR + k] = a[i][k];
-}
-
-/* 4 rows x 3 inputs: 12 accumulators + 3 x + 1 w = the 16 ymm registers;
- * 7 loads per 12 FMAs. The others handle the edges of n and of the rows. */
-static void tile_4x3(const float *w, const float *x, int ldx, int64_t len, __m256 *acc) { tile(4, 3, w, x, ldx, len, acc); }
-static void tile_4x2(const float *w, const float *x, int ldx, int64_t len, __m256 *acc) { tile(4, 2, w, x, ldx, len, acc); }
-static void tile_4x1(const float *w, const float *x, int ldx, int64_t len, __m256 *acc) { tile(4, 1, w, x, ldx, len, acc); }
-static void tile_1x3(const float *w, const float *x, int ldx, int64_t len, __m256 *acc) { tile(1, 3, w, x, ldx, len, acc); }
-static void tile_1x2(const float *w, const float *x, int ldx, int64_t len, __m256 *acc) { tile(1, 2, w, x, ldx, len, acc); }
-static void tile_1x1(const float *w, const float *x, int ldx, int64_t len, __m256 *acc) { tile(1, 1, w, x, ldx, len, acc); }
-
-/* The 4x3 tile of the first three inputs, widening its 4 rows on the way:
- * each widened vector feeds this tile's FMAs and is stored to w for the
- * other inputs. Widening as a pass of its own was bound by its stores
- * (~10% of the kernel at n = 24); here the stores overlap FMA work. */
-INLINE void tile_widen(int dt, const uint8_t *const *src, float *w, const float *x, int ldx,
-                       int64_t len, __m256 *acc) {
-    const size_t es = elem_bytes(dt);
-    __m256 a[3][4];
-    for (int i = 0; i < 3; i++)
-        for (int k = 0; k < 4; k++) a[i][k] = acc[i * BR + k];
-    for (int64_t c = 0; c < len; c += 8) {
-        __m256 xv[3];
-        for (int i = 0; i < 3; i++) xv[i] = _mm256_loadu_ps(x + (size_t)i * ldx + c);
-        for (int k = 0; k < 4; k++) {
-            __m256 wv = load8(dt, src[k] + (size_t)c * es);
-            _mm256_store_ps(w + k * CHUNK + c, wv);
-            for (int i = 0; i < 3; i++) a[i][k] = _mm256_fmadd_ps(wv, xv[i], a[i][k]);
-        }
-    }
-    for (int i = 0; i < 3; i++)
-        for (int k = 0; k < 4; k++) acc[i * BR + k] = a[i][k];
-}
-
-static void tile_widen_f32(const uint8_t *const *s, float *w, const float *x, int ldx, int64_t len, __m256 *acc) { tile_widen(VX_DT_F32, s, w, x, ldx, len, acc); }
-static void tile_widen_f16(const uint8_t *const *s, float *w, const float *x, int ldx, int64_t len, __m256 *acc) { tile_widen(VX_DT_F16, s, w, x, ldx, len, acc); }
-static void tile_widen_bf16(const uint8_t *const *s, float *w, const float *x, int ldx, int64_t len, __m256 *acc) { tile_widen(VX_DT_BF16, s, w, x, ldx, len, acc); }
-
-/* All tiles of one chunk for inputs [i, i+N) (N <= 3): the x chunk of these
- * inputs is fetched once from L2 and then reused from L1 by every row. */
-static void chunk_inputs(int N, int rows, const float *wbuf, const float *x, int ldx, int64_t len,
-                         __m256 *acc) {
-    int k = 0;
-    for (; k + 4 <= rows; k += 4) {
-        const float *w = wbuf + k * CHUNK;
-        if (N == 3) tile_4x3(w, x, ldx, len, acc + k);
-        else if (N == 2) tile_4x2(w, x, ldx, len, acc + k);
-        else tile_4x1(w, x, ldx, len, acc + k);
-    }
-    for (; k < rows; k++) {
-        const float *w = wbuf + k * CHUNK;
-        if (N == 3) tile_1x3(w, x, ldx, len, acc + k);
-        else if (N == 2) tile_1x2(w, x, ldx, len, acc + k);
-        else tile_1x1(w, x, ldx, len, acc + k);
-    }
-}
-
-/* Prefetch of the next block's weights, spread over this block's work. The
- * BR rows of a block are one contiguous run of memory; fetching it a whole
- * block ahead (several microseconds of FMAs) hides the DRAM latency, and a
- * few lines per step of (chunk, input group) keeps the fetches from piling
- * up on the miss buffers (128 prefetches at once stalled the loads). */
-typedef struct {
-    const char *p, *end; /* lines still to ask for */
-    size_t step;         /* bytes per step */
-} pf_run;
-
-INLINE void pf_start(pf_run *f, const vx_weight *W, int64_t r_next, int64_t r1, int steps) {
-    const size_t row_bytes = vx_row_bytes(W->dtype, W->cols);
-    const int64_t rows = r1 - r_next < BR ? r1 - r_next : BR;
-    f->p = f->end = (const char *)W->data; /* nothing to fetch after the last block */
-    f->step = 0;
-    if (rows <= 0) return;
-    f->p += (size_t)r_next * row_bytes;
-    f->end = f->p + (size_t)rows * row_bytes;
-    f->step = ((size_t)rows * row_bytes / (size_t)steps + 63) & ~(size_t)63;
-}
-
-INLINE void pf_step(pf_run *f) {
-    const char *stop = f->p + f->step < f->end ? f->p + f->step : f->end;
-    for (; f->p < stop; f->p += 64) _mm_prefetch(f->p, _MM_HINT_T0);
-}
-
-static void batched(const vx_weight *W, const float *X, int n, int ldx, float *Y, int ldy,
-                    int64_t r0, int64_t r1) {
-    const int64_t cols = W->cols;
-    const size_t row_bytes = vx_row_bytes(W->dtype, cols);
-    const uint8_t *base = W->data;
-    float wbuf[BR * CHUNK] __attribute__((aligned(32)));
-    __m256 acc[MAX_N * BR]; /* [input][row of the block], 32 KB */
-    const int steps = (int)((cols + CHUNK - 1) / CHUNK) * ((n + 2) / 3);
-    for (int64_t r = r0; r < r1; r += BR) {
-        const int rows = r1 - r < BR ? (int)(r1 - r) : BR;
-        pf_run pf;
-        pf_start(&pf, W, r + BR, r1, steps);
-        for (int i = 0; i < n; i++)
-            for (int k = 0; k < rows; k++) acc[i * BR + k] = _mm256_setzero_ps();
-        for (int64_t c0 = 0; c0 < cols; c0 += CHUNK) {
-            const int64_t len = cols - c0 < CHUNK ? cols - c0 : CHUNK;
-            int i = 0;
-            if (rows == BR && n >= 3) { /* full blocks: widen inside the first tiles */
-                for (int k = 0; k < BR; k += 4) {
-                    const uint8_t *src[4];
-                    for (int q = 0; q < 4; q++)
-                        src[q] = base + (size_t)(r + k + q) * row_bytes + vx_row_bytes(W->dtype, c0);
-                    const float *x = X + c0;
-                    if (W->dtype == VX_DT_BF16) tile_widen_bf16(src, wbuf + k * CHUNK, x, ldx, len, acc + k);
-                    else if (W->dtype == VX_DT_F16) tile_widen_f16(src, wbuf + k * CHUNK, x, ldx, len, acc + k);
-                    else tile_widen_f32(src, wbuf + k * CHUNK, x, ldx, len, acc + k);
-                }
-                pf_step(&pf);
-                i = 3;
-            } else {
-                for (int k = 0; k < rows; k++)
-                    widen(W->dtype, base + (size_t)(r + k) * row_bytes, c0, len, wbuf + k * CHUNK);
-            }
-            for (; i < n; i += 3) {
-                const int N = n - i < 3 ? n - i : 3;
-                pf_step(&pf);
-                chunk_inputs(N, rows, wbuf, X + (size_t)i * ldx + c0, ldx, len, acc + i * BR);
-            }
-        }
-        for (int i = 0; i < n; i++)
-            for (int k = 0; k < rows; k++) Y[(size_t)i * ldy + r + k] = hsum8(acc[i * BR + k]);
-    }
-}
-
-static int avx2_matmul_rows(const vx_weight *W, const float *X, int n, int ldx, float *Y, int ldy,
-                            int64_t r0, int64_t r1) {
-    if (W->dtype != VX_DT_F32 && W->dtype != VX_DT_F16 && W->dtype != VX_DT_BF16) return -1;
-    if (n > MAX_N || W->cols % 8 != 0) return -1;
-    if (n <= 0 || r0 >= r1) return 0;
-    if (n == 1) {
-        const uint8_t *base = W->data;
-        const size_t rb = vx_row_bytes(W->dtype, W->cols);
-        switch (W->dtype) {
-        case VX_DT_F32: matvec_f32(base, rb, X, W->cols, Y, r0, r1); break;
-        case VX_DT_F16: matvec_f16(base, rb, X, W->cols, Y, r0, r1); break;
-        case VX_DT_BF16: matvec_bf16(base, rb, X, W->cols, Y, r0, r1); break;
-        default: return -1;
-        }
-        return 0;
-    }
-    batched(W, X, n, ldx, Y, ldy, r0, r1);
-    return 0;
-}
-
-/* ---------------- attention (engine.h: attn_scores / attn_values) */
-
 /* 8 elements of a KV row (fp16 widened exactly, or float) at element c. */
 INLINE __m256 kv_load8(const void *row, int f16, int c) {
     if (f16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)((const uint16_t *)row + c)));
     return _mm256_loadu_ps((const float *)row + c);
 }
 
-/* The last hd % 8 elements from c on, zero-padded to 8 lanes. */
-INLINE __m256 kv_tail8(const void *row, int f16, int c, int rem) {
-    float t[8] = {0};
-    for (int l = 0; l < rem; l++)
-        t[l] = f16 ? _cvtsh_ss(((const uint16_t *)row)[c + l]) : ((const float *)row)[c + l];
-    return _mm256_loadu_ps(t);
-}
 
-INLINE __m256 q_tail8(const float *q, int c, int rem) {
-    float t[8] = {0};
-    for (int l = 0; l < rem; l++) t[l] = q[c + l];
-    return _mm256_loadu_ps(t);
-}
-
-/* Scores of QB queries against 2 keys (or 1): QB x NK independent chains. */
-INLINE void scores_tile(int QB, int NK, const float *const *q, const void *k0, const void *k1,
-                        int f16, int hd, float *S, size_t lds, int64_t t) {
-    __m256 a[4][2];
-    for (int i = 0; i < QB; i++)
-        for (int j = 0; j < NK; j++) a[i][j] = _mm256_setzero_ps();
-    int hd8 = hd - hd % 8;
-    for (int c = 0; c < hd8; c += 8) {
-        __m256 kv0 = kv_load8(k0, f16, c), kv1 = NK > 1 ? kv_load8(k1, f16, c) : kv0;
-        for (int i = 0; i < QB; i++) {
-            __m256 qv = _mm256_loadu_ps(q[i] + c);
-            a[i][0] = _mm256_fmadd_ps(kv0, qv, a[i][0]);
-            if (NK > 1) a[i][1] = _mm256_fmadd_ps(kv1, qv, a[i][1]);
-        }
-    }
-    if (hd8 < hd) {
-        __m256 kv0 = kv_tail8(k0, f16, hd8, hd - hd8);
-        __m256 kv1 = NK > 1 ? kv_tail8(k1, f16, hd8, hd - hd8) : kv0;
-        for (int i = 0; i < QB; i++) {
-            __m256 qv = q_tail8(q[i], hd8, hd - hd8);
-            a[i][0] = _mm256_fmadd_ps(kv0, qv, a[i][0]);
-            if (NK > 1) a[i][1] = _mm256_fmadd_ps(kv1, qv, a[i][1]);
-        }
-    }
-    if (QB == 4 && NK == 2) {
-        float r[8] __attribute__((aligned(32)));
-        hsum8x8(a[0][0], a[0][1], a[1][0], a[1][1], a[2][0], a[2][1], a[3][0], a[3][1], r);
-        for (int i = 0; i < 4; i++) {
-            S[(size_t)i * lds + (size_t)t] = r[i];
-            S[(size_t)i * lds + (size_t)t + 1] = r[4 + i];
-        }
-        return;
-    }
-    for (int i = 0; i < QB; i++)
-        for (int j = 0; j < NK; j++) S[(size_t)i * lds + (size_t)t + (size_t)j] = hsum8(a[i][j]);
-}
-
-INLINE void scores_rows(int QB, const float *const *q, const void *K, int f16, size_t ldk,
-                        int64_t nk, int hd, float *S, size_t lds) {
-    const size_t es = f16 ? 2 : 4;
-    const uint8_t *base = K;
-    int64_t t = 0;
-    for (; t + 2 <= nk; t += 2)
-        scores_tile(QB, 2, q, base + (size_t)t * ldk * es, base + (size_t)(t + 1) * ldk * es, f16,
-                    hd, S, lds, t);
-    if (t < nk) scores_tile(QB, 1, q, base + (size_t)t * ldk * es, NULL, f16, hd, S, lds, t);
-}
-
-static void avx2_attn_scores(const float *const *q, int nq, const void *K, int f16, size_t ldk,
-                             int64_t nk, int hd, float *S, size_t lds) {
-    int i = 0;
-    for (; i + 4 <= nq; i += 4) scores_rows(4, q + i, K, f16, ldk, nk, hd, S + (size_t)i * lds, lds);
-    for (; i < nq; i++) scores_rows(1, q + i, K, f16, ldk, nk, hd, S + (size_t)i * lds, lds);
-}
-
-/* o[i][c..c+8*CB) += sum_t P[i, t] v_t for QB queries: QB x CB chains. */
-INLINE void values_tile(int QB, int CB, const float *P, size_t ldp, const void *V, int f16,
-                        size_t ldv, int64_t nk, float *const *o, int c) {
-    const size_t es = f16 ? 2 : 4;
-    const uint8_t *base = V;
-    __m256 a[4][2];
-    for (int i = 0; i < QB; i++)
-        for (int b = 0; b < CB; b++) a[i][b] = _mm256_loadu_ps(o[i] + c + 8 * b);
-    for (int64_t t = 0; t < nk; t++) {
-        const void *row = base + (size_t)t * ldv * es;
-        __m256 v0 = kv_load8(row, f16, c), v1 = CB > 1 ? kv_load8(row, f16, c + 8) : v0;
-        for (int i = 0; i < QB; i++) {
-            __m256 p = _mm256_broadcast_ss(P + (size_t)i * ldp + (size_t)t);
-            a[i][0] = _mm256_fmadd_ps(p, v0, a[i][0]);
-            if (CB > 1) a[i][1] = _mm256_fmadd_ps(p, v1, a[i][1]);
-        }
-    }
-    for (int i = 0; i < QB; i++)
-        for (int b = 0; b < CB; b++) _mm256_storeu_ps(o[i] + c + 8 * b, a[i][b]);
-}
-
-static void avx2_attn_values(const float *P, size_t ldp, int nq, const void *V, int f16,
-                             size_t ldv, int64_t nk, int hd, float *const *o) {
-    int hd8 = hd - hd % 8;
-    for (int i = 0; i < nq; i += 4) {
-        int qb = nq - i < 4 ? nq - i : 4;
-        const float *Pi = P + (size_t)i * ldp;
-        int c = 0;
-        for (; c + 16 <= hd8; c += 16) {
-            if (qb == 4) values_tile(4, 2, Pi, ldp, V, f16, ldv, nk, o + i, c);
-            else for (int k = 0; k < qb; k++) values_tile(1, 2, Pi + (size_t)k * ldp, ldp, V, f16, ldv, nk, o + i + k, c);
-        }
-        for (; c < hd8; c += 8) {
-            if (qb == 4) values_tile(4, 1, Pi, ldp, V, f16, ldv, nk, o + i, c);
-            else for (int k = 0; k < qb; k++) values_tile(1, 1, Pi + (size_t)k * ldp, ldp, V, f16, ldv, nk, o + i + k, c);
-        }
-        /* columns past the last 8: the same fused multiply-add per element */
-        vx_attn_values_fma_cols(Pi, ldp, qb, V, f16, ldv, nk, hd8, hd, o + i);
+/* A 4 x 2 score tile's eight reductions at once (hsum8x8). */
+INLINE void scores_store_4x2(vf8 a[4][2], float *S, size_t lds, int64_t t) {
+    float r[8] __attribute__((aligned(32)));
+    hsum8x8(a[0][0], a[0][1], a[1][0], a[1][1], a[2][0], a[2][1], a[3][0], a[3][1], r);
+    for (int i = 0; i < 4; i++) {
+        S[(size_t)i * lds + (size_t)t] = r[i];
+        S[(size_t)i * lds + (size_t)t + 1] = r[4 + i];
     }
 }
+
+#include "simd_driver.h"
 
 /* ---------------- Q8 / Q4: int8 activations, integer dot products */
 
@@ -813,15 +490,15 @@ static void q_rows_q4(const vx_weight *W, const int8_t *xq, const float *xd, int
 
 static int avx2_matmul_rows_q(const vx_weight *W, const int8_t *xq, const float *xd, int n,
                               float *Y, int ldy, int64_t r0, int64_t r1) {
-    if (!vx_dt_is_block(W->dtype) || W->cols % VX_QBLOCK != 0 || n > MAX_N)
-        return -1;
-    if (n <= 0 || r0 >= r1) return 0;
+    const int run = q_args(W, n, r0, r1);
+    if (run <= 0) return run;
     if (W->dtype == VX_DT_Q8) q_rows_q8(W, xq, xd, n, Y, ldy, r0, r1);
     else q_rows_q4(W, xq, xd, n, Y, ldy, r0, r1);
     return 0;
 }
 
-static const vx_backend avx2 = {"avx2", avx2_matmul_rows, avx2_matmul_rows_q, DTYPES, avx2_attn_scores, avx2_attn_values};
+static const vx_backend avx2 = {"avx2",          simd_matmul_rows, avx2_matmul_rows_q,
+                                DTYPES,          simd_attn_scores, simd_attn_values};
 
 const vx_backend *vx_backend_avx2(void) {
     __builtin_cpu_init();

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# ci/aarch64-test.sh - build the native engine and its C tests for AArch64 with
+# scripts/aarch64-test.sh - build the native engine and its C tests for AArch64 with
 # the cross compiler and run them under user-mode QEMU, so the NEON backend is
 # tested on every change without an ARM board.
 #
-#   ci/aarch64-test.sh [BUILD_DIR]      (default: build/aarch64)
+#   scripts/aarch64-test.sh [BUILD_DIR]      (default: build/aarch64)
 #
 # Needs the Debian/Ubuntu packages gcc-aarch64-linux-gnu and qemu-user.
 # Binaries are linked statically, so no AArch64 sysroot setup is needed at
@@ -34,14 +34,15 @@ mkdir -p "$out/obj"
 cflags=(-std=gnu11 -O2 -Wall -Wextra -Werror -Wno-unused-parameter -pthread
         -I"$root/native/include" -I"$src" -DVX_HAVE_NEON=1)
 
-# Engine sources: everything in src/ except other architectures' backends.
+# Engine sources: everything in src/ and src/kernels/ except other
+# architectures' backends.
 objs=()
 pids=()
-for f in "$src"/*.c; do
+for f in "$src"/*.c "$src"/kernels/*.c; do
     name=$(basename "$f" .c)
     case "$name" in
-    kernels_avx2) continue ;;
-    kernels_neon) extra=(-march=armv8.2-a+fp16+dotprod) ;;
+    avx2) continue ;;
+    neon) extra=(-march=armv8.2-a+fp16+dotprod) ;;
     quant) extra=(-ffp-contract=off) ;; # as in CMakeLists.txt
     *) extra=() ;;
     esac

@@ -1,4 +1,4 @@
-/* kernels_portable.c - the reference backend: plain C for every dtype.
+/* portable.c - the reference backend: plain C for every dtype.
  *
  * F32/F16/BF16 (matmul_rows): a weight row is converted to float in chunks
  * and dotted with each input row; 8 running sums per output keep the
