@@ -73,7 +73,6 @@ from voxd.bench import (
     ENCODER_MATRIX,
     LEFT_PAD_POS,
     REALTIME_STEPS_PER_S,
-    SAMPLE_RATE,
     _delta,
     kv_bytes_per_position,
     load_audio,
@@ -85,6 +84,7 @@ from voxd.bench import (
 from voxd.config import EngineSettings
 from voxd.devmodel import read_safetensors_header
 from voxd.engine import Engine, Stream, StreamStats
+from voxd.events import SAMPLE_RATE
 
 F32 = npt.NDArray[np.float32]
 

@@ -168,3 +168,16 @@ def test_config_check_warns_when_the_model_does_not_fit(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr  # a warning, the config itself is fine
     assert "1099.5 GB of files" in r.stderr and "does not fit in this machine's" in r.stderr
     assert "--format q4" in r.stderr
+
+
+def test_python_dash_m_voxd_is_the_command() -> None:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(
+        [sys.executable, "-m", "voxd", "--version"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip().startswith("voxd "), proc

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from array_source import ArraySource
 from fixtures_audio import AlsaFifoDevice, AlsaSandbox, to_s16le, trim_silence
 from fixtures_mqtt import CollectorFactory, Mosquitto, MqttCollector, wait_until
 from speech import have_espeak, silence, synth
@@ -56,9 +57,11 @@ from voxd.devmodel import (
 from voxd.endpoint import Audio, Endpointer, SpeechEnd, SpeechJudge
 from voxd.engine import Engine, transcribe
 from voxd.events import StateChanged, Stats, TranscriptDelta, TranscriptFinal
-from voxd.mqtt import MqttSink, Topics
-from voxd.pipeline import ArraySource, Pipeline, StdoutSink
+from voxd.pipeline import Pipeline
 from voxd.resample import resample
+from voxd.sinks.mqtt import MqttSink
+from voxd.sinks.mqtt_protocol import Topics
+from voxd.sinks.stdout import StdoutSink
 from voxd.vad import SileroVad
 
 RATE = 16000
@@ -361,7 +364,7 @@ def test_three_sentences_from_a_16k_mono_device(
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     stdout_finals = [d for d in lines if d["type"] == "final"]
     mqtt_finals = collector.payloads(topics.final)
-    # MQTT adds when it was published: replayed and age_s (see voxd.mqtt).
+    # MQTT adds when it was published: replayed and age_s (see voxd.sinks.mqtt).
     assert all(d.pop("replayed") is False and d.pop("age_s") >= 0 for d in mqtt_finals)
     assert [{k: v for k, v in d.items() if k != "type"} for d in stdout_finals] == mqtt_finals
     assert {d["type"] for d in lines} >= {"state", "delta", "final", "stats"}

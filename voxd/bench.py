@@ -96,8 +96,8 @@ import numpy.typing as npt
 
 from voxd.config import EndpointSettings, EngineSettings
 from voxd.engine import Engine, ModelInfo, Stream, StreamStats, TokenEvent, library
+from voxd.events import DELAY_MS_DEFAULT, SAMPLE_RATE
 
-SAMPLE_RATE = 16000
 CHUNK_SAMPLES = 1280  # 80 ms, one decoder position: what the daemon feeds
 LEFT_PAD_POS = 32  # positions of zeros the stream starts with (spec section 8)
 REALTIME_STEPS_PER_S = 12.5
@@ -480,7 +480,7 @@ def run_bench(
     audio_source: str = "array",
     threads: int = 0,
     backend: str | None = None,
-    delay_ms: int = 480,
+    delay_ms: int = DELAY_MS_DEFAULT,
     interval_ms: int = 480,
     max_speculation: int = 0,
     kv_f32: bool = False,

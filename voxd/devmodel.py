@@ -27,6 +27,8 @@ from typing import Any, BinaryIO
 import numpy as np
 import numpy.typing as npt
 
+from voxd.events import SAMPLE_RATE
+
 F32 = npt.NDArray[np.float32]
 
 ENC_PREFIX = "mm_streams_embeddings.embedding_module."
@@ -330,7 +332,7 @@ def params_json(d: ModelDims) -> dict[str, Any]:
     """params.json content in the layout of the released model."""
     encoder_args: dict[str, Any] = {
         "audio_encoding_args": {
-            "sampling_rate": 16000,
+            "sampling_rate": SAMPLE_RATE,
             "frame_rate": 12.5,
             "num_mel_bins": d.n_mels,
             "hop_length": 160,
@@ -512,7 +514,7 @@ def tekken_json(d: ModelDims, seed: int) -> dict[str, Any]:
         "vocab": vocab,
         "special_tokens": specials,
         "audio": {
-            "sampling_rate": 16000,
+            "sampling_rate": SAMPLE_RATE,
             "frame_rate": 12.5,
             "audio_encoding_config": {
                 "num_mel_bins": d.n_mels,
