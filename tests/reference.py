@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from voxd.devmodel import read_safetensors, read_safetensors_header_and_metadata
+from voxd.tools.devmodel import read_safetensors, read_safetensors_header_and_metadata
 
 A = npt.NDArray[np.float64]
 

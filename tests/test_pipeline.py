@@ -46,14 +46,6 @@ from voxd.config import (
     ServiceSettings,
     Settings,
 )
-from voxd.devmodel import (
-    ENC_PREFIX,
-    TINY,
-    TensorPlan,
-    make_model,
-    read_safetensors,
-    write_safetensors,
-)
 from voxd.endpoint import Audio, Endpointer, SpeechEnd, SpeechJudge
 from voxd.engine import Engine, transcribe
 from voxd.events import StateChanged, Stats, TranscriptDelta, TranscriptFinal
@@ -62,6 +54,14 @@ from voxd.resample import resample
 from voxd.sinks.mqtt import MqttSink
 from voxd.sinks.mqtt_protocol import Topics
 from voxd.sinks.stdout import StdoutSink
+from voxd.tools.devmodel import (
+    ENC_PREFIX,
+    TINY,
+    TensorPlan,
+    make_model,
+    read_safetensors,
+    write_safetensors,
+)
 from voxd.vad import SileroVad
 
 RATE = 16000

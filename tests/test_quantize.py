@@ -1,4 +1,4 @@
-"""voxd.quantize: Q8/Q4 model files, their bytes, and what the engine makes of them.
+"""voxd.tools.quantize: Q8/Q4 model files, their bytes, and what the engine makes of them.
 
 The strongest check is exact: the engine's kernels feed their FMAs the exact
 floats of each Q8/Q4 block (d * q is exact in float32), in the same order as
@@ -21,8 +21,6 @@ from parity import agreeing_steps, logits_and_ids, token_agreement
 from speech import SENTENCES, have_espeak, synth
 from st_files import read_header, write_tensors
 
-from voxd import quantize as qz
-from voxd.devmodel import bf16_bits_to_f32, f32_to_bf16_bits
 from voxd.engine import (
     DEBUG_ADAPTER,
     DEBUG_ENCODER,
@@ -31,6 +29,8 @@ from voxd.engine import (
     EngineError,
     TokenEvent,
 )
+from voxd.tools import quantize as qz
+from voxd.tools.devmodel import bf16_bits_to_f32, f32_to_bf16_bits
 
 ENC = "mm_streams_embeddings.embedding_module."
 EMB = ENC + "tok_embeddings.weight"

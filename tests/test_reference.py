@@ -19,7 +19,7 @@ import pytest
 import reference as R
 from speech import have_espeak, synth
 
-from voxd import devmodel as dm
+from voxd.tools import devmodel as dm
 
 # ---------------------------------------------------------------------------
 # Mel front end

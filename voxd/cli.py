@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import numpy as np
 
@@ -117,7 +117,7 @@ def _model_dir(args: argparse.Namespace) -> Path | None:
     """--model-dir, else engine.model_dir of the configuration (None: error shown)."""
     if args.model_dir is not None:
         return Path(args.model_dir)
-    from voxd.modelfetch import ModelFetchError, configured_engine
+    from voxd.tools.modelfetch import ModelFetchError, configured_engine
 
     try:
         return Path(configured_engine(args.config).model_dir)
@@ -238,13 +238,13 @@ def _add_service(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 
 def _cmd_dev_make_model(args: argparse.Namespace) -> int:
-    from voxd import devmodel
+    from voxd.tools import devmodel
 
     return devmodel.main([str(args.out_dir), "--preset", args.preset, "--seed", str(args.seed)])
 
 
 def _add_dev(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from voxd.devmodel import PRESETS
+    from voxd.tools.devmodel import PRESETS
 
     p = sub.add_parser("dev", help="developer tools")
     dsub = p.add_subparsers(dest="dev_cmd", required=True)
@@ -255,23 +255,58 @@ def _add_dev(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     mk.set_defaults(func=_cmd_dev_make_model)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from voxd import bench, modelfetch, quantize
+# The commands whose code is outside voxd.tools: parsed without loading the tools.
+CORE_COMMANDS = frozenset({"run", "config", "devices", "transcribe"})
 
-    ap = argparse.ArgumentParser(prog="voxd", description="Local streaming speech-to-text daemon.")
+
+class _NotCore(Exception):
+    """The core parser met something it cannot judge alone (an error, say)."""
+
+
+class _CoreParser(argparse.ArgumentParser):
+    """Parses the core commands; hands any error to the whole parser, which words it."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _NotCore(message)
+
+
+def build_parser(
+    *, tools: bool = True, parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser
+) -> argparse.ArgumentParser:
+    """The `voxd` parser; without ``tools``, only the core commands (no voxd.tools import)."""
+    ap = parser_class(prog="voxd", description="Local streaming speech-to-text daemon.")
     ap.add_argument("--version", action="version", version=f"voxd {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
     _add_service(sub)
     _add_transcribe(sub)
-    modelfetch.add_cli(sub)
-    quantize.add_cli(sub)
-    bench.add_cli(sub)
-    _add_dev(sub)
+    if tools:
+        from voxd.tools import bench, modelfetch, quantize
+
+        modelfetch.add_cli(sub)
+        quantize.add_cli(sub)
+        bench.add_cli(sub)
+        _add_dev(sub)
     return ap
 
 
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The parsed command line; the offline tools are loaded only for their own commands.
+
+    A core command (``voxd run``: what systemd starts) is parsed by the core
+    parser alone. Everything else, and any error, goes to the whole parser,
+    so help, usage and error messages are always the whole command line's.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in CORE_COMMANDS:
+        try:
+            return build_parser(tools=False, parser_class=_CoreParser).parse_args(args)
+        except _NotCore:
+            pass
+    return build_parser().parse_args(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         rc: int = args.func(args)
     except KeyboardInterrupt:

@@ -887,7 +887,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     projections = args.project or [Projection(k, *v) for k, v in DEFAULT_PROJECTIONS.items()]
     model_dir = args.model_dir
     if model_dir is None:  # the daemon's model, so the bench runs what it runs
-        from voxd.modelfetch import ModelFetchError, configured_engine
+        from voxd.tools.modelfetch import ModelFetchError, configured_engine
 
         try:
             model_dir = configured_engine(args.config).model_dir
@@ -1001,8 +1001,8 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m voxd.bench --model-dir DIR ...``, usable without the CLI."""
-    parser = argparse.ArgumentParser(prog="python -m voxd.bench")
+    """``python -m voxd.tools.bench --model-dir DIR ...``, usable without the CLI."""
+    parser = argparse.ArgumentParser(prog="python -m voxd.tools.bench")
     sub = parser.add_subparsers(dest="command")
     add_cli(sub)
     args_list = list(sys.argv[1:] if argv is None else argv)

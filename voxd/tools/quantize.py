@@ -623,8 +623,8 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m voxd.quantize quantize ...``, usable without the CLI."""
-    parser = argparse.ArgumentParser(prog="python -m voxd.quantize")
+    """``python -m voxd.tools.quantize quantize ...``, usable without the CLI."""
+    parser = argparse.ArgumentParser(prog="python -m voxd.tools.quantize")
     add_cli(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     result: int = args.func(args)

@@ -10,7 +10,7 @@ with the real 4B shapes for speed measurements.
 The safetensors writer streams tensor by tensor and row chunk by row chunk, so
 the full-size model never sits in memory. Usage::
 
-    python -m voxd.devmodel DIR --preset tiny|tiny2|full --seed N
+    python -m voxd.tools.devmodel DIR --preset tiny|tiny2|full --seed N
 """
 
 from __future__ import annotations
@@ -649,7 +649,7 @@ def make_model(out_dir: Path, dims: ModelDims, seed: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m voxd.devmodel", description="Write a random Voxtral model directory."
+        prog="python -m voxd.tools.devmodel", description="Write a random Voxtral model directory."
     )
     ap.add_argument("out_dir", type=Path)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="tiny")

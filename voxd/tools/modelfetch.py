@@ -75,7 +75,7 @@ def configured_engine(config: Path | None = None) -> EngineSettings:
     """The [engine] section of the configuration file (voxd.config.EngineSettings).
 
     Imported here: the config module pulls in pydantic, which a plain
-    `import voxd.modelfetch` need not pay for."""
+    `import voxd.tools.modelfetch` need not pay for."""
     from voxd.config import ConfigError, load_settings
 
     try:
@@ -207,7 +207,7 @@ def _weights_format(meta: Mapping[str, str]) -> str:
 
 def read_metadata(path: Path) -> dict[str, str]:
     """The `__metadata__` of a safetensors file (empty when it has none)."""
-    from voxd.quantize import QuantizeError, read_header
+    from voxd.tools.quantize import QuantizeError, read_header
 
     try:
         return read_header(path)[1]
@@ -419,7 +419,7 @@ def _download_files(src: Path, hub: Hub, fmt: str) -> list[str]:
 
 
 def _quantize(src: Path, target: Path, fmt: str, *, quiet: bool) -> None:
-    from voxd.quantize import Options, QuantizeError, quantize_model
+    from voxd.tools.quantize import Options, QuantizeError, quantize_model
 
     _say(quiet, f"quantizing {src / WEIGHTS_FILE} to {fmt} into {target}")
     bar = None if quiet else _QuantizeBar(fmt)
@@ -846,8 +846,8 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m voxd.modelfetch model download ...`, usable without the CLI."""
-    parser = argparse.ArgumentParser(prog="python -m voxd.modelfetch")
+    """`python -m voxd.tools.modelfetch model download ...`, usable without the CLI."""
+    parser = argparse.ArgumentParser(prog="python -m voxd.tools.modelfetch")
     add_cli(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
