@@ -70,6 +70,7 @@ from tests import reference
 from voxd.config import EngineSettings
 from voxd.engine import Engine, Stream, StreamStats
 from voxd.events import SAMPLE_RATE
+from voxd.tools import safetensors as st
 from voxd.tools.bench import (
     CHUNK_SAMPLES,
     DECODER_MATRIX,
@@ -84,7 +85,6 @@ from voxd.tools.bench import (
     summarize_weights,
     window_sum,
 )
-from voxd.tools.devmodel import read_safetensors_header
 
 F32 = npt.NDArray[np.float32]
 
@@ -144,7 +144,7 @@ def reexec_with_threads(threads: int) -> None:
 
 def load_baseline(bf16_dir: str | Path) -> reference.RefModel:
     """The decoder of a BF16 model, widened to float32 (nothing of the encoder)."""
-    header, _ = read_safetensors_header(Path(bf16_dir) / MODEL_FILE)
+    header = st.read_header(Path(bf16_dir) / MODEL_FILE).entries()
     other = {v["dtype"] for k, v in header.items() if reference.is_decoder_tensor(k)} - {"BF16"}
     if other:
         raise ValueError(f"{bf16_dir}: the baseline runs from BF16 weights, found {sorted(other)}")
@@ -393,7 +393,7 @@ def check_memory(header: dict[str, Any]) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     blas = blas_info()
     require_openblas(blas)
-    header, _ = read_safetensors_header(Path(args.bf16_dir) / MODEL_FILE)
+    header = st.read_header(Path(args.bf16_dir) / MODEL_FILE).entries()
     check_memory(header)
     membw = int(args.membw_mb * (1 << 20))
     bw_before = measure_read_bandwidth(membw, args.threads, 3)

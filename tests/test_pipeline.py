@@ -59,9 +59,9 @@ from voxd.tools.devmodel import (
     TINY,
     TensorPlan,
     make_model,
-    read_safetensors,
     write_safetensors,
 )
+from voxd.tools.safetensors import read_tensors
 from voxd.vad import SileroVad
 
 RATE = 16000
@@ -777,7 +777,7 @@ def eos_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
     out = tmp_path_factory.mktemp("eos_model")
     for name in ("params.json", "tekken.json"):
         shutil.copy(tiny_model_dir / name, out / name)
-    tensors = read_safetensors(tiny_model_dir / "consolidated.safetensors")
+    tensors = read_tensors(tiny_model_dir / "consolidated.safetensors")
     embedding = ENC_PREFIX + "tok_embeddings.weight"
     table = tensors[embedding].copy()
     with Engine(tiny_model_dir) as tiny:

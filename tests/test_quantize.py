@@ -10,7 +10,6 @@ decoding between this module and the C engine shows up as a mismatch.
 
 from __future__ import annotations
 
-import json
 import struct
 from pathlib import Path
 
@@ -30,19 +29,18 @@ from voxd.engine import (
     TokenEvent,
 )
 from voxd.tools import quantize as qz
-from voxd.tools.devmodel import bf16_bits_to_f32, f32_to_bf16_bits
+from voxd.tools import safetensors as st
+from voxd.tools.safetensors import bf16_bits_to_f32, f32_to_bf16_bits
 
 ENC = "mm_streams_embeddings.embedding_module."
 EMB = ENC + "tok_embeddings.weight"
 
 
 def tensor_bytes(path: Path, name: str) -> bytes:
+    t = st.read_header(path).tensors[name]
     with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        info = json.loads(f.read(n))[name]
-        b, e = info["data_offsets"]
-        f.seek(8 + n + b)
-        return f.read(e - b)
+        f.seek(t.offset)
+        return f.read(t.nbytes)
 
 
 def bf16_values(raw: bytes, shape: list[int]) -> np.ndarray:

@@ -97,6 +97,7 @@ import numpy.typing as npt
 from voxd.config import EndpointSettings, EngineSettings
 from voxd.engine import Engine, ModelInfo, Stream, StreamStats, TokenEvent, library
 from voxd.events import DELAY_MS_DEFAULT, SAMPLE_RATE
+from voxd.tools import safetensors as st
 
 CHUNK_SAMPLES = 1280  # 80 ms, one decoder position: what the daemon feeds
 LEFT_PAD_POS = 32  # positions of zeros the stream starts with (spec section 8)
@@ -263,18 +264,12 @@ def weight_group(name: str) -> str:
 
 def summarize_weights(model_dir: str | os.PathLike[str]) -> WeightSummary:
     """Stored dtypes and bytes from the safetensors header (no weight is read)."""
-    path = Path(model_dir) / "consolidated.safetensors"
-    with path.open("rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        header: dict[str, Any] = json.loads(f.read(n))
+    header = st.read_header(Path(model_dir) / "consolidated.safetensors")
     groups: dict[str, dict[str, int]] = {}
     total = dec = head = enc = 0
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        begin, end = entry["data_offsets"]
-        size = int(end) - int(begin)
-        dtype = str(entry["dtype"]).upper()
+    for name, t in header.tensors.items():
+        size = t.nbytes
+        dtype = t.dtype
         g = groups.setdefault(weight_group(name), {})
         g[dtype] = g.get(dtype, 0) + size
         total += size
