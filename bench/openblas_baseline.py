@@ -5,7 +5,7 @@ for its decoder step (>= 3x faster in BF16, >= 10x in Q4), measured in the
 same run as the memory bandwidth. This script is that run; one process, one thread
 count for everything (OpenBLAS and the engine), figures in this order:
 
-* memory read bandwidth: ``voxd.bench.measure_read_bandwidth`` (the engine
+* memory read bandwidth: ``voxd.tools.bench.measure_read_bandwidth`` (the engine
   library's test), before the baseline and again after voxd; the best counts.
 * the baseline: the NumPy reference decoder (tests/reference.py, the model's
   own math: RMSNorm, ada-norm scale, GQA attention with interleaved RoPE over
@@ -36,7 +36,7 @@ count for everything (OpenBLAS and the engine), figures in this order:
   (``x @ W.T``) over every encoder layer matrix of the model's shapes, with as
   many rows (frames) as voxd's encoder passes held in this run, and with the
   rows of the whole audio at once; their GFLOP/s beside the machine's FMA peak
-  (``voxd.bench.measure_fma_peak``, the same run) and beside voxd's own: the
+  (``voxd.tools.bench.measure_fma_peak``, the same run) and beside voxd's own: the
   same matrix FLOPs over voxd's whole encoder time (attention, norms, conv
   stem and adapter included) for the audio it streamed after the left padding.
 
@@ -67,13 +67,16 @@ import numpy as np
 import numpy.typing as npt
 
 from tests import reference
-from voxd.bench import (
+from voxd.config import EngineSettings
+from voxd.engine import Engine, Stream, StreamStats
+from voxd.events import SAMPLE_RATE
+from voxd.tools import safetensors as st
+from voxd.tools.bench import (
     CHUNK_SAMPLES,
     DECODER_MATRIX,
     ENCODER_MATRIX,
     LEFT_PAD_POS,
     REALTIME_STEPS_PER_S,
-    SAMPLE_RATE,
     _delta,
     kv_bytes_per_position,
     load_audio,
@@ -82,9 +85,6 @@ from voxd.bench import (
     summarize_weights,
     window_sum,
 )
-from voxd.config import EngineSettings
-from voxd.devmodel import read_safetensors_header
-from voxd.engine import Engine, Stream, StreamStats
 
 F32 = npt.NDArray[np.float32]
 
@@ -144,7 +144,7 @@ def reexec_with_threads(threads: int) -> None:
 
 def load_baseline(bf16_dir: str | Path) -> reference.RefModel:
     """The decoder of a BF16 model, widened to float32 (nothing of the encoder)."""
-    header, _ = read_safetensors_header(Path(bf16_dir) / MODEL_FILE)
+    header = st.read_header(Path(bf16_dir) / MODEL_FILE).entries()
     other = {v["dtype"] for k, v in header.items() if reference.is_decoder_tensor(k)} - {"BF16"}
     if other:
         raise ValueError(f"{bf16_dir}: the baseline runs from BF16 weights, found {sorted(other)}")
@@ -393,7 +393,7 @@ def check_memory(header: dict[str, Any]) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     blas = blas_info()
     require_openblas(blas)
-    header, _ = read_safetensors_header(Path(args.bf16_dir) / MODEL_FILE)
+    header = st.read_header(Path(args.bf16_dir) / MODEL_FILE).entries()
     check_memory(header)
     membw = int(args.membw_mb * (1 << 20))
     bw_before = measure_read_bandwidth(membw, args.threads, 3)

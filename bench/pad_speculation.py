@@ -11,7 +11,7 @@ prefill is batched either way) with speculation on and off (the token ids
 are checked to be identical). Counts only, no timing, so any model
 size gives the same kind of figures; a tiny one runs in seconds:
 
-    python -m voxd.devmodel /tmp/tiny --preset tiny --seed 1
+    python -m voxd.tools.devmodel /tmp/tiny --preset tiny --seed 1
     python bench/pad_speculation.py /tmp/tiny --work /tmp/padbench
 """
 
@@ -28,8 +28,9 @@ import numpy as np
 
 from voxd.audio import read_wav
 from voxd.config import EngineSettings
-from voxd.devmodel import bf16_bits_to_f32, f32_to_bf16_bits, read_safetensors_header
 from voxd.engine import Engine, TokenEvent
+from voxd.tools import safetensors as st
+from voxd.tools.safetensors import bf16_bits_to_f32, f32_to_bf16_bits
 
 TOK_EMB = "mm_streams_embeddings.embedding_module.tok_embeddings.weight"
 MODEL_FILE = "consolidated.safetensors"
@@ -72,7 +73,8 @@ def pad_variant(src: Path, dst: Path, alpha: float, common: int, pad: int) -> No
         shutil.rmtree(dst)
     shutil.copytree(src, dst)
     path = dst / MODEL_FILE
-    header, base = read_safetensors_header(path)
+    checked = st.read_header(path)
+    header, base = checked.entries(), checked.data_start
     t = header[TOK_EMB]
     if t["dtype"] != "BF16":
         raise SystemExit(f"{TOK_EMB} is {t['dtype']}; this tool edits BF16 models")

@@ -34,9 +34,9 @@ import numpy.typing as npt
 
 from tests.parity import logits_and_ids, token_agreement
 from tests.speech import SENTENCES, have_espeak, synth
-from voxd import quantize as qz
-from voxd.devmodel import TINY, TINY2, ModelDims, make_model
 from voxd.engine import Engine
+from voxd.tools import quantize as qz
+from voxd.tools.devmodel import TINY, TINY2, ModelDims, make_model
 
 MODELS: tuple[tuple[ModelDims, int], ...] = ((TINY, 1), (TINY2, 2))
 CLOSE_CALL = 0.05  # top-2 margin / logit std counted as a close call

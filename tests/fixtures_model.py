@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import reference
 
-from voxd.devmodel import TINY, TINY2, make_model
+from voxd.tools.devmodel import TINY, TINY2, make_model
 
 __all__ = ["tiny_model_dir", "tiny2_model_dir", "ref_tiny", "ref_tiny2"]
 

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from voxd.devmodel import read_safetensors, read_safetensors_header_and_metadata
+from voxd.tools import safetensors as st
 
 A = npt.NDArray[np.float64]
 
@@ -216,10 +216,11 @@ def _read_weights(
     dtype: type[np.floating[Any]] = np.float64,
 ) -> dict[str, A]:
     """The tensors whose name ``keep`` accepts as ``dtype``; Q8/Q4 ones as ActQuantWeight."""
-    header, meta, base = read_safetensors_header_and_metadata(path)
-    header = {k: v for k, v in header.items() if keep(k)}
+    checked = st.read_header(path)
+    meta, base = checked.metadata, checked.data_start
+    header = {k: v for k, v in checked.entries().items() if keep(k)}
     plain = [k for k, v in header.items() if v["dtype"] not in ("Q8", "Q4")]
-    out = {k: v.astype(dtype, copy=False) for k, v in read_safetensors(path, plain).items()}
+    out = {k: v.astype(dtype, copy=False) for k, v in st.read_tensors(path, plain).items()}
     if len(plain) < len(header) and meta.get(Q_LAYOUT_KEY) != Q_LAYOUT:
         raise ValueError(f"{path}: Q8/Q4 tensors without {Q_LAYOUT_KEY} = {Q_LAYOUT}")
     mapped = np.memmap(path, dtype=np.uint8, mode="r")

@@ -1,33 +1,29 @@
 """Reading and writing small safetensors files in tests (headers edited by hand,
-tensors placed in a chosen order)."""
+tensors placed in a chosen order). Reading goes through voxd's checked reader;
+writing takes any header, so tests can make the damaged files they need."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
+
+from voxd.tools import safetensors as st
 
 
 def read_header(path: Path) -> dict[str, Any]:
     """The whole JSON header, ``__metadata__`` included."""
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        h: dict[str, Any] = json.loads(f.read(n))
-    return h
+    return st.read_header(path).json()
 
 
 def read_st(path: Path) -> tuple[dict[str, Any], bytes]:
     """The header and the data bytes after it."""
-    raw = path.read_bytes()
-    n = int.from_bytes(raw[:8], "little")
-    header: dict[str, Any] = json.loads(raw[8 : 8 + n])
-    return header, raw[8 + n :]
+    header = st.read_header(path)
+    return header.json(), path.read_bytes()[header.data_start :]
 
 
 def write_st(path: Path, header: dict[str, Any], data: bytes) -> None:
-    h = json.dumps(header).encode()
-    h += b" " * (-len(h) % 8)  # the format pads the header so tensors stay aligned
-    path.write_bytes(len(h).to_bytes(8, "little") + h + data)
+    """Exactly this header (checked or not) and these data bytes."""
+    path.write_bytes(st.encode_header(header) + data)
 
 
 def write_tensors(

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from voxd import bench
 from voxd.config import EndpointSettings
 from voxd.engine import Engine, ModelInfo
+from voxd.tools import bench
 
 EXPECTED: dict[str, list[str]] = {
     "machine": [
@@ -150,7 +150,7 @@ def _positive(x: Any) -> bool:
 
 @pytest.fixture(scope="module")
 def report(tiny_model_dir: Path) -> dict[str, Any]:
-    """`python -m voxd.bench ... --json` on 2 s of audio, parsed."""
+    """`python -m voxd.tools.bench ... --json` on 2 s of audio, parsed."""
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         rc = bench.main(
@@ -270,7 +270,7 @@ def test_text_report(tiny_model_dir: Path) -> None:
 
 
 def test_weight_summary_of_quantized_model(tiny_model_dir: Path, tmp_path: Path) -> None:
-    from voxd import quantize
+    from voxd.tools import quantize
 
     out = tmp_path / "q4"
     assert quantize.main(["quantize", str(tiny_model_dir), str(out), "--format", "q4", "-q"]) == 0
@@ -287,7 +287,7 @@ def test_weight_summary_of_quantized_model(tiny_model_dir: Path, tmp_path: Path)
 def test_flop_formula_matches_the_spec() -> None:
     """The released model's numbers from spec section 10: ~100 GFLOP of matrix
     work and ~10 GFLOP of attention per second of audio."""
-    from voxd.devmodel import FULL
+    from voxd.tools.devmodel import FULL
 
     info = _full_info(FULL)
     fps = bench.encoder_frames_per_second(info)

@@ -168,3 +168,75 @@ def test_config_check_warns_when_the_model_does_not_fit(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr  # a warning, the config itself is fine
     assert "1099.5 GB of files" in r.stderr and "does not fit in this machine's" in r.stderr
     assert "--format q4" in r.stderr
+
+
+# What `voxd run` loads, printed by the process itself: the daemon's import path
+# (the command line, the daemon, the pipeline, the sinks in use), up to the model
+# load, which fails here on a broken model directory (exit 2) after every module
+# the daemon needs at start is imported.
+RUN_AND_LIST_MODULES = """
+import json, sys
+from voxd import cli
+rc = cli.main(["run", "--config", sys.argv[1]])
+print(json.dumps({"rc": rc, "modules": sorted(sys.modules)}))
+"""
+
+
+def test_voxd_run_loads_no_tools_and_no_mqtt_client_without_mqtt(tmp_path: Path) -> None:
+    broken = tmp_path / "model"
+    broken.mkdir()
+    (broken / "params.json").write_text("{not json")
+    config = tmp_path / "voxd.toml"
+    config.write_text(
+        f'[engine]\nmodel_dir = "{broken}"\n[mqtt]\nenabled = false\n'
+        f'[service]\nstate_dir = "{tmp_path / "state"}"\n'
+    )
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("NOTIFY_SOCKET", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", RUN_AND_LIST_MODULES, str(config)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    modules: list[str] = report["modules"]
+    assert report["rc"] == 2, proc.stderr  # refused at the model load, as intended
+    assert str(broken) in proc.stderr
+    assert {"voxd.daemon", "voxd.pipeline", "voxd.sinks.systemd"} <= set(modules)
+    assert [m for m in modules if m == "voxd.tools" or m.startswith("voxd.tools.")] == []
+    assert [m for m in modules if m == "paho" or m.startswith("paho.")] == []
+    assert "voxd.sinks.mqtt" not in modules
+
+
+def test_tool_commands_still_parse_with_their_modules() -> None:
+    from voxd import cli
+
+    args = cli.parse_args(["quantize", "in", "out", "--format", "q4"])
+    assert (args.command, args.format) == ("quantize", "q4")
+    assert "voxd.tools.quantize" in sys.modules
+    core = cli.parse_args(["run", "--stdout"])
+    assert (core.command, core.stdout) == ("run", True)
+
+
+def test_python_dash_m_voxd_is_the_command() -> None:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(
+        [sys.executable, "-m", "voxd", "--version"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip().startswith("voxd "), proc
+
+
+def test_core_command_errors_read_as_the_whole_command_lines() -> None:
+    """A core command's error goes through the whole parser: the same usage and message."""
+    bad = voxd("run", "--no-such-option")
+    assert bad.returncode == 2
+    assert "unrecognized arguments: --no-such-option" in bad.stderr
+    assert "quantize" in bad.stderr  # the usage line lists every command, tools included

@@ -8,7 +8,7 @@ commands call), or the daemon's start path, built for real from the
 settings, accepts it:
 
 - MQTT: the paho client with client id, will, credentials and TLS files as
-  voxd.mqtt builds it, connect_async(host, port, keepalive), the host encoded
+  voxd.sinks.mqtt builds it, connect_async(host, port, keepalive), the host encoded
   as socket.getaddrinfo encodes it (IDNA), and one real connection (CONNECT
   packed and sent, CONNACK received) to the test Mosquitto;
 - the VAD as the daemon loads it (load_judge), when enabled;
@@ -17,8 +17,8 @@ settings, accepts it:
 - audio: Capture's queue and gain, the Resampler for the rate and channels,
   one block converted; the endpointer fed one block.
 
-Then a few generated configurations run the real daemon (`python -m
-voxd.daemon`): accepted ones reach READY=1, refused ones exit 2 with the
+Then a few generated configurations run the real daemon (`python -m voxd
+run`): accepted ones reach READY=1, refused ones exit 2 with the
 message `voxd config check` prints.
 """
 
@@ -51,9 +51,9 @@ from voxd.config import ConfigError, Settings, load_settings
 from voxd.daemon import load_judge
 from voxd.endpoint import Endpointer
 from voxd.engine import Engine
-from voxd.mqtt import OFFLINE, Topics, default_client_id, read_password
 from voxd.preflight import preflight
 from voxd.resample import Resampler
+from voxd.sinks.mqtt_protocol import OFFLINE, Topics, default_client_id, read_password
 
 REPO = Path(__file__).resolve().parent.parent
 CONNECT_TIMEOUT_S = 30.0

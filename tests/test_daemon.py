@@ -1,4 +1,4 @@
-"""The daemon as a real process (``python -m voxd.daemon``): sd_notify, signals,
+"""The daemon as a real process (``python -m voxd run``): sd_notify, signals,
 restarts with the broker down, and start-up failures.
 
 Everything is real: the ALSA FIFO device played at real-time pace by a
@@ -42,8 +42,9 @@ from test_pipeline import (  # the same microphone, speech and checks as the pip
 
 from voxd import daemon
 from voxd.config import EngineSettings, MqttSettings, ServiceSettings, Settings
-from voxd.mqtt import MqttSink, Topics
 from voxd.sdnotify import Notifier, Watchdog
+from voxd.sinks.mqtt import MqttSink
+from voxd.sinks.mqtt_protocol import Topics
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -146,7 +147,7 @@ def write_config(
 
 
 class Daemon:
-    """``python -m voxd.daemon --config PATH`` with its output in files."""
+    """``python -m voxd run --config PATH`` with its output in files."""
 
     def __init__(
         self, config: Path, logdir: Path, *, env: dict[str, str] | None = None, stdout: bool = False
@@ -161,7 +162,7 @@ class Daemon:
         environ.pop("NOTIFY_SOCKET", None)
         environ.pop("JOURNAL_STREAM", None)
         environ.update(env or {})
-        args = [sys.executable, "-m", "voxd.daemon", "--config", str(config)]
+        args = [sys.executable, "-m", "voxd", "run", "--config", str(config)]
         if stdout:
             args.append("--stdout")
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:

@@ -552,3 +552,36 @@ def test_pad_speculation_is_exact(
         assert ids.count(engine.info.pad_id) > len(ids) / 3
         assert st.spec_accepted > 0
         assert st.decoder_passes < st_plain.decoder_passes
+
+
+def test_status_mirrors_the_c_header() -> None:
+    """Status has exactly the names and values of vx_status in voxd_engine.h."""
+    import re
+
+    from voxd.engine import Status
+
+    header = (Path(__file__).resolve().parent.parent / "native/include/voxd_engine.h").read_text()
+    body = re.search(r"typedef enum \{(.*?)\} vx_status;", header, re.S)
+    assert body is not None, "vx_status not found in voxd_engine.h"
+    in_c = {
+        m.group(1): int(m.group(2))
+        for m in re.finditer(r"\bVX_([A-Z_]+)\s*=\s*(\d+)", re.sub(r"/\*.*?\*/", "", body.group(1)))
+    }
+    assert in_c == {s.name: int(s) for s in Status}
+    assert len(in_c) >= 7
+
+
+def test_delay_rule_is_the_engines() -> None:
+    """The one Python delay rule agrees with the config's bounds and the engine's check."""
+    from voxd.config import EngineSettings
+    from voxd.events import DELAY_MS_DEFAULT, delay_ms_valid
+
+    assert EngineSettings().delay_ms == DELAY_MS_DEFAULT
+    for ms in (0, 40, 80, 120, 160, 480, 2400, 2480):
+        try:
+            EngineSettings(delay_ms=ms)
+            accepted = True
+        except ValueError:
+            accepted = False
+        assert accepted == delay_ms_valid(ms), ms
+    assert [ms for ms in range(0, 2600, 40) if delay_ms_valid(ms)] == list(range(80, 2401, 80))

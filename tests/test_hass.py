@@ -15,10 +15,12 @@ from typing import Any
 import pytest
 from fixtures_mqtt import CollectorFactory, Mosquitto, wait_until
 
-from voxd import __version__, hass
+from voxd import __version__
 from voxd.config import MqttSettings
 from voxd.events import TranscriptFinal
-from voxd.mqtt import MqttSink, Topics
+from voxd.sinks import hass
+from voxd.sinks.mqtt import MqttSink
+from voxd.sinks.mqtt_protocol import Topics
 
 # Keys the final's JSON carries for Home Assistant, and the sink's publish-time keys.
 EVENT_KEYS = {

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from test_modelfetch import REPO, WEIGHTS, FakeHub
 
-from voxd.devmodel import TINY, make_model
-from voxd.modelfetch import MODEL_FILES, model_format
+from voxd.tools.devmodel import TINY, make_model
+from voxd.tools.modelfetch import MODEL_FILES, model_format
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -29,11 +29,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from voxd import modelfetch, modelsize
-from voxd import quantize as qz
-from voxd.devmodel import FULL, RANDOM_MODEL_KEY, TINY, make_model, tensor_specs
+from voxd import modelsize
 from voxd.engine import Engine
-from voxd.modelfetch import (
+from voxd.modelsize import MemInfo
+from voxd.tools import modelfetch
+from voxd.tools import quantize as qz
+from voxd.tools.devmodel import FULL, RANDOM_MODEL_KEY, TINY, make_model, tensor_specs
+from voxd.tools.modelfetch import (
     MODEL_FILES,
     Hub,
     ModelFetchError,
@@ -45,7 +47,6 @@ from voxd.modelfetch import (
     install_local,
     model_format,
 )
-from voxd.modelsize import MemInfo
 
 REPO = "voxd-test/tiny-realtime"
 COMMIT = "3f2e1d0c9b8a7f6e5d4c3b2a1f0e9d8c7b6a5f4e"

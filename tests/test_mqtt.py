@@ -22,10 +22,11 @@ from typing import Any
 import pytest
 from fixtures_mqtt import BrokerFactory, CollectorFactory, Mosquitto, MqttCollector, wait_until
 
-from voxd import hass
 from voxd.config import ConfigError, MqttSettings
 from voxd.events import StateChanged, Stats, TranscriptDelta, TranscriptFinal
-from voxd.mqtt import MqttSink, Topics, parse_command
+from voxd.sinks import hass
+from voxd.sinks.mqtt import MqttSink
+from voxd.sinks.mqtt_protocol import Topics, parse_command
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -114,7 +115,7 @@ _CHILD = """
 import sys, time
 from pathlib import Path
 from voxd.config import ConfigError, MqttSettings
-from voxd.mqtt import MqttSink
+from voxd.sinks.mqtt import MqttSink
 
 settings = MqttSettings(host=sys.argv[1], port=int(sys.argv[2]), site="lwt", keepalive_s=5)
 sink = MqttSink(settings, Path(sys.argv[3]))
@@ -580,7 +581,7 @@ def test_tls_host_name_check_and_insecure(
         "cert_file": certificates / "client.crt",
         "key_file": certificates / "client.key",
     }
-    with caplog.at_level(logging.WARNING, logger="voxd.mqtt"):
+    with caplog.at_level(logging.WARNING, logger="voxd.sinks"):
         strict = sinks.make(settings_for(broker, site="strict", tls=tls), wait_connected=False)
         wait_until(
             lambda: any("cannot connect" in r.getMessage() for r in caplog.records),
@@ -612,7 +613,7 @@ def test_password_file(
     bad = tmp_path / "bad-password"
     bad.write_text("guess\n")
 
-    with caplog.at_level(logging.ERROR, logger="voxd.mqtt"):
+    with caplog.at_level(logging.ERROR, logger="voxd.sinks"):
         refused = sinks.make(
             settings_for(broker, site="bad", username="voxd", password_file=bad),
             wait_connected=False,

@@ -25,21 +25,18 @@ import pytest
 from fixtures_mqtt import WAIT_S, CollectorFactory, Mosquitto, MqttCollector, wait_until
 from test_mqtt import final, final_ids, settings_for
 
-from voxd import mqtt
-from voxd.mqtt import (
-    COMMANDS,
+from voxd.events import COMMANDS
+from voxd.outbox import OutboxEntry
+from voxd.sinks import mqtt
+from voxd.sinks.mqtt import LogLimiter, MqttHealth, MqttSink, final_payload
+from voxd.sinks.mqtt_protocol import (
     MAX_COMMAND_BYTES,
     MAX_COMMAND_DEPTH,
     InvalidCommand,
-    LogLimiter,
-    MqttHealth,
-    MqttSink,
     Topics,
     check_command,
-    final_payload,
     json_depth_within,
 )
-from voxd.outbox import OutboxEntry
 
 BRACKETS = b"[" * 2000 + b"]" * 2000  # the payload that killed paho's thread
 
@@ -150,7 +147,7 @@ def test_hostile_payloads_leave_commands_and_finals_working(
     topics = Topics.from_settings(settings)
     collector = mqtt_collector(mqtt_broker, [topics.final])
     sink = sinks.make(settings)
-    with caplog.at_level(logging.WARNING, logger="voxd.mqtt"):
+    with caplog.at_level(logging.WARNING, logger="voxd.sinks"):
         for _ in range(5):  # more than the log's burst
             for payload in HOSTILE:
                 collector.publish(f"{topics.command_prefix}flush", payload)
@@ -479,7 +476,7 @@ def test_connect_path_errors_are_reported_not_raised(
 ) -> None:
     # model_copy skips validation: these are values validation may let through.
     settings = settings_for(mqtt_broker).model_copy(update=override)
-    with caplog.at_level(logging.ERROR, logger="voxd.mqtt"):
+    with caplog.at_level(logging.ERROR, logger="voxd.sinks"):
         sink = sinks.make(settings, wait_connected=False)
         wait_until(lambda: not sink.health().ok, what="the problem reported")
     health = sink.health()

@@ -19,8 +19,8 @@ import reference
 from st_files import read_header
 
 from bench import openblas_baseline as ob
-from voxd import quantize as qz
-from voxd.bench import summarize_weights
+from voxd.tools import quantize as qz
+from voxd.tools.bench import summarize_weights
 
 DELAY = 6  # positions: the daemon's 480 ms
 KV = 52  # past the tiny decoder's sliding window of 48

@@ -26,10 +26,11 @@ from test_daemon import notify_socket as notify_socket
 from test_mqtt import Sinks, final, final_ids, settings_for
 from test_pipeline import WAIT_S
 
-from voxd.daemon import WATCHDOG_MQTT, MqttHealthCheck, SystemdStatusSink
-from voxd.mqtt import OUTBOX_DIRNAME, Topics
 from voxd.outbox import entry_name
 from voxd.sdnotify import Notifier, Watchdog
+from voxd.sinks.mqtt import OUTBOX_DIRNAME
+from voxd.sinks.mqtt_protocol import Topics
+from voxd.sinks.systemd import WATCHDOG_MQTT, MqttHealthCheck, SystemdStatusSink
 
 
 @pytest.fixture

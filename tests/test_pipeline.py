@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from array_source import ArraySource
 from fixtures_audio import AlsaFifoDevice, AlsaSandbox, to_s16le, trim_silence
 from fixtures_mqtt import CollectorFactory, Mosquitto, MqttCollector, wait_until
 from speech import have_espeak, silence, synth
@@ -45,20 +46,22 @@ from voxd.config import (
     ServiceSettings,
     Settings,
 )
-from voxd.devmodel import (
+from voxd.endpoint import Audio, Endpointer, SpeechEnd, SpeechJudge
+from voxd.engine import Engine, transcribe
+from voxd.events import StateChanged, Stats, TranscriptDelta, TranscriptFinal
+from voxd.pipeline import Pipeline
+from voxd.resample import resample
+from voxd.sinks.mqtt import MqttSink
+from voxd.sinks.mqtt_protocol import Topics
+from voxd.sinks.stdout import StdoutSink
+from voxd.tools.devmodel import (
     ENC_PREFIX,
     TINY,
     TensorPlan,
     make_model,
-    read_safetensors,
     write_safetensors,
 )
-from voxd.endpoint import Audio, Endpointer, SpeechEnd, SpeechJudge
-from voxd.engine import Engine, transcribe
-from voxd.events import StateChanged, Stats, TranscriptDelta, TranscriptFinal
-from voxd.mqtt import MqttSink, Topics
-from voxd.pipeline import ArraySource, Pipeline, StdoutSink
-from voxd.resample import resample
+from voxd.tools.safetensors import read_tensors
 from voxd.vad import SileroVad
 
 RATE = 16000
@@ -361,7 +364,7 @@ def test_three_sentences_from_a_16k_mono_device(
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     stdout_finals = [d for d in lines if d["type"] == "final"]
     mqtt_finals = collector.payloads(topics.final)
-    # MQTT adds when it was published: replayed and age_s (see voxd.mqtt).
+    # MQTT adds when it was published: replayed and age_s (see voxd.sinks.mqtt).
     assert all(d.pop("replayed") is False and d.pop("age_s") >= 0 for d in mqtt_finals)
     assert [{k: v for k, v in d.items() if k != "type"} for d in stdout_finals] == mqtt_finals
     assert {d["type"] for d in lines} >= {"state", "delta", "final", "stats"}
@@ -774,7 +777,7 @@ def eos_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
     out = tmp_path_factory.mktemp("eos_model")
     for name in ("params.json", "tekken.json"):
         shutil.copy(tiny_model_dir / name, out / name)
-    tensors = read_safetensors(tiny_model_dir / "consolidated.safetensors")
+    tensors = read_tensors(tiny_model_dir / "consolidated.safetensors")
     embedding = ENC_PREFIX + "tok_embeddings.weight"
     table = tensors[embedding].copy()
     with Engine(tiny_model_dir) as tiny:

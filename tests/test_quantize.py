@@ -1,4 +1,4 @@
-"""voxd.quantize: Q8/Q4 model files, their bytes, and what the engine makes of them.
+"""voxd.tools.quantize: Q8/Q4 model files, their bytes, and what the engine makes of them.
 
 The strongest check is exact: the engine's kernels feed their FMAs the exact
 floats of each Q8/Q4 block (d * q is exact in float32), in the same order as
@@ -10,7 +10,6 @@ decoding between this module and the C engine shows up as a mismatch.
 
 from __future__ import annotations
 
-import json
 import struct
 from pathlib import Path
 
@@ -21,8 +20,6 @@ from parity import agreeing_steps, logits_and_ids, token_agreement
 from speech import SENTENCES, have_espeak, synth
 from st_files import read_header, write_tensors
 
-from voxd import quantize as qz
-from voxd.devmodel import bf16_bits_to_f32, f32_to_bf16_bits
 from voxd.engine import (
     DEBUG_ADAPTER,
     DEBUG_ENCODER,
@@ -31,18 +28,19 @@ from voxd.engine import (
     EngineError,
     TokenEvent,
 )
+from voxd.tools import quantize as qz
+from voxd.tools import safetensors as st
+from voxd.tools.safetensors import bf16_bits_to_f32, f32_to_bf16_bits
 
 ENC = "mm_streams_embeddings.embedding_module."
 EMB = ENC + "tok_embeddings.weight"
 
 
 def tensor_bytes(path: Path, name: str) -> bytes:
+    t = st.read_header(path).tensors[name]
     with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        info = json.loads(f.read(n))[name]
-        b, e = info["data_offsets"]
-        f.seek(8 + n + b)
-        return f.read(e - b)
+        f.seek(t.offset)
+        return f.read(t.nbytes)
 
 
 def bf16_values(raw: bytes, shape: list[int]) -> np.ndarray:

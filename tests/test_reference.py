@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ import pytest
 import reference as R
 from speech import have_espeak, synth
 
-from voxd import devmodel as dm
+from voxd.tools import devmodel as dm
 
 # ---------------------------------------------------------------------------
 # Mel front end
@@ -234,79 +233,6 @@ def test_t_cond_and_ada_scales(ref_tiny: R.RefModel) -> None:
     s6, s12 = R.ada_scales(ref_tiny, 6), R.ada_scales(ref_tiny, 12)
     assert s6.shape == (ref_tiny.dec.n_layers, ref_tiny.dec.dim)
     assert not np.allclose(s6, s12)
-
-
-# ---------------------------------------------------------------------------
-# safetensors + BF16
-# ---------------------------------------------------------------------------
-
-
-def _bf16_nearest_even(x: np.ndarray) -> np.ndarray:
-    """Independent BF16 rounding: pick the nearer of the two neighbours in float64."""
-    bits = x.astype(np.float32).view(np.uint32).astype(np.int64)
-    lo = bits & 0xFFFF0000
-    hi = lo + 0x10000
-    as_f = lambda b: (b.astype(np.uint32)).view(np.float32).astype(np.float64)  # noqa: E731
-    xd = x.astype(np.float32).astype(np.float64)
-    d_lo, d_hi = np.abs(xd - as_f(lo)), np.abs(as_f(hi) - xd)
-    lo_even = ((lo >> 16) & 1) == 0
-    pick_hi = (d_hi < d_lo) | ((d_hi == d_lo) & ~lo_even)
-    return np.where(pick_hi, hi, lo) >> 16
-
-
-def test_bf16_rounding_nearest_even() -> None:
-    ties = np.array([1.0 + 2**-8, 1.0 + 3 * 2**-8, -(1.0 + 2**-8), 2.0 + 2**-7], np.float32)
-    out = dm.bf16_bits_to_f32(dm.f32_to_bf16_bits(ties))
-    np.testing.assert_array_equal(out, np.array([1.0, 1.0 + 4 * 2**-8, -1.0, 2.0], np.float32))
-
-    rng = np.random.default_rng(11)
-    bits = rng.integers(0, 2**32, 200000, dtype=np.uint64).astype(np.uint32)
-    bits[:1000] = (bits[:1000] & 0xFFFF0000) | 0x8000  # exact ties
-    x = bits.view(np.float32)
-    x = x[np.isfinite(x) & (np.abs(x) < 3e38)]
-    got = dm.f32_to_bf16_bits(x).astype(np.int64)
-    np.testing.assert_array_equal(got, _bf16_nearest_even(x))
-
-    special = np.array([np.inf, -np.inf, np.nan, 3.4e38, 0.0, -0.0], np.float32)
-    back = dm.bf16_bits_to_f32(dm.f32_to_bf16_bits(special))
-    assert back[0] == np.inf and back[1] == -np.inf and np.isnan(back[2])
-    assert back[3] == np.inf  # beyond the largest BF16: rounds to infinity
-    assert np.signbit(back[5]) and back[4] == 0.0
-
-
-def test_safetensors_round_trip(tmp_path: Path) -> None:
-    rng = np.random.default_rng(12)
-    a = rng.standard_normal((5, 3, 2)).astype(np.float32)
-    b = rng.standard_normal(7).astype(np.float32)
-
-    def two_chunks() -> Iterator[np.ndarray]:
-        yield a[:2]
-        yield a[2:]
-
-    plans = [
-        dm.TensorPlan("x.a", a.shape, two_chunks),
-        dm.TensorPlan("y", b.shape, lambda: iter([b])),
-    ]
-    path = tmp_path / "t.safetensors"
-    dm.write_safetensors(path, plans)
-
-    raw = path.read_bytes()
-    n = int.from_bytes(raw[:8], "little")
-    header = json.loads(raw[8 : 8 + n])
-    assert (8 + n) % 8 == 0
-    assert header["x.a"] == {"dtype": "BF16", "shape": [5, 3, 2], "data_offsets": [0, 60]}
-    assert header["y"] == {"dtype": "BF16", "shape": [7], "data_offsets": [60, 74]}
-    assert len(raw) == 8 + n + 74
-
-    back = dm.read_safetensors(path)
-    for name, src in (("x.a", a), ("y", b)):
-        assert back[name].dtype == np.float32 and back[name].shape == src.shape
-        np.testing.assert_array_equal(back[name], dm.bf16_bits_to_f32(dm.f32_to_bf16_bits(src)))
-        np.testing.assert_allclose(back[name], src, rtol=2**-8)
-
-    bad = [dm.TensorPlan("z", (4,), lambda: iter([b[:3]]))]
-    with pytest.raises(ValueError):
-        dm.write_safetensors(tmp_path / "bad.safetensors", bad)
 
 
 # ---------------------------------------------------------------------------

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from st_files import read_header, read_st, write_tensors
 
-from voxd import modelfetch
-from voxd import quantize as qz
 from voxd.engine import Engine, NonFinite, find_nonfinite_weights
+from voxd.tools import modelfetch
+from voxd.tools import quantize as qz
 
 WEIGHTS = "consolidated.safetensors"
 WQ = "layers.0.attention.wq.weight"  # decoder matrix, BF16 [heads * head_dim, dim]

@@ -48,7 +48,7 @@ from voxd import cli
 from voxd.config import ConfigError, EngineSettings, WyomingSettings, load_settings
 from voxd.engine import Engine, transcribe
 from voxd.resample import resample
-from voxd.wyoming_server import LANGUAGES, WyomingServer, WyomingStartError
+from voxd.wyoming.server import LANGUAGES, WyomingServer, WyomingStartError
 
 WAIT_S = 60.0
 HOST = "127.0.0.1"
@@ -310,7 +310,7 @@ def test_more_clients_than_the_limit_are_refused_with_the_reason(
             writer.close()
         return error
 
-    with caplog.at_level(logging.WARNING, logger="voxd.wyoming_server"):
+    with caplog.at_level(logging.WARNING, logger="voxd.wyoming.server"):
         error = asyncio.run(go())
     assert error.code == "too-many-clients"
     assert "wyoming.max_clients = 2" in error.text
@@ -408,7 +408,7 @@ def test_bad_input_gets_an_error_and_loses_no_other_clients_work(
             await client.write_event(AudioStop().event())
             return await replies(client), error
 
-    with caplog.at_level(logging.WARNING, logger="voxd.wyoming_server"):
+    with caplog.at_level(logging.WARNING, logger="voxd.wyoming.server"):
         events, error = asyncio.run(go())
     assert error.code == code
     assert words in error.text
@@ -435,7 +435,7 @@ def test_client_that_disconnects_mid_utterance_is_dropped(
             await send_audio(client, pcm[: len(pcm) // 2 // 2 * 2], 16000, 2, 1)
             # gone without audio-stop
 
-    with caplog.at_level(logging.WARNING, logger="voxd.wyoming_server"):
+    with caplog.at_level(logging.WARNING, logger="voxd.wyoming.server"):
         asyncio.run(go())
         wait_until(
             lambda: any("middle of a request" in r.getMessage() for r in caplog.records),
@@ -464,7 +464,7 @@ def test_silent_client_is_closed_by_the_idle_timeout(
         finally:
             writer.close()
 
-    with caplog.at_level(logging.WARNING, logger="voxd.wyoming_server"):
+    with caplog.at_level(logging.WARNING, logger="voxd.wyoming.server"):
         error = asyncio.run(go())
     assert error.code == "idle-timeout" and "wyoming.idle_timeout_s" in error.text
     assert any("request" in r.getMessage() and "dropped" in r.getMessage() for r in caplog.records)
@@ -491,7 +491,7 @@ def test_request_longer_than_the_limit_is_cut_there(
             await client.write_event(AudioStop().event())
             return cut, await request(client, second)  # and the connection goes on
 
-    with caplog.at_level(logging.WARNING, logger="voxd.wyoming_server"):
+    with caplog.at_level(logging.WARNING, logger="voxd.wyoming.server"):
         cut, after = asyncio.run(go())
     assert final_of(cut) == offline(engine, pcm[: 16000 * 2])
     assert final_of(after) == offline(engine, second)

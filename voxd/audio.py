@@ -57,6 +57,7 @@ import numpy as np
 import numpy.typing as npt
 
 from voxd.config import AudioSettings
+from voxd.events import SAMPLE_RATE
 from voxd.resample import Channel, FloatArray, Resampler, resample
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,6 @@ log = logging.getLogger(__name__)
 MicStatus = Literal["ok", "mic_lost"]
 StatusCallback = Callable[[MicStatus], None]
 
-OUT_RATE = 16000
 MAX_DEFAULT_CHANNELS = 2  # with channels unset, open at most this many
 OPEN_TIMEOUT_S = 10.0  # an open (PortAudio start + stream open) taking longer is abandoned
 # A live microphone delivers audio at the pace of its clock. Within each
@@ -399,7 +399,7 @@ class Capture:
         close_timeout_s: float = 2.0,
         open_timeout_s: float = OPEN_TIMEOUT_S,
         pace_check: bool = True,
-        out_rate: int = OUT_RATE,
+        out_rate: int = SAMPLE_RATE,
     ) -> None:
         self.settings = settings or AudioSettings()
         self.on_status = on_status
@@ -903,7 +903,7 @@ def _decode(raw: bytes, info: WavInfo) -> npt.NDArray[np.float32]:
     return np.asarray(x, dtype=np.float32).reshape(-1, info.channels)
 
 
-def read_wav(path: str | Path, *, rate: int = OUT_RATE, channel: Channel = "mix") -> FloatArray:
+def read_wav(path: str | Path, *, rate: int = SAMPLE_RATE, channel: Channel = "mix") -> FloatArray:
     """A WAV file as float32 mono at ``rate`` Hz (16 kHz by default).
 
     Reads 8/16/24/32-bit integer and 32/64-bit float WAV, plain or

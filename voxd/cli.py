@@ -18,13 +18,18 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 import numpy as np
 
 from voxd import __version__
+from voxd.events import DELAY_MS_DEFAULT, DELAY_MS_RULE, SAMPLE_RATE
+
+if TYPE_CHECKING:
+    from voxd.engine import Stream
 
 # Feed long files in 1 s pieces so progress can be shown.
-PROGRESS_CHUNK = 16000
+PROGRESS_CHUNK = SAMPLE_RATE
 PROGRESS_MIN_SECONDS = 30.0
 
 
@@ -39,16 +44,7 @@ def _err(msg: str) -> None:
 
 def _cmd_transcribe(args: argparse.Namespace) -> int:
     from voxd.audio import read_wav
-    from voxd.engine import (
-        DEBUG_ADAPTER,
-        DEBUG_ENCODER,
-        DEBUG_LOGITS,
-        DEBUG_MEL,
-        Engine,
-        EngineError,
-        StreamEvent,
-        TokenEvent,
-    )
+    from voxd.engine import DEBUG_ALL, Engine, EngineError, StreamStats, transcribe
 
     model_dir = _model_dir(args)
     if model_dir is None:
@@ -60,45 +56,56 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
         return 1
     try:
         engine = Engine(model_dir, threads=args.threads, backend=args.backend)
-        stream = engine.stream(delay_ms=args.delay_ms)
     except EngineError as e:
         _err(str(e))
         return 2
-    if args.dump:
-        stream.enable_debug(DEBUG_MEL | DEBUG_ENCODER | DEBUG_ADAPTER | DEBUG_LOGITS)
-    seconds = audio.size / 16000
+    seconds = audio.size / SAMPLE_RATE
     show_progress = seconds >= PROGRESS_MIN_SECONDS
-    events: list[StreamEvent] = []
-    t0 = time.monotonic()
+    t0 = [0.0]  # set when the stream is open: the time to transcribe, not to load
+    elapsed = [0.0]
+    stats: list[StreamStats] = []
+
+    def progress(fed: int) -> None:
+        if fed == 0:
+            t0[0] = time.monotonic()
+        elif show_progress:
+            print(f"\r{fed / SAMPLE_RATE:.0f}/{seconds:.0f} s", end="", file=sys.stderr, flush=True)
+
+    def finished(stream: Stream) -> None:
+        elapsed[0] = time.monotonic() - t0[0]
+        if args.dump:
+            _dump(stream, Path(args.dump))
+        stats.append(stream.stats())
+
+    debug = DEBUG_ALL if args.dump else 0
     try:
-        for i in range(0, audio.size, PROGRESS_CHUNK):
-            events += stream.feed(audio[i : i + PROGRESS_CHUNK])
-            if show_progress:
-                done = min(i + PROGRESS_CHUNK, audio.size) / 16000
-                print(f"\r{done:.0f}/{seconds:.0f} s", end="", file=sys.stderr, flush=True)
-        events += stream.finish()
+        text, ids = transcribe(
+            engine,
+            audio,
+            delay_ms=args.delay_ms,
+            chunk=PROGRESS_CHUNK,
+            debug=debug,
+            on_progress=progress,
+            before_close=finished,
+        )
     except EngineError as e:
-        _err(f"{args.file}: {e}")
-        return 1
+        # before the first progress call the stream could not be made (a bad --delay-ms)
+        _err(f"{args.file}: {e}" if t0[0] else str(e))
+        return 1 if t0[0] else 2
     if show_progress:
         print(file=sys.stderr)
-    elapsed = time.monotonic() - t0
-    text = "".join(e.text for e in events).strip()
-    ids = [e.token_id for e in events if isinstance(e, TokenEvent)]
     if args.dump:
-        _dump(stream, Path(args.dump), ids)
-    stats = stream.stats()
-    stream.close()
+        np.save(Path(args.dump) / "token_ids.npy", np.asarray(ids, dtype=np.int64))
     engine.close()
     if args.json:
         out = {
             "text": text,
             "token_ids": ids,
             "audio_seconds": round(seconds, 3),
-            "elapsed_seconds": round(elapsed, 3),
-            "decoder_positions": stats.positions,
-            "encoder_ms": round(stats.encoder_ms, 1),
-            "decoder_ms": round(stats.decoder_ms, 1),
+            "elapsed_seconds": round(elapsed[0], 3),
+            "decoder_positions": stats[0].positions,
+            "encoder_ms": round(stats[0].encoder_ms, 1),
+            "decoder_ms": round(stats[0].decoder_ms, 1),
         }
         print(json.dumps(out, ensure_ascii=False))
     else:
@@ -110,7 +117,7 @@ def _model_dir(args: argparse.Namespace) -> Path | None:
     """--model-dir, else engine.model_dir of the configuration (None: error shown)."""
     if args.model_dir is not None:
         return Path(args.model_dir)
-    from voxd.modelfetch import ModelFetchError, configured_engine
+    from voxd.tools.modelfetch import ModelFetchError, configured_engine
 
     try:
         return Path(configured_engine(args.config).model_dir)
@@ -119,19 +126,13 @@ def _model_dir(args: argparse.Namespace) -> Path | None:
         return None
 
 
-def _dump(stream: object, out: Path, ids: list[int]) -> None:
-    from voxd.engine import DEBUG_ADAPTER, DEBUG_ENCODER, DEBUG_LOGITS, DEBUG_MEL, Stream
+def _dump(stream: Stream, out: Path) -> None:
+    """The stream's debug tensors as .npy files (token_ids.npy is written beside them)."""
+    from voxd.engine import DEBUG_NAMES
 
-    assert isinstance(stream, Stream)
     out.mkdir(parents=True, exist_ok=True)
-    for kind, name in (
-        (DEBUG_MEL, "mel"),
-        (DEBUG_ENCODER, "encoder"),
-        (DEBUG_ADAPTER, "adapter"),
-        (DEBUG_LOGITS, "logits"),
-    ):
+    for kind, name in DEBUG_NAMES.items():
         np.save(out / f"{name}.npy", stream.debug_tensor(kind))
-    np.save(out / "token_ids.npy", np.asarray(ids, dtype=np.int64))
 
 
 def _add_transcribe(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -139,7 +140,7 @@ def _add_transcribe(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("file", type=Path)
     p.add_argument("--model-dir", type=Path, help="default: engine.model_dir of the config")
     p.add_argument("--config", type=Path, default=None, help="default: /etc/voxd/voxd.toml")
-    p.add_argument("--delay-ms", type=int, default=480, help="80..2400 in steps of 80")
+    p.add_argument("--delay-ms", type=int, default=DELAY_MS_DEFAULT, help=DELAY_MS_RULE)
     p.add_argument("--json", action="store_true", help="print text and token_ids as JSON")
     p.add_argument("--dump", metavar="DIR", help="write mel/encoder/adapter/logits as .npy")
     p.add_argument("--threads", type=int, default=0, help="0 = all cores")
@@ -237,13 +238,13 @@ def _add_service(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 
 def _cmd_dev_make_model(args: argparse.Namespace) -> int:
-    from voxd import devmodel
+    from voxd.tools import devmodel
 
     return devmodel.main([str(args.out_dir), "--preset", args.preset, "--seed", str(args.seed)])
 
 
 def _add_dev(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from voxd.devmodel import PRESETS
+    from voxd.tools.devmodel import PRESETS
 
     p = sub.add_parser("dev", help="developer tools")
     dsub = p.add_subparsers(dest="dev_cmd", required=True)
@@ -254,23 +255,58 @@ def _add_dev(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     mk.set_defaults(func=_cmd_dev_make_model)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from voxd import bench, modelfetch, quantize
+# The commands whose code is outside voxd.tools: parsed without loading the tools.
+CORE_COMMANDS = frozenset({"run", "config", "devices", "transcribe"})
 
-    ap = argparse.ArgumentParser(prog="voxd", description="Local streaming speech-to-text daemon.")
+
+class _NotCore(Exception):
+    """The core parser met something it cannot judge alone (an error, say)."""
+
+
+class _CoreParser(argparse.ArgumentParser):
+    """Parses the core commands; hands any error to the whole parser, which words it."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _NotCore(message)
+
+
+def build_parser(
+    *, tools: bool = True, parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser
+) -> argparse.ArgumentParser:
+    """The `voxd` parser; without ``tools``, only the core commands (no voxd.tools import)."""
+    ap = parser_class(prog="voxd", description="Local streaming speech-to-text daemon.")
     ap.add_argument("--version", action="version", version=f"voxd {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
     _add_service(sub)
     _add_transcribe(sub)
-    modelfetch.add_cli(sub)
-    quantize.add_cli(sub)
-    bench.add_cli(sub)
-    _add_dev(sub)
+    if tools:
+        from voxd.tools import bench, modelfetch, quantize
+
+        modelfetch.add_cli(sub)
+        quantize.add_cli(sub)
+        bench.add_cli(sub)
+        _add_dev(sub)
     return ap
 
 
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The parsed command line; the offline tools are loaded only for their own commands.
+
+    A core command (``voxd run``: what systemd starts) is parsed by the core
+    parser alone. Everything else, and any error, goes to the whole parser,
+    so help, usage and error messages are always the whole command line's.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in CORE_COMMANDS:
+        try:
+            return build_parser(tools=False, parser_class=_CoreParser).parse_args(args)
+        except _NotCore:
+            pass
+    return build_parser().parse_args(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         rc: int = args.func(args)
     except KeyboardInterrupt:

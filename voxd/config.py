@@ -54,6 +54,13 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from voxd.events import (
+    DELAY_MS_DEFAULT,
+    DELAY_MS_MAX,
+    DELAY_MS_MIN,
+    DELAY_MS_STEP,
+    SAMPLE_RATE,
+)
 from voxd.resample import CUTOFF_FRACTION, STOPBAND_DB
 
 if sys.version_info >= (3, 11):
@@ -69,7 +76,6 @@ MASK = "********"
 _SECRET_KEYS = frozenset({"password"})
 _TOPIC_FORBIDDEN = ("+", "#")
 
-OUT_RATE = 16000  # the engine's sample rate, what capture converts to
 # MQTT strings (client id, user name, password, topics) carry a 16-bit length.
 MQTT_STRING_MAX = 65535
 # MQTT 3.1.1 (3.1.3.1) only promises client ids of up to 23 bytes; most brokers take more.
@@ -181,7 +187,7 @@ def _check_path(value: Any) -> Any:
     return value
 
 
-def resampler_taps(rate: int, out_rate: int = OUT_RATE) -> int:
+def resampler_taps(rate: int, out_rate: int = SAMPLE_RATE) -> int:
     """Taps of the filter voxd.resample.Resampler designs for ``rate`` -> ``out_rate``.
 
     The same formula as resample.design_lowpass, without building the filter:
@@ -232,7 +238,7 @@ class AudioSettings(_Section):
     def _sample_rate(cls, value: int | None) -> int | None:
         if value is not None and resampler_taps(value) > MAX_RESAMPLER_TAPS:
             raise ValueError(
-                f"must be a rate voxd can convert to {OUT_RATE} Hz with a filter of at most "
+                f"must be a rate voxd can convert to {SAMPLE_RATE} Hz with a filter of at most "
                 f"{MAX_RESAMPLER_TAPS} taps (it would need {resampler_taps(value)}); "
                 "8000, 11025, 16000, 22050, 32000, 44100, 48000, 96000, 192000 are fine"
             )
@@ -288,7 +294,9 @@ class VadSettings(_Section):
 class EngineSettings(_Section):
     model_dir: ConfigPath = Path("/var/lib/voxd/model")
     # Voxtral Realtime works in 80 ms audio frames: the delay is a whole number of them.
-    delay_ms: int = Field(default=480, ge=80, le=2400, multiple_of=80)
+    delay_ms: int = Field(
+        default=DELAY_MS_DEFAULT, ge=DELAY_MS_MIN, le=DELAY_MS_MAX, multiple_of=DELAY_MS_STEP
+    )
     # The engine (native/src/stream.c vx_stream_new) accepts up to 60 s.
     interval_ms: int = Field(default=480, gt=0, le=60000)
     # The engine's thread pool never uses more than 256 threads.
@@ -395,7 +403,7 @@ class ServiceSettings(_Section):
 
 
 class WyomingSettings(_Section):
-    """The Wyoming speech-to-text server for Home Assistant Assist (voxd/wyoming_server.py)."""
+    """The Wyoming speech-to-text server for Home Assistant Assist (voxd/wyoming/server.py)."""
 
     enabled: bool = False
     host: str = "0.0.0.0"  # all interfaces: Home Assistant usually runs on another machine

@@ -20,35 +20,36 @@
 Exit codes: 0 after a signal, 1 when the pipeline died of a bug, 2 for a
 configuration or model problem (systemd's StartLimitBurst stops retrying).
 
-``python -m voxd.daemon --config PATH [--stdout]`` runs the same thing
-(for tests and for use before the ``voxd`` command is installed).
+``python -m voxd run`` is the same command before the ``voxd`` script is
+installed (voxd/__main__.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from voxd import sdnotify
 from voxd.audio import Capture
-from voxd.config import ConfigError, Settings, load_settings
+from voxd.config import ConfigError, Settings
 from voxd.endpoint import SpeechJudge
 from voxd.engine import Engine, EngineError
-from voxd.events import Event, StateChanged, TranscriptFinal
 from voxd.modelsize import fit_warning
-from voxd.mqtt import MqttHealth, MqttSink
-from voxd.pipeline import WATCHDOG_SOURCES, Pipeline, StdoutSink
+from voxd.pipeline import WATCHDOG_SOURCES, Pipeline
 from voxd.preflight import refusal
 from voxd.sdnotify import Notifier, Watchdog
+from voxd.sinks.systemd import WATCHDOG_MQTT, MqttHealthCheck, SystemdStatusSink
+
+if TYPE_CHECKING:  # paho is loaded only when MQTT is enabled
+    from voxd.sinks.mqtt import MqttSink
 
 log = logging.getLogger("voxd.daemon")
 
@@ -67,8 +68,6 @@ MQTT_DRAIN_S = 5.0
 # outbox: give that hand-off this long before reading the outbox size.
 MQTT_HANDOFF_S = 0.2
 PIPELINE_STOP_S = 20.0
-# The watchdog source fed while the MQTT link is healthy (with the pipeline's).
-WATCHDOG_MQTT = "mqtt"
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -206,90 +205,6 @@ def load_judge(settings: Settings) -> SpeechJudge | None | str:
         return f"vad.enabled = true but the Silero VAD cannot be used: {err}"
 
 
-class SystemdStatusSink:
-    """Keeps the unit's STATUS= (``systemctl status voxd``) up to date."""
-
-    def __init__(self, notifier: Notifier) -> None:
-        self._notifier = notifier
-        self._state = "idle"
-        self._finals = 0
-        self._problem: str | None = None
-
-    def handle(self, event: Event) -> None:
-        if isinstance(event, StateChanged):
-            if event.state in ("speaking", "processing"):
-                self._state = event.state
-                return  # too frequent to be worth a datagram each
-            self._state = event.state
-        elif isinstance(event, TranscriptFinal):
-            self._finals += 1
-        else:
-            return
-        self._send()
-
-    def set_problem(self, problem: str | None) -> None:
-        """A problem named in every STATUS until it is cleared with None."""
-        self._problem = problem
-        self._send()
-
-    def _send(self) -> None:
-        text = f"{self._state}; {self._finals} transcripts"
-        if self._problem is not None:
-            text += f"; PROBLEM: {self._problem}"
-        self._notifier.status(text)
-
-
-class MqttHealthCheck:
-    """The daemon's view of the MQTT link, checked from the supervise loop.
-
-    While the link works the watchdog's "mqtt" source is fed; when it has
-    failed (a thread that keeps dying, a connect path that keeps raising)
-    the feeding stops, so systemd's watchdog restarts voxd, and STATUS names
-    the problem. A broker that is merely down is not a failure: finals wait
-    in the outbox and the link reconnects by itself.
-    """
-
-    def __init__(self, mqtt: MqttSink, watchdog: Watchdog, status: SystemdStatusSink) -> None:
-        self._mqtt = mqtt
-        self._watchdog = watchdog
-        self._status = status
-        self._problem: str | None = None
-
-    def check(self) -> MqttHealth | None:
-        """Feed the watchdog or report the problem; the health read (None: unreadable)."""
-        health: MqttHealth | None = None
-        try:
-            health = self._mqtt.health()
-        except Exception as err:  # a bug in health(): the link cannot be vouched for
-            log.exception("cannot read the MQTT link's health")
-            problem: str | None = f"MQTT link health unknown: {err}"
-        else:
-            problem = None if health.ok else f"MQTT link failed: {health.failed}"
-        if problem is None:
-            self._watchdog.beat(WATCHDOG_MQTT)
-            # Finals held in memory still go out, and a restart cannot mend a
-            # disk: say so in STATUS, but keep feeding the watchdog.
-            problem = self._outbox_problem()
-        elif problem != self._problem:
-            log.error("%s; no longer feeding the watchdog", problem)
-        if problem != self._problem:
-            if problem is None:
-                log.info("MQTT delivery works normally again")
-            self._problem = problem
-            self._status.set_problem(problem)
-        return health
-
-    def _outbox_problem(self) -> str | None:
-        outbox = self._mqtt.outbox
-        if not outbox.degraded:
-            return None
-        held = outbox.memory_only
-        return (
-            f"outbox {outbox.directory} cannot be written ({outbox.last_error}); "
-            f"{held} final(s) held in memory only"
-        )
-
-
 # -- run --------------------------------------------------------------------------------
 
 
@@ -339,12 +254,16 @@ def _serve(
     capture.on_status = pipeline.on_mic_status
     mqtt: MqttSink | None = None
     if settings.mqtt.enabled:
+        from voxd.sinks.mqtt import MqttSink
+
         try:
             mqtt = MqttSink(settings.mqtt, settings.service.state_dir, on_command=pipeline.command)
         except (ConfigError, OSError) as err:
             return _fail(notifier, f"cannot start MQTT: {err}")
         pipeline.add_sink(mqtt)
     if settings.service.stdout_sink if stdout_sink is None else stdout_sink:
+        from voxd.sinks.stdout import StdoutSink
+
         pipeline.add_sink(StdoutSink())
     status = SystemdStatusSink(notifier)
     pipeline.add_sink(status)
@@ -352,7 +271,7 @@ def _serve(
     wyoming = None
     try:
         if settings.wyoming.enabled:  # Home Assistant Assist's STT, beside the microphone
-            from voxd.wyoming_server import WyomingServer, WyomingStartError
+            from voxd.wyoming.server import WyomingServer, WyomingStartError
 
             wyoming = WyomingServer(settings.wyoming, engine, settings.engine)
             try:
@@ -417,27 +336,3 @@ def _drain_mqtt(mqtt: MqttSink, timeout: float) -> None:
     on_disk = len(mqtt.outbox) - held
     if on_disk:
         log.info("%d final(s) left in the outbox for the next start", on_disk)
-
-
-# -- python -m voxd.daemon ----------------------------------------------------------------
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m voxd.daemon", description="Run the voxd daemon in the foreground."
-    )
-    parser.add_argument("--config", type=Path, default=None, help="TOML configuration file")
-    parser.add_argument(
-        "--stdout", action="store_true", help="also print events as JSON lines on stdout"
-    )
-    args = parser.parse_args(argv)
-    try:
-        settings = load_settings(args.config)
-    except ConfigError as err:
-        print(f"voxd: {err}", file=sys.stderr)
-        return EXIT_CONFIG
-    return run(settings, stdout_sink=True if args.stdout else None)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

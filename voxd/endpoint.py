@@ -34,17 +34,17 @@ import logging
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from voxd.config import EndpointSettings
+from voxd.events import SAMPLE_RATE, EndReason
 
 log = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float32]
-EndReason = Literal["silence", "max_length", "shutdown"]
 
 # The floor falls with this time constant: fast enough to find the noise
 # level again within a few frames after a loud stretch, slow enough that a
@@ -127,7 +127,7 @@ class Endpointer:
         *,
         judge: SpeechJudge | None = None,
         judge_threshold: float = 0.5,
-        sample_rate: int = 16000,
+        sample_rate: int = SAMPLE_RATE,
     ) -> None:
         s = settings or EndpointSettings()
         self.settings = s

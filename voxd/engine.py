@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import enum
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 import numpy as np
 import numpy.typing as npt
+
+from voxd.events import DELAY_MS_DEFAULT, DELAY_MS_RULE, delay_ms_valid
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +36,30 @@ DEBUG_MEL = 1
 DEBUG_ENCODER = 2
 DEBUG_ADAPTER = 4
 DEBUG_LOGITS = 8
+# The debug tensors by name (the .npy files of `voxd transcribe --dump`).
+DEBUG_NAMES = {
+    DEBUG_MEL: "mel",
+    DEBUG_ENCODER: "encoder",
+    DEBUG_ADAPTER: "adapter",
+    DEBUG_LOGITS: "logits",
+}
+DEBUG_ALL = DEBUG_MEL | DEBUG_ENCODER | DEBUG_ADAPTER | DEBUG_LOGITS
+
+
+class Status(enum.IntEnum):
+    """The C engine's vx_status (native/include/voxd_engine.h; a test checks they agree)."""
+
+    OK = 0
+    ERR_IO = 1  # file missing, unreadable, mmap failed
+    ERR_FORMAT = 2  # malformed safetensors / JSON / tokenizer
+    ERR_SHAPE = 3  # tensor shape or dtype disagrees with params.json
+    ERR_ARG = 4  # bad argument: NaN samples, delay out of range ...
+    ERR_STATE = 5  # call not allowed now (e.g. feed after finish)
+    ERR_NOMEM = 6  # allocation failed
 
 
 class EngineError(RuntimeError):
-    """A failed engine call; `status` is the C vx_status."""
+    """A failed engine call; `status` is the C vx_status (:class:`Status`)."""
 
     def __init__(self, message: str, status: int = 0) -> None:
         super().__init__(message)
@@ -274,7 +298,7 @@ def find_nonfinite_weights(path: str | os.PathLike[str]) -> NonFiniteScan:
     st = lib.vx_weights_find_nonfinite(
         os.fsencode(path), buf, len(buf), ctypes.byref(found), err, len(err)
     )
-    if st != 0:
+    if st != Status.OK:
         raise EngineError(err.value.decode("utf-8", "replace"), st)
     return _nonfinite_scan(found.value, buf)
 
@@ -349,7 +373,7 @@ class Engine:
         st = self._lib.vx_model_load(
             os.fsencode(model_dir), ctypes.byref(opts), ctypes.byref(handle), err, len(err)
         )
-        if st != 0:
+        if st != Status.OK:
             raise EngineError(err.value.decode("utf-8", "replace"), st)
         self._handle: ctypes.c_void_p | None = handle
         raw = _ModelInfo()
@@ -375,7 +399,7 @@ class Engine:
 
     def stream(
         self,
-        delay_ms: int = 480,
+        delay_ms: int = DELAY_MS_DEFAULT,
         interval_ms: int = 80,
         max_speculation: int = 0,
         kv_f32: bool = False,
@@ -386,16 +410,16 @@ class Engine:
         kv_f32: keep the KV caches in float32 instead of fp16 (for exact
         checks against a float reference; twice the memory).
         """
-        if not 80 <= delay_ms <= 2400 or delay_ms % 80:
-            raise EngineError(f"delay_ms {delay_ms} must be 80..2400 in steps of 80", 4)
+        if not delay_ms_valid(delay_ms):
+            raise EngineError(f"delay_ms {delay_ms} must be {DELAY_MS_RULE}", Status.ERR_ARG)
         if interval_ms < 0:
-            raise EngineError(f"interval_ms {interval_ms} must be >= 0", 4)
+            raise EngineError(f"interval_ms {interval_ms} must be >= 0", Status.ERR_ARG)
         if not 0 <= max_speculation <= 32:
-            raise EngineError(f"max_speculation {max_speculation} must be 0..32", 4)
+            raise EngineError(f"max_speculation {max_speculation} must be 0..32", Status.ERR_ARG)
         handle = ctypes.c_void_p()
         opts = _StreamOptions(delay_ms, interval_ms, max_speculation, int(kv_f32))
         st = self._lib.vx_stream_new(self._ptr(), ctypes.byref(opts), ctypes.byref(handle))
-        if st != 0:
+        if st != Status.OK:
             raise EngineError(f"cannot create a stream: {self._status_name(st)}", st)
         s = Stream(self, handle)
         self._streams.append(s)
@@ -453,11 +477,11 @@ class Stream:
 
     def _ptr(self) -> ctypes.c_void_p:
         if self._handle is None:
-            raise EngineError("the stream is closed", 5)
+            raise EngineError("the stream is closed", Status.ERR_STATE)
         return self._handle
 
     def _check(self, st: int) -> None:
-        if st != 0:
+        if st != Status.OK:
             msg: bytes = self._lib.vx_stream_error(self._ptr())
             raise EngineError(msg.decode("utf-8", "replace") or self._engine._status_name(st), st)
 
@@ -525,23 +549,40 @@ class Stream:
 def transcribe(
     engine: Engine,
     audio: npt.ArrayLike,
-    delay_ms: int = 480,
+    delay_ms: int = DELAY_MS_DEFAULT,
     chunk: int = 0,
     max_speculation: int = 0,
+    *,
+    debug: int = 0,
+    on_progress: Callable[[int], None] | None = None,
+    before_close: Callable[[Stream], None] | None = None,
 ) -> tuple[str, list[int]]:
     """Offline transcription: feed everything (in chunks if given), finish.
 
     Returns the final text (pieces joined, surrounding white space stripped) and
-    every token id the decoder produced, control ids included.
+    every token id the decoder produced, control ids included. ``voxd
+    transcribe`` runs this too, with the hooks: ``debug`` (DEBUG_* bits) is
+    enabled on the stream before any audio; ``on_progress`` gets the samples
+    fed so far, 0 once the stream is open (so a caller can tell a stream that
+    could not be made from audio it failed on) and after each chunk;
+    ``before_close`` gets the finished stream (its stats and debug tensors).
     """
     x = np.ascontiguousarray(audio, dtype=np.float32).reshape(-1)
     stream = engine.stream(delay_ms=delay_ms, max_speculation=max_speculation)
     try:
+        if debug:
+            stream.enable_debug(debug)
+        if on_progress is not None:
+            on_progress(0)
         events: list[StreamEvent] = []
         step = chunk if chunk > 0 else max(x.size, 1)
         for i in range(0, x.size, step):
             events += stream.feed(x[i : i + step])
+            if on_progress is not None:
+                on_progress(min(i + step, x.size))
         events += stream.finish()
+        if before_close is not None:
+            before_close(stream)
     finally:
         stream.close()
     text = "".join(e.text for e in events)

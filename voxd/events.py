@@ -13,13 +13,58 @@ utterance that published no delta gets no closing delta.
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+# The engine's sample rate: capture, WAV files and Wyoming audio are converted
+# to 16 kHz mono float32 before they reach it.
+SAMPLE_RATE = 16000
+
+# The decoder delay (engine.delay_ms, `voxd transcribe --delay-ms`): 80..2400 ms
+# in steps of one 80 ms position. The C engine checks the same rule when a
+# stream is made (vx_stream_new in native/src/stream.c answers VX_ERR_ARG).
+DELAY_MS_STEP = 80
+DELAY_MS_MIN = 80
+DELAY_MS_MAX = 2400
+DELAY_MS_DEFAULT = 480
+DELAY_MS_RULE = f"{DELAY_MS_MIN}..{DELAY_MS_MAX} in steps of {DELAY_MS_STEP}"
+
+
+def delay_ms_valid(delay_ms: int) -> bool:
+    """Whether ``delay_ms`` follows the rule (:data:`DELAY_MS_RULE`)."""
+    return DELAY_MS_MIN <= delay_ms <= DELAY_MS_MAX and delay_ms % DELAY_MS_STEP == 0
+
+
+# Commands a consumer can give (MQTT ``cmd/<name>``); the pipeline applies them.
+COMMANDS = frozenset({"mute", "unmute", "flush", "reset"})
+
 PipelineState = Literal["idle", "speaking", "processing", "muted", "mic_lost"]
 
+# Why an utterance ended (TranscriptFinal.reason). The endpointer decides
+# silence, max_length and shutdown; the pipeline the others (backlog: the
+# engine fell a whole backlog behind, the rest of that speech is lost).
+EndReason = Literal[
+    "silence", "max_length", "command", "shutdown", "model_eos", "mic_lost", "backlog"
+]
 
 DropReason = Literal["reset", "mute", "engine_error", "shutdown", "no_text"]
+
+
+def to_json_text(data: dict[str, Any]) -> str:
+    """Compact JSON, as published and printed; NaN and infinities (invalid JSON) become null."""
+    return json.dumps(_finite(data), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True)
@@ -92,9 +137,7 @@ class TranscriptFinal:
     ended_at: float  # wall clock of the end of speech (of the last voiced frame)
     audio_seconds: float  # seconds of audio fed for this utterance
     latency_s: float  # end of speech -> final ready: hangover_s + lag_s + flush_s
-    # silence | max_length | command | shutdown | model_eos | mic_lost | backlog
-    # (backlog: the engine fell a whole backlog behind; the rest of that speech is lost)
-    reason: str = "silence"
+    reason: EndReason = "silence"
     token_ids: tuple[int, ...] = ()
     engine: dict[str, float] = field(default_factory=dict)
     hangover_s: float = 0.0  # end of speech -> end decided

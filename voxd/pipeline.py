@@ -85,13 +85,12 @@ from __future__ import annotations
 
 import logging
 import queue
-import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, TextIO
+from typing import Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -101,7 +100,10 @@ from voxd.config import Settings
 from voxd.endpoint import Audio, Endpointer, EndpointEvent, SpeechEnd, SpeechJudge, SpeechStart
 from voxd.engine import Engine, EngineError, Stream, StreamEvent, StreamStats, TokenEvent
 from voxd.events import (
+    COMMANDS,
+    SAMPLE_RATE,
     DropReason,
+    EndReason,
     Event,
     PipelineState,
     StateChanged,
@@ -109,14 +111,13 @@ from voxd.events import (
     TranscriptDelta,
     TranscriptFinal,
 )
-from voxd.mqtt import to_json_text
 from voxd.sdnotify import Watchdog
+from voxd.sinks import Sink
 
 log = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float32]
 
-SAMPLE_RATE = 16000
 # The worker waits at most this long for audio, so it applies commands and
 # beats the watchdog even in silence or while the microphone is gone.
 READ_TIMEOUT_S = 0.25
@@ -125,11 +126,6 @@ WATCHDOG_SOURCES = ("engine", "capture")
 # The backlog holds an utterance of the maximum length (endpoint.max_utterance_s)
 # plus this much, so the engine can still be busy with the previous block.
 BACKLOG_MARGIN_S = 1.0
-COMMANDS = frozenset({"mute", "unmute", "flush", "reset"})
-
-EndReason = Literal[
-    "silence", "max_length", "command", "shutdown", "model_eos", "mic_lost", "backlog"
-]
 
 
 # -- stage interfaces -------------------------------------------------------------
@@ -138,7 +134,7 @@ EndReason = Literal[
 class AudioSource(Protocol):
     """Where the pipeline's audio comes from: 16 kHz mono float32 blocks.
 
-    :class:`voxd.audio.Capture` is one; :class:`ArraySource` is another.
+    :class:`voxd.audio.Capture` is one; the tests feed arrays through another.
     """
 
     def start(self) -> None: ...
@@ -159,104 +155,7 @@ class AudioSource(Protocol):
     def reconnects(self) -> int: ...
 
 
-class Sink(Protocol):
-    """Receives every event, in order, on its own dispatcher thread."""
-
-    def handle(self, event: Event) -> None: ...
-
-
-class ArraySource:
-    """An AudioSource fed by the program: ``push`` arrays, the pipeline reads them.
-
-    For offline use and tests. Pushed audio is cut into ``block_ms`` blocks
-    so that the worker stays responsive to commands between them.
-    """
-
-    def __init__(self, block_ms: int = 20, sample_rate: int = SAMPLE_RATE) -> None:
-        self._block = max(sample_rate * block_ms // 1000, 1)
-        self._queue: queue.Queue[FloatArray] = queue.Queue()
-        self._stopped = threading.Event()
-
-    def push(self, samples: npt.ArrayLike) -> None:
-        x = np.ascontiguousarray(samples, dtype=np.float32).reshape(-1)
-        for i in range(0, len(x), self._block):
-            self._queue.put(x[i : i + self._block].copy())
-
-    def start(self) -> None:
-        self._stopped.clear()
-
-    def stop(self) -> None:
-        self._stopped.set()
-
-    def read(self, timeout: float | None = None) -> FloatArray | None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self._stopped.is_set():
-            wait = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
-            if wait <= 0:
-                return None
-            try:
-                return self._queue.get(timeout=wait)
-            except queue.Empty:
-                continue
-        return None
-
-    @property
-    def pending(self) -> int:
-        """Blocks pushed and not read yet."""
-        return self._queue.qsize()
-
-    @property
-    def queue_depth(self) -> int:
-        return self._queue.qsize()
-
-    @property
-    def overruns(self) -> int:
-        return 0
-
-    @property
-    def reconnects(self) -> int:
-        return 0
-
-
-# -- sinks ------------------------------------------------------------------------------
-
-
-def event_type(event: Event) -> str:
-    """Short name of an event kind, as used by the stdout sink."""
-    if isinstance(event, TranscriptDelta):
-        return "delta"
-    if isinstance(event, TranscriptFinal):
-        return "final"
-    if isinstance(event, StateChanged):
-        return "state"
-    return "stats"
-
-
-class StdoutSink:
-    """Events as JSON lines on stdout: ``{"type": "final", "utterance_id": ...}``.
-
-    ``type`` is delta, final, state or stats; the other keys are the event's
-    payload, exactly as published on MQTT. Each line is flushed at once so a
-    pipe reader sees it immediately. If the reader goes away (broken pipe)
-    the sink says so once and stops writing; the daemon goes on.
-    """
-
-    def __init__(self, stream: TextIO | None = None, *, types: Iterable[str] | None = None) -> None:
-        self._stream = stream if stream is not None else sys.stdout
-        self._types = frozenset(types) if types is not None else None
-        self._broken = False
-
-    def handle(self, event: Event) -> None:
-        kind = event_type(event)
-        if self._broken or (self._types is not None and kind not in self._types):
-            return
-        line = to_json_text({"type": kind, **event.to_json()})
-        try:
-            self._stream.write(line + "\n")
-            self._stream.flush()
-        except (OSError, ValueError) as err:  # broken pipe, closed file
-            self._broken = True
-            log.warning("stdout sink: cannot write (%s); JSON output stopped", err)
+# -- sink delivery ---------------------------------------------------------------------
 
 
 class _SinkThread:

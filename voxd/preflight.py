@@ -21,7 +21,6 @@ import ssl
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from voxd import hass
 from voxd.config import (
     MQTT_PORTABLE_CLIENT_ID,
     ConfigError,
@@ -31,7 +30,8 @@ from voxd.config import (
     show_value,
     utf8_size,
 )
-from voxd.mqtt import Topics, default_client_id, read_password
+from voxd.sinks import hass
+from voxd.sinks.mqtt_protocol import Topics, default_client_id, read_password
 
 log = logging.getLogger(__name__)
 

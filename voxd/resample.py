@@ -16,6 +16,8 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from voxd.events import SAMPLE_RATE
+
 FloatArray = npt.NDArray[np.float32]
 Channel = int | Literal["mix"]
 
@@ -102,7 +104,7 @@ class Resampler:
     def __init__(
         self,
         in_rate: int,
-        out_rate: int = 16000,
+        out_rate: int = SAMPLE_RATE,
         *,
         channels: int = 1,
         channel: Channel = "mix",
@@ -208,7 +210,7 @@ class Resampler:
 def resample(
     x: npt.NDArray[np.generic],
     in_rate: int,
-    out_rate: int = 16000,
+    out_rate: int = SAMPLE_RATE,
     *,
     channels: int = 1,
     channel: Channel = "mix",

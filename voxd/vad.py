@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from voxd.events import SAMPLE_RATE
+
 log = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float32]
@@ -111,7 +113,7 @@ class SileroVad:
     probability: that is the ``SpeechJudge`` the endpointer wants.
     """
 
-    def __init__(self, model_path: Path | str, *, sample_rate: int = 16000, threads: int = 1):
+    def __init__(self, model_path: Path | str, *, sample_rate: int = SAMPLE_RATE, threads: int = 1):
         path = Path(model_path)
         if sample_rate not in _WINDOW:
             raise ValueError(f"Silero VAD runs at 16000 or 8000 Hz, not {sample_rate}")

@@ -27,7 +27,6 @@ import math
 import os
 import shutil
 import socket
-import struct
 import sys
 import time
 import urllib.parse
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from voxd.modelsize import MODEL_FILES, WEIGHT_BYTES, resolve_format
+from voxd.tools import safetensors as st
 
 if TYPE_CHECKING:
     from voxd.config import EngineSettings
@@ -54,14 +54,6 @@ CONNECT_TIMEOUT_S = 15.0
 
 CHUNK = 1 << 20
 LOCK_NAME = ".voxd-download.lock"
-# A safetensors header is a few MB at most; anything bigger is not one.
-MAX_HEADER_BYTES = 100 * 1024 * 1024
-DTYPE_BYTES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1,
-    "U16": 2, "I16": 2, "F16": 2, "BF16": 2,
-    "U32": 4, "I32": 4, "F32": 4,
-    "U64": 8, "I64": 8, "F64": 8,
-}  # fmt: skip
 
 # (file name, bytes done, total bytes or None when unknown)
 ProgressFn = Callable[[str, int, int | None], None]
@@ -75,7 +67,7 @@ def configured_engine(config: Path | None = None) -> EngineSettings:
     """The [engine] section of the configuration file (voxd.config.EngineSettings).
 
     Imported here: the config module pulls in pydantic, which a plain
-    `import voxd.modelfetch` need not pay for."""
+    `import voxd.tools.modelfetch` need not pay for."""
     from voxd.config import ConfigError, load_settings
 
     try:
@@ -207,11 +199,9 @@ def _weights_format(meta: Mapping[str, str]) -> str:
 
 def read_metadata(path: Path) -> dict[str, str]:
     """The `__metadata__` of a safetensors file (empty when it has none)."""
-    from voxd.quantize import QuantizeError, read_header
-
     try:
-        return read_header(path)[1]
-    except (QuantizeError, OSError) as exc:
+        return st.read_header(path).string_metadata()
+    except (st.SafetensorsError, OSError) as exc:
         raise ModelFetchError(str(exc)) from exc
 
 
@@ -419,7 +409,7 @@ def _download_files(src: Path, hub: Hub, fmt: str) -> list[str]:
 
 
 def _quantize(src: Path, target: Path, fmt: str, *, quiet: bool) -> None:
-    from voxd.quantize import Options, QuantizeError, quantize_model
+    from voxd.tools.quantize import Options, QuantizeError, quantize_model
 
     _say(quiet, f"quantizing {src / WEIGHTS_FILE} to {fmt} into {target}")
     bar = None if quiet else _QuantizeBar(fmt)
@@ -544,61 +534,20 @@ def install_from_dir(
 def check_safetensors(path: Path) -> list[str]:
     """Problems with a safetensors file's header and layout (empty list: fine).
 
-    The format: an 8-byte little-endian header length N, N bytes of JSON
-    mapping tensor names to dtype/shape/data_offsets, then the data. Offsets
-    are relative to the end of the header and must tile the data exactly.
+    The header is checked as the engine checks it (voxd.tools.safetensors);
+    beyond that the tensors must tile the data exactly, as every writer lays
+    them out: trailing bytes mean the file is not the one its header describes.
     """
-    size = path.stat().st_size
-    if size < 8:
-        return [f"{path.name}: {size} bytes, too short to be a safetensors file"]
-    with path.open("rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        if n < 2 or n > MAX_HEADER_BYTES or 8 + n > size:
-            return [f"{path.name}: implausible header length {n} for a {size}-byte file"]
-        raw = f.read(n)
     try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return [f"{path.name}: header is not valid JSON ({exc})"]
-    if not isinstance(header, dict):
-        return [f"{path.name}: header is not a JSON object"]
-    return _check_tensors(path.name, header, size - 8 - n)
-
-
-def _check_tensors(name: str, header: dict[str, Any], data_len: int) -> list[str]:
-    problems: list[str] = []
-    end_max = 0
-    for tensor, meta in header.items():
-        if tensor == "__metadata__":
-            continue
-        try:
-            begin, end = (int(x) for x in meta["data_offsets"])
-            shape = [int(d) for d in meta["shape"]]
-            dtype = str(meta["dtype"])
-        except (KeyError, TypeError, ValueError):
-            problems.append(f"{name}: tensor {tensor!r} has a malformed entry")
-            continue
-        if not 0 <= begin <= end <= data_len:
-            problems.append(
-                f"{name}: tensor {tensor!r} lies outside the data ({begin}..{end} of {data_len}); "
-                "the file is truncated or corrupt"
-            )
-            continue
-        count = 1
-        for d in shape:
-            count *= d
-        if dtype in DTYPE_BYTES and count * DTYPE_BYTES[dtype] != end - begin:
-            problems.append(
-                f"{name}: tensor {tensor!r} is {end - begin} bytes, "
-                f"but {dtype}{shape} needs {count * DTYPE_BYTES[dtype]}"
-            )
-        end_max = max(end_max, end)
-    if not problems and end_max != data_len:
-        problems.append(
-            f"{name}: tensors end at byte {end_max} of {data_len} bytes of data; "
-            "the file has trailing data or is not the one its header describes"
-        )
-    return problems
+        header = st.read_header(path)
+    except st.SafetensorsError as exc:
+        return [str(exc).replace(f"{path}: ", f"{path.name}: ", 1)]
+    if header.data_end != header.data_size:
+        return [
+            f"{path.name}: tensors end at byte {header.data_end} of {header.data_size} bytes of "
+            "data; the file has trailing data or is not the one its header describes"
+        ]
+    return []
 
 
 def check_model(
@@ -846,8 +795,8 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m voxd.modelfetch model download ...`, usable without the CLI."""
-    parser = argparse.ArgumentParser(prog="python -m voxd.modelfetch")
+    """`python -m voxd.tools.modelfetch model download ...`, usable without the CLI."""
+    parser = argparse.ArgumentParser(prog="python -m voxd.tools.modelfetch")
     add_cli(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

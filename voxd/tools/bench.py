@@ -96,8 +96,9 @@ import numpy.typing as npt
 
 from voxd.config import EndpointSettings, EngineSettings
 from voxd.engine import Engine, ModelInfo, Stream, StreamStats, TokenEvent, library
+from voxd.events import DELAY_MS_DEFAULT, SAMPLE_RATE
+from voxd.tools import safetensors as st
 
-SAMPLE_RATE = 16000
 CHUNK_SAMPLES = 1280  # 80 ms, one decoder position: what the daemon feeds
 LEFT_PAD_POS = 32  # positions of zeros the stream starts with (spec section 8)
 REALTIME_STEPS_PER_S = 12.5
@@ -263,18 +264,12 @@ def weight_group(name: str) -> str:
 
 def summarize_weights(model_dir: str | os.PathLike[str]) -> WeightSummary:
     """Stored dtypes and bytes from the safetensors header (no weight is read)."""
-    path = Path(model_dir) / "consolidated.safetensors"
-    with path.open("rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        header: dict[str, Any] = json.loads(f.read(n))
+    header = st.read_header(Path(model_dir) / "consolidated.safetensors")
     groups: dict[str, dict[str, int]] = {}
     total = dec = head = enc = 0
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        begin, end = entry["data_offsets"]
-        size = int(end) - int(begin)
-        dtype = str(entry["dtype"]).upper()
+    for name, t in header.tensors.items():
+        size = t.nbytes
+        dtype = t.dtype
         g = groups.setdefault(weight_group(name), {})
         g[dtype] = g.get(dtype, 0) + size
         total += size
@@ -480,7 +475,7 @@ def run_bench(
     audio_source: str = "array",
     threads: int = 0,
     backend: str | None = None,
-    delay_ms: int = 480,
+    delay_ms: int = DELAY_MS_DEFAULT,
     interval_ms: int = 480,
     max_speculation: int = 0,
     kv_f32: bool = False,
@@ -887,7 +882,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     projections = args.project or [Projection(k, *v) for k, v in DEFAULT_PROJECTIONS.items()]
     model_dir = args.model_dir
     if model_dir is None:  # the daemon's model, so the bench runs what it runs
-        from voxd.modelfetch import ModelFetchError, configured_engine
+        from voxd.tools.modelfetch import ModelFetchError, configured_engine
 
         try:
             model_dir = configured_engine(args.config).model_dir
@@ -1001,8 +996,8 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m voxd.bench --model-dir DIR ...``, usable without the CLI."""
-    parser = argparse.ArgumentParser(prog="python -m voxd.bench")
+    """``python -m voxd.tools.bench --model-dir DIR ...``, usable without the CLI."""
+    parser = argparse.ArgumentParser(prog="python -m voxd.tools.bench")
     sub = parser.add_subparsers(dest="command")
     add_cli(sub)
     args_list = list(sys.argv[1:] if argv is None else argv)

@@ -64,26 +64,26 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import json
-import os
 import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, TextIO
+from typing import BinaryIO, TextIO
 
 import numpy as np
 import numpy.typing as npt
 
+from voxd.tools import safetensors as st
+
 F32 = npt.NDArray[np.float32]
 U8 = npt.NDArray[np.uint8]
 
-QBLOCK = 32
-Q8_BLOCK_BYTES = 34
-Q4_BLOCK_BYTES = 18
-BLOCK_BYTES = {"Q8": Q8_BLOCK_BYTES, "Q4": Q4_BLOCK_BYTES}
+QBLOCK = st.Q_BLOCK_ELEMS
+Q8_BLOCK_BYTES = st.BLOCK_BYTES["Q8"]
+Q4_BLOCK_BYTES = st.BLOCK_BYTES["Q4"]
+BLOCK_BYTES = st.BLOCK_BYTES
 SCALE_BYTES = 2  # the fp16 scale that starts every block
 
 ROW_GROUP = 8  # rows per group of the on-disk layout
@@ -100,7 +100,7 @@ EMBEDDING_SUFFIX = "tok_embeddings.weight"
 # temporaries of that size, keeps the whole run well under 200 MB.
 _CHUNK_ELEMS = 1 << 21
 
-_ELEM_BYTES = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8, "I8": 1, "U8": 1, "I32": 4, "I64": 8}
+_ELEM_BYTES = st.ELEMENT_BYTES
 _FLOAT_DTYPES = ("BF16", "F16", "F32")
 
 
@@ -292,33 +292,19 @@ class SourceTensor:
 
 
 def read_header(path: Path) -> tuple[list[SourceTensor], dict[str, str]]:
-    """Tensors of a safetensors file in data order, and its ``__metadata__``."""
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) != 8:
-            raise QuantizeError(f"{path}: too short for a safetensors file")
-        n = int.from_bytes(head, "little")
-        size = os.fstat(f.fileno()).st_size
-        if n > size - 8 or n > 100_000_000:
-            raise QuantizeError(f"{path}: header length {n} does not fit the file")
-        try:
-            header: dict[str, Any] = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise QuantizeError(f"{path}: header is not valid JSON ({e})") from e
-    meta = header.pop("__metadata__", None) or {}
-    tensors = []
-    for name, info in header.items():
-        try:
-            dtype = str(info["dtype"])
-            shape = tuple(int(s) for s in info["shape"])
-            begin, end = (int(o) for o in info["data_offsets"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise QuantizeError(f"{path}: tensor '{name}': bad header entry ({e})") from e
-        if 8 + n + end > size or begin > end:
-            raise QuantizeError(f"{path}: tensor '{name}': data_offsets outside the file")
-        tensors.append(SourceTensor(name, dtype, shape, 8 + n + begin, end - begin))
+    """Tensors of a safetensors file in data order, and its ``__metadata__``.
+
+    The file is checked as the engine checks it (voxd.tools.safetensors).
+    """
+    try:
+        header = st.read_header(path)
+    except st.SafetensorsError as e:
+        raise QuantizeError(str(e)) from None
+    tensors = [
+        SourceTensor(t.name, t.dtype, t.shape, t.offset, t.nbytes) for t in header.tensors.values()
+    ]
     tensors.sort(key=lambda t: t.offset)
-    return tensors, {str(k): str(v) for k, v in dict(meta).items()}
+    return tensors, header.string_metadata()
 
 
 def _read_rows(path: Path, t: SourceTensor, cols: int) -> Iterator[F32]:
@@ -434,23 +420,6 @@ class Summary:
     seconds: float
 
 
-def _header_bytes(plan: Sequence[PlanEntry], meta: dict[str, str]) -> bytes:
-    header: dict[str, Any] = {"__metadata__": meta}
-    offset = 0
-    for e in plan:
-        header[e.src.name] = {
-            "dtype": e.dtype,
-            "shape": list(e.src.shape),
-            "data_offsets": [offset, offset + e.nbytes],
-        }
-        offset += e.nbytes
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    # data starts 8-byte aligned; every tensor size here is even (BF16 elements,
-    # 34/18-byte blocks), so every tensor starts 2-byte aligned as the engine
-    # requires, and the data area has no holes
-    return raw + b" " * (-len(raw) % 8)
-
-
 def _check_source_layout(path: Path, tensors: Sequence[SourceTensor], meta: dict[str, str]) -> None:
     """Q8/Q4 tensors of the input are copied as they are, so they must already
     be in the row-group layout: else the output would claim a layout it lacks."""
@@ -519,34 +488,27 @@ def quantize_model(
         meta[LAYOUT_KEY] = LAYOUT
     counts: dict[str, int] = {}
     worst: dict[str, tuple[float, str]] = {}
-    header = _header_bytes(plan, meta)
+    entries = [st.Entry(e.src.name, e.dtype, e.src.shape) for e in plan]
     total = sum(e.nbytes for e in plan)
     done = 0
-    partial = dst_path.with_name(dst_path.name + ".partial")
-    try:
-        with open(src_path, "rb") as src, open(partial, "wb") as dst:
-            dst.write(len(header).to_bytes(8, "little"))
-            dst.write(header)
-            for e in plan:
-                counts[e.dtype] = counts.get(e.dtype, 0) + 1
-                if progress is not None:
-                    progress(done, total)
-                done += e.nbytes
-                if not e.quantized:
-                    _copy_bytes(src, dst, e.src.offset, e.src.nbytes)
-                    if log is not None:
-                        log.write(f"  {e.dtype}  {e.src.name} {list(e.src.shape)}  kept: {e.why}\n")
-                    continue
-                rel = _write_quantized(src_path, e, dst)
-                if rel >= worst.get(e.dtype, (-1.0, ""))[0]:
-                    worst[e.dtype] = (rel, e.src.name)
+    with open(src_path, "rb") as src, st.writing(dst_path, entries, meta) as dst:
+        for e in plan:
+            counts[e.dtype] = counts.get(e.dtype, 0) + 1
+            if progress is not None:
+                progress(done, total)
+            done += e.nbytes
+            if not e.quantized:
+                _copy_bytes(src, dst, e.src.offset, e.src.nbytes)
                 if log is not None:
-                    log.write(f"  {e.dtype}  {e.src.name} {list(e.src.shape)}  rel rms {rel:.2e}\n")
-        partial.replace(dst_path)
-        if progress is not None:
-            progress(done, total)
-    finally:
-        partial.unlink(missing_ok=True)
+                    log.write(f"  {e.dtype}  {e.src.name} {list(e.src.shape)}  kept: {e.why}\n")
+                continue
+            rel = _write_quantized(src_path, e, dst)
+            if rel >= worst.get(e.dtype, (-1.0, ""))[0]:
+                worst[e.dtype] = (rel, e.src.name)
+            if log is not None:
+                log.write(f"  {e.dtype}  {e.src.name} {list(e.src.shape)}  rel rms {rel:.2e}\n")
+    if progress is not None:
+        progress(done, total)
     for name in COPIED_FILES:
         shutil.copyfile(in_dir / name, out_dir / name)
     return Summary(
@@ -623,8 +585,8 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m voxd.quantize quantize ...``, usable without the CLI."""
-    parser = argparse.ArgumentParser(prog="python -m voxd.quantize")
+    """``python -m voxd.tools.quantize quantize ...``, usable without the CLI."""
+    parser = argparse.ArgumentParser(prog="python -m voxd.tools.quantize")
     add_cli(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     result: int = args.func(args)

@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from voxd.config import MqttSettings
-    from voxd.mqtt import Topics
+    from voxd.sinks.mqtt_protocol import Topics
 
 MANUFACTURER = "voxd"
 MODEL = "Voxtral Realtime speech-to-text"

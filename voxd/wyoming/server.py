@@ -71,15 +71,15 @@ from wyoming.server import AsyncEventHandler, AsyncTcpServer
 from voxd import __version__
 from voxd.config import EngineSettings, WyomingSettings
 from voxd.engine import Engine, EngineError, Stream, StreamEvent
+from voxd.events import SAMPLE_RATE
 from voxd.resample import Resampler
-from voxd.wyoming_wire import BoundedReader, WireError
-from voxd.wyoming_zeroconf import Advertisement, default_instance_name
+from voxd.wyoming.wire import BoundedReader, WireError
+from voxd.wyoming.zeroconf import Advertisement, default_instance_name
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SAMPLE_RATE = 16000
 MIN_RATE = 8000
 MAX_RATE = 192000
 # The resampler's polyphase filter has 16000 / gcd(rate, 16000) phases; every

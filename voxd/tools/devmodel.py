@@ -10,7 +10,7 @@ with the real 4B shapes for speed measurements.
 The safetensors writer streams tensor by tensor and row chunk by row chunk, so
 the full-size model never sits in memory. Usage::
 
-    python -m voxd.devmodel DIR --preset tiny|tiny2|full --seed N
+    python -m voxd.tools.devmodel DIR --preset tiny|tiny2|full --seed N
 """
 
 from __future__ import annotations
@@ -26,6 +26,10 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import numpy.typing as npt
+
+from voxd.events import SAMPLE_RATE
+from voxd.tools import safetensors as st
+from voxd.tools.safetensors import f32_to_bf16_bits
 
 F32 = npt.NDArray[np.float32]
 
@@ -54,33 +58,6 @@ _CHUNK_VALUES = 1 << 22
 
 
 # ---------------------------------------------------------------------------
-# BF16 conversion
-# ---------------------------------------------------------------------------
-
-
-def f32_to_bf16_bits(x: npt.ArrayLike) -> npt.NDArray[np.uint16]:
-    """Round float32 values to BF16 (round to nearest, ties to even); raw bits.
-
-    BF16 is the top half of a float32. Adding 0x7FFF plus the lowest kept bit
-    before truncating rounds to nearest with ties going to the even mantissa.
-    NaNs are mapped to a quiet NaN so rounding cannot turn them into infinity.
-    """
-    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-    lsb = (bits >> np.uint32(16)) & np.uint32(1)
-    rounded = (bits + (np.uint32(0x7FFF) + lsb)) >> np.uint32(16)
-    out = rounded.astype(np.uint16)
-    nan = np.isnan(bits.view(np.float32))
-    if nan.any():
-        out[nan] = ((bits[nan] >> np.uint32(16)) | np.uint32(0x0040)).astype(np.uint16)
-    return out
-
-
-def bf16_bits_to_f32(bits: npt.NDArray[np.uint16]) -> F32:
-    """Widen raw BF16 bits to float32 (exact)."""
-    return (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)
-
-
-# ---------------------------------------------------------------------------
 # safetensors
 # ---------------------------------------------------------------------------
 
@@ -102,23 +79,6 @@ class TensorPlan:
         return int(np.prod(self.shape, dtype=np.int64))
 
 
-def _header_bytes(plans: Sequence[TensorPlan], metadata: Mapping[str, str] | None = None) -> bytes:
-    header: dict[str, Any] = {"__metadata__": {"format": "pt", **(metadata or {})}}
-    offset = 0
-    for plan in plans:
-        size = plan.numel * 2
-        header[plan.name] = {
-            "dtype": "BF16",
-            "shape": list(plan.shape),
-            "data_offsets": [offset, offset + size],
-        }
-        offset += size
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    # Pad with spaces so the data starts 8-byte aligned (as other writers do):
-    # readers that map the file can then view tensors in place.
-    return raw + b" " * (-len(raw) % 8)
-
-
 def write_safetensors(
     path: Path, plans: Sequence[TensorPlan], metadata: Mapping[str, str] | None = None
 ) -> None:
@@ -129,20 +89,10 @@ def write_safetensors(
     interrupted run (the full model takes a minute or more) never leaves a
     truncated file that looks complete.
     """
-    names = [p.name for p in plans]
-    if len(set(names)) != len(names):
-        raise ValueError("duplicate tensor names")
-    header = _header_bytes(plans, metadata)
-    partial = path.with_name(path.name + ".partial")
-    try:
-        with open(partial, "wb") as f:
-            f.write(len(header).to_bytes(8, "little"))
-            f.write(header)
-            for plan in plans:
-                _write_plan(f, plan)
-        partial.replace(path)
-    finally:
-        partial.unlink(missing_ok=True)
+    entries = [st.Entry(p.name, "BF16", p.shape) for p in plans]
+    with st.writing(path, entries, {"format": "pt", **(metadata or {})}) as f:
+        for plan in plans:
+            _write_plan(f, plan)
 
 
 def _write_plan(f: BinaryIO, plan: TensorPlan) -> None:
@@ -152,46 +102,6 @@ def _write_plan(f: BinaryIO, plan: TensorPlan) -> None:
         written += chunk.size
     if written != plan.numel:
         raise ValueError(f"{plan.name}: wrote {written} values, shape needs {plan.numel}")
-
-
-def read_safetensors_header_and_metadata(
-    path: Path,
-) -> tuple[dict[str, Any], dict[str, Any], int]:
-    """The JSON header's tensor entries, its ``__metadata__`` ({} if none) and the
-    offset where data begins."""
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        header: dict[str, Any] = json.loads(f.read(n))
-    meta: dict[str, Any] = header.pop("__metadata__", None) or {}
-    return header, meta, 8 + n
-
-
-def read_safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
-    """The JSON header (without ``__metadata__``) and the offset where data begins."""
-    header, _, base = read_safetensors_header_and_metadata(path)
-    return header, base
-
-
-_DTYPES: dict[str, str] = {"BF16": "<u2", "F16": "<f2", "F32": "<f4", "F64": "<f8"}
-
-
-def read_safetensors(path: Path, names: Sequence[str] | None = None) -> dict[str, F32]:
-    """Load tensors (all, or just ``names``) as float32 arrays; BF16 widened exactly."""
-    header, base = read_safetensors_header(path)
-    wanted = list(header) if names is None else list(names)
-    mapped = np.memmap(path, dtype=np.uint8, mode="r")
-    out: dict[str, F32] = {}
-    for name in wanted:
-        info = header[name]
-        dtype = info["dtype"]
-        if dtype not in _DTYPES:
-            raise ValueError(f"{name}: unsupported dtype {dtype}")
-        begin, end = info["data_offsets"]
-        raw = np.frombuffer(mapped[base + begin : base + end], dtype=_DTYPES[dtype])
-        arr = bf16_bits_to_f32(raw) if dtype == "BF16" else raw.astype(np.float32)
-        out[name] = arr.reshape(info["shape"]).copy()
-    del mapped
-    return out
 
 
 # ---------------------------------------------------------------------------
@@ -330,7 +240,7 @@ def params_json(d: ModelDims) -> dict[str, Any]:
     """params.json content in the layout of the released model."""
     encoder_args: dict[str, Any] = {
         "audio_encoding_args": {
-            "sampling_rate": 16000,
+            "sampling_rate": SAMPLE_RATE,
             "frame_rate": 12.5,
             "num_mel_bins": d.n_mels,
             "hop_length": 160,
@@ -512,7 +422,7 @@ def tekken_json(d: ModelDims, seed: int) -> dict[str, Any]:
         "vocab": vocab,
         "special_tokens": specials,
         "audio": {
-            "sampling_rate": 16000,
+            "sampling_rate": SAMPLE_RATE,
             "frame_rate": 12.5,
             "audio_encoding_config": {
                 "num_mel_bins": d.n_mels,
@@ -647,7 +557,7 @@ def make_model(out_dir: Path, dims: ModelDims, seed: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m voxd.devmodel", description="Write a random Voxtral model directory."
+        prog="python -m voxd.tools.devmodel", description="Write a random Voxtral model directory."
     )
     ap.add_argument("out_dir", type=Path)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="tiny")

@@ -48,9 +48,7 @@ import collections
 import contextlib
 import json
 import logging
-import math
 import queue
-import re
 import socket
 import threading
 import time
@@ -64,26 +62,35 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from voxd import __version__, hass
+from voxd import __version__
 from voxd.config import ConfigError, MqttSettings
-from voxd.events import Event, StateChanged, Stats, TranscriptDelta, TranscriptFinal
+from voxd.events import (
+    Event,
+    StateChanged,
+    Stats,
+    TranscriptDelta,
+    TranscriptFinal,
+    to_json_text,
+)
 from voxd.outbox import Outbox, OutboxEntry
+from voxd.sinks import hass
+from voxd.sinks.mqtt_protocol import (
+    HERMES_TEXT_CAPTURED,
+    OFFLINE,
+    ONLINE,
+    InvalidCommand,
+    Topics,
+    check_command,
+    default_client_id,
+    hermes_text_captured,
+    read_password,
+)
 
 log = logging.getLogger(__name__)
 
 CommandCallback = Callable[[str], None]
 
-COMMANDS = frozenset({"mute", "unmute", "flush", "reset"})
-MUTE_SWITCH = "mute-set"  # Home Assistant switch: payload ON = mute, OFF = unmute
-_SWITCH_PAYLOADS = {"ON": "mute", "OFF": "unmute"}
-MAX_COMMAND_BYTES = 4096
-# Deeper JSON is refused before json.loads sees it: its parser recurses, and a
-# few thousand brackets would raise RecursionError in paho's network thread.
-MAX_COMMAND_DEPTH = 32
-HERMES_TEXT_CAPTURED = "hermes/asr/textCaptured"
 OUTBOX_DIRNAME = "outbox"
-ONLINE = "online"
-OFFLINE = "offline"
 _CLOSE_PUBLISH_TIMEOUT_S = 2.0
 # The link thread looks at paho's network thread and the worker this often.
 _SUPERVISE_EVERY_S = 0.25
@@ -104,159 +111,6 @@ CALLBACK_STUCK_S = 30.0
 # Rate-limited logs: this many lines per interval, then one summary count.
 _LOG_BURST = 5
 _LOG_INTERVAL_S = 60.0
-
-
-class InvalidCommand(ValueError):
-    """A command message voxd does not obey; the text says why."""
-
-
-@dataclass(frozen=True)
-class Topics:
-    """Every topic voxd uses, derived from the root."""
-
-    root: str
-
-    @classmethod
-    def from_settings(cls, settings: MqttSettings) -> Topics:
-        return cls(settings.topic_root)
-
-    @property
-    def availability(self) -> str:
-        return f"{self.root}/availability"
-
-    @property
-    def delta(self) -> str:
-        return f"{self.root}/transcript/delta"
-
-    @property
-    def final(self) -> str:
-        return f"{self.root}/transcript/final"
-
-    @property
-    def state(self) -> str:
-        return f"{self.root}/state"
-
-    @property
-    def stats(self) -> str:
-        return f"{self.root}/stats"
-
-    @property
-    def command_prefix(self) -> str:
-        return f"{self.root}/cmd/"
-
-    @property
-    def commands(self) -> str:
-        """Subscription filter for all commands."""
-        return f"{self.root}/cmd/+"
-
-    @property
-    def mute_switch(self) -> str:
-        return f"{self.root}/cmd/{MUTE_SWITCH}"
-
-
-def to_json_text(data: dict[str, Any]) -> str:
-    """Compact JSON; NaN and infinities (invalid JSON) become null."""
-    return json.dumps(_finite(data), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
-def hermes_text_captured(final: TranscriptFinal, site_id: str) -> dict[str, Any]:
-    """Rhasspy Hermes ``hermes/asr/textCaptured`` payload for a final transcript."""
-    return {
-        "text": final.text.strip(),
-        "likelihood": 1.0,  # the engine gives no confidence score
-        "seconds": final.audio_seconds,
-        "siteId": site_id,
-        "sessionId": final.utterance_id,
-        "wakewordId": None,
-        "asrTokens": None,
-    }
-
-
-def check_command(name: str, payload: bytes) -> str:
-    """The command to run for a message on ``cmd/<name>``; InvalidCommand if none.
-
-    Payload: empty, or a JSON object (reserved for arguments) of at most
-    MAX_COMMAND_BYTES nested at most MAX_COMMAND_DEPTH deep; for
-    ``cmd/mute-set`` exactly ``ON`` or ``OFF``.
-    """
-    if len(payload) > MAX_COMMAND_BYTES:
-        raise InvalidCommand(
-            f"payload of {len(payload)} bytes is too large (at most {MAX_COMMAND_BYTES})"
-        )
-    try:
-        text = payload.decode("utf-8").strip()
-    except UnicodeDecodeError:
-        raise InvalidCommand("payload is not UTF-8") from None
-    if name == MUTE_SWITCH:
-        command = _SWITCH_PAYLOADS.get(text.upper())
-        if command is None:
-            raise InvalidCommand(f"payload {text[:80]!r} is not ON or OFF")
-        return command
-    if name not in COMMANDS:
-        raise InvalidCommand(f"unknown command (known: {', '.join(sorted(COMMANDS))})")
-    if text and not _is_json_object(text):
-        raise InvalidCommand(
-            f"payload {text[:80]!r} is not empty or a JSON object "
-            f"(nested at most {MAX_COMMAND_DEPTH} deep)"
-        )
-    return name
-
-
-def parse_command(name: str, payload: bytes) -> str | None:
-    """:func:`check_command`, or None (logged) for a message that is no command."""
-    try:
-        return check_command(name, payload)
-    except InvalidCommand as err:
-        log.warning("ignoring command %r: %s", name, err)
-        return None
-
-
-def json_depth_within(text: str, max_depth: int) -> bool:
-    """False when brackets outside strings nest deeper than ``max_depth``.
-
-    A plain scan, no recursion: it runs before json.loads so that the parser
-    never sees deep input. Brackets are only counted, not matched; json.loads
-    rejects what is malformed.
-    """
-    depth = 0
-    in_string = False
-    escaped = False
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            if depth > max_depth:
-                return False
-        elif char in "]}":
-            depth -= 1
-    return True
-
-
-def _is_json_object(text: str) -> bool:
-    if not json_depth_within(text, MAX_COMMAND_DEPTH):
-        return False
-    try:
-        return isinstance(json.loads(text), dict)
-    except (ValueError, RecursionError):  # RecursionError: cannot happen after the check
-        return False
 
 
 class LogLimiter:
@@ -312,23 +166,6 @@ class LogLimiter:
         self._window_start = now
         self._logged = 0
         self._suppressed = 0
-
-
-def default_client_id(site: str) -> str:
-    host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname()) or "host"
-    return f"voxd-{site}-{host}"
-
-
-def read_password(settings: MqttSettings) -> str | None:
-    """The password from the settings or from password_file (trailing newline removed)."""
-    if settings.password_file is None:
-        return settings.password
-    try:
-        return settings.password_file.read_text(encoding="utf-8").rstrip("\r\n")
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(
-            [f"mqtt.password_file: cannot read {settings.password_file}: {err}"]
-        ) from None
 
 
 class _QuietPahoNoise(logging.Filter):
