@@ -26,9 +26,10 @@ from fixtures_mqtt import WAIT_S, CollectorFactory, Mosquitto, MqttCollector, wa
 from test_mqtt import final, final_ids, settings_for
 
 from voxd.events import COMMANDS
+from voxd.logs import LogLimiter
 from voxd.outbox import OutboxEntry
 from voxd.sinks import mqtt
-from voxd.sinks.mqtt import LogLimiter, MqttHealth, MqttSink, final_payload
+from voxd.sinks.mqtt import MqttHealth, MqttSink, final_payload
 from voxd.sinks.mqtt_protocol import (
     MAX_COMMAND_BYTES,
     MAX_COMMAND_DEPTH,

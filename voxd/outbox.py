@@ -54,9 +54,11 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from voxd.logs import LogLimiter
 
 log = logging.getLogger(__name__)
 
@@ -162,36 +164,6 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-class _Complaints:
-    """ERROR logs for failures that would repeat with every entry: the first of
-    a kind at once, then at most one per interval saying how many were held back
-    (those go to DEBUG)."""
-
-    def __init__(self, interval_s: float) -> None:
-        self._interval = interval_s
-        self._last: dict[str, float] = {}
-        self._held: dict[str, int] = {}
-
-    def error(self, kind: str, msg: str, *args: object) -> None:
-        now = time.monotonic()
-        last = self._last.get(kind)
-        if last is not None and now - last < self._interval:
-            self._held[kind] = self._held.get(kind, 0) + 1
-            log.debug(msg, *args)
-            return
-        self._last[kind] = now
-        held = self._held.pop(kind, 0)
-        if held:
-            msg += " (and %d more like it since the last report)"
-            args = (*args, held)
-        log.error(msg, *args)
-
-    def reset(self, kind: str) -> None:
-        """The failure is over: report the next one at once."""
-        self._last.pop(kind, None)
-        self._held.pop(kind, None)
-
-
 class Outbox:
     """FIFO of :class:`OutboxEntry`, persisted in ``directory`` when the disk allows."""
 
@@ -208,7 +180,11 @@ class Outbox:
         self.write_failures = 0  # entries put() could not write (kept in memory), since start
         self._last_error: str | None = None
         self._write_failing = False
-        self._complaints = _Complaints(_REPEAT_LOG_S)
+        # One limiter per kind of disk failure, each repeated with every entry.
+        self._complaints = {
+            kind: LogLimiter(log, f"outbox {kind} errors", burst=1, interval_s=_REPEAT_LOG_S)
+            for kind in ("write", "remove", "sync")
+        }
         names = self._open_directory()
         self._on_disk = names is not None
         if names is not None:
@@ -296,8 +272,8 @@ class Outbox:
         """``entry``, written to disk, or marked not durable if that failed."""
         if not self._on_disk:
             self.write_failures += 1
-            self._complaints.error(
-                "write",
+            self._complaints["write"].log(
+                logging.ERROR,
                 "outbox: directory %s is unusable (%s): entry %d is kept in memory only "
                 "and lost if voxd stops before the broker acknowledges it",
                 self._dir,
@@ -312,7 +288,7 @@ class Outbox:
             return replace(entry, durable=False)
         if self._write_failing:
             self._write_failing = False
-            self._complaints.reset("write")
+            self._complaints["write"].reset()
             log.warning(
                 "outbox: writing to %s works again (%d entries could not be written since "
                 "start; those still waiting are written as the next finals come)",
@@ -325,8 +301,8 @@ class Outbox:
         self.write_failures += 1
         self._write_failing = True
         self._last_error = f"cannot write {self._path(entry.seq)}: {err}"
-        self._complaints.error(
-            "write",
+        self._complaints["write"].log(
+            logging.ERROR,
             "outbox: cannot write entry %d to %s: %s; keeping it in memory only: it is still "
             "sent, but lost if voxd stops before the broker acknowledges it "
             "(%d failed writes since start)",
@@ -372,8 +348,8 @@ class Outbox:
             except OSError as err:
                 self._write_failing = True
                 self._last_error = f"cannot write {self._path(entry.seq)}: {err}"
-                self._complaints.error(
-                    "write",
+                self._complaints["write"].log(
+                    logging.ERROR,
                     "outbox: writing entry %d (held in memory) to %s failed again: %s",
                     entry.seq,
                     self._path(entry.seq),
@@ -407,8 +383,8 @@ class Outbox:
             return
         except OSError as err:
             self._last_error = f"cannot remove {path}: {err}"
-            self._complaints.error(
-                "remove",
+            self._complaints["remove"].log(
+                logging.ERROR,
                 "outbox: cannot remove delivered entry %s: %s; it is sent again after a restart",
                 path,
                 err,
@@ -418,7 +394,9 @@ class Outbox:
             self._fsync_dir()
         except OSError as err:
             self._last_error = f"cannot fsync {self._dir}: {err}"
-            self._complaints.error("sync", "outbox: cannot fsync %s: %s", self._dir, err)
+            self._complaints["sync"].log(
+                logging.ERROR, "outbox: cannot fsync %s: %s", self._dir, err
+            )
 
     def _drop_oldest(self) -> None:
         seq, entry = self._entries.popitem(last=False)
@@ -503,7 +481,7 @@ class Outbox:
     def _move_aside(self, path: Path, reason: str) -> bool:
         """Move a damaged entry into damaged/ with a note of why; False if that failed."""
         folder = self.damaged_directory
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
         try:
             folder.mkdir(exist_ok=True)
             target = _unused_path(folder, f"{stamp}-{path.name}")

@@ -72,6 +72,7 @@ from voxd.events import (
     TranscriptFinal,
     to_json_text,
 )
+from voxd.logs import LogLimiter
 from voxd.outbox import Outbox, OutboxEntry
 from voxd.sinks import hass
 from voxd.sinks.mqtt_protocol import (
@@ -108,64 +109,6 @@ _LINK_JOIN_S = 8.0
 # A paho callback running longer than this blocks the network thread (no
 # keepalive, no acks): health() reports the link as failed.
 CALLBACK_STUCK_S = 30.0
-# Rate-limited logs: this many lines per interval, then one summary count.
-_LOG_BURST = 5
-_LOG_INTERVAL_S = 60.0
-
-
-class LogLimiter:
-    """Logs at most ``burst`` lines per ``interval_s``; the rest are counted and
-    the count logged once the interval is over, so a flood of bad messages
-    cannot fill the journal. Thread-safe."""
-
-    def __init__(
-        self,
-        logger: logging.Logger,
-        what: str,
-        *,
-        burst: int = _LOG_BURST,
-        interval_s: float = _LOG_INTERVAL_S,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._logger = logger
-        self._what = what
-        self._burst = burst
-        self._interval_s = interval_s
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._window_start = clock()
-        self._logged = 0
-        self._suppressed = 0
-
-    def log(
-        self, level: int, msg: str, *args: object, exc_info: BaseException | None = None
-    ) -> None:
-        with self._lock:
-            self._roll(self._clock())
-            if self._logged >= self._burst:
-                self._suppressed += 1
-                return
-            self._logged += 1
-        self._logger.log(level, msg, *args, exc_info=exc_info)
-
-    def flush(self) -> None:
-        """Log the count of suppressed lines if their interval is over."""
-        with self._lock:
-            self._roll(self._clock())
-
-    def _roll(self, now: float) -> None:
-        if now - self._window_start < self._interval_s:
-            return
-        if self._suppressed:
-            self._logger.warning(
-                "%d more %s in the last %.0f s were not logged",
-                self._suppressed,
-                self._what,
-                now - self._window_start,
-            )
-        self._window_start = now
-        self._logged = 0
-        self._suppressed = 0
 
 
 class _QuietPahoNoise(logging.Filter):
