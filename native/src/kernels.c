@@ -28,8 +28,8 @@ const vx_backend *vx_backend_neon(void) { return NULL; }
  * its Q8/Q4 kernels (vpdpbusd from AVX-VNNI or AVX512-VNNI, else
  * vpmaddubsw); "avx2-plain" always the latter. All give the same bits. */
 static const vx_backend *x86_best(void) {
-    const vx_backend *b = vx_backend_avxvnni();
-    if (!b) b = vx_backend_avx512vnni();
+    const vx_backend *b = vx_backend_avx512vnni(); /* EVEX: 32 registers, wider tiles */
+    if (!b) b = vx_backend_avxvnni();
     return b ? b : vx_backend_avx2();
 }
 

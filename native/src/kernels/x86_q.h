@@ -14,9 +14,11 @@
  * results are bitwise equal across the variants and with the portable
  * backend. How the operands become unsigned x signed:
  *   Q8 (n == 1): |w| x sign(x, w), as for vpmaddubsw.
- *   Q8 (n >= 2): x + 128 (x ^ 0x80, one xor per input block) x w, started
- *       from -128 * (lane sums of w) (one vpdpbusd per row block, shared by
- *       the tile's inputs): the sum is exactly that of x * w.
+ *   Q8 (n >= 2, EVEX): x + 128 (x ^ 0x80, one xor per input block) x w,
+ *       started from -128 * (lane sums of w) (one vpdpbusd per row block,
+ *       shared by the tile's inputs): the sum is exactly that of x * w. With
+ *       16 registers (VEX) the start values' copies spilled the
+ *       accumulators, so there it is |w| x sign(x, w) as for n == 1.
  *   Q4: the nibbles (0..15) x x, started from -8 * (lane sums of x) (per
  *       input block), the low and high nibbles' products chained into one
  *       accumulator: exactly the sum of (nibble - 8) * x.
@@ -83,8 +85,21 @@ INLINE __m256 q_splat2(__m256 s, int k) {
 }
 
 #define QA 8        /* row stride of the accumulator arrays */
-#define QMAX_N 3     /* inputs per Q8 tile */
-#define Q4MAX_N 2    /* inputs per Q4 tile (two rows to a register use more) */
+/* Inputs per Q8 / Q4 tile, as many as the registers hold without spilling
+ * accumulators: 16 ymm registers (VEX) take 4 rows x 3 inputs of Q8 with
+ * vpmaddubsw but only x 2 with vpdpbusd (its accumulator operand is also its
+ * result, so the start value needs a copy per use); EVEX has 32. Q4 keeps
+ * two rows to a register and needs more per input. */
+#if XQ_VNNI == 2
+#define QMAX_N 4
+#define Q4MAX_N 4
+#elif XQ_VNNI == 1
+#define QMAX_N 2
+#define Q4MAX_N 2
+#else
+#define QMAX_N 3
+#define Q4MAX_N 2
+#endif
 #define QR 4         /* rows per tile of the batched path */
 #define QCHUNK 16    /* blocks per chunk of the batched path (512 columns) */
 
@@ -134,7 +149,7 @@ INLINE void q8tile(int R, int N, const vx_qrow *w, const int8_t *xq, const float
         _Pragma("GCC unroll 8")
         for (int i = 0; i < N; i++) {
             xv[i] = _mm256_loadu_si256((const __m256i *)(const void *)(xq + (size_t)i * cols + b * VX_QBLOCK));
-#if XQ_VNNI
+#if XQ_VNNI == 2
             xv[i] = _mm256_xor_si256(xv[i], _mm256_set1_epi8(-128)); /* x + 128, unsigned */
 #endif
             sv[i] = _mm256_mul_ps(dw, _mm256_broadcast_ss(xd + (size_t)i * nblk + b));
@@ -142,14 +157,14 @@ INLINE void q8tile(int R, int N, const vx_qrow *w, const int8_t *xq, const float
         _Pragma("GCC unroll 8")
         for (int k = 0; k < R; k++) {
             const __m256i wb = _mm256_loadu_si256((const __m256i *)(const void *)q_payload(&w[k], b));
-#if XQ_VNNI
+#if XQ_VNNI == 2
             /* -128 * lane sums of w: the start that takes the + 128 off again */
             const __m256i base = _mm256_sub_epi32(_mm256_setzero_si256(),
                                                   XQ_DPBUSD(_mm256_setzero_si256(), _mm256_set1_epi8(-128), wb));
 #endif
             _Pragma("GCC unroll 8")
             for (int i = 0; i < N; i++) {
-#if XQ_VNNI
+#if XQ_VNNI == 2
                 const __m256i isum = XQ_DPBUSD(base, xv[i], wb);
 #else
                 const __m256i isum = q8_isum(wb, xv[i]);
@@ -368,25 +383,42 @@ static void q_rows_batched(int dt, const vx_weight *W, const int8_t *xq, const f
                 const float *d = xd + (size_t)i * nblk;
                 __m256 *ac = acc + i * QA;
                 const int left = n - i;
+                /* inputs in this tile: a constant at each call below */
+                const int nt = left < step ? left : step;
                 if (dt == VX_DT_Q4) {
                     if (rows == QR) {
-                        if (left >= 2) q4tile4(2, w, x, d, cols, b0, b1, ac);
-                        else q4tile4(1, w, x, d, cols, b0, b1, ac);
+                        switch (nt) {
+#if Q4MAX_N >= 4
+                        case 4: q4tile4(4, w, x, d, cols, b0, b1, ac); break;
+                        case 3: q4tile4(3, w, x, d, cols, b0, b1, ac); break;
+#endif
+                        case 2: q4tile4(2, w, x, d, cols, b0, b1, ac); break;
+                        default: q4tile4(1, w, x, d, cols, b0, b1, ac); break;
+                        }
                     } else {
                         for (int k = 0; k < rows; k++) {
-                            if (left >= 2) q4tile1(2, &w[k], x, d, cols, b0, b1, ac + k);
+                            if (nt >= 2) q4tile1(2, &w[k], x, d, cols, b0, b1, ac + k);
                             else q4tile1(1, &w[k], x, d, cols, b0, b1, ac + k);
+                            if (nt > 2) q4tile1(nt - 2 > 1 ? 2 : 1, &w[k], x + 2 * cols, d + 2 * nblk, cols, b0, b1, ac + 2 * QA + k);
                         }
                     }
                 } else if (rows == QR) {
-                    if (left >= 3) q8tile(QR, 3, w, x, d, cols, b0, b1, ac);
-                    else if (left == 2) q8tile(QR, 2, w, x, d, cols, b0, b1, ac);
-                    else q8tile(QR, 1, w, x, d, cols, b0, b1, ac);
+                    switch (nt) {
+#if QMAX_N >= 4
+                    case 4: q8tile(QR, 4, w, x, d, cols, b0, b1, ac); break;
+#endif
+#if QMAX_N >= 3
+                    case 3: q8tile(QR, 3, w, x, d, cols, b0, b1, ac); break;
+#endif
+                    case 2: q8tile(QR, 2, w, x, d, cols, b0, b1, ac); break;
+                    default: q8tile(QR, 1, w, x, d, cols, b0, b1, ac); break;
+                    }
                 } else {
                     for (int k = 0; k < rows; k++) {
-                        if (left >= 3) q8tile(1, 3, w + k, x, d, cols, b0, b1, ac + k);
-                        else if (left == 2) q8tile(1, 2, w + k, x, d, cols, b0, b1, ac + k);
-                        else q8tile(1, 1, w + k, x, d, cols, b0, b1, ac + k);
+                        int j = 0; /* one row: inputs two at a time */
+                        for (; j + 2 <= nt; j += 2)
+                            q8tile(1, 2, w + k, x + j * cols, d + j * nblk, cols, b0, b1, ac + j * QA + k);
+                        if (j < nt) q8tile(1, 1, w + k, x + j * cols, d + j * nblk, cols, b0, b1, ac + j * QA + k);
                     }
                 }
             }
