@@ -25,8 +25,9 @@ const vx_backend *vx_backend_neon(void) { return NULL; }
 #endif
 
 /* "avx2": the AVX2 backend with the best int8 dot product this CPU has for
- * its Q8/Q4 kernels (vpdpbusd from AVX-VNNI or AVX512-VNNI, else
- * vpmaddubsw); "avx2-plain" always the latter. All give the same bits. */
+ * its Q8/Q4 kernels (vpdpbusd from AVX512-VNNI or AVX-VNNI, else
+ * vpmaddubsw); "avx2-plain", "avxvnni" and "avx512vnni" name one variant
+ * (tests and A/B timing). All give the same bits. */
 static const vx_backend *x86_best(void) {
     const vx_backend *b = vx_backend_avx512vnni(); /* EVEX: 32 registers, wider tiles */
     if (!b) b = vx_backend_avxvnni();
@@ -41,6 +42,8 @@ static const struct {
 } backends[] = {
     {"avx2", x86_best},
     {"avx2-plain", vx_backend_avx2},
+    {"avxvnni", vx_backend_avxvnni},
+    {"avx512vnni", vx_backend_avx512vnni},
     {"neon", vx_backend_neon},
     {"portable", vx_backend_portable},
 };
