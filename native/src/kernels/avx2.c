@@ -47,7 +47,9 @@
  *
  * The float paths' driver (row blocking, batched tiles, prefetch, attention
  * tiling) is simd_driver.h, shared with the NEON backend: this file holds
- * AVX2's vector primitives, its reductions and its Q8/Q4 kernels.
+ * AVX2's vector primitives and reductions. The Q8/Q4 kernels are
+ * x86_q.h's, compiled here with vpmaddubsw and in avxvnni.c / avx512vnni.c
+ * with vpdpbusd (the same bits).
  *
  * Weight data is only guaranteed 2-byte aligned (safetensors.h), so every
  * load is an unaligned one and nothing wider than 2 bytes is dereferenced
