@@ -8,6 +8,9 @@ token_agreement: position by position per clip, extra or missing tokens
 count as misses):
 
 * Q8 and Q4 (``voxd quantize``'s defaults) against BF16, same backend;
+* the int8 encoder alone: Q8 and Q4 against the same format with the audio
+  encoder and adapter kept BF16 (``--keep-encoder bf16``), i.e. what running
+  the encoder's matrices on int8 activations and Q8/Q4 weights changes;
 * BF16 on the portable backend against BF16 on the default one: the same
   weights, only the order of the float sums differs; this is the floor that
   any format's agreement is measured against on these models;
@@ -58,9 +61,11 @@ def measure(dims: ModelDims, seed: int, work: Path, audio: list[npt.NDArray[np.f
     make_model(bf16, dims, seed=seed)
     dirs = {"bf16": bf16}
     for fmt in ("q8", "q4"):
-        dirs[fmt] = work / f"{bf16.name}-{fmt}"
-        if qz.main(["quantize", str(bf16), str(dirs[fmt]), "--quiet", "--format", fmt]) != 0:
-            raise RuntimeError(f"voxd quantize --format {fmt} failed")
+        for name, extra in ((fmt, []), (f"{fmt} bf16 encoder", ["--keep-encoder", "bf16"])):
+            dirs[name] = work / f"{bf16.name}-{name.replace(' ', '-')}"
+            args = ["quantize", str(bf16), str(dirs[name]), "--quiet", "--format", fmt, *extra]
+            if qz.main(args) != 0:
+                raise RuntimeError(f"voxd quantize --format {fmt} {' '.join(extra)} failed")
     ids: dict[str, list[list[int]]] = {}
     logits: list[npt.NDArray[Any]] = []
     backend = "?"
@@ -74,15 +79,17 @@ def measure(dims: ModelDims, seed: int, work: Path, audio: list[npt.NDArray[np.f
     with Engine(bf16, backend="portable") as e:
         ids["bf16 portable"] = [logits_and_ids(e, a)[1] for a in audio]
     print(f"{dims.name} seed {seed} (default backend: {backend})")
-    for name, label in (
-        ("q8", "q8 vs bf16"),
-        ("q4", "q4 vs bf16"),
-        ("bf16 portable", "bf16 portable vs bf16 " + backend),
+    for ref, name, label in (
+        ("bf16", "q8", "q8 vs bf16"),
+        ("bf16", "q4", "q4 vs bf16"),
+        ("q8 bf16 encoder", "q8", "q8 vs q8 with bf16 encoder"),
+        ("q4 bf16 encoder", "q4", "q4 vs q4 with bf16 encoder"),
+        ("bf16", "bf16 portable", "bf16 portable vs bf16 " + backend),
     ):
-        same, total = token_agreement(ids["bf16"], ids[name])
-        print(f"  {label:32s} {same:4d} / {total:4d} = {same / total:6.1%}")
+        same, total = token_agreement(ids[ref], ids[name])
+        print(f"  {label:40s} {same:4d} / {total:4d} = {same / total:6.1%}")
     n, total = close_calls(logits)
-    print(f"  {'bf16 steps with margin < 5 % std':32s} {n:4d} / {total:4d} = {n / total:6.1%}")
+    print(f"  {'bf16 steps with margin < 5 % std':40s} {n:4d} / {total:4d} = {n / total:6.1%}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -491,6 +491,37 @@ def test_engine_quantized_matmuls(
     assert worst < (0.06 if fmt == "Q8" else 0.1)
 
 
+X86_INT8_VARIANTS = ("avx2-plain", "avxvnni", "avx512vnni")
+
+
+@pytest.mark.parametrize("fmt", ["Q8", "Q4"])
+def test_x86_int8_dot_products_give_the_same_bits(
+    fmt: str, q8_dir: Path, q4_dir: Path, clips: dict[str, np.ndarray]
+) -> None:
+    """The x86 backend's Q8/Q4 kernels in their variants (vpmaddubsw, AVX-VNNI
+    and AVX512-VNNI vpdpbusd) share the float paths and differ only in how the
+    exact int32 lane sums are formed, so a whole Q8/Q4 model - the encoder and
+    adapter batched, the decoder matrix-vector - gives bitwise the same logits
+    on each variant this CPU has. Needs two of them (an x86 CPU with VNNI)."""
+    qdir = q8_dir if fmt == "Q8" else q4_dir
+    runs: dict[str, list[np.ndarray]] = {}
+    for name in X86_INT8_VARIANTS:
+        try:
+            engine = Engine(qdir, backend=name)
+        except EngineError:
+            continue  # not compiled in or not on this CPU
+        with engine:
+            assert engine.info.backend.startswith("avx2")
+            runs[engine.info.backend] = [logits_and_ids(engine, a)[0] for a in clips.values()]
+    if len(runs) < 2:
+        pytest.skip(f"fewer than two x86 int8 variants here: {sorted(runs)}")
+    (first, want), *others = runs.items()
+    for name, got in others:
+        for g, w in zip(got, want, strict=True):
+            assert g.shape == w.shape and g.size > 0
+            assert np.array_equal(g, w), f"{name} differs from {first}"
+
+
 @pytest.mark.parametrize("fmt", ["Q8", "Q4"])
 @pytest.mark.parametrize("backend", [None, "portable"])
 def test_engine_matches_reference_of_the_quantized_arithmetic(

@@ -12,8 +12,11 @@
  *   gcc -O2 -mavx2 -mfma -Inative/src -Inative/include native/bench/bench_kernels.c \
  *       build/bench/libvoxd_engine_static.a -lm -lpthread -o build/bench/bench_kernels
  *   build/bench/bench_kernels [backend [dtypes]]
+ *   build/bench/bench_kernels ab [A B [threads [rounds]]]   (see run_ab)
  * dtypes: a comma-separated subset (e.g. Q8,Q4) to time only those, which
- * also skips the FMA-peak measurement (quick runs while tuning one kernel).
+ * also skips the FMA-peak measurement unless it names "peak" (Q8,Q4,peak).
+ * backend "avx2" takes the best x86 int8 dot product (VNNI where present),
+ * "avx2-plain" vpmaddubsw: alternate them for an A/B of the Q8/Q4 kernels.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <stdint.h>
@@ -114,7 +117,96 @@ static int wanted(const char *list, int dt) {
     return 0;
 }
 
+/* ---- "ab": the Q8/Q4 kernels of two backends, interleaved in one process
+ *
+ * On a shared machine separate runs see different loads, so one run times,
+ * round after round, every candidate once: the FMA peak and the read
+ * bandwidth (membw.c), the F32 matmul (the float FMA path), and Q8/Q4 under
+ * backend A and backend B; each keeps its best round. The ratios are of
+ * those bests: int8 matmul operations (a multiply-add counts 2, like a
+ * float FMA lane) over the FMA peak, and the decoder-shape matvec's weight
+ * bytes per second over the read bandwidth. */
+typedef struct {
+    vx_model m;
+    const vx_backend *be;
+} ab_side;
+
+static double time_matmul(ab_side *sd, const vx_weight *w, int nw, const float *X, int n,
+                          float *Y) {
+    sd->m.be = sd->be;
+    double t0 = now();
+    for (int k = 0; k < nw; k++) vx_matmul(&sd->m, &w[k], X, n, Y, NULL);
+    return (now() - t0) / nw;
+}
+
+static int run_ab(const char *a_name, const char *b_name, int threads, int rounds) {
+    char err[256];
+    ab_side side[2];
+    const char *names[2] = {a_name, b_name};
+    for (int k = 0; k < 2; k++) {
+        memset(&side[k], 0, sizeof side[k]);
+        side[k].be = vx_backend_select(names[k], err, sizeof err);
+        if (!side[k].be) {
+            fprintf(stderr, "%s\n", err);
+            return 2;
+        }
+        side[k].m.pool = vx_pool_new(threads);
+        side[k].m.n_threads = threads;
+        side[k].m.act = vx_actbuf_new(5120);
+        if (!side[k].m.pool || !side[k].m.act) return 2;
+    }
+    printf("A = %s, B = %s, %d thread(s), best of %d interleaved rounds\n", side[0].be->name,
+           side[1].be->name, threads, rounds);
+    const int n = 64;
+    float *X = xmalloc(sizeof(float) * n * 5120), *Y = xmalloc(sizeof(float) * n * 9216);
+    for (int i = 0; i < n * 5120; i++) X[i] = (float)((i * 7) % 13) * 0.1f - 0.6f;
+    vx_weight f32, enc[2], dec[2][8];
+    fill_weight(&f32, VX_DT_F32, 5120, 1280, 1);
+    const int dts[2] = {VX_DT_Q8, VX_DT_Q4};
+    int copies[2];
+    for (int d = 0; d < 2; d++) {
+        fill_weight(&enc[d], dts[d], 5120, 1280, 1);
+        const size_t bytes = vx_row_bytes(dts[d], 3072) * 9216;
+        copies[d] = (int)((200u << 20) / bytes) + 1; /* past the L3 */
+        if (copies[d] > 8) copies[d] = 8;
+        for (int k = 0; k < copies[d]; k++) fill_weight(&dec[d][k], dts[d], 9216, 3072, (unsigned)k + 2);
+    }
+    double peak = 0, bw = 0, t_f32 = 1e9, t_enc[2][2], t_dec[2][2];
+    for (int d = 0; d < 2; d++)
+        for (int k = 0; k < 2; k++) t_enc[d][k] = t_dec[d][k] = 1e9;
+    for (int r = 0; r < rounds; r++) {
+        const double p = vx_measure_fma_peak(threads), b = vx_measure_read_bandwidth((size_t)256 << 20, threads, 1);
+        peak = p > peak ? p : peak;
+        bw = b > bw ? b : bw;
+        double t = time_matmul(&side[0], &f32, 1, X, n, Y);
+        t_f32 = t < t_f32 ? t : t_f32;
+        for (int d = 0; d < 2; d++)
+            for (int k = 0; k < 2; k++) {
+                const int sk = (r + k) % 2; /* alternate which side goes first */
+                t = time_matmul(&side[sk], &enc[d], 1, X, n, Y);
+                t_enc[d][sk] = t < t_enc[d][sk] ? t : t_enc[d][sk];
+                t = time_matmul(&side[sk], dec[d], copies[d], X, 1, Y);
+                t_dec[d][sk] = t < t_dec[d][sk] ? t : t_dec[d][sk];
+            }
+    }
+    const double ops = 2.0 * 5120 * 1280 * n * 1e-9;
+    printf("FMA peak %.1f GFLOP/s, read bandwidth %.1f GB/s, F32 matmul [5120 x 1280] x %d: %.1f GFLOP/s = %.2f x peak\n",
+           peak, bw, n, ops / t_f32, ops / t_f32 / peak);
+    for (int d = 0; d < 2; d++)
+        for (int k = 0; k < 2; k++) {
+            const double gb = (double)vx_row_bytes(dts[d], 3072) * 9216 * 1e-9;
+            printf("%c %-16s %s: encoder matmul %.1f GOP/s = %.2f x FMA peak = %.2f x F32 matmul; "
+                   "decoder matvec [9216 x 3072] %.1f GB/s = %.2f of read bandwidth\n",
+                   'A' + k, side[k].be->name, dt_name(dts[d]), ops / t_enc[d][k], ops / t_enc[d][k] / peak,
+                   t_f32 / t_enc[d][k], gb / t_dec[d][k], gb / t_dec[d][k] / bw);
+        }
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc > 1 && strcmp(argv[1], "ab") == 0) /* ab A B [threads [rounds]] */
+        return run_ab(argc > 2 ? argv[2] : "avx2-plain", argc > 3 ? argv[3] : "avx2",
+                      argc > 4 ? atoi(argv[4]) : 1, argc > 5 ? atoi(argv[5]) : 15);
     char err[256];
     const vx_backend *be = vx_backend_select(argc > 1 ? argv[1] : NULL, err, sizeof err);
     if (!be) {
@@ -127,12 +219,17 @@ int main(int argc, char **argv) {
     printf("nominal peak: %.1f GFLOP/s per core (2 FMA ports x 8 lanes x 2 flops x clock)\n",
            mhz * 1e-3 * 32);
 
-    /* the same measurements voxd bench reports (native/src/membw.c) */
+    /* the same measurements voxd bench reports (native/src/membw.c); the
+     * Q8/Q4 lines below give their ratio to these (int8 multiply-adds count
+     * 2 operations, like a float FMA lane) */
+    double peak[3] = {0}, bw[3] = {0};
     for (int t = 1; t <= 2; t++) {
-        if (!only)
-            printf("measured FMA peak, %d thread(s): %.1f GFLOP/s\n", t, vx_measure_fma_peak(t));
-        printf("memory read bandwidth, %d thread(s): %.1f GB/s\n", t,
-               vx_measure_read_bandwidth((size_t)1 << 30, t, 5));
+        if (!only || strstr(only, "peak")) {
+            peak[t] = vx_measure_fma_peak(t);
+            printf("measured FMA peak, %d thread(s): %.1f GFLOP/s\n", t, peak[t]);
+        }
+        bw[t] = vx_measure_read_bandwidth((size_t)1 << 30, t, 5);
+        printf("memory read bandwidth, %d thread(s): %.1f GB/s\n", t, bw[t]);
     }
 
     for (int threads = 1; threads <= 2; threads++) {
@@ -169,8 +266,11 @@ int main(int argc, char **argv) {
                 double s = now() - t0;
                 if (s < best) best = s;
             }
-            printf("matmul %-4s [5120 x 1280] x %d, %d thread(s): %.1f GFLOP/s\n", dt_name(dts[d]), n,
-                   threads, 2.0 * 5120 * 1280 * n / best * 1e-9);
+            const double gops = 2.0 * 5120 * 1280 * n / best * 1e-9;
+            printf("matmul %-4s [5120 x 1280] x %d, %d thread(s): %.1f GFLOP/s", dt_name(dts[d]), n,
+                   threads, gops);
+            if (peak[threads] > 0) printf(" = %.2f x FMA peak", gops / peak[threads]);
+            printf("\n");
             free((void *)w.data);
         }
 
@@ -212,8 +312,10 @@ int main(int argc, char **argv) {
                 double t = (now() - t0) / copies;
                 if (t < s) s = t;
             }
-            printf("matvec %-4s [9216 x 3072] x 1, %d thread(s): %.1f GB/s of weights (%.2f ms)\n",
-                   dt_name(dts2[d]), threads, (double)bytes / s * 1e-9, s * 1e3);
+            printf("matvec %-4s [9216 x 3072] x 1, %d thread(s): %.1f GB/s of weights (%.2f ms)"
+                   " = %.2f of read bandwidth\n",
+                   dt_name(dts2[d]), threads, (double)bytes / s * 1e-9, s * 1e3,
+                   (double)bytes / s * 1e-9 / bw[threads]);
             for (int k = 0; k < copies; k++) free((void *)ws[k].data);
             free(ws);
         }

@@ -135,6 +135,9 @@ void vx_attn_values_fma_cols(const float *P, size_t ldp, int nq, const void *V, 
 
 const vx_backend *vx_backend_portable(void);
 const vx_backend *vx_backend_avx2(void);   /* NULL where not compiled / CPU lacks it */
+/* AVX2 with vpdpbusd in the Q8/Q4 kernels (VEX AVX-VNNI / EVEX AVX512-VNNI) */
+const vx_backend *vx_backend_avxvnni(void);
+const vx_backend *vx_backend_avx512vnni(void);
 const vx_backend *vx_backend_neon(void);
 const vx_backend *vx_backend_select(const char *name, char *err, size_t err_len);
 

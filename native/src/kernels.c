@@ -14,9 +14,25 @@
 #if !defined(VX_HAVE_AVX2)
 const vx_backend *vx_backend_avx2(void) { return NULL; }
 #endif
+#if !defined(VX_HAVE_AVXVNNI)
+const vx_backend *vx_backend_avxvnni(void) { return NULL; }
+#endif
+#if !defined(VX_HAVE_AVX512VNNI)
+const vx_backend *vx_backend_avx512vnni(void) { return NULL; }
+#endif
 #if !defined(VX_HAVE_NEON)
 const vx_backend *vx_backend_neon(void) { return NULL; }
 #endif
+
+/* "avx2": the AVX2 backend with the best int8 dot product this CPU has for
+ * its Q8/Q4 kernels (vpdpbusd from AVX512-VNNI or AVX-VNNI, else
+ * vpmaddubsw); "avx2-plain", "avxvnni" and "avx512vnni" name one variant
+ * (tests and A/B timing). All give the same bits. */
+static const vx_backend *x86_best(void) {
+    const vx_backend *b = vx_backend_avx512vnni(); /* EVEX: 32 registers, wider tiles */
+    if (!b) b = vx_backend_avxvnni();
+    return b ? b : vx_backend_avx2();
+}
 
 /* The CPU backends, best first: the default is the first one this CPU and
  * build have. A new backend is one line here (and its file in kernels/). */
@@ -24,7 +40,10 @@ static const struct {
     const char *name;
     const vx_backend *(*get)(void); /* NULL where not compiled in or the CPU lacks it */
 } backends[] = {
-    {"avx2", vx_backend_avx2},
+    {"avx2", x86_best},
+    {"avx2-plain", vx_backend_avx2},
+    {"avxvnni", vx_backend_avxvnni},
+    {"avx512vnni", vx_backend_avx512vnni},
     {"neon", vx_backend_neon},
     {"portable", vx_backend_portable},
 };

@@ -558,7 +558,12 @@ static void check_argmax(void) {
 }
 
 int main(void) {
-    const vx_backend *backends[3] = {vx_backend_portable(), vx_backend_avx2(), vx_backend_neon()};
+    /* the x86 variants differ only in their Q8/Q4 kernels' int8 dot product
+     * (vpmaddubsw, AVX-VNNI / AVX512-VNNI vpdpbusd); each must give the
+     * portable backend's bits */
+    const vx_backend *backends[] = {vx_backend_portable(), vx_backend_avx2(), vx_backend_avxvnni(),
+                                    vx_backend_avx512vnni(), vx_backend_neon()};
+    const char *const names[] = {"portable", "avx2", "avx2+avxvnni", "avx2+avx512vnni", "neon"};
     const int dtypes[] = {VX_DT_F32, VX_DT_F16, VX_DT_BF16, VX_DT_Q8, VX_DT_Q4};
     const int64_t shapes[][2] = {{37, 64}, {5, 1088}, {3, 32}, {1, 256}, {67, 320}};
     const int ns[] = {1, 2, 3, 64};
@@ -568,10 +573,10 @@ int main(void) {
     check_act_quant_vs_scalar();
     check_layout();
     check_argmax();
-    for (int b = 0; b < 3; b++) {
+    for (size_t b = 0; b < sizeof backends / sizeof backends[0]; b++) {
         const vx_backend *be = backends[b];
         if (!be) {
-            printf("backend %s: not available here, skipped\n", b == 1 ? "avx2" : "neon");
+            printf("backend %s: not available here, skipped\n", names[b]);
             continue;
         }
         int before = failures;

@@ -180,6 +180,18 @@ INLINE int32x4_t dot32(int dp, int8x16_t w0, int8x16_t x0, int8x16_t w1, int8x16
 }
 
 #define QA 4     /* row stride of the accumulator arrays (= MV_ROWS) */
+
+/* acc + v * lane k of s, one rounding (FMLA by element); k is a constant at
+ * every call once the tiles are unrolled, the switch gives the intrinsic its
+ * immediate even in an unoptimised build. */
+INLINE float32x4_t fma_lane(float32x4_t acc, float32x4_t v, float32x4_t s, int k) {
+    switch (k & 3) {
+    case 0: return vfmaq_laneq_f32(acc, v, s, 0);
+    case 1: return vfmaq_laneq_f32(acc, v, s, 1);
+    case 2: return vfmaq_laneq_f32(acc, v, s, 2);
+    default: return vfmaq_laneq_f32(acc, v, s, 3);
+    }
+}
 #define QMAX_N 2 /* inputs per tile */
 #define QCHUNK 16 /* blocks per chunk of the batched path (512 columns) */
 
@@ -204,21 +216,33 @@ INLINE void qtile(int dp, int dt, int R, int N, const vx_qrow *w, const int8_t *
             x1[i] = vld1q_s8(p + 16);
             dx[i] = xd[(size_t)i * nblk + b];
         }
+        /* the scales dw_k * dx_i, row k in lane k: a tile of QA rows is QA
+         * consecutive rows of one group (q_rows forms no other), whose fp16
+         * scales are 8 consecutive bytes: one load, one FCVTL and one FMUL
+         * per input (the same IEEE products as scalar multiplies); the FMAs
+         * take their lane by element (FMLA by element rounds once too) */
+        float32x4_t dw;
+        if (R == QA) {
+            dw = vcvt_f32_f16(vreinterpret_f16_u8(vld1_u8(w[0].scale + (size_t)b * w[0].stride)));
+        } else {
+            uint16_t h;
+            memcpy(&h, w[0].scale + (size_t)b * w[0].stride, 2);
+            dw = vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(h)));
+        }
+        float32x4_t s[QMAX_N];
+        _Pragma("GCC unroll 8")
+        for (int i = 0; i < N; i++) s[i] = vmulq_n_f32(dw, dx[i]);
         _Pragma("GCC unroll 8")
         for (int k = 0; k < R; k++) {
-            uint16_t h;
-            memcpy(&h, w[k].scale + (size_t)b * w[k].stride, 2);
-            const float dw = vgetq_lane_f32(vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(h))), 0);
             int8x16_t w0, w1;
             q_weights(dt, w[k].payload + (size_t)b * w[k].stride, &w0, &w1);
             _Pragma("GCC unroll 8")
             for (int i = 0; i < N; i++) {
-                const float32x4_t s = vdupq_n_f32(dw * dx[i]);
                 if (dt == VX_DT_Q4) { /* four lanes, in .lo */
-                    a[i][k].lo = vfmaq_f32(a[i][k].lo, vcvtq_f32_s32(dot32(dp, w0, x0[i], w1, x1[i])), s);
+                    a[i][k].lo = fma_lane(a[i][k].lo, vcvtq_f32_s32(dot32(dp, w0, x0[i], w1, x1[i])), s[i], k);
                 } else {
-                    a[i][k].lo = vfmaq_f32(a[i][k].lo, vcvtq_f32_s32(dot16(dp, w0, x0[i])), s);
-                    a[i][k].hi = vfmaq_f32(a[i][k].hi, vcvtq_f32_s32(dot16(dp, w1, x1[i])), s);
+                    a[i][k].lo = fma_lane(a[i][k].lo, vcvtq_f32_s32(dot16(dp, w0, x0[i])), s[i], k);
+                    a[i][k].hi = fma_lane(a[i][k].hi, vcvtq_f32_s32(dot16(dp, w1, x1[i])), s[i], k);
                 }
             }
         }
@@ -236,8 +260,11 @@ INLINE void q_rows(int dp, int dt, const vx_weight *W, const int8_t *xq, const f
      * rows' chunk and the inputs' chunk (n x 512 bytes) stay in cache; for
      * n == 1 this is the plain matrix-vector stream of QA rows */
     vf8 acc[MAX_N * QA];
-    for (int64_t r = r0; r < r1; r += QA) {
-        const int rows = r1 - r < QA ? (int)(r1 - r) : QA;
+    /* tiles of QA rows start at multiples of QA (so lie in one group, whose
+     * scales qtile loads at once); rows before or after them one at a time */
+    for (int64_t r = r0, rows; r < r1; r += rows) {
+        const int64_t next = (r / QA + 1) * QA; /* the next multiple of QA */
+        rows = r % QA == 0 && r + QA <= r1 ? QA : (next < r1 ? next : r1) - r;
         vx_qrow w[QA];
         for (int k = 0; k < rows; k++) w[k] = vx_q_row(dt, W->data, W->rows, cols, r + k);
         for (int i = 0; i < n; i++)
@@ -251,7 +278,7 @@ INLINE void q_rows(int dp, int dt, const vx_weight *W, const int8_t *xq, const f
                 if (rows == QA) {
                     if (n - i >= 2) qtile(dp, dt, QA, 2, w, x, d, cols, b0, b1, ac);
                     else qtile(dp, dt, QA, 1, w, x, d, cols, b0, b1, ac);
-                } else {
+                } else { /* single rows: R = 1 takes w[k]'s own scale */
                     for (int k = 0; k < rows; k++) {
                         if (n - i >= 2) qtile(dp, dt, 1, 2, w + k, x, d, cols, b0, b1, ac + k);
                         else qtile(dp, dt, 1, 1, w + k, x, d, cols, b0, b1, ac + k);
