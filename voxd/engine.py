@@ -366,6 +366,8 @@ class Engine:
         self, model_dir: str | os.PathLike[str], threads: int = 0, backend: str | None = None
     ) -> None:
         self._lib = library()
+        if backend == "auto" and not hasattr(self._lib, "vx_cuda_membw"):
+            backend = None  # a library from before the CUDA device: its best CPU backend
         opts = _ModelOptions(threads, backend.encode() if backend else None)
         handle = ctypes.c_void_p()
         err = ctypes.create_string_buffer(1024)
