@@ -756,6 +756,18 @@ static void cu_matmul(const vx_model *m, int nw, const vx_weight *const *W, cons
 
 static int supported(const cudaDeviceProp *pr) { return pr->major >= 8; }
 
+/* MemAvailable of /proc/meminfo in bytes, 0 when unknown. */
+static size_t mem_available(void) {
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (!f) return 0;
+    char line[128];
+    unsigned long long kb = 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) break;
+    fclose(f);
+    return (size_t)kb * 1024;
+}
+
 extern "C" int vx_cuda_probe(int64_t need_bytes, char *desc, size_t desc_len, char *why,
                              size_t why_len) {
     int count = 0;
@@ -786,6 +798,13 @@ extern "C" int vx_cuda_probe(int64_t need_bytes, char *desc, size_t desc_len, ch
         snprintf(why, why_len, "CUDA device 0 (%s): %s", pr.name, cudaGetErrorString(e));
         (void)cudaGetLastError();
         return -1;
+    }
+    /* an integrated GPU (Jetson) shares the system's memory, where cudaMemGetInfo
+     * leaves out what the kernel would reclaim (the page cache: the mapped
+     * weights themselves, say); MemAvailable counts it */
+    if (pr.integrated) {
+        const size_t avail = mem_available();
+        if (avail > free_b) free_b = avail;
     }
     snprintf(desc, desc_len, "%s (sm_%d%d, %.1f of %.1f GiB free)", pr.name, pr.major, pr.minor,
              free_b / 1073741824.0, total_b / 1073741824.0);
