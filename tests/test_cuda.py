@@ -5,7 +5,7 @@ as errors (skipped without nvcc), and backend "auto" / "cuda" say why when there
 is no usable GPU.
 
 On a machine with a GPU (scripts/gpu-check.sh): every device operation against
-the CPU device (native/tests/test_cuda_ops.c, whose header states and justifies
+the CPU device (native/tests/cuda/test_cuda_ops.c, whose header states and justifies
 each tolerance), the tiny models' token ids identical to the CPU engine's in BF16,
 Q8 and Q4 and in several chunkings, the NumPy reference's logits within the
 CPU's own tolerances, flushes and 50 utterances on one stream, and the
@@ -172,7 +172,7 @@ def test_membw_without_a_device_says_why(cuda_unusable: str | None) -> None:
 def test_every_op_matches_the_cpu_device(
     gpu: None, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """native/tests/test_cuda_ops.c, built here for this GPU with warnings as errors
+    """native/tests/cuda/test_cuda_ops.c, built here for this GPU with warnings as errors
     (or the one VOXD_CUDA_OPS_BIN names, which scripts/gpu-check.sh has just built)."""
     prebuilt = os.environ.get("VOXD_CUDA_OPS_BIN")
     if prebuilt:
