@@ -500,7 +500,10 @@ REPRODUCED = [
     ),
     pytest.param(
         '[engine]\nbackend = "cpu"\n',
-        ['engine.backend: "cpu" is not allowed: must be one of "portable", "avx2", "neon"'],
+        [
+            'engine.backend: "cpu" is not allowed: must be one of "auto", "cuda", "portable", '
+            '"avx2", "neon"'
+        ],
         id="backend-unknown",  # the engine refuses it at load
     ),
     pytest.param(

@@ -301,7 +301,10 @@ class EngineSettings(_Section):
     interval_ms: int = Field(default=480, gt=0, le=60000)
     # The engine's thread pool never uses more than 256 threads.
     threads: int = Field(default=0, ge=0, le=256)
-    backend: Literal["portable", "avx2", "neon"] | None = None
+    # None (not set) = "auto": the CUDA device when one is usable and the model fits
+    # its free memory, else the best CPU backend. "cuda" is a request: the model
+    # load fails, naming the cause, when there is no usable device.
+    backend: Literal["auto", "cuda", "portable", "avx2", "neon"] | None = None
     # Weight format `voxd model download` installs: "auto" picks q8 or q4 from
     # the machine's memory (voxd.modelsize.choose_format).
     format: Literal["auto", "bf16", "q8", "q4"] = "auto"

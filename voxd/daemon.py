@@ -174,7 +174,7 @@ def load_engine(settings: Settings, notifier: Notifier) -> Engine | str:
     notifier.status(f"loading the model from {model_dir}")
     started = time.monotonic()
     try:
-        engine = Engine(model_dir, threads=s.threads, backend=s.backend)
+        engine = Engine(model_dir, threads=s.threads, backend=s.backend or "auto")
     except EngineError as err:
         return (
             f"cannot load the model in {model_dir}: {err}. Check it with `voxd model check`, "
@@ -182,12 +182,15 @@ def load_engine(settings: Settings, notifier: Notifier) -> Engine | str:
         )
     info = engine.info
     log.info(
-        "model loaded from %s in %.1f s (%.0f MB of weights, %s backend, %d threads)",
+        "model loaded from %s in %.1f s (%.0f MB of weights, %s backend, %d threads, "
+        "stacks on %s: %s)",
         model_dir,
         time.monotonic() - started,
         info.weight_bytes / 1e6,
         info.backend,
         info.n_threads,
+        info.device,
+        info.device_note or "as configured",
     )
     return engine
 

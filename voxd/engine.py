@@ -84,6 +84,8 @@ class _ModelInfo(ctypes.Structure):
         ("weight_bytes", ctypes.c_int64),
         ("backend", ctypes.c_char_p),
         ("n_threads", ctypes.c_int),
+        ("device", ctypes.c_char_p),
+        ("device_note", ctypes.c_char_p),
     ]
 
 
@@ -211,6 +213,9 @@ def _declare(lib: ctypes.CDLL) -> None:
         c_size,
     ]
     lib.vx_weights_find_nonfinite.restype = c_int
+    if hasattr(lib, "vx_cuda_membw"):  # absent from libraries built before the CUDA device
+        lib.vx_cuda_membw.argtypes = [c_size, c_int, ctypes.c_char_p, c_size]
+        lib.vx_cuda_membw.restype = ctypes.c_double
 
 
 _lib: ctypes.CDLL | None = None
@@ -222,6 +227,22 @@ def library() -> ctypes.CDLL:
     if _lib is None:
         _lib = _load_library()
     return _lib
+
+
+def cuda_membw(nbytes: int = 1 << 30, reps: int = 10) -> float:
+    """Read bandwidth of CUDA device 0 in GB/s (the engine's streaming-read kernel).
+
+    Raises EngineError naming the cause when there is no usable device or the
+    engine was built without CUDA.
+    """
+    lib = library()
+    if not hasattr(lib, "vx_cuda_membw"):
+        raise EngineError("the engine library predates the CUDA device; rebuild it")
+    err = ctypes.create_string_buffer(512)
+    gbs = float(lib.vx_cuda_membw(nbytes, reps, err, len(err)))
+    if gbs < 0:
+        raise EngineError(err.value.decode("utf-8", "replace"))
+    return gbs
 
 
 @dataclass(frozen=True)
@@ -253,6 +274,8 @@ class ModelInfo:
     weight_bytes: int
     backend: str
     n_threads: int
+    device: str = "cpu"  # where the transformer stacks run: "cpu" or "cuda"
+    device_note: str = ""  # the GPU, or why not a GPU (backend "auto")
 
 
 @dataclass(frozen=True)
@@ -367,6 +390,8 @@ class Engine:
         self, model_dir: str | os.PathLike[str], threads: int = 0, backend: str | None = None
     ) -> None:
         self._lib = library()
+        if backend == "auto" and not hasattr(self._lib, "vx_cuda_membw"):
+            backend = None  # a library from before the CUDA device: its best CPU backend
         opts = _ModelOptions(threads, backend.encode() if backend else None)
         handle = ctypes.c_void_p()
         err = ctypes.create_string_buffer(1024)
@@ -380,6 +405,8 @@ class Engine:
         self._lib.vx_model_get_info(handle, ctypes.byref(raw))
         values = {f[0]: getattr(raw, f[0]) for f in _ModelInfo._fields_}
         values["backend"] = (raw.backend or b"").decode()
+        values["device"] = (raw.device or b"cpu").decode()
+        values["device_note"] = (raw.device_note or b"").decode("utf-8", "replace")
         self.info = ModelInfo(**values)
         self._streams: list[Stream] = []
         self.nonfinite = self.find_nonfinite(full=False)

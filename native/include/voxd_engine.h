@@ -50,7 +50,11 @@ typedef struct vx_stream vx_stream;
 
 typedef struct {
     int n_threads;        /* worker threads for matrix work; 0 = all cores */
-    const char *backend;  /* NULL or "" = best for this CPU; "portable", "avx2", "neon" */
+    /* NULL or "" = best for this CPU; "portable", "avx2", "neon";
+     * "cuda" = the CUDA device (the load fails, saying why, when there is no
+     * usable one); "auto" = the CUDA device when one is usable and the model
+     * fits its free memory, else the best CPU backend (device_note says why). */
+    const char *backend;
 } vx_model_options;
 
 typedef struct {
@@ -66,7 +70,16 @@ typedef struct {
     int64_t weight_bytes; /* bytes of all mapped tensors */
     const char *backend;  /* kernel backend in use */
     int n_threads;
+    const char *device;      /* where the transformer stacks run: "cpu" or "cuda" */
+    const char *device_note; /* why that device (the GPU, or why not a GPU); may be "" */
 } vx_model_info;
+
+/* Read bandwidth of CUDA device 0 in GB/s, from a streaming-read kernel
+ * over a buffer of `bytes` (16-byte loads, reps timed passes after one
+ * warm-up); -1 with err saying why when there is no usable device or the
+ * engine was built without CUDA. What `voxd bench --backend cuda` reports
+ * as the GPU's bandwidth. */
+VX_EXPORT double vx_cuda_membw(size_t bytes, int reps, char *err, size_t err_len);
 
 /* Load a model directory (consolidated.safetensors, params.json, tekken.json).
  * On failure *out is NULL and err holds a message naming the file and what is

@@ -69,6 +69,29 @@ struct vx_device {
 
 const vx_device *vx_device_cpu(void);
 
+/* ---- the CUDA device (cuda/device_cuda.cu, built with VX_HAVE_CUDA) ----
+ * Its handles are cudaMalloc'd device memory. Opening it for a loaded model
+ * uploads the model's constants once (the stacks' matrices and the output
+ * head as stored: BF16/F16/F32/Q8/Q4, each in its own allocation; the norm
+ * and bias vectors as float), found afterwards by their host descriptors;
+ * other host vectors a pass names (a stream's ada-norm scales) are uploaded
+ * on first use and re-checked by a checksum, since their host memory may be
+ * freed and reused. The encoder's convolutions, the adapter and the ada-norm
+ * projections stay on the CPU, so the host mapping of the weights stays.
+ * All work goes to one CUDA stream per model; download is the only
+ * synchronisation (once per stage pass). */
+#ifdef VX_HAVE_CUDA
+/* 0 when device 0 can take a model of need_bytes of constants (present,
+ * supported architecture, enough free memory), else -1 with why saying
+ * which of those failed (the CUDA runtime's own message included). desc
+ * gets a short description of the device either way, when there is one. */
+int vx_cuda_probe(int64_t need_bytes, char *desc, size_t desc_len, char *why, size_t why_len);
+/* The CUDA device for m (m->be and the weights bound), or NULL with err. */
+const vx_device *vx_device_cuda_open(const vx_model *m, char *err, size_t err_len);
+/* Frees what open made; ignores a device open did not make (NULL, the CPU). */
+void vx_device_cuda_close(const vx_device *d);
+#endif
+
 /* Host memory p as a handle of d where d reads host memory, else NULL. */
 static inline vx_dbuf *vx_dbuf_host(const vx_device *d, void *p) {
     return d->host_visible ? (vx_dbuf *)p : NULL;

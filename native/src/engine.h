@@ -80,6 +80,7 @@ struct vx_model {
     vx_actbuf *act; /* NULL when no weight is Q8/Q4 */
     int n_threads;
     int64_t weight_bytes;
+    char dev_note[384]; /* why m->dev (model.c's device choice) */
 };
 
 /* ---- CPU kernel table (kernels.c picks one at load; the CPU device, device_cpu.c,

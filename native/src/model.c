@@ -167,6 +167,9 @@ static void free_layers(vx_layer *layers, int n) {
 
 void vx_model_free(vx_model *m) {
     if (!m) return;
+#ifdef VX_HAVE_CUDA
+    if (m->dev && m->dev != vx_device_cpu()) vx_device_cuda_close(m->dev);
+#endif
     vx_pool_free(m->pool);
     vx_actbuf_free(m->act);
     free_layers(m->enc_layers, m->p.enc.n_layers);
@@ -207,6 +210,43 @@ static int bind_all(binder *b) {
     if (!(m->dec_norm = bind_vector(b, d, "norm.weight"))) return -1;
     return 0;
 }
+
+/* backend "cuda" or "auto": the CUDA device when device 0 is usable and
+ * the model fits its free memory; "cuda" fails saying why otherwise, "auto"
+ * keeps the CPU device and notes why. */
+static vx_status choose_device(vx_model *m, int required, char *err, size_t err_len) {
+#ifdef VX_HAVE_CUDA
+    char desc[160], why[320];
+    if (vx_cuda_probe(m->weight_bytes, desc, sizeof desc, why, sizeof why) == 0) {
+        const vx_device *d = vx_device_cuda_open(m, why, sizeof why);
+        if (d) {
+            m->dev = d;
+            snprintf(m->dev_note, sizeof m->dev_note, "%s", desc);
+            return VX_OK;
+        }
+    }
+    if (required) {
+        snprintf(err, err_len, "backend \"cuda\": no usable CUDA device: %s", why);
+        return VX_ERR_ARG;
+    }
+    snprintf(m->dev_note, sizeof m->dev_note, "%s", why);
+#else
+    if (required) {
+        snprintf(err, err_len, "backend \"cuda\": this engine was built without CUDA (no nvcc "
+                 "at build time, or VX_CUDA=OFF); rebuild it with a CUDA toolkit");
+        return VX_ERR_ARG;
+    }
+    snprintf(m->dev_note, sizeof m->dev_note, "engine built without CUDA");
+#endif
+    return VX_OK;
+}
+
+#ifndef VX_HAVE_CUDA
+double vx_cuda_membw(size_t bytes, int reps, char *err, size_t err_len) {
+    snprintf(err, err_len, "engine built without CUDA");
+    return -1;
+}
+#endif
 
 vx_status vx_model_load(const char *dir, const vx_model_options *opt, vx_model **out, char *err,
                         size_t err_len) {
@@ -277,12 +317,16 @@ vx_status vx_model_load(const char *dir, const vx_model_options *opt, vx_model *
         st = VX_ERR_NOMEM;
         goto fail;
     }
+    const char *req = opt && opt->backend ? opt->backend : "";
+    const int want_cuda = strcmp(req, "cuda") == 0, want_auto = strcmp(req, "auto") == 0;
     m->dev = vx_device_cpu();
-    m->be = vx_backend_select(opt ? opt->backend : NULL, err, err_len);
+    m->be = vx_backend_select(want_cuda || want_auto ? NULL : req, err, err_len);
     if (!m->be) {
         st = VX_ERR_ARG;
         goto fail;
     }
+    if ((want_cuda || want_auto) && (st = choose_device(m, want_cuda, err, err_len)) != VX_OK)
+        goto fail;
     int threads = opt && opt->n_threads > 0 ? opt->n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     if (threads < 1) threads = 1;
     if (threads > 256) threads = 256;
@@ -330,6 +374,8 @@ void vx_model_get_info(const vx_model *m, vx_model_info *o) {
     o->weight_bytes = m->weight_bytes;
     o->backend = m->be->name;
     o->n_threads = m->n_threads;
+    o->device = m->dev->name;
+    o->device_note = m->dev_note;
 }
 
 const char *vx_model_token_bytes(const vx_model *m, int id, int *len) {

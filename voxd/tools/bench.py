@@ -95,7 +95,15 @@ import numpy as np
 import numpy.typing as npt
 
 from voxd.config import EndpointSettings, EngineSettings
-from voxd.engine import Engine, ModelInfo, Stream, StreamStats, TokenEvent, library
+from voxd.engine import (
+    Engine,
+    ModelInfo,
+    Stream,
+    StreamStats,
+    TokenEvent,
+    cuda_membw,
+    library,
+)
 from voxd.events import DELAY_MS_DEFAULT, SAMPLE_RATE
 from voxd.tools import safetensors as st
 
@@ -536,6 +544,8 @@ def run_bench(
     fma_after = measure_fma_peak(n_threads)
     bandwidth = max(bw_before, bw_after)
     fma_peak = max(fma_before, fma_after)
+    # the GPU's own read bandwidth (the engine's streaming-read kernel) when it ran there
+    gpu_gbs = cuda_membw(membw_bytes, 10) if info.device == "cuda" else None
 
     audio_s = x.size / SAMPLE_RATE
     arrivals = [
@@ -635,10 +645,13 @@ def run_bench(
             "bandwidth_buffer_bytes": membw_bytes,
             "fma_peak_gflops": fma_peak,
             "fma_peak_gflops_runs": [fma_before, fma_after],
+            "gpu_read_bandwidth_gbs": gpu_gbs,
         },
         "model": {
             "dir": str(model_dir),
             "backend": info.backend,
+            "device": info.device,
+            "device_note": info.device_note,
             "weight_format": weights.label,
             "weight_dtypes": weights.groups,
             "weight_bytes": weights.total_bytes,
@@ -937,7 +950,9 @@ def add_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         help="seconds of espeak-ng speech to synthesize when no --audio (default: 10)",
     )
     p.add_argument("--threads", type=int, default=0, metavar="N", help="0 = all cores (default)")
-    p.add_argument("--backend", metavar="NAME", help="portable, avx2 or neon (default: best)")
+    p.add_argument(
+        "--backend", metavar="NAME", help="auto, cuda, portable, avx2 or neon (default: best CPU)"
+    )
     # the daemon's defaults, so the bench runs what it runs
     daemon = EngineSettings()
     delay, interval = daemon.delay_ms, daemon.interval_ms
