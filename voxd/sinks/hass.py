@@ -41,9 +41,9 @@ QoS: Home Assistant subscribes to each entity's topics at that entity's
 only recent Home Assistant versions apply to the components (2025.4 and
 2026.2 ignore it and subscribe at QoS 0), so every component also sets
 ``qos`` itself (a component's option overrides the shared one). It is 1
-everywhere: the finals (event and sensor) and the retained state are
-published at QoS 1 and must not be lost on the broker -> Home Assistant
-leg; the mute switch publishes its commands at its ``qos``, so 1 makes a
+everywhere: the finals (event and sensor), the wake-word detections and
+the retained state are published at QoS 1 and must not be lost on the
+broker -> Home Assistant leg; the mute switch publishes its commands at its ``qos``, so 1 makes a
 command arrive at least once. The diagnostic sensors also get 1: their
 stats are published at QoS 0 and so still arrive at 0 (MQTT delivers at the
 lower of the publish and subscription QoS: nothing gained, nothing paid),
