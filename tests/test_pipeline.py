@@ -1197,3 +1197,28 @@ def test_wake_word_on_mqtt_before_its_final(
     check_final(final, seconds(sentences[0]), "wake")
     topics_in_order = [m.topic for m in collector.messages() if m.topic != topics.stats]
     assert topics_in_order.index(topics.wake) < topics_in_order.index(topics.final)
+
+
+def test_wake_word_then_command_without_a_pause(
+    engine: Engine, sentences: list[np.ndarray], wake_phrase: np.ndarray
+) -> None:
+    """The endpointer restarts at the detection, so speech running on from the
+    wake phrase still becomes an utterance (its first moments may be cut while
+    the endpointer learns the level again), and the phrase is not in it."""
+    short = sentences[0]
+    source = ArraySource()
+    recorder = Recorder()
+    pipeline = Pipeline(source, engine, [recorder], settings=wake_settings())
+    pipeline.start()
+    try:
+        source.push(silence(LEAD_S))
+        source.push(np.concatenate([wake_phrase, short]))
+        source.push(silence(GAP_S))
+        wait_until(lambda: recorder.of(TranscriptFinal), WAIT_S, "a final")
+    finally:
+        pipeline.stop(flush=True)
+    assert pipeline.wake_detections == 1
+    (final,) = recorder.of(TranscriptFinal)
+    assert final.text and final.reason == "silence"
+    hangover_s = Settings().endpoint.hangover_ms / 1000
+    assert final.audio_seconds < seconds(short) + hangover_s + 0.2
