@@ -17,7 +17,7 @@ from fixtures_mqtt import CollectorFactory, Mosquitto, wait_until
 
 from voxd import __version__
 from voxd.config import MqttSettings
-from voxd.events import TranscriptFinal
+from voxd.events import TranscriptFinal, WakeWordDetected
 from voxd.sinks import hass
 from voxd.sinks.mqtt import MqttSink
 from voxd.sinks.mqtt_protocol import Topics
@@ -87,7 +87,7 @@ def test_every_component_has_qos_in_the_retained_discovery_message(
 
     assert payload["qos"] == 1  # the shared option, for Home Assistant versions that read it
     components = payload["cmps"]
-    assert len(components) == 8
+    assert len(components) == 9
     missing = [key for key, c in components.items() if "qos" not in c]
     assert missing == [], f"components without their own qos: {missing}"
     assert {key: c["qos"] for key, c in components.items()} == dict.fromkeys(components, 1)
@@ -96,6 +96,7 @@ def test_every_component_has_qos_in_the_retained_discovery_message(
     assert components["last_transcript"]["state_topic"] == sink.topics.final
     assert components["speaking"]["state_topic"] == sink.topics.state
     assert components["mute"]["command_topic"] == sink.topics.mute_switch
+    assert components["wake_word"]["state_topic"] == sink.topics.wake
 
 
 def test_templates_read_the_time_keys_with_defaults() -> None:
@@ -189,3 +190,22 @@ def test_last_transcript_sensor_state_and_attributes(
     )
     assert (attributes["replayed"], attributes["age_s"]) == (replayed, age_s)
     assert attributes["latency_s"] == final.latency_s
+
+
+def test_wake_word_event_entity_fires_detected_with_the_detection(
+    components: dict[str, dict[str, Any]],
+) -> None:
+    entity = components["wake_word"]
+    assert entity["p"] == "event"
+    assert entity["event_types"] == ["detected"]
+    assert entity["state_topic"] == "voxd/kitchen/wake"
+    assert entity["qos"] == 1 and entity["unique_id"] == "voxd_kitchen_wake_word"
+    wake = WakeWordDetected("okay_nabu", 0.93, 1_764_600_002.5)
+    event = json.loads(ha_render(entity["value_template"], json.dumps(wake.to_json())))
+    assert event == {
+        "event_type": "detected",
+        "wake_word": "okay_nabu",
+        "probability": 0.93,
+        "at": 1_764_600_002.5,
+    }
+    assert event["event_type"] in entity["event_types"]

@@ -328,6 +328,7 @@ def test_home_assistant_discovery(
     assert platforms == {
         "transcript": "event",
         "last_transcript": "sensor",
+        "wake_word": "event",
         "speaking": "binary_sensor",
         "mute": "switch",
         "real_time_factor": "sensor",
@@ -343,6 +344,8 @@ def test_home_assistant_discovery(
     assert components["transcript"]["event_types"] == ["transcript"]
     assert components["transcript"]["state_topic"] == topics.final
     assert "'event_type': 'transcript'" in components["transcript"]["value_template"]
+    assert components["wake_word"]["event_types"] == ["detected"]
+    assert components["wake_word"]["state_topic"] == topics.wake == "voxd/living_room/wake"
     assert "[:255]" in components["last_transcript"]["value_template"]
     assert components["last_transcript"]["json_attributes_topic"] == topics.final
     assert components["speaking"]["state_topic"] == topics.state

@@ -45,10 +45,11 @@ from voxd.config import (
     MqttSettings,
     ServiceSettings,
     Settings,
+    WakewordSettings,
 )
 from voxd.endpoint import Audio, Endpointer, SpeechEnd, SpeechJudge
 from voxd.engine import Engine, transcribe
-from voxd.events import StateChanged, Stats, TranscriptDelta, TranscriptFinal
+from voxd.events import StateChanged, Stats, TranscriptDelta, TranscriptFinal, WakeWordDetected
 from voxd.pipeline import Pipeline
 from voxd.resample import resample
 from voxd.sinks.mqtt import MqttSink
@@ -1022,3 +1023,202 @@ def test_b_an_engine_a_whole_backlog_behind_ends_the_utterance_early(
         check_wait(final)
     assert [f.started_at for f in finals] == sorted(f.started_at for f in finals)
     assert len({f.utterance_id for f in finals}) == len(finals)
+
+
+# -- the wake-word gate ([wakeword], the real okay_nabu model) -----------------------------
+
+WAKE_PAUSE_S = 0.4  # a short pause after the wake phrase, shorter than the hangover
+
+
+@pytest.fixture(scope="module")
+def wake_phrase() -> np.ndarray:
+    pytest.importorskip("pymicro_wakeword")
+    if not have_espeak():
+        pytest.skip("espeak-ng is not installed")
+    return trim_silence(synth("okay nabu", voice="en-us", wpm=160))  # measured: p = 0.988
+
+
+def wake_settings(open_s: float = 5.0, **mqtt: Any) -> Settings:
+    return Settings(
+        wakeword=WakewordSettings(enabled=True, open_s=open_s),
+        **({"mqtt": MqttSettings(**mqtt)} if mqtt else {}),
+    )
+
+
+def all_read(source: ArraySource, pipeline: Pipeline, total: int) -> None:
+    wait_until(lambda: pipeline.samples_read >= total, WAIT_S, "audio read")
+
+
+def test_wake_word_gate_transcribes_only_the_speech_after_the_wake_word(
+    engine: Engine, sentences: list[np.ndarray], wake_phrase: np.ndarray
+) -> None:
+    short, medium, long = sentences
+    source = ArraySource()
+    recorder = Recorder()
+    pipeline = Pipeline(source, engine, [recorder], settings=wake_settings())
+    pipeline.start()
+    pushed = 0
+
+    def push(x: np.ndarray) -> None:
+        nonlocal pushed
+        source.push(x)
+        pushed += len(x)
+
+    try:
+        # Speech without the wake word: not fed to the engine at all.
+        push(silence(LEAD_S))
+        push(medium)
+        push(silence(GAP_S))
+        all_read(source, pipeline, pushed)
+        assert recorder.of(WakeWordDetected) == []
+        assert [s.state for s in recorder.of(StateChanged)] == ["idle"]
+
+        # The wake word, a short pause, the command: transcribed, without the phrase.
+        push(wake_phrase)
+        push(silence(WAKE_PAUSE_S))
+        push(short)
+        push(silence(GAP_S))
+        wait_until(lambda: recorder.of(TranscriptFinal), WAIT_S, "a final")
+
+        # The next speech needs the wake word again.
+        push(long)
+        push(silence(GAP_S))
+        all_read(source, pipeline, pushed)
+        wait_until(lambda: pipeline.state == "idle", WAIT_S, "idle")
+    finally:
+        pipeline.stop(flush=True)
+    (wake,) = recorder.of(WakeWordDetected)
+    assert wake.wake_word == "okay_nabu" and 0.85 < wake.probability <= 1.0
+    assert pipeline.wake_detections == 1
+    (final,) = recorder.of(TranscriptFinal)
+    check_final(final.to_json(), seconds(short), "default")
+    # The utterance starts at the detection (after the phrase): its audio is the
+    # rest of the pause, the command and the hangover, never the phrase too.
+    hangover_s = Settings().endpoint.hangover_ms / 1000
+    assert final.audio_seconds < WAKE_PAUSE_S + seconds(short) + hangover_s + 0.2
+    assert final.audio_seconds < seconds(wake_phrase) + seconds(short) + hangover_s
+    # The detection goes out before anything of the utterance it admits.
+    events = recorder.events
+    first_speaking = next(
+        i for i, e in enumerate(events) if isinstance(e, StateChanged) and e.state == "speaking"
+    )
+    assert events.index(wake) < first_speaking
+    assert [s.state for s in recorder.of(StateChanged)] == [
+        "idle",
+        "speaking",
+        "processing",
+        "idle",
+    ]
+
+
+def test_wake_word_gate_shuts_after_open_s_and_ignores_muted_audio(
+    engine: Engine, sentences: list[np.ndarray], wake_phrase: np.ndarray
+) -> None:
+    short = sentences[0]
+    source = ArraySource()
+    recorder = Recorder()
+    pipeline = Pipeline(source, engine, [recorder], settings=wake_settings(open_s=1.0))
+    pipeline.start()
+    try:
+        # Speech later than open_s after the wake word: not transcribed.
+        source.push(silence(LEAD_S))
+        source.push(wake_phrase)
+        source.push(silence(2.5))
+        source.push(short)
+        source.push(silence(GAP_S))
+        wait_until(lambda: pipeline.wake_detections == 1, WAIT_S, "a detection")
+        wait_until(lambda: source.pending == 0, WAIT_S, "audio consumed")
+        # Muted: the detector hears nothing either.
+        pipeline.command("mute")
+        wait_until(lambda: pipeline.state == "muted", WAIT_S, "muted")
+        read = pipeline.samples_read
+        source.push(wake_phrase)
+        source.push(silence(WAKE_PAUSE_S))
+        source.push(short)
+        source.push(silence(GAP_S))
+        all_read(source, pipeline, read + len(wake_phrase) + len(short))
+        wait_until(lambda: source.pending == 0, WAIT_S, "muted audio consumed")
+    finally:
+        pipeline.stop(flush=True)
+    assert pipeline.wake_detections == 1
+    assert recorder.of(TranscriptFinal) == []
+    assert "speaking" not in [s.state for s in recorder.of(StateChanged)]
+
+
+def test_wake_word_on_mqtt_before_its_final(
+    engine: Engine,
+    sentences: list[np.ndarray],
+    wake_phrase: np.ndarray,
+    mqtt_broker: Mosquitto,
+    mqtt_collector: CollectorFactory,
+    tmp_path: Path,
+) -> None:
+    settings = wake_settings(
+        host=mqtt_broker.host,
+        port=mqtt_broker.port,
+        site="wake",
+        reconnect_min_s=1.0,
+        reconnect_max_s=1.0,
+        stats_interval_s=0.5,
+        discovery=DiscoverySettings(enabled=False),
+    )
+    topics = Topics.from_settings(settings.mqtt)
+    collector = mqtt_collector(mqtt_broker, [f"{topics.root}/#"])
+    collector.wait_subscribed()
+    source = ArraySource()
+    pipeline = Pipeline(source, engine, settings=settings)
+    sink = MqttSink(settings.mqtt, tmp_path / "state", on_command=pipeline.command)
+    pipeline.add_sink(sink)
+    try:
+        wait_until(lambda: sink.connected, WAIT_S, "MQTT connected")
+        pipeline.start()
+        before = time.time()
+        source.push(silence(LEAD_S))
+        source.push(wake_phrase)
+        source.push(silence(WAKE_PAUSE_S))
+        source.push(sentences[0])
+        source.push(silence(GAP_S))
+        (wake,) = collector.wait_count(topics.wake, 1, WAIT_S)
+        final = collector.wait_count(topics.final, 1, WAIT_S)[0].json()
+        wait_until(
+            lambda: any(p.get("wake_detections") == 1 for p in collector.payloads(topics.stats)),
+            WAIT_S,
+            "stats counting the detection",
+        )
+    finally:
+        pipeline.stop(flush=True)
+        sink.close()
+    assert topics.wake == "voxd/wake/wake"
+    assert (wake.qos, wake.retain) == (1, False)
+    payload = wake.json()
+    assert set(payload) == {"wake_word", "probability", "at"}
+    assert payload["wake_word"] == "okay_nabu" and 0.85 < payload["probability"] <= 1.0
+    assert before <= payload["at"] <= time.time()
+    check_final(final, seconds(sentences[0]), "wake")
+    topics_in_order = [m.topic for m in collector.messages() if m.topic != topics.stats]
+    assert topics_in_order.index(topics.wake) < topics_in_order.index(topics.final)
+
+
+def test_wake_word_then_command_without_a_pause(
+    engine: Engine, sentences: list[np.ndarray], wake_phrase: np.ndarray
+) -> None:
+    """The endpointer restarts at the detection, so speech running on from the
+    wake phrase still becomes an utterance (its first moments may be cut while
+    the endpointer learns the level again), and the phrase is not in it."""
+    short = sentences[0]
+    source = ArraySource()
+    recorder = Recorder()
+    pipeline = Pipeline(source, engine, [recorder], settings=wake_settings())
+    pipeline.start()
+    try:
+        source.push(silence(LEAD_S))
+        source.push(np.concatenate([wake_phrase, short]))
+        source.push(silence(GAP_S))
+        wait_until(lambda: recorder.of(TranscriptFinal), WAIT_S, "a final")
+    finally:
+        pipeline.stop(flush=True)
+    assert pipeline.wake_detections == 1
+    (final,) = recorder.of(TranscriptFinal)
+    assert final.text and final.reason == "silence"
+    hangover_s = Settings().endpoint.hangover_ms / 1000
+    assert final.audio_seconds < seconds(short) + hangover_s + 0.2

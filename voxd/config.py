@@ -291,6 +291,38 @@ class VadSettings(_Section):
         return self
 
 
+# The microWakeWord models pymicro-wakeword ships (voxd.wakeword loads them).
+BUILTIN_WAKE_WORDS = ("alexa", "hey_jarvis", "hey_mycroft", "okay_nabu")
+
+
+def _check_wake_model(value: str) -> str:
+    """A shipped model's name, or the path of a microWakeWord .json (it names its .tflite)."""
+    if value in BUILTIN_WAKE_WORDS:
+        return value
+    _check_path(value)
+    if not value.endswith(".json"):
+        raise ValueError(
+            f"must be one of {', '.join(BUILTIN_WAKE_WORDS)} or the path of a microWakeWord "
+            ".json file (next to its .tflite)"
+        )
+    return value
+
+
+class WakewordSettings(_Section):
+    """The wake-word gate: only speech that follows the wake word is transcribed."""
+
+    enabled: bool = False
+    model: str = "okay_nabu"
+    # The probability cutoff (0..1); not set = the model's own (its .json, 0.85 for okay_nabu).
+    threshold: float | None = Field(default=None, gt=0, lt=1)
+    # After a detection, speech must start within this time to be transcribed.
+    open_s: float = Field(default=5.0, gt=0, le=60)
+    # Detections this soon after the last one are ignored (one phrase, one detection).
+    refractory_s: float = Field(default=2.0, ge=0, le=60)
+
+    _model = field_validator("model")(_check_wake_model)
+
+
 class EngineSettings(_Section):
     model_dir: ConfigPath = Path("/var/lib/voxd/model")
     # Voxtral Realtime works in 80 ms audio frames: the delay is a whole number of them.
@@ -525,6 +557,7 @@ class Settings(BaseSettings):
     mqtt: MqttSettings = MqttSettings()
     service: ServiceSettings = ServiceSettings()
     wyoming: WyomingSettings = WyomingSettings()
+    wakeword: WakewordSettings = WakewordSettings()
 
     @classmethod
     def settings_customise_sources(

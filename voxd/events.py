@@ -170,9 +170,27 @@ class Stats:
     # in yet (waiting in the backlog, or in the feed call under way): how far
     # transcription is behind the speaker.
     engine_lag_s: float = 0.0
+    wake_detections: int = 0  # wake words detected (``[wakeword]``) since the start
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
-Event = TranscriptDelta | TranscriptFinal | StateChanged | Stats
+@dataclass(frozen=True)
+class WakeWordDetected:
+    """The wake-word detector heard its phrase (``[wakeword]``): speech may follow.
+
+    ``wake_word`` is the model's name (``okay_nabu``), ``probability`` the
+    detector's averaged probability that crossed the cutoff, ``at`` when the
+    phrase was heard (unix seconds).
+    """
+
+    wake_word: str
+    probability: float
+    at: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+Event = TranscriptDelta | TranscriptFinal | StateChanged | Stats | WakeWordDetected

@@ -4,7 +4,7 @@ Data flows one way, through one thread per blocking stage and bounded
 queues between them::
 
     capture (PortAudio callback -> Capture's bounded queue)
-        -> reader thread "voxd-pipeline-reader": endpointer (cheap)
+        -> reader thread "voxd-pipeline-reader": [wake-word gate,] endpointer (cheap)
             -> backlog (bounded by the utterance limit)
                 -> engine thread "voxd-pipeline": engine stream
                     -> one dispatcher thread per sink "voxd-sink-<name>" (bounded queue)
@@ -12,7 +12,10 @@ queues between them::
 
 The reader drains the capture queue all the time, so a slow engine (a small
 board falling behind live speech) never makes capture drop audio: the
-utterance audio waits in the backlog instead. The backlog holds one
+utterance audio waits in the backlog instead. With ``[wakeword]`` enabled,
+the reader also runs the wake-word detector and passes on only the speech
+that starts soon after a detection (see "the wake-word gate" below); the
+rest never reaches the backlog. The backlog holds one
 utterance of the maximum length (``endpoint.max_utterance_s``) plus a
 second, so every sample of an utterance reaches the engine however far
 behind it is, up to that. Only if the engine falls further behind (say,
@@ -110,9 +113,11 @@ from voxd.events import (
     Stats,
     TranscriptDelta,
     TranscriptFinal,
+    WakeWordDetected,
 )
 from voxd.sdnotify import Watchdog
 from voxd.sinks import Sink
+from voxd.wakeword import Detection, WakeWordDetector
 
 log = logging.getLogger(__name__)
 
@@ -443,6 +448,8 @@ class Pipeline:
         judge: SpeechJudge | None = None,
         watchdog: Watchdog | None = None,
     ) -> None:
+        # Loaded first: a model that cannot load is a configuration error (ConfigError).
+        self._wake = WakeWordDetector(settings.wakeword) if settings.wakeword.enabled else None
         self._source = source
         self._engine = engine
         self._settings = settings
@@ -472,6 +479,10 @@ class Pipeline:
         # Why the rest of the speech in progress is not sent to the engine, if it is not.
         self._skip: Literal["reset", "backlog"] | None = None
         self._skipped = 0  # samples of it so far
+        # The wake-word gate (reader thread): see _gate_start.
+        self._gate_from: float | None = None  # endpointer time of the last detection (armed)
+        self._gated = False  # the endpointer's speech in progress is not for the engine
+        self._wake_detections = 0
         self._next_stats = 0.0
         self._stats_engine_ms = 0.0
         self._stats_audio_s = 0.0
@@ -537,6 +548,9 @@ class Pipeline:
         worker = self._worker
         if worker is None or not worker.is_alive():
             self._stream.close()  # the engine thread is done with it
+        reader = self._reader
+        if self._wake is not None and (reader is None or not reader.is_alive()):
+            self._wake.close()  # the reader is done with it
         log.info("pipeline stopped (%d utterances)", self._utterances)
 
     def command(self, name: str) -> None:
@@ -569,6 +583,11 @@ class Pipeline:
     def samples_read(self) -> int:
         """Samples read from the source so far (muted audio included)."""
         return self._samples_read
+
+    @property
+    def wake_detections(self) -> int:
+        """Wake words detected so far (0 without ``[wakeword]``)."""
+        return self._wake_detections
 
     @property
     def engine_lag_s(self) -> float:
@@ -624,11 +643,79 @@ class Pipeline:
     def _on_block(self, block: FloatArray) -> None:
         self._samples_read += len(block)
         if self._read_muted:
-            return  # muted audio goes nowhere, not even to the endpointer
-        events = self._endpointer.process(block)
-        self._ep_samples += len(block)
+            return  # muted audio goes nowhere, not even to the endpointer or the detector
+        if self._wake is None:
+            self._endpoint(block)
+            return
+        done = 0
+        for detection in self._wake.process(block):
+            self._endpoint(block[done : detection.offset])
+            done = detection.offset
+            self._on_wake(detection)
+        self._endpoint(block[done:])
+        self._expire_gate()
+
+    def _endpoint(self, samples: FloatArray) -> None:
+        if not len(samples):
+            return
+        events = self._endpointer.process(samples)
+        self._ep_samples += len(samples)
         self._clock.anchor(self._ep_samples / SAMPLE_RATE)
         self._forward(events, time.monotonic())
+
+    # -- the wake-word gate (reader thread) ----------------------------------------------
+    #
+    # The detector hears all the audio the endpointer hears; the gate only
+    # decides which speech goes on to the engine: speech that starts within
+    # wakeword.open_s after a detection (one utterance per detection). Other
+    # speech is never put in the backlog, so the engine does no work for it
+    # and its state stays idle. At a detection the endpointer drops the
+    # speech it is in (the wake phrase, held back or gated) and starts
+    # afresh, so the next utterance begins after the detection, without the
+    # phrase, even when the speaker hardly pauses.
+
+    def _on_wake(self, detection: Detection) -> None:
+        assert self._wake is not None
+        self._wake_detections += 1
+        event = WakeWordDetected(self._wake.name, detection.probability, time.time())
+        log.info("wake word %s heard (probability %.3f)", event.wake_word, event.probability)
+        self._emit(event)  # at once, not in audio order: a listener may answer it
+        if self._endpointer.in_speech and not self._gated:
+            # An admitted utterance goes on (the phrase is said inside it); the
+            # next speech may start until open_s from now.
+            self._gate_from = self._ep_samples / SAMPLE_RATE
+            return
+        self._endpointer.flush()  # its events (the phrase's own speech) are dropped
+        self._gated = False
+        self._ep_samples = 0
+        self._gate_from = 0.0
+
+    def _expire_gate(self) -> None:
+        if self._gate_from is None or self._endpointer.in_speech:
+            return
+        if self._ep_samples / SAMPLE_RATE > self._gate_from + self._settings.wakeword.open_s:
+            log.debug(
+                "wake word: no speech within %.1f s; the gate is shut",
+                self._settings.wakeword.open_s,
+            )
+            self._gate_from = None
+
+    def _gate_start(self, event: SpeechStart) -> bool:
+        """Whether this speech goes to the engine (always, without a wake word)."""
+        if self._wake is None:
+            return True
+        gate_from = self._gate_from
+        open_s = self._settings.wakeword.open_s
+        if gate_from is not None and gate_from <= event.t <= gate_from + open_s:
+            self._gate_from = None  # one utterance per detection
+            return True
+        log.debug("speech at %.2f s not preceded by the wake word: not transcribed", event.t)
+        return False
+
+    def _close_gate(self) -> None:
+        """The endpointer restarts (mute, microphone lost): no detection is pending."""
+        self._gate_from = None
+        self._gated = False
 
     def _forward(
         self, events: list[EndpointEvent], decided: float, reason: EndReason | None = None
@@ -636,8 +723,17 @@ class Pipeline:
         """Pass endpoint events on to the engine thread (``reason`` overrides ends')."""
         for event in events:
             if isinstance(event, SpeechStart):
+                self._gated = not self._gate_start(event)
+                if self._gated:
+                    continue
                 self._end_skip()
                 self._backlog.put(_Start(self._clock.at(event.t)))
+            elif self._gated:
+                if isinstance(event, SpeechEnd):
+                    self._gated = False
+                    log.debug(
+                        "speech without the wake word ended at %.2f s (%s)", event.t, event.reason
+                    )
             elif isinstance(event, Audio):
                 self._forward_audio(event)
             elif isinstance(event, SpeechEnd):
@@ -697,6 +793,9 @@ class Pipeline:
             self._endpointer.reset()
             self._ep_samples = 0
             self._skip, self._skipped = None, 0
+            self._close_gate()
+            if self._wake is not None:
+                self._wake.reset()
         elif name == "unmute":
             self._read_muted = False
         elif name == "reset":
@@ -712,6 +811,7 @@ class Pipeline:
             # What the endpointer held back, and the end of the speech in progress.
             self._forward(self._endpointer.flush(), now, reason="mic_lost")
             self._ep_samples = 0
+            self._close_gate()
         elif status == "ok":
             self._read_mic_lost = False
         self._backlog.put(_Mic(status, now))
@@ -735,6 +835,7 @@ class Pipeline:
                 utterances=self._utterances,
                 mic_reconnects=self._source.reconnects,
                 engine_lag_s=self.engine_lag_s,
+                wake_detections=self._wake_detections,
             )
         )
 

@@ -12,6 +12,9 @@ Entities (unique ids ``voxd_<site>_<key>``):
 - ``last_transcript``: sensor, state = text of the last final (HA limits
   states to 255 characters), attributes = the final's details incl. full text
   and the same time keys as the event;
+- ``wake_word``: event, event type ``detected``, fired by each wake-word
+  detection on ``<root>/wake`` (only with ``[wakeword]`` enabled; the event
+  carries ``wake_word``, ``probability`` and ``at``);
 - ``speaking``: binary_sensor, on while the pipeline state is ``speaking``;
 - ``mute``: switch, on while ``muted``; commands ``ON``/``OFF`` on
   ``<root>/cmd/mute-set``;
@@ -38,9 +41,9 @@ QoS: Home Assistant subscribes to each entity's topics at that entity's
 only recent Home Assistant versions apply to the components (2025.4 and
 2026.2 ignore it and subscribe at QoS 0), so every component also sets
 ``qos`` itself (a component's option overrides the shared one). It is 1
-everywhere: the finals (event and sensor) and the retained state are
-published at QoS 1 and must not be lost on the broker -> Home Assistant
-leg; the mute switch publishes its commands at its ``qos``, so 1 makes a
+everywhere: the finals (event and sensor), the wake-word detections and
+the retained state are published at QoS 1 and must not be lost on the
+broker -> Home Assistant leg; the mute switch publishes its commands at its ``qos``, so 1 makes a
 command arrive at least once. The diagnostic sensors also get 1: their
 stats are published at QoS 0 and so still arrive at 0 (MQTT delivers at the
 lower of the publish and subscription QoS: nothing gained, nothing paid),
@@ -77,6 +80,10 @@ _EVENT_TEMPLATE = (
     "{{ {'event_type': 'transcript', 'text': value_json.text, "
     "'utterance_id': value_json.utterance_id, 'audio_seconds': value_json.audio_seconds, "
     f"'reason': value_json.reason, {_FINAL_TIMES}}} | to_json }}}}"
+)
+_WAKE_TEMPLATE = (
+    "{{ {'event_type': 'detected', 'wake_word': value_json.wake_word, "
+    "'probability': value_json.probability, 'at': value_json.at} | to_json }}"
 )
 _LAST_TEXT_TEMPLATE = f"{{{{ value_json.text[:{STATE_MAX_CHARS}] }}}}"
 _FINAL_ATTRIBUTES_TEMPLATE = (
@@ -134,6 +141,7 @@ def _components(topics: Topics) -> dict[str, dict[str, Any]]:
     return {
         "transcript": _transcript_event(topics),
         "last_transcript": _last_transcript_sensor(topics),
+        "wake_word": _wake_word_event(topics),
         "speaking": _speaking_binary_sensor(topics),
         "mute": _mute_switch(topics),
         **_diagnostic_sensors(topics),
@@ -148,6 +156,17 @@ def _transcript_event(topics: Topics) -> dict[str, Any]:
         "state_topic": topics.final,
         "event_types": ["transcript"],
         "value_template": _EVENT_TEMPLATE,
+    }
+
+
+def _wake_word_event(topics: Topics) -> dict[str, Any]:
+    return {
+        "p": "event",
+        "name": "Wake word",
+        "icon": "mdi:account-voice",
+        "state_topic": topics.wake,
+        "event_types": ["detected"],
+        "value_template": _WAKE_TEMPLATE,
     }
 
 

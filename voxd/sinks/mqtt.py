@@ -11,6 +11,8 @@ topic                      QoS    retain  payload
                                           ``age_s``; via the disk outbox
 <root>/state               1      yes     StateChanged JSON ``{"state": "idle"}``
 <root>/stats               0      yes     Stats JSON; dropped while offline
+<root>/wake                1      no      WakeWordDetected JSON ``{"wake_word", "probability",
+                                          "at"}`` (``[wakeword]``); dropped while offline
 <root>/cmd/<name>          in             commands: mute, unmute, flush, reset
 <root>/cmd/mute-set        in             ``ON`` / ``OFF`` (Home Assistant switch)
 hermes/asr/textCaptured    0      no      Rhasspy Hermes, when mqtt.hermes.enabled
@@ -70,6 +72,7 @@ from voxd.events import (
     Stats,
     TranscriptDelta,
     TranscriptFinal,
+    WakeWordDetected,
     to_json_text,
 )
 from voxd.logs import LogLimiter
@@ -343,6 +346,8 @@ class MqttSink:
             self._publish_state(event)
         elif isinstance(event, Stats):
             self._publish_live(self._topics.stats, event.to_json(), retain=True)
+        elif isinstance(event, WakeWordDetected):
+            self._publish_wake(event)
         else:
             log.warning("MQTT sink: ignoring unknown event %r", event)
 
@@ -670,6 +675,18 @@ class MqttSink:
         """QoS 0, best effort: dropped while disconnected."""
         if self._connected:
             self._client.publish(topic, to_json_text(data), qos=0, retain=retain)
+
+    def _publish_wake(self, event: WakeWordDetected) -> None:
+        """QoS 1, not retained, dropped while disconnected.
+
+        QoS 1 because a detection is rare and something may answer it (a
+        chime, an LED): a lost one is noticed, a duplicate is harmless (``at``
+        tells them apart). Not retained and not kept while offline: a wake
+        word is stale seconds later, and a retained one would fire again for
+        every new subscriber.
+        """
+        if self._connected:
+            self._client.publish(self._topics.wake, to_json_text(event.to_json()), 1, False)
 
     def _publish_state(self, event: StateChanged) -> None:
         with self._state_lock:

@@ -66,6 +66,10 @@ class Topics:
         return f"{self.root}/stats"
 
     @property
+    def wake(self) -> str:
+        return f"{self.root}/wake"
+
+    @property
     def command_prefix(self) -> str:
         return f"{self.root}/cmd/"
 
