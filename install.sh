@@ -33,6 +33,7 @@ MODEL_STATE="" # ready, skipped, failed (empty: not reached)
 WITH_MODEL=1
 WITH_BROKER=0
 WITH_VAD=0
+WITH_WAKEWORD=0
 START=1
 DRY_RUN=0
 PYTHON=""
@@ -59,6 +60,7 @@ Options:
   --no-model         do not fetch the model (the service is then enabled, not started)
   --with-broker      also install the mosquitto MQTT broker on this machine
   --with-vad         also install onnxruntime for the optional Silero VAD
+  --with-wakeword    also install pymicro-wakeword for the optional wake-word gate
   --python PATH      interpreter for the venv (default: /usr/bin/python3)
   --no-start         enable the service but do not (re)start it
   --dry-run          print what would be done, change nothing
@@ -103,6 +105,7 @@ parse_args() {
         --no-model) WITH_MODEL=0 ;;
         --with-broker) WITH_BROKER=1 ;;
         --with-vad) WITH_VAD=1 ;;
+        --with-wakeword) WITH_WAKEWORD=1 ;;
         --python) PYTHON="${2:?--python needs a path}"; shift ;;
         --python=*) PYTHON="${1#*=}" ;;
         --no-start) START=0 ;;
@@ -266,8 +269,13 @@ install_venv() {
         run "$PYTHON" -m venv --clear "$VENV"
         did "created $VENV"
     fi
+    local extras=()
+    ((WITH_VAD)) && extras+=(vad)
+    ((WITH_WAKEWORD)) && extras+=(wakeword)
     local spec="$SRC_DIR"
-    ((WITH_VAD)) && spec="${SRC_DIR}[vad]"
+    if ((${#extras[@]})); then
+        spec="${SRC_DIR}[$(IFS=,; echo "${extras[*]}")]"
+    fi
     log "building and installing voxd into $VENV (the native engine compiles here)"
     # Build under PREFIX, not in the checkout: a root-owned build/ would get in
     # the way of the checkout's owner, and keeping it makes a reinstall

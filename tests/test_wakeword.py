@@ -9,6 +9,7 @@ cutoff): "okay nabu" by espeak's en-us and en-gb voices at 140-160 wpm reaches
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -19,6 +20,9 @@ from pydantic import ValidationError
 from speech import SENTENCES, have_espeak, silence, synth
 
 from voxd.config import ConfigError, Settings, WakewordSettings, load_settings
+from voxd.events import WakeWordDetected
+from voxd.preflight import preflight
+from voxd.sinks.stdout import StdoutSink
 from voxd.wakeword import WakeWordDetector
 
 pytest.importorskip("pymicro_wakeword")
@@ -208,3 +212,21 @@ def test_good_values_load(tmp_path: Path) -> None:
     )
     with pytest.raises(ValidationError):
         WakewordSettings(open_s=True)  # type: ignore[arg-type]
+
+
+def test_config_check_and_run_load_the_wake_model_alike(tmp_path: Path) -> None:
+    """preflight loads the model as the pipeline will, so `voxd config check`
+    refuses what `voxd run` could not start, with the same message."""
+    missing = tmp_path / "nope.json"
+    settings = Settings(wakeword=WakewordSettings(enabled=True, model=str(missing)))
+    with pytest.raises(ConfigError) as err:
+        preflight(settings)
+    assert any(p.startswith("wakeword.model: cannot load") for p in err.value.problems)
+    assert preflight(Settings(wakeword=WakewordSettings(enabled=True))) == []
+
+
+def test_stdout_sink_names_wake_events() -> None:
+    out = io.StringIO()
+    StdoutSink(out).handle(WakeWordDetected("okay_nabu", 0.97, 1_700_000_000.0))
+    line = json.loads(out.getvalue())
+    assert line["type"] == "wake" and line["wake_word"] == "okay_nabu"

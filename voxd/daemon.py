@@ -253,7 +253,10 @@ def _serve(
     capture = Capture(settings.audio)
     sources = (*WATCHDOG_SOURCES, WATCHDOG_MQTT) if settings.mqtt.enabled else WATCHDOG_SOURCES
     watchdog = Watchdog(notifier, sources=sources)
-    pipeline = Pipeline(capture, engine, settings=settings, judge=judge, watchdog=watchdog)
+    try:
+        pipeline = Pipeline(capture, engine, settings=settings, judge=judge, watchdog=watchdog)
+    except ConfigError as err:  # e.g. the wake-word model, if it changed since preflight
+        return _fail(notifier, str(err))
     capture.on_status = pipeline.on_mic_status
     mqtt: MqttSink | None = None
     if settings.mqtt.enabled:

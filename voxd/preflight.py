@@ -215,4 +215,16 @@ def _tls(s: MqttSettings) -> Iterable[str]:
         yield f"mqtt.tls: cannot load certificates: {err}"
 
 
-_CHECKS: tuple[Check, ...] = (_audio_channel, _engine_backend, _vad_model, _mqtt)
+def _wake_model(settings: Settings) -> Iterable[str]:
+    """The wake-word model loads (it is small: tens of kB) as the pipeline will load it."""
+    if not settings.wakeword.enabled:
+        return
+    from voxd.wakeword import load_model  # imports the TFLite runtime only when enabled
+
+    try:
+        load_model(settings.wakeword.model)
+    except ConfigError as err:
+        yield from err.problems
+
+
+_CHECKS: tuple[Check, ...] = (_audio_channel, _engine_backend, _vad_model, _wake_model, _mqtt)

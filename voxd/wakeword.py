@@ -47,7 +47,7 @@ class Detection:
     offset: int  # samples into the block given to ``process`` (0..len(block))
 
 
-def _load(model: str) -> tuple[MicroWakeWord, MicroWakeWordFeatures]:
+def load_model(model: str) -> tuple[MicroWakeWord, MicroWakeWordFeatures]:
     try:
         from pymicro_wakeword import MicroWakeWord, MicroWakeWordFeatures, Model
     except ImportError as err:
@@ -71,7 +71,7 @@ class WakeWordDetector:
     """A streaming detector: float32 16 kHz blocks in, detections out (one thread only)."""
 
     def __init__(self, settings: WakewordSettings) -> None:
-        self._model, self._features = _load(settings.model)
+        self._model, self._features = load_model(settings.model)
         if settings.threshold is not None:
             self._model.probability_cutoff = settings.threshold
         self.name: str = self._model.id

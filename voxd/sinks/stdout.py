@@ -7,7 +7,15 @@ import sys
 from collections.abc import Iterable
 from typing import TextIO
 
-from voxd.events import Event, StateChanged, TranscriptDelta, TranscriptFinal, to_json_text
+from voxd.events import (
+    Event,
+    StateChanged,
+    Stats,
+    TranscriptDelta,
+    TranscriptFinal,
+    WakeWordDetected,
+    to_json_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -20,13 +28,17 @@ def event_type(event: Event) -> str:
         return "final"
     if isinstance(event, StateChanged):
         return "state"
-    return "stats"
+    if isinstance(event, WakeWordDetected):
+        return "wake"
+    if isinstance(event, Stats):
+        return "stats"
+    raise TypeError(f"unknown event {type(event).__name__}")
 
 
 class StdoutSink:
     """Events as JSON lines on stdout: ``{"type": "final", "utterance_id": ...}``.
 
-    ``type`` is delta, final, state or stats; the other keys are the event's
+    ``type`` is delta, final, state, stats or wake; the other keys are the event's
     payload, exactly as published on MQTT. Each line is flushed at once so a
     pipe reader sees it immediately. If the reader goes away (broken pipe)
     the sink says so once and stops writing; the daemon goes on.
