@@ -213,8 +213,12 @@ int main(void) {
         tiny_model_init(&t, backends[b], 2);
         printf("%s:\n", t.m->be->name);
         check_args(&t);
+        /* three seeds per count on this CPU's best backend, one on the others
+         * (the stacking is the same code; the kernels' row contract differs) */
+        const uint64_t seeds = backends[b] == vx_backend_select(NULL, NULL, 0) ? 3 : 1;
         for (int ns = 2; ns <= MAX_STREAMS; ns++)
-            for (uint64_t seed = 1; seed <= 3; seed++) check_seed(&t, ns, seed + 10 * (uint64_t)ns);
+            for (uint64_t seed = 1; seed <= seeds; seed++)
+                check_seed(&t, ns, seed + 10 * (uint64_t)ns);
         tiny_model_free(&t);
     }
     return check_report("test_group");
