@@ -11,7 +11,9 @@
  * one row per pass asks for logits, as a streaming step does. The counts are
  * taken in rounds that alternate their order (1,2,4,8 then 8,4,2,1 ...), so
  * a slow spell of a shared machine shows as spread, not as a trend; the
- * median, min and max of the rounds are printed.
+ * median, min and max of the rounds are printed, and the share of the
+ * threads' time this process got (its CPU time / wall time / threads): on a
+ * machine busy with other work, pos/s falls with it.
  *
  * Build (from the repository root):
  *   cmake -S native -B build/bench -DVX_BUILD_TESTS=ON -DCMAKE_BUILD_TYPE=Release
@@ -37,11 +39,14 @@
 static const int counts[] = {1, 2, 4, 8};
 #define N_COUNTS 4
 
-static double now_ms(void) {
+static double clock_ms(clockid_t id) {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(id, &ts);
     return (double)ts.tv_sec * 1e3 + 1e-6 * (double)ts.tv_nsec;
 }
+
+static double now_ms(void) { return clock_ms(CLOCK_MONOTONIC); }
+static double cpu_ms(void) { return clock_ms(CLOCK_PROCESS_CPUTIME_ID); }
 
 static void *xalloc(size_t n) {
     void *p = malloc(n ? n : 1);
@@ -165,19 +170,22 @@ int main(int argc, char **argv) {
             fprintf(stderr, "out of memory for %d streams\n", counts[c]);
             return 2;
         }
-    double ms[N_COUNTS][64];
+    double ms[N_COUNTS][64], cpu[N_COUNTS] = {0}, wall[N_COUNTS] = {0};
     for (int c = 0; c < N_COUNTS; c++) group_steps(m, &g[c], 1); /* warm-up: pages in */
     for (int r = 0; r < rounds && r < 64; r++)
         for (int k = 0; k < N_COUNTS; k++) {
             const int c = r % 2 ? N_COUNTS - 1 - k : k;
+            const double w0 = now_ms(), c0 = cpu_ms();
             ms[c][r] = group_steps(m, &g[c], passes);
+            cpu[c] += cpu_ms() - c0;
+            wall[c] += now_ms() - w0;
         }
     const double bw1 = vx_measure_read_bandwidth((size_t)1 << 30, info.n_threads, 3);
     const double peak1 = vx_measure_fma_peak(info.n_threads);
     const double bw = bw0 > bw1 ? bw0 : bw1, peak = peak0 > peak1 ? peak0 : peak1;
     printf("read bandwidth %.2f / %.2f GB/s (start / end), FMA peak %.1f / %.1f GFLOP/s\n", bw0,
            bw1, peak0, peak1);
-    printf("streams  ms/pass (min..max)     pos/s   bw roof  fma roof  of lower roof\n");
+    printf("streams  ms/pass (min..max)       pos/s  bw roof fma roof  of lower  cpu share\n");
     const int kvd = m->p.dec.n_kv_heads * m->p.dec.head_dim, nl = m->p.dec.n_layers;
     const int heads = m->p.dec.n_heads, hd = m->p.dec.head_dim;
     for (int c = 0; c < N_COUNTS; c++) {
@@ -192,8 +200,9 @@ int main(int argc, char **argv) {
         const double pos_s = n * 1e3 / med;
         const double bw_roof = n / (bytes / (bw * 1e9)), fma_roof = n / (flops / (peak * 1e9));
         const double lower = bw_roof < fma_roof ? bw_roof : fma_roof;
-        printf("%7d  %7.1f (%6.1f..%6.1f) %7.2f  %8.2f  %8.2f  %6.0f%%\n", n, med, sorted[0],
-               sorted[nr - 1], pos_s, bw_roof, fma_roof, 100.0 * pos_s / lower);
+        printf("%7d  %7.1f (%6.1f..%6.1f) %7.2f %8.2f %8.2f  %7.0f%%  %8.0f%%\n", n, med,
+               sorted[0], sorted[nr - 1], pos_s, bw_roof, fma_roof, 100.0 * pos_s / lower,
+               100.0 * cpu[c] / (wall[c] * info.n_threads));
     }
     for (int c = 0; c < N_COUNTS; c++) group_free(m, &g[c]);
     vx_model_free(m);
