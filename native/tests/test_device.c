@@ -267,7 +267,8 @@ static void run_pair(const vx_device *dev, int grouped, float *out[2], int64_t n
         int64_t cols = 0;
         n[j] = 0;
         out[j] = NULL;
-        if (!s[j] || vx_stream_debug_get(s[j], VX_DEBUG_LOGITS, &d, &n[j], &cols) != VX_OK) continue;
+        if (!s[j] || vx_stream_debug_get(s[j], VX_DEBUG_LOGITS, &d, &n[j], &cols) != VX_OK)
+            continue;
         n[j] *= cols;
         out[j] = tiny_alloc(sizeof(float) * (size_t)n[j]);
         if (n[j]) memcpy(out[j], d, sizeof(float) * (size_t)n[j]);
