@@ -768,13 +768,8 @@ vx_status vx_group_feed(vx_group *g, vx_stream *const *s, const float *const *sa
         int decode = 0, fdecode = 0;
         g->flush[i] = flush && flush[i];
         g->st[i] = feed_audio(t, samples ? samples[i] : NULL, n ? n[i] : 0, &decode);
-        if (g->st[i] == VX_OK && g->flush[i]) {
-            if (t->finished)
-                g->st[i] = set_err(t, VX_ERR_STATE,
-                                   "flush after finish: call vx_stream_reset to start again");
-            else
-                g->st[i] = flush_audio(t, &fdecode);
-        }
+        /* (a finished stream already failed its feed) */
+        if (g->st[i] == VX_OK && g->flush[i]) g->st[i] = flush_audio(t, &fdecode);
         g->active[i] = g->st[i] == VX_OK && (decode || fdecode);
     }
     group_decode(g, s, count);
