@@ -4,8 +4,11 @@
  * different loudness, silence), fed in seeded random interleavings (random
  * piece sizes, random subsets per call, streams joining late and leaving
  * early), with flushes mid-way, against each stream run alone with
- * vx_stream_feed / vx_stream_flush. */
+ * vx_stream_feed / vx_stream_flush. The model runs with F32 weights and
+ * again with the decoder quantized as the q4 models are (Q4 layers, a Q8
+ * embedding), so the integer kernels' rows are checked stacked too. */
 #include "check.h"
+#include "quant.h"
 #include "stream.h"
 #include "tiny_model.h"
 
@@ -22,7 +25,19 @@ typedef struct {
 typedef struct {
     vx_event ev[MAX_EVENTS];
     int n;
+    float *logits; /* every logits row the stream computed (VX_DEBUG_LOGITS) */
+    int64_t n_logits;
 } event_log;
+
+/* The stream's logits rows into log (before the stream is freed). */
+static void keep_logits(vx_stream *s, event_log *log) {
+    const float *d = NULL;
+    int64_t rows = 0, cols = 0;
+    CHECK(vx_stream_debug_get(s, VX_DEBUG_LOGITS, &d, &rows, &cols) == VX_OK);
+    log->n_logits = rows * cols;
+    log->logits = tiny_alloc(sizeof(float) * (size_t)log->n_logits);
+    if (log->n_logits) memcpy(log->logits, d, sizeof(float) * (size_t)log->n_logits);
+}
 
 static uint64_t rng_next(uint64_t *r) {
     *r ^= *r >> 12;
@@ -45,6 +60,7 @@ static vx_stream *new_stream(vx_model *m, const stream_case *c) {
     vx_stream_options opt = {.delay_ms = c->delay_ms, .max_speculation = c->max_spec};
     vx_stream *s = NULL;
     CHECK(vx_stream_new(m, &opt, &s) == VX_OK);
+    if (s) CHECK(vx_stream_debug_enable(s, VX_DEBUG_LOGITS) == VX_OK);
     return s;
 }
 
@@ -62,6 +78,7 @@ static void run_solo(vx_model *m, const stream_case *c, event_log *log) {
         CHECK(vx_stream_flush(s) == VX_OK);
     }
     drain(s, log);
+    keep_logits(s, log);
     vx_stream_free(s);
 }
 
@@ -77,6 +94,11 @@ static void same_log(const event_log *a, const event_log *b, int stream, uint64_
                (unsigned long long)seed, stream, i, x->kind, x->token, (long long)x->position,
                y->kind, y->token, (long long)y->position);
     }
+    /* not only the same argmax: the same bits in every logit */
+    CHECKF(a->n_logits > 0 && a->n_logits == b->n_logits &&
+               memcmp(a->logits, b->logits, sizeof(float) * (size_t)a->n_logits) == 0,
+           "seed %llu stream %d: logits differ (%lld grouped, %lld alone)",
+           (unsigned long long)seed, stream, (long long)a->n_logits, (long long)b->n_logits);
 }
 
 /* The streams in a random interleaving: each call feeds a random subset of
@@ -122,6 +144,7 @@ static void run_grouped(vx_model *m, const stream_case *c, int ns, uint64_t seed
                    vx_stream_error(cs[j]));
             drain(cs[j], &logs[i]);
             if (fl[j] && ++next_flush[i] == c[i].n_flush) { /* leaves the group */
+                keep_logits(s[i], &logs[i]);
                 vx_stream_free(s[i]);
                 s[i] = NULL;
             }
@@ -154,6 +177,7 @@ static void check_seed(tiny_model *t, int ns, uint64_t seed) {
     for (int i = 0; i < ns; i++) {
         make_case(t, &c[i], i, &r);
         solo[i].n = grouped[i].n = 0;
+        solo[i].n_logits = grouped[i].n_logits = 0;
         run_solo(t->m, &c[i], &solo[i]);
     }
     vx_group_stats gs = {0};
@@ -163,6 +187,9 @@ static void check_seed(tiny_model *t, int ns, uint64_t seed) {
         same_log(&grouped[i], &solo[i], i, seed);
         tokens += solo[i].n;
         free(c[i].audio);
+        free(solo[i].logits);
+        free(grouped[i].logits);
+        solo[i].logits = grouped[i].logits = NULL;
     }
     /* the group did stack streams: fewer reads of the weights than passes */
     CHECKF(gs.max_streams >= 2 && gs.passes < gs.stream_passes,
@@ -205,17 +232,53 @@ static void check_args(tiny_model *t) {
     vx_group_free(g);
 }
 
+/* w quantized to dtype in the row-group layout (the weight's data is kept in
+ * t's list, freed with it). */
+static void quantize_weight(tiny_model *t, vx_weight *w, int dtype) {
+    const size_t rb = vx_row_bytes(dtype, w->cols);
+    uint8_t *rowmajor = tiny_alloc(rb * (size_t)w->rows);
+    uint8_t *packed = tiny_alloc(rb * (size_t)w->rows);
+    for (int64_t r = 0; r < w->rows; r++) {
+        const float *x = (const float *)w->data + (size_t)r * w->cols;
+        if (dtype == VX_DT_Q4)
+            vx_quantize_row_q4(x, w->cols, rowmajor + (size_t)r * rb);
+        else
+            vx_quantize_row_q8(x, w->cols, rowmajor + (size_t)r * rb);
+    }
+    vx_q_pack_rows(dtype, rowmajor, w->rows, w->cols, packed);
+    free(rowmajor);
+    if (t->n_weights == TINY_MAX_WEIGHTS) {
+        fprintf(stderr, "test_group: raise TINY_MAX_WEIGHTS\n");
+        exit(2);
+    }
+    t->weights[t->n_weights++] = packed;
+    w->data = packed;
+    w->dtype = dtype;
+}
+
+static void quantize_decoder(tiny_model *t) {
+    vx_model *m = t->m;
+    for (int l = 0; l < m->p.dec.n_layers; l++) {
+        vx_layer *L = &m->dec_layers[l];
+        vx_weight *w[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w1, &L->w2, &L->w3};
+        for (int i = 0; i < 7; i++) quantize_weight(t, w[i], VX_DT_Q4);
+    }
+    quantize_weight(t, &m->tok_emb, VX_DT_Q8);
+}
+
 int main(void) {
     const vx_backend *backends[3] = {vx_backend_portable(), vx_backend_avx2(), vx_backend_neon()};
-    for (int b = 0; b < 3; b++) {
-        if (!backends[b]) continue;
+    for (int b = 0; b < 3 * 2; b++) {
+        const int q4 = b % 2;
+        if (!backends[b / 2]) continue;
         tiny_model t;
-        tiny_model_init(&t, backends[b], 2);
-        printf("%s:\n", t.m->be->name);
-        check_args(&t);
+        tiny_model_init(&t, backends[b / 2], 2);
+        if (q4) quantize_decoder(&t);
+        printf("%s, decoder %s:\n", t.m->be->name, q4 ? "q4" : "f32");
+        if (!q4) check_args(&t);
         /* three seeds per count on this CPU's best backend, one on the others
          * (the stacking is the same code; the kernels' row contract differs) */
-        const uint64_t seeds = backends[b] == vx_backend_select(NULL, NULL, 0) ? 3 : 1;
+        const uint64_t seeds = backends[b / 2] == vx_backend_select(NULL, NULL, 0) ? 3 : 1;
         for (int ns = 2; ns <= MAX_STREAMS; ns++)
             for (uint64_t seed = 1; seed <= seeds; seed++)
                 check_seed(&t, ns, seed + 10 * (uint64_t)ns);
