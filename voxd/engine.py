@@ -12,7 +12,7 @@ import enum
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -135,6 +135,16 @@ class _StreamStats(ctypes.Structure):
     ]
 
 
+class _GroupStats(ctypes.Structure):
+    _fields_ = [
+        ("calls", ctypes.c_int64),
+        ("passes", ctypes.c_int64),
+        ("stream_passes", ctypes.c_int64),
+        ("rows", ctypes.c_int64),
+        ("max_streams", ctypes.c_int64),
+    ]
+
+
 def _library_candidates() -> list[Path]:
     env = os.environ.get("VOXD_ENGINE_LIB")
     found = [Path(env)] if env else []
@@ -216,6 +226,30 @@ def _declare(lib: ctypes.CDLL) -> None:
     if hasattr(lib, "vx_cuda_membw"):  # absent from libraries built before the CUDA device
         lib.vx_cuda_membw.argtypes = [c_size, c_int, ctypes.c_char_p, c_size]
         lib.vx_cuda_membw.restype = ctypes.c_double
+    _declare_group(lib)
+
+
+def _declare_group(lib: ctypes.CDLL) -> None:
+    """vx_group_* (several streams stepped together), where the library has them."""
+    if not hasattr(lib, "vx_group_feed"):
+        return
+    p, c_int = ctypes.c_void_p, ctypes.c_int
+    lib.vx_group_new.argtypes = [p, ctypes.POINTER(p)]
+    lib.vx_group_new.restype = c_int
+    lib.vx_group_free.argtypes = [p]
+    lib.vx_group_free.restype = None
+    lib.vx_group_feed.argtypes = [
+        p,
+        ctypes.POINTER(p),
+        ctypes.POINTER(ctypes.POINTER(ctypes.c_float)),
+        ctypes.POINTER(ctypes.c_size_t),
+        ctypes.POINTER(c_int),
+        c_int,
+        ctypes.POINTER(c_int),
+    ]
+    lib.vx_group_feed.restype = c_int
+    lib.vx_group_get_stats.argtypes = [p, ctypes.POINTER(_GroupStats)]
+    lib.vx_group_get_stats.restype = None
 
 
 _lib: ctypes.CDLL | None = None
@@ -366,6 +400,15 @@ class StreamStats:
     encoder_passes: int  # weight passes of the encoder
 
 
+@dataclass(frozen=True)
+class GroupStats:
+    calls: int  # feed() calls
+    passes: int  # decoder passes run: reads of the decoder weights
+    stream_passes: int  # the streams' own passes they stood for
+    rows: int  # decoder rows computed
+    max_streams: int  # most streams in one pass
+
+
 def _warn_nonfinite(model_dir: str | os.PathLike[str], scan: NonFiniteScan) -> None:
     """Load succeeds with NaN/Inf weights, but transcripts come out empty: say so loudly."""
     if not scan.total:
@@ -451,6 +494,10 @@ class Engine:
         s = Stream(self, handle)
         self._streams.append(s)
         return s
+
+    def group(self) -> StreamGroup:
+        """A StreamGroup: this model's streams stepped together (see StreamGroup)."""
+        return StreamGroup(self)
 
     def token_bytes(self, token_id: int) -> bytes:
         n = ctypes.c_int(0)
@@ -571,6 +618,99 @@ class Stream:
             self._lib.vx_stream_free(self._handle)
             self._handle = None
             self._engine._forget(self)
+
+
+class StreamGroup:
+    """Several streams of one Engine stepped together, one read of the weights per pass.
+
+    The decoder streams all its weights for every pass however few rows it
+    computes, so N streams stepped together cost about what one costs. A
+    server that gives each connection its own Stream runs one worker thread
+    that owns a StreamGroup: it gathers the audio that arrived for each
+    connection since the last round (and which connections ended an
+    utterance), calls feed() once with all of them, and hands each
+    connection its events. Each stream's events are exactly what
+    Stream.feed() (then Stream.flush()) would give it alone, whatever the
+    other streams do and however their audio is split, so connections may
+    join or leave between calls. A group is used by one thread at a time; a
+    stream must not be fed elsewhere during a call.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._lib = engine._lib
+        if not hasattr(self._lib, "vx_group_feed"):
+            raise EngineError("this engine library has no vx_group_feed: rebuild native/", 5)
+        handle = ctypes.c_void_p()
+        st = self._lib.vx_group_new(engine._ptr(), ctypes.byref(handle))
+        if st != 0:
+            raise EngineError(f"cannot create a stream group: {engine._status_name(st)}", st)
+        self._handle: ctypes.c_void_p | None = handle
+
+    def feed(
+        self, audio: Mapping[Stream, npt.ArrayLike], flush: Collection[Stream] = ()
+    ) -> dict[Stream, list[StreamEvent] | EngineError]:
+        """Feed each stream its samples, flush those in `flush` after their audio.
+
+        A stream in `flush` but not in `audio` is flushed with no new audio.
+        Returns each stream's events, or the EngineError of that stream alone
+        (a NaN sample, a feed after finish...): the other streams go on.
+        """
+        if self._handle is None:
+            raise EngineError("the stream group is closed", 5)
+        streams = list(audio) + [s for s in flush if s not in audio]
+        n = len(streams)
+        arrays = [
+            np.ascontiguousarray(audio.get(s, ()), dtype=np.float32).reshape(-1) for s in streams
+        ]
+        f_ptr = ctypes.POINTER(ctypes.c_float)
+        handles = (ctypes.c_void_p * n)(*[s._ptr() for s in streams])
+        pcm = (f_ptr * n)(*[a.ctypes.data_as(f_ptr) for a in arrays])
+        sizes = (ctypes.c_size_t * n)(*[a.size for a in arrays])
+        flags = (ctypes.c_int * n)(*[int(s in flush) for s in streams])
+        status = (ctypes.c_int * n)()
+        st = self._lib.vx_group_feed(self._handle, handles, pcm, sizes, flags, n, status)
+        if st != 0 and not any(status):  # refused before running: bad arguments
+            raise EngineError(
+                "vx_group_feed refused the call: streams must be distinct, open and of this "
+                f"group's engine ({self._engine._status_name(st)})",
+                st,
+            )
+        out: dict[Stream, list[StreamEvent] | EngineError] = {}
+        for s, code in zip(streams, status, strict=True):
+            try:
+                s._check(code)
+                out[s] = s._drain()
+            except EngineError as e:
+                out[s] = e
+        return out
+
+    def stats(self) -> GroupStats:
+        if self._handle is None:
+            raise EngineError("the stream group is closed", 5)
+        raw = _GroupStats()
+        self._lib.vx_group_get_stats(self._handle, ctypes.byref(raw))
+        return GroupStats(**{f[0]: getattr(raw, f[0]) for f in _GroupStats._fields_})
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._lib.vx_group_free(self._handle)
+            self._handle = None
+
+    def __enter__(self) -> StreamGroup:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
 
 
 def transcribe(

@@ -44,28 +44,40 @@ done:
     return ada;
 }
 
+int vx_decoder_can_stack(const vx_model *m) { return m->dev->host_visible; }
+
 /* The rows stay on the device from the stack to the output head; only the
  * logits come back (a device with host memory writes them in place). */
-int vx_decoder_pass(const vx_model *m, float **ada, vx_kv *kv, vx_scratch *s, const float *x,
-                    int n, int64_t pos0, float *logits) {
+int vx_decoder_pass_segs(const vx_model *m, const vx_stack_seg *seg, int nseg, vx_scratch *s,
+                         const float *x, int n_logits, float *logits) {
     const vx_device *d = m->dev;
     const int dim = m->p.dec.dim;
     const size_t vocab = (size_t)m->p.vocab_size;
-    if (vx_stack_reserve(m, &m->p.dec, kv, s, n, pos0) != 0) return -1;
-    vx_dbuf *out = logits ? vx_dbuf_host(d, logits) : NULL;
-    if (logits && !out) {
-        if (vx_scratch_reserve_out(s, d, (size_t)n * vocab) != 0) return -1;
+    int n = 0;
+    for (int i = 0; i < nseg; i++) n += seg[i].n;
+    if (n_logits < 0 || n_logits > n || (n_logits && !logits)) return -1;
+    if (vx_stack_reserve_segs(m, &m->p.dec, seg, nseg, s) != 0) return -1;
+    vx_dbuf *out = n_logits ? vx_dbuf_host(d, logits) : NULL;
+    if (n_logits && !out) {
+        if (vx_scratch_reserve_out(s, d, (size_t)n_logits * vocab) != 0) return -1;
         out = s->out;
     }
     d->upload(d, s->x, 0, x, sizeof(float) * (size_t)n * dim);
-    vx_stack_layers(m, &m->p.dec, m->dec_layers, ada, kv, s, n, pos0);
-    if (logits) {
+    vx_stack_layers_segs(m, &m->p.dec, m->dec_layers, seg, nseg, s);
+    if (n_logits) {
+        /* the head reads only the rows that need logits: the first n_logits */
         const vx_weight *head[] = {&m->tok_emb};
         const float *no_bias[] = {NULL};
-        d->rmsnorm(m, s->xn, s->x, m->dec_norm, NULL, n, dim, m->p.dec.norm_eps);
-        d->matmul(m, 1, head, s->xn, n, &out, no_bias);
+        d->rmsnorm(m, s->xn, s->x, m->dec_norm, NULL, n_logits, dim, m->p.dec.norm_eps);
+        d->matmul(m, 1, head, s->xn, n_logits, &out, no_bias);
         if (out != vx_dbuf_host(d, logits))
-            d->download(d, logits, out, 0, sizeof(float) * (size_t)n * vocab);
+            d->download(d, logits, out, 0, sizeof(float) * (size_t)n_logits * vocab);
     }
     return 0;
+}
+
+int vx_decoder_pass(const vx_model *m, float **ada, vx_kv *kv, vx_scratch *s, const float *x,
+                    int n, int64_t pos0, float *logits) {
+    const vx_stack_seg seg = {ada, kv, n, pos0};
+    return vx_decoder_pass_segs(m, &seg, 1, s, x, logits ? n : 0, logits);
 }

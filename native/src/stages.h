@@ -13,6 +13,31 @@
 #define VX_ENC_BATCH 64      /* encoder frames per transformer pass */
 #define VX_DEC_BATCH 32      /* decoder positions per prefill pass */
 
+/* ---- the stack over several streams' rows (transformer.c) ---- */
+
+/* One segment of a stacked pass: n consecutive rows of one stream, at
+ * positions [pos0, pos0+n) over its own cache kv, with its own ada-norm
+ * scales (NULL: none). A pass stacks the segments' rows in the matrix
+ * products (one read of the weights for all of them); RoPE, the cache and
+ * attention work per segment, so each segment's results are bitwise what it
+ * gives alone. More than one segment needs a device with host_visible. */
+typedef struct {
+    float **ada;
+    vx_kv *kv;
+    int n;
+    int64_t pos0;
+} vx_stack_seg;
+
+/* Scratch for the segments' rows and their caches' slots. 0 or -1 (out of
+ * memory, a batch too large for a cache, or nseg > 1 on a device that is
+ * not host_visible). */
+int vx_stack_reserve_segs(const vx_model *m, const vx_tf_params *p, const vx_stack_seg *seg,
+                          int nseg, vx_scratch *s);
+/* The layers over s->x, the segments' rows in order (vx_stack_layers for
+ * one segment). */
+void vx_stack_layers_segs(const vx_model *m, const vx_tf_params *p, const vx_layer *layers,
+                          const vx_stack_seg *seg, int nseg, vx_scratch *s);
+
 /* ---- encoder (encoder.c): conv stem, encoder stack, adapter ---- */
 
 /* What the encoder carries from one pass to the next. */
@@ -49,4 +74,14 @@ void vx_decoder_ada_free(const vx_model *m, float **ada);
  * there ([n, vocab]). 0, or -1 when memory runs out. */
 int vx_decoder_pass(const vx_model *m, float **ada, vx_kv *kv, vx_scratch *s, const float *x,
                     int n, int64_t pos0, float *logits);
+
+/* One decoder pass over the rows of several streams (segments, see
+ * vx_stack_seg), x [sum of n, dim] in segment order; the logits of the
+ * first n_logits rows are written to logits ([n_logits, vocab]). A stream's
+ * results are bitwise those of its own vx_decoder_pass. 0, or -1 (as
+ * vx_stack_reserve_segs). */
+int vx_decoder_pass_segs(const vx_model *m, const vx_stack_seg *seg, int nseg, vx_scratch *s,
+                         const float *x, int n_logits, float *logits);
+/* 1 when the model's device runs passes of several segments. */
+int vx_decoder_can_stack(const vx_model *m);
 #endif

@@ -270,14 +270,6 @@ static int run_audio(vx_stream *s, int force) {
     return run_encoder(s, st->n_mel_pend / VX_POS_FRAMES);
 }
 
-/* One decoder pass of the stream (vx_decoder_pass), counted. */
-static int decoder_pass(vx_stream *s, float *x, int n, int64_t pos0, float *logits) {
-    if (vx_decoder_pass(s->m, s->ada, &s->st.dec_kv, &s->dec_s, x, n, pos0, logits) != 0)
-        return -1;
-    s->stats.decoder_passes += 1;
-    return 0;
-}
-
 static int prompt_token(const vx_stream *s, int64_t p) {
     return p == 0 ? s->m->bos_id : s->m->pad_id;
 }
@@ -287,33 +279,16 @@ static void input_row(float *x, const float *ad, const float *e, int i, int dim)
     for (int c = 0; c < dim; c++) x[i * dim + c] = ad[i * dim + c] + e[c];
 }
 
-/* Prompt positions [p, p+n) in one pass, no logits needed. */
-static int prefill(vx_stream *s, int64_t p, int n, const float *ad) {
-    const vx_model *m = s->m;
-    const int dim = m->p.dec.dim;
-    for (int i = 0; i < n; i++) {
-        vx_weight_row(&m->tok_emb, prompt_token(s, p + i), s->dec_emb);
-        input_row(s->dec_x, ad, s->dec_emb, i, dim);
-    }
-    const double tp = now_ms();
-    if (decoder_pass(s, s->dec_x, n, p, NULL) != 0) return -1;
-    s->st.dec_pos += n;
-    s->stats.positions += n;
-    s->stats.prompt_positions += n;
-    s->stats.prompt_passes += 1;
-    s->stats.prompt_ms += now_ms() - tp;
-    return 0;
-}
-
-/* The outputs of a pass of k rows from position p: tokens up to the first
- * non-pad one (or the end of the utterance); returns how many, or -1. */
-static int keep_tokens(vx_stream *s, int64_t p, int k) {
+/* The outputs of a pass of k rows from position p (their logits): tokens up
+ * to the first non-pad one (or the end of the utterance); returns how many,
+ * or -1. */
+static int keep_tokens(vx_stream *s, const float *logits, int64_t p, int k) {
     const vx_model *m = s->m;
     vx_state *st = &s->st;
     const int64_t vocab = m->p.vocab_size;
     int kept = 0;
     while (kept < k) {
-        const float *row = s->dec_logits + (size_t)kept * vocab;
+        const float *row = logits + (size_t)kept * vocab;
         int tok = (int)vx_argmax(row, vocab);
         if (capture_rows(s, VX_DEBUG_LOGITS, row, 1, vocab) != 0) return -1;
         if (emit_token(s, tok, p + kept) != 0) return -1;
@@ -329,28 +304,6 @@ static int keep_tokens(vx_stream *s, int64_t p, int k) {
     return kept;
 }
 
-/* One pass from position p, avail - p positions having adapter rows: the
- * first row with its known input token, the others guessing STREAMING_PAD. */
-static int step(vx_stream *s, int64_t p, int64_t avail, const float *ad) {
-    const vx_model *m = s->m;
-    vx_state *st = &s->st;
-    const int dim = m->p.dec.dim, L = s->prompt_len;
-    /* guess only as far as the recent outputs justify: after a run of r
-     * pads, r+1 rows; after text, one (a wrong guess costs a full row) */
-    int k = st->pad_run + 1 < s->max_spec ? st->pad_run + 1 : s->max_spec;
-    if (k > avail - p) k = (int)(avail - p);
-    vx_weight_row(&m->tok_emb, p < L ? prompt_token(s, p) : st->last_token, s->dec_emb);
-    for (int i = 0; i < k; i++) input_row(s->dec_x, ad, i == 0 ? s->dec_emb : s->pad_emb, i, dim);
-    if (decoder_pass(s, s->dec_x, k, p, s->dec_logits) != 0) return -1;
-    const int kept = keep_tokens(s, p, k);
-    if (kept < 0) return -1;
-    st->dec_pos += kept;
-    s->stats.positions += kept;
-    s->stats.spec_guesses += k - 1;
-    s->stats.spec_accepted += kept - 1;
-    return 0;
-}
-
 /* Drop the adapter rows the decoder has consumed. */
 static void drop_used_rows(vx_state *st, int dim) {
     int64_t used = st->dec_pos - st->adq_base;
@@ -363,30 +316,89 @@ static void drop_used_rows(vx_state *st, int dim) {
     }
 }
 
-/* Positions below prompt_len-1 are prefilled in batches (no logits). After
- * that each pass runs k >= 1 positions: the first with its known input token,
- * the others guessing that the previous output was STREAMING_PAD (as many as
- * the current run of pads suggests). Tokens are
- * kept up to the first non-pad output; later rows had a wrong input and are
- * dropped (their KV slots are rewritten by the next pass before any read).
- * Rows never influence each other's arithmetic, so the output is bitwise the
- * same as one position per pass. */
-static int run_decoder(vx_stream *s) {
+/* One decoder pass of a stream, planned apart from running it so that a
+ * group (vx_group_feed) can stack the passes of several streams. */
+typedef struct {
+    int64_t p; /* first position */
+    int n;     /* rows */
+    int step;  /* 1: a step (its rows need logits); 0: prompt prefill */
+} dec_plan;
+
+static int has_decoder_work(const vx_stream *s) {
+    const vx_state *st = &s->st;
+    return !st->eos && st->dec_pos < st->adq_base + st->adq_n;
+}
+
+/* The stream's next pass (has_decoder_work must hold), its input rows
+ * written to x. Positions below prompt_len-1 are prefilled in batches (no
+ * logits). After that a pass runs k >= 1 positions: the first with its known
+ * input token, the others guessing that the previous output was
+ * STREAMING_PAD, as far as the recent outputs justify (after a run of r
+ * pads, r+1 rows; after text, one: a wrong guess costs a full row). */
+static void plan_pass(vx_stream *s, dec_plan *pl, float *x) {
+    const vx_model *m = s->m;
+    const vx_state *st = &s->st;
+    const int dim = m->p.dec.dim, L = s->prompt_len;
+    const int64_t p = st->dec_pos, avail = st->adq_base + st->adq_n;
+    const float *ad = st->adq + (size_t)(p - st->adq_base) * dim;
+    pl->p = p;
+    if (p < L - 1) {
+        int64_t n = (L - 1 < avail ? L - 1 : avail) - p;
+        pl->n = n > VX_DEC_BATCH ? VX_DEC_BATCH : (int)n;
+        pl->step = 0;
+        for (int i = 0; i < pl->n; i++) {
+            vx_weight_row(&m->tok_emb, prompt_token(s, p + i), s->dec_emb);
+            input_row(x, ad, s->dec_emb, i, dim);
+        }
+        return;
+    }
+    int k = st->pad_run + 1 < s->max_spec ? st->pad_run + 1 : s->max_spec;
+    if (k > avail - p) k = (int)(avail - p);
+    vx_weight_row(&m->tok_emb, p < L ? prompt_token(s, p) : st->last_token, s->dec_emb);
+    for (int i = 0; i < k; i++) input_row(x, ad, i == 0 ? s->dec_emb : s->pad_emb, i, dim);
+    pl->n = k;
+    pl->step = 1;
+}
+
+/* The results of a planned pass that took ms: a step's tokens are kept up to
+ * the first non-pad output; later rows had a wrong input and are dropped
+ * (their KV slots are rewritten by the next pass before any read). */
+static int finish_pass(vx_stream *s, const dec_plan *pl, const float *logits, double ms) {
     vx_state *st = &s->st;
-    const int dim = s->m->p.dec.dim, L = s->prompt_len;
+    s->stats.decoder_passes += 1;
+    if (!pl->step) {
+        st->dec_pos += pl->n;
+        s->stats.positions += pl->n;
+        s->stats.prompt_positions += pl->n;
+        s->stats.prompt_passes += 1;
+        s->stats.prompt_ms += ms;
+        return 0;
+    }
+    const int kept = keep_tokens(s, logits, pl->p, pl->n);
+    if (kept < 0) return -1;
+    st->dec_pos += kept;
+    s->stats.positions += kept;
+    s->stats.spec_guesses += pl->n - 1;
+    s->stats.spec_accepted += kept - 1;
+    return 0;
+}
+
+/* Every position that has adapter rows, one pass at a time (plan_pass).
+ * Rows never influence each other's arithmetic, so the output is bitwise
+ * the same as one position per pass, or as a pass stacked with other
+ * streams' rows. */
+static int run_decoder(vx_stream *s) {
     const double t0 = now_ms();
     int rc = 0;
-    while (rc == 0 && !st->eos && st->dec_pos < st->adq_base + st->adq_n) {
-        const int64_t p = st->dec_pos, avail = st->adq_base + st->adq_n;
-        const float *ad = st->adq + (size_t)(p - st->adq_base) * dim;
-        if (p < L - 1) {
-            int64_t n = (L - 1 < avail ? L - 1 : avail) - p;
-            rc = prefill(s, p, n > VX_DEC_BATCH ? VX_DEC_BATCH : (int)n, ad);
-        } else {
-            rc = step(s, p, avail, ad);
-        }
+    while (rc == 0 && has_decoder_work(s)) {
+        dec_plan pl;
+        plan_pass(s, &pl, s->dec_x);
+        const double tp = now_ms();
+        rc = vx_decoder_pass(s->m, s->ada, &s->st.dec_kv, &s->dec_s, s->dec_x, pl.n, pl.p,
+                             pl.step ? s->dec_logits : NULL);
+        if (rc == 0) rc = finish_pass(s, &pl, s->dec_logits, now_ms() - tp);
     }
-    if (rc == 0) drop_used_rows(st, dim);
+    if (rc == 0) drop_used_rows(&s->st, s->m->p.dec.dim);
     s->stats.decoder_ms += now_ms() - t0;
     return rc;
 }
@@ -461,8 +473,11 @@ void vx_stream_free(vx_stream *s) {
     free(s);
 }
 
-vx_status vx_stream_feed(vx_stream *s, const float *x, size_t n) {
-    if (!s) return VX_ERR_ARG;
+/* A feed up to the decoder: the checks, the left padding (once), samples to
+ * mel frames to encoder passes. *decode says whether the decoder has to run
+ * next (not for an empty feed, nor after the model ended the utterance). */
+static vx_status feed_audio(vx_stream *s, const float *x, size_t n, int *decode) {
+    *decode = 0;
     s->err[0] = 0;
     if (s->finished)
         return set_err(s, VX_ERR_STATE, "feed after finish: call vx_stream_reset to start again");
@@ -477,13 +492,24 @@ vx_status vx_stream_feed(vx_stream *s, const float *x, size_t n) {
     if (n == 0) return VX_OK;
     if (push_samples(s, x, n, 0) != 0) return oom(s, "feed");
     s->st.utt_samples += (int64_t)n;
-    if (produce_mel(s, INT64_MAX) != 0 || run_audio(s, 0) != 0 || run_decoder(s) != 0)
-        return oom(s, "feed");
+    if (produce_mel(s, INT64_MAX) != 0 || run_audio(s, 0) != 0) return oom(s, "feed");
+    *decode = 1;
     return VX_OK;
 }
 
-static vx_status flush_impl(vx_stream *s) {
+vx_status vx_stream_feed(vx_stream *s, const float *x, size_t n) {
+    if (!s) return VX_ERR_ARG;
+    int decode;
+    vx_status st = feed_audio(s, x, n, &decode);
+    if (st == VX_OK && decode && run_decoder(s) != 0) return oom(s, "feed");
+    return st;
+}
+
+/* A flush up to the decoder: the offline recipe's right padding through the
+ * encoder; *decode as in feed_audio. */
+static vx_status flush_audio(vx_stream *s, int *decode) {
     vx_state *st = &s->st;
+    *decode = 0;
     vx_status rc = ensure_snapshot(s);
     if (rc != VX_OK) return rc;
     if (st->utt_samples > 0 && !st->eos) {
@@ -494,13 +520,28 @@ static vx_status flush_impl(vx_stream *s) {
                       (int64_t)(s->delay_pos + 1 + 10) * VX_POS_SAMPLES;
         int64_t frames = (total + pad) / s->m->p.hop;
         if (push_samples(s, NULL, (size_t)(pad + s->m->n_fft / 2), 1) != 0 ||
-            produce_mel(s, frames) != 0 || run_audio(s, 1) != 0 || run_decoder(s) != 0)
+            produce_mel(s, frames) != 0 || run_audio(s, 1) != 0)
             return oom(s, "flush");
+        *decode = 1;
     }
+    return VX_OK;
+}
+
+/* A flush after the decoder: the utterance end, then the state saved after
+ * the left padding. */
+static vx_status flush_end(vx_stream *s) {
     if (emit_utterance_end(s) != 0) return oom(s, "flush");
     memset(&s->utf8, 0, sizeof s->utf8);
-    if (state_copy(st, &s->snap, s->m) != 0) return oom(s, "restoring the stream state");
+    if (state_copy(&s->st, &s->snap, s->m) != 0) return oom(s, "restoring the stream state");
     return VX_OK;
+}
+
+static vx_status flush_impl(vx_stream *s) {
+    int decode;
+    vx_status rc = flush_audio(s, &decode);
+    if (rc != VX_OK) return rc;
+    if (decode && run_decoder(s) != 0) return oom(s, "flush");
+    return flush_end(s);
 }
 
 vx_status vx_stream_flush(vx_stream *s) {
@@ -569,4 +610,174 @@ vx_status vx_stream_debug_get(const vx_stream *s, int kind, const float **data, 
     *rows = c->rows;
     *cols = c->cols;
     return VX_OK;
+}
+
+/* ---- groups: several streams' decoder passes in one read of the weights ---- */
+
+struct vx_group {
+    vx_model *m;
+    vx_scratch s;           /* the stacked passes' activations */
+    float *x;               /* [x_cap, dim] input rows of a stacked pass */
+    float *logits;          /* [lg_cap, vocab] logits of its step rows */
+    int64_t x_cap, lg_cap;  /* rows */
+    vx_stack_seg *seg;      /* [cap] one per stream in a pass */
+    dec_plan *plan;         /* [cap] */
+    int *who;               /* [cap] the call's index of a segment's stream */
+    int *active;            /* [cap] 1 while a stream of the call decodes */
+    int *flush;             /* [cap] 1 when a stream of the call flushes */
+    vx_status *st;          /* [cap] */
+    int64_t cap;            /* streams per call the arrays hold */
+    vx_group_stats stats;
+};
+
+vx_status vx_group_new(vx_model *m, vx_group **out) {
+    if (!m || !out) return VX_ERR_ARG;
+    *out = calloc(1, sizeof **out);
+    if (!*out) return VX_ERR_NOMEM;
+    (*out)->m = m;
+    return VX_OK;
+}
+
+void vx_group_free(vx_group *g) {
+    if (!g) return;
+    vx_scratch_free(&g->s);
+    free(g->x);
+    free(g->logits);
+    free(g->seg);
+    free(g->plan);
+    free(g->who);
+    free(g->active);
+    free(g->flush);
+    free(g->st);
+    free(g);
+}
+
+void vx_group_get_stats(const vx_group *g, vx_group_stats *out) { *out = g->stats; }
+
+/* Room for count streams: their rows of one pass and the logits of them. */
+static int group_reserve(vx_group *g, vx_stream *const *s, int count) {
+    const vx_model *m = g->m;
+    int64_t lg = 0;
+    for (int i = 0; i < count; i++) lg += s[i]->max_spec;
+    if (count > g->cap) {
+        int64_t c = g->cap, c2 = g->cap, c3 = g->cap, c4 = g->cap, c5 = g->cap, c6 = g->cap;
+        if (grow((void **)&g->seg, &c, count, sizeof *g->seg) != 0 ||
+            grow((void **)&g->plan, &c2, count, sizeof *g->plan) != 0 ||
+            grow((void **)&g->who, &c3, count, sizeof *g->who) != 0 ||
+            grow((void **)&g->active, &c4, count, sizeof *g->active) != 0 ||
+            grow((void **)&g->flush, &c5, count, sizeof *g->flush) != 0 ||
+            grow((void **)&g->st, &c6, count, sizeof *g->st) != 0)
+            return -1;
+        g->cap = c;
+    }
+    if (grow((void **)&g->x, &g->x_cap, (int64_t)count * VX_DEC_BATCH,
+             sizeof(float) * (size_t)m->p.dec.dim) != 0 ||
+        grow((void **)&g->logits, &g->lg_cap, lg, sizeof(float) * (size_t)m->p.vocab_size) != 0)
+        return -1;
+    return 0;
+}
+
+/* Plans the next pass of every active stream that has decoder work: the
+ * steps first (their rows need the output head), then the prefills. Returns
+ * the number of segments; *rows and *n_logits count their rows. */
+static int group_plan(vx_group *g, vx_stream *const *s, int count, int *rows, int *n_logits) {
+    const int dim = g->m->p.dec.dim;
+    int nseg = 0;
+    *rows = *n_logits = 0;
+    for (int want_step = 1; want_step >= 0; want_step--) {
+        for (int i = 0; i < count; i++) {
+            vx_stream *t = s[i];
+            if (!g->active[i] || !has_decoder_work(t)) continue;
+            if ((t->st.dec_pos >= t->prompt_len - 1) != want_step) continue;
+            dec_plan *pl = &g->plan[nseg];
+            plan_pass(t, pl, g->x + (size_t)*rows * dim);
+            g->seg[nseg] = (vx_stack_seg){t->ada, &t->st.dec_kv, pl->n, pl->p};
+            g->who[nseg] = i;
+            *rows += pl->n;
+            if (pl->step) *n_logits += pl->n;
+            nseg++;
+        }
+    }
+    return nseg;
+}
+
+/* Run the planned segments: one stacked pass, or one pass each where the
+ * device cannot stack them. */
+static int group_run(vx_group *g, int nseg, int n_logits) {
+    const vx_model *m = g->m;
+    if (vx_decoder_can_stack(m))
+        return vx_decoder_pass_segs(m, g->seg, nseg, &g->s, g->x, n_logits, g->logits);
+    const size_t dim = (size_t)m->p.dec.dim, vocab = (size_t)m->p.vocab_size;
+    size_t r = 0, lr = 0;
+    for (int j = 0; j < nseg; j++) {
+        const int nl = g->plan[j].step ? g->seg[j].n : 0;
+        if (vx_decoder_pass_segs(m, &g->seg[j], 1, &g->s, g->x + r * dim, nl,
+                                 g->logits + lr * vocab) != 0)
+            return -1;
+        r += (size_t)g->seg[j].n;
+        lr += (size_t)nl;
+    }
+    return 0;
+}
+
+/* The decoder of every active stream until none has work left, the ready
+ * passes of all of them in each pass over the weights. */
+static void group_decode(vx_group *g, vx_stream *const *s, int count) {
+    const size_t vocab = (size_t)g->m->p.vocab_size;
+    for (;;) {
+        int rows, n_logits;
+        const int nseg = group_plan(g, s, count, &rows, &n_logits);
+        if (nseg == 0) break;
+        const double t0 = now_ms();
+        const int rc = group_run(g, nseg, n_logits);
+        const double ms = now_ms() - t0;
+        g->stats.passes += 1;
+        g->stats.stream_passes += nseg;
+        g->stats.rows += rows;
+        if (nseg > g->stats.max_streams) g->stats.max_streams = nseg;
+        size_t lr = 0;
+        for (int j = 0; j < nseg; j++) {
+            const int i = g->who[j];
+            vx_stream *t = s[i];
+            t->stats.decoder_ms += ms;
+            if (rc != 0 || finish_pass(t, &g->plan[j], g->logits + lr * vocab, ms) != 0) {
+                g->st[i] = oom(t, g->flush[i] ? "flush" : "feed");
+                g->active[i] = 0;
+            }
+            if (g->plan[j].step) lr += (size_t)g->plan[j].n;
+        }
+    }
+    for (int i = 0; i < count; i++)
+        if (g->active[i]) drop_used_rows(&s[i]->st, g->m->p.dec.dim);
+}
+
+vx_status vx_group_feed(vx_group *g, vx_stream *const *s, const float *const *samples,
+                        const size_t *n, const int *flush, int count, vx_status *status) {
+    if (!g || count < 0 || (count > 0 && !s)) return VX_ERR_ARG;
+    for (int i = 0; i < count; i++) {
+        if (!s[i] || s[i]->m != g->m) return VX_ERR_ARG;
+        for (int j = 0; j < i; j++)
+            if (s[j] == s[i]) return VX_ERR_ARG;
+    }
+    if (group_reserve(g, s, count) != 0) return VX_ERR_NOMEM;
+    g->stats.calls += 1;
+    /* each stream's audio through its encoder; a flush pads it at once, so
+     * its right padding decodes in the same stacked passes */
+    for (int i = 0; i < count; i++) {
+        vx_stream *t = s[i];
+        int decode = 0, fdecode = 0;
+        g->flush[i] = flush && flush[i];
+        g->st[i] = feed_audio(t, samples ? samples[i] : NULL, n ? n[i] : 0, &decode);
+        /* (a finished stream already failed its feed) */
+        if (g->st[i] == VX_OK && g->flush[i]) g->st[i] = flush_audio(t, &fdecode);
+        g->active[i] = g->st[i] == VX_OK && (decode || fdecode);
+    }
+    group_decode(g, s, count);
+    vx_status first = VX_OK;
+    for (int i = 0; i < count; i++) {
+        if (g->st[i] == VX_OK && g->flush[i]) g->st[i] = flush_end(s[i]);
+        if (status) status[i] = g->st[i];
+        if (first == VX_OK) first = g->st[i];
+    }
+    return first;
 }

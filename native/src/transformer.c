@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "device.h"
+#include "stages.h"
 #include "util.h"
 
 /* ---- rolling KV cache ---- */
@@ -131,37 +132,86 @@ void vx_scratch_free(vx_scratch *s) {
 
 /* ---- the stack ---- */
 
-int vx_stack_reserve(const vx_model *m, const vx_tf_params *p, vx_kv *kv, vx_scratch *s, int n,
-                     int64_t pos0) {
-    const vx_device *d = m->dev;
-    if (scratch_reserve(s, d, p, n, d->attention_scratch(p, n, pos0)) != 0) return -1;
-    if (vx_kv_reserve(kv, pos0 + n) != 0) return -1;
-    if (n > kv->cap_max - p->window + 1 && kv->cap_max < pos0 + n) return -1; /* would overwrite */
-    return 0;
+/* Row r0 onwards of a [rows, cols] buffer: the buffer itself for row 0, else
+ * a host pointer into it (segments after the first need a host-visible
+ * device; vx_stack_reserve_segs refuses them otherwise). */
+static vx_dbuf *rows_at(const vx_device *d, vx_dbuf *b, int r0, int cols) {
+    return r0 == 0 ? b : vx_dbuf_host(d, (float *)(void *)b + (size_t)r0 * cols);
 }
 
-void vx_stack_layers(const vx_model *m, const vx_tf_params *p, const vx_layer *layers,
-                     float **ada, vx_kv *kv, vx_scratch *s, int n, int64_t pos0) {
+int vx_stack_reserve_segs(const vx_model *m, const vx_tf_params *p, const vx_stack_seg *seg,
+                          int nseg, vx_scratch *s) {
+    const vx_device *d = m->dev;
+    if (nseg < 1 || (nseg > 1 && !d->host_visible)) return -1;
+    int rows = 0;
+    size_t scores = 0;
+    for (int i = 0; i < nseg; i++) {
+        const vx_stack_seg *g = &seg[i];
+        size_t sc = d->attention_scratch(p, g->n, g->pos0);
+        if (sc > scores) scores = sc;
+        rows += g->n;
+        if (vx_kv_reserve(g->kv, g->pos0 + g->n) != 0) return -1;
+        if (g->n > g->kv->cap_max - p->window + 1 && g->kv->cap_max < g->pos0 + g->n)
+            return -1; /* would overwrite */
+    }
+    return scratch_reserve(s, d, p, rows, scores);
+}
+
+int vx_stack_reserve(const vx_model *m, const vx_tf_params *p, vx_kv *kv, vx_scratch *s, int n,
+                     int64_t pos0) {
+    const vx_stack_seg seg = {NULL, kv, n, pos0};
+    return vx_stack_reserve_segs(m, p, &seg, 1, s);
+}
+
+/* One layer's attention for each segment: RoPE, its rows into its own
+ * cache, and its rows' attention over that cache alone. The rows of the
+ * other segments are untouched, so a segment's results are what it gives
+ * alone (the CPU kernels' per-row contract). */
+static void segs_attention(const vx_model *m, const vx_tf_params *p, const vx_stack_seg *seg,
+                           int nseg, vx_scratch *s, int l) {
+    const vx_device *d = m->dev;
+    const int qd = p->n_heads * p->head_dim, kvd = p->n_kv_heads * p->head_dim;
+    int r = 0;
+    for (int i = 0; i < nseg; i++) {
+        const vx_stack_seg *g = &seg[i];
+        vx_dbuf *q = rows_at(d, s->q, r, qd), *k = rows_at(d, s->k, r, kvd);
+        vx_dbuf *v = rows_at(d, s->v, r, kvd), *att = rows_at(d, s->att, r, qd);
+        vx_dbuf *cs = rows_at(d, s->rope, r, p->head_dim);
+        d->rope_store(m, p, g->kv, l, q, k, v, cs, g->n, g->pos0);
+        d->attention(m, p, g->kv, l, q, att, s->scores, g->n, g->pos0);
+        r += g->n;
+    }
+}
+
+void vx_stack_layers_segs(const vx_model *m, const vx_tf_params *p, const vx_layer *layers,
+                          const vx_stack_seg *seg, int nseg, vx_scratch *s) {
     const vx_device *d = m->dev;
     const int dim = p->dim;
-    d->rope_table(m, s->rope, n, p->head_dim, pos0, p->rope_theta);
+    int n = 0;
+    for (int i = 0; i < nseg; i++) {
+        d->rope_table(m, rows_at(d, s->rope, n, p->head_dim), seg[i].n, p->head_dim, seg[i].pos0,
+                      p->rope_theta);
+        n += seg[i].n;
+    }
 
     for (int l = 0; l < p->n_layers; l++) {
         const vx_layer *L = &layers[l];
-        /* attention */
+        /* attention: the matrices over every segment's rows at once (one
+         * read of the weights), the cache work per segment */
         d->rmsnorm(m, s->xn, s->x, L->attn_norm, NULL, n, dim, p->norm_eps);
         const vx_weight *wqkv[] = {&L->wq, &L->wk, &L->wv};
         vx_dbuf *yqkv[] = {s->q, s->k, s->v};
         const float *bqkv[] = {L->bq, NULL, L->bv};
         d->matmul(m, 3, wqkv, s->xn, n, yqkv, bqkv);
-        d->rope_store(m, p, kv, l, s->q, s->k, s->v, s->rope, n, pos0);
-        d->attention(m, p, kv, l, s->q, s->att, s->scores, n, pos0);
+        segs_attention(m, p, seg, nseg, s, l);
         const vx_weight *wo[] = {&L->wo};
         const float *bo[] = {L->bo};
         d->matmul(m, 1, wo, s->att, n, &s->xn, bo);
         d->add(m, s->x, s->xn, (size_t)n * dim);
-        /* feed-forward */
-        d->rmsnorm(m, s->xn, s->x, L->ffn_norm, ada ? ada[l] : NULL, n, dim, p->norm_eps);
+        /* feed-forward: each segment's norm with its own ada-norm scale */
+        for (int i = 0, r = 0; i < nseg; r += seg[i].n, i++)
+            d->rmsnorm(m, rows_at(d, s->xn, r, dim), rows_at(d, s->x, r, dim), L->ffn_norm,
+                       seg[i].ada ? seg[i].ada[l] : NULL, seg[i].n, dim, p->norm_eps);
         const vx_weight *w13[] = {&L->w1, &L->w3};
         vx_dbuf *y13[] = {s->h1, s->h3};
         const float *b13[] = {NULL, NULL};
@@ -172,6 +222,12 @@ void vx_stack_layers(const vx_model *m, const vx_tf_params *p, const vx_layer *l
         d->matmul(m, 1, w2, s->h1, n, &s->xn, b2);
         d->add(m, s->x, s->xn, (size_t)n * dim);
     }
+}
+
+void vx_stack_layers(const vx_model *m, const vx_tf_params *p, const vx_layer *layers,
+                     float **ada, vx_kv *kv, vx_scratch *s, int n, int64_t pos0) {
+    const vx_stack_seg seg = {ada, kv, n, pos0};
+    vx_stack_layers_segs(m, p, layers, &seg, 1, s);
 }
 
 int vx_stack_forward(const vx_model *m, const vx_tf_params *p, const vx_layer *layers,

@@ -231,8 +231,78 @@ static void check_kv(int kv_f16) {
     CHECKF(bad_handles == 0, "%ld uses of a handle that is not a live buffer", bad_handles);
 }
 
+/* Logits rows of two streams (delays 480 and 160 ms) fed 2 s of noise each
+ * and flushed, alone or through a group; out[i] gets stream i's rows. */
+static void run_pair(const vx_device *dev, int grouped, float *out[2], int64_t n[2]) {
+    tiny_model t;
+    tiny_model_init(&t, NULL, 2);
+    t.m->dev = dev;
+    vx_stream *s[2] = {NULL, NULL};
+    for (int i = 0; i < 2; i++) {
+        vx_stream_options opt = {.delay_ms = i ? 160 : 480};
+        CHECK(vx_stream_new(t.m, &opt, &s[i]) == VX_OK);
+        if (s[i]) CHECK(vx_stream_debug_enable(s[i], VX_DEBUG_LOGITS) == VX_OK);
+    }
+    vx_group *g = NULL;
+    CHECK(vx_group_new(t.m, &g) == VX_OK);
+    enum { N = 32000, PIECE = 1900 };
+    float *audio = tiny_alloc(sizeof(float) * N * 2);
+    for (int i = 0; i < 2 * N; i++) audio[i] = 0.3f * (float)(tiny_urand(&t) * 2.0 - 1.0);
+    for (int i = 0; s[0] && s[1] && g && i < N; i += PIECE) {
+        const size_t k = (size_t)(N - i < PIECE ? N - i : PIECE);
+        const float *pcm[2] = {audio + i, audio + N + i};
+        const size_t nn[2] = {k, k};
+        const int fl[2] = {i + PIECE >= N, i + PIECE >= N};
+        if (grouped) {
+            CHECK(vx_group_feed(g, s, pcm, nn, fl, 2, NULL) == VX_OK);
+        } else {
+            for (int j = 0; j < 2; j++) {
+                CHECK(vx_stream_feed(s[j], pcm[j], k) == VX_OK);
+                if (fl[j]) CHECK(vx_stream_flush(s[j]) == VX_OK);
+            }
+        }
+    }
+    for (int j = 0; j < 2; j++) {
+        const float *d = NULL;
+        int64_t cols = 0;
+        n[j] = 0;
+        out[j] = NULL;
+        if (!s[j] || vx_stream_debug_get(s[j], VX_DEBUG_LOGITS, &d, &n[j], &cols) != VX_OK)
+            continue;
+        n[j] *= cols;
+        out[j] = tiny_alloc(sizeof(float) * (size_t)n[j]);
+        if (n[j]) memcpy(out[j], d, sizeof(float) * (size_t)n[j]);
+        vx_stream_free(s[j]);
+    }
+    vx_group_free(g);
+    free(audio);
+    tiny_model_free(&t);
+}
+
+/* A device that is not host_visible cannot stack streams' rows: a group
+ * runs their passes one by one there, with the same results. */
+static void check_group(void) {
+    float *a[2], *b[2];
+    int64_t na[2], nb[2];
+    run_pair(vx_device_cpu(), 0, a, na);
+    n_alloc = n_release = bad_handles = 0;
+    run_pair(&boxed, 1, b, nb);
+    for (int j = 0; j < 2; j++) {
+        CHECKF(na[j] > 0 && na[j] == nb[j], "stream %d: %lld logits alone, %lld grouped", j,
+               (long long)na[j], (long long)nb[j]);
+        if (na[j] == nb[j])
+            CHECKF(memcmp(a[j], b[j], sizeof(float) * (size_t)na[j]) == 0,
+                   "stream %d: grouped logits on the boxed device differ", j);
+        free(a[j]);
+        free(b[j]);
+    }
+    CHECKF(n_alloc == n_release && bad_handles == 0, "%ld buffers, %ld released, %ld bad handles",
+           n_alloc, n_release, bad_handles);
+}
+
 int main(void) {
     check_kv(1);
     check_kv(0);
+    check_group();
     return check_report("test_device");
 }

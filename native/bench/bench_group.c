@@ -1,0 +1,210 @@
+/* bench_group.c - decoder steps of N streams stacked in one pass
+ * (vx_decoder_pass_segs, what vx_group_feed runs), for N = 1, 2, 4, 8: the
+ * aggregate decoder positions per second, beside this machine's roofs for a
+ * pass of N rows measured in the same run:
+ *   bandwidth roof = N / (bytes read per pass / read bandwidth), the bytes
+ *                    being the decoder's weights and output head (read once
+ *                    for all N rows) plus each stream's KV cache;
+ *   compute roof   = N / (FLOPs per pass / FMA peak), 2 FLOPs per weight and
+ *                    row plus attention.
+ * Each stream has its own cache (a short prefix) and ada-norm scales, and its
+ * one row per pass asks for logits, as a streaming step does. The counts are
+ * taken in rounds that alternate their order (1,2,4,8 then 8,4,2,1 ...), so
+ * a slow spell of a shared machine shows as spread, not as a trend; the
+ * median, min and max of the rounds are printed, and the share of the
+ * threads' time this process got (its CPU time / wall time / threads): on a
+ * machine busy with other work, pos/s falls with it.
+ *
+ * Build (from the repository root):
+ *   cmake -S native -B build/bench -DVX_BUILD_TESTS=ON -DCMAKE_BUILD_TYPE=Release
+ *   cmake --build build/bench -j2 --target voxd_engine_static
+ *   gcc -O2 -Inative/src -Inative/include native/bench/bench_group.c \
+ *       build/bench/libvoxd_engine_static.a -lm -lpthread -o build/bench/bench_group
+ *   build/bench/bench_group MODEL_DIR [threads [passes [rounds]]]
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "quant.h"
+#include "stages.h"
+#include "voxd_bench.h"
+
+#define MAX_N 8
+#define PREFIX 4 /* positions each stream's cache holds before the timed steps */
+
+static const int counts[] = {1, 2, 4, 8};
+#define N_COUNTS 4
+
+static double clock_ms(clockid_t id) {
+    struct timespec ts;
+    clock_gettime(id, &ts);
+    return (double)ts.tv_sec * 1e3 + 1e-6 * (double)ts.tv_nsec;
+}
+
+static double now_ms(void) { return clock_ms(CLOCK_MONOTONIC); }
+static double cpu_ms(void) { return clock_ms(CLOCK_PROCESS_CPUTIME_ID); }
+
+static void *xalloc(size_t n) {
+    void *p = malloc(n ? n : 1);
+    if (!p) {
+        fprintf(stderr, "out of memory\n");
+        exit(2);
+    }
+    return p;
+}
+
+static float *rows(size_t n, uint32_t seed) {
+    float *p = xalloc(sizeof(float) * n);
+    for (size_t i = 0; i < n; i++) {
+        seed = seed * 1664525u + 1013904223u;
+        p[i] = (float)(seed >> 8) / 16777216.0f - 0.5f;
+    }
+    return p;
+}
+
+static double weight_bytes(const vx_weight *w) {
+    return (double)vx_row_bytes(w->dtype, w->cols) * (double)w->rows;
+}
+
+/* Bytes of weights one decoder pass reads, and its FLOPs per row. */
+static void pass_cost(const vx_model *m, double *bytes, double *flops_row) {
+    *bytes = weight_bytes(&m->tok_emb);
+    *flops_row = 2.0 * (double)m->tok_emb.rows * (double)m->tok_emb.cols;
+    for (int l = 0; l < m->p.dec.n_layers; l++) {
+        const vx_layer *L = &m->dec_layers[l];
+        const vx_weight *w[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w1, &L->w2, &L->w3};
+        for (int i = 0; i < 7; i++) {
+            *bytes += weight_bytes(w[i]);
+            *flops_row += 2.0 * (double)w[i]->rows * (double)w[i]->cols;
+        }
+    }
+}
+
+typedef struct {
+    int n;
+    float **ada[MAX_N];
+    vx_kv kv[MAX_N];
+    int64_t pos;
+    vx_scratch s;
+    float *x, *logits;
+} group_t;
+
+static int group_init(const vx_model *m, group_t *g, int n) {
+    memset(g, 0, sizeof *g);
+    g->n = n;
+    const int kvd = m->p.dec.n_kv_heads * m->p.dec.head_dim;
+    for (int i = 0; i < n; i++) {
+        if (!(g->ada[i] = vx_decoder_ada_new(m, 6 + i)) ||
+            vx_kv_init(&g->kv[i], m->dev, m->p.dec.n_layers, kvd,
+                       (int64_t)m->p.dec.window + VX_DEC_BATCH, 1) != 0)
+            return -1;
+    }
+    g->x = rows((size_t)n * PREFIX * m->p.dec.dim, 4);
+    g->logits = xalloc(sizeof(float) * (size_t)n * (size_t)m->p.vocab_size);
+    vx_stack_seg seg[MAX_N];
+    for (int i = 0; i < n; i++) seg[i] = (vx_stack_seg){g->ada[i], &g->kv[i], PREFIX, 0};
+    if (vx_decoder_pass_segs(m, seg, n, &g->s, g->x, 0, NULL) != 0) return -1;
+    g->pos = PREFIX;
+    return 0;
+}
+
+static void group_free(const vx_model *m, group_t *g) {
+    for (int i = 0; i < g->n; i++) {
+        vx_decoder_ada_free(m, g->ada[i]);
+        vx_kv_free(&g->kv[i]);
+    }
+    vx_scratch_free(&g->s);
+    free(g->x);
+    free(g->logits);
+}
+
+/* passes stacked steps (one row per stream, logits for each); ms per pass. */
+static double group_steps(const vx_model *m, group_t *g, int passes) {
+    vx_stack_seg seg[MAX_N];
+    const double t0 = now_ms();
+    for (int r = 0; r < passes; r++, g->pos++) {
+        for (int i = 0; i < g->n; i++) seg[i] = (vx_stack_seg){g->ada[i], &g->kv[i], 1, g->pos};
+        if (vx_decoder_pass_segs(m, seg, g->n, &g->s, g->x, g->n, g->logits) != 0) return -1;
+    }
+    return (now_ms() - t0) / passes;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    const double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        fprintf(stderr, "usage: %s MODEL_DIR [threads [passes [rounds]]]\n", argv[0]);
+        return 2;
+    }
+    vx_model_options opt = {.n_threads = argc > 2 ? atoi(argv[2]) : 0};
+    const int passes = argc > 3 && atoi(argv[3]) > 0 ? atoi(argv[3]) : 3;
+    const int rounds = argc > 4 && atoi(argv[4]) > 0 ? atoi(argv[4]) : 4;
+    char err[1024];
+    vx_model *m = NULL;
+    vx_status st = vx_model_load(argv[1], &opt, &m, err, sizeof err);
+    if (st != VX_OK) {
+        fprintf(stderr, "%s: %s\n", vx_status_name(st), err);
+        return 2;
+    }
+    vx_model_info info;
+    vx_model_get_info(m, &info);
+    double wbytes, flops_row;
+    pass_cost(m, &wbytes, &flops_row);
+    const double bw0 = vx_measure_read_bandwidth((size_t)1 << 30, info.n_threads, 3);
+    const double peak0 = vx_measure_fma_peak(info.n_threads);
+    printf("backend %s, %d thread(s), %d passes x %d rounds per count\n", info.backend,
+           info.n_threads, passes, rounds);
+    printf("decoder weights + head %.3f GB per pass, %.2f GFLOP per row\n", wbytes / 1e9,
+           flops_row / 1e9);
+
+    group_t g[N_COUNTS];
+    for (int c = 0; c < N_COUNTS; c++)
+        if (group_init(m, &g[c], counts[c]) != 0) {
+            fprintf(stderr, "out of memory for %d streams\n", counts[c]);
+            return 2;
+        }
+    double ms[N_COUNTS][64], cpu[N_COUNTS] = {0}, wall[N_COUNTS] = {0};
+    for (int c = 0; c < N_COUNTS; c++) group_steps(m, &g[c], 1); /* warm-up: pages in */
+    for (int r = 0; r < rounds && r < 64; r++)
+        for (int k = 0; k < N_COUNTS; k++) {
+            const int c = r % 2 ? N_COUNTS - 1 - k : k;
+            const double w0 = now_ms(), c0 = cpu_ms();
+            ms[c][r] = group_steps(m, &g[c], passes);
+            cpu[c] += cpu_ms() - c0;
+            wall[c] += now_ms() - w0;
+        }
+    const double bw1 = vx_measure_read_bandwidth((size_t)1 << 30, info.n_threads, 3);
+    const double peak1 = vx_measure_fma_peak(info.n_threads);
+    const double bw = bw0 > bw1 ? bw0 : bw1, peak = peak0 > peak1 ? peak0 : peak1;
+    printf("read bandwidth %.2f / %.2f GB/s (start / end), FMA peak %.1f / %.1f GFLOP/s\n", bw0,
+           bw1, peak0, peak1);
+    printf("streams  ms/pass (min..max)       pos/s  bw roof fma roof  of lower  cpu share\n");
+    const int kvd = m->p.dec.n_kv_heads * m->p.dec.head_dim, nl = m->p.dec.n_layers;
+    const int heads = m->p.dec.n_heads, hd = m->p.dec.head_dim;
+    for (int c = 0; c < N_COUNTS; c++) {
+        const int n = counts[c], nr = rounds < 64 ? rounds : 64;
+        double sorted[64];
+        memcpy(sorted, ms[c], sizeof(double) * (size_t)nr);
+        qsort(sorted, (size_t)nr, sizeof(double), cmp_double);
+        const double med = nr % 2 ? sorted[nr / 2] : 0.5 * (sorted[nr / 2 - 1] + sorted[nr / 2]);
+        const double keys = (double)g[c].pos; /* about the cache length during the steps */
+        const double bytes = wbytes + (double)n * nl * 2.0 * keys * kvd * 2.0;
+        const double flops = (double)n * (flops_row + nl * 4.0 * heads * hd * keys);
+        const double pos_s = n * 1e3 / med;
+        const double bw_roof = n / (bytes / (bw * 1e9)), fma_roof = n / (flops / (peak * 1e9));
+        const double lower = bw_roof < fma_roof ? bw_roof : fma_roof;
+        printf("%7d  %7.1f (%6.1f..%6.1f) %7.2f %8.2f %8.2f  %7.0f%%  %8.0f%%\n", n, med,
+               sorted[0], sorted[nr - 1], pos_s, bw_roof, fma_roof, 100.0 * pos_s / lower,
+               100.0 * cpu[c] / (wall[c] * info.n_threads));
+    }
+    for (int c = 0; c < N_COUNTS; c++) group_free(m, &g[c]);
+    vx_model_free(m);
+    return 0;
+}
