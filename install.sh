@@ -25,6 +25,13 @@ DPKG_LOCKS=(/var/lib/dpkg/lock-frontend /var/lib/dpkg/lock /var/lib/apt/lists/lo
     /var/cache/apt/archives/lock)
 LOCK_WAIT_S=600
 LOCK_POLL_S=5
+# Nodes that only an NVIDIA driver creates: a desktop/server GPU's control
+# device, a Jetson's host1x control device and memory manager. Any of them
+# present: the service gets the GPU drop-in. JETSON_DEVICES: also jetson.conf.
+GPU_DEVICES=(/dev/nvidiactl /dev/nvhost-ctrl /dev/nvmap)
+JETSON_DEVICES=(/dev/nvhost-ctrl /dev/nvmap)
+GPU_GROUP=video
+GPU_DROPINS=(gpu.conf jetson.conf)
 
 MODEL_FROM=""
 MODEL_REPO=""
@@ -34,6 +41,7 @@ WITH_MODEL=1
 WITH_BROKER=0
 WITH_VAD=0
 WITH_WAKEWORD=0
+WITH_GPU=auto # auto (by GPU_DEVICES), 1 (--with-gpu), 0 (--without-gpu)
 START=1
 DRY_RUN=0
 PYTHON=""
@@ -61,6 +69,8 @@ Options:
   --with-broker      also install the mosquitto MQTT broker on this machine
   --with-vad         also install onnxruntime for the optional Silero VAD
   --with-wakeword    also install pymicro-wakeword for the optional wake-word gate
+  --with-gpu         let the service use an NVIDIA GPU (default: when one is found)
+  --without-gpu      keep the service's sandbox closed to the GPU, even if there is one
   --python PATH      interpreter for the venv (default: /usr/bin/python3)
   --no-start         enable the service but do not (re)start it
   --dry-run          print what would be done, change nothing
@@ -106,6 +116,8 @@ parse_args() {
         --with-broker) WITH_BROKER=1 ;;
         --with-vad) WITH_VAD=1 ;;
         --with-wakeword) WITH_WAKEWORD=1 ;;
+        --with-gpu) WITH_GPU=1 ;;
+        --without-gpu) WITH_GPU=0 ;;
         --python) PYTHON="${2:?--python needs a path}"; shift ;;
         --python=*) PYTHON="${1#*=}" ;;
         --no-start) START=0 ;;
@@ -312,6 +324,88 @@ install_unit() {
     rm -f "$tmp"
 }
 
+first_present() {
+    # The first of the given paths that exists (device nodes, in practice).
+    local path
+    for path in "$@"; do
+        if [[ -e $path ]]; then
+            printf '%s' "$path"
+            return 0
+        fi
+    done
+    return 1
+}
+
+gpu_wanted() {
+    # Whether the service gets the GPU drop-ins; GPU_WHY says why, for the log.
+    local node
+    case "$WITH_GPU" in
+    1) GPU_WHY="--with-gpu"; return 0 ;;
+    0) GPU_WHY="--without-gpu"; return 1 ;;
+    esac
+    if node="$(first_present "${GPU_DEVICES[@]}")"; then
+        GPU_WHY="found $node"
+        return 0
+    fi
+    GPU_WHY="no NVIDIA GPU found: none of ${GPU_DEVICES[*]}"
+    return 1
+}
+
+gpu_dropins() {
+    # The drop-ins this machine's GPU needs: gpu.conf, and on a Jetson jetson.conf.
+    GPU_CONFS=(gpu.conf)
+    if first_present "${JETSON_DEVICES[@]}" >/dev/null; then
+        GPU_CONFS+=(jetson.conf)
+    fi
+}
+
+add_gpu_group() {
+    # gpu.conf names the group in SupplementaryGroups=, and a unit naming a
+    # missing group does not start. Membership also lets `sudo -u voxd voxd
+    # bench` reach the GPU as the service does.
+    if ! getent group "$GPU_GROUP" >/dev/null; then
+        run groupadd --system "$GPU_GROUP"
+        did "created group $GPU_GROUP"
+    fi
+    if id -nG "$SERVICE_USER" 2>/dev/null | tr ' ' '\n' | grep -qx "$GPU_GROUP"; then
+        log "user $SERVICE_USER is in group $GPU_GROUP"
+    else
+        run usermod -a -G "$GPU_GROUP" "$SERVICE_USER"
+        did "added $SERVICE_USER to group $GPU_GROUP (GPU device nodes)"
+    fi
+}
+
+install_gpu() {
+    local dir="$UNIT_DIR/$SERVICE.service.d" conf
+    if ! gpu_wanted; then
+        log "GPU: not opening the service's sandbox to a GPU ($GPU_WHY)"
+        # A GPU install before, --without-gpu now (or the GPU is gone): undo it.
+        for conf in "${GPU_DROPINS[@]}"; do
+            if [[ -e $dir/$conf ]]; then
+                run rm -f -- "$dir/$conf"
+                did "removed $dir/$conf ($GPU_WHY)"
+            fi
+        done
+        return 0
+    fi
+    log "GPU: letting the service reach the NVIDIA GPU ($GPU_WHY)"
+    add_gpu_group
+    gpu_dropins
+    for conf in "${GPU_DROPINS[@]}"; do
+        if [[ " ${GPU_CONFS[*]} " == *" $conf "* ]]; then
+            if [[ -f $dir/$conf ]] && cmp -s "$SRC_DIR/systemd/$SERVICE.service.d/$conf" "$dir/$conf"; then
+                log "$dir/$conf is up to date"
+            else
+                run install -D -m 0644 "$SRC_DIR/systemd/$SERVICE.service.d/$conf" "$dir/$conf"
+                did "installed $dir/$conf (GPU access: $GPU_WHY)"
+            fi
+        elif [[ -e $dir/$conf ]]; then
+            run rm -f -- "$dir/$conf"
+            did "removed $dir/$conf (not a Jetson)"
+        fi
+    done
+}
+
 link_command() {
     # voxd on PATH (also under sudo's secure_path), pointing into the venv.
     local link="$BIN_DIR/voxd"
@@ -411,6 +505,7 @@ EOF
   config:  $CONF_DIR/voxd.toml   (check: voxd config check; then: sudo systemctl restart $SERVICE)
   status:  systemctl status $SERVICE
   logs:    journalctl -u $SERVICE -f
+  GPU:     journalctl -u $SERVICE | grep -i cuda   (which backend runs, and why)
   model:   voxd model check --dir $target
   remove:  sudo $SRC_DIR/uninstall.sh   (--purge also deletes config and model)
 EOF
@@ -453,6 +548,7 @@ main() {
     install_venv
     install_config
     install_unit
+    install_gpu
     link_command
     install_model
     start_service

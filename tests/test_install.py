@@ -206,3 +206,136 @@ def test_uninstall_removes_only_its_own_link(tmp_path: Path) -> None:
     (bin_dir / "voxd").symlink_to("/usr/bin/true")  # someone else's voxd
     r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
     assert (bin_dir / "voxd").is_symlink()
+
+
+# --- the NVIDIA GPU drop-ins -------------------------------------------------------------
+
+DROPINS = ROOT / "systemd" / "voxd.service.d"
+
+
+def gpu_step(tmp_path: Path, nodes: list[str], *commands: str) -> subprocess.CompletedProcess[str]:
+    """install.sh's functions with the device nodes it looks for under tmp_path/dev
+    (only `nodes` there, as plain files) and the unit directory at tmp_path/unit."""
+    dev = tmp_path / "dev"
+    dev.mkdir(exist_ok=True)
+    for name in nodes:
+        (dev / name).touch()
+    body = "\n".join(commands)
+    script = f"""
+        GPU_DEVICES=({dev}/nvidiactl {dev}/nvhost-ctrl {dev}/nvmap)
+        JETSON_DEVICES=({dev}/nvhost-ctrl {dev}/nvmap)
+        UNIT_DIR={tmp_path / "unit"}
+        {body}
+    """
+    p = sourced(script)
+    out, err = p.communicate(timeout=60)
+    return subprocess.CompletedProcess(p.args, p.returncode or 0, out, err)
+
+
+@pytest.mark.parametrize(
+    ("nodes", "flag", "wanted", "why"),
+    [
+        ([], "", False, "no NVIDIA GPU found: none of "),
+        (["nvidiactl"], "", True, "found {dev}/nvidiactl"),
+        (["nvhost-ctrl"], "", True, "found {dev}/nvhost-ctrl"),
+        (["nvmap"], "", True, "found {dev}/nvmap"),
+        ([], "--with-gpu", True, "--with-gpu"),
+        (["nvidiactl", "nvmap"], "--without-gpu", False, "--without-gpu"),
+    ],
+)
+def test_gpu_decision(tmp_path: Path, nodes: list[str], flag: str, wanted: bool, why: str) -> None:
+    r = gpu_step(
+        tmp_path,
+        nodes,
+        f"parse_args {flag}",
+        'if gpu_wanted; then echo "WANTED $GPU_WHY"; else echo "NOT $GPU_WHY"; fi',
+    )
+    assert r.returncode == 0, r.stderr
+    expected = ("WANTED " if wanted else "NOT ") + why.format(dev=tmp_path / "dev")
+    assert r.stdout.startswith(expected), r.stdout
+
+
+def installed_dropins(tmp_path: Path) -> list[str]:
+    d = tmp_path / "unit" / "voxd.service.d"
+    return sorted(p.name for p in d.iterdir()) if d.is_dir() else []
+
+
+def test_gpu_dropins_follow_the_hardware(tmp_path: Path) -> None:
+    # The files for real (into tmp_path); the group and user step would change
+    # this host's accounts, so it is left out here (its own test runs it dry).
+    step = ("add_gpu_group() { :; }", "install_gpu")
+    desktop = gpu_step(tmp_path, ["nvidiactl"], *step)
+    assert desktop.returncode == 0, desktop.stderr
+    assert installed_dropins(tmp_path) == ["gpu.conf"]
+    unit_dir = tmp_path / "unit" / "voxd.service.d"
+    assert (unit_dir / "gpu.conf").read_bytes() == (DROPINS / "gpu.conf").read_bytes()
+    assert f"GPU: letting the service reach the NVIDIA GPU (found {tmp_path}/dev/nvidiactl)" in (
+        desktop.stdout
+    )
+
+    jetson = gpu_step(tmp_path, ["nvmap"], *step)
+    assert installed_dropins(tmp_path) == ["gpu.conf", "jetson.conf"]
+    assert (unit_dir / "jetson.conf").read_bytes() == (DROPINS / "jetson.conf").read_bytes()
+    assert f"{unit_dir}/gpu.conf is up to date" in jetson.stdout
+
+    (unit_dir / "override.conf").write_text("[Service]\n")  # systemctl edit's, not ours
+    off = gpu_step(
+        tmp_path, ["nvmap"], "parse_args --without-gpu", *step, 'printf "%s\\n" "${DONE[@]}"'
+    )
+    assert off.returncode == 0, off.stderr
+    assert installed_dropins(tmp_path) == ["override.conf"]
+    assert f"removed {unit_dir}/jetson.conf (--without-gpu)" in off.stdout
+
+
+def test_gpu_group_and_user_dry_run(tmp_path: Path) -> None:
+    # nobody is normally in no group, so the step adds it (or says it is in already).
+    user = "nobody"
+    in_video = (
+        "video"
+        in subprocess.run(["id", "-nG", user], capture_output=True, text=True).stdout.split()
+    )
+    r = gpu_step(tmp_path, [], f"DRY_RUN=1 SERVICE_USER={user}", "add_gpu_group")
+    assert r.returncode == 0, r.stderr
+    if in_video:
+        assert f"user {user} is in group video" in r.stdout
+    else:
+        assert f"+ usermod -a -G video {user}" in r.stdout
+    has_group = subprocess.run(["getent", "group", "video"], capture_output=True).returncode == 0
+    assert ("+ groupadd --system video" in r.stdout) == (not has_group)
+
+
+def test_dry_run_with_gpu_shows_the_dropin(tmp_path: Path) -> None:
+    r = subprocess.run(
+        ["bash", str(ROOT / "install.sh"), "--dry-run", "--no-model", "--with-gpu",
+         "--prefix", str(tmp_path / "prefix")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert (
+        f"+ install -D -m 0644 {DROPINS}/gpu.conf /etc/systemd/system/voxd.service.d/gpu.conf"
+        in r.stdout
+    )
+    assert "GPU: letting the service reach the NVIDIA GPU (--with-gpu)" in r.stdout
+    assert "journalctl -u voxd | grep -i cuda" in r.stdout
+
+
+def test_uninstall_removes_only_the_gpu_dropins(tmp_path: Path) -> None:
+    unit_dir = tmp_path / "voxd.service.d"
+    unit_dir.mkdir()
+    for name in ("gpu.conf", "jetson.conf", "override.conf"):
+        (unit_dir / name).write_text("[Service]\n")
+    script = f"""
+        source {shlex.quote(str(ROOT / "uninstall.sh"))}
+        UNIT_DIR={tmp_path}
+        remove_gpu_dropins
+        printf '%s\\n' "${{DONE[@]}}"
+    """
+    r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in unit_dir.iterdir()) == ["override.conf"]
+    assert f"removed {unit_dir}/gpu.conf" in r.stdout
+    (unit_dir / "override.conf").unlink()
+    (unit_dir / "gpu.conf").write_text("[Service]\n")
+    r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert not unit_dir.exists()  # nothing else was in it
