@@ -12,6 +12,8 @@ UNIT_DIR=/etc/systemd/system
 SERVICE=voxd
 SERVICE_USER=voxd
 BIN_DIR=/usr/local/bin
+# The drop-ins install.sh adds for an NVIDIA GPU; other drop-ins are yours.
+GPU_DROPINS=(gpu.conf jetson.conf)
 
 PURGE=0
 DRY_RUN=0
@@ -23,13 +25,13 @@ usage() {
     cat <<EOF
 Usage: sudo ./uninstall.sh [options]
 
-Stops and disables the voxd service, removes its unit, PREFIX/venv and the
-$BIN_DIR/voxd link.
+Stops and disables the voxd service, removes its unit, its GPU drop-ins,
+PREFIX/venv and the $BIN_DIR/voxd link.
 Config ($CONF_DIR), state and model ($STATE_DIR) and the user '$SERVICE_USER' are kept.
 
 Options:
   --prefix DIR   where voxd was installed (default: $PREFIX)
-  --purge        also delete $CONF_DIR, $STATE_DIR, unit drop-ins and the user
+  --purge        also delete $CONF_DIR, $STATE_DIR, your unit drop-ins and the user
   --dry-run      print what would be done, change nothing
   -h, --help     show this help
 EOF
@@ -109,8 +111,20 @@ remove_link() {
     fi
 }
 
+remove_gpu_dropins() {
+    # Only install.sh's own; the directory goes too once nothing else is in it.
+    local dir="$UNIT_DIR/$SERVICE.service.d" conf
+    for conf in "${GPU_DROPINS[@]}"; do
+        remove_path "$dir/$conf"
+    done
+    if [[ -d $dir ]] && [[ -z "$(ls -A -- "$dir")" ]]; then
+        run rmdir -- "$dir"
+    fi
+}
+
 remove_files() {
     remove_path "$UNIT_DIR/$SERVICE.service"
+    remove_gpu_dropins
     remove_link
     remove_path "$PREFIX/venv"
     remove_path "$PREFIX/build"
