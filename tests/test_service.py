@@ -256,6 +256,117 @@ def test_unit_security_exposure() -> None:
     assert float(match.group(1)) <= MAX_EXPOSURE, res.stdout
 
 
+# --- the NVIDIA GPU drop-ins ---------------------------------------------------------------
+
+DROPIN_DIR = ROOT / "systemd" / "voxd.service.d"
+GPU_DROPINS = ["gpu.conf", "jetson.conf"]
+
+
+def unit_with_dropins(root: Path, *extra: str) -> Path:
+    """The unit (ExecStart an existing program, for verify) and its GPU drop-ins
+    as installed: root/voxd.service and root/voxd.service.d/. `extra` lines
+    are appended to gpu.conf."""
+    true = shutil.which("true") or "/bin/true"
+    (root / "voxd.service").write_text(UNIT.read_text().replace("/opt/voxd/venv/bin/voxd", true))
+    (root / "voxd.service.d").mkdir()
+    for name in GPU_DROPINS:
+        text = (DROPIN_DIR / name).read_text()
+        if name == "gpu.conf":
+            text += "".join(f"{line}\n" for line in extra)
+        (root / "voxd.service.d" / name).write_text(text)
+    return root / "voxd.service"
+
+
+def verify_with_dropins(root: Path) -> tuple[int, str]:
+    # systemd looks for drop-ins beside the unit on its search path; a trailing
+    # ":" keeps the built-in directories (for the targets the unit names).
+    exe = systemd_analyze()
+    env = dict(os.environ, SYSTEMD_UNIT_PATH=f"{root}:")
+    res = subprocess.run(
+        [exe, "verify", "voxd.service"], capture_output=True, text=True, timeout=60, env=env
+    )
+    return res.returncode, res.stdout + res.stderr
+
+
+def test_unit_with_gpu_dropins_verifies_cleanly(tmp_path: Path) -> None:
+    (tmp_path / "good").mkdir()
+    unit_with_dropins(tmp_path / "good")
+    assert verify_with_dropins(tmp_path / "good") == (0, "")
+    # The drop-ins are read: a mistake in one is reported.
+    (tmp_path / "bad").mkdir()
+    unit_with_dropins(tmp_path / "bad", "PrivateDevice=no")
+    rc, out = verify_with_dropins(tmp_path / "bad")
+    assert "gpu.conf" in out and "Unknown key 'PrivateDevice'" in out, (rc, out)
+
+
+def test_gpu_dropins_relax_only_what_the_gpu_needs() -> None:
+    gpu = unit_settings((DROPIN_DIR / "gpu.conf").read_text())
+    jetson = unit_settings((DROPIN_DIR / "jetson.conf").read_text())
+    assert gpu["PrivateDevices"] == ["no"]
+    assert gpu["DevicePolicy"] == ["closed"]
+    assert gpu["MemoryDenyWriteExecute"] == ["no"]
+    assert gpu["SupplementaryGroups"] == ["video"]
+    assert gpu["ProcSubset"] == ["all"]
+    # The NVIDIA groups, by /proc/devices name; nothing that would reset the list
+    # (an empty DeviceAllow= would drop ALSA) or open all devices.
+    assert gpu["DeviceAllow"] == [
+        "char-nvidia-frontend rw",
+        "char-nvidia rw",
+        "char-nvidia-uvm rw",
+        "char-nvidia-caps r",
+    ]
+    assert "char-nvhost* rw" in jetson["DeviceAllow"] and "/dev/nvmap rw" in jetson["DeviceAllow"]
+    for entry in gpu["DeviceAllow"] + jetson["DeviceAllow"]:
+        assert entry.split()[0] not in ("", "char-*", "char-misc", "/dev", "*"), entry
+    assert set(gpu) == {
+        "PrivateDevices",
+        "DevicePolicy",
+        "DeviceAllow",
+        "ExecStartPre",
+        "SupplementaryGroups",
+        "ProcSubset",
+        "MemoryDenyWriteExecute",
+    }
+    assert set(jetson) == {"DeviceAllow"}
+    # The rest of the sandbox stays as voxd.service has it.
+    unit = unit_settings(UNIT.read_text())
+    assert unit["DevicePolicy"] == ["closed"] and unit["CapabilityBoundingSet"] == [""]
+    assert unit["NoNewPrivileges"] == ["yes"]
+
+
+@pytest.mark.parametrize("name", GPU_DROPINS)
+def test_gpu_dropin_settings_are_explained(name: str) -> None:
+    # Every setting sits under a comment saying why (or follows one of its kind).
+    lines = [line.strip() for line in (DROPIN_DIR / name).read_text().splitlines()]
+    for i, line in enumerate(lines):
+        if not line or line.startswith(("#", "[")):
+            continue
+        above = lines[i - 1]
+        key = line.partition("=")[0]
+        assert above.startswith("#") or above.startswith(key + "="), f"{name}: {line}"
+
+
+def test_unit_security_exposure_with_gpu_dropins(tmp_path: Path) -> None:
+    exe = systemd_analyze()
+    system = tmp_path / "etc" / "systemd" / "system"
+    system.mkdir(parents=True)
+    unit_with_dropins(system)
+    res = subprocess.run(
+        [exe, "security", "--offline=true", f"--root={tmp_path}", "--no-pager", "voxd.service"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if "--offline" in res.stderr and "unrecognized" in res.stderr:
+        pytest.skip("systemd-analyze too old for --offline (needs systemd >= 250)")
+    match = re.search(r"Overall exposure level for voxd\.service: ([0-9.]+)", res.stdout)
+    assert match, res.stdout + res.stderr
+    # The drop-ins took effect, and added to the unit's device list.
+    allow = next(line for line in res.stdout.splitlines() if "DeviceAllow=" in line)
+    assert "char-alsa:rw" in allow and "char-nvidia-uvm:rw" in allow and "/dev/nvmap:rw" in allow
+    assert float(match.group(1)) <= MAX_EXPOSURE, res.stdout
+
+
 # --- install scripts ---------------------------------------------------------------------
 
 SCRIPTS = ["install.sh", "uninstall.sh"]
