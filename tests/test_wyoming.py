@@ -575,6 +575,45 @@ def test_request_longer_than_the_limit_is_cut_there(
     assert any("wyoming.max_audio_s" in r.getMessage() for r in caplog.records)
 
 
+def test_stream_the_engine_refuses_is_an_engine_error_for_that_client(
+    engine: Engine, tiny_model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A delay the engine refuses, past the config check (which would reject it first):
+    # the engine worker's Engine.stream fails, and only that connection is told.
+    bad = EngineSettings.model_construct(
+        **{**EngineSettings(model_dir=tiny_model_dir).model_dump(), "delay_ms": 1}
+    )
+    port = free_port()
+    server = WyomingServer(
+        WyomingSettings(enabled=True, host=HOST, port=port, zeroconf=False), engine, bad
+    )
+    server.start()
+    try:
+
+        async def go() -> Error:
+            reader, writer = await asyncio.open_connection(HOST, port)
+            writer.write(_START + chunk_header(3200) + bytes(3200))
+            await writer.drain()
+            try:
+                return await expect_error_then_close(reader)
+            finally:
+                writer.close()
+
+        async def describe() -> None:
+            async with AsyncTcpClient(HOST, port) as client:
+                await client.write_event(Describe().event())
+                event = await read(client)
+                assert event is not None and Info.is_type(event.type)
+
+        with caplog.at_level(logging.WARNING, logger="voxd.wyoming.server"):
+            error = asyncio.run(go())
+        assert error.code == "engine-error" and "delay_ms 1" in error.text
+        assert any("delay_ms 1" in r.getMessage() for r in caplog.records)
+        asyncio.run(describe())  # the server goes on
+    finally:
+        server.stop()
+
+
 def test_port_in_use_is_a_clear_start_error(
     wyoming_server: ServerFactory, engine: Engine, tiny_model_dir: Path
 ) -> None:
