@@ -547,8 +547,6 @@ class _Hub:
 
     def __init__(self, settings: WyomingSettings, engine: Engine, engine_settings: EngineSettings):
         self.settings = settings
-        self.engine = engine
-        self.engine_settings = engine_settings
         self.info_event = asr_info().event()
         self.active: set[WyomingHandler] = set()
         self.tasks: set[asyncio.Task[None]] = set()
