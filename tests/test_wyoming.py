@@ -48,7 +48,15 @@ from voxd import cli
 from voxd.config import ConfigError, EngineSettings, WyomingSettings, load_settings
 from voxd.engine import Engine, transcribe
 from voxd.resample import resample
-from voxd.wyoming.server import LANGUAGES, WyomingServer, WyomingStartError
+from voxd.wyoming.server import (
+    LANGUAGES,
+    ROUND_SAMPLES,
+    AsrSession,
+    EngineWorker,
+    PcmFormat,
+    WyomingServer,
+    WyomingStartError,
+)
 
 WAIT_S = 60.0
 HOST = "127.0.0.1"
@@ -274,6 +282,75 @@ def test_four_clients_at_once_each_get_their_own_text(
     wait_until(lambda: server.clients == 0, WAIT_S, "every connection closed")
 
 
+def test_clients_at_once_share_decoder_passes_and_keep_their_own_text(
+    wyoming_server: ServerFactory, engine: Engine, speech16: dict[str, np.ndarray]
+) -> None:
+    """The engine worker steps the connections' streams together (StreamGroup), bit for bit."""
+    server = wyoming_server(max_clients=4)
+    port = server.settings.port
+    audios = [to_pcm(speech16[n], 2) for n in ("numbers", "weather", "hello")]
+    audios.append(to_pcm(0.5 * speech16["numbers"], 2))
+    expected = [offline(engine, pcm) for pcm in audios]
+    assert server.group_stats() is None  # no round yet
+    step = 1024 * 2
+
+    async def go() -> list[list[Event]]:
+        clients = [AsyncTcpClient(HOST, port) for _ in audios]
+        for client in clients:
+            await client.connect()
+        try:
+            for client in clients:
+                await client.write_event(Transcribe(language="en").event())
+                await client.write_event(AudioStart(rate=16000, width=2, channels=1).event())
+            # chunk by chunk, client after client: all four have audio queued at once
+            for at in range(0, max(len(pcm) for pcm in audios), step):
+                for client, pcm in zip(clients, audios, strict=True):
+                    if at < len(pcm):
+                        await send_audio(client, pcm[at : at + step], 16000, 2, 1)
+            for client in clients:
+                await client.write_event(AudioStop().event())
+            return list(await asyncio.gather(*(replies(c) for c in clients)))
+        finally:
+            for client in clients:
+                await client.disconnect()
+
+    results = asyncio.run(go())
+    assert [final_of(events) for events in results] == expected
+    stats = server.group_stats()
+    assert stats is not None
+    assert stats.max_streams >= 2, stats  # some decoder passes stacked several connections
+    assert stats.passes < stats.stream_passes, stats
+    logging.getLogger(__name__).info("4 clients: %s", stats)
+
+
+def test_engine_worker_takes_a_bounded_slice_of_each_client_per_round(
+    engine: Engine, tiny_model_dir: Path, speech16: dict[str, np.ndarray]
+) -> None:
+    """A client that sent a long request at once does not hold up the others' rounds."""
+    # The worker is not started: its rounds are taken here, one by one (private, read only).
+    worker = EngineWorker(engine, EngineSettings(model_dir=tiny_model_dir))
+    loop = asyncio.new_event_loop()
+    try:
+        long, short = AsrSession(worker, "long", loop), AsrSession(worker, "short", loop)
+        for session, seconds in ((long, 3.0), (short, 0.2)):
+            session.begin(PcmFormat(16000, 2, 1))
+            session.feed(to_pcm(np.resize(speech16["numbers"], int(seconds * 16000)), 2))
+            session.end()
+        taken: dict[str, list[int]] = {"long": [], "short": []}
+        flushed: dict[str, list[bool]] = {"long": [], "short": []}
+        while any(s.ops for s in (long, short)):
+            for w in worker._take() or []:
+                taken[w.session.name].append(sum(a.size for a in w.audio))
+                flushed[w.session.name].append(w.flush)
+    finally:
+        loop.close()
+    assert taken["short"] == [3200] and flushed["short"] == [True]  # all of it, in round one
+    assert taken["long"][0] == ROUND_SAMPLES and max(taken["long"]) == ROUND_SAMPLES
+    assert sum(taken["long"]) >= 3 * 16000
+    assert len(taken["long"]) == -(-sum(taken["long"]) // ROUND_SAMPLES)
+    assert flushed["long"] == [False] * (len(flushed["long"]) - 1) + [True]
+
+
 # -- limits and bad input -----------------------------------------------------------------------
 
 
@@ -496,6 +573,45 @@ def test_request_longer_than_the_limit_is_cut_there(
     assert final_of(cut) == offline(engine, pcm[: 16000 * 2])
     assert final_of(after) == offline(engine, second)
     assert any("wyoming.max_audio_s" in r.getMessage() for r in caplog.records)
+
+
+def test_stream_the_engine_refuses_is_an_engine_error_for_that_client(
+    engine: Engine, tiny_model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A delay the engine refuses, past the config check (which would reject it first):
+    # the engine worker's Engine.stream fails, and only that connection is told.
+    bad = EngineSettings.model_construct(
+        **{**EngineSettings(model_dir=tiny_model_dir).model_dump(), "delay_ms": 1}
+    )
+    port = free_port()
+    server = WyomingServer(
+        WyomingSettings(enabled=True, host=HOST, port=port, zeroconf=False), engine, bad
+    )
+    server.start()
+    try:
+
+        async def go() -> Error:
+            reader, writer = await asyncio.open_connection(HOST, port)
+            writer.write(_START + chunk_header(3200) + bytes(3200))
+            await writer.drain()
+            try:
+                return await expect_error_then_close(reader)
+            finally:
+                writer.close()
+
+        async def describe() -> None:
+            async with AsyncTcpClient(HOST, port) as client:
+                await client.write_event(Describe().event())
+                event = await read(client)
+                assert event is not None and Info.is_type(event.type)
+
+        with caplog.at_level(logging.WARNING, logger="voxd.wyoming.server"):
+            error = asyncio.run(go())
+        assert error.code == "engine-error" and "delay_ms 1" in error.text
+        assert any("delay_ms 1" in r.getMessage() for r in caplog.records)
+        asyncio.run(describe())  # the server goes on
+    finally:
+        server.stop()
 
 
 def test_port_in_use_is_a_clear_start_error(

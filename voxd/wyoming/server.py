@@ -23,15 +23,28 @@ satellites do); ``ping`` gets ``pong``; other events are ignored, as the
 protocol asks.
 
 Engine: every connection gets its own stream of the daemon's one loaded
-model, beside the microphone pipeline's. The C engine allows that
+model, beside the microphone pipeline's, and one engine worker thread per
+server does the work of all of them together (:class:`EngineWorker`). It owns
+a :class:`voxd.engine.StreamGroup` and every connection's stream: streams are
+made, reset and closed only there, between group calls, and never used from
+another thread. The connection handlers on the event loop only convert audio
+(voxd's resampler, to 16 kHz float32) and queue it, with their utterance ends
+(``audio-stop``) and stream open/reset/close requests. Each round the worker
+takes every connection's queued work, at most ``ROUND_SAMPLES`` (480 ms) of
+audio per connection so that one client's long request does not hold up the
+others, and makes one ``StreamGroup.feed`` call: the decoder passes of all the
+connections with positions ready are one read of the weights, and each
+connection's tokens are bit for bit what its stream alone would give. The
+results (text pieces, the utterance end, or that stream's own error) go back
+to each handler on the event loop (``call_soon_threadsafe``), which sends them
+as they come while it goes on reading the client. A connection's queue is
+bounded by its request: ``max_audio_s`` of audio at most, and the next
+request is read only after the last one's final. The microphone pipeline's
+stream runs beside the worker on its own thread, which the C engine allows
 (native/include/voxd_engine.h: different streams of one model may be used
-from different threads at once; the thread pool's ``run_lock`` takes the
-matrix jobs of concurrent callers in turn, the Q8/Q4 activation buffer has
-its own mutex, native/tests/test_threadpool.c runs two callers on one pool),
-so there is no lock here. What must never happen is one stream used from two
-threads, or engine work on the event loop: each connection has one worker
-thread of its own, every engine and resampling call of that connection runs
-there, in order, and the stream is closed there too, after the last call.
+from different threads at once). On stop the connections are closed first,
+then the worker closes every stream and its group, and only then may the
+daemon close the engine.
 
 Audio of any rate (8-192 kHz), width (1, 2 or 4 bytes: unsigned 8-bit,
 signed 16- and 32-bit little-endian, as in WAV) and channel count (mixed to
@@ -49,13 +62,13 @@ answered as usual, the rest of that request's audio is ignored.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -70,7 +83,7 @@ from wyoming.server import AsyncEventHandler, AsyncTcpServer
 
 from voxd import __version__
 from voxd.config import EngineSettings, WyomingSettings
-from voxd.engine import Engine, EngineError, Stream, StreamEvent
+from voxd.engine import Engine, EngineError, GroupStats, Stream, StreamEvent, StreamGroup
 from voxd.events import SAMPLE_RATE
 from voxd.resample import Resampler
 from voxd.wyoming.wire import BoundedReader, WireError
@@ -78,7 +91,7 @@ from voxd.wyoming.zeroconf import Advertisement, default_instance_name
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
+FloatArray = npt.NDArray[np.float32]
 
 MIN_RATE = 8000
 MAX_RATE = 192000
@@ -180,102 +193,327 @@ def text_pieces(events: list[StreamEvent]) -> list[str]:
     return [e.text for e in events if e.text]
 
 
-class AsrSession:
-    """One connection's engine stream and audio converter, on its own worker thread.
+# Audio taken from one connection per round: a client that sent a long request at
+# once is fed in slices of this size, so the others' audio goes into the same
+# passes instead of waiting for all of it (six decoder positions of 80 ms).
+ROUND_SAMPLES = SAMPLE_RATE * 480 // 1000
 
-    ``call`` runs a method on that thread; the methods starting with ``w_``
-    are only to be run that way.
+_OpKind = Literal["open", "audio", "end", "reset", "close"]
+
+
+@dataclass
+class _Op:
+    """Work a connection queued for the engine worker, in the order it queued it."""
+
+    kind: _OpKind
+    gen: int  # the request it belongs to (AsrSession.gen when queued)
+    audio: FloatArray | None = None
+
+
+@dataclass
+class _Work:
+    """What the worker does for one connection in one round."""
+
+    session: AsrSession
+    controls: list[_OpKind]
+    audio: list[FloatArray]
+    flush: bool
+    gen: int
+
+
+class AsrSession:
+    """One connection's requests: its audio converter on the event loop, its stream on the worker.
+
+    The handler calls the public methods on the event loop; they convert audio
+    and queue work for the :class:`EngineWorker`, and return at once. The worker
+    hands the results back on the loop (``_deliver``): the text pieces of the
+    request, its end, or the stream's error. ``ops``, ``stream`` and ``failed``
+    belong to the worker (``ops`` under its lock).
     """
 
-    def __init__(
-        self,
-        engine: Engine,
-        settings: EngineSettings,
-        name: str,
-        on_closed: Callable[[AsrSession], None] | None = None,
-    ) -> None:
-        self._engine = engine
-        self._on_closed = on_closed
-        self._settings = settings
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"voxd-{name}")
-        self._stream: Stream | None = None  # made on the worker, at the first request
+    def __init__(self, worker: EngineWorker, name: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.name = name
+        self._worker = worker
+        self._loop = loop
         self._resampler: Resampler | None = None
         self._fmt: PcmFormat | None = None
-        self.pieces: list[str] = []
-        self._closed = False
-
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        self._opened = False
+        self.gen = 0  # requests begun or dropped: results of older ones are stale
+        self.pieces: list[str] = []  # the request's text pieces so far
+        self._unsent: list[str] = []
+        self.ended = False  # the worker has flushed the request's end
+        self.error: EngineError | None = None
+        self._news = False
+        self._waiter: asyncio.Future[None] | None = None
+        # the worker's
+        self.ops: deque[_Op] = deque()
+        self.stream: Stream | None = None
+        self.failed = False
 
     @property
     def text(self) -> str:
         """The request's text so far, as its final will read."""
         return "".join(self.pieces).strip()
 
-    def w_begin(self, fmt: PcmFormat) -> None:
+    def begin(self, fmt: PcmFormat) -> None:
         """A new request: a stream if there is none yet, a converter for its format."""
-        if self._stream is None:
-            s = self._settings
-            self._stream = self._engine.stream(delay_ms=s.delay_ms, interval_ms=s.interval_ms)
+        if not self._opened:
+            self._opened = True
+            self._worker.submit(self, _Op("open", self.gen))
         if self._resampler is None or self._fmt != fmt:
             self._resampler = Resampler(fmt.rate, SAMPLE_RATE, channels=fmt.channels)
         else:
             self._resampler.reset()
         self._fmt = fmt
-        self.pieces = []
+        self._new_request()
 
-    def w_feed(self, pcm: bytes) -> list[str]:
-        """Convert and feed whole frames of PCM; the text pieces that came out."""
-        assert self._stream is not None and self._resampler is not None and self._fmt is not None
+    def feed(self, pcm: bytes) -> None:
+        """Convert whole frames of PCM and queue them for the engine."""
+        assert self._resampler is not None and self._fmt is not None
         samples: npt.NDArray[Any] = np.frombuffer(pcm, dtype=_SAMPLE_TYPES[self._fmt.width])
         x = self._resampler.process(samples)
-        pieces = text_pieces(self._stream.feed(x)) if len(x) else []
-        self.pieces += pieces
-        return pieces
+        if len(x):
+            self._worker.submit(self, _Op("audio", self.gen, x))
 
-    def w_finish(self) -> list[str]:
-        """End of the request: the converter's tail, the engine's flush; the last pieces."""
-        assert self._stream is not None and self._resampler is not None
+    def end(self) -> None:
+        """End of the request: the converter's tail, then the engine's flush (``ended``)."""
+        assert self._resampler is not None
         tail = self._resampler.flush()
-        events = self._stream.feed(tail) if len(tail) else []
-        pieces = text_pieces(events + self._stream.flush())
-        self.pieces += pieces
-        return pieces
+        if len(tail):
+            self._worker.submit(self, _Op("audio", self.gen, tail))
+        self._worker.submit(self, _Op("end", self.gen))
 
-    def w_drop(self) -> None:
-        """Forget the request in progress (the stream stays usable)."""
+    def drop(self) -> None:
+        """Forget the request in progress: its queued audio, and what the stream heard of it."""
         if self._resampler is not None:
             self._resampler.reset()
-        if self._stream is not None:
-            self._stream.reset()
-        self.pieces = []
-
-    def _w_close(self) -> None:
-        stream, self._stream = self._stream, None
-        try:
-            if stream is not None:
-                stream.close()
-        finally:
-            if self._on_closed is not None:
-                self._on_closed(self)
+        self._new_request()
+        self._worker.submit(self, _Op("reset", self.gen), drop_queued=True)
 
     def close(self) -> None:
-        """Close the stream after any call still running; returns at once."""
-        if not self._closed:
-            self._closed = True
-            self._executor.submit(self._w_close)
-            self._executor.shutdown(wait=False)
+        """Close the stream on the worker, between its calls; returns at once."""
+        self._worker.submit(self, _Op("close", self.gen), drop_queued=True)
 
-    def join(self, timeout: float) -> bool:
-        """Wait (blocking) until the worker has closed the stream; False if it did not in time."""
-        done = threading.Event()
+    def _new_request(self) -> None:
+        self.gen += 1
+        self.pieces = []
+        self._unsent = []
+        self.ended = False
 
-        def wait() -> None:
-            self._executor.shutdown(wait=True)
-            done.set()
+    def take(self) -> list[str]:
+        """The pieces handed back and not taken yet; raises the stream's error if it failed."""
+        if self.error is not None:
+            raise self.error
+        pieces, self._unsent, self._news = self._unsent, [], False
+        return pieces
 
-        threading.Thread(target=wait, name="voxd-wyoming-join", daemon=True).start()
-        return done.wait(timeout)
+    def waiter(self) -> asyncio.Future[None]:
+        """A future done once the worker has handed back something not taken yet."""
+        if self._waiter is None or self._waiter.done():
+            self._waiter = self._loop.create_future()
+            if self._news:
+                self._waiter.set_result(None)
+        return self._waiter
+
+    def _deliver(self, gen: int, pieces: list[str], ended: bool, error: EngineError | None) -> None:
+        """On the event loop: one round's result for this connection."""
+        if error is not None:
+            self.error = self.error or error  # a stream error ends the connection, any request
+        elif gen == self.gen:
+            self.pieces += pieces
+            self._unsent += pieces
+            self.ended = self.ended or ended
+        else:
+            return  # a dropped request's
+        self._news = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def deliver(self, gen: int, pieces: list[str], ended: bool, error: EngineError | None) -> None:
+        """From the worker: hand a result to the event loop (gone if the loop is closed)."""
+        # RuntimeError: the server's loop has ended, and the connection with it
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._deliver, gen, pieces, ended, error)
+
+
+class EngineWorker:
+    """The one thread that does every connection's engine work, in rounds.
+
+    It owns the server's StreamGroup and every connection's Stream (made,
+    fed, reset and closed only here, between group calls). Each round takes,
+    for every connection with queued work, its stream controls, up to
+    ``ROUND_SAMPLES`` of its audio and its utterance end if all the audio
+    before it is taken, and runs them as one ``StreamGroup.feed``: the
+    decoder passes of all the connections with positions ready are one read
+    of the weights.
+    """
+
+    def __init__(self, engine: Engine, settings: EngineSettings) -> None:
+        self._engine = engine
+        self._settings = settings
+        self._cond = threading.Condition()
+        self._sessions: list[AsrSession] = []  # queued work or an open stream
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._start_error: EngineError | None = None
+        self._stats: GroupStats | None = None
+
+    def start(self) -> None:
+        """Start the thread and its StreamGroup; EngineError if the group cannot be made."""
+        self._thread = threading.Thread(target=self._run, name="voxd-wyoming-engine", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._start_error is not None:
+            raise self._start_error
+
+    def stop(self, timeout: float) -> bool:
+        """Close every stream and the group, after the call in progress; False if not in time."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return True
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        thread.join(timeout)
+        return not thread.is_alive()
+
+    def stats(self) -> GroupStats | None:
+        """The group's counters after the last round (None before the first)."""
+        with self._cond:
+            return self._stats
+
+    def submit(self, session: AsrSession, op: _Op, *, drop_queued: bool = False) -> None:
+        """Queue work for a connection (from the event loop)."""
+        with self._cond:
+            if drop_queued:  # its audio and utterance end are no longer wanted
+                session.ops = deque(o for o in session.ops if o.kind in ("open", "close"))
+            if session not in self._sessions:
+                self._sessions.append(session)
+            session.ops.append(op)
+            self._cond.notify()
+
+    def _run(self) -> None:
+        try:
+            group = self._engine.group()
+        except EngineError as err:
+            self._start_error = err
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            while (work := self._take()) is not None:
+                try:
+                    self._round(group, work)
+                except Exception:  # a bug: these connections fail, the others go on
+                    log.exception("the Wyoming engine worker failed a round")
+                    bug = EngineError("internal error in voxd's Wyoming engine worker", 5)
+                    for w in work:
+                        w.session.failed = True
+                        w.session.deliver(w.gen, [], False, bug)
+        finally:
+            with self._cond:
+                sessions, self._sessions = self._sessions, []
+            for session in sessions:
+                self._close_stream(session)
+            group.close()
+
+    def _take(self) -> list[_Work] | None:
+        """Wait for queued work and take this round's; None once stopping."""
+        with self._cond:
+            while not self._stopping and not any(s.ops for s in self._sessions):
+                self._cond.wait()
+            if self._stopping:
+                return None
+            return [_take_work(s) for s in self._sessions if s.ops]
+
+    def _round(self, group: StreamGroup, work: list[_Work]) -> None:
+        audio: dict[Stream, FloatArray] = {}
+        flush: set[Stream] = set()
+        fed: dict[Stream, _Work] = {}
+        for w in work:
+            for kind in w.controls:
+                self._control(w.session, kind, w.gen)
+            stream = w.session.stream
+            if stream is None or w.session.failed or not (w.audio or w.flush):
+                continue
+            if w.audio:
+                audio[stream] = np.concatenate(w.audio) if len(w.audio) > 1 else w.audio[0]
+            if w.flush:
+                flush.add(stream)
+            fed[stream] = w
+        if not fed:
+            return
+        try:
+            results = group.feed(audio, flush=flush)
+        except EngineError as err:  # the call as a whole was refused
+            results = dict.fromkeys(fed, err)
+        stats = group.stats()
+        with self._cond:
+            self._stats = stats
+        for stream, w in fed.items():
+            result = results[stream]
+            if isinstance(result, EngineError):
+                w.session.failed = True
+                w.session.deliver(w.gen, [], False, result)
+            else:
+                w.session.deliver(w.gen, text_pieces(result), w.flush, None)
+
+    def _control(self, session: AsrSession, kind: _OpKind, gen: int) -> None:
+        if kind == "close":
+            self._close_stream(session)
+            with self._cond:
+                if session in self._sessions and not session.ops:
+                    self._sessions.remove(session)
+            return
+        if session.failed:
+            return
+        try:
+            if kind == "open" and session.stream is None:
+                s = self._settings
+                session.stream = self._engine.stream(delay_ms=s.delay_ms, interval_ms=s.interval_ms)
+            elif kind == "reset" and session.stream is not None:
+                session.stream.reset()
+        except EngineError as err:
+            session.failed = True
+            session.deliver(gen, [], False, err)
+
+    @staticmethod
+    def _close_stream(session: AsrSession) -> None:
+        stream, session.stream = session.stream, None
+        if stream is not None:
+            stream.close()
+
+
+def _take_work(session: AsrSession) -> _Work:
+    """A connection's share of one round, taken off its queue (under the worker's lock)."""
+    ops = session.ops
+    controls: list[_OpKind] = []
+    gen = ops[0].gen
+    while ops and ops[0].kind in ("open", "reset", "close"):
+        op = ops.popleft()
+        controls.append(op.kind)
+        gen = op.gen
+        if op.kind == "close":
+            ops.clear()
+    audio: list[FloatArray] = []
+    taken = 0
+    while ops and ops[0].kind == "audio" and taken < ROUND_SAMPLES:
+        op = ops[0]
+        assert op.audio is not None
+        room = ROUND_SAMPLES - taken
+        if op.audio.size <= room:
+            ops.popleft()
+            audio.append(op.audio)
+        else:  # the rest waits for the next round
+            audio.append(op.audio[:room])
+            op.audio = op.audio[room:]
+        taken += audio[-1].size
+        gen = op.gen
+    flush = bool(ops) and ops[0].kind == "end"
+    if flush:
+        gen = ops.popleft().gen
+    return _Work(session, controls, audio, flush, gen)
 
 
 # -- the protocol -------------------------------------------------------------------------
@@ -309,33 +547,33 @@ class _Hub:
 
     def __init__(self, settings: WyomingSettings, engine: Engine, engine_settings: EngineSettings):
         self.settings = settings
-        self.engine = engine
-        self.engine_settings = engine_settings
         self.info_event = asr_info().event()
         self.active: set[WyomingHandler] = set()
         self.tasks: set[asyncio.Task[None]] = set()
-        # Sessions whose stream is not closed yet (the workers remove them: hence the lock).
-        self._sessions: set[AsrSession] = set()
-        self._sessions_lock = threading.Lock()
+        self.worker = EngineWorker(engine, engine_settings)
         self.connections = 0  # ever, for names
 
     def new_session(self) -> AsrSession:
         name = f"wyoming-{self.connections}"
-        session = AsrSession(self.engine, self.engine_settings, name, on_closed=self._closed)
-        with self._sessions_lock:
-            self._sessions.add(session)
-        return session
-
-    def _closed(self, session: AsrSession) -> None:
-        with self._sessions_lock:
-            self._sessions.discard(session)
-
-    def open_sessions(self) -> list[AsrSession]:
-        with self._sessions_lock:
-            return list(self._sessions)
+        return AsrSession(self.worker, name, asyncio.get_running_loop())
 
 
 _State = Literal["idle", "audio", "over_limit"]
+
+
+async def _cancel(read: asyncio.Future[Any]) -> None:
+    """Cancel a pending read and wait until it let go of the stream (a new read may start)."""
+    read.cancel()
+    await asyncio.wait({read})
+
+
+def _error_code(err: WireError | RequestError | EngineError) -> tuple[str, str]:
+    """The error event's code and reason for what went wrong with a connection."""
+    if isinstance(err, RequestError):
+        return err.code, str(err)
+    if isinstance(err, EngineError):
+        return ERR_ENGINE, f"engine error (status {err.status}): {err}"
+    return ERR_BAD_EVENT, str(err)
 
 
 class WyomingHandler(AsyncEventHandler):
@@ -397,28 +635,42 @@ class WyomingHandler(AsyncEventHandler):
                 self._hub.tasks.discard(task)
 
     async def _serve(self) -> None:
+        """Read the client's events, and meanwhile send the text the engine worker hands back."""
+        loop = asyncio.get_running_loop()
         idle = self._hub.settings.idle_timeout_s
-        while self._is_running:
-            try:
-                event = await asyncio.wait_for(self._wire.read_event(), timeout=idle)
-            except asyncio.TimeoutError:
-                await self._fail(
-                    ERR_IDLE, f"nothing received for {idle:g} s (wyoming.idle_timeout_s)"
-                )
-                return
-            except WireError as err:
-                await self._fail(ERR_BAD_EVENT, str(err))
-                return
-            if event is None:
-                return  # the client hung up (disconnect() says if that dropped a request)
-            try:
-                await self.handle_event(event)
-            except RequestError as err:
-                await self._fail(err.code, str(err))
-                return
-            except EngineError as err:
-                await self._fail(ERR_ENGINE, f"engine error (status {err.status}): {err}")
-                return
+        read: asyncio.Future[Event | None] | None = None
+        deadline = 0.0
+        try:
+            while self._is_running:
+                if read is None:
+                    read = asyncio.ensure_future(self._wire.read_event())
+                    deadline = loop.time() + idle
+                waits: set[asyncio.Future[Any]] = {read}
+                if self._session is not None:
+                    waits.add(self._session.waiter())
+                timeout = max(deadline - loop.time(), 0.0)
+                await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                try:
+                    await self._send_pieces()
+                    if not read.done():
+                        if loop.time() < deadline:
+                            continue  # woken by the engine's text
+                        await _cancel(read)
+                        raise RequestError(
+                            ERR_IDLE, f"nothing received for {idle:g} s (wyoming.idle_timeout_s)"
+                        )
+                    event, read = read.result(), None
+                    if event is None:
+                        return  # the client hung up (disconnect() says if that dropped a request)
+                    await self.handle_event(event)
+                except (WireError, RequestError, EngineError) as err:
+                    if read is not None:  # the error event goes out; the rest is drained
+                        await _cancel(read)
+                    await self._fail(*_error_code(err))
+                    return
+        finally:
+            if read is not None:
+                await _cancel(read)
 
     async def _refuse(self) -> None:
         limit = self._hub.settings.max_clients
@@ -462,7 +714,7 @@ class WyomingHandler(AsyncEventHandler):
         self._state = "idle"
         self._hub.active.discard(self)
         if self._session is not None:
-            self._session.close()  # on its worker, after any engine call still running
+            self._session.close()  # on the engine worker, after any call still running
             self._session = None
 
     # -- events -----------------------------------------------------------------------------
@@ -502,7 +754,7 @@ class WyomingHandler(AsyncEventHandler):
         fmt = pcm_format(event.data, "audio-start")
         if self._session is None:
             self._session = self._hub.new_session()
-        await self._session.call(self._session.w_begin, fmt)
+        self._session.begin(fmt)
         self._fmt = fmt
         self._frames = 0
         self._limit_frames = max(int(self._hub.settings.max_audio_s * fmt.rate), 1)
@@ -531,9 +783,8 @@ class WyomingHandler(AsyncEventHandler):
             )
         frames = len(payload) // fmt.frame_bytes
         take = min(frames, self._limit_frames - self._frames)
-        pieces = await self._session.call(self._session.w_feed, payload[: take * fmt.frame_bytes])
+        self._session.feed(payload[: take * fmt.frame_bytes])  # its text comes back meanwhile
         self._frames += take
-        await self._send_pieces(pieces)
         if self._frames >= self._limit_frames:
             log.warning(
                 "wyoming client %s: request reached wyoming.max_audio_s = %g s; its final is "
@@ -562,8 +813,10 @@ class WyomingHandler(AsyncEventHandler):
     async def _finish(self, reason: str) -> None:
         session = self._session
         assert session is not None
-        pieces = await session.call(session.w_finish)
-        await self._send_pieces(pieces)
+        session.end()
+        while not session.ended:
+            await session.waiter()
+            await self._send_pieces()
         text = session.text
         log.info(
             "wyoming client %s: %r (%.2f s of audio, %s)",
@@ -575,9 +828,11 @@ class WyomingHandler(AsyncEventHandler):
         await self.write_event(Transcript(text=text).event())
         await self.write_event(TranscriptStop().event())
 
-    async def _send_pieces(self, pieces: list[str]) -> None:
-        for piece in pieces:
-            await self.write_event(TranscriptChunk(text=piece).event())
+    async def _send_pieces(self) -> None:
+        """Send the text pieces the engine handed back (raises its error, if it had one)."""
+        if self._session is not None:
+            for piece in self._session.take():
+                await self.write_event(TranscriptChunk(text=piece).event())
 
     async def _drop_unfinished(self, why: str) -> None:
         if self._state == "audio" and self._session is not None:
@@ -586,7 +841,7 @@ class WyomingHandler(AsyncEventHandler):
                 self.peer,
                 why,
             )
-            await self._session.call(self._session.w_drop)
+            self._session.drop()
         self._state = "idle"
 
 
@@ -618,7 +873,17 @@ class WyomingServer:
         """Connections being served now (refused ones not counted)."""
         return len(self._hub.active)
 
+    def group_stats(self) -> GroupStats | None:
+        """The engine worker's StreamGroup counters after its last round (None before one)."""
+        return self._hub.worker.stats()
+
     def start(self) -> None:
+        try:
+            self._hub.worker.start()
+        except EngineError as err:
+            raise WyomingStartError(
+                f"cannot step Wyoming clients' streams together: {err}"
+            ) from err
         self._thread = threading.Thread(target=self._run, name="voxd-wyoming", daemon=True)
         self._thread.start()
         if not self._ready.wait(START_TIMEOUT_S):
@@ -632,17 +897,16 @@ class WyomingServer:
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
         loop, stop_async, thread = self._loop, self._stop_async, self._thread
-        if thread is None:
-            return
         self._thread = None
-        if loop is not None and stop_async is not None and thread.is_alive():
-            loop.call_soon_threadsafe(stop_async.set)
-        thread.join(timeout)
-        if thread.is_alive():
-            log.error("the Wyoming server did not stop within %.0f s", timeout)
-        for session in self._hub.open_sessions():
-            if not session.join(timeout):
-                log.error("a Wyoming connection's engine call did not end within %.0f s", timeout)
+        if thread is not None:
+            if loop is not None and stop_async is not None and thread.is_alive():
+                loop.call_soon_threadsafe(stop_async.set)
+            thread.join(timeout)
+            if thread.is_alive():
+                log.error("the Wyoming server did not stop within %.0f s", timeout)
+        # After the connections: the worker closes every stream, then its group.
+        if not self._hub.worker.stop(timeout):
+            log.error("the Wyoming engine worker's call did not end within %.0f s", timeout)
 
     def _run(self) -> None:
         loop = asyncio.new_event_loop()
