@@ -225,6 +225,7 @@ class AlsaSandbox:
     def __init__(self, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         self.root = root
         self.config_path = root / "asound.conf"
+        self._extra = ""  # configuration appended by tests, kept across device changes
         self.devices: dict[str, AlsaFileDevice | AlsaFifoDevice] = {}
         monkeypatch.setenv("ALSA_CONFIG_PATH", str(self.config_path))
         monkeypatch.setenv("JACK_NO_START_SERVER", "1")  # PortAudio also probes JACK
@@ -257,7 +258,19 @@ class AlsaSandbox:
         pcms = [_file_pcm(name, d.path) for name, d in self.devices.items()]
         # PortAudio 19.6 aborts while enumerating if there is no pcm.default.
         pcms.append("pcm.default {\n    type null\n}\n")
-        self.config_path.write_text("\n".join(pcms))
+        self._replace_config("\n".join(pcms) + self._extra)
+
+    def append_config(self, text: str) -> None:
+        """More ALSA configuration (kept when devices are added later)."""
+        self._extra += text
+        self._replace_config(self.config_path.read_text() + text)
+
+    def _replace_config(self, text: str) -> None:
+        # Atomically: a capture reopening in the background (PortAudio enumerates
+        # devices then) must never read a half-written file, which aborts alsa-lib.
+        tmp = self.config_path.with_name(self.config_path.name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, self.config_path)
 
     def close(self) -> None:
         for d in self.devices.values():

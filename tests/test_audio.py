@@ -305,9 +305,8 @@ def test_channel_beyond_device_is_a_clear_error(
 def add_mono_device(box: AlsaSandbox, name: str, source: str) -> None:
     """A device with exactly one input channel: ALSA's multi plugin binding one
     channel of ``source`` (file devices themselves take any channel count)."""
-    box.config_path.write_text(
-        box.config_path.read_text()
-        + f'pcm.{name} {{\n    type multi\n    slaves.a.pcm "{source}"\n'
+    box.append_config(
+        f'pcm.{name} {{\n    type multi\n    slaves.a.pcm "{source}"\n'
         "    slaves.a.channels 1\n    bindings.0.slave a\n    bindings.0.channel 0\n}\n"
     )
 
@@ -465,9 +464,7 @@ def test_probe_noise_goes_to_the_log_not_stderr(
     """PortAudio's start makes ALSA and JACK print device-probe complaints to stderr."""
     alsa_sandbox.add_file_device("voxtest_mono16k", speech, 16000)
     # A config naming a card that does not exist: ALSA complains while PortAudio probes it.
-    alsa_sandbox.config_path.write_text(
-        alsa_sandbox.config_path.read_text() + "pcm.voxtest_nocard {\n    type hw\n    card 7\n}\n"
-    )
+    alsa_sandbox.append_config("pcm.voxtest_nocard {\n    type hw\n    card 7\n}\n")
     plain = "import pyaudio; pyaudio.PyAudio().terminate()"
     ours = (
         "import logging, sys; logging.basicConfig(level=logging.DEBUG, stream=sys.stdout);"
