@@ -337,6 +337,7 @@ class Result:
     audio_seconds: float | None = None
     reason: str | None = None
     text: str | None = None
+    tokens: int | None = None  # token ids in the final (the decoder steps it took)
     finals: int = 0  # finals that arrived while this command was under way
     processing_s: float | None = None
     idle_s: float | None = None
@@ -434,6 +435,7 @@ def fill(
         setattr(result, key, round(float(p.get(key, math.nan)), 3))
     result.reason = str(p.get("reason"))
     result.text = str(p.get("text"))
+    result.tokens = len(p.get("token_ids", []))
 
 
 # -- the run ------------------------------------------------------------------------------------
@@ -513,6 +515,7 @@ COLUMNS = (
     ("flush_s", "flush", 6),
     ("audio_seconds", "audio", 6),
     ("reason", "reason", 8),
+    ("tokens", "tok", 4),
     ("processing_s", "proc@", 6),
     ("idle_s", "idle@", 6),
     ("max_engine_lag_s", "eng_lag", 7),
@@ -538,7 +541,17 @@ def print_table(report: dict[str, Any]) -> None:
     print(" ".join(title.rjust(width) for _, title, width in COLUMNS) + "  text")
     for r in report["results"]:
         row = " ".join(cell(r[key], width) for key, _, width in COLUMNS)
-        print(f"{row}  {r['text']!r}" if r["text"] is not None else row)
+        text = r["text"]
+        if text is not None and len(text) > 40:
+            text = text[:37] + "..."
+        print(f"{row}  {text!r}" if text is not None else row)
+    waits = [r["wait_s"] for r in report["results"] if r["wait_s"] is not None]
+    if len(waits) > 1:
+        warm = sorted(waits[1:])
+        print(
+            f"wait: first command {waits[0]:.2f} s; later ones (warm) min {warm[0]:.2f}, "
+            f"median {warm[len(warm) // 2]:.2f}, max {warm[-1]:.2f} s"
+        )
     print(
         f"daemon ready after {report.get('ready_s')} s; mic blocks dropped "
         f"{report['dropped_blocks']}, late {report['late_blocks']}. WAIT = final on MQTT - end "
