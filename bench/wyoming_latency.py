@@ -1,0 +1,117 @@
+"""What a Home Assistant voice request waits for its text from voxd's Wyoming server.
+
+A Wyoming client (the `wyoming` package's AsyncTcpClient, driven as Home
+Assistant drives it) sends espeak-ng commands to voxd's Wyoming server at the
+pace a satellite streams them (real time, 80 ms chunks), and times
+``audio-stop`` -> ``transcript``: the engine's remaining lag plus its flush,
+the same parts as the MQTT path's ``lag_s + flush_s`` (bench/e2e_wait.py),
+without the endpointer's hangover, which a Wyoming client does itself.
+
+    PYTHONPATH=. python bench/wyoming_latency.py --model-dir DIR [--threads 2] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from wyoming.asr import Transcribe, Transcript
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
+from wyoming.client import AsyncTcpClient
+
+from tests.speech import synth
+from voxd.config import EngineSettings, WyomingSettings
+from voxd.engine import Engine
+from voxd.events import SAMPLE_RATE
+from voxd.wyoming.server import WyomingServer
+
+HOST = "127.0.0.1"
+CHUNK_S = 0.08
+COMMANDS = ("turn on the kitchen light", "set the timer for ten minutes")
+REPLY_TIMEOUT_S = 300.0
+
+
+@dataclass(frozen=True)
+class Request:
+    command: str
+    speech_s: float
+    wait_s: float  # audio-stop sent -> transcript received
+    text_chars: int
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def _pcm(x: np.ndarray) -> bytes:
+    return bytes((np.clip(x, -1.0, 1.0) * 32767.0).astype("<i2").tobytes())
+
+
+async def _one(port: int, command: str, audio: np.ndarray) -> Request:
+    pcm = _pcm(audio)
+    step = int(CHUNK_S * SAMPLE_RATE) * 2
+    async with AsyncTcpClient(HOST, port) as client:
+        await client.write_event(Transcribe(language="en").event())
+        await client.write_event(AudioStart(rate=SAMPLE_RATE, width=2, channels=1).event())
+        start = time.monotonic()
+        for n, i in enumerate(range(0, len(pcm), step)):
+            chunk = AudioChunk(rate=SAMPLE_RATE, width=2, channels=1, audio=pcm[i : i + step])
+            await client.write_event(chunk.event())
+            await asyncio.sleep(max(0.0, start + (n + 1) * CHUNK_S - time.monotonic()))
+        await client.write_event(AudioStop().event())
+        stopped = time.monotonic()
+        while True:
+            event = await asyncio.wait_for(client.read_event(), REPLY_TIMEOUT_S)
+            if event is None:
+                raise RuntimeError("the server closed the connection before the transcript")
+            if Transcript.is_type(event.type):
+                waited = time.monotonic() - stopped
+                text = Transcript.from_event(event).text
+                return Request(command, len(audio) / SAMPLE_RATE, waited, len(text))
+
+
+def run(model_dir: Path, threads: int, rounds: int) -> list[Request]:
+    engine = Engine(model_dir, threads=threads)
+    settings = WyomingSettings(enabled=True, host=HOST, port=_free_port(), zeroconf=False)
+    server = WyomingServer(settings, engine, EngineSettings(model_dir=model_dir, threads=threads))
+    server.start()
+    try:
+        speech = {c: synth(c) for c in COMMANDS}
+        results: list[Request] = []
+        for _ in range(rounds):
+            for command in COMMANDS:
+                results.append(asyncio.run(_one(settings.port, command, speech[command])))
+        return results
+    finally:
+        server.stop()
+        engine.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", type=Path, required=True)
+    parser.add_argument("--threads", type=int, default=0, help="0 = all cores")
+    parser.add_argument("--rounds", type=int, default=2, help="times each command is sent")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    results = run(args.model_dir, args.threads, args.rounds)
+    if args.json:
+        print(json.dumps([asdict(r) for r in results], indent=2))
+        return 0
+    print(f"{'#':>2} {'speech s':>8} {'wait s':>7} {'chars':>5}  command")
+    for n, r in enumerate(results, 1):
+        print(f"{n:>2} {r.speech_s:8.2f} {r.wait_s:7.2f} {r.text_chars:5d}  {r.command}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
