@@ -251,9 +251,11 @@ static void check_determinism(const vx_backend *be, int dt, int64_t rows, int64_
         int nc = 0;
         for (int k = 0; k < n_splits[s]; k++)
             if (splits[s][k] < rows) cuts[nc++] = splits[s][k];
-        /* batches of 17 starting at odd offsets, then the whole 64 */
-        const int batch[][2] = {{3, 17}, {20, 17}, {47, 17}, {0, 64}};
-        for (int b = 0; b < 4; b++) {
+        /* batches of 17 starting at odd offsets, the whole 64, and the
+         * 2 .. 8 rows of a decoder step of several streams */
+        const int batch[][2] = {{3, 17}, {20, 17}, {47, 17}, {0, 64},
+                                {1, 2},  {9, 3},   {30, 4},  {40, 5}, {50, 8}};
+        for (int b = 0; b < (int)(sizeof batch / sizeof batch[0]); b++) {
             int i0 = batch[b][0], nb = batch[b][1];
             memset(Y, 0, sizeof(float) * (size_t)N * (size_t)ldy);
             if (run_split(be, &t, X + (size_t)i0 * ldx, nb, ldx, Y, ldy, cuts, nc) != 0) {
@@ -591,9 +593,12 @@ int main(void) {
             check_determinism(be, dt, 6, 1088);
             if (vx_dt_is_block(dt)) {
                 /* every tile shape and edge: n = 1 (8-row groups and the
-                 * rows left over), n = 2..7 (tiles of 3, 2 and 1 inputs),
-                 * a single block, and a full batch */
-                for (int n = 1; n <= 7; n++) check_q_exact(be, dt, 37, 320, n);
+                 * rows left over), n = 2..9 (tiles of 4, 3, 2 and 1 inputs,
+                 * the group streams of 2..8 inputs), rows of several
+                 * chunks, a single block, and a full batch */
+                for (int n = 1; n <= 9; n++) check_q_exact(be, dt, 37, 320, n);
+                for (int n = 2; n <= 8; n++) check_q_exact(be, dt, 21, 1088, n);
+                check_determinism(be, dt, 37, 1088);
                 check_q_exact(be, dt, 16, 32, 1);
                 check_q_exact(be, dt, 9, 32, 4);
                 check_q_exact(be, dt, 19, 1088, 64);

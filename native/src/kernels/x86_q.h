@@ -23,7 +23,8 @@
  *       input block), the low and high nibbles' products chained into one
  *       accumulator: exactly the sum of (nibble - 8) * x.
  * Only these helpers differ between the variants; the tiles, the
- * matrix-vector streams and the row driver are shared. */
+ * matrix-vector streams and the row driver are shared, except the streams
+ * of a group against 2..8 inputs, which only EVEX has the registers for. */
 #ifndef VX_X86_Q_H
 #define VX_X86_Q_H
 #include <immintrin.h>
@@ -359,6 +360,154 @@ static void q4_mv8(const uint8_t *g, const int8_t *xq, const float *xd, int64_t 
     for (int k = 0; k < 4; k++) hsum4_pair(a[k], y + 2 * k, y + 2 * k + 1);
 }
 
+#if XQ_VNNI == 2
+/* ---- n == 2 .. QG_MAX_N (a decoder step of several streams): the n == 1
+ * streams above with one set of accumulators per input, so each group
+ * block is loaded (and a Q4 block's nibbles split, its scales converted)
+ * once for all the inputs of a tile, and a thread's groups are one
+ * prefetched stream. Over more inputs than a tile takes, a chunk of blocks
+ * is streamed by the first tile and reused from L1 by the others. The 4-row
+ * tiles below (the encoder's) had cost more at n = 2 than two n == 1
+ * streams: [9216 x 3072] Q4 on 2 threads took 0.80 ms at n = 2 and 2.02 ms
+ * at n = 8 against 0.43 ms at n = 1; these streams take 0.44 and 1.27 ms
+ * (bench_kernels). The per-lane arithmetic is the n == 1 streams', so the
+ * results are the same bits. EVEX only: the accumulators (4 or 8 per
+ * input) and the split nibbles need its 32 registers. */
+#define QG_MAX_N 8    /* inputs up to which the group streams are used */
+#define QG4_TILE 4    /* Q4 inputs per tile: 16 accumulators + 8 nibble registers */
+#define QG8_TILE 2    /* Q8 inputs per tile: 16 accumulators + 2 x 2 scales */
+#define QG_CHUNK 16   /* blocks per chunk when the inputs take several tiles */
+
+/* Q4: group g (the group's first block), blocks [b0, b1), N inputs; acc[i *
+ * 4 + k] is input i's chain of rows (2k, 2k+1), as in q4_mv8. pf: prefetch
+ * ahead (the first tile of a chunk, which reads the group from memory). */
+INLINE void q4_gn(int N, const uint8_t *g, const int8_t *xq, const float *xd, int64_t cols,
+                  int64_t b0, int64_t b1, int pf, __m256 *acc) {
+    const size_t gbb = VX_QGROUP * VX_Q4_BLOCK_BYTES;
+    const int64_t nblk = cols / VX_QBLOCK;
+    const __m256i even_odd = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+    __m256 a[QG4_TILE][4];
+    _Pragma("GCC unroll 4")
+    for (int i = 0; i < N; i++)
+        _Pragma("GCC unroll 4")
+        for (int k = 0; k < 4; k++) a[i][k] = acc[i * 4 + k];
+    g += (size_t)b0 * gbb;
+    for (int64_t b = b0; b < b1; b++, g += gbb) {
+        if (pf) q_prefetch(g, gbb);
+        /* the permuted scales times dx: the same products as q4_mv8's */
+        const __m256 dw = _mm256_permutevar8x32_ps(
+            _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)g)), even_odd);
+        __m256i nl[4], nh[4];
+        _Pragma("GCC unroll 4")
+        for (int k = 0; k < 4; k++)
+            q4_split(_mm256_loadu_si256((const __m256i *)(const void *)(g + 16 + 32 * k)), &nl[k], &nh[k]);
+        _Pragma("GCC unroll 4")
+        for (int i = 0; i < N; i++) {
+            __m256i xl, xh;
+            q4_x(xq + (size_t)i * cols + b * VX_QBLOCK, &xl, &xh);
+            const __m256i corr = q4_corr(xl, xh);
+            const __m256 s = _mm256_mul_ps(dw, _mm256_set1_ps(xd[(size_t)i * nblk + b]));
+            _Pragma("GCC unroll 4")
+            for (int k = 0; k < 4; k++)
+                a[i][k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q4_isum(nl[k], nh[k], xl, xh, corr)),
+                                          q_splat2(s, k), a[i][k]);
+        }
+    }
+    _Pragma("GCC unroll 4")
+    for (int i = 0; i < N; i++)
+        _Pragma("GCC unroll 4")
+        for (int k = 0; k < 4; k++) acc[i * 4 + k] = a[i][k];
+}
+
+/* Q8: as q8_mv8 per input; acc[i * 8 + k] is input i's chain of row k. */
+INLINE void q8_gn(int N, const uint8_t *g, const int8_t *xq, const float *xd, int64_t cols,
+                  int64_t b0, int64_t b1, int pf, __m256 *acc) {
+    const size_t gbb = VX_QGROUP * VX_Q8_BLOCK_BYTES;
+    const int64_t nblk = cols / VX_QBLOCK;
+    __m256 a[QG8_TILE][8];
+    _Pragma("GCC unroll 2")
+    for (int i = 0; i < N; i++)
+        _Pragma("GCC unroll 8")
+        for (int k = 0; k < 8; k++) a[i][k] = acc[i * 8 + k];
+    g += (size_t)b0 * gbb;
+    for (int64_t b = b0; b < b1; b++, g += gbb) {
+        if (pf) q_prefetch(g, gbb);
+        __m256i x[QG8_TILE];
+        __m256 slo[QG8_TILE], shi[QG8_TILE];
+        _Pragma("GCC unroll 2")
+        for (int i = 0; i < N; i++) {
+            const __m256 s = q_scales8(g, xd[(size_t)i * nblk + b]);
+            slo[i] = _mm256_permute2f128_ps(s, s, 0x00);
+            shi[i] = _mm256_permute2f128_ps(s, s, 0x11);
+            x[i] = _mm256_loadu_si256((const __m256i *)(const void *)(xq + (size_t)i * cols + b * VX_QBLOCK));
+        }
+        _Pragma("GCC unroll 8")
+        for (int k = 0; k < 8; k++) {
+            const __m256i wb = _mm256_loadu_si256((const __m256i *)(const void *)(g + 16 + 32 * k));
+            _Pragma("GCC unroll 2")
+            for (int i = 0; i < N; i++) {
+                const __m256 sk = k < 4 ? q_splat2(slo[i], k % 4) : q_splat2(shi[i], k % 4);
+                a[i][k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q8_isum(wb, x[i])), sk, a[i][k]);
+            }
+        }
+    }
+    _Pragma("GCC unroll 2")
+    for (int i = 0; i < N; i++)
+        _Pragma("GCC unroll 8")
+        for (int k = 0; k < 8; k++) acc[i * 8 + k] = a[i][k];
+}
+
+/* The tile of nt inputs (a constant at each call). */
+static void q4_gn_tile(int nt, const uint8_t *g, const int8_t *xq, const float *xd, int64_t cols,
+                       int64_t b0, int64_t b1, int pf, __m256 *acc) {
+    switch (nt) {
+    case 4: q4_gn(4, g, xq, xd, cols, b0, b1, pf, acc); break;
+    case 3: q4_gn(3, g, xq, xd, cols, b0, b1, pf, acc); break;
+    case 2: q4_gn(2, g, xq, xd, cols, b0, b1, pf, acc); break;
+    default: q4_gn(1, g, xq, xd, cols, b0, b1, pf, acc); break;
+    }
+}
+
+static void q8_gn_tile(int nt, const uint8_t *g, const int8_t *xq, const float *xd, int64_t cols,
+                       int64_t b0, int64_t b1, int pf, __m256 *acc) {
+    if (nt == 2) q8_gn(2, g, xq, xd, cols, b0, b1, pf, acc);
+    else q8_gn(1, g, xq, xd, cols, b0, b1, pf, acc);
+}
+
+/* The full groups [g0, g1) (row numbers, multiples of VX_QGROUP) x n inputs. */
+static void q_groups_multi(int dt, const vx_weight *W, const int8_t *xq, const float *xd, int n,
+                           float *Y, int ldy, int64_t g0, int64_t g1) {
+    const int64_t cols = W->cols, nblk = cols / VX_QBLOCK;
+    const int tile = dt == VX_DT_Q8 ? QG8_TILE : QG4_TILE;
+    const int64_t chunk = n <= tile ? nblk : QG_CHUNK; /* one tile: no chunks */
+    const size_t group_bytes = (size_t)VX_QGROUP * vx_row_bytes(dt, cols);
+    const uint8_t *g = (const uint8_t *)W->data + (size_t)(g0 / VX_QGROUP) * group_bytes;
+    __m256 acc[QG_MAX_N * 8];
+    for (int64_t r = g0; r < g1; r += VX_QGROUP, g += group_bytes) {
+        for (int j = 0; j < QG_MAX_N * 8; j++) acc[j] = _mm256_setzero_ps();
+        for (int64_t b0 = 0; b0 < nblk; b0 += chunk) {
+            const int64_t b1 = nblk - b0 < chunk ? nblk : b0 + chunk;
+            for (int i = 0; i < n; i += tile) {
+                const int nt = n - i < tile ? n - i : tile;
+                const int8_t *x = xq + (size_t)i * cols;
+                const float *d = xd + (size_t)i * nblk;
+                if (dt == VX_DT_Q8) q8_gn_tile(nt, g, x, d, cols, b0, b1, i == 0, acc + i * 8);
+                else q4_gn_tile(nt, g, x, d, cols, b0, b1, i == 0, acc + i * 4);
+            }
+        }
+        for (int i = 0; i < n; i++) {
+            float *y = Y + (size_t)i * ldy + r;
+            if (dt == VX_DT_Q8)
+                for (int k = 0; k < 8; k++) y[k] = hsum8(acc[i * 8 + k]);
+            else
+                for (int k = 0; k < 4; k++) hsum4_pair(acc[i * 4 + k], y + 2 * k, y + 2 * k + 1);
+        }
+    }
+}
+#else
+#define QG_MAX_N 1 /* VEX: the 4-row tiles for every n >= 2 */
+#endif
+
 /* Rows [r0, r1) x n inputs in QR-row tiles, a chunk of blocks at a time: the
  * rows' chunk and the inputs' chunk (n x 512 bytes) are reused from cache.
  * A tile is QR rows from a multiple of QR (so within one group, which the
@@ -441,7 +590,7 @@ static void q_rows_batched(int dt, const vx_weight *W, const int8_t *xq, const f
 
 INLINE void q_rows(int dt, const vx_weight *W, const int8_t *xq, const float *xd, int n, float *Y,
                    int ldy, int64_t r0, int64_t r1) {
-    if (n > 1) {
+    if (n > QG_MAX_N) {
         q_rows_batched(dt, W, xq, xd, n, Y, ldy, r0, r1);
         return;
     }
@@ -451,10 +600,17 @@ INLINE void q_rows(int dt, const vx_weight *W, const int8_t *xq, const float *xd
     const int64_t nblk = W->cols / VX_QBLOCK, g0 = (r0 + VX_QGROUP - 1) / VX_QGROUP * VX_QGROUP;
     const int64_t g1 = r1 / VX_QGROUP * VX_QGROUP;
     if (g0 >= g1) {
-        q_rows_batched(dt, W, xq, xd, 1, Y, ldy, r0, r1);
+        q_rows_batched(dt, W, xq, xd, n, Y, ldy, r0, r1);
         return;
     }
-    if (r0 < g0) q_rows_batched(dt, W, xq, xd, 1, Y, ldy, r0, g0);
+    if (r0 < g0) q_rows_batched(dt, W, xq, xd, n, Y, ldy, r0, g0);
+#if XQ_VNNI == 2
+    if (n > 1) {
+        q_groups_multi(dt, W, xq, xd, n, Y, ldy, g0, g1);
+        if (g1 < r1) q_rows_batched(dt, W, xq, xd, n, Y, ldy, g1, r1);
+        return;
+    }
+#endif
     const size_t group_bytes = (size_t)VX_QGROUP * vx_row_bytes(dt, W->cols);
     const uint8_t *g = (const uint8_t *)W->data + (size_t)(g0 / VX_QGROUP) * group_bytes;
     for (int64_t r = g0; r < g1; r += VX_QGROUP, g += group_bytes) {
