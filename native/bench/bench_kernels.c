@@ -4,8 +4,10 @@
  *   FMA peak   : vx_measure_fma_peak (membw.c), 1 and 2 threads
  *   memory     : vx_measure_read_bandwidth over 1 GiB, 1 and 2 threads
  *   matmul     : W [5120 x 1280] x 64 input rows (encoder FFN shape), GFLOP/s
- *   matvec     : W [9216 x 3072] x 1 row (decoder FFN shape), GB/s of weights;
- *                several copies are cycled so the working set exceeds the L3.
+ *   matvec     : W [9216 x 3072] x 1 row (decoder FFN shape), GB/s of weights
+ *                (Q8 / Q4 also x 2, 4, 8 rows: decoder steps of several streams,
+ *                with the time against n = 1); several copies are cycled so
+ *                the working set exceeds the L3.
  *
  * Build (x86-64, from the repository root):
  *   cmake -S native -B build/bench -G Ninja -DVX_BUILD_TESTS=ON && ninja -C build/bench
@@ -304,18 +306,27 @@ int main(int argc, char **argv) {
             int copies = (int)((400u << 20) / bytes) + 1;
             vx_weight *ws = xmalloc(sizeof(vx_weight) * (size_t)copies);
             for (int k = 0; k < copies; k++) fill_weight(&ws[k], dts2[d], 9216, 3072, (unsigned)k + 2);
-            for (int k = 0; k < copies; k++) vx_matmul(&m, &ws[k], X, 1, Y, NULL);
-            double s = 1e9;
-            for (int b = 0; b < 5; b++) {
-                double t0 = now();
-                for (int k = 0; k < copies; k++) vx_matmul(&m, &ws[k], X, 1, Y, NULL);
-                double t = (now() - t0) / copies;
-                if (t < s) s = t;
+            double s1 = 1.0; /* the n = 1 time */
+            /* block weights also with 2, 4 and 8 input rows (the decoder
+             * steps of several streams stacked): each row costs the
+             * arithmetic of one, the weights are read once for all */
+            const int nmax = vx_dt_is_block(dts2[d]) ? 8 : 1;
+            for (int nn = 1; nn <= nmax; nn *= 2) {
+                for (int k = 0; k < copies; k++) vx_matmul(&m, &ws[k], X, nn, Y, NULL);
+                double s = 1e9;
+                for (int b = 0; b < 5; b++) {
+                    double t0 = now();
+                    for (int k = 0; k < copies; k++) vx_matmul(&m, &ws[k], X, nn, Y, NULL);
+                    double t = (now() - t0) / copies;
+                    if (t < s) s = t;
+                }
+                printf("matvec %-4s [9216 x 3072] x %d, %d thread(s): %.1f GB/s of weights"
+                       " (%.2f ms, %.2f x n = 1)"
+                       " = %.2f of read bandwidth\n",
+                       dt_name(dts2[d]), nn, threads, (double)bytes / s * 1e-9, s * 1e3,
+                       nn == 1 ? 1.0 : s / s1, (double)bytes / s * 1e-9 / bw[threads]);
+                if (nn == 1) s1 = s;
             }
-            printf("matvec %-4s [9216 x 3072] x 1, %d thread(s): %.1f GB/s of weights (%.2f ms)"
-                   " = %.2f of read bandwidth\n",
-                   dt_name(dts2[d]), threads, (double)bytes / s * 1e-9, s * 1e3,
-                   (double)bytes / s * 1e-9 / bw[threads]);
             for (int k = 0; k < copies; k++) free((void *)ws[k].data);
             free(ws);
         }
