@@ -35,7 +35,6 @@ from voxd.engine import (
     TokenEvent,
     UtteranceEnd,
     cuda_membw,
-    library,
     transcribe,
 )
 
@@ -87,15 +86,9 @@ def test_cuda_sources_compile(arch: str, source: Path, tmp_path: Path) -> None:
     assert (tmp_path / "out.o").stat().st_size > 0
 
 
-def _has_cuda_api() -> bool:
-    return hasattr(library(), "vx_cuda_membw")
-
-
 @pytest.fixture(scope="module")
 def cuda_unusable(tiny_model_dir: Path) -> str | None:
     """Why backend "cuda" cannot load here (the engine's own words), or None."""
-    if not _has_cuda_api():
-        return "the engine library predates the CUDA device"
     try:
         with Engine(tiny_model_dir, backend="cuda"):
             return None
@@ -121,8 +114,6 @@ def gpu(cuda_unusable: str | None) -> None:
 
 
 def test_auto_backend_names_its_device_and_why(tiny_model_dir: Path) -> None:
-    if not _has_cuda_api():
-        pytest.skip("the engine library predates the CUDA device")
     with Engine(tiny_model_dir, backend="auto") as engine:
         info = engine.info
         assert info.device in ("cpu", "cuda")
@@ -147,8 +138,6 @@ def test_cuda_request_without_a_device_names_the_cause(
 ) -> None:
     if cuda_unusable is None:
         pytest.skip("a CUDA device is usable here")
-    if not _has_cuda_api():
-        pytest.skip("the engine library predates the CUDA device")
     with pytest.raises(EngineError) as err:
         Engine(tiny_model_dir, backend="cuda")
     msg = str(err.value)
@@ -159,8 +148,6 @@ def test_cuda_request_without_a_device_names_the_cause(
 def test_membw_without_a_device_says_why(cuda_unusable: str | None) -> None:
     if cuda_unusable is None:
         pytest.skip("a CUDA device is usable here")
-    if not _has_cuda_api():
-        pytest.skip("the engine library predates the CUDA device")
     with pytest.raises(EngineError, match="CUDA"):
         cuda_membw(1 << 20, 1)
 

@@ -223,16 +223,13 @@ def _declare(lib: ctypes.CDLL) -> None:
         c_size,
     ]
     lib.vx_weights_find_nonfinite.restype = c_int
-    if hasattr(lib, "vx_cuda_membw"):  # absent from libraries built before the CUDA device
-        lib.vx_cuda_membw.argtypes = [c_size, c_int, ctypes.c_char_p, c_size]
-        lib.vx_cuda_membw.restype = ctypes.c_double
+    lib.vx_cuda_membw.argtypes = [c_size, c_int, ctypes.c_char_p, c_size]
+    lib.vx_cuda_membw.restype = ctypes.c_double
     _declare_group(lib)
 
 
 def _declare_group(lib: ctypes.CDLL) -> None:
-    """vx_group_* (several streams stepped together), where the library has them."""
-    if not hasattr(lib, "vx_group_feed"):
-        return
+    """vx_group_* (several streams stepped together)."""
     p, c_int = ctypes.c_void_p, ctypes.c_int
     lib.vx_group_new.argtypes = [p, ctypes.POINTER(p)]
     lib.vx_group_new.restype = c_int
@@ -270,8 +267,6 @@ def cuda_membw(nbytes: int = 1 << 30, reps: int = 10) -> float:
     engine was built without CUDA.
     """
     lib = library()
-    if not hasattr(lib, "vx_cuda_membw"):
-        raise EngineError("the engine library predates the CUDA device; rebuild it")
     err = ctypes.create_string_buffer(512)
     gbs = float(lib.vx_cuda_membw(nbytes, reps, err, len(err)))
     if gbs < 0:
@@ -433,8 +428,6 @@ class Engine:
         self, model_dir: str | os.PathLike[str], threads: int = 0, backend: str | None = None
     ) -> None:
         self._lib = library()
-        if backend == "auto" and not hasattr(self._lib, "vx_cuda_membw"):
-            backend = None  # a library from before the CUDA device: its best CPU backend
         opts = _ModelOptions(threads, backend.encode() if backend else None)
         handle = ctypes.c_void_p()
         err = ctypes.create_string_buffer(1024)
@@ -639,11 +632,9 @@ class StreamGroup:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._lib = engine._lib
-        if not hasattr(self._lib, "vx_group_feed"):
-            raise EngineError("this engine library has no vx_group_feed: rebuild native/", 5)
         handle = ctypes.c_void_p()
         st = self._lib.vx_group_new(engine._ptr(), ctypes.byref(handle))
-        if st != 0:
+        if st != Status.OK:
             raise EngineError(f"cannot create a stream group: {engine._status_name(st)}", st)
         self._handle: ctypes.c_void_p | None = handle
 
@@ -657,7 +648,7 @@ class StreamGroup:
         (a NaN sample, a feed after finish...): the other streams go on.
         """
         if self._handle is None:
-            raise EngineError("the stream group is closed", 5)
+            raise EngineError("the stream group is closed", Status.ERR_STATE)
         streams = list(audio) + [s for s in flush if s not in audio]
         n = len(streams)
         arrays = [
@@ -670,7 +661,7 @@ class StreamGroup:
         flags = (ctypes.c_int * n)(*[int(s in flush) for s in streams])
         status = (ctypes.c_int * n)()
         st = self._lib.vx_group_feed(self._handle, handles, pcm, sizes, flags, n, status)
-        if st != 0 and not any(status):  # refused before running: bad arguments
+        if st != Status.OK and not any(status):  # refused before running: bad arguments
             raise EngineError(
                 "vx_group_feed refused the call: streams must be distinct, open and of this "
                 f"group's engine ({self._engine._status_name(st)})",
@@ -687,7 +678,7 @@ class StreamGroup:
 
     def stats(self) -> GroupStats:
         if self._handle is None:
-            raise EngineError("the stream group is closed", 5)
+            raise EngineError("the stream group is closed", Status.ERR_STATE)
         raw = _GroupStats()
         self._lib.vx_group_get_stats(self._handle, ctypes.byref(raw))
         return GroupStats(**{f[0]: getattr(raw, f[0]) for f in _GroupStats._fields_})

@@ -83,7 +83,15 @@ from wyoming.server import AsyncEventHandler, AsyncTcpServer
 
 from voxd import __version__
 from voxd.config import EngineSettings, WyomingSettings
-from voxd.engine import Engine, EngineError, GroupStats, Stream, StreamEvent, StreamGroup
+from voxd.engine import (
+    Engine,
+    EngineError,
+    GroupStats,
+    Status,
+    Stream,
+    StreamEvent,
+    StreamGroup,
+)
 from voxd.events import SAMPLE_RATE
 from voxd.resample import Resampler
 from voxd.wyoming.wire import BoundedReader, WireError
@@ -407,7 +415,9 @@ class EngineWorker:
                     self._round(group, work)
                 except Exception:  # a bug: these connections fail, the others go on
                     log.exception("the Wyoming engine worker failed a round")
-                    bug = EngineError("internal error in voxd's Wyoming engine worker", 5)
+                    bug = EngineError(
+                        "internal error in voxd's Wyoming engine worker", Status.ERR_STATE
+                    )
                     for w in work:
                         w.session.failed = True
                         w.session.deliver(w.gen, [], False, bug)
