@@ -96,20 +96,16 @@ struct vx_backend {
     /* Q8 / Q4 weights, with X already quantized by vx_quantize_act_q8: row i
      * of X is xq[i * cols ..] (int8) and xd[i * cols/32 ..] (block scales).
      * Y[i*ldy + r] for i < n, r0 <= r < r1 is defined exactly as:
-     *   per block b of 32 columns and lane j, the int32 isum[j], a sum of
-     *   products w[e] * xq[e] (w = q for Q8, nibble - 8 for Q4) over
-     *     Q8: e = 4j .. 4j+3                          (j = 0..7)
-     *     Q4: e = 4j .. 4j+3 and 16+4j .. 16+4j+3     (j = 0..3; the low
-     *         and high nibbles of the block's bytes 4j..4j+3)
-     *   then the float lane chain
-     *     acc[j] = fmaf((float)isum[j], dw_b * dx_b, acc[j])   (acc from 0,
-     *   dw_b * dx_b one float multiply, b = 0, 1, ...), and finally
-     *     Q8: Y = ((acc0+acc4) + (acc2+acc6)) + ((acc1+acc5) + (acc3+acc7))
-     *     Q4: Y = (acc0+acc2) + (acc1+acc3).
-     * Q4's wider lanes halve the conversions and FMAs per weight, which
-     * matters because its matrix-vector product is bound by instructions,
-     * not memory, on a 2-core AVX2 machine. Every backend gives these bits,
-     * whatever n, r0 or r1. */
+     *   per block b of 32 columns, the int32 isum_b, the sum of the 32
+     *   products w[e] * xq[e] (w = q for Q8, nibble - 8 for Q4), then one
+     *   float chain over the blocks in order
+     *     acc = fmaf((float)isum_b, dw_b * dx_b, acc)   (acc from 0, dw_b * dx_b
+     *   one float multiply), and Y = acc.
+     * One integer sum per block (not per 4-element lane) lets a kernel put
+     * output rows in its vector lanes: the conversion and FMA then cost one
+     * instruction per vector of rows and block, not one per 4 weights, which
+     * is what kept the int8 encoder near the fp32 FMA rate. Every backend
+     * gives these bits, whatever n, r0 or r1. */
     int (*matmul_rows_q)(const vx_weight *W, const int8_t *xq, const float *xd, int n, float *Y,
                          int ldy, int64_t r0, int64_t r1);
     /* Which dtypes the backend handles (bit per vx_dtype): F32/F16/BF16 go

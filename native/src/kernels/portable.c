@@ -6,14 +6,13 @@
  * depend on batch or threads). Q8/Q4 weights go to matmul_rows_q.
  *
  * Q8/Q4 (matmul_rows_q): the integer definition of engine.h, written out
- * literally - per block of 32 and lane j, the int32 sum of the products of
- * the lane's elements (Q8: 4j..4j+3 of q; Q4: 4j..4j+3 and 16+4j..16+4j+3
- * of nibble - 8) and of the int8 activations; acc[j] = fmaf((float)isum,
- * dw * dx, acc[j]) over the blocks in order; Q8: Y = ((a0+a4) + (a2+a6)) +
- * ((a1+a5) + (a3+a7)), Q4: Y = (a0+a2) + (a1+a3). The integer sums
- * are exact whatever their order, (float)isum is exact (|isum| < 2^16) and
- * fmaf rounds once like a hardware FMA lane, so this is bitwise the AVX2 and
- * NEON result; it is their reference in test_kernels. */
+ * literally - per block of 32, the int32 sum isum of the 32 products of the
+ * weights (Q8: q; Q4: nibble - 8) and the int8 activations; one float chain
+ * acc = fmaf((float)isum, dw * dx, acc) over the blocks in order; Y = acc.
+ * The integer sums are exact whatever their order, (float)isum is exact
+ * (|isum| <= 32 * 127 * 127 < 2^24) and fmaf rounds once like a hardware FMA
+ * lane, so this is bitwise the AVX2 and NEON result; it is their reference
+ * in test_kernels. */
 #include <math.h>
 #include <string.h>
 
@@ -54,57 +53,35 @@ static int portable_matmul_rows(const vx_weight *W, const float *X, int n, int l
     return 0;
 }
 
-/* The int32 lane sums of one block's payload q (Q8: 8 lanes, Q4: 4), written with
- * fixed trip counts and no branches so the compiler can unroll and
- * vectorise them; dt is a constant at every call. */
-static inline void q_lanes(int dt, const uint8_t *q, const int8_t *x, int32_t *isum) {
+/* The int32 sum of one block's 32 products (dt a constant at each call, so
+ * the loop unrolls and vectorises). */
+static inline int32_t q_block_sum(int dt, const uint8_t *q, const int8_t *x) {
+    int32_t t = 0;
     if (dt == VX_DT_Q8) {
-        for (int j = 0; j < 8; j++) {
-            int32_t t = 0;
-            for (int e = 0; e < 4; e++) t += (int8_t)q[4 * j + e] * x[4 * j + e];
-            isum[j] = t;
-        }
+        for (int e = 0; e < VX_QBLOCK; e++) t += (int8_t)q[e] * x[e];
     } else {
-        for (int j = 0; j < 4; j++) {
-            int32_t t = 0;
-            for (int e = 0; e < 4; e++) {
-                const int c = 4 * j + e;
-                t += ((q[c] & 0x0f) - 8) * x[c] + ((q[c] >> 4) - 8) * x[16 + c];
-            }
-            isum[j] = t;
-        }
+        for (int c = 0; c < VX_QBLOCK / 2; c++)
+            t += ((q[c] & 0x0f) - 8) * x[c] + ((q[c] >> 4) - 8) * x[16 + c];
     }
+    return t;
 }
 
 static inline void q_rows(int dt, const vx_weight *W, const int8_t *xq, const float *xd, int n,
                           float *Y, int ldy, int64_t r0, int64_t r1) {
     const int64_t cols = W->cols, nblk = cols / VX_QBLOCK;
-    const int lanes = dt == VX_DT_Q8 ? 8 : 4;
-    float acc[MAX_N][LANES];
     for (int64_t r = r0; r < r1; r++) {
         const vx_qrow w = vx_q_row(dt, W->data, W->rows, cols, r);
-        for (int i0 = 0; i0 < n; i0 += MAX_N) {
-            const int ni = n - i0 < MAX_N ? n - i0 : MAX_N;
-            memset(acc, 0, sizeof acc);
+        for (int i = 0; i < n; i++) {
+            const int8_t *x = xq + (size_t)i * cols;
+            const float *d = xd + (size_t)i * nblk;
+            float acc = 0.0f;
             for (int64_t b = 0; b < nblk; b++) {
                 const uint8_t *sc = w.scale + (size_t)b * w.stride;
-                const uint8_t *blk = w.payload + (size_t)b * w.stride;
                 const float dw = vx_f16_to_f32((uint16_t)(sc[0] | (sc[1] << 8)));
-                for (int i = 0; i < ni; i++) {
-                    const int8_t *x = xq + (size_t)(i0 + i) * cols + b * VX_QBLOCK;
-                    const float s = dw * xd[(size_t)(i0 + i) * nblk + b];
-                    int32_t isum[LANES];
-                    q_lanes(dt, blk, x, isum);
-                    for (int j = 0; j < lanes; j++) acc[i][j] = fmaf((float)isum[j], s, acc[i][j]);
-                }
+                const int32_t isum = q_block_sum(dt, w.payload + (size_t)b * w.stride, x + b * VX_QBLOCK);
+                acc = fmaf((float)isum, dw * d[b], acc);
             }
-            for (int i = 0; i < ni; i++) {
-                const float *a = acc[i];
-                Y[(size_t)(i0 + i) * ldy + r] =
-                    dt == VX_DT_Q8
-                        ? ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
-                        : (a[0] + a[2]) + (a[1] + a[3]);
-            }
+            Y[(size_t)i * ldy + r] = acc;
         }
     }
 }
