@@ -18,38 +18,16 @@
  *    reused from L1 by all BR rows. The next chunk is prefetched meanwhile.
  *
  * Q8 / Q4 (matmul_rows_q): integer dot products with the int8 activations of
- * vx_quantize_act_q8, in the order engine.h defines. vpmaddubsw multiplies
- * unsigned by signed bytes and adds neighbour pairs into int16, vpmaddwd
- * with ones adds neighbour int16 pairs into int32:
- *   Q8: one block is one ymm register of bytes; maddubs(|w|, sign(xq, w))
- *       then madd leave in int32 lane j exactly the sum of the products of
- *       elements 4j..4j+3, the definition's isum[j] (a pair is at most
- *       2 * 128 * 127 = 32512: no int16 saturation).
- *   Q4: a block's 16 bytes go into one 128-bit half, a second row's into the
- *       other. Masking gives the low nibbles (elements 0-15), shifting and
- *       masking the high ones (16-31); maddubs against xq 0-15 and 16-31
- *       (broadcast to both halves), the two int16 results added (each pair
- *       within 2 * 15 * 127, their sum within 7620) and madd leave in lane j
- *       of each half the products of elements 4j..4j+3 and 16+4j..16+4j+3:
- *       the definition's four lanes, for two rows at once. The -8 offset
- *       comes off in int32 as 8 * (those lane sums of xq), once per input
- *       block.
- * vcvtdq2ps of |isum| < 2^16 is exact and vfmadd231ps rounds each lane once,
- * like fmaf, with the scale dw * dx a single float multiply; then the fixed
- * reduction. So these results equal the portable and NEON backends' bit for
- * bit, for any n, r0 or r1. Tiles: n == 1 streams each full group of 8
- * rows of quant.h's row-group layout against one input (q8_mv8, q4_mv8: a
- * block's 8 scales in one load, the payloads back to back, the stream
- * prefetched); n >= 2 uses 4-row tiles against 3 inputs (Q8) or 2 (Q4, two
- * rows to a register), whose accumulators stay in registers over a chunk of
- * blocks (the chain is per output, so chunking reorders nothing) while the
- * 4 rows' bytes are reused from L1 by every input.
+ * vx_quantize_act_q8, in the order engine.h defines (one int32 sum per
+ * block, one float chain per output). The kernels are x86_q.h's, compiled
+ * here with vpmaddubsw + vpmaddwd (|w| x sign(x, w): a pair is at most
+ * 2 * 128 * 127 = 32512, no int16 saturation) and in avxvnni.c /
+ * avx512vnni.c with vpdpbusd; the integer sums are exact, so all give the
+ * portable backend's bits. x86_q.h explains its three schedules.
  *
  * The float paths' driver (row blocking, batched tiles, prefetch, attention
  * tiling) is simd_driver.h, shared with the NEON backend: this file holds
- * AVX2's vector primitives and reductions. The Q8/Q4 kernels are
- * x86_q.h's, compiled here with vpmaddubsw and in avxvnni.c / avx512vnni.c
- * with vpdpbusd (the same bits).
+ * AVX2's vector primitives and reductions.
  *
  * Weight data is only guaranteed 2-byte aligned (safetensors.h), so every
  * load is an unaligned one and nothing wider than 2 bytes is dereferenced
