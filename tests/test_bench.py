@@ -12,6 +12,7 @@ import dataclasses
 import io
 import json
 import math
+import platform
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ EXPECTED: dict[str, list[str]] = {
         "bandwidth_buffer_bytes",
         "fma_peak_gflops",
         "fma_peak_gflops_runs",
+        "int8_peak_gops",
     ],
     "model": [
         "dir",
@@ -315,6 +317,17 @@ def test_window_sum() -> None:
                 assert bench.window_sum(first, count, window) == want
 
 
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
 def test_machine_measurements_are_positive() -> None:
     bw = bench.measure_read_bandwidth(16 << 20, 1, 1)
     bw2 = bench.measure_read_bandwidth(16 << 20, 0, 2)
@@ -322,6 +335,9 @@ def test_machine_measurements_are_positive() -> None:
     fma_all = bench.measure_fma_peak(0)
     for v in (bw, bw2, fma, fma_all):
         assert math.isfinite(v) and v > 0
+    int8 = bench.measure_int8_peak(1)
+    if platform.machine() in ("x86_64", "AMD64") and "avx2" in _cpu_flags():
+        assert int8 is not None and math.isfinite(int8) and int8 > 0
 
 
 def test_bandwidth_buffer_stays_out_of_peak_rss() -> None:

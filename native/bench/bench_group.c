@@ -5,8 +5,11 @@
  *   bandwidth roof = N / (bytes read per pass / read bandwidth), the bytes
  *                    being the decoder's weights and output head (read once
  *                    for all N rows) plus each stream's KV cache;
- *   compute roof   = N / (FLOPs per pass / FMA peak), 2 FLOPs per weight and
- *                    row plus attention.
+ *   compute roof   = N / (time of the pass's arithmetic at the peaks): 2
+ *                    operations per weight and row at the int8 dot-product
+ *                    peak for Q8/Q4 weights (vx_measure_int8_peak; the FMA
+ *                    peak for float weights), plus attention at the FMA
+ *                    peak. The FMA-only roof is printed beside it.
  * Each stream has its own cache (a short prefix) and ada-norm scales, and its
  * one row per pass asks for logits, as a streaming step does. The counts are
  * taken in rounds that alternate their order (1,2,4,8 then 8,4,2,1 ...), so
@@ -70,17 +73,23 @@ static double weight_bytes(const vx_weight *w) {
     return (double)vx_row_bytes(w->dtype, w->cols) * (double)w->rows;
 }
 
-/* Bytes of weights one decoder pass reads, and its FLOPs per row. */
-static void pass_cost(const vx_model *m, double *bytes, double *flops_row) {
-    *bytes = weight_bytes(&m->tok_emb);
-    *flops_row = 2.0 * (double)m->tok_emb.rows * (double)m->tok_emb.cols;
+/* Bytes of weights one decoder pass reads, and its matrix operations per
+ * row: *int8_row for Q8/Q4 weights (int8 dot products), *flops_row for the
+ * float ones. */
+static void add_cost(const vx_weight *w, double *bytes, double *flops_row, double *int8_row) {
+    *bytes += weight_bytes(w);
+    const double ops = 2.0 * (double)w->rows * (double)w->cols;
+    if (vx_dt_is_block(w->dtype)) *int8_row += ops;
+    else *flops_row += ops;
+}
+
+static void pass_cost(const vx_model *m, double *bytes, double *flops_row, double *int8_row) {
+    *bytes = *flops_row = *int8_row = 0;
+    add_cost(&m->tok_emb, bytes, flops_row, int8_row);
     for (int l = 0; l < m->p.dec.n_layers; l++) {
         const vx_layer *L = &m->dec_layers[l];
         const vx_weight *w[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w1, &L->w2, &L->w3};
-        for (int i = 0; i < 7; i++) {
-            *bytes += weight_bytes(w[i]);
-            *flops_row += 2.0 * (double)w[i]->rows * (double)w[i]->cols;
-        }
+        for (int i = 0; i < 7; i++) add_cost(w[i], bytes, flops_row, int8_row);
     }
 }
 
@@ -155,14 +164,15 @@ int main(int argc, char **argv) {
     }
     vx_model_info info;
     vx_model_get_info(m, &info);
-    double wbytes, flops_row;
-    pass_cost(m, &wbytes, &flops_row);
+    double wbytes, flops_row, int8_row;
+    pass_cost(m, &wbytes, &flops_row, &int8_row);
     const double bw0 = vx_measure_read_bandwidth((size_t)1 << 30, info.n_threads, 3);
     const double peak0 = vx_measure_fma_peak(info.n_threads);
+    const double ipeak0 = vx_measure_int8_peak(info.n_threads);
     printf("backend %s, %d thread(s), %d passes x %d rounds per count\n", info.backend,
            info.n_threads, passes, rounds);
-    printf("decoder weights + head %.3f GB per pass, %.2f GFLOP per row\n", wbytes / 1e9,
-           flops_row / 1e9);
+    printf("decoder weights + head %.3f GB per pass, %.2f GFLOP (float) + %.2f GOP (int8) per row\n",
+           wbytes / 1e9, flops_row / 1e9, int8_row / 1e9);
 
     group_t g[N_COUNTS];
     for (int c = 0; c < N_COUNTS; c++)
@@ -182,10 +192,13 @@ int main(int argc, char **argv) {
         }
     const double bw1 = vx_measure_read_bandwidth((size_t)1 << 30, info.n_threads, 3);
     const double peak1 = vx_measure_fma_peak(info.n_threads);
+    const double ipeak1 = vx_measure_int8_peak(info.n_threads);
     const double bw = bw0 > bw1 ? bw0 : bw1, peak = peak0 > peak1 ? peak0 : peak1;
-    printf("read bandwidth %.2f / %.2f GB/s (start / end), FMA peak %.1f / %.1f GFLOP/s\n", bw0,
-           bw1, peak0, peak1);
-    printf("streams  ms/pass (min..max)       pos/s  bw roof fma roof  of lower  cpu share\n");
+    /* no int8 instructions: the kernels' integer work runs at about the FMA rate */
+    const double ipeak = ipeak0 > 0 || ipeak1 > 0 ? (ipeak0 > ipeak1 ? ipeak0 : ipeak1) : peak;
+    printf("read bandwidth %.2f / %.2f GB/s (start / end), FMA peak %.1f / %.1f GFLOP/s, "
+           "int8 peak %.1f / %.1f GOP/s\n", bw0, bw1, peak0, peak1, ipeak0, ipeak1);
+    printf("streams  ms/pass (min..max)       pos/s  bw roof  compute roof (fma only)  of lower  cpu share\n");
     const int kvd = m->p.dec.n_kv_heads * m->p.dec.head_dim, nl = m->p.dec.n_layers;
     const int heads = m->p.dec.n_heads, hd = m->p.dec.head_dim;
     for (int c = 0; c < N_COUNTS; c++) {
@@ -197,12 +210,15 @@ int main(int argc, char **argv) {
         const double keys = (double)g[c].pos; /* about the cache length during the steps */
         const double bytes = wbytes + (double)n * nl * 2.0 * keys * kvd * 2.0;
         const double flops = (double)n * (flops_row + nl * 4.0 * heads * hd * keys);
+        const double iops = (double)n * int8_row;
         const double pos_s = n * 1e3 / med;
-        const double bw_roof = n / (bytes / (bw * 1e9)), fma_roof = n / (flops / (peak * 1e9));
-        const double lower = bw_roof < fma_roof ? bw_roof : fma_roof;
-        printf("%7d  %7.1f (%6.1f..%6.1f) %7.2f %8.2f %8.2f  %7.0f%%  %8.0f%%\n", n, med,
-               sorted[0], sorted[nr - 1], pos_s, bw_roof, fma_roof, 100.0 * pos_s / lower,
-               100.0 * cpu[c] / (wall[c] * info.n_threads));
+        const double bw_roof = n / (bytes / (bw * 1e9));
+        const double compute_roof = n / (flops / (peak * 1e9) + iops / (ipeak * 1e9));
+        const double fma_roof = n / ((flops + iops) / (peak * 1e9));
+        const double lower = bw_roof < compute_roof ? bw_roof : compute_roof;
+        printf("%7d  %7.1f (%6.1f..%6.1f) %7.2f %8.2f %12.2f (%7.2f)  %7.0f%%  %8.0f%%\n", n, med,
+               sorted[0], sorted[nr - 1], pos_s, bw_roof, compute_roof, fma_roof,
+               100.0 * pos_s / lower, 100.0 * cpu[c] / (wall[c] * info.n_threads));
     }
     for (int c = 0; c < N_COUNTS; c++) group_free(m, &g[c]);
     vx_model_free(m);

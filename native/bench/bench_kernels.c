@@ -1,7 +1,8 @@
 /* bench_kernels.c - throughput of the matmul backends against this machine's
  * limits (not part of the build; the numbers go into the kernel notes).
  *
- *   FMA peak   : vx_measure_fma_peak (membw.c), 1 and 2 threads
+ *   FMA peak   : vx_measure_fma_peak (membw.c), 1 and 2 threads (and, in
+ *                "ab", the int8 dot-product peak, vx_measure_int8_peak)
  *   memory     : vx_measure_read_bandwidth over 1 GiB, 1 and 2 threads
  *   matmul     : W [5120 x 1280] x 64 input rows (encoder FFN shape), GFLOP/s
  *   matvec     : W [9216 x 3072] x 1 row (decoder FFN shape), GB/s of weights
@@ -173,12 +174,14 @@ static int run_ab(const char *a_name, const char *b_name, int threads, int round
         if (copies[d] > 8) copies[d] = 8;
         for (int k = 0; k < copies[d]; k++) fill_weight(&dec[d][k], dts[d], 9216, 3072, (unsigned)k + 2);
     }
-    double peak = 0, bw = 0, t_f32 = 1e9, t_enc[2][2], t_dec[2][2];
+    double peak = 0, ipeak = 0, bw = 0, t_f32 = 1e9, t_enc[2][2], t_dec[2][2];
     for (int d = 0; d < 2; d++)
         for (int k = 0; k < 2; k++) t_enc[d][k] = t_dec[d][k] = 1e9;
     for (int r = 0; r < rounds; r++) {
         const double p = vx_measure_fma_peak(threads), b = vx_measure_read_bandwidth((size_t)256 << 20, threads, 1);
+        const double ip = vx_measure_int8_peak(threads);
         peak = p > peak ? p : peak;
+        ipeak = ip > ipeak ? ip : ipeak;
         bw = b > bw ? b : bw;
         double t = time_matmul(&side[0], &f32, 1, X, n, Y);
         t_f32 = t < t_f32 ? t : t_f32;
@@ -192,15 +195,15 @@ static int run_ab(const char *a_name, const char *b_name, int threads, int round
             }
     }
     const double ops = 2.0 * 5120 * 1280 * n * 1e-9;
-    printf("FMA peak %.1f GFLOP/s, read bandwidth %.1f GB/s, F32 matmul [5120 x 1280] x %d: %.1f GFLOP/s = %.2f x peak\n",
-           peak, bw, n, ops / t_f32, ops / t_f32 / peak);
+    printf("FMA peak %.1f GFLOP/s, int8 peak %.1f GOP/s, read bandwidth %.1f GB/s, F32 matmul [5120 x 1280] x %d: %.1f GFLOP/s = %.2f x peak\n",
+           peak, ipeak, bw, n, ops / t_f32, ops / t_f32 / peak);
     for (int d = 0; d < 2; d++)
         for (int k = 0; k < 2; k++) {
             const double gb = (double)vx_row_bytes(dts[d], 3072) * 9216 * 1e-9;
-            printf("%c %-16s %s: encoder matmul %.1f GOP/s = %.2f x FMA peak = %.2f x F32 matmul; "
+            printf("%c %-16s %s: encoder matmul %.1f GOP/s = %.2f x FMA peak (%.2f of int8 peak) = %.2f x F32 matmul; "
                    "decoder matvec [9216 x 3072] %.1f GB/s = %.2f of read bandwidth\n",
                    'A' + k, side[k].be->name, dt_name(dts[d]), ops / t_enc[d][k], ops / t_enc[d][k] / peak,
-                   t_f32 / t_enc[d][k], gb / t_dec[d][k], gb / t_dec[d][k] / bw);
+                   ipeak > 0 ? ops / t_enc[d][k] / ipeak : 0.0, t_f32 / t_enc[d][k], gb / t_dec[d][k], gb / t_dec[d][k] / bw);
         }
     return 0;
 }

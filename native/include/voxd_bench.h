@@ -40,14 +40,23 @@ extern "C" {
 VX_EXPORT double vx_measure_read_bandwidth(size_t bytes, int n_threads, int reps);
 
 /* Peak float32 multiply-add throughput in GFLOP/s (one FMA = 2 FLOP), summed
- * over n_threads threads running at once: independent chains of 256-bit FMAs
- * (AVX2+FMA CPUs), 128-bit FMAs (AArch64 NEON), or the compiler's rendering
+ * over n_threads threads running at once: independent chains of 512-bit FMAs
+ * (AVX-512 CPUs), 256-bit FMAs (AVX2+FMA), 128-bit FMAs (AArch64 NEON), or the compiler's rendering
  * of a plain multiply-add loop elsewhere. It is the same-run ceiling that the
  * engine's compute-bound stages (encoder, prefill) are compared with.
  *
  * n_threads <= 0 means one per online CPU. Best of 5 repetitions of about
  * 50 ms each. Returns a negative value when a thread cannot be started. */
 VX_EXPORT double vx_measure_fma_peak(int n_threads);
+
+/* Peak int8 dot-product throughput in GOP/s (a multiply-add counts 2, as an
+ * FMA lane does), the instructions of the Q8/Q4 kernels: vpdpbusd on zmm
+ * (AVX512-VNNI) or ymm (AVX-VNNI), vpmaddubsw + vpmaddwd (AVX2), SDOT
+ * (AArch64 with the dot-product extension); 12 independent chains per
+ * thread, best of 5 repetitions. The compute roof of the int8 matrix work.
+ * Returns a negative value where the CPU has none of these (or a thread
+ * cannot be started). */
+VX_EXPORT double vx_measure_int8_peak(int n_threads);
 
 #ifdef __cplusplus
 }

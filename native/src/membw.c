@@ -33,14 +33,14 @@
 #define FMA_REPS 5   /* best of: a shared machine's other load only slows a repetition */
 #define FMA_CHAINS 12 /* > latency x ports on current cores (5 x 2 on Haswell, 4 x 2 on A76) */
 
-enum { TASK_FILL, TASK_READ, TASK_FMA };
+enum { TASK_FILL, TASK_READ, TASK_FMA, TASK_DOT };
 
 typedef struct {
     int kind;
     int simd;             /* use the SIMD kernel (decided once per call) */
     unsigned char *p;     /* TASK_FILL / TASK_READ: this thread's part */
     size_t n;             /* bytes of the part (a multiple of PAGE) */
-    long iters;           /* TASK_FMA */
+    long iters;           /* TASK_FMA / TASK_DOT */
     uint64_t isink;       /* results, so the compiler cannot drop the work */
     float fsink;
 } task;
@@ -173,6 +173,72 @@ __attribute__((target("avx512f"))) static float fma_avx512(long iters) {
 }
 #define FLOP_SIMD512 (FMA_CHAINS * 16 * 2)
 
+/* int8 dot products (the Q8/Q4 kernels' instructions): 12 chains of
+ * vpdpbusd on zmm (AVX512-VNNI), on ymm (AVX-VNNI), or vpmaddubsw +
+ * vpmaddwd + vpaddd (AVX2). Level 3 / 2 / 1; 0: none. */
+static int dot_level(void) {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512f")) return 3;
+    if (__builtin_cpu_supports("avxvnni")) return 2;
+    return have_avx2() ? 1 : 0;
+}
+
+#define DOT_CHAINS(T, Z, OP)                                                                   \
+    T a0 = Z, a1 = Z, a2 = Z, a3 = Z, a4 = Z, a5 = Z, a6 = Z, a7 = Z, a8 = Z, a9 = Z, a10 = Z, \
+      a11 = Z;                                                                                 \
+    for (long it = 0; it < iters; it++) {                                                      \
+        a0 = OP(a0);                                                                           \
+        a1 = OP(a1);                                                                           \
+        a2 = OP(a2);                                                                           \
+        a3 = OP(a3);                                                                           \
+        a4 = OP(a4);                                                                           \
+        a5 = OP(a5);                                                                           \
+        a6 = OP(a6);                                                                           \
+        a7 = OP(a7);                                                                           \
+        a8 = OP(a8);                                                                           \
+        a9 = OP(a9);                                                                           \
+        a10 = OP(a10);                                                                         \
+        a11 = OP(a11);                                                                         \
+    }
+
+__attribute__((target("avx512f,avx512vnni"))) static uint64_t dot_avx512(long iters) {
+    const __m512i u = _mm512_set1_epi8(3), v = _mm512_set1_epi8(-5);
+#define OP512(a) _mm512_dpbusd_epi32(a, u, v)
+    DOT_CHAINS(__m512i, _mm512_setzero_si512(), OP512)
+#undef OP512
+    __m512i t = _mm512_add_epi32(_mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3)),
+                                 _mm512_add_epi32(_mm512_add_epi32(a4, a5), _mm512_add_epi32(a6, a7)));
+    t = _mm512_add_epi32(t, _mm512_add_epi32(_mm512_add_epi32(a8, a9), _mm512_add_epi32(a10, a11)));
+    return (uint64_t)(uint32_t)_mm512_reduce_add_epi32(t);
+}
+
+__attribute__((target("avx2,avxvnni"))) static uint64_t dot_avxvnni(long iters) {
+    const __m256i u = _mm256_set1_epi8(3), v = _mm256_set1_epi8(-5);
+#define OPV(a) _mm256_dpbusd_avx_epi32(a, u, v)
+    DOT_CHAINS(__m256i, _mm256_setzero_si256(), OPV)
+#undef OPV
+    __m256i t = _mm256_add_epi32(_mm256_add_epi32(_mm256_add_epi32(a0, a1), _mm256_add_epi32(a2, a3)),
+                                 _mm256_add_epi32(_mm256_add_epi32(a4, a5), _mm256_add_epi32(a6, a7)));
+    t = _mm256_add_epi32(t, _mm256_add_epi32(_mm256_add_epi32(a8, a9), _mm256_add_epi32(a10, a11)));
+    return (uint64_t)(uint32_t)_mm256_extract_epi32(t, 0);
+}
+
+__attribute__((target("avx2"))) static uint64_t dot_avx2(long iters) {
+    const __m256i u = _mm256_set1_epi8(3), v = _mm256_set1_epi8(-5), one = _mm256_set1_epi16(1);
+#define OP2(a) _mm256_add_epi32(a, _mm256_madd_epi16(_mm256_maddubs_epi16(u, v), one))
+    DOT_CHAINS(__m256i, _mm256_setzero_si256(), OP2)
+#undef OP2
+    __m256i t = _mm256_add_epi32(_mm256_add_epi32(_mm256_add_epi32(a0, a1), _mm256_add_epi32(a2, a3)),
+                                 _mm256_add_epi32(_mm256_add_epi32(a4, a5), _mm256_add_epi32(a6, a7)));
+    t = _mm256_add_epi32(t, _mm256_add_epi32(_mm256_add_epi32(a8, a9), _mm256_add_epi32(a10, a11)));
+    return (uint64_t)(uint32_t)_mm256_extract_epi32(t, 0);
+}
+
+/* int8 operations (a multiply-add counts 2) per iteration of each level. */
+static long dot_ops_per_iter(int level) {
+    return level == 3 ? FMA_CHAINS * 128L : level >= 1 ? FMA_CHAINS * 64L : 0;
+}
+
 #elif defined(__aarch64__)
 static int have_avx2(void) { return 0; }
 
@@ -203,8 +269,47 @@ static float fma_neon(long iters) {
 }
 #define FLOP_SIMD (FMA_CHAINS * 4 * 2)
 
+#define DOT_CHAINS_NEON                                                                        \
+    int32x4_t a0 = vdupq_n_s32(0), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0,        \
+              a7 = a0, a8 = a0, a9 = a0, a10 = a0, a11 = a0;                                  \
+    for (long it = 0; it < iters; it++) {                                                      \
+        a0 = OPS(a0);                                                                          \
+        a1 = OPS(a1);                                                                          \
+        a2 = OPS(a2);                                                                          \
+        a3 = OPS(a3);                                                                          \
+        a4 = OPS(a4);                                                                          \
+        a5 = OPS(a5);                                                                          \
+        a6 = OPS(a6);                                                                          \
+        a7 = OPS(a7);                                                                          \
+        a8 = OPS(a8);                                                                          \
+        a9 = OPS(a9);                                                                          \
+        a10 = OPS(a10);                                                                        \
+        a11 = OPS(a11);                                                                        \
+    }
+#include <sys/auxv.h>
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1 << 20)
+#endif
+/* SDOT (ARMv8.2 dot product, Cortex-A76 and later): level 1; 0 without. */
+static int dot_level(void) { return (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) ? 1 : 0; }
+
+__attribute__((target("arch=armv8.2-a+dotprod"))) static uint64_t dot_sdot(long iters) {
+    const int8x16_t u = vdupq_n_s8(3), v = vdupq_n_s8(-5);
+#define OPS(a) vdotq_s32(a, u, v)
+    DOT_CHAINS_NEON
+#undef OPS
+    int32x4_t t = vaddq_s32(vaddq_s32(vaddq_s32(a0, a1), vaddq_s32(a2, a3)),
+                            vaddq_s32(vaddq_s32(a4, a5), vaddq_s32(a6, a7)));
+    t = vaddq_s32(t, vaddq_s32(vaddq_s32(a8, a9), vaddq_s32(a10, a11)));
+    return (uint64_t)(uint32_t)vaddvq_s32(t);
+}
+
+static long dot_ops_per_iter(int level) { return level ? FMA_CHAINS * 32L : 0; }
+
 #else
 static int have_avx2(void) { return 0; }
+static int dot_level(void) { return 0; }
+static long dot_ops_per_iter(int level) { return (void)level, 0L; }
 #endif
 
 /* SIMD available for the FMA loop on this CPU (NEON is baseline on
@@ -262,6 +367,13 @@ static void *run_task(void *arg) {
         }
 #endif
         t->fsink = fma_plain(t->iters);
+        break;
+    case TASK_DOT:
+#if defined(VX_BENCH_X86)
+        t->isink = t->simd == 3 ? dot_avx512(t->iters) : t->simd == 2 ? dot_avxvnni(t->iters) : dot_avx2(t->iters);
+#elif defined(__aarch64__)
+        t->isink = dot_sdot(t->iters);
+#endif
         break;
     default:
         break;
@@ -338,11 +450,12 @@ double vx_measure_read_bandwidth(size_t bytes, int n_threads, int reps) {
     return (double)part * (double)n / best * 1e-9;
 }
 
-double vx_measure_fma_peak(int n_threads) {
+/* The peak of a compute task kind (TASK_FMA at SIMD level simd, or
+ * TASK_DOT at dot level simd) in G operations per second over n threads. */
+static double measure_peak(int kind, int simd, long ops_per_iter, int n_threads) {
     int n = n_threads > 0 ? (n_threads > MAX_THREADS ? MAX_THREADS : n_threads) : cpu_count();
-    int simd = fma_simd();
     /* calibrate on one thread: about 50 ms per repetition */
-    task one = {.kind = TASK_FMA, .simd = simd, .iters = 1L << 18};
+    task one = {.kind = kind, .simd = simd, .iters = 1L << 18};
     double t = run_parallel(&one, 1);
     if (t < 0) return -1;
     double want = (double)one.iters * 0.05 / (t > 1e-6 ? t : 1e-6);
@@ -350,7 +463,7 @@ double vx_measure_fma_peak(int n_threads) {
     task *tasks = calloc((size_t)n, sizeof(task));
     if (!tasks) return -1;
     for (int i = 0; i < n; i++) {
-        tasks[i].kind = TASK_FMA;
+        tasks[i].kind = kind;
         tasks[i].simd = simd;
         tasks[i].iters = iters;
     }
@@ -365,5 +478,16 @@ double vx_measure_fma_peak(int n_threads) {
     }
     free(tasks);
     if (best <= 0) return -1;
-    return (double)n * (double)iters * (double)fma_flop_per_iter(simd) / best * 1e-9;
+    return (double)n * (double)iters * (double)ops_per_iter / best * 1e-9;
+}
+
+double vx_measure_fma_peak(int n_threads) {
+    const int simd = fma_simd();
+    return measure_peak(TASK_FMA, simd, fma_flop_per_iter(simd), n_threads);
+}
+
+double vx_measure_int8_peak(int n_threads) {
+    const int level = dot_level();
+    if (!level) return -1;
+    return measure_peak(TASK_DOT, level, dot_ops_per_iter(level), n_threads);
 }

@@ -142,6 +142,8 @@ def _declare_bench(lib: ctypes.CDLL) -> None:
     lib.vx_measure_read_bandwidth.restype = ctypes.c_double
     lib.vx_measure_fma_peak.argtypes = [ctypes.c_int]
     lib.vx_measure_fma_peak.restype = ctypes.c_double
+    lib.vx_measure_int8_peak.argtypes = [ctypes.c_int]
+    lib.vx_measure_int8_peak.restype = ctypes.c_double
 
 
 def measure_read_bandwidth(n_bytes: int = 1 << 30, threads: int = 0, reps: int = 3) -> float:
@@ -162,6 +164,15 @@ def measure_fma_peak(threads: int = 0) -> float:
     if not gflops > 0:
         raise RuntimeError("cannot measure the FMA peak (thread start failed)")
     return gflops
+
+
+def measure_int8_peak(threads: int = 0) -> float | None:
+    """int8 dot-product peak in GOP/s (the Q8/Q4 kernels' instructions: vpdpbusd,
+    vpmaddubsw or SDOT), or None where the CPU has none of them."""
+    lib = library()
+    _declare_bench(lib)
+    gops = float(lib.vx_measure_int8_peak(threads))
+    return gops if gops > 0 else None
 
 
 def _in_child(fn: Callable[[], float]) -> float:
@@ -542,6 +553,7 @@ def run_bench(
     n_threads = info.n_threads
     bw_after = _in_child(lambda: measure_read_bandwidth(membw_bytes, n_threads, 3))
     fma_after = measure_fma_peak(n_threads)
+    int8_peak = measure_int8_peak(n_threads)
     bandwidth = max(bw_before, bw_after)
     fma_peak = max(fma_before, fma_after)
     # the GPU's own read bandwidth (the engine's streaming-read kernel) when it ran there
@@ -645,6 +657,7 @@ def run_bench(
             "bandwidth_buffer_bytes": membw_bytes,
             "fma_peak_gflops": fma_peak,
             "fma_peak_gflops_runs": [fma_before, fma_after],
+            "int8_peak_gops": int8_peak,
             "gpu_read_bandwidth_gbs": gpu_gbs,
         },
         "model": {
@@ -778,6 +791,10 @@ def format_report(r: dict[str, Any]) -> str:
             f"{m['read_bandwidth_gbs']:.1f} GB/s" + _spread(m, "read_bandwidth_gbs_runs"),
         ),
         ("FMA peak", f"{m['fma_peak_gflops']:.1f} GFLOP/s" + _spread(m, "fma_peak_gflops_runs")),
+        (
+            "int8 dot-product peak",
+            f"{m['int8_peak_gops']:.1f} GOP/s" if m.get("int8_peak_gops") else "none on this CPU",
+        ),
         ("model", f"{mo['dir']} ({mo['weight_format']}, backend {mo['backend']})"),
         ("weights", f"{_gb(mo['weight_bytes'])} stored"),
         ("load", f"{mo['load_s'] * 1e3:.0f} ms"),
