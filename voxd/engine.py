@@ -142,6 +142,8 @@ class _GroupStats(ctypes.Structure):
         ("stream_passes", ctypes.c_int64),
         ("rows", ctypes.c_int64),
         ("max_streams", ctypes.c_int64),
+        ("encoder_passes", ctypes.c_int64),
+        ("encoder_stream_passes", ctypes.c_int64),
     ]
 
 
@@ -402,6 +404,8 @@ class GroupStats:
     stream_passes: int  # the streams' own passes they stood for
     rows: int  # decoder rows computed
     max_streams: int  # most streams in one pass
+    encoder_passes: int  # encoder stack passes of two or more streams' frames
+    encoder_stream_passes: int  # the streams' shares of them
 
 
 def _warn_nonfinite(model_dir: str | os.PathLike[str], scan: NonFiniteScan) -> None:

@@ -246,6 +246,8 @@ typedef struct {
     int64_t stream_passes;  /* the streams' own passes they stand for */
     int64_t rows;           /* decoder rows computed */
     int64_t max_streams;    /* most streams in one pass */
+    int64_t encoder_passes; /* encoder stack passes in calls where some stacked streams */
+    int64_t encoder_stream_passes; /* the streams' shares of them */
 } vx_group_stats;
 VX_EXPORT void vx_group_get_stats(const vx_group *g, vx_group_stats *out);
 

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "device.h"
 #include "stages.h"
 
 void vx_enc_state_free(vx_enc_state *e) {
@@ -83,9 +84,24 @@ static int conv_stem(const vx_model *m, vx_enc_state *es, const float *mel, int 
     return 0;
 }
 
+/* The final norm of ne encoder rows, then the adapter (frames 4k..4k+3 are
+ * already contiguous: one [4*ed] row) of their n_pos positions. */
+static int norm_and_adapt(const vx_model *m, float *enc, int ne, int n_pos, float *out) {
+    const int ed = m->p.enc.dim, dim = m->p.dec.dim;
+    for (int i = 0; i < ne; i++)
+        vx_rmsnorm(enc + (size_t)i * ed, enc + (size_t)i * ed, m->enc_norm, ed, m->p.enc.norm_eps);
+    float *mid = malloc(sizeof(float) * (size_t)n_pos * dim);
+    if (!mid) return -1;
+    vx_matmul(m, &m->adapt0, enc, n_pos, mid, NULL);
+    gelu_rows(mid, (size_t)n_pos * dim);
+    vx_matmul(m, &m->adapt2, mid, n_pos, out, NULL);
+    free(mid);
+    return 0;
+}
+
 int vx_encoder_pass(const vx_model *m, vx_enc_state *es, vx_scratch *s, const float *mel,
                     int n_pos, float *enc, float *out) {
-    const int ed = m->p.enc.dim, dim = m->p.dec.dim;
+    const int ed = m->p.enc.dim;
     const int nm = n_pos * VX_POS_FRAMES, ne = n_pos * VX_POS_ENC_FRAMES;
     if (n_pos <= 0) return 0;
     if (conv_stem(m, es, mel, nm, enc) != 0) return -1;
@@ -98,15 +114,102 @@ int vx_encoder_pass(const vx_model *m, vx_enc_state *es, vx_scratch *s, const fl
         es->pos += nb;
         passes++;
     }
-    for (int i = 0; i < ne; i++)
-        vx_rmsnorm(enc + (size_t)i * ed, enc + (size_t)i * ed, m->enc_norm, ed, m->p.enc.norm_eps);
+    return norm_and_adapt(m, enc, ne, n_pos, out) != 0 ? -1 : passes;
+}
 
-    /* adapter: frames 4k..4k+3 are already contiguous = one [4*ed] row */
-    float *mid = malloc(sizeof(float) * (size_t)n_pos * dim);
-    if (!mid) return -1;
-    vx_matmul(m, &m->adapt0, enc, n_pos, mid, NULL);
-    gelu_rows(mid, (size_t)n_pos * dim);
-    vx_matmul(m, &m->adapt2, mid, n_pos, out, NULL);
-    free(mid);
+/* The stack over the jobs' frames (conv outputs in job[j].enc), VX_ENC_BATCH
+ * rows per stacked pass taken from the jobs in order. */
+static int stack_jobs(const vx_model *m, vx_enc_job *job, int njob, vx_scratch *s, int *segs) {
+    const vx_device *d = m->dev;
+    const size_t row = sizeof(float) * (size_t)m->p.enc.dim;
+    int *done = calloc((size_t)njob, sizeof *done), *who = malloc(sizeof *who * (size_t)njob);
+    vx_stack_seg *seg = malloc(sizeof *seg * (size_t)njob);
+    int passes = -1;
+    if (!done || !who || !seg) goto out;
+    for (passes = 0;; passes++) {
+        int nseg = 0, rows = 0;
+        for (int j = 0; j < njob && rows < VX_ENC_BATCH; j++) {
+            const int left = job[j].n_pos * VX_POS_ENC_FRAMES - done[j];
+            const int take = left < VX_ENC_BATCH - rows ? left : VX_ENC_BATCH - rows;
+            if (take <= 0) continue;
+            seg[nseg] = (vx_stack_seg){NULL, &job[j].es->kv, take, job[j].es->pos};
+            who[nseg++] = j;
+            rows += take;
+        }
+        if (nseg == 0) break;
+        *segs += nseg;
+        if (vx_stack_reserve_segs(m, &m->p.enc, seg, nseg, s) != 0) {
+            passes = -1;
+            break;
+        }
+        size_t off = 0;
+        for (int k = 0; k < nseg; k++) {
+            d->upload(d, s->x, off, job[who[k]].enc + done[who[k]] * row / sizeof(float),
+                      (size_t)seg[k].n * row);
+            off += (size_t)seg[k].n * row;
+        }
+        vx_stack_layers_segs(m, &m->p.enc, m->enc_layers, seg, nseg, s);
+        off = 0;
+        for (int k = 0; k < nseg; k++) {
+            const int j = who[k];
+            d->download(d, job[j].enc + done[j] * row / sizeof(float), s->x, off,
+                        (size_t)seg[k].n * row);
+            off += (size_t)seg[k].n * row;
+            done[j] += seg[k].n;
+            job[j].es->pos += seg[k].n;
+        }
+    }
+out:
+    free(done);
+    free(who);
+    free(seg);
     return passes;
+}
+
+int vx_encoder_pass_jobs(const vx_model *m, vx_enc_job *job, int njob, vx_scratch *s,
+                         int *segs) {
+    const int ed = m->p.enc.dim, dim = m->p.dec.dim;
+    *segs = 0;
+    if (njob == 1 || !m->dev->host_visible) {
+        int passes = 0;
+        for (int j = 0; j < njob; j++) {
+            const int p = vx_encoder_pass(m, job[j].es, s, job[j].mel, job[j].n_pos, job[j].enc,
+                                          job[j].out);
+            if (p < 0) return -1;
+            passes += p;
+            *segs += p;
+        }
+        return passes;
+    }
+    int n_pos = 0;
+    for (int j = 0; j < njob; j++) {
+        if (job[j].n_pos > 0 &&
+            conv_stem(m, job[j].es, job[j].mel, job[j].n_pos * VX_POS_FRAMES, job[j].enc) != 0)
+            return -1;
+        n_pos += job[j].n_pos;
+    }
+    const int passes = stack_jobs(m, job, njob, s, segs);
+    if (passes < 0) return -1;
+    /* the norm and the adapter over all the jobs' rows at once */
+    const size_t erow = (size_t)VX_POS_ENC_FRAMES * ed;
+    float *enc = malloc(sizeof(float) * (size_t)n_pos * erow);
+    float *out = malloc(sizeof(float) * (size_t)n_pos * dim);
+    int rc = -1;
+    if (enc && out) {
+        size_t p = 0;
+        for (int j = 0; j < njob; j++) {
+            memcpy(enc + p * erow, job[j].enc, sizeof(float) * (size_t)job[j].n_pos * erow);
+            p += (size_t)job[j].n_pos;
+        }
+        rc = norm_and_adapt(m, enc, n_pos * VX_POS_ENC_FRAMES, n_pos, out);
+        p = 0;
+        for (int j = 0; rc == 0 && j < njob; j++) {
+            memcpy(job[j].enc, enc + p * erow, sizeof(float) * (size_t)job[j].n_pos * erow);
+            memcpy(job[j].out, out + p * dim, sizeof(float) * (size_t)job[j].n_pos * dim);
+            p += (size_t)job[j].n_pos;
+        }
+    }
+    free(enc);
+    free(out);
+    return rc == 0 ? passes : -1;
 }

@@ -62,6 +62,29 @@ int vx_enc_state_copy(vx_enc_state *dst, const vx_enc_state *src, const vx_model
 int vx_encoder_pass(const vx_model *m, vx_enc_state *e, vx_scratch *s, const float *mel,
                     int n_pos, float *enc, float *out);
 
+/* One stream's part of a grouped encoder pass: vx_encoder_pass's arguments. */
+typedef struct {
+    vx_enc_state *es;
+    const float *mel;
+    int n_pos;
+    float *enc;
+    float *out;
+} vx_enc_job;
+
+/* Several streams' encoder passes as one: each conv stem on its own (it
+ * carries per-stream state), then the encoder stack with every stream's
+ * frames stacked in the matrix products (VX_ENC_BATCH rows per stacked pass:
+ * one read of the encoder weights, and one packing of them by the int8
+ * kernels, for all the streams; RoPE, cache and attention per stream), and
+ * the adapter over all their positions. Each stream's enc and out are
+ * bitwise its vx_encoder_pass's (rows never influence each other's
+ * arithmetic, and a stream's frames may be split at any row). One pass each
+ * on a device that cannot stack. Returns the number of stack passes, or -1
+ * when memory runs out; *segs: the streams' shares of them (their sum over
+ * the passes). */
+int vx_encoder_pass_jobs(const vx_model *m, vx_enc_job *job, int njob, vx_scratch *s,
+                         int *segs);
+
 /* ---- decoder (decoder.c): stack with ada-norm, final norm, output head ---- */
 
 /* The decoder's conditioning on a delay of delay_pos positions: per layer

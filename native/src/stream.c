@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "device.h"
 #include "stream.h"
 #include "util.h"
 
@@ -231,22 +232,14 @@ static int append_adapter_rows(vx_state *st, const float *rows, int64_t n, int d
     return 0;
 }
 
-/* One encoder pass over n_pos whole positions of the pending mel frames:
- * they are consumed, the adapter rows are queued for the decoder. */
-static int run_encoder(vx_stream *s, int n_pos) {
+/* After an encoder pass over n_pos positions of the pending mel frames
+ * (their encoder rows enc, adapter rows out): they are consumed, the
+ * adapter rows are queued for the decoder. */
+static int encoder_done(vx_stream *s, int n_pos, const float *enc, const float *out, int passes) {
     const vx_model *m = s->m;
     vx_state *st = &s->st;
     const int nmel = m->p.n_mels, ed = m->p.enc.dim, dim = m->p.dec.dim;
     const int nm = n_pos * VX_POS_FRAMES, ne = n_pos * VX_POS_ENC_FRAMES;
-    if (n_pos <= 0) return 0;
-    if (nm > st->n_mel_pend) return -1;
-    const double t0 = now_ms();
-    float *enc = malloc(sizeof(float) * (size_t)ne * ed);
-    float *out = malloc(sizeof(float) * (size_t)n_pos * dim);
-    int rc = -1;
-    if (!enc || !out) goto done;
-    const int passes = vx_encoder_pass(m, &st->enc, &s->enc_s, st->mel_pend, n_pos, enc, out);
-    if (passes < 0) goto done;
     s->stats.encoder_passes += passes;
     st->n_mel_pend -= nm;
     memmove(st->mel_pend, st->mel_pend + (size_t)nm * nmel,
@@ -254,10 +247,27 @@ static int run_encoder(vx_stream *s, int n_pos) {
     if (capture_rows(s, VX_DEBUG_ENCODER, enc, ne, ed) != 0 ||
         capture_rows(s, VX_DEBUG_ADAPTER, out, n_pos, dim) != 0 ||
         append_adapter_rows(st, out, n_pos, dim) != 0)
-        goto done;
+        return -1;
     s->stats.encoder_frames += ne;
-    rc = 0;
-done:
+    return 0;
+}
+
+/* One encoder pass over n_pos whole positions of the pending mel frames. */
+static int run_encoder(vx_stream *s, int n_pos) {
+    const vx_model *m = s->m;
+    vx_state *st = &s->st;
+    const int ed = m->p.enc.dim, dim = m->p.dec.dim;
+    const int ne = n_pos * VX_POS_ENC_FRAMES;
+    if (n_pos <= 0) return 0;
+    if (n_pos * VX_POS_FRAMES > st->n_mel_pend) return -1;
+    const double t0 = now_ms();
+    float *enc = malloc(sizeof(float) * (size_t)ne * ed);
+    float *out = malloc(sizeof(float) * (size_t)n_pos * dim);
+    int rc = -1;
+    if (enc && out) {
+        const int passes = vx_encoder_pass(m, &st->enc, &s->enc_s, st->mel_pend, n_pos, enc, out);
+        if (passes >= 0) rc = encoder_done(s, n_pos, enc, out, passes);
+    }
     s->stats.encoder_ms += now_ms() - t0;
     free(enc);
     free(out);
@@ -267,7 +277,12 @@ done:
 static int run_audio(vx_stream *s, int force) {
     vx_state *st = &s->st;
     if (!force && st->n_mel_pend < s->interval_frames) return 0;
-    return run_encoder(s, st->n_mel_pend / VX_POS_FRAMES);
+    const int n_pos = st->n_mel_pend / VX_POS_FRAMES;
+    if (s->enc_defer) { /* the group runs it (group_encode) */
+        if (n_pos > s->enc_pending) s->enc_pending = n_pos;
+        return 0;
+    }
+    return run_encoder(s, n_pos);
 }
 
 static int prompt_token(const vx_stream *s, int64_t p) {
@@ -617,6 +632,8 @@ vx_status vx_stream_debug_get(const vx_stream *s, int kind, const float **data, 
 struct vx_group {
     vx_model *m;
     vx_scratch s;           /* the stacked passes' activations */
+    vx_scratch enc_s;       /* the stacked encoder passes' */
+    vx_enc_job *job;        /* [cap] one per stream with encoder work */
     float *x;               /* [x_cap, dim] input rows of a stacked pass */
     float *logits;          /* [lg_cap, vocab] logits of its step rows */
     int64_t x_cap, lg_cap;  /* rows */
@@ -641,6 +658,8 @@ vx_status vx_group_new(vx_model *m, vx_group **out) {
 void vx_group_free(vx_group *g) {
     if (!g) return;
     vx_scratch_free(&g->s);
+    vx_scratch_free(&g->enc_s);
+    free(g->job);
     free(g->x);
     free(g->logits);
     free(g->seg);
@@ -660,8 +679,10 @@ static int group_reserve(vx_group *g, vx_stream *const *s, int count) {
     int64_t lg = 0;
     for (int i = 0; i < count; i++) lg += s[i]->max_spec;
     if (count > g->cap) {
-        int64_t c = g->cap, c2 = g->cap, c3 = g->cap, c4 = g->cap, c5 = g->cap, c6 = g->cap;
+        int64_t c = g->cap, c2 = g->cap, c3 = g->cap, c4 = g->cap, c5 = g->cap, c6 = g->cap,
+                c7 = g->cap;
         if (grow((void **)&g->seg, &c, count, sizeof *g->seg) != 0 ||
+            grow((void **)&g->job, &c7, count, sizeof *g->job) != 0 ||
             grow((void **)&g->plan, &c2, count, sizeof *g->plan) != 0 ||
             grow((void **)&g->who, &c3, count, sizeof *g->who) != 0 ||
             grow((void **)&g->active, &c4, count, sizeof *g->active) != 0 ||
@@ -751,6 +772,55 @@ static void group_decode(vx_group *g, vx_stream *const *s, int count) {
         if (g->active[i]) drop_used_rows(&s[i]->st, g->m->p.dec.dim);
 }
 
+/* The encoder passes the streams' feeds and flushes asked for (enc_pending),
+ * as one stacked pass (vx_encoder_pass_jobs); a stream whose pass fails is
+ * out of the call. */
+static void group_encode(vx_group *g, vx_stream *const *s, int count) {
+    const vx_model *m = g->m;
+    const int ed = m->p.enc.dim, dim = m->p.dec.dim;
+    int nj = 0;
+    for (int i = 0; i < count; i++) {
+        vx_stream *t = s[i];
+        const int n_pos = t->enc_pending;
+        t->enc_defer = t->enc_pending = 0;
+        if (g->st[i] != VX_OK || n_pos <= 0) continue;
+        vx_enc_job *j = &g->job[nj];
+        *j = (vx_enc_job){&t->st.enc, t->st.mel_pend, n_pos,
+                          malloc(sizeof(float) * (size_t)n_pos * VX_POS_ENC_FRAMES * ed),
+                          malloc(sizeof(float) * (size_t)n_pos * dim)};
+        g->who[nj++] = i;
+        if (!j->enc || !j->out) {
+            g->st[i] = oom(t, "feed");
+            g->active[i] = 0;
+            nj--;
+            free(j->enc);
+            free(j->out);
+        }
+    }
+    if (nj > 0) {
+        const double t0 = now_ms();
+        int segs = 0;
+        const int passes = vx_encoder_pass_jobs(m, g->job, nj, &g->enc_s, &segs);
+        const double ms = now_ms() - t0;
+        if (passes > 0 && segs > passes) { /* some passes stacked several streams */
+            g->stats.encoder_passes += passes;
+            g->stats.encoder_stream_passes += segs;
+        }
+        for (int k = 0; k < nj; k++) {
+            const int i = g->who[k];
+            vx_stream *t = s[i];
+            t->stats.encoder_ms += ms;
+            if (passes < 0 ||
+                encoder_done(t, g->job[k].n_pos, g->job[k].enc, g->job[k].out, passes) != 0) {
+                g->st[i] = oom(t, g->flush[i] ? "flush" : "feed");
+                g->active[i] = 0;
+            }
+            free(g->job[k].enc);
+            free(g->job[k].out);
+        }
+    }
+}
+
 vx_status vx_group_feed(vx_group *g, vx_stream *const *s, const float *const *samples,
                         const size_t *n, const int *flush, int count, vx_status *status) {
     if (!g || count < 0 || (count > 0 && !s)) return VX_ERR_ARG;
@@ -761,17 +831,21 @@ vx_status vx_group_feed(vx_group *g, vx_stream *const *s, const float *const *sa
     }
     if (group_reserve(g, s, count) != 0) return VX_ERR_NOMEM;
     g->stats.calls += 1;
-    /* each stream's audio through its encoder; a flush pads it at once, so
-     * its right padding decodes in the same stacked passes */
+    /* each stream's audio to mel frames (a flush pads it at once, so its
+     * right padding decodes in the same stacked passes), then all their
+     * encoder passes as one, then the decoders */
     for (int i = 0; i < count; i++) {
         vx_stream *t = s[i];
         int decode = 0, fdecode = 0;
         g->flush[i] = flush && flush[i];
+        t->enc_defer = 1;
+        t->enc_pending = 0;
         g->st[i] = feed_audio(t, samples ? samples[i] : NULL, n ? n[i] : 0, &decode);
         /* (a finished stream already failed its feed) */
         if (g->st[i] == VX_OK && g->flush[i]) g->st[i] = flush_audio(t, &fdecode);
         g->active[i] = g->st[i] == VX_OK && (decode || fdecode);
     }
+    group_encode(g, s, count);
     group_decode(g, s, count);
     vx_status first = VX_OK;
     for (int i = 0; i < count; i++) {

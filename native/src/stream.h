@@ -43,6 +43,9 @@ struct vx_stream {
     vx_state snap;             /* state after the left padding */
     int have_snap;
     int finished;
+    /* In a group call the encoder waits so that the streams' passes run as
+     * one: enc_defer set, run_audio only records the positions to run. */
+    int enc_defer, enc_pending;
     vx_scratch enc_s, dec_s;
     /* decoder step buffers, sized once at stream creation */
     float *dec_x;              /* [VX_DEC_BATCH, dim] input rows */

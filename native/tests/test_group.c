@@ -196,8 +196,14 @@ static void check_seed(tiny_model *t, int ns, uint64_t seed) {
            "seed %llu: %lld passes for %lld stream passes, at most %lld streams",
            (unsigned long long)seed, (long long)gs.passes, (long long)gs.stream_passes,
            (long long)gs.max_streams);
-    printf("  %d streams, seed %llu: %d events, %lld passes for %lld stream passes\n", ns,
-           (unsigned long long)seed, tokens, (long long)gs.passes, (long long)gs.stream_passes);
+    /* and their encoder passes: frames of several streams in one stack pass */
+    CHECKF(gs.encoder_passes > 0 && gs.encoder_stream_passes > gs.encoder_passes,
+           "seed %llu: %lld stacked encoder passes for %lld stream shares",
+           (unsigned long long)seed, (long long)gs.encoder_passes,
+           (long long)gs.encoder_stream_passes);
+    printf("  %d streams, seed %llu: %d events, %lld passes for %lld stream passes, "
+           "%lld stacked encoder passes\n", ns, (unsigned long long)seed, tokens,
+           (long long)gs.passes, (long long)gs.stream_passes, (long long)gs.encoder_passes);
 }
 
 /* Bad calls are refused before anything runs. */
