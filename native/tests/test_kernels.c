@@ -281,36 +281,26 @@ static void check_determinism(const vx_backend *be, int dt, int64_t rows, int64_
 static float block_scale(const uint8_t *blk) { return vx_f16_to_f32((uint16_t)(blk[0] | (blk[1] << 8))); }
 
 /* engine.h's definition of a Q8/Q4 product, written independently of the
- * backends: int32 lane sums (Q8: 8 lanes of 4 consecutive products; Q4: 4
- * lanes of the products of elements 4j..4j+3 and 16+4j..16+4j+3), one fmaf
- * per lane and block with the scale dw * dx, the fixed reduction of the
- * lanes. */
+ * backends: per block the int32 sum of its 32 products (Q4: byte j's low
+ * nibble is element j, its high nibble element j+16, each minus 8), then
+ * one fmaf per block with the scale dw * dx, in block order from 0. */
 static float ref_matmul_q(const vx_weight *W, const int8_t *xq, const float *xd, int64_t r) {
     const int64_t nblk = W->cols / 32;
     const vx_qrow row = vx_q_row(W->dtype, W->data, W->rows, W->cols, r);
-    float a[8] = {0};
+    float acc = 0.0f;
     for (int64_t b = 0; b < nblk; b++) {
         const uint8_t *q = row.payload + (size_t)b * row.stride;
         const float s = block_scale(row.scale + (size_t)b * row.stride) * xd[b];
-        if (W->dtype == VX_DT_Q8) {
-            for (int j = 0; j < 8; j++) {
-                int32_t isum = 0;
-                for (int e = 4 * j; e < 4 * j + 4; e++) isum += (int8_t)q[e] * xq[b * 32 + e];
-                a[j] = fmaf((float)isum, s, a[j]);
-            }
-        } else {
-            for (int j = 0; j < 4; j++) {
-                int32_t isum = 0;
-                for (int byte = 4 * j; byte < 4 * j + 4; byte++) {
-                    isum += ((q[byte] & 15) - 8) * xq[b * 32 + byte];
-                    isum += ((q[byte] >> 4) - 8) * xq[b * 32 + 16 + byte];
-                }
-                a[j] = fmaf((float)isum, s, a[j]);
-            }
+        int32_t isum = 0;
+        for (int e = 0; e < 32; e++) {
+            const int w = W->dtype == VX_DT_Q8 ? (int8_t)q[e]
+                          : e < 16             ? (q[e] & 15) - 8
+                                               : (q[e - 16] >> 4) - 8;
+            isum += w * xq[b * 32 + e];
         }
+        acc = fmaf((float)isum, s, acc);
     }
-    if (W->dtype == VX_DT_Q4) return (a[0] + a[2]) + (a[1] + a[3]);
-    return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+    return acc;
 }
 
 /* Every backend's Q8/Q4 product is bitwise ref_matmul_q, for n = 1 and
