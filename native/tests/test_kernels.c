@@ -592,6 +592,13 @@ int main(void) {
                 check_q_exact(be, dt, 16, 32, 1);
                 check_q_exact(be, dt, 9, 32, 4);
                 check_q_exact(be, dt, 19, 1088, 64);
+                /* 21 blocks: an odd count (the loops take two blocks at a
+                 * time) and a chunk of 16 plus a short one; groups ending in
+                 * 3 and 6 rows (partial tiles of 3 and 2 rows) */
+                for (int n = 1; n <= 3; n++) {
+                    check_q_exact(be, dt, 11, 672, n);
+                    check_q_exact(be, dt, 14, 672, n);
+                }
             }
         }
         printf("backend %s: %s\n", be->name, failures == before ? "ok" : "FAILED");
