@@ -20,8 +20,8 @@
  *    columns so the inputs' chunk stays in L1);
  *  - each row keeps a running int32x4 accumulator over the tile's blocks:
  *    SDOT (FEAT_DotProd: A76, A78), or without it SMULL (|w * x| <= 128 *
- *    127 fits int16) and SADALP (A57). Two pairwise adds per 2 rows, three
- *    per 4, put the 4 rows' running totals in one vector's lanes, and this
+ *    127 fits int16) and SADALP (A57). Three pairwise adds (ADDP) per 4 rows
+ *    put the 4 rows' running totals in one vector's lanes, and this
  *    block's isum is the difference from the previous block's totals (exact
  *    mod 2^32, as isum fits in int32): one SUB per 4 rows instead of zeroing
  *    every row's accumulator every block;
@@ -192,9 +192,10 @@ INLINE float32x4_t qcvt(int dt, int32x4_t s) {
 #define QN_MAX 2  /* inputs per tile */
 #define QCHUNK 16 /* blocks per chunk of the batched path (512 columns) */
 
-/* The rows of a tile: consecutive rows of one group from its row `first`
- * (payload and scale of block 0 and the group's block stride). A partial
- * tile (fewer than 4 rows) repeats its last row in the spare lanes. */
+/* The rows of a tile: consecutive rows of one group (the first row's
+ * payload and scale of block 0, the group's block stride, the row count).
+ * A partial tile (fewer than 4 rows) repeats its last row in the spare
+ * lanes. */
 typedef struct {
     const uint8_t *pay, *sc;
     size_t stride;
