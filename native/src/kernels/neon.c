@@ -14,10 +14,9 @@
  * dw * dx, acc). Output rows sit in vector lanes, so that conversion and
  * FMA cost one instruction per 4 rows and block (not per 4 weights):
  *  - a tile is 4 rows of one row group (8 for n == 1: the group's whole
- *    contiguous stream), whose 4 fp16 scales per block are consecutive (one
- *    load, one FCVTL), times 1 or 2 inputs (n >= 2: each weight register is
- *    loaded and unpacked once for two inputs; blocks in chunks of 512
- *    columns so the inputs' chunk stays in L1);
+ *    contiguous stream), whose fp16 scales per block are consecutive (one
+ *    load, one FCVTL per 4), times 1 or 2 inputs (n >= 2: each weight
+ *    register is loaded and unpacked once for two inputs);
  *  - each row keeps a running int32x4 accumulator over the tile's blocks:
  *    SDOT (FEAT_DotProd: A76, A78), or without it SMULL (|w * x| <= 128 *
  *    127 fits int16) and SADALP (A57). Three pairwise adds (ADDP) per 4 rows
@@ -25,14 +24,16 @@
  *    block's isum is the difference from the previous block's totals (exact
  *    mod 2^32, as isum fits in int32): one SUB per 4 rows instead of zeroing
  *    every row's accumulator every block;
- *  - Q4's nibbles become signed by XOR 0x88 (nibble ^ 8 as a signed 4-bit
- *    number is nibble - 8) and are moved to the top of the byte by a shift
- *    (low) or mask (high): weights 16 * (nibble - 8), three instructions
- *    per 16 bytes, and SCVTF with 4 fraction bits divides the 16 out
- *    exactly;
+ *  - Q4 multiplies the plain nibbles (0..15: one AND and one USHR per 16
+ *    bytes, no sign fix-up) and adds -8 * sum(x) of the block, computed once
+ *    per input and block for all rows (q_corr): one ADD per 4 rows;
+ *  - the columns go in passes, all rows in each, the chains carried over in
+ *    Y: for n >= 2 passes of 512 columns, so the inputs' chunk stays in L1
+ *    while the weights stream; for n == 1 a single pass (Q4: 32768 columns,
+ *    the room for its corrections);
  *  - (float)isum is exact (|isum| < 2^24), dw * dx is one FMUL and FMLA
  *    rounds once, like fmaf. So Q8/Q4 results equal the portable backend's
- *    bit for bit, whatever n, r0, r1 or the tiling.
+ *    bit for bit, whatever n, r0, r1, the tiling or the passes.
  *
  * Base ARMv8.0 Advanced SIMD is all the float paths use: no FP16 arithmetic
  * (an fp16 product would round). SDOT is only executed when the kernel's
@@ -153,21 +154,18 @@ INLINE vf8 kv_load8(const void *row, int f16, int c) {
 
 /* ---------------- Q8 / Q4: int8 activations, integer dot products */
 
-/* A block's 32 weights of one row (payload p) as two registers of signed
- * bytes, w0 against activations 0-15 and w1 against 16-31: Q8's q as
- * stored; Q4's 16 * (nibble - 8): after XOR 0x88 each nibble is its signed
- * 4-bit value nibble - 8, which a shift (low nibble) or mask (high nibble)
- * moves to the top of the byte, i.e. times 16 - three instructions per 16
- * bytes instead of four, and the 16 is taken out exactly by the
- * conversion (qcvt). */
+/* A block's 32 weights of one row (payload p) as two registers of bytes,
+ * w0 against activations 0-15 and w1 against 16-31: Q8's q as stored; Q4's
+ * nibbles as they are (0..15: a mask and a shift per 16 bytes), the - 8 of
+ * every weight being added once per block and input as -8 * sum(x) (q_corr). */
 INLINE void q_weights(int dt, const uint8_t *p, int8x16_t *w0, int8x16_t *w1) {
     if (dt == VX_DT_Q8) {
         *w0 = vld1q_s8((const int8_t *)(const void *)p);
         *w1 = vld1q_s8((const int8_t *)(const void *)(p + 16));
     } else {
-        const uint8x16_t v = veorq_u8(vld1q_u8(p), vdupq_n_u8(0x88));
-        *w0 = vreinterpretq_s8_u8(vshlq_n_u8(v, 4));
-        *w1 = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0xf0)));
+        const uint8x16_t v = vld1q_u8(p);
+        *w0 = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0f)));
+        *w1 = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
     }
 }
 
@@ -182,15 +180,21 @@ INLINE int32x4_t dot_acc(int dp, int32x4_t a, int8x16_t w, int8x16_t x) {
     return vpadalq_s16(a, vmull_high_s8(w, x));
 }
 
-/* The block sums as floats, exactly: Q4's are 16 times too large and SCVTF
- * with 4 fraction bits divides them back (|isum| < 2^24 either way). */
-INLINE float32x4_t qcvt(int dt, int32x4_t s) {
-    return dt == VX_DT_Q4 ? vcvtq_n_f32_s32(s, 4) : vcvtq_f32_s32(s);
-}
+#define QV_MAX 2       /* vectors of 4 rows per tile: 8 rows (a group) for n == 1 */
+#define QN_MAX 2       /* inputs per tile */
+#define QCHUNK 16      /* blocks per pass for n >= 2 (512 columns) */
+#define QCORR_MAX 1024 /* Q4 corrections per pass: inputs x blocks */
 
-#define QV_MAX 2  /* vectors of 4 rows per tile: 8 rows (a group) for n == 1 */
-#define QN_MAX 2  /* inputs per tile */
-#define QCHUNK 16 /* blocks per chunk of the batched path (512 columns) */
+/* Q4's correction of inputs [0, n), blocks [c0, c1): corr[i * (c1 - c0) +
+ * b - c0] = -8 * the sum of block b's 32 activations of input i. */
+static void q_corr(const int8_t *xq, int n, int64_t cols, int64_t c0, int64_t c1, int32_t *corr) {
+    for (int i = 0; i < n; i++)
+        for (int64_t b = c0; b < c1; b++) {
+            const int8_t *p = xq + (size_t)i * (size_t)cols + (size_t)b * VX_QBLOCK;
+            const int sum = vaddlvq_s8(vld1q_s8(p)) + vaddlvq_s8(vld1q_s8(p + 16));
+            corr[(int64_t)i * (c1 - c0) + b - c0] = -8 * sum;
+        }
+}
 
 /* The rows of a tile: consecutive rows of one group (the first row's
  * payload and scale of block 0, the group's block stride, the row count).
@@ -213,27 +217,22 @@ INLINE size_t q_lane_off(int dt, int full, const qtile_rows *t, int k) {
  * total over the tile's blocks so far; never reset inside the tile, which
  * saves a zeroing per row and block); pairwise adds put the 4 rows' totals
  * in the lanes of one vector and the difference from the previous block's
- * (rin) is this block's isum, exact mod 2^32 as it fits in int32. Then one
- * SCVTF, one FMUL (dw * dx) and one FMLA per 4 rows and input. */
+ * (rin) is this block's isum, exact mod 2^32 as it fits in int32 (Q4: plus
+ * its correction, cr[i * cs]). Then one SCVTF, one FMUL (dw * dx) and one
+ * FMLA per 4 rows and input. */
 INLINE void q_step(int dp, int dt, int NV, int N, int full, const qtile_rows *t,
-                   const int8_t *xq, const float *xd, int64_t cols, int64_t b,
-                   int32x4_t ia[QN_MAX][4 * QV_MAX], const int32x4_t *rin, int32x4_t *rout,
-                   float32x4_t *acc) {
+                   const int8_t *xq, const float *xd, const int32_t *cr, int64_t cs,
+                   int64_t cols, int64_t b, int32x4_t ia[QN_MAX][4 * QV_MAX],
+                   const int32x4_t *rin, int32x4_t *rout, float32x4_t *acc) {
     const int64_t nblk = cols / VX_QBLOCK;
     int8x16_t x0[QN_MAX], x1[QN_MAX];
+    float dx[QN_MAX];
     _Pragma("GCC unroll 4")
     for (int i = 0; i < N; i++) {
         const int8_t *p = xq + (size_t)i * (size_t)cols + (size_t)b * VX_QBLOCK;
         x0[i] = vld1q_s8(p);
         x1[i] = vld1q_s8(p + 16);
-    }
-    const uint8_t *p = t->pay + (size_t)b * t->stride;
-    _Pragma("GCC unroll 8")
-    for (int k = 0; k < 4 * NV; k++) {
-        int8x16_t w0, w1;
-        q_weights(dt, p + q_lane_off(dt, full, t, k), &w0, &w1);
-        _Pragma("GCC unroll 4")
-        for (int i = 0; i < N; i++) ia[i][k] = dot_acc(dp, dot_acc(dp, ia[i][k], w0, x0[i]), w1, x1[i]);
+        dx[i] = xd[(size_t)i * (size_t)nblk + (size_t)b];
     }
     /* the rows' fp16 scales, row order: consecutive in the group */
     const uint8_t *sc = t->sc + (size_t)b * t->stride;
@@ -250,28 +249,39 @@ INLINE void q_step(int dp, int dt, int NV, int N, int full, const qtile_rows *t,
         for (int k = 0; k < 4; k++) memcpy(&h[k], sc + 2 * (k < t->rows ? k : t->rows - 1), 2);
         dw[0] = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(h)));
     }
+    const uint8_t *p = t->pay + (size_t)b * t->stride;
+    _Pragma("GCC unroll 8")
+    for (int k = 0; k < 4 * NV; k++) {
+        int8x16_t w0, w1;
+        q_weights(dt, p + q_lane_off(dt, full, t, k), &w0, &w1);
+        _Pragma("GCC unroll 4")
+        for (int i = 0; i < N; i++)
+            ia[i][k] = dot_acc(dp, dot_acc(dp, ia[i][k], w0, x0[i]), w1, x1[i]);
+    }
     _Pragma("GCC unroll 4")
     for (int i = 0; i < N; i++) {
-        const float dx = xd[(size_t)i * (size_t)nblk + (size_t)b];
         _Pragma("GCC unroll 2")
         for (int v = 0; v < NV; v++) {
             const int32x4_t r = vpaddq_s32(vpaddq_s32(ia[i][4 * v], ia[i][4 * v + 1]),
                                            vpaddq_s32(ia[i][4 * v + 2], ia[i][4 * v + 3]));
-            const float32x4_t f = qcvt(dt, vsubq_s32(r, rin[i * NV + v]));
-            acc[i * NV + v] = vfmaq_f32(acc[i * NV + v], f, vmulq_n_f32(dw[v], dx));
+            int32x4_t s = vsubq_s32(r, rin[i * NV + v]);
+            if (dt == VX_DT_Q4) s = vaddq_s32(s, vld1q_dup_s32(cr + i * cs));
+            const float32x4_t scale = vmulq_n_f32(dw[v], dx[i]); /* dw * dx, per lane */
+            acc[i * NV + v] = vfmaq_f32(acc[i * NV + v], vcvtq_f32_s32(s), scale);
             rout[i * NV + v] = r;
         }
     }
 }
 
 /* Blocks [b0, b1) of the tile's rows x N inputs (int8 rows of X at stride
- * cols, scales at stride cols / 32); acc[i * NV + v] (lane k: row 4v + k)
- * carries the float chain of input i in and out, so splitting the blocks
- * reorders nothing. Two blocks per iteration where registers allow, so
- * the two sets of row totals swap roles without a register move. */
+ * cols, scales at stride cols / 32; Q4 corrections of block b at
+ * corr[i * cs + b - b0]); acc[i * NV + v] (lane k: row 4v + k) carries the
+ * float chain of input i in and out, so splitting the blocks reorders
+ * nothing. Two blocks per iteration, so the two sets of row totals swap
+ * roles without a register move. */
 INLINE void q_tile(int dp, int dt, int NV, int N, int full, const qtile_rows *t,
-                   const int8_t *xq, const float *xd, int64_t cols, int64_t b0, int64_t b1,
-                   float32x4_t *acc) {
+                   const int8_t *xq, const float *xd, const int32_t *corr, int64_t cs,
+                   int64_t cols, int64_t b0, int64_t b1, float32x4_t *acc) {
     int32x4_t ia[QN_MAX][4 * QV_MAX], ra[QN_MAX * QV_MAX], rb[QN_MAX * QV_MAX];
     float32x4_t a[QN_MAX * QV_MAX];
     _Pragma("GCC unroll 4")
@@ -285,83 +295,99 @@ INLINE void q_tile(int dp, int dt, int NV, int N, int full, const qtile_rows *t,
         }
     }
     int64_t b = b0;
-    if (dt == VX_DT_Q8 || N * NV == 1) {
-        for (; b + 1 < b1; b += 2) {
-            q_step(dp, dt, NV, N, full, t, xq, xd, cols, b, ia, ra, rb, a);
-            q_step(dp, dt, NV, N, full, t, xq, xd, cols, b + 1, ia, rb, ra, a);
-        }
-        if (b < b1) q_step(dp, dt, NV, N, full, t, xq, xd, cols, b, ia, ra, rb, a);
-    } else { /* Q4's larger tiles: two blocks at a time would spill */
-        for (; b < b1; b++) {
-            q_step(dp, dt, NV, N, full, t, xq, xd, cols, b, ia, ra, rb, a);
-            _Pragma("GCC unroll 4")
-            for (int j = 0; j < N * NV; j++) ra[j] = rb[j];
-        }
+    for (; b + 1 < b1; b += 2) {
+        q_step(dp, dt, NV, N, full, t, xq, xd, corr + (b - b0), cs, cols, b, ia, ra, rb, a);
+        /* keeps the second block's loads (and so its SDOTs) after the
+         * first's: hoisted, they cost spills and register copies */
+        __asm__ __volatile__("" ::: "memory");
+        q_step(dp, dt, NV, N, full, t, xq, xd, corr + (b + 1 - b0), cs, cols, b + 1, ia, rb, ra, a);
     }
+    if (b < b1) q_step(dp, dt, NV, N, full, t, xq, xd, corr + (b - b0), cs, cols, b, ia, ra, rb, a);
     _Pragma("GCC unroll 4")
     for (int i = 0; i < N; i++)
         _Pragma("GCC unroll 2")
         for (int v = 0; v < NV; v++) acc[i * NV + v] = a[i * NV + v];
 }
 
-/* rows [r, r + t->rows) of Y from acc (one vector of 4 rows per input). */
-INLINE void q_store(const float32x4_t *acc, int n, const qtile_rows *t, float *Y, int ldy,
-                    int64_t r) {
-    for (int i = 0; i < n; i++) {
-        float o[4];
-        vst1q_f32(o, acc[i]);
-        for (int k = 0; k < t->rows && k < 4; k++) Y[(size_t)i * (size_t)ldy + (size_t)r + (size_t)k] = o[k];
-    }
-}
-
-/* Rows [r, r + t->rows) (4 or fewer, one group) x all n inputs: for n == 1
- * the plain stream over all blocks; for more, a chunk of blocks at a time
- * (the rows' chunk and the inputs' n x 512 bytes stay in cache) and two
- * inputs per tile, so each weight register is loaded and unpacked once per
- * two inputs. */
-INLINE void q_rows4(int dp, int dt, int full, const qtile_rows *t, const int8_t *xq,
-                    const float *xd, int n, int64_t cols, float *Y, int ldy, int64_t r) {
-    const int64_t nblk = cols / VX_QBLOCK;
-    float32x4_t acc[MAX_N];
-    for (int i = 0; i < n; i++) acc[i] = vdupq_n_f32(0.0f);
-    if (n == 1) {
-        q_tile(dp, dt, 1, 1, full, t, xq, xd, cols, 0, nblk, acc);
-    } else {
-        for (int64_t b0 = 0; b0 < nblk; b0 += QCHUNK) {
-            const int64_t b1 = nblk - b0 < QCHUNK ? nblk : b0 + QCHUNK;
-            for (int i = 0; i < n; i += QN_MAX) {
-                const int8_t *x = xq + (size_t)i * (size_t)cols;
-                const float *d = xd + (size_t)i * (size_t)nblk;
-                if (n - i >= 2) q_tile(dp, dt, 1, 2, full, t, x, d, cols, b0, b1, acc + i);
-                else q_tile(dp, dt, 1, 1, full, t, x, d, cols, b0, b1, acc + i);
+/* Y rows [r, r + rows) of inputs [0, n), 4 rows per vector (acc[i * nv + v]):
+ * loaded (a pass after the first carries the chains on) or stored. */
+INLINE void q_acc_io(int store, float32x4_t *acc, int n, int nv, int rows, float *Y, int ldy,
+                     int64_t r) {
+    for (int i = 0; i < n; i++)
+        for (int v = 0; v < nv; v++) {
+            float *y = Y + (size_t)i * (size_t)ldy + (size_t)r + (size_t)(4 * v);
+            float32x4_t *a = acc + i * nv + v;
+            if (rows >= 4 * (v + 1)) {
+                if (store) vst1q_f32(y, *a);
+                else *a = vld1q_f32(y);
+            } else {
+                float o[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                if (store) vst1q_f32(o, *a);
+                for (int k = 0; k < rows - 4 * v; k++) {
+                    if (store) y[k] = o[k];
+                    else o[k] = y[k];
+                }
+                if (!store) *a = vld1q_f32(o);
             }
         }
+}
+
+/* Blocks [c0, c1) of one tile's rows (at row r of Y) x all n inputs; the
+ * float chains start at 0 (c0 == 0) or at Y, and end in Y. NV = 2 (a whole
+ * group) is for n == 1; otherwise tiles of 4 rows x 2 inputs (the last one
+ * alone when n is odd), so each weight register is loaded and unpacked once
+ * per two inputs. */
+INLINE void q_pass(int dp, int dt, int NV, int full, const qtile_rows *t, const int8_t *xq,
+                   const float *xd, const int32_t *corr, int n, int64_t cols, int64_t c0,
+                   int64_t c1, float *Y, int ldy, int64_t r) {
+    const int64_t nblk = cols / VX_QBLOCK, cs = c1 - c0;
+    float32x4_t acc[MAX_N * QV_MAX];
+    if (c0 == 0)
+        for (int j = 0; j < n * NV; j++) acc[j] = vdupq_n_f32(0.0f);
+    else
+        q_acc_io(0, acc, n, NV, t->rows, Y, ldy, r);
+    for (int i = 0; i < n; i += QN_MAX) {
+        const int8_t *x = xq + (size_t)i * (size_t)cols;
+        const float *d = xd + (size_t)i * (size_t)nblk;
+        const int32_t *cr = corr + (int64_t)i * cs;
+        if (n - i >= 2 && NV == 1)
+            q_tile(dp, dt, 1, 2, full, t, x, d, cr, cs, cols, c0, c1, acc + i);
+        else q_tile(dp, dt, NV, 1, full, t, x, d, cr, cs, cols, c0, c1, acc + i * NV);
+        if (NV == 2) break; /* n == 1 */
     }
-    q_store(acc, n, t, Y, ldy, r);
+    q_acc_io(1, acc, n, NV, t->rows, Y, ldy, r);
 }
 
 INLINE void q_rows(int dp, int dt, const vx_weight *W, const int8_t *xq, const float *xd, int n,
                    float *Y, int ldy, int64_t r0, int64_t r1) {
     const int64_t cols = W->cols, nblk = cols / VX_QBLOCK;
-    /* tiles never cross a group (their rows' scales are consecutive):
-     * n == 1 takes a whole group of 8 as one tile (one contiguous stream),
-     * otherwise 4 rows; the 1-3 rows left in a group form a partial tile */
-    for (int64_t r = r0, rows; r < r1; r += rows) {
-        const int64_t g0 = r - r % VX_QGROUP;
-        const int64_t gend = g0 + VX_QGROUP < W->rows ? g0 + VX_QGROUP : W->rows;
-        const int64_t e = gend < r1 ? gend : r1;
-        const vx_qrow w = vx_q_row(dt, W->data, W->rows, cols, r);
-        rows = e - r >= 8 && n == 1 ? 8 : e - r >= 4 ? 4 : e - r;
-        qtile_rows t = {w.payload, w.scale, w.stride, (int)rows};
-        if (rows == 8) {
-            float32x4_t acc[2] = {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)};
-            q_tile(dp, dt, 2, 1, 1, &t, xq, xd, cols, 0, nblk, acc);
-            vst1q_f32(Y + r, acc[0]);
-            vst1q_f32(Y + r + 4, acc[1]);
-        } else if (rows == 4) {
-            q_rows4(dp, dt, 1, &t, xq, xd, n, cols, Y, ldy, r);
-        } else {
-            q_rows4(dp, dt, 0, &t, xq, xd, n, cols, Y, ldy, r);
+    /* Passes over column ranges, all rows in each: n == 1 streams each
+     * group's rows over all blocks at once (Q4: up to QCORR_MAX blocks, the
+     * room for its corrections); n >= 2 takes QCHUNK blocks at a time, so
+     * the inputs' chunk (n x 512 bytes) stays in L1 while every row tile
+     * streams its part of the weights. */
+    const int64_t pass = n > 1 ? QCHUNK : dt == VX_DT_Q4 ? QCORR_MAX : nblk;
+    int32_t corr[QCORR_MAX];
+    if (nblk == 0) /* no columns: empty sums */
+        for (int i = 0; i < n; i++)
+            for (int64_t r = r0; r < r1; r++) Y[(size_t)i * (size_t)ldy + (size_t)r] = 0.0f;
+    for (int64_t c0 = 0; c0 < nblk; c0 += pass) {
+        const int64_t c1 = nblk - c0 < pass ? nblk : c0 + pass;
+        if (dt == VX_DT_Q4) q_corr(xq, n, cols, c0, c1, corr);
+        /* tiles never cross a group (their rows' scales are consecutive):
+         * n == 1 takes a whole group of 8 as one tile (one contiguous
+         * stream), otherwise 4 rows; the 1-3 rows left in a group form a
+         * partial tile */
+        for (int64_t r = r0, rows; r < r1; r += rows) {
+            const int64_t g0 = r - r % VX_QGROUP;
+            const int64_t gend = g0 + VX_QGROUP < W->rows ? g0 + VX_QGROUP : W->rows;
+            const int64_t e = gend < r1 ? gend : r1;
+            const vx_qrow w = vx_q_row(dt, W->data, W->rows, cols, r);
+            rows = e - r >= 8 && n == 1 ? 8 : e - r >= 4 ? 4 : e - r;
+            const qtile_rows t = {w.payload, w.scale, w.stride, (int)rows};
+            if (rows == 8) q_pass(dp, dt, 2, 1, &t, xq, xd, corr, n, cols, c0, c1, Y, ldy, r);
+            else if (rows == 4) q_pass(dp, dt, 1, 1, &t, xq, xd, corr, n, cols, c0, c1, Y, ldy, r);
+            else q_pass(dp, dt, 1, 0, &t, xq, xd, corr, n, cols, c0, c1, Y, ldy, r);
         }
     }
 }
