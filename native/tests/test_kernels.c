@@ -599,6 +599,11 @@ int main(void) {
                     check_q_exact(be, dt, 11, 672, n);
                     check_q_exact(be, dt, 14, 672, n);
                 }
+                /* rows longer than one pass of a kernel that works through
+                 * the columns in passes (NEON's Q4 matrix-vector: 1024
+                 * blocks), the chains carried over in Y */
+                check_q_exact(be, dt, 9, 32 * 1040, 1);
+                check_q_exact(be, dt, 9, 32 * 1040, 2);
             }
         }
         printf("backend %s: %s\n", be->name, failures == before ? "ok" : "FAILED");
