@@ -184,6 +184,7 @@ INLINE int32x4_t dot_acc(int dp, int32x4_t a, int8x16_t w, int8x16_t x) {
 #define QN_MAX 2       /* inputs per tile */
 #define QCHUNK 16      /* blocks per pass for n >= 2 (512 columns) */
 #define QCORR_MAX 1024 /* Q4 corrections per pass: inputs x blocks */
+_Static_assert(MAX_N * QCHUNK <= QCORR_MAX, "a pass of n >= 2 inputs must fit the corrections");
 
 /* Q4's correction of inputs [0, n), blocks [c0, c1): corr[i * (c1 - c0) +
  * b - c0] = -8 * the sum of block b's 32 activations of input i. */
