@@ -281,8 +281,9 @@ static void check_determinism(const vx_backend *be, int dt, int64_t rows, int64_
 static float block_scale(const uint8_t *blk) { return vx_f16_to_f32((uint16_t)(blk[0] | (blk[1] << 8))); }
 
 /* engine.h's definition of a Q8/Q4 product, written independently of the
- * backends: per block one int32 sum of its 32 products, then one fmaf per
- * block with the scale dw * dx into a single chain. */
+ * backends: per block the int32 sum of its 32 products (Q4: byte j's low
+ * nibble is element j, its high nibble element j+16, each minus 8), then
+ * one fmaf per block with the scale dw * dx, in block order from 0. */
 static float ref_matmul_q(const vx_weight *W, const int8_t *xq, const float *xd, int64_t r) {
     const int64_t nblk = W->cols / 32;
     const vx_qrow row = vx_q_row(W->dtype, W->data, W->rows, W->cols, r);
@@ -293,7 +294,8 @@ static float ref_matmul_q(const vx_weight *W, const int8_t *xq, const float *xd,
         int32_t isum = 0;
         for (int e = 0; e < 32; e++) {
             const int w = W->dtype == VX_DT_Q8 ? (int8_t)q[e]
-                                               : (e < 16 ? (q[e] & 15) : (q[e - 16] >> 4)) - 8;
+                          : e < 16             ? (q[e] & 15) - 8
+                                               : (q[e - 16] >> 4) - 8;
             isum += w * xq[b * 32 + e];
         }
         acc = fmaf((float)isum, s, acc);
@@ -590,6 +592,18 @@ int main(void) {
                 check_q_exact(be, dt, 16, 32, 1);
                 check_q_exact(be, dt, 9, 32, 4);
                 check_q_exact(be, dt, 19, 1088, 64);
+                /* 21 blocks: an odd count (the loops take two blocks at a
+                 * time) and a chunk of 16 plus a short one; groups ending in
+                 * 3 and 6 rows (partial tiles of 3 and 2 rows) */
+                for (int n = 1; n <= 3; n++) {
+                    check_q_exact(be, dt, 11, 672, n);
+                    check_q_exact(be, dt, 14, 672, n);
+                }
+                /* rows longer than one pass of a kernel that works through
+                 * the columns in passes (NEON's Q4 matrix-vector: 1024
+                 * blocks), the chains carried over in Y */
+                check_q_exact(be, dt, 9, 32 * 1040, 1);
+                check_q_exact(be, dt, 9, 32 * 1040, 2);
             }
         }
         printf("backend %s: %s\n", be->name, failures == before ? "ok" : "FAILED");

@@ -9,18 +9,31 @@
  * never depend on n, r0 or r1 and agree bitwise with the AVX2 backend.
  *
  * Q8 / Q4 (matmul_rows_q): integer dot products with the int8 activations of
- * vx_quantize_act_q8, in the order engine.h defines: Q8's int32 lane j of a
- * block is the exact sum of the products of elements 4j..4j+3 (lanes 0-3
- * from bytes 0-15, 4-7 from bytes 16-31); Q4's lane j (of 4) adds those of
- * elements 16+4j..16+4j+3 (weights as signed values: Q8's q, Q4's nibble - 8
- * in [-8, 7]). With the dot product extension (FEAT_DotProd: A76, A78) SDOT
- * gives exactly those sums (Q4: a second SDOT into the first); without it
- * (A57) SMULL products (|w * x| <= 128 * 127, fits int16) are added pairwise
- * twice (SADDLP, ADDP) into the same integers. Integer sums are exact in any
- * order, SCVTF of |isum| < 2^16 is exact and FMLA rounds once per lane like
- * fmaf, with the scale dw * dx one float multiply; then Q8's reduction above
- * or Q4's (a0+a2) + (a1+a3). So Q8/Q4 results equal the portable and AVX2
- * backends' bit for bit.
+ * vx_quantize_act_q8, as engine.h defines them: per block one int32 sum of
+ * its 32 products, then one float chain per output, acc = fma((float)isum,
+ * dw * dx, acc). Output rows sit in vector lanes, so that conversion and
+ * FMA cost one instruction per 4 rows and block (not per 4 weights):
+ *  - a tile is 4 rows of one row group (8 for n == 1: the group's whole
+ *    contiguous stream), whose fp16 scales per block are consecutive (one
+ *    load, one FCVTL per 4), times 1 or 2 inputs (n >= 2: each weight
+ *    register is loaded and unpacked once for two inputs);
+ *  - each row keeps a running int32x4 accumulator over the tile's blocks:
+ *    SDOT (FEAT_DotProd: A76, A78), or without it SMULL (|w * x| <= 128 *
+ *    127 fits int16) and SADALP (A57). Three pairwise adds (ADDP) per 4 rows
+ *    put the 4 rows' running totals in one vector's lanes, and this
+ *    block's isum is the difference from the previous block's totals (exact
+ *    mod 2^32, as isum fits in int32): one SUB per 4 rows instead of zeroing
+ *    every row's accumulator every block;
+ *  - Q4 multiplies the plain nibbles (0..15: one AND and one USHR per 16
+ *    bytes, no sign fix-up) and adds -8 * sum(x) of the block, computed once
+ *    per input and block for all rows (q_corr): one ADD per 4 rows;
+ *  - the columns go in passes, all rows in each, the chains carried over in
+ *    Y: for n >= 2 passes of 512 columns, so the inputs' chunk stays in L1
+ *    while the weights stream; for n == 1 a single pass (Q4: 32768 columns,
+ *    the room for its corrections);
+ *  - (float)isum is exact (|isum| < 2^24), dw * dx is one FMUL and FMLA
+ *    rounds once, like fmaf. So Q8/Q4 results equal the portable backend's
+ *    bit for bit, whatever n, r0, r1, the tiling or the passes.
  *
  * Base ARMv8.0 Advanced SIMD is all the float paths use: no FP16 arithmetic
  * (an fp16 product would round). SDOT is only executed when the kernel's
@@ -139,157 +152,244 @@ INLINE vf8 kv_load8(const void *row, int f16, int c) {
 
 #include "simd_driver.h"
 
-/* Q4's four lanes: (a0+a2) + (a1+a3). */
-INLINE float hsum4(float32x4_t a) {
-    float32x2_t t = vadd_f32(vget_low_f32(a), vget_high_f32(a));
-    return vget_lane_f32(t, 0) + vget_lane_f32(t, 1);
-}
-
 /* ---------------- Q8 / Q4: int8 activations, integer dot products */
 
-/* A block's 32 weights (payload p) as signed bytes in element order (two
- * registers: elements 0-15 and 16-31): Q8's q, Q4's nibble - 8. */
+/* A block's 32 weights of one row (payload p) as two registers of bytes,
+ * w0 against activations 0-15 and w1 against 16-31: Q8's q as stored; Q4's
+ * nibbles as they are (0..15: a mask and a shift per 16 bytes), the - 8 of
+ * every weight being added once per block and input as -8 * sum(x) (q_corr). */
 INLINE void q_weights(int dt, const uint8_t *p, int8x16_t *w0, int8x16_t *w1) {
     if (dt == VX_DT_Q8) {
         *w0 = vld1q_s8((const int8_t *)(const void *)p);
         *w1 = vld1q_s8((const int8_t *)(const void *)(p + 16));
     } else {
-        uint8x16_t v = vld1q_u8(p);
-        *w0 = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0f))), vdupq_n_s8(8));
-        *w1 = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(v, 4)), vdupq_n_s8(8));
+        const uint8x16_t v = vld1q_u8(p);
+        *w0 = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0f)));
+        *w1 = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
     }
 }
 
-/* Lane j = sum of the products of bytes 4j..4j+3 of w and x (j < 4). */
-INLINE int32x4_t dot16(int dp, int8x16_t w, int8x16_t x) {
+/* a + the products of w and x, four per lane (which four does not matter:
+ * only the sum of the lanes is used). SDOT; without it SMULL (|w * x| <=
+ * 128 * 127 fits int16) and pairwise add-accumulate into the int32 lanes. */
+INLINE int32x4_t dot_acc(int dp, int32x4_t a, int8x16_t w, int8x16_t x) {
 #if defined(__ARM_FEATURE_DOTPROD)
-    if (dp) return vdotq_s32(vdupq_n_s32(0), w, x);
+    if (dp) return vdotq_s32(a, w, x);
 #endif
-    int16x8_t lo = vmull_s8(vget_low_s8(w), vget_low_s8(x));
-    int16x8_t hi = vmull_high_s8(w, x);
-    return vpaddq_s32(vpaddlq_s16(lo), vpaddlq_s16(hi));
+    a = vpadalq_s16(a, vmull_s8(vget_low_s8(w), vget_low_s8(x)));
+    return vpadalq_s16(a, vmull_high_s8(w, x));
 }
 
-/* Q4's lane j: the products of elements 4j..4j+3 (w0, x0) and 16+4j..
- * 16+4j+3 (w1, x1) in one sum; SDOT accumulates the second into the first. */
-INLINE int32x4_t dot32(int dp, int8x16_t w0, int8x16_t x0, int8x16_t w1, int8x16_t x1) {
-#if defined(__ARM_FEATURE_DOTPROD)
-    if (dp) return vdotq_s32(vdotq_s32(vdupq_n_s32(0), w0, x0), w1, x1);
-#endif
-    return vaddq_s32(dot16(dp, w0, x0), dot16(dp, w1, x1));
+#define QV_MAX 2       /* vectors of 4 rows per tile: 8 rows (a group) for n == 1 */
+#define QN_MAX 2       /* inputs per tile */
+#define QCHUNK 16      /* blocks per pass for n >= 2 (512 columns) */
+#define QCORR_MAX 1024 /* Q4 corrections per pass: inputs x blocks */
+_Static_assert(MAX_N * QCHUNK <= QCORR_MAX, "a pass of n >= 2 inputs must fit the corrections");
+
+/* Q4's correction of inputs [0, n), blocks [c0, c1): corr[i * (c1 - c0) +
+ * b - c0] = -8 * the sum of block b's 32 activations of input i. */
+static void q_corr(const int8_t *xq, int n, int64_t cols, int64_t c0, int64_t c1, int32_t *corr) {
+    for (int i = 0; i < n; i++)
+        for (int64_t b = c0; b < c1; b++) {
+            const int8_t *p = xq + (size_t)i * (size_t)cols + (size_t)b * VX_QBLOCK;
+            const int sum = vaddlvq_s8(vld1q_s8(p)) + vaddlvq_s8(vld1q_s8(p + 16));
+            corr[(int64_t)i * (c1 - c0) + b - c0] = -8 * sum;
+        }
 }
 
-#define QA 4     /* row stride of the accumulator arrays (= MV_ROWS) */
+/* The rows of a tile: consecutive rows of one group (the first row's
+ * payload and scale of block 0, the group's block stride, the row count).
+ * A partial tile (fewer than 4 rows) repeats its last row in the spare
+ * lanes. */
+typedef struct {
+    const uint8_t *pay, *sc;
+    size_t stride;
+    int rows;
+} qtile_rows;
 
-/* acc + v * lane k of s, one rounding (FMLA by element); k is a constant at
- * every call once the tiles are unrolled, the switch gives the intrinsic its
- * immediate even in an unoptimised build. */
-INLINE float32x4_t fma_lane(float32x4_t acc, float32x4_t v, float32x4_t s, int k) {
-    switch (k & 3) {
-    case 0: return vfmaq_laneq_f32(acc, v, s, 0);
-    case 1: return vfmaq_laneq_f32(acc, v, s, 1);
-    case 2: return vfmaq_laneq_f32(acc, v, s, 2);
-    default: return vfmaq_laneq_f32(acc, v, s, 3);
-    }
+/* Offset of lane k's payload from the tile's first row. */
+INLINE size_t q_lane_off(int dt, int full, const qtile_rows *t, int k) {
+    const size_t pb = dt == VX_DT_Q8 ? 32 : 16;
+    return (size_t)(full || k < t->rows ? k : t->rows - 1) * pb;
 }
-#define QMAX_N 2 /* inputs per tile */
-#define QCHUNK 16 /* blocks per chunk of the batched path (512 columns) */
 
-/* Blocks [b0, b1) of R rows (row views w[k]) x N inputs (int8 rows of X at stride
- * cols, scales at stride cols / 32); acc[i * QA + k] carries the chain of
- * (input i, row k) in and out, so splitting the blocks reorders nothing. */
-INLINE void qtile(int dp, int dt, int R, int N, const vx_qrow *w, const int8_t *xq,
-                  const float *xd, int64_t cols, int64_t b0, int64_t b1, vf8 *acc) {
+/* One block b of the tile: NV vectors of 4 rows x N inputs. ia[i][k] is
+ * row k's running int32 dot product with input i (its lanes summed are the
+ * total over the tile's blocks so far; never reset inside the tile, which
+ * saves a zeroing per row and block); pairwise adds put the 4 rows' totals
+ * in the lanes of one vector and the difference from the previous block's
+ * (rin) is this block's isum, exact mod 2^32 as it fits in int32 (Q4: plus
+ * its correction, cr[i * cs]). Then one SCVTF, one FMUL (dw * dx) and one
+ * FMLA per 4 rows and input. */
+INLINE void q_step(int dp, int dt, int NV, int N, int full, const qtile_rows *t,
+                   const int8_t *xq, const float *xd, const int32_t *cr, int64_t cs,
+                   int64_t cols, int64_t b, int32x4_t ia[QN_MAX][4 * QV_MAX],
+                   const int32x4_t *rin, int32x4_t *rout, float32x4_t *acc) {
     const int64_t nblk = cols / VX_QBLOCK;
-    vf8 a[QMAX_N][QA];
+    int8x16_t x0[QN_MAX], x1[QN_MAX];
+    float dx[QN_MAX];
+    _Pragma("GCC unroll 4")
+    for (int i = 0; i < N; i++) {
+        const int8_t *p = xq + (size_t)i * (size_t)cols + (size_t)b * VX_QBLOCK;
+        x0[i] = vld1q_s8(p);
+        x1[i] = vld1q_s8(p + 16);
+        dx[i] = xd[(size_t)i * (size_t)nblk + (size_t)b];
+    }
+    /* the rows' fp16 scales, row order: consecutive in the group */
+    const uint8_t *sc = t->sc + (size_t)b * t->stride;
+    float32x4_t dw[QV_MAX];
+    if (NV == 2) {
+        const uint8x16_t h = vld1q_u8(sc);
+        dw[0] = vcvt_f32_f16(vreinterpret_f16_u8(vget_low_u8(h)));
+        dw[1] = vcvt_high_f32_f16(vreinterpretq_f16_u8(h));
+    } else if (full) {
+        dw[0] = vcvt_f32_f16(vreinterpret_f16_u8(vld1_u8(sc)));
+    } else {
+        uint16_t h[4];
+        _Pragma("GCC unroll 4")
+        for (int k = 0; k < 4; k++) memcpy(&h[k], sc + 2 * (k < t->rows ? k : t->rows - 1), 2);
+        dw[0] = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(h)));
+    }
+    const uint8_t *p = t->pay + (size_t)b * t->stride;
     _Pragma("GCC unroll 8")
+    for (int k = 0; k < 4 * NV; k++) {
+        int8x16_t w0, w1;
+        q_weights(dt, p + q_lane_off(dt, full, t, k), &w0, &w1);
+        _Pragma("GCC unroll 4")
+        for (int i = 0; i < N; i++)
+            ia[i][k] = dot_acc(dp, dot_acc(dp, ia[i][k], w0, x0[i]), w1, x1[i]);
+    }
+    _Pragma("GCC unroll 4")
+    for (int i = 0; i < N; i++) {
+        _Pragma("GCC unroll 2")
+        for (int v = 0; v < NV; v++) {
+            const int32x4_t r = vpaddq_s32(vpaddq_s32(ia[i][4 * v], ia[i][4 * v + 1]),
+                                           vpaddq_s32(ia[i][4 * v + 2], ia[i][4 * v + 3]));
+            int32x4_t s = vsubq_s32(r, rin[i * NV + v]);
+            if (dt == VX_DT_Q4) s = vaddq_s32(s, vld1q_dup_s32(cr + i * cs));
+            const float32x4_t scale = vmulq_n_f32(dw[v], dx[i]); /* dw * dx, per lane */
+            acc[i * NV + v] = vfmaq_f32(acc[i * NV + v], vcvtq_f32_s32(s), scale);
+            rout[i * NV + v] = r;
+        }
+    }
+}
+
+/* Blocks [b0, b1) of the tile's rows x N inputs (int8 rows of X at stride
+ * cols, scales at stride cols / 32; Q4 corrections of block b at
+ * corr[i * cs + b - b0]); acc[i * NV + v] (lane k: row 4v + k) carries the
+ * float chain of input i in and out, so splitting the blocks reorders
+ * nothing. Two blocks per iteration, so the two sets of row totals swap
+ * roles without a register move. */
+INLINE void q_tile(int dp, int dt, int NV, int N, int full, const qtile_rows *t,
+                   const int8_t *xq, const float *xd, const int32_t *corr, int64_t cs,
+                   int64_t cols, int64_t b0, int64_t b1, float32x4_t *acc) {
+    int32x4_t ia[QN_MAX][4 * QV_MAX], ra[QN_MAX * QV_MAX], rb[QN_MAX * QV_MAX];
+    float32x4_t a[QN_MAX * QV_MAX];
+    _Pragma("GCC unroll 4")
+    for (int i = 0; i < N; i++) {
+        _Pragma("GCC unroll 8")
+        for (int k = 0; k < 4 * NV; k++) ia[i][k] = vdupq_n_s32(0);
+        _Pragma("GCC unroll 2")
+        for (int v = 0; v < NV; v++) {
+            ra[i * NV + v] = vdupq_n_s32(0);
+            a[i * NV + v] = acc[i * NV + v];
+        }
+    }
+    int64_t b = b0;
+    for (; b + 1 < b1; b += 2) {
+        q_step(dp, dt, NV, N, full, t, xq, xd, corr + (b - b0), cs, cols, b, ia, ra, rb, a);
+        /* keeps the second block's loads (and so its SDOTs) after the
+         * first's: hoisted, they cost spills and register copies */
+        __asm__ __volatile__("" ::: "memory");
+        q_step(dp, dt, NV, N, full, t, xq, xd, corr + (b + 1 - b0), cs, cols, b + 1, ia, rb, ra, a);
+    }
+    if (b < b1) q_step(dp, dt, NV, N, full, t, xq, xd, corr + (b - b0), cs, cols, b, ia, ra, rb, a);
+    _Pragma("GCC unroll 4")
     for (int i = 0; i < N; i++)
-        _Pragma("GCC unroll 8")
-        for (int k = 0; k < R; k++) a[i][k] = acc[i * QA + k];
-    for (int64_t b = b0; b < b1; b++) {
-        int8x16_t x0[QMAX_N], x1[QMAX_N];
-        float dx[QMAX_N];
-        _Pragma("GCC unroll 8")
-        for (int i = 0; i < N; i++) {
-            const int8_t *p = xq + (size_t)i * cols + b * VX_QBLOCK;
-            x0[i] = vld1q_s8(p);
-            x1[i] = vld1q_s8(p + 16);
-            dx[i] = xd[(size_t)i * nblk + b];
-        }
-        /* the scales dw_k * dx_i, row k in lane k: a tile of QA rows is QA
-         * consecutive rows of one group (q_rows forms no other), whose fp16
-         * scales are 8 consecutive bytes: one load, one FCVTL and one FMUL
-         * per input (the same IEEE products as scalar multiplies); the FMAs
-         * take their lane by element (FMLA by element rounds once too) */
-        float32x4_t dw;
-        if (R == QA) {
-            dw = vcvt_f32_f16(vreinterpret_f16_u8(vld1_u8(w[0].scale + (size_t)b * w[0].stride)));
-        } else {
-            uint16_t h;
-            memcpy(&h, w[0].scale + (size_t)b * w[0].stride, 2);
-            dw = vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(h)));
-        }
-        float32x4_t s[QMAX_N];
-        _Pragma("GCC unroll 8")
-        for (int i = 0; i < N; i++) s[i] = vmulq_n_f32(dw, dx[i]);
-        _Pragma("GCC unroll 8")
-        for (int k = 0; k < R; k++) {
-            int8x16_t w0, w1;
-            q_weights(dt, w[k].payload + (size_t)b * w[k].stride, &w0, &w1);
-            _Pragma("GCC unroll 8")
-            for (int i = 0; i < N; i++) {
-                if (dt == VX_DT_Q4) { /* four lanes, in .lo */
-                    a[i][k].lo = fma_lane(a[i][k].lo, vcvtq_f32_s32(dot32(dp, w0, x0[i], w1, x1[i])), s[i], k);
-                } else {
-                    a[i][k].lo = fma_lane(a[i][k].lo, vcvtq_f32_s32(dot16(dp, w0, x0[i])), s[i], k);
-                    a[i][k].hi = fma_lane(a[i][k].hi, vcvtq_f32_s32(dot16(dp, w1, x1[i])), s[i], k);
+        _Pragma("GCC unroll 2")
+        for (int v = 0; v < NV; v++) acc[i * NV + v] = a[i * NV + v];
+}
+
+/* Y rows [r, r + rows) of inputs [0, n), 4 rows per vector (acc[i * nv + v]):
+ * loaded (a pass after the first carries the chains on) or stored. */
+INLINE void q_acc_io(int store, float32x4_t *acc, int n, int nv, int rows, float *Y, int ldy,
+                     int64_t r) {
+    for (int i = 0; i < n; i++)
+        for (int v = 0; v < nv; v++) {
+            float *y = Y + (size_t)i * (size_t)ldy + (size_t)r + (size_t)(4 * v);
+            float32x4_t *a = acc + i * nv + v;
+            if (rows >= 4 * (v + 1)) {
+                if (store) vst1q_f32(y, *a);
+                else *a = vld1q_f32(y);
+            } else {
+                float o[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                if (store) vst1q_f32(o, *a);
+                for (int k = 0; k < rows - 4 * v; k++) {
+                    if (store) y[k] = o[k];
+                    else o[k] = y[k];
                 }
+                if (!store) *a = vld1q_f32(o);
             }
         }
+}
+
+/* Blocks [c0, c1) of one tile's rows (at row r of Y) x all n inputs; the
+ * float chains start at 0 (c0 == 0) or at Y, and end in Y. NV = 2 (a whole
+ * group) is for n == 1; otherwise tiles of 4 rows x 2 inputs (the last one
+ * alone when n is odd), so each weight register is loaded and unpacked once
+ * per two inputs. */
+INLINE void q_pass(int dp, int dt, int NV, int full, const qtile_rows *t, const int8_t *xq,
+                   const float *xd, const int32_t *corr, int n, int64_t cols, int64_t c0,
+                   int64_t c1, float *Y, int ldy, int64_t r) {
+    const int64_t nblk = cols / VX_QBLOCK, cs = c1 - c0;
+    float32x4_t acc[MAX_N * QV_MAX];
+    if (c0 == 0)
+        for (int j = 0; j < n * NV; j++) acc[j] = vdupq_n_f32(0.0f);
+    else
+        q_acc_io(0, acc, n, NV, t->rows, Y, ldy, r);
+    for (int i = 0; i < n; i += QN_MAX) {
+        const int8_t *x = xq + (size_t)i * (size_t)cols;
+        const float *d = xd + (size_t)i * (size_t)nblk;
+        const int32_t *cr = corr + (int64_t)i * cs;
+        if (n - i >= 2 && NV == 1)
+            q_tile(dp, dt, 1, 2, full, t, x, d, cr, cs, cols, c0, c1, acc + i);
+        else q_tile(dp, dt, NV, 1, full, t, x, d, cr, cs, cols, c0, c1, acc + i * NV);
+        if (NV == 2) break; /* n == 1 */
     }
-    _Pragma("GCC unroll 8")
-    for (int i = 0; i < N; i++)
-        _Pragma("GCC unroll 8")
-        for (int k = 0; k < R; k++) acc[i * QA + k] = a[i][k];
+    q_acc_io(1, acc, n, NV, t->rows, Y, ldy, r);
 }
 
 INLINE void q_rows(int dp, int dt, const vx_weight *W, const int8_t *xq, const float *xd, int n,
                    float *Y, int ldy, int64_t r0, int64_t r1) {
     const int64_t cols = W->cols, nblk = cols / VX_QBLOCK;
-    /* QA rows x all inputs (two at a time), a chunk of blocks at a time: the
-     * rows' chunk and the inputs' chunk (n x 512 bytes) stay in cache; for
-     * n == 1 this is the plain matrix-vector stream of QA rows */
-    vf8 acc[MAX_N * QA];
-    /* tiles of QA rows start at multiples of QA (so lie in one group, whose
-     * scales qtile loads at once); rows before or after them one at a time */
-    for (int64_t r = r0, rows; r < r1; r += rows) {
-        const int64_t next = (r / QA + 1) * QA; /* the next multiple of QA */
-        rows = r % QA == 0 && r + QA <= r1 ? QA : (next < r1 ? next : r1) - r;
-        vx_qrow w[QA];
-        for (int k = 0; k < rows; k++) w[k] = vx_q_row(dt, W->data, W->rows, cols, r + k);
+    /* Passes over column ranges, all rows in each: n == 1 streams each
+     * group's rows over all blocks at once (Q4: up to QCORR_MAX blocks, the
+     * room for its corrections); n >= 2 takes QCHUNK blocks at a time, so
+     * the inputs' chunk (n x 512 bytes) stays in L1 while every row tile
+     * streams its part of the weights. */
+    const int64_t pass = n > 1 ? QCHUNK : dt == VX_DT_Q4 ? QCORR_MAX : nblk;
+    int32_t corr[QCORR_MAX];
+    if (nblk == 0) /* no columns: empty sums */
         for (int i = 0; i < n; i++)
-            for (int k = 0; k < rows; k++) acc[i * QA + k] = vf8_zero();
-        for (int64_t b0 = 0; b0 < nblk; b0 += QCHUNK) {
-            const int64_t b1 = nblk - b0 < QCHUNK ? nblk : b0 + QCHUNK;
-            for (int i = 0; i < n; i += QMAX_N) {
-                const int8_t *x = xq + (size_t)i * cols;
-                const float *d = xd + (size_t)i * nblk;
-                vf8 *ac = acc + i * QA;
-                if (rows == QA) {
-                    if (n - i >= 2) qtile(dp, dt, QA, 2, w, x, d, cols, b0, b1, ac);
-                    else qtile(dp, dt, QA, 1, w, x, d, cols, b0, b1, ac);
-                } else { /* single rows: R = 1 takes w[k]'s own scale */
-                    for (int k = 0; k < rows; k++) {
-                        if (n - i >= 2) qtile(dp, dt, 1, 2, w + k, x, d, cols, b0, b1, ac + k);
-                        else qtile(dp, dt, 1, 1, w + k, x, d, cols, b0, b1, ac + k);
-                    }
-                }
-            }
+            for (int64_t r = r0; r < r1; r++) Y[(size_t)i * (size_t)ldy + (size_t)r] = 0.0f;
+    for (int64_t c0 = 0; c0 < nblk; c0 += pass) {
+        const int64_t c1 = nblk - c0 < pass ? nblk : c0 + pass;
+        if (dt == VX_DT_Q4) q_corr(xq, n, cols, c0, c1, corr);
+        /* tiles never cross a group (their rows' scales are consecutive):
+         * n == 1 takes a whole group of 8 as one tile (one contiguous
+         * stream), otherwise 4 rows; the 1-3 rows left in a group form a
+         * partial tile */
+        for (int64_t r = r0, rows; r < r1; r += rows) {
+            const int64_t g0 = r - r % VX_QGROUP;
+            const int64_t gend = g0 + VX_QGROUP < W->rows ? g0 + VX_QGROUP : W->rows;
+            const int64_t e = gend < r1 ? gend : r1;
+            const vx_qrow w = vx_q_row(dt, W->data, W->rows, cols, r);
+            rows = e - r >= 8 && n == 1 ? 8 : e - r >= 4 ? 4 : e - r;
+            const qtile_rows t = {w.payload, w.scale, w.stride, (int)rows};
+            if (rows == 8) q_pass(dp, dt, 2, 1, &t, xq, xd, corr, n, cols, c0, c1, Y, ldy, r);
+            else if (rows == 4) q_pass(dp, dt, 1, 1, &t, xq, xd, corr, n, cols, c0, c1, Y, ldy, r);
+            else q_pass(dp, dt, 1, 0, &t, xq, xd, corr, n, cols, c0, c1, Y, ldy, r);
         }
-        for (int i = 0; i < n; i++)
-            for (int k = 0; k < rows; k++)
-                Y[(size_t)i * ldy + r + k] =
-                    dt == VX_DT_Q4 ? hsum4(acc[i * QA + k].lo) : vf8_hsum(acc[i * QA + k]);
     }
 }
 
@@ -301,7 +401,6 @@ INLINE int matmul_rows_q(int dp, const vx_weight *W, const int8_t *xq, const flo
     else q_rows(dp, VX_DT_Q4, W, xq, xd, n, Y, ldy, r0, r1);
     return 0;
 }
-
 
 /* Two entry points, SDOT or not, so the choice is made once at load. */
 static int neon_matmul_rows_q_dot(const vx_weight *W, const int8_t *xq, const float *xd, int n,
