@@ -142,8 +142,9 @@ def _declare_bench(lib: ctypes.CDLL) -> None:
     lib.vx_measure_read_bandwidth.restype = ctypes.c_double
     lib.vx_measure_fma_peak.argtypes = [ctypes.c_int]
     lib.vx_measure_fma_peak.restype = ctypes.c_double
-    lib.vx_measure_int8_peak.argtypes = [ctypes.c_int]
-    lib.vx_measure_int8_peak.restype = ctypes.c_double
+    if hasattr(lib, "vx_measure_int8_peak"):  # not in a library set by VOXD_ENGINE_LIB of old
+        lib.vx_measure_int8_peak.argtypes = [ctypes.c_int]
+        lib.vx_measure_int8_peak.restype = ctypes.c_double
 
 
 def measure_read_bandwidth(n_bytes: int = 1 << 30, threads: int = 0, reps: int = 3) -> float:
@@ -168,9 +169,12 @@ def measure_fma_peak(threads: int = 0) -> float:
 
 def measure_int8_peak(threads: int = 0) -> float | None:
     """int8 dot-product peak in GOP/s (the Q8/Q4 kernels' instructions: vpdpbusd,
-    vpmaddubsw or SDOT), or None where the CPU has none of them."""
+    vpmaddubsw or SDOT), or None where the CPU has none of them (or the library
+    predates the measurement)."""
     lib = library()
     _declare_bench(lib)
+    if not hasattr(lib, "vx_measure_int8_peak"):
+        return None
     gops = float(lib.vx_measure_int8_peak(threads))
     return gops if gops > 0 else None
 
