@@ -443,7 +443,11 @@ install_model() {
     local target="$STATE_DIR/model"
     run install -d -m 0750 -o "$SERVICE_USER" -g "$SERVICE_GROUP" "$STATE_DIR" "$target"
     model_command
-    log "fetching the model into $target (an 8.9 GB download, then quantized to fit this machine)"
+    if [[ -n $MODEL_FROM ]]; then
+        log "installing the model from $MODEL_FROM into $target"
+    else
+        log "fetching the model into $target (an 8.9 GB download, then quantized to fit this machine)"
+    fi
     if run "${MODEL_CMD[@]}"; then
         MODEL_STATE=ready
         did "model ready in $target"
