@@ -19,7 +19,11 @@
  *    register of 8 row sums, converted and FMA'd once: two float
  *    instructions per 8 rows and block.
  *  2 <= n <= 8 (several streams' decoder steps): the same, each group block
- *    loaded (and a Q4 block's nibbles split) once for all the inputs.
+ *    loaded (and a Q4 block's nibbles split) once for all the inputs; with
+ *    AVX-512 the block sits in zmm registers (half the dot products and
+ *    reduction steps per input; Q8 as (x + 128) x w less 128 x the row's
+ *    weight sum, computed once per block). n == 1 stays on ymm: it is bound
+ *    by memory either way.
  *  n > 8 (encoder, prefill), and rows outside full groups: a tile of R rows
  *    (8 in ymm; 16 in zmm with AVX512) is first rewritten, a chunk of blocks
  *    at a time, into an L1 scratch where register s of a block holds the 4
@@ -225,6 +229,102 @@ INLINE void q4_group(int N, const uint8_t *g, const int8_t *xq, const float *xd,
     for (int i = 0; i < N; i++) acc[i] = a[i];
 }
 
+#if XQ_VNNI == 2
+/* ---- 2 <= n <= QG_MAX_N with EVEX: the group block in zmm registers,
+ * which halves the dot products and the reduction per input (the decoder
+ * steps of several streams). Same integers, same float chain: the same
+ * bits as the ymm streams. */
+
+/* Q4: da / db hold rows 0-3 / 4-7, one row's 4 lane sums per 128-bit lane:
+ * to [r0 .. r7]. */
+INLINE __m256i q4z_rows8(__m512i da, __m512i db) {
+    const __m512i c = _mm512_add_epi32(_mm512_unpacklo_epi64(da, db), _mm512_unpackhi_epi64(da, db));
+    const __m512i d = _mm512_add_epi32(c, _mm512_shuffle_epi32(c, _MM_PERM_CDAB));
+    const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 2, 6, 10, 14, 0, 0, 0, 0, 0, 0, 0, 0);
+    return _mm512_castsi512_si256(_mm512_permutexvar_epi32(idx, d));
+}
+
+/* Q8: z[k] holds rows 2k | 2k+1, 8 lane sums each: to [r0 .. r7]. */
+INLINE __m256i q8z_rows8(const __m512i *z) {
+    const __m512i s01 = _mm512_add_epi32(_mm512_unpacklo_epi32(z[0], z[1]), _mm512_unpackhi_epi32(z[0], z[1]));
+    const __m512i s23 = _mm512_add_epi32(_mm512_unpacklo_epi32(z[2], z[3]), _mm512_unpackhi_epi32(z[2], z[3]));
+    const __m512i t = _mm512_add_epi32(_mm512_unpacklo_epi64(s01, s23), _mm512_unpackhi_epi64(s01, s23));
+    const __m512i u = _mm512_add_epi32(t, _mm512_shuffle_i32x4(t, t, _MM_SHUFFLE(2, 3, 0, 1)));
+    const __m512i idx = _mm512_setr_epi32(0, 8, 1, 9, 2, 10, 3, 11, 0, 0, 0, 0, 0, 0, 0, 0);
+    return _mm512_castsi512_si256(_mm512_permutexvar_epi32(idx, u));
+}
+
+/* Q4: the nibbles x x, started from -8 * (lane sums of x) as q4_isum does. */
+INLINE void q4_group_z(int N, const uint8_t *g, const int8_t *xq, const float *xd, int64_t cols,
+                       __m256 *acc) {
+    const size_t gbb = VX_QGROUP * VX_Q4_BLOCK_BYTES;
+    const int64_t nblk = cols / VX_QBLOCK;
+    const __m512i m4 = _mm512_set1_epi8(0x0f), eight = _mm512_set1_epi8(8);
+    __m256 a[QG_MAX_N];
+    _Pragma("GCC unroll 8")
+    for (int i = 0; i < N; i++) a[i] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nblk; b++, g += gbb) {
+        q_prefetch(g, gbb);
+        const __m256 dw = q_dw8(g);
+        const __m512i va = _mm512_loadu_si512((const void *)(g + 16));
+        const __m512i vb = _mm512_loadu_si512((const void *)(g + 16 + 64));
+        const __m512i nla = _mm512_and_si512(va, m4), nha = _mm512_and_si512(_mm512_srli_epi16(va, 4), m4);
+        const __m512i nlb = _mm512_and_si512(vb, m4), nhb = _mm512_and_si512(_mm512_srli_epi16(vb, 4), m4);
+        _Pragma("GCC unroll 8")
+        for (int i = 0; i < N; i++) {
+            const int8_t *xb = xq + (size_t)i * cols + b * VX_QBLOCK;
+            const __m512i xl = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(const void *)xb));
+            const __m512i xh = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(const void *)(xb + 16)));
+            const __m512i z = _mm512_setzero_si512();
+            const __m512i corr = _mm512_sub_epi32(z, _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(z, eight, xl), eight, xh));
+            const __m512i da = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(corr, nla, xl), nha, xh);
+            const __m512i db = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(corr, nlb, xl), nhb, xh);
+            a[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q4z_rows8(da, db)),
+                                   _mm256_mul_ps(dw, _mm256_set1_ps(xd[(size_t)i * nblk + b])), a[i]);
+        }
+    }
+    _Pragma("GCC unroll 8")
+    for (int i = 0; i < N; i++) acc[i] = a[i];
+}
+
+/* Q8: (x + 128) x w, less 128 * (the row's weight sum), which the block
+ * computes once for all the inputs. */
+INLINE void q8_group_z(int N, const uint8_t *g, const int8_t *xq, const float *xd, int64_t cols,
+                       __m256 *acc) {
+    const size_t gbb = VX_QGROUP * VX_Q8_BLOCK_BYTES;
+    const int64_t nblk = cols / VX_QBLOCK;
+    const __m512i ones = _mm512_set1_epi8(1);
+    const __m256i bias = _mm256_set1_epi8(-128);
+    __m256 a[QG_MAX_N];
+    _Pragma("GCC unroll 8")
+    for (int i = 0; i < N; i++) a[i] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nblk; b++, g += gbb) {
+        q_prefetch(g, gbb);
+        const __m256 dw = q_dw8(g);
+        __m512i w[4], ws[4];
+        _Pragma("GCC unroll 4")
+        for (int k = 0; k < 4; k++) {
+            w[k] = _mm512_loadu_si512((const void *)(g + 16 + 64 * k));
+            ws[k] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, w[k]);
+        }
+        const __m256i wsum = _mm256_slli_epi32(q8z_rows8(ws), 7); /* 128 * sum of the row's w */
+        _Pragma("GCC unroll 8")
+        for (int i = 0; i < N; i++) {
+            const __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)(xq + (size_t)i * cols + b * VX_QBLOCK));
+            const __m512i xu = _mm512_broadcast_i64x4(_mm256_xor_si256(x, bias)); /* x + 128 */
+            __m512i d[4];
+            _Pragma("GCC unroll 4")
+            for (int k = 0; k < 4; k++) d[k] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), xu, w[k]);
+            const __m256i isum = _mm256_sub_epi32(q8z_rows8(d), wsum);
+            a[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum),
+                                   _mm256_mul_ps(dw, _mm256_set1_ps(xd[(size_t)i * nblk + b])), a[i]);
+        }
+    }
+    _Pragma("GCC unroll 8")
+    for (int i = 0; i < N; i++) acc[i] = a[i];
+}
+#endif
+
 /* Full groups [g0, g1) (row numbers, multiples of VX_QGROUP) x n <= QG_MAX_N inputs. */
 static void q_groups(int dt, const vx_weight *W, const int8_t *xq, const float *xd, int n,
                      float *Y, int ldy, int64_t g0, int64_t g1) {
@@ -232,12 +332,24 @@ static void q_groups(int dt, const vx_weight *W, const int8_t *xq, const float *
     const size_t group_bytes = (size_t)VX_QGROUP * vx_row_bytes(dt, cols);
     const uint8_t *g = (const uint8_t *)W->data + (size_t)(g0 / VX_QGROUP) * group_bytes;
     __m256 acc[QG_MAX_N];
-    for (int64_t r = g0; r < g1; r += VX_QGROUP, g += group_bytes) {
+#if XQ_VNNI == 2
+    const int zmm = n >= 2; /* row order out */
+#define Q_GROUP_CASE(N)                                                                            \
+    case N:                                                                                        \
+        if (N >= 2 && dt == VX_DT_Q8) q8_group_z(N, g, xq, xd, cols, acc);                         \
+        else if (N >= 2) q4_group_z(N, g, xq, xd, cols, acc);                                      \
+        else if (dt == VX_DT_Q8) q8_group(N, g, xq, xd, cols, acc);                                \
+        else q4_group(N, g, xq, xd, cols, acc);                                                    \
+        break
+#else
+    const int zmm = 0;
 #define Q_GROUP_CASE(N)                                                                            \
     case N:                                                                                        \
         if (dt == VX_DT_Q8) q8_group(N, g, xq, xd, cols, acc);                                     \
         else q4_group(N, g, xq, xd, cols, acc);                                                    \
         break
+#endif
+    for (int64_t r = g0; r < g1; r += VX_QGROUP, g += group_bytes) {
         switch (n) {
             Q_GROUP_CASE(8); Q_GROUP_CASE(7); Q_GROUP_CASE(6); Q_GROUP_CASE(5);
             Q_GROUP_CASE(4); Q_GROUP_CASE(3); Q_GROUP_CASE(2);
@@ -246,7 +358,7 @@ static void q_groups(int dt, const vx_weight *W, const int8_t *xq, const float *
 #undef Q_GROUP_CASE
         for (int i = 0; i < n; i++) {
             __m256 v = acc[i];
-            if (dt == VX_DT_Q4) v = _mm256_permutevar8x32_ps(v, Q4_ROW_ORDER);
+            if (dt == VX_DT_Q4 && !zmm) v = _mm256_permutevar8x32_ps(v, Q4_ROW_ORDER);
             _mm256_storeu_ps(Y + (size_t)i * ldy + r, v);
         }
     }
