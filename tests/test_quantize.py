@@ -499,8 +499,8 @@ def test_x86_int8_dot_products_give_the_same_bits(
     fmt: str, q8_dir: Path, q4_dir: Path, clips: dict[str, np.ndarray]
 ) -> None:
     """The x86 backend's Q8/Q4 kernels in their variants (vpmaddubsw, AVX-VNNI
-    and AVX512-VNNI vpdpbusd) share the float paths and differ only in how the
-    exact int32 lane sums are formed, so a whole Q8/Q4 model - the encoder and
+    and AVX512-VNNI vpdpbusd) share the float work and differ only in how the
+    exact int32 block sums are formed, so a whole Q8/Q4 model - the encoder and
     adapter batched, the decoder matrix-vector - gives bitwise the same logits
     on each variant this CPU has. Needs two of them (an x86 CPU with VNNI)."""
     qdir = q8_dir if fmt == "Q8" else q4_dir
