@@ -910,7 +910,10 @@ class WyomingServer:
         self._thread = None
         if thread is not None:
             if loop is not None and stop_async is not None and thread.is_alive():
-                loop.call_soon_threadsafe(stop_async.set)
+                # The thread may be closing its loop right now (a failed start):
+                # then it is ending by itself, and there is nothing to signal.
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(stop_async.set)
             thread.join(timeout)
             if thread.is_alive():
                 log.error("the Wyoming server did not stop within %.0f s", timeout)
