@@ -33,6 +33,31 @@
 #define FMA_REPS 5   /* best of: a shared machine's other load only slows a repetition */
 #define FMA_CHAINS 12 /* > latency x ports on current cores (5 x 2 on Haswell, 4 x 2 on A76) */
 
+/* The peak loops (FMA and int8 dot products, every ISA): FMA_CHAINS
+ * independent chains a0..a11, named because an array of vectors may be kept
+ * in memory; chain c starts at INIT(c) and takes a = OP(a) iters times.
+ * SUM12(ADD) adds them up so the compiler cannot drop the work. */
+#define CHAINS12(T, INIT, OP)                                                                  \
+    T a0 = INIT(0), a1 = INIT(1), a2 = INIT(2), a3 = INIT(3), a4 = INIT(4), a5 = INIT(5),      \
+      a6 = INIT(6), a7 = INIT(7), a8 = INIT(8), a9 = INIT(9), a10 = INIT(10), a11 = INIT(11);  \
+    for (long it = 0; it < iters; it++) {                                                      \
+        a0 = OP(a0);                                                                           \
+        a1 = OP(a1);                                                                           \
+        a2 = OP(a2);                                                                           \
+        a3 = OP(a3);                                                                           \
+        a4 = OP(a4);                                                                           \
+        a5 = OP(a5);                                                                           \
+        a6 = OP(a6);                                                                           \
+        a7 = OP(a7);                                                                           \
+        a8 = OP(a8);                                                                           \
+        a9 = OP(a9);                                                                           \
+        a10 = OP(a10);                                                                         \
+        a11 = OP(a11);                                                                         \
+    }
+#define SUM12(ADD)                                                                             \
+    ADD(ADD(ADD(ADD(a0, a1), ADD(a2, a3)), ADD(ADD(a4, a5), ADD(a6, a7))),                     \
+        ADD(ADD(a8, a9), ADD(a10, a11)))
+
 enum { TASK_FILL, TASK_READ, TASK_FMA, TASK_DOT };
 
 typedef struct {
@@ -108,30 +133,14 @@ __attribute__((target("avx2"))) static uint64_t read_avx2(const unsigned char *p
     return t[0] ^ t[1] ^ t[2] ^ t[3];
 }
 
-/* 12 named chains: an array of __m256 may be kept in memory. */
 __attribute__((target("avx2,fma"))) static float fma_avx2(long iters) {
     const __m256 m = _mm256_set1_ps(0.999999f), k = _mm256_set1_ps(1e-7f);
-    __m256 a0 = _mm256_set1_ps(0), a1 = _mm256_set1_ps(1), a2 = _mm256_set1_ps(2),
-           a3 = _mm256_set1_ps(3), a4 = _mm256_set1_ps(4), a5 = _mm256_set1_ps(5),
-           a6 = _mm256_set1_ps(6), a7 = _mm256_set1_ps(7), a8 = _mm256_set1_ps(8),
-           a9 = _mm256_set1_ps(9), a10 = _mm256_set1_ps(10), a11 = _mm256_set1_ps(11);
-    for (long it = 0; it < iters; it++) {
-        a0 = _mm256_fmadd_ps(a0, m, k);
-        a1 = _mm256_fmadd_ps(a1, m, k);
-        a2 = _mm256_fmadd_ps(a2, m, k);
-        a3 = _mm256_fmadd_ps(a3, m, k);
-        a4 = _mm256_fmadd_ps(a4, m, k);
-        a5 = _mm256_fmadd_ps(a5, m, k);
-        a6 = _mm256_fmadd_ps(a6, m, k);
-        a7 = _mm256_fmadd_ps(a7, m, k);
-        a8 = _mm256_fmadd_ps(a8, m, k);
-        a9 = _mm256_fmadd_ps(a9, m, k);
-        a10 = _mm256_fmadd_ps(a10, m, k);
-        a11 = _mm256_fmadd_ps(a11, m, k);
-    }
-    __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)),
-                             _mm256_add_ps(_mm256_add_ps(a4, a5), _mm256_add_ps(a6, a7)));
-    s = _mm256_add_ps(s, _mm256_add_ps(_mm256_add_ps(a8, a9), _mm256_add_ps(a10, a11)));
+#define INIT(c) _mm256_set1_ps((float)(c))
+#define OP(a) _mm256_fmadd_ps(a, m, k)
+    CHAINS12(__m256, INIT, OP)
+#undef INIT
+#undef OP
+    const __m256 s = SUM12(_mm256_add_ps);
     float t[8];
     _mm256_storeu_ps(t, s);
     return t[0] + t[1] + t[2] + t[3] + t[4] + t[5] + t[6] + t[7];
@@ -148,28 +157,12 @@ static int have_avx512(void) {
 
 __attribute__((target("avx512f"))) static float fma_avx512(long iters) {
     const __m512 m = _mm512_set1_ps(0.999999f), k = _mm512_set1_ps(1e-7f);
-    __m512 a0 = _mm512_set1_ps(0), a1 = _mm512_set1_ps(1), a2 = _mm512_set1_ps(2),
-           a3 = _mm512_set1_ps(3), a4 = _mm512_set1_ps(4), a5 = _mm512_set1_ps(5),
-           a6 = _mm512_set1_ps(6), a7 = _mm512_set1_ps(7), a8 = _mm512_set1_ps(8),
-           a9 = _mm512_set1_ps(9), a10 = _mm512_set1_ps(10), a11 = _mm512_set1_ps(11);
-    for (long it = 0; it < iters; it++) {
-        a0 = _mm512_fmadd_ps(a0, m, k);
-        a1 = _mm512_fmadd_ps(a1, m, k);
-        a2 = _mm512_fmadd_ps(a2, m, k);
-        a3 = _mm512_fmadd_ps(a3, m, k);
-        a4 = _mm512_fmadd_ps(a4, m, k);
-        a5 = _mm512_fmadd_ps(a5, m, k);
-        a6 = _mm512_fmadd_ps(a6, m, k);
-        a7 = _mm512_fmadd_ps(a7, m, k);
-        a8 = _mm512_fmadd_ps(a8, m, k);
-        a9 = _mm512_fmadd_ps(a9, m, k);
-        a10 = _mm512_fmadd_ps(a10, m, k);
-        a11 = _mm512_fmadd_ps(a11, m, k);
-    }
-    __m512 s = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)),
-                             _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7)));
-    s = _mm512_add_ps(s, _mm512_add_ps(_mm512_add_ps(a8, a9), _mm512_add_ps(a10, a11)));
-    return _mm512_reduce_add_ps(s);
+#define INIT(c) _mm512_set1_ps((float)(c))
+#define OP(a) _mm512_fmadd_ps(a, m, k)
+    CHAINS12(__m512, INIT, OP)
+#undef INIT
+#undef OP
+    return _mm512_reduce_add_ps(SUM12(_mm512_add_ps));
 }
 #define FLOP_SIMD512 (FMA_CHAINS * 16 * 2)
 
@@ -183,55 +176,31 @@ static int dot_level(void) {
     return have_avx2() ? 1 : 0;
 }
 
-#define DOT_CHAINS(T, Z, OP)                                                                   \
-    T a0 = Z, a1 = Z, a2 = Z, a3 = Z, a4 = Z, a5 = Z, a6 = Z, a7 = Z, a8 = Z, a9 = Z, a10 = Z, \
-      a11 = Z;                                                                                 \
-    for (long it = 0; it < iters; it++) {                                                      \
-        a0 = OP(a0);                                                                           \
-        a1 = OP(a1);                                                                           \
-        a2 = OP(a2);                                                                           \
-        a3 = OP(a3);                                                                           \
-        a4 = OP(a4);                                                                           \
-        a5 = OP(a5);                                                                           \
-        a6 = OP(a6);                                                                           \
-        a7 = OP(a7);                                                                           \
-        a8 = OP(a8);                                                                           \
-        a9 = OP(a9);                                                                           \
-        a10 = OP(a10);                                                                         \
-        a11 = OP(a11);                                                                         \
-    }
+#define ZERO512(c) _mm512_setzero_si512()
+#define ZERO256(c) _mm256_setzero_si256()
 
 __attribute__((target("avx512f,avx512vnni"))) static uint64_t dot_avx512(long iters) {
     const __m512i u = _mm512_set1_epi8(3), v = _mm512_set1_epi8(-5);
-#define OP512(a) _mm512_dpbusd_epi32(a, u, v)
-    DOT_CHAINS(__m512i, _mm512_setzero_si512(), OP512)
-#undef OP512
-    __m512i t = _mm512_add_epi32(_mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3)),
-                                 _mm512_add_epi32(_mm512_add_epi32(a4, a5), _mm512_add_epi32(a6, a7)));
-    t = _mm512_add_epi32(t, _mm512_add_epi32(_mm512_add_epi32(a8, a9), _mm512_add_epi32(a10, a11)));
-    return (uint64_t)(uint32_t)_mm512_reduce_add_epi32(t);
+#define OP(a) _mm512_dpbusd_epi32(a, u, v)
+    CHAINS12(__m512i, ZERO512, OP)
+#undef OP
+    return (uint64_t)(uint32_t)_mm512_reduce_add_epi32(SUM12(_mm512_add_epi32));
 }
 
 __attribute__((target("avx2,avxvnni"))) static uint64_t dot_avxvnni(long iters) {
     const __m256i u = _mm256_set1_epi8(3), v = _mm256_set1_epi8(-5);
-#define OPV(a) _mm256_dpbusd_avx_epi32(a, u, v)
-    DOT_CHAINS(__m256i, _mm256_setzero_si256(), OPV)
-#undef OPV
-    __m256i t = _mm256_add_epi32(_mm256_add_epi32(_mm256_add_epi32(a0, a1), _mm256_add_epi32(a2, a3)),
-                                 _mm256_add_epi32(_mm256_add_epi32(a4, a5), _mm256_add_epi32(a6, a7)));
-    t = _mm256_add_epi32(t, _mm256_add_epi32(_mm256_add_epi32(a8, a9), _mm256_add_epi32(a10, a11)));
-    return (uint64_t)(uint32_t)_mm256_extract_epi32(t, 0);
+#define OP(a) _mm256_dpbusd_avx_epi32(a, u, v)
+    CHAINS12(__m256i, ZERO256, OP)
+#undef OP
+    return (uint64_t)(uint32_t)_mm256_extract_epi32(SUM12(_mm256_add_epi32), 0);
 }
 
 __attribute__((target("avx2"))) static uint64_t dot_avx2(long iters) {
     const __m256i u = _mm256_set1_epi8(3), v = _mm256_set1_epi8(-5), one = _mm256_set1_epi16(1);
-#define OP2(a) _mm256_add_epi32(a, _mm256_madd_epi16(_mm256_maddubs_epi16(u, v), one))
-    DOT_CHAINS(__m256i, _mm256_setzero_si256(), OP2)
-#undef OP2
-    __m256i t = _mm256_add_epi32(_mm256_add_epi32(_mm256_add_epi32(a0, a1), _mm256_add_epi32(a2, a3)),
-                                 _mm256_add_epi32(_mm256_add_epi32(a4, a5), _mm256_add_epi32(a6, a7)));
-    t = _mm256_add_epi32(t, _mm256_add_epi32(_mm256_add_epi32(a8, a9), _mm256_add_epi32(a10, a11)));
-    return (uint64_t)(uint32_t)_mm256_extract_epi32(t, 0);
+#define OP(a) _mm256_add_epi32(a, _mm256_madd_epi16(_mm256_maddubs_epi16(u, v), one))
+    CHAINS12(__m256i, ZERO256, OP)
+#undef OP
+    return (uint64_t)(uint32_t)_mm256_extract_epi32(SUM12(_mm256_add_epi32), 0);
 }
 
 /* int8 operations (a multiply-add counts 2) per iteration of each level. */
@@ -244,48 +213,15 @@ static int have_avx2(void) { return 0; }
 
 static float fma_neon(long iters) {
     const float32x4_t m = vdupq_n_f32(0.999999f), k = vdupq_n_f32(1e-7f);
-    float32x4_t a0 = vdupq_n_f32(0), a1 = vdupq_n_f32(1), a2 = vdupq_n_f32(2),
-                a3 = vdupq_n_f32(3), a4 = vdupq_n_f32(4), a5 = vdupq_n_f32(5),
-                a6 = vdupq_n_f32(6), a7 = vdupq_n_f32(7), a8 = vdupq_n_f32(8),
-                a9 = vdupq_n_f32(9), a10 = vdupq_n_f32(10), a11 = vdupq_n_f32(11);
-    for (long it = 0; it < iters; it++) {
-        a0 = vfmaq_f32(k, a0, m);
-        a1 = vfmaq_f32(k, a1, m);
-        a2 = vfmaq_f32(k, a2, m);
-        a3 = vfmaq_f32(k, a3, m);
-        a4 = vfmaq_f32(k, a4, m);
-        a5 = vfmaq_f32(k, a5, m);
-        a6 = vfmaq_f32(k, a6, m);
-        a7 = vfmaq_f32(k, a7, m);
-        a8 = vfmaq_f32(k, a8, m);
-        a9 = vfmaq_f32(k, a9, m);
-        a10 = vfmaq_f32(k, a10, m);
-        a11 = vfmaq_f32(k, a11, m);
-    }
-    float32x4_t s = vaddq_f32(vaddq_f32(vaddq_f32(a0, a1), vaddq_f32(a2, a3)),
-                              vaddq_f32(vaddq_f32(a4, a5), vaddq_f32(a6, a7)));
-    s = vaddq_f32(s, vaddq_f32(vaddq_f32(a8, a9), vaddq_f32(a10, a11)));
-    return vaddvq_f32(s);
+#define INIT(c) vdupq_n_f32((float)(c))
+#define OP(a) vfmaq_f32(k, a, m)
+    CHAINS12(float32x4_t, INIT, OP)
+#undef INIT
+#undef OP
+    return vaddvq_f32(SUM12(vaddq_f32));
 }
 #define FLOP_SIMD (FMA_CHAINS * 4 * 2)
 
-#define DOT_CHAINS_NEON                                                                        \
-    int32x4_t a0 = vdupq_n_s32(0), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0,        \
-              a7 = a0, a8 = a0, a9 = a0, a10 = a0, a11 = a0;                                  \
-    for (long it = 0; it < iters; it++) {                                                      \
-        a0 = OPS(a0);                                                                          \
-        a1 = OPS(a1);                                                                          \
-        a2 = OPS(a2);                                                                          \
-        a3 = OPS(a3);                                                                          \
-        a4 = OPS(a4);                                                                          \
-        a5 = OPS(a5);                                                                          \
-        a6 = OPS(a6);                                                                          \
-        a7 = OPS(a7);                                                                          \
-        a8 = OPS(a8);                                                                          \
-        a9 = OPS(a9);                                                                          \
-        a10 = OPS(a10);                                                                        \
-        a11 = OPS(a11);                                                                        \
-    }
 #include <sys/auxv.h>
 #ifndef HWCAP_ASIMDDP
 #define HWCAP_ASIMDDP (1 << 20)
@@ -295,13 +231,12 @@ static int dot_level(void) { return (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) ? 1 : 
 
 __attribute__((target("arch=armv8.2-a+dotprod"))) static uint64_t dot_sdot(long iters) {
     const int8x16_t u = vdupq_n_s8(3), v = vdupq_n_s8(-5);
-#define OPS(a) vdotq_s32(a, u, v)
-    DOT_CHAINS_NEON
-#undef OPS
-    int32x4_t t = vaddq_s32(vaddq_s32(vaddq_s32(a0, a1), vaddq_s32(a2, a3)),
-                            vaddq_s32(vaddq_s32(a4, a5), vaddq_s32(a6, a7)));
-    t = vaddq_s32(t, vaddq_s32(vaddq_s32(a8, a9), vaddq_s32(a10, a11)));
-    return (uint64_t)(uint32_t)vaddvq_s32(t);
+#define ZERO(c) vdupq_n_s32(0)
+#define OP(a) vdotq_s32(a, u, v)
+    CHAINS12(int32x4_t, ZERO, OP)
+#undef ZERO
+#undef OP
+    return (uint64_t)(uint32_t)vaddvq_s32(SUM12(vaddq_s32));
 }
 
 static long dot_ops_per_iter(int level) { return level ? FMA_CHAINS * 32L : 0; }
