@@ -165,6 +165,12 @@ INLINE __m256 q_dw8(const uint8_t *gb) {
 
 #define QG_MAX_N 8 /* inputs up to which full groups are streamed (lanes over columns) */
 
+/* engine.h's float step for 8 outputs, their block sums isum and scales dw
+ * against an input block of scale dx: acc = fma((float)isum, dw * dx, acc). */
+INLINE __m256 q_step8(__m256 acc, __m256i isum, __m256 dw, float dx) {
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dw, _mm256_set1_ps(dx)), acc);
+}
+
 
 /* Group g (rows 8k..8k+7, its first block), all blocks, N inputs: acc[i] the
  * chains of input i (Q8: row order; Q4: q4_rows8's order). The group's
@@ -191,8 +197,7 @@ INLINE void q8_group(int N, const uint8_t *g, const int8_t *xq, const float *xd,
             __m256i v[8];
             _Pragma("GCC unroll 8")
             for (int k = 0; k < 8; k++) v[k] = q8_isum(aw[k], wb[k], x);
-            a[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q8_rows8(v)),
-                                   _mm256_mul_ps(dw, _mm256_set1_ps(xd[(size_t)i * nblk + b])), a[i]);
+            a[i] = q_step8(a[i], q8_rows8(v), dw, xd[(size_t)i * nblk + b]);
         }
     }
     _Pragma("GCC unroll 8")
@@ -221,8 +226,7 @@ INLINE void q4_group(int N, const uint8_t *g, const int8_t *xq, const float *xd,
             __m256i p[4];
             _Pragma("GCC unroll 4")
             for (int k = 0; k < 4; k++) p[k] = q4_isum(nl[k], nh[k], xl, xh, corr);
-            a[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q4_rows8(p)),
-                                   _mm256_mul_ps(dw, _mm256_set1_ps(xd[(size_t)i * nblk + b])), a[i]);
+            a[i] = q_step8(a[i], q4_rows8(p), dw, xd[(size_t)i * nblk + b]);
         }
     }
     _Pragma("GCC unroll 8")
@@ -279,8 +283,7 @@ INLINE void q4_group_z(int N, const uint8_t *g, const int8_t *xq, const float *x
             const __m512i corr = _mm512_sub_epi32(z, _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(z, eight, xl), eight, xh));
             const __m512i da = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(corr, nla, xl), nha, xh);
             const __m512i db = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(corr, nlb, xl), nhb, xh);
-            a[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q4z_rows8(da, db)),
-                                   _mm256_mul_ps(dw, _mm256_set1_ps(xd[(size_t)i * nblk + b])), a[i]);
+            a[i] = q_step8(a[i], q4z_rows8(da, db), dw, xd[(size_t)i * nblk + b]);
         }
     }
     _Pragma("GCC unroll 8")
@@ -316,8 +319,7 @@ INLINE void q8_group_z(int N, const uint8_t *g, const int8_t *xq, const float *x
             _Pragma("GCC unroll 4")
             for (int k = 0; k < 4; k++) d[k] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), xu, w[k]);
             const __m256i isum = _mm256_sub_epi32(q8z_rows8(d), wsum);
-            a[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum),
-                                   _mm256_mul_ps(dw, _mm256_set1_ps(xd[(size_t)i * nblk + b])), a[i]);
+            a[i] = q_step8(a[i], isum, dw, xd[(size_t)i * nblk + b]);
         }
     }
     _Pragma("GCC unroll 8")
