@@ -121,7 +121,8 @@ int vx_encoder_pass(const vx_model *m, vx_enc_state *es, vx_scratch *s, const fl
  * rows per stacked pass taken from the jobs in order. */
 static int stack_jobs(const vx_model *m, vx_enc_job *job, int njob, vx_scratch *s, int *segs) {
     const vx_device *d = m->dev;
-    const size_t row = sizeof(float) * (size_t)m->p.enc.dim;
+    const int ed = m->p.enc.dim;
+    const size_t row = sizeof(float) * (size_t)ed;
     int *done = calloc((size_t)njob, sizeof *done), *who = malloc(sizeof *who * (size_t)njob);
     vx_stack_seg *seg = malloc(sizeof *seg * (size_t)njob);
     int passes = -1;
@@ -144,7 +145,7 @@ static int stack_jobs(const vx_model *m, vx_enc_job *job, int njob, vx_scratch *
         }
         size_t off = 0;
         for (int k = 0; k < nseg; k++) {
-            d->upload(d, s->x, off, job[who[k]].enc + done[who[k]] * row / sizeof(float),
+            d->upload(d, s->x, off, job[who[k]].enc + (size_t)done[who[k]] * ed,
                       (size_t)seg[k].n * row);
             off += (size_t)seg[k].n * row;
         }
@@ -152,8 +153,7 @@ static int stack_jobs(const vx_model *m, vx_enc_job *job, int njob, vx_scratch *
         off = 0;
         for (int k = 0; k < nseg; k++) {
             const int j = who[k];
-            d->download(d, job[j].enc + done[j] * row / sizeof(float), s->x, off,
-                        (size_t)seg[k].n * row);
+            d->download(d, job[j].enc + (size_t)done[j] * ed, s->x, off, (size_t)seg[k].n * row);
             off += (size_t)seg[k].n * row;
             done[j] += seg[k].n;
             job[j].es->pos += seg[k].n;

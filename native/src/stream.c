@@ -784,18 +784,17 @@ static void group_encode(vx_group *g, vx_stream *const *s, int count) {
         const int n_pos = t->enc_pending;
         t->enc_defer = t->enc_pending = 0;
         if (g->st[i] != VX_OK || n_pos <= 0) continue;
-        vx_enc_job *j = &g->job[nj];
-        *j = (vx_enc_job){&t->st.enc, t->st.mel_pend, n_pos,
-                          malloc(sizeof(float) * (size_t)n_pos * VX_POS_ENC_FRAMES * ed),
-                          malloc(sizeof(float) * (size_t)n_pos * dim)};
-        g->who[nj++] = i;
-        if (!j->enc || !j->out) {
-            g->st[i] = oom(t, "feed");
+        float *enc = malloc(sizeof(float) * (size_t)n_pos * VX_POS_ENC_FRAMES * ed);
+        float *out = malloc(sizeof(float) * (size_t)n_pos * dim);
+        if (!enc || !out) {
+            free(enc);
+            free(out);
+            g->st[i] = oom(t, g->flush[i] ? "flush" : "feed");
             g->active[i] = 0;
-            nj--;
-            free(j->enc);
-            free(j->out);
+            continue;
         }
+        g->job[nj] = (vx_enc_job){&t->st.enc, t->st.mel_pend, n_pos, enc, out};
+        g->who[nj++] = i;
     }
     if (nj > 0) {
         const double t0 = now_ms();
