@@ -16,6 +16,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -425,7 +426,34 @@ def _warn_nonfinite(model_dir: str | os.PathLike[str], scan: NonFiniteScan) -> N
     )
 
 
-class Engine:
+_H = TypeVar("_H", bound="_NativeHandle")
+
+
+class _NativeHandle:
+    """Something that owns a native handle and frees it in close(): usable in
+    ``with``, and closed when collected."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _H) -> _H:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # at interpreter shutdown ctypes may already be gone: nothing useful to do
+        with contextlib.suppress(Exception):
+            self.close()
+
+
+class Engine(_NativeHandle):
     """A loaded model. Streams made from it may run in different threads."""
 
     def __init__(
@@ -520,22 +548,6 @@ class Engine:
             self._lib.vx_model_free(self._handle)
             self._handle = None
 
-    def __enter__(self) -> Engine:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        # at interpreter shutdown ctypes may already be gone: nothing useful to do
-        with contextlib.suppress(Exception):
-            self.close()
-
 
 class Stream:
     """One audio stream: feed 16 kHz mono float audio, get token events."""
@@ -617,7 +629,7 @@ class Stream:
             self._engine._forget(self)
 
 
-class StreamGroup:
+class StreamGroup(_NativeHandle):
     """Several streams of one Engine stepped together, one read of the weights per pass.
 
     The decoder streams all its weights for every pass however few rows it
@@ -691,21 +703,6 @@ class StreamGroup:
         if self._handle is not None:
             self._lib.vx_group_free(self._handle)
             self._handle = None
-
-    def __enter__(self) -> StreamGroup:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            self.close()
 
 
 def transcribe(
