@@ -279,14 +279,17 @@ def test_parse_command_rules() -> None:
     assert parse_command("MUTE", b"") is None
 
 
+@pytest.mark.parametrize(
+    "error", [RuntimeError("boom"), RecursionError("the handler recursed")], ids=type
+)
 def test_command_handler_errors_do_not_break_the_sink(
-    mqtt_broker: Mosquitto, mqtt_collector: CollectorFactory, tmp_path: Path
+    mqtt_broker: Mosquitto, mqtt_collector: CollectorFactory, tmp_path: Path, error: Exception
 ) -> None:
     calls: list[str] = []
 
     def handler(name: str) -> None:
         calls.append(name)
-        raise RuntimeError("boom")
+        raise error
 
     settings = settings_for(mqtt_broker)
     topics = Topics.from_settings(settings)
@@ -294,11 +297,12 @@ def test_command_handler_errors_do_not_break_the_sink(
     try:
         wait_until(lambda: sink.health().subscribed, what="connected and subscribed")
         publisher = mqtt_collector(mqtt_broker, [topics.final])
-        publisher.publish(f"{topics.command_prefix}mute")
-        publisher.publish(f"{topics.command_prefix}unmute")
-        wait_until(lambda: calls == ["mute", "unmute"], what="both commands")
+        for name in ("mute", "unmute", "flush"):
+            publisher.publish(f"{topics.command_prefix}{name}")
+        wait_until(lambda: calls == ["mute", "unmute", "flush"], what="every command")
         sink.handle(final(1))
         publisher.wait_count(topics.final, 1)
+        assert sink.health().ok
     finally:
         sink.close()
 

@@ -289,28 +289,6 @@ def test_callbacks_that_raise_do_not_stop_the_link(
     assert health.last_error is not None and "callback failed" in health.last_error
 
 
-def test_command_handler_that_raises(
-    mqtt_broker: Mosquitto, mqtt_collector: CollectorFactory, tmp_path: Path
-) -> None:
-    calls: list[str] = []
-
-    def handler(name: str) -> None:
-        calls.append(name)
-        raise RecursionError("the handler recursed")
-
-    settings = settings_for(mqtt_broker)
-    topics = Topics.from_settings(settings)
-    collector = mqtt_collector(mqtt_broker, [topics.final])
-    with MqttSink(settings, tmp_path, on_command=handler) as sink:
-        wait_until(lambda: sink.health().subscribed, what="connected and subscribed")
-        for name in ("mute", "unmute", "flush"):
-            collector.publish(f"{topics.command_prefix}{name}")
-        wait_until(lambda: calls == ["mute", "unmute", "flush"], what="every command")
-        sink.handle(final(1))
-        collector.wait_count(topics.final, 1)
-        assert sink.health().ok
-
-
 def test_a_blocking_command_handler_is_reported(
     mqtt_broker: Mosquitto,
     mqtt_collector: CollectorFactory,
