@@ -588,6 +588,10 @@ int main(void) {
                  * chunks, a single block, and a full batch */
                 for (int n = 1; n <= 9; n++) check_q_exact(be, dt, 37, 320, n);
                 for (int n = 2; n <= 8; n++) check_q_exact(be, dt, 21, 1088, n);
+                /* pairs of groups (AVX-512, 4..8 inputs): an odd group
+                 * left over, and rows of more than one 128-block chunk */
+                for (int n = 4; n <= 8; n++) check_q_exact(be, dt, 29, 1088, n);
+                for (int n = 4; n <= 8; n += 4) check_q_exact(be, dt, 16, 32 * 300, n);
                 check_determinism(be, dt, 37, 1088);
                 check_q_exact(be, dt, 16, 32, 1);
                 check_q_exact(be, dt, 9, 32, 4);

@@ -23,7 +23,11 @@
  *    AVX-512 the block sits in zmm registers (half the dot products and
  *    reduction steps per input; Q8 as (x + 128) x w less 128 x the row's
  *    weight sum, computed once per block). n == 1 stays on ymm: it is bound
- *    by memory either way.
+ *    by memory either way. With AVX-512 and 4 or more inputs, two groups
+ *    at a time are instead transposed in registers to rows in lanes (16 rows
+ *    per zmm, as the tiles below but with no scratch), so the per-input work
+ *    has no reduction: one vpdpbusd per 4 columns of 16 rows, and one
+ *    conversion, scale and FMA per 16 outputs and block.
  *  n > 8 (encoder, prefill), and rows outside full groups: a tile of R rows
  *    (8 in ymm; 16 in zmm with AVX512) is first rewritten, a chunk of blocks
  *    at a time, into an L1 scratch where register s of a block holds the 4
@@ -164,6 +168,15 @@ INLINE __m256 q_dw8(const uint8_t *gb) {
 }
 
 #define QG_MAX_N 8 /* inputs up to which full groups are streamed (lanes over columns) */
+
+/* The sum of an input block's 32 int8 elements. */
+INLINE int32_t q_block_xsum(const int8_t *xb) {
+    const __m256i u = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(const void *)xb),
+                                       _mm256_set1_epi8(-128)); /* x + 128 */
+    const __m256i s = _mm256_sad_epu8(u, _mm256_setzero_si256());
+    const __m128i t = _mm_add_epi64(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    return (int32_t)(_mm_cvtsi128_si64(t) + _mm_extract_epi64(t, 1) - 32 * 128);
+}
 
 /* engine.h's float step for 8 outputs, their block sums isum and scales dw
  * against an input block of scale dx: acc = fma((float)isum, dw * dx, acc). */
@@ -325,6 +338,7 @@ INLINE void q8_group_z(int N, const uint8_t *g, const int8_t *xq, const float *x
     _Pragma("GCC unroll 8")
     for (int i = 0; i < N; i++) acc[i] = a[i];
 }
+
 #endif
 
 /* Full groups [g0, g1) (row numbers, multiples of VX_QGROUP) x n <= QG_MAX_N inputs. */
@@ -365,6 +379,158 @@ static void q_groups(int dt, const vx_weight *W, const int8_t *xq, const float *
         }
     }
 }
+
+#if XQ_VNNI == 2
+/* ---- QZ_MIN_N <= n <= QG_MAX_N with EVEX, two groups (16 rows) at a time: each
+ * group block is transposed in registers to rows in lanes (register t holds
+ * elements 4t..4t+3 of all 16 rows, unsigned), so one vpdpbusd with the
+ * input's 4 bytes broadcast advances 16 rows' block sums: no reduction
+ * across lanes, and one conversion and FMA per 16 outputs. The accumulators
+ * start from the correction of the unsigned weights (Q4: -8, Q8: -128,
+ * times the input block's sum), which depends on the input block alone. */
+
+/* Lane l of a[k] holds row 4k + l: c[s] dword 4l + k = a[k] dword 4l + s,
+ * so a register's dword p holds row 4 (p % 4) + p / 4 (QZ_ROWS). */
+INLINE void qz_transpose4(const __m512i *a, __m512i *c) {
+    const __m512i t0 = _mm512_unpacklo_epi32(a[0], a[1]), t1 = _mm512_unpackhi_epi32(a[0], a[1]);
+    const __m512i t2 = _mm512_unpacklo_epi32(a[2], a[3]), t3 = _mm512_unpackhi_epi32(a[2], a[3]);
+    c[0] = _mm512_unpacklo_epi64(t0, t2);
+    c[1] = _mm512_unpackhi_epi64(t0, t2);
+    c[2] = _mm512_unpacklo_epi64(t1, t3);
+    c[3] = _mm512_unpackhi_epi64(t1, t3);
+}
+
+/* 4 inputs and up: with fewer, the group stream (one memory stream per
+ * thread, where a pair reads two) is as fast or faster here */
+#define QZ_MIN_N 4
+#define QZ_PF 16 /* blocks of look-ahead of both groups' streams */
+#define QZ_CHUNK 128 /* blocks of the inputs interleaved at a time */
+
+/* Dword p's row, and (the order being its own inverse) row r's dword. */
+#define QZ_ROWS _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15)
+
+/* The group blocks ga (rows 0-7) and gb (rows 8-15) as e[t]: elements
+ * 4t..4t+3 of the 16 rows (QZ_ROWS order), unsigned: Q4 the nibbles, Q8
+ * w + 128. quant.h: a block's payload is Q4 bytes j = elements j (low
+ * nibble) and j + 16 (high), Q8 the 32 elements in order. */
+INLINE void qz_block(int dt, const uint8_t *ga, const uint8_t *gb, __m512i *e) {
+    __m512i a[4], c[4];
+    if (dt == VX_DT_Q4) {
+        const __m512i m4 = _mm512_set1_epi8(0x0f);
+        a[0] = _mm512_loadu_si512((const void *)(ga + 16));
+        a[1] = _mm512_loadu_si512((const void *)(ga + 16 + 64));
+        a[2] = _mm512_loadu_si512((const void *)(gb + 16));
+        a[3] = _mm512_loadu_si512((const void *)(gb + 16 + 64));
+        qz_transpose4(a, c);
+        _Pragma("GCC unroll 4")
+        for (int s = 0; s < 4; s++) {
+            e[s] = _mm512_and_si512(c[s], m4);
+            e[4 + s] = _mm512_and_si512(_mm512_srli_epi16(c[s], 4), m4);
+        }
+        return;
+    }
+    const __m512i bias = _mm512_set1_epi8(-128);
+    __m512i z[8], h[4];
+    _Pragma("GCC unroll 8")
+    for (int j = 0; j < 8; j++) /* rows 2j, 2j + 1: halves 0-15 | 16-31 each */
+        z[j] = _mm512_xor_si512(_mm512_loadu_si512((const void *)((j < 4 ? ga : gb) + 16 + 64 * (j % 4))), bias);
+    _Pragma("GCC unroll 4")
+    for (int k = 0; k < 4; k++) { /* rows 4k..4k+3: elements 0-15, then 16-31 */
+        a[k] = _mm512_shuffle_i64x2(z[2 * k], z[2 * k + 1], _MM_SHUFFLE(2, 0, 2, 0));
+        h[k] = _mm512_shuffle_i64x2(z[2 * k], z[2 * k + 1], _MM_SHUFFLE(3, 1, 3, 1));
+    }
+    qz_transpose4(a, e);
+    qz_transpose4(h, e + 4);
+}
+
+/* A chunk's inputs, interleaved so that one pointer reaches every input's
+ * block: x[b][i] the 32 int8 elements of input i's block b, s[b][i] its
+ * correction and scale (engine.h's dx). */
+typedef struct {
+    int32_t corr;
+    float dx;
+} qz_xs;
+
+typedef struct {
+    int8_t x[QZ_CHUNK][QG_MAX_N][VX_QBLOCK];
+    qz_xs s[QZ_CHUNK][QG_MAX_N];
+} qz_inputs;
+
+/* Groups ga, gb (at the chunk's first block) x N inputs over the chunk's nb
+ * blocks: y[i * ldy + 0..15] input i's 16 outputs, the chains in and out
+ * (first: start from zero); between chunks the blocks stay in order. */
+INLINE void qz_pair(int dt, int N, const uint8_t *ga, const uint8_t *gb, const qz_inputs *in,
+                    int nb, int first, float *y, int ldy) {
+    const size_t gbb = VX_QGROUP * vx_q_block_bytes(dt);
+    __m512 f[QG_MAX_N];
+    _Pragma("GCC unroll 8")
+    for (int i = 0; i < N; i++)
+        f[i] = first ? _mm512_setzero_ps() : _mm512_permutexvar_ps(QZ_ROWS, _mm512_loadu_ps(y + (size_t)i * ldy));
+    for (int b = 0; b < nb; b++, ga += gbb, gb += gbb) {
+        for (size_t o = 0; o < gbb; o += 64) {
+            _mm_prefetch((const char *)ga + QZ_PF * gbb + o, _MM_HINT_T0);
+            _mm_prefetch((const char *)gb + QZ_PF * gbb + o, _MM_HINT_T0);
+        }
+        const __m256i h = _mm256_inserti128_si256(
+            _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)ga)),
+            _mm_loadu_si128((const __m128i *)(const void *)gb), 1);
+        const __m512 dw = _mm512_permutexvar_ps(QZ_ROWS, _mm512_cvtph_ps(h));
+        __m512i e[8];
+        qz_block(dt, ga, gb, e);
+        _Pragma("GCC unroll 8")
+        for (int i = 0; i < N; i++) {
+            const int8_t *xb = in->x[b][i];
+            __m512i s = _mm512_set1_epi32(in->s[b][i].corr);
+            _Pragma("GCC unroll 8")
+            for (int t = 0; t < 8; t++) {
+                int32_t x4;
+                memcpy(&x4, xb + 4 * t, 4);
+                s = _mm512_dpbusd_epi32(s, e[t], _mm512_set1_epi32(x4));
+            }
+            f[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_set1_ps(in->s[b][i].dx)), f[i]);
+        }
+    }
+    _Pragma("GCC unroll 8")
+    for (int i = 0; i < N; i++) _mm512_storeu_ps(y + (size_t)i * ldy, _mm512_permutexvar_ps(QZ_ROWS, f[i]));
+}
+
+/* Full groups [g0, g1) x QZ_MIN_N..QG_MAX_N inputs, two at a time, QZ_CHUNK
+ * blocks at a time (the interleaved inputs, 40 KB, live on the stack); an
+ * odd last group through the group stream. */
+static void qz_groups(int dt, const vx_weight *W, const int8_t *xq, const float *xd, int n,
+                      float *Y, int ldy, int64_t g0, int64_t g1) {
+    const int64_t cols = W->cols, nblk = cols / VX_QBLOCK;
+    const size_t group_bytes = (size_t)VX_QGROUP * vx_row_bytes(dt, cols);
+    const size_t gbb = VX_QGROUP * vx_q_block_bytes(dt);
+    const uint8_t *g = (const uint8_t *)W->data + (size_t)(g0 / VX_QGROUP) * group_bytes;
+    const int32_t unit = dt == VX_DT_Q4 ? -8 : -128;
+    const int64_t p1 = g0 + (g1 - g0) / (2 * VX_QGROUP) * (2 * VX_QGROUP); /* end of the pairs */
+    qz_inputs in;
+    for (int64_t cb0 = 0; cb0 < nblk && g0 < p1; cb0 += QZ_CHUNK) {
+        const int nb = (int)(nblk - cb0 < QZ_CHUNK ? nblk - cb0 : QZ_CHUNK);
+        for (int b = 0; b < nb; b++)
+            for (int i = 0; i < n; i++) {
+                const int8_t *xb = xq + (size_t)i * cols + (size_t)(cb0 + b) * VX_QBLOCK;
+                memcpy(in.x[b][i], xb, VX_QBLOCK);
+                in.s[b][i] = (qz_xs){unit * q_block_xsum(xb), xd[(size_t)i * nblk + cb0 + b]};
+            }
+        const uint8_t *gc = g + (size_t)cb0 * gbb;
+        for (int64_t r = g0; r < p1; r += 2 * VX_QGROUP, gc += 2 * group_bytes) {
+            switch (n) {
+#define QZ_CASE(N)                                                                                 \
+    case N:                                                                                        \
+        if (dt == VX_DT_Q4) qz_pair(VX_DT_Q4, N, gc, gc + group_bytes, &in, nb, cb0 == 0, Y + r, ldy); \
+        else qz_pair(VX_DT_Q8, N, gc, gc + group_bytes, &in, nb, cb0 == 0, Y + r, ldy);            \
+        break
+                QZ_CASE(8); QZ_CASE(7); QZ_CASE(6); QZ_CASE(5);
+            default: QZ_CASE(4);
+#undef QZ_CASE
+            }
+        }
+    }
+    if (p1 < g1) q_groups(dt, W, xq, xd, n, Y, ldy, p1, g1);
+}
+#endif
 
 /* ---- the batched tiles: rows in lanes (n > QG_MAX_N, and rows outside
  * full groups). XT_R rows per tile, XT_NI inputs per register tile,
@@ -518,14 +684,7 @@ static void xt_prefetch(int dt, const vx_weight *W, int64_t r, int rows, int64_t
 }
 
 /* -128 * (sum of the input block), what the VNNI tiles start from. */
-INLINE int32_t xt_xsum(const int8_t *xb) {
-    const __m256i u = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(const void *)xb),
-                                       _mm256_set1_epi8(-128)); /* x + 128 */
-    const __m256i s = _mm256_sad_epu8(u, _mm256_setzero_si256());
-    const __m128i t = _mm_add_epi64(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
-    const int64_t sum = _mm_cvtsi128_si64(t) + _mm_extract_epi64(t, 1) - 32 * 128;
-    return (int32_t)(-128 * sum);
-}
+INLINE int32_t xt_xsum(const int8_t *xb) { return -128 * q_block_xsum(xb); }
 
 /* One register tile: the scratch's rows x N inputs over the chunk's nb
  * blocks from cb0; y[i * ldy + k] (k < rows) holds the chains in and out
@@ -666,7 +825,11 @@ INLINE void q_rows(int dt, const vx_weight *W, const int8_t *xq, const float *xd
         return;
     }
     if (r0 < g0) q_tiles(dt, W, xq, xd, n, Y, ldy, r0, g0);
-    q_groups(dt, W, xq, xd, n, Y, ldy, g0, g1);
+#if XQ_VNNI == 2
+    if (n >= QZ_MIN_N) qz_groups(dt, W, xq, xd, n, Y, ldy, g0, g1);
+    else
+#endif
+        q_groups(dt, W, xq, xd, n, Y, ldy, g0, g1);
     if (g1 < r1) q_tiles(dt, W, xq, xd, n, Y, ldy, g1, r1);
 }
 
