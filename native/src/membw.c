@@ -176,13 +176,16 @@ static int dot_level(void) {
     return have_avx2() ? 1 : 0;
 }
 
-#define ZERO512(c) _mm512_setzero_si512()
-#define ZERO256(c) _mm256_setzero_si256()
+/* Each chain starts from its own value: chains that start equal compute
+ * the same thing, and the compiler merges them into one (which measured the
+ * latency of one chain and counted it 12 times). */
+#define INIT512(c) _mm512_set1_epi32(c)
+#define INIT256(c) _mm256_set1_epi32(c)
 
 __attribute__((target("avx512f,avx512vnni"))) static uint64_t dot_avx512(long iters) {
     const __m512i u = _mm512_set1_epi8(3), v = _mm512_set1_epi8(-5);
 #define OP(a) _mm512_dpbusd_epi32(a, u, v)
-    CHAINS12(__m512i, ZERO512, OP)
+    CHAINS12(__m512i, INIT512, OP)
 #undef OP
     return (uint64_t)(uint32_t)_mm512_reduce_add_epi32(SUM12(_mm512_add_epi32));
 }
@@ -190,15 +193,18 @@ __attribute__((target("avx512f,avx512vnni"))) static uint64_t dot_avx512(long it
 __attribute__((target("avx2,avxvnni"))) static uint64_t dot_avxvnni(long iters) {
     const __m256i u = _mm256_set1_epi8(3), v = _mm256_set1_epi8(-5);
 #define OP(a) _mm256_dpbusd_avx_epi32(a, u, v)
-    CHAINS12(__m256i, ZERO256, OP)
+    CHAINS12(__m256i, INIT256, OP)
 #undef OP
     return (uint64_t)(uint32_t)_mm256_extract_epi32(SUM12(_mm256_add_epi32), 0);
 }
 
 __attribute__((target("avx2"))) static uint64_t dot_avx2(long iters) {
-    const __m256i u = _mm256_set1_epi8(3), v = _mm256_set1_epi8(-5), one = _mm256_set1_epi16(1);
-#define OP(a) _mm256_add_epi32(a, _mm256_madd_epi16(_mm256_maddubs_epi16(u, v), one))
-    CHAINS12(__m256i, ZERO256, OP)
+    const __m256i u = _mm256_set1_epi8(3), one = _mm256_set1_epi16(1);
+    /* the chain runs through both multiplies (with a fixed v, the products
+     * would be hoisted out of the loop and only the adds measured); the
+     * lanes' values do not matter */
+#define OP(a) _mm256_add_epi32(one, _mm256_madd_epi16(_mm256_maddubs_epi16(u, a), one))
+    CHAINS12(__m256i, INIT256, OP)
 #undef OP
     return (uint64_t)(uint32_t)_mm256_extract_epi32(SUM12(_mm256_add_epi32), 0);
 }
@@ -231,10 +237,10 @@ static int dot_level(void) { return (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) ? 1 : 
 
 __attribute__((target("arch=armv8.2-a+dotprod"))) static uint64_t dot_sdot(long iters) {
     const int8x16_t u = vdupq_n_s8(3), v = vdupq_n_s8(-5);
-#define ZERO(c) vdupq_n_s32(0)
+#define INIT(c) vdupq_n_s32(c)
 #define OP(a) vdotq_s32(a, u, v)
-    CHAINS12(int32x4_t, ZERO, OP)
-#undef ZERO
+    CHAINS12(int32x4_t, INIT, OP)
+#undef INIT
 #undef OP
     return (uint64_t)(uint32_t)vaddvq_s32(SUM12(vaddq_s32));
 }
