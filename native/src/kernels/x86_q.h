@@ -338,7 +338,6 @@ INLINE void q8_group_z(int N, const uint8_t *g, const int8_t *xq, const float *x
     _Pragma("GCC unroll 8")
     for (int i = 0; i < N; i++) acc[i] = a[i];
 }
-
 #endif
 
 /* Full groups [g0, g1) (row numbers, multiples of VX_QGROUP) x n <= QG_MAX_N inputs. */
