@@ -23,7 +23,9 @@
  *    AVX-512 the block sits in zmm registers (half the dot products and
  *    reduction steps per input; Q8 as (x + 128) x w less 128 x the row's
  *    weight sum, computed once per block). n == 1 stays on ymm: it is bound
- *    by memory either way. With AVX-512 and 4 or more inputs, two groups
+ *    by memory either way (Q4 excepted: its nibble splitting made the ymm
+ *    stream bound by instructions per core, and it takes the zmm one).
+ *    With AVX-512 and 4 or more inputs, two groups
  *    at a time are instead transposed in registers to rows in lanes (16 rows
  *    per zmm, as the tiles below but with no scratch), so the per-input work
  *    has no reduction: one vpdpbusd per 4 columns of 16 rows, and one
@@ -348,11 +350,14 @@ static void q_groups(int dt, const vx_weight *W, const int8_t *xq, const float *
     const uint8_t *g = (const uint8_t *)W->data + (size_t)(g0 / VX_QGROUP) * group_bytes;
     __m256 acc[QG_MAX_N];
 #if XQ_VNNI == 2
-    const int zmm = n >= 2; /* row order out */
+    /* zmm from 2 inputs, and for Q4 from 1: its ymm stream is bound by
+     * instructions per core when memory is fast (1.37x in cache, 1.08-1.2x
+     * out of it on 2 threads here); Q8's ymm stream is not */
+    const int zmm = n >= 2 || dt == VX_DT_Q4; /* row order out */
 #define Q_GROUP_CASE(N)                                                                            \
     case N:                                                                                        \
         if (N >= 2 && dt == VX_DT_Q8) q8_group_z(N, g, xq, xd, cols, acc);                         \
-        else if (N >= 2) q4_group_z(N, g, xq, xd, cols, acc);                                      \
+        else if (dt == VX_DT_Q4) q4_group_z(N, g, xq, xd, cols, acc);                              \
         else if (dt == VX_DT_Q8) q8_group(N, g, xq, xd, cols, acc);                                \
         else q4_group(N, g, xq, xd, cols, acc);                                                    \
         break
