@@ -49,7 +49,9 @@
  *       -8 * (lane sums of x): exactly the sum of (nibble - 8) * x;
  *   the batched tiles, VNNI: (w + 128) x x started from -128 * (sum of the
  *       input block), computed once per chunk for all inputs;
- *   the batched tiles, AVX2: |w| x sign(x, w) with |w| kept in the scratch. */
+ *   the batched tiles, AVX2 Q8: |w| x sign(x, w) with |w| kept in the
+ *       scratch; AVX2 Q4: the nibbles x x, the block's int16 pair sums added
+ *       before one widening, from -8 * (sum of the input block). */
 #ifndef VX_X86_Q_H
 #define VX_X86_Q_H
 #include <immintrin.h>
@@ -582,8 +584,9 @@ typedef __m256 xt_vf;
 #define XT_CHUNK 16
 
 /* A tile's chunk of blocks, rows in lanes: w[bb][s] lane k holds the
- * weights of elements 4s..4s+3 of row k (VNNI: w + 128, unsigned; AVX2: w,
- * with |w| in aw), dw[bb][k] the row's scale (0 for rows past the end). */
+ * weights of elements 4s..4s+3 of row k (VNNI: w + 128, unsigned; AVX2: Q8
+ * w, with |w| in aw; Q4 the nibbles, unsigned), dw[bb][k] the row's scale
+ * (0 for rows past the end). */
 typedef struct {
     _Alignas(64) xt_vi w[XT_CHUNK][8][XT_V];
 #if !XQ_VNNI
@@ -656,13 +659,18 @@ static void xt_pack(int dt, const vx_weight *W, int64_t r, int rows, int64_t cb0
 #if XQ_VNNI
             _Pragma("GCC unroll 8")
             for (int k = 0; k < 8; k++) a[k] = _mm256_xor_si256(a[k], _mm256_set1_epi8(-128)); /* w + 128 */
+#else
+            if (dt == VX_DT_Q4)
+                _Pragma("GCC unroll 8")
+                for (int k = 0; k < 8; k++) a[k] = _mm256_add_epi8(a[k], _mm256_set1_epi8(8)); /* the nibbles */
 #endif
             xt_transpose8(a, c);
             _Pragma("GCC unroll 8")
             for (int s = 0; s < 8; s++) {
                 _mm256_store_si256((__m256i *)(void *)((char *)sc->w[bb][s] + 4 * h), c[s]);
 #if !XQ_VNNI
-                _mm256_store_si256((__m256i *)(void *)((char *)sc->aw[bb][s] + 4 * h), _mm256_abs_epi8(c[s]));
+                if (dt == VX_DT_Q8)
+                    _mm256_store_si256((__m256i *)(void *)((char *)sc->aw[bb][s] + 4 * h), _mm256_abs_epi8(c[s]));
 #endif
             }
         }
@@ -687,14 +695,22 @@ static void xt_prefetch(int dt, const vx_weight *W, int64_t r, int rows, int64_t
     }
 }
 
-/* -128 * (sum of the input block), what the VNNI tiles start from. */
-INLINE int32_t xt_xsum(const int8_t *xb) { return -128 * q_block_xsum(xb); }
+/* What a tile's block sums start from: the correction of unsigned weights,
+ * -128 (VNNI: w + 128) or -8 (AVX2 Q4: the nibbles) times the sum of the
+ * input block; 0 where the weights stay signed (AVX2 Q8). */
+INLINE int32_t xt_xsum(int dt, const int8_t *xb) {
+    const int32_t unit = XQ_VNNI ? -128 : dt == VX_DT_Q4 ? -8 : 0;
+    return unit ? unit * q_block_xsum(xb) : 0;
+}
 
 /* One register tile: the scratch's rows x N inputs over the chunk's nb
  * blocks from cb0; y[i * ldy + k] (k < rows) holds the chains in and out
  * (first: start from zero). xs[i * XT_CHUNK + bb]: xt_xsum of input i's
- * block cb0 + bb. */
-INLINE void xt_tile(int N, const xt_scratch *sc, int nb, int64_t cb0, const int8_t *xq,
+ * block cb0 + bb. AVX2 Q4 adds a block's 8 vpmaddubsw pair sums in int16
+ * before widening them: each is at most 2 * 15 * 128, and 8 of them stay
+ * below 2^15: exact, and 2 instructions per slice and input where Q8's
+ * sign, multiply, widen and add take 4. */
+INLINE void xt_tile(int dt, int N, const xt_scratch *sc, int nb, int64_t cb0, const int8_t *xq,
                     const float *xd, const int32_t *xs, int64_t cols, int first, float *y,
                     int ldy, int rows) {
     const int64_t nblk = cols / VX_QBLOCK;
@@ -717,14 +733,28 @@ INLINE void xt_tile(int N, const xt_scratch *sc, int nb, int64_t cb0, const int8
         _Pragma("GCC unroll 8")
         for (int i = 0; i < N; i++)
             _Pragma("GCC unroll 2")
-            for (int v = 0; v < XT_V; v++) {
-#if XQ_VNNI
-                acc[i][v] = XT_SET1I(xs[i * XT_CHUNK + bb]);
-#else
-                (void)xs;
-                acc[i][v] = XT_ZEROI();
-#endif
+            for (int v = 0; v < XT_V; v++) acc[i][v] = XT_SET1I(xs[i * XT_CHUNK + bb]);
+#if !XQ_VNNI
+        if (dt == VX_DT_Q4) {
+            xt_vi p[XT_NI];
+            _Pragma("GCC unroll 8")
+            for (int i = 0; i < N; i++) p[i] = XT_ZEROI();
+            _Pragma("GCC unroll 8")
+            for (int s = 0; s < 8; s++) {
+                const xt_vi wv = XT_LOADI(&sc->w[bb][s][0]);
+                _Pragma("GCC unroll 8")
+                for (int i = 0; i < N; i++) {
+                    int32_t x4;
+                    memcpy(&x4, xq + (size_t)i * cols + b * VX_QBLOCK + 4 * s, 4);
+                    p[i] = _mm256_add_epi16(p[i], _mm256_maddubs_epi16(wv, XT_SET1I(x4)));
+                }
             }
+            _Pragma("GCC unroll 8")
+            for (int i = 0; i < N; i++)
+                acc[i][0] = _mm256_add_epi32(acc[i][0], _mm256_madd_epi16(p[i], _mm256_set1_epi16(1)));
+        }
+        else
+#endif
         _Pragma("GCC unroll 8")
         for (int s = 0; s < 8; s++) {
             xt_vi wv[XT_V];
@@ -786,11 +816,9 @@ static void q_tiles(int dt, const vx_weight *W, const int8_t *xq, const float *x
     for (int64_t cb0 = 0; cb0 < nblk; cb0 += XT_CHUNK) {
         const int nb = (int)(nblk - cb0 < XT_CHUNK ? nblk - cb0 : XT_CHUNK);
         xt_prefetch(dt, W, r0, (int)(r1 - r0 < XT_R ? r1 - r0 : XT_R), cb0, nb);
-#if XQ_VNNI
         for (int i = 0; i < n; i++)
             for (int bb = 0; bb < nb; bb++)
-                xs[i * XT_CHUNK + bb] = xt_xsum(xq + (size_t)i * cols + (cb0 + bb) * VX_QBLOCK);
-#endif
+                xs[i * XT_CHUNK + bb] = xt_xsum(dt, xq + (size_t)i * cols + (cb0 + bb) * VX_QBLOCK);
         for (int64_t r = r0; r < r1; r += XT_R) {
             const int rows = (int)(r1 - r < XT_R ? r1 - r : XT_R);
             xt_pack(dt, W, r, rows, cb0, nb, &sc);
@@ -804,7 +832,10 @@ static void q_tiles(int dt, const vx_weight *W, const int8_t *xq, const float *x
                 float *y = Y + (size_t)i * ldy + r;
                 const int first = cb0 == 0;
 #define XT_CASE(N)                                                                                 \
-    case N: xt_tile(N, &sc, nb, cb0, x, d, s, cols, first, y, ldy, rows); break
+    case N:                                                                                        \
+        if (dt == VX_DT_Q4) xt_tile(VX_DT_Q4, N, &sc, nb, cb0, x, d, s, cols, first, y, ldy, rows); \
+        else xt_tile(VX_DT_Q8, N, &sc, nb, cb0, x, d, s, cols, first, y, ldy, rows);               \
+        break
                 switch (nt) {
 #if XT_NI >= 6
                     XT_CASE(6); XT_CASE(5);
