@@ -358,10 +358,9 @@ static void q_groups(int dt, const vx_weight *W, const int8_t *xq, const float *
     const int zmm = n >= 2 || dt == VX_DT_Q4; /* row order out */
 #define Q_GROUP_CASE(N)                                                                            \
     case N:                                                                                        \
-        if (N >= 2 && dt == VX_DT_Q8) q8_group_z(N, g, xq, xd, cols, acc);                         \
-        else if (dt == VX_DT_Q4) q4_group_z(N, g, xq, xd, cols, acc);                              \
-        else if (dt == VX_DT_Q8) q8_group(N, g, xq, xd, cols, acc);                                \
-        else q4_group(N, g, xq, xd, cols, acc);                                                    \
+        if (dt == VX_DT_Q4) q4_group_z(N, g, xq, xd, cols, acc);                                   \
+        else if (N >= 2) q8_group_z(N, g, xq, xd, cols, acc);                                      \
+        else q8_group(N, g, xq, xd, cols, acc);                                                    \
         break
 #else
     const int zmm = 0;
@@ -831,11 +830,15 @@ static void q_tiles(int dt, const vx_weight *W, const int8_t *xq, const float *x
                 const int32_t *s = xs + i * XT_CHUNK;
                 float *y = Y + (size_t)i * ldy + r;
                 const int first = cb0 == 0;
+#if XQ_VNNI /* one tile for both formats */
+#define XT_CASE(N) case N: xt_tile(dt, N, &sc, nb, cb0, x, d, s, cols, first, y, ldy, rows); break
+#else /* the AVX2 tile's Q4 and Q8 inner loops differ: one tile each, no branch inside */
 #define XT_CASE(N)                                                                                 \
     case N:                                                                                        \
         if (dt == VX_DT_Q4) xt_tile(VX_DT_Q4, N, &sc, nb, cb0, x, d, s, cols, first, y, ldy, rows); \
         else xt_tile(VX_DT_Q8, N, &sc, nb, cb0, x, d, s, cols, first, y, ldy, rows);               \
         break
+#endif
                 switch (nt) {
 #if XT_NI >= 6
                     XT_CASE(6); XT_CASE(5);
