@@ -46,6 +46,17 @@ typedef struct {
     vx_weight ada_down, ada_up;   /* decoder only */
 } vx_layer;
 
+/* n rows of activations quantized for the Q8/Q4 dot products by
+ * vx_quantize_act_q8 (quant.h), cols wide (nblk = cols / 32 blocks): row i
+ * is q[i * cols ..] (int8), d[i * nblk ..] (block scales) and
+ * s[i * nblk ..] (block sums: the sum of a block's 32 int8 values, which
+ * kernels that multiply unsigned weights subtract as their correction). */
+typedef struct {
+    const int8_t *q;
+    const float *d;
+    const int32_t *s;
+} vx_qact;
+
 typedef struct vx_pool vx_pool;
 typedef struct vx_device vx_device; /* device.h */
 typedef struct vx_dbuf vx_dbuf;     /* memory owned by a device */
@@ -93,8 +104,8 @@ struct vx_backend {
      * n, r0 or r1, so results never depend on batching or threading. */
     int (*matmul_rows)(const vx_weight *W, const float *X, int n, int ldx, float *Y, int ldy,
                        int64_t r0, int64_t r1);
-    /* Q8 / Q4 weights, with X already quantized by vx_quantize_act_q8: row i
-     * of X is xq[i * cols ..] (int8) and xd[i * cols/32 ..] (block scales).
+    /* Q8 / Q4 weights, with X already quantized by vx_quantize_act_q8 (its
+     * n rows: X->q, X->d, X->s).
      * Y[i*ldy + r] for i < n, r0 <= r < r1 is defined exactly as:
      *   per block b of 32 columns, the int32 isum_b, the sum of the 32
      *   products w[e] * xq[e] (w = q for Q8, nibble - 8 for Q4), then one
@@ -106,8 +117,8 @@ struct vx_backend {
      * instruction per vector of rows and block, not one per 4 weights, which
      * is what kept the int8 encoder near the fp32 FMA rate. Every backend
      * gives these bits, whatever n, r0 or r1. */
-    int (*matmul_rows_q)(const vx_weight *W, const int8_t *xq, const float *xd, int n, float *Y,
-                         int ldy, int64_t r0, int64_t r1);
+    int (*matmul_rows_q)(const vx_weight *W, const vx_qact *X, int n, float *Y, int ldy,
+                         int64_t r0, int64_t r1);
     /* Which dtypes the backend handles (bit per vx_dtype): F32/F16/BF16 go
      * to matmul_rows, Q8/Q4 to matmul_rows_q. */
     unsigned dtypes;

@@ -80,7 +80,8 @@ const vx_backend *vx_backend_select(const char *name, char *err, size_t err_len)
 /* Up to VX_MATMUL_MAX weights that read the same X, run as one pool job:
  * their row ranges are the tasks of a single dispatch, and Q8/Q4 inputs are
  * quantized once for all of them. X is floats, or (Q8/Q4 weights) int8
- * blocks xq/xd quantized beforehand, for at most BATCH rows in that case. */
+ * blocks xq (values, scales, sums) quantized beforehand, for at most BATCH
+ * rows in that case. */
 typedef struct {
     const vx_weight *W;
     float *Y;
@@ -92,8 +93,7 @@ typedef struct {
 typedef struct {
     const vx_model *m;
     const float *X;
-    const int8_t *xq;
-    const float *xd;
+    vx_qact xq; /* xq.q set: X quantized (Q8/Q4 weights) */
     int n;
     int n_parts;
     mm_part part[VX_MATMUL_MAX];
@@ -114,9 +114,9 @@ static void mm_task(void *ctx, int task) {
         int nb = j->n - i0 < BATCH ? j->n - i0 : BATCH;
         float *y = pt->Y + (size_t)i0 * W->rows;
         /* a backend may decline a shape (e.g. cols not a multiple of its width) */
-        if (j->xq) {
-            if (be->matmul_rows_q(W, j->xq, j->xd, nb, y, ldy, r0, r1) != 0)
-                portable->matmul_rows_q(W, j->xq, j->xd, nb, y, ldy, r0, r1);
+        if (j->xq.q) {
+            if (be->matmul_rows_q(W, &j->xq, nb, y, ldy, r0, r1) != 0)
+                portable->matmul_rows_q(W, &j->xq, nb, y, ldy, r0, r1);
         } else {
             const float *x = j->X + (size_t)i0 * W->cols;
             if (be->matmul_rows(W, x, nb, (int)W->cols, y, ldy, r0, r1) != 0)
@@ -135,6 +135,7 @@ struct vx_actbuf {
     int64_t max_cols;
     int8_t *q;  /* [BATCH, max_cols] */
     float *d;   /* [BATCH, max_cols / 32] */
+    int32_t *s; /* [BATCH, max_cols / 32] */
 };
 
 vx_actbuf *vx_actbuf_new(int64_t max_cols) {
@@ -144,9 +145,11 @@ vx_actbuf *vx_actbuf_new(int64_t max_cols) {
     a->max_cols = max_cols;
     a->q = malloc((size_t)BATCH * (size_t)max_cols);
     a->d = malloc(sizeof(float) * (size_t)BATCH * (size_t)(max_cols / VX_QBLOCK));
-    if (!a->q || !a->d || pthread_mutex_init(&a->mu, NULL) != 0) {
+    a->s = malloc(sizeof(int32_t) * (size_t)BATCH * (size_t)(max_cols / VX_QBLOCK));
+    if (!a->q || !a->d || !a->s || pthread_mutex_init(&a->mu, NULL) != 0) {
         free(a->q);
         free(a->d);
+        free(a->s);
         free(a);
         return NULL;
     }
@@ -158,6 +161,7 @@ void vx_actbuf_free(vx_actbuf *a) {
     pthread_mutex_destroy(&a->mu);
     free(a->q);
     free(a->d);
+    free(a->s);
     free(a);
 }
 
@@ -201,9 +205,8 @@ static void matmul_q(const vx_model *m, int nw, const vx_weight *const *W, const
         const int nb = n - i0 < BATCH ? n - i0 : BATCH;
         for (int i = 0; i < nb; i++)
             vx_quantize_act_q8(X + (size_t)(i0 + i) * cols, cols, a->q + (size_t)i * cols,
-                               a->d + (size_t)i * nblk);
-        j.xq = a->q;
-        j.xd = a->d;
+                               a->d + (size_t)i * nblk, a->s + (size_t)i * nblk);
+        j.xq = (vx_qact){a->q, a->d, a->s};
         j.n = nb;
         for (int p = 0; p < nw; p++) j.part[p].Y = Y[p] + (size_t)i0 * W[p]->rows;
         vx_pool_run(m->pool, n_tasks, mm_task, &j);

@@ -154,7 +154,7 @@ void vx_quantize_row_q4(const float *x, int64_t cols, uint8_t *dst) {
 #define LANES 4
 #define VECS (VX_QBLOCK / LANES)
 
-void vx_quantize_act_q8(const float *x, int64_t cols, int8_t *q, float *d) {
+void vx_quantize_act_q8(const float *x, int64_t cols, int8_t *q, float *d, int32_t *s) {
     /* adding 1.5 * 2^23 to |v| <= 2^22 leaves a float whose ulp is 1, so the
      * sum is v rounded to an integer, half to even (the default rounding
      * mode), and subtracting it again is exact: a branch-free, vectorisable
@@ -181,6 +181,7 @@ void vx_quantize_act_q8(const float *x, int64_t cols, int8_t *q, float *d) {
         if (!finite || amax == 0) {
             memset(o, 0, VX_QBLOCK);
             d[b] = finite ? 0.0f : NAN;
+            s[b] = 0;
             continue;
         }
         /* 127 / amax overflows for amax below ~3.7e-37: scale such a block
@@ -189,12 +190,15 @@ void vx_quantize_act_q8(const float *x, int64_t cols, int8_t *q, float *d) {
         const float sc = amax < 0x1p-100f ? 0x1p100f : 1.0f;
         const float inv = 127.0f / (amax * sc);
         d[b] = amax / 127.0f;
+        vx_i32x4 sum4 = {0, 0, 0, 0};
         for (int k = 0; k < VECS; k++) {
             vx_f32x4 r = ((v[k] * vx_splat4(sc)) * vx_splat4(inv) + magic) - magic;
             r = vx_select4(r > vx_splat4(127.0f), vx_splat4(127.0f), r);
             r = vx_select4(r < vx_splat4(-127.0f), vx_splat4(-127.0f), r);
             const vx_i32x4 n = __builtin_convertvector(r, vx_i32x4);
+            sum4 += n;
             for (int l = 0; l < LANES; l++) o[k * LANES + l] = (int8_t)n[l];
         }
+        s[b] = (sum4[0] + sum4[1]) + (sum4[2] + sum4[3]);
     }
 }

@@ -72,7 +72,9 @@ void vx_quantize_row_q4(const float *x, int64_t cols, uint8_t *dst);
  * per block of 32 values x, amax = max |x|, d = amax / 127 and
  * q = round-half-even(x * (127 / amax)) in [-127, 127]; an all-zero block
  * gives d = 0 and q = 0, a block holding Inf or NaN gives d = NaN and q = 0
- * (so every output that sees it is NaN). q gets cols bytes, d cols/32 floats.
+ * (so every output that sees it is NaN). q gets cols bytes, d and s cols/32
+ * floats / int32s: s the sum of the block's q (0 for a zero or non-finite
+ * block), computed here once for every kernel that needs it.
  * This one C function serves every backend, so all see the same bytes. */
-void vx_quantize_act_q8(const float *x, int64_t cols, int8_t *q, float *d);
+void vx_quantize_act_q8(const float *x, int64_t cols, int8_t *q, float *d, int32_t *s);
 #endif

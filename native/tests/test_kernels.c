@@ -139,22 +139,30 @@ static void free_weight(test_weight *t) {
     free(t->deq);
 }
 
-/* X (n rows at stride ldx) quantized as vx_matmul does for Q8/Q4 weights. */
+/* X (n rows at stride ldx) quantized as vx_matmul does for Q8/Q4 weights;
+ * x the view the seam takes. */
 typedef struct {
     int8_t *q;
     float *d;
+    int32_t *s;
+    vx_qact x;
 } qx;
 
 static qx quantize_x(const float *X, int n, int ldx, int64_t cols) {
-    qx a = {xmalloc((size_t)n * (size_t)cols), xmalloc(sizeof(float) * (size_t)n * (size_t)(cols / 32))};
+    const size_t nb = (size_t)n * (size_t)(cols / 32);
+    qx a = {xmalloc((size_t)n * (size_t)cols), xmalloc(sizeof(float) * nb), xmalloc(sizeof(int32_t) * nb),
+            {0}};
     for (int i = 0; i < n; i++)
-        vx_quantize_act_q8(X + (size_t)i * ldx, cols, a.q + (size_t)i * cols, a.d + (size_t)i * (cols / 32));
+        vx_quantize_act_q8(X + (size_t)i * ldx, cols, a.q + (size_t)i * cols, a.d + (size_t)i * (cols / 32),
+                           a.s + (size_t)i * (cols / 32));
+    a.x = (vx_qact){a.q, a.d, a.s};
     return a;
 }
 
 static void free_qx(qx *a) {
     free(a->q);
     free(a->d);
+    free(a->s);
 }
 
 /* Y = X W^T for rows [r0, r1) through one backend, the way the seam calls it:
@@ -163,7 +171,7 @@ static int run_rows(const vx_backend *be, const test_weight *t, const float *X, 
                     float *Y, int ldy, int64_t r0, int64_t r1) {
     if (!vx_dt_is_block(t->w.dtype)) return be->matmul_rows(&t->w, X, n, ldx, Y, ldy, r0, r1);
     qx a = quantize_x(X, n, ldx, t->w.cols);
-    int rc = be->matmul_rows_q(&t->w, a.q, a.d, n, Y, ldy, r0, r1);
+    int rc = be->matmul_rows_q(&t->w, &a.x, n, Y, ldy, r0, r1);
     free_qx(&a);
     return rc;
 }
@@ -190,7 +198,7 @@ static void check_accuracy(const vx_backend *be, int dt, int64_t rows, int64_t c
     for (size_t i = 0; i < (size_t)n * (size_t)ldx; i++) X[i] = nrand();
     for (size_t i = 0; i < (size_t)n * (size_t)ldy; i++) Y[i] = 12345.0f; /* canary */
     int rc = run_rows(be, &t, X, n, ldx, Y, ldy, 0, rows);
-    qx xa = {NULL, NULL};
+    qx xa = {0};
     if (vx_dt_is_block(dt)) xa = quantize_x(X, n, ldx, cols);
     CHECKF(rc == 0, "%s %s [%lld x %lld] n=%d declined", be->name, dt_name(dt), (long long)rows,
           (long long)cols, n);
@@ -325,7 +333,7 @@ static void check_q_exact(const vx_backend *be, int dt, int64_t rows, int64_t co
     }
     float *Y = xmalloc(sizeof(float) * (size_t)n * (size_t)rows);
     qx a = quantize_x(X, n, (int)cols, cols);
-    int rc = be->matmul_rows_q(&t.w, a.q, a.d, n, Y, (int)rows, 0, rows);
+    int rc = be->matmul_rows_q(&t.w, &a.x, n, Y, (int)rows, 0, rows);
     CHECKF(rc == 0, "%s %s declined", be->name, dt_name(dt));
     int same = 1;
     for (int i = 0; rc == 0 && i < n; i++)
@@ -345,9 +353,9 @@ static void check_q_exact(const vx_backend *be, int dt, int64_t rows, int64_t co
 }
 
 /* The activation quantizer as engine.h defines it, element by element: the
- * engine's vectorized one must give the same bytes and scales. (This file
- * is compiled with -ffp-contract=off, like quant.c.) */
-static void ref_quantize_act_q8(const float *x, int64_t cols, int8_t *q, float *d) {
+ * engine's vectorized one must give the same bytes, scales and block sums.
+ * (This file is compiled with -ffp-contract=off, like quant.c.) */
+static void ref_quantize_act_q8(const float *x, int64_t cols, int8_t *q, float *d, int32_t *s) {
     for (int64_t b = 0; b < cols / 32; b++) {
         const float *v = x + b * 32;
         float amax = 0;
@@ -357,6 +365,7 @@ static void ref_quantize_act_q8(const float *x, int64_t cols, int8_t *q, float *
             finite &= a <= FLT_MAX;
             amax = a > amax ? a : amax;
         }
+        s[b] = 0;
         if (!finite || amax == 0) {
             memset(q + b * 32, 0, 32);
             d[b] = finite ? 0.0f : NAN;
@@ -368,6 +377,7 @@ static void ref_quantize_act_q8(const float *x, int64_t cols, int8_t *q, float *
             float r = ((v[j] * sc) * inv + 12582912.0f) - 12582912.0f;
             r = r > 127.0f ? 127.0f : r < -127.0f ? -127.0f : r;
             q[b * 32 + j] = (int8_t)(int)r;
+            s[b] += q[b * 32 + j];
         }
     }
 }
@@ -377,6 +387,7 @@ static void check_act_quant_vs_scalar(void) {
     enum { COLS = 32 * 200 };
     static float x[COLS], d0[COLS / 32], d1[COLS / 32];
     static int8_t q0[COLS], q1[COLS];
+    static int32_t s0[COLS / 32], s1[COLS / 32];
     for (int trial = 0; trial < 20; trial++) {
         for (int b = 0; b < COLS / 32; b++) {
             const float scale = (float)pow(2.0, -140.0 + 270.0 * urand());
@@ -389,13 +400,14 @@ static void check_act_quant_vs_scalar(void) {
                 x[b * 32 + j] = v;
             }
         }
-        ref_quantize_act_q8(x, COLS, q0, d0);
-        vx_quantize_act_q8(x, COLS, q1, d1);
+        ref_quantize_act_q8(x, COLS, q0, d0, s0);
+        vx_quantize_act_q8(x, COLS, q1, d1, s1);
         int same_q = memcmp(q0, q1, sizeof q0) == 0, same_d = 1;
+        int same_s = memcmp(s0, s1, sizeof s0) == 0;
         for (int b = 0; b < COLS / 32; b++)
             same_d &= memcmp(&d0[b], &d1[b], sizeof(float)) == 0 || (isnan(d0[b]) && isnan(d1[b]));
-        CHECKF(same_q && same_d, "trial %d: bytes %s, scales %s", trial, same_q ? "same" : "differ",
-               same_d ? "same" : "differ");
+        CHECKF(same_q && same_d && same_s, "trial %d: bytes %s, scales %s, sums %s", trial,
+               same_q ? "same" : "differ", same_d ? "same" : "differ", same_s ? "same" : "differ");
     }
 }
 
@@ -405,6 +417,7 @@ static void check_act_quant(void) {
     float x[32 * 6];
     int8_t q[32 * 6];
     float d[6];
+    int32_t s[6];
     for (int j = 0; j < 32; j++) {
         x[j] = 0.0f;                                   /* all zero */
         x[32 + j] = (float)(j - 16) * 0.5f;            /* amax 8: q = x * 127 / 8 */
@@ -413,7 +426,13 @@ static void check_act_quant(void) {
         x[128 + j] = (float)(j - 16) * 1e-44f;         /* subnormal: 127/amax overflows */
         x[160 + j] = j == 0 ? -3.0f : 1.0f;            /* negative extreme */
     }
-    vx_quantize_act_q8(x, 32 * 6, q, d);
+    vx_quantize_act_q8(x, 32 * 6, q, d, s);
+    for (int b = 0; b < 6; b++) {
+        int32_t sum = 0;
+        for (int j = 0; j < 32; j++) sum += q[32 * b + j];
+        CHECKF(s[b] == sum, "block %d: sum %d, its values add to %d", b, s[b], sum);
+    }
+    CHECKF(s[1] == -127, "block 1's sum %d", s[1]); /* the rounded (j - 16) x 127 / 16, j < 32 */
     for (int j = 0; j < 32; j++) CHECKF(q[j] == 0, "zero block q %d", q[j]);
     CHECKF(d[0] == 0.0f, "zero block d %g", d[0]);
     CHECKF(d[1] == 8.0f / 127.0f, "d %g", d[1]);

@@ -25,8 +25,9 @@
  *    mod 2^32, as isum fits in int32): one SUB per 4 rows instead of zeroing
  *    every row's accumulator every block;
  *  - Q4 multiplies the plain nibbles (0..15: one AND and one USHR per 16
- *    bytes, no sign fix-up) and adds -8 * sum(x) of the block, computed once
- *    per input and block for all rows (q_corr): one ADD per 4 rows;
+ *    bytes, no sign fix-up) and adds -8 * sum(x) of the block (from the
+ *    quantizer's block sums, once per input and block for all rows:
+ *    q_corr): one ADD per 4 rows;
  *  - the columns go in passes, all rows in each, the chains carried over in
  *    Y: for n >= 2 passes of 512 columns, so the inputs' chunk stays in L1
  *    while the weights stream; for n == 1 a single pass (Q4: 32768 columns,
@@ -187,14 +188,13 @@ INLINE int32x4_t dot_acc(int dp, int32x4_t a, int8x16_t w, int8x16_t x) {
 _Static_assert(MAX_N * QCHUNK <= QCORR_MAX, "a pass of n >= 2 inputs must fit the corrections");
 
 /* Q4's correction of inputs [0, n), blocks [c0, c1): corr[i * (c1 - c0) +
- * b - c0] = -8 * the sum of block b's 32 activations of input i. */
-static void q_corr(const int8_t *xq, int n, int64_t cols, int64_t c0, int64_t c1, int32_t *corr) {
+ * b - c0] = -8 * the sum of block b's 32 activations of input i (the
+ * quantizer's xs[i * nblk + b]). The inner loop adds it from memory (one
+ * LD1R), which keeps its registers as they are. */
+static void q_corr(const int32_t *xs, int n, int64_t nblk, int64_t c0, int64_t c1, int32_t *corr) {
     for (int i = 0; i < n; i++)
-        for (int64_t b = c0; b < c1; b++) {
-            const int8_t *p = xq + (size_t)i * (size_t)cols + (size_t)b * VX_QBLOCK;
-            const int sum = vaddlvq_s8(vld1q_s8(p)) + vaddlvq_s8(vld1q_s8(p + 16));
-            corr[(int64_t)i * (c1 - c0) + b - c0] = -8 * sum;
-        }
+        for (int64_t b = c0; b < c1; b++)
+            corr[(int64_t)i * (c1 - c0) + b - c0] = -8 * xs[(size_t)i * (size_t)nblk + (size_t)b];
 }
 
 /* The rows of a tile: consecutive rows of one group (the first row's
@@ -338,9 +338,9 @@ INLINE void q_acc_io(int store, float32x4_t *acc, int n, int nv, int rows, float
  * group) is for n == 1; otherwise tiles of 4 rows x 2 inputs (the last one
  * alone when n is odd), so each weight register is loaded and unpacked once
  * per two inputs. */
-INLINE void q_pass(int dp, int dt, int NV, int full, const qtile_rows *t, const int8_t *xq,
-                   const float *xd, const int32_t *corr, int n, int64_t cols, int64_t c0,
-                   int64_t c1, float *Y, int ldy, int64_t r) {
+INLINE void q_pass(int dp, int dt, int NV, int full, const qtile_rows *t, const vx_qact *X,
+                   const int32_t *corr, int n, int64_t cols, int64_t c0, int64_t c1, float *Y,
+                   int ldy, int64_t r) {
     const int64_t nblk = cols / VX_QBLOCK, cs = c1 - c0;
     float32x4_t acc[MAX_N * QV_MAX];
     if (c0 == 0)
@@ -348,8 +348,8 @@ INLINE void q_pass(int dp, int dt, int NV, int full, const qtile_rows *t, const 
     else
         q_acc_io(0, acc, n, NV, t->rows, Y, ldy, r);
     for (int i = 0; i < n; i += QN_MAX) {
-        const int8_t *x = xq + (size_t)i * (size_t)cols;
-        const float *d = xd + (size_t)i * (size_t)nblk;
+        const int8_t *x = X->q + (size_t)i * (size_t)cols;
+        const float *d = X->d + (size_t)i * (size_t)nblk;
         const int32_t *cr = corr + (int64_t)i * cs;
         if (n - i >= 2 && NV == 1)
             q_tile(dp, dt, 1, 2, full, t, x, d, cr, cs, cols, c0, c1, acc + i);
@@ -359,8 +359,8 @@ INLINE void q_pass(int dp, int dt, int NV, int full, const qtile_rows *t, const 
     q_acc_io(1, acc, n, NV, t->rows, Y, ldy, r);
 }
 
-INLINE void q_rows(int dp, int dt, const vx_weight *W, const int8_t *xq, const float *xd, int n,
-                   float *Y, int ldy, int64_t r0, int64_t r1) {
+INLINE void q_rows(int dp, int dt, const vx_weight *W, const vx_qact *X, int n, float *Y, int ldy,
+                   int64_t r0, int64_t r1) {
     const int64_t cols = W->cols, nblk = cols / VX_QBLOCK;
     /* Passes over column ranges, all rows in each: n == 1 streams each
      * group's rows over all blocks at once (Q4: up to QCORR_MAX blocks, the
@@ -374,7 +374,7 @@ INLINE void q_rows(int dp, int dt, const vx_weight *W, const int8_t *xq, const f
             for (int64_t r = r0; r < r1; r++) Y[(size_t)i * (size_t)ldy + (size_t)r] = 0.0f;
     for (int64_t c0 = 0; c0 < nblk; c0 += pass) {
         const int64_t c1 = nblk - c0 < pass ? nblk : c0 + pass;
-        if (dt == VX_DT_Q4) q_corr(xq, n, cols, c0, c1, corr);
+        if (dt == VX_DT_Q4) q_corr(X->s, n, nblk, c0, c1, corr);
         /* tiles never cross a group (their rows' scales are consecutive):
          * n == 1 takes a whole group of 8 as one tile (one contiguous
          * stream), otherwise 4 rows; the 1-3 rows left in a group form a
@@ -386,30 +386,30 @@ INLINE void q_rows(int dp, int dt, const vx_weight *W, const int8_t *xq, const f
             const vx_qrow w = vx_q_row(dt, W->data, W->rows, cols, r);
             rows = e - r >= 8 && n == 1 ? 8 : e - r >= 4 ? 4 : e - r;
             const qtile_rows t = {w.payload, w.scale, w.stride, (int)rows};
-            if (rows == 8) q_pass(dp, dt, 2, 1, &t, xq, xd, corr, n, cols, c0, c1, Y, ldy, r);
-            else if (rows == 4) q_pass(dp, dt, 1, 1, &t, xq, xd, corr, n, cols, c0, c1, Y, ldy, r);
-            else q_pass(dp, dt, 1, 0, &t, xq, xd, corr, n, cols, c0, c1, Y, ldy, r);
+            if (rows == 8) q_pass(dp, dt, 2, 1, &t, X, corr, n, cols, c0, c1, Y, ldy, r);
+            else if (rows == 4) q_pass(dp, dt, 1, 1, &t, X, corr, n, cols, c0, c1, Y, ldy, r);
+            else q_pass(dp, dt, 1, 0, &t, X, corr, n, cols, c0, c1, Y, ldy, r);
         }
     }
 }
 
-INLINE int matmul_rows_q(int dp, const vx_weight *W, const int8_t *xq, const float *xd, int n,
-                         float *Y, int ldy, int64_t r0, int64_t r1) {
+INLINE int matmul_rows_q(int dp, const vx_weight *W, const vx_qact *X, int n, float *Y, int ldy,
+                         int64_t r0, int64_t r1) {
     const int run = q_args(W, n, r0, r1);
     if (run <= 0) return run;
-    if (W->dtype == VX_DT_Q8) q_rows(dp, VX_DT_Q8, W, xq, xd, n, Y, ldy, r0, r1);
-    else q_rows(dp, VX_DT_Q4, W, xq, xd, n, Y, ldy, r0, r1);
+    if (W->dtype == VX_DT_Q8) q_rows(dp, VX_DT_Q8, W, X, n, Y, ldy, r0, r1);
+    else q_rows(dp, VX_DT_Q4, W, X, n, Y, ldy, r0, r1);
     return 0;
 }
 
 /* Two entry points, SDOT or not, so the choice is made once at load. */
-static int neon_matmul_rows_q_dot(const vx_weight *W, const int8_t *xq, const float *xd, int n,
-                                  float *Y, int ldy, int64_t r0, int64_t r1) {
-    return matmul_rows_q(1, W, xq, xd, n, Y, ldy, r0, r1);
+static int neon_matmul_rows_q_dot(const vx_weight *W, const vx_qact *X, int n, float *Y, int ldy,
+                                  int64_t r0, int64_t r1) {
+    return matmul_rows_q(1, W, X, n, Y, ldy, r0, r1);
 }
-static int neon_matmul_rows_q_base(const vx_weight *W, const int8_t *xq, const float *xd, int n,
-                                   float *Y, int ldy, int64_t r0, int64_t r1) {
-    return matmul_rows_q(0, W, xq, xd, n, Y, ldy, r0, r1);
+static int neon_matmul_rows_q_base(const vx_weight *W, const vx_qact *X, int n, float *Y, int ldy,
+                                   int64_t r0, int64_t r1) {
+    return matmul_rows_q(0, W, X, n, Y, ldy, r0, r1);
 }
 
 static const vx_backend neon_dot = {"neon",  simd_matmul_rows, neon_matmul_rows_q_dot,

@@ -66,14 +66,14 @@ static inline int32_t q_block_sum(int dt, const uint8_t *q, const int8_t *x) {
     return t;
 }
 
-static inline void q_rows(int dt, const vx_weight *W, const int8_t *xq, const float *xd, int n,
-                          float *Y, int ldy, int64_t r0, int64_t r1) {
+static inline void q_rows(int dt, const vx_weight *W, const vx_qact *X, int n, float *Y, int ldy,
+                          int64_t r0, int64_t r1) {
     const int64_t cols = W->cols, nblk = cols / VX_QBLOCK;
     for (int64_t r = r0; r < r1; r++) {
         const vx_qrow w = vx_q_row(dt, W->data, W->rows, cols, r);
         for (int i = 0; i < n; i++) {
-            const int8_t *x = xq + (size_t)i * cols;
-            const float *d = xd + (size_t)i * nblk;
+            const int8_t *x = X->q + (size_t)i * cols;
+            const float *d = X->d + (size_t)i * nblk;
             float acc = 0.0f;
             for (int64_t b = 0; b < nblk; b++) {
                 const uint8_t *sc = w.scale + (size_t)b * w.stride;
@@ -86,11 +86,11 @@ static inline void q_rows(int dt, const vx_weight *W, const int8_t *xq, const fl
     }
 }
 
-static int portable_matmul_rows_q(const vx_weight *W, const int8_t *xq, const float *xd, int n,
-                                  float *Y, int ldy, int64_t r0, int64_t r1) {
+static int portable_matmul_rows_q(const vx_weight *W, const vx_qact *X, int n, float *Y, int ldy,
+                                  int64_t r0, int64_t r1) {
     if (!vx_dt_is_block(W->dtype) || W->cols % VX_QBLOCK != 0) return -1;
-    if (W->dtype == VX_DT_Q8) q_rows(VX_DT_Q8, W, xq, xd, n, Y, ldy, r0, r1);
-    else q_rows(VX_DT_Q4, W, xq, xd, n, Y, ldy, r0, r1);
+    if (W->dtype == VX_DT_Q8) q_rows(VX_DT_Q8, W, X, n, Y, ldy, r0, r1);
+    else q_rows(VX_DT_Q4, W, X, n, Y, ldy, r0, r1);
     return 0;
 }
 

@@ -45,13 +45,17 @@
  * How the operands become unsigned x signed:
  *   lanes over columns, Q8: |w| x sign(x, w) (vpmaddubsw's pairs stay
  *       within 2 * 128 * 127: no int16 saturation);
- *   lanes over columns, Q4: the nibbles (0..15) x x, started from
- *       -8 * (lane sums of x): exactly the sum of (nibble - 8) * x;
+ *   lanes over columns, Q4: the nibbles (0..15) x x, less 8 * (the sum of
+ *       the input block): exactly the sum of (nibble - 8) * x. VNNI starts
+ *       each of a row's 4 lanes from -2 * the sum (free: the accumulator's
+ *       start), AVX2 subtracts it from the 8 reduced rows (q4_start, q4_fix);
  *   the batched tiles, VNNI: (w + 128) x x started from -128 * (sum of the
- *       input block), computed once per chunk for all inputs;
+ *       input block);
  *   the batched tiles, AVX2 Q8: |w| x sign(x, w) with |w| kept in the
  *       scratch; AVX2 Q4: the nibbles x x, the block's int16 pair sums added
- *       before one widening, from -8 * (sum of the input block). */
+ *       before one widening, from -8 * (sum of the input block).
+ * Every input block's sum comes with the activations (vx_qact's s, made by
+ * the quantizer once per call), not recomputed per task or row group. */
 #ifndef VX_X86_Q_H
 #define VX_X86_Q_H
 #include <immintrin.h>
@@ -103,27 +107,27 @@ INLINE __m256i q8_isum(__m256i aw, __m256i wb, __m256i x) {
 
 /* Q4's int32 lanes for a register holding the bytes of one block of two rows
  * (one per 128-bit half): nl / nh the low / high nibbles, xl / xh the
- * input's elements 0-15 / 16-31 in both halves, corr as q4_corr makes it. */
-INLINE __m256i q4_isum(__m256i nl, __m256i nh, __m256i xl, __m256i xh, __m256i corr) {
+ * input's elements 0-15 / 16-31 in both halves, start as q4_start gives it
+ * for the input block. */
+INLINE __m256i q4_isum(__m256i nl, __m256i nh, __m256i xl, __m256i xh, __m256i start) {
 #if XQ_VNNI
-    return XQ_DPBUSD(XQ_DPBUSD(corr, nl, xl), nh, xh); /* corr = -8 * lane sums */
+    return XQ_DPBUSD(XQ_DPBUSD(start, nl, xl), nh, xh);
 #else
     const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(nl, xl), _mm256_maddubs_epi16(nh, xh));
-    return _mm256_sub_epi32(_mm256_madd_epi16(p, _mm256_set1_epi16(1)), corr);
+    return _mm256_add_epi32(start, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
 #endif
 }
 
-/* What q4_isum takes as corr: 8 * the input's lane sums (VNNI: negated,
- * the accumulator's start). */
-INLINE __m256i q4_corr(__m256i xl, __m256i xh) {
-    const __m256i eight = _mm256_set1_epi8(8);
-#if XQ_VNNI
-    const __m256i z = _mm256_setzero_si256();
-    return _mm256_sub_epi32(z, XQ_DPBUSD(XQ_DPBUSD(z, eight, xl), eight, xh));
-#else
-    return _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(eight, xl), _mm256_maddubs_epi16(eight, xh)),
-                             _mm256_set1_epi16(1));
-#endif
+/* The -8 of every Q4 weight is -8 x xs per row, xs the input block's sum.
+ * VNNI spreads it over the 4 lanes that hold a row's sums, as their start;
+ * AVX2 starts from 0 and takes it off the 8 reduced rows (q4_fix), one
+ * subtraction where 4 additions would be. */
+INLINE __m256i q4_start(int32_t xs) {
+    return XQ_VNNI ? _mm256_set1_epi32(-2 * xs) : _mm256_setzero_si256();
+}
+
+INLINE __m256i q4_fix(__m256i rows, int32_t xs) {
+    return XQ_VNNI ? rows : _mm256_sub_epi32(rows, _mm256_set1_epi32(8 * xs));
 }
 
 /* Elements 0-15 and 16-31 of an input block, each in both halves. */
@@ -173,15 +177,6 @@ INLINE __m256 q_dw8(const uint8_t *gb) {
 
 #define QG_MAX_N 8 /* inputs up to which full groups are streamed (lanes over columns) */
 
-/* The sum of an input block's 32 int8 elements. */
-INLINE int32_t q_block_xsum(const int8_t *xb) {
-    const __m256i u = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(const void *)xb),
-                                       _mm256_set1_epi8(-128)); /* x + 128 */
-    const __m256i s = _mm256_sad_epu8(u, _mm256_setzero_si256());
-    const __m128i t = _mm_add_epi64(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
-    return (int32_t)(_mm_cvtsi128_si64(t) + _mm_extract_epi64(t, 1) - 32 * 128);
-}
-
 /* engine.h's float step for 8 outputs, their block sums isum and scales dw
  * against an input block of scale dx: acc = fma((float)isum, dw * dx, acc). */
 INLINE __m256 q_step8(__m256 acc, __m256i isum, __m256 dw, float dx) {
@@ -221,8 +216,8 @@ INLINE void q8_group(int N, const uint8_t *g, const int8_t *xq, const float *xd,
     for (int i = 0; i < N; i++) acc[i] = a[i];
 }
 
-INLINE void q4_group(int N, const uint8_t *g, const int8_t *xq, const float *xd, int64_t cols,
-                     __m256 *acc) {
+INLINE void q4_group(int N, const uint8_t *g, const int8_t *xq, const float *xd, const int32_t *xs,
+                     int64_t cols, __m256 *acc) {
     const size_t gbb = VX_QGROUP * VX_Q4_BLOCK_BYTES;
     const int64_t nblk = cols / VX_QBLOCK;
     __m256 a[QG_MAX_N];
@@ -239,11 +234,12 @@ INLINE void q4_group(int N, const uint8_t *g, const int8_t *xq, const float *xd,
         for (int i = 0; i < N; i++) {
             __m256i xl, xh;
             q4_x(xq + (size_t)i * cols + b * VX_QBLOCK, &xl, &xh);
-            const __m256i corr = q4_corr(xl, xh);
+            const size_t ib = (size_t)i * nblk + b;
+            const __m256i start = q4_start(xs[ib]);
             __m256i p[4];
             _Pragma("GCC unroll 4")
-            for (int k = 0; k < 4; k++) p[k] = q4_isum(nl[k], nh[k], xl, xh, corr);
-            a[i] = q_step8(a[i], q4_rows8(p), dw, xd[(size_t)i * nblk + b]);
+            for (int k = 0; k < 4; k++) p[k] = q4_isum(nl[k], nh[k], xl, xh, start);
+            a[i] = q_step8(a[i], q4_fix(q4_rows8(p), xs[ib]), dw, xd[ib]);
         }
     }
     _Pragma("GCC unroll 8")
@@ -275,12 +271,13 @@ INLINE __m256i q8z_rows8(const __m512i *z) {
     return _mm512_castsi512_si256(_mm512_permutexvar_epi32(idx, u));
 }
 
-/* Q4: the nibbles x x, started from -8 * (lane sums of x) as q4_isum does. */
-INLINE void q4_group_z(int N, const uint8_t *g, const int8_t *xq, const float *xd, int64_t cols,
-                       __m256 *acc) {
+/* Q4: the nibbles x x, a row's 4 lanes started from -2 x the input block's
+ * sum (q4_start). */
+INLINE void q4_group_z(int N, const uint8_t *g, const int8_t *xq, const float *xd,
+                       const int32_t *xs, int64_t cols, __m256 *acc) {
     const size_t gbb = VX_QGROUP * VX_Q4_BLOCK_BYTES;
     const int64_t nblk = cols / VX_QBLOCK;
-    const __m512i m4 = _mm512_set1_epi8(0x0f), eight = _mm512_set1_epi8(8);
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
     __m256 a[QG_MAX_N];
     _Pragma("GCC unroll 8")
     for (int i = 0; i < N; i++) a[i] = _mm256_setzero_ps();
@@ -296,11 +293,11 @@ INLINE void q4_group_z(int N, const uint8_t *g, const int8_t *xq, const float *x
             const int8_t *xb = xq + (size_t)i * cols + b * VX_QBLOCK;
             const __m512i xl = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(const void *)xb));
             const __m512i xh = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(const void *)(xb + 16)));
-            const __m512i z = _mm512_setzero_si512();
-            const __m512i corr = _mm512_sub_epi32(z, _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(z, eight, xl), eight, xh));
-            const __m512i da = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(corr, nla, xl), nha, xh);
-            const __m512i db = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(corr, nlb, xl), nhb, xh);
-            a[i] = q_step8(a[i], q4z_rows8(da, db), dw, xd[(size_t)i * nblk + b]);
+            const size_t ib = (size_t)i * nblk + b;
+            const __m512i start = _mm512_set1_epi32(-2 * xs[ib]);
+            const __m512i da = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(start, nla, xl), nha, xh);
+            const __m512i db = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(start, nlb, xl), nhb, xh);
+            a[i] = q_step8(a[i], q4z_rows8(da, db), dw, xd[ib]);
         }
     }
     _Pragma("GCC unroll 8")
@@ -345,9 +342,12 @@ INLINE void q8_group_z(int N, const uint8_t *g, const int8_t *xq, const float *x
 #endif
 
 /* Full groups [g0, g1) (row numbers, multiples of VX_QGROUP) x n <= QG_MAX_N inputs. */
-static void q_groups(int dt, const vx_weight *W, const int8_t *xq, const float *xd, int n,
-                     float *Y, int ldy, int64_t g0, int64_t g1) {
+static void q_groups(int dt, const vx_weight *W, const vx_qact *X, int n, float *Y, int ldy,
+                     int64_t g0, int64_t g1) {
     const int64_t cols = W->cols;
+    const int8_t *xq = X->q;
+    const float *xd = X->d;
+    const int32_t *xs = X->s;
     const size_t group_bytes = (size_t)VX_QGROUP * vx_row_bytes(dt, cols);
     const uint8_t *g = (const uint8_t *)W->data + (size_t)(g0 / VX_QGROUP) * group_bytes;
     __m256 acc[QG_MAX_N];
@@ -358,7 +358,7 @@ static void q_groups(int dt, const vx_weight *W, const int8_t *xq, const float *
     const int zmm = n >= 2 || dt == VX_DT_Q4; /* row order out */
 #define Q_GROUP_CASE(N)                                                                            \
     case N:                                                                                        \
-        if (dt == VX_DT_Q4) q4_group_z(N, g, xq, xd, cols, acc);                                   \
+        if (dt == VX_DT_Q4) q4_group_z(N, g, xq, xd, xs, cols, acc);                               \
         else if (N >= 2) q8_group_z(N, g, xq, xd, cols, acc);                                      \
         else q8_group(N, g, xq, xd, cols, acc);                                                    \
         break
@@ -367,7 +367,7 @@ static void q_groups(int dt, const vx_weight *W, const int8_t *xq, const float *
 #define Q_GROUP_CASE(N)                                                                            \
     case N:                                                                                        \
         if (dt == VX_DT_Q8) q8_group(N, g, xq, xd, cols, acc);                                     \
-        else q4_group(N, g, xq, xd, cols, acc);                                                    \
+        else q4_group(N, g, xq, xd, xs, cols, acc);                                                \
         break
 #endif
     for (int64_t r = g0; r < g1; r += VX_QGROUP, g += group_bytes) {
@@ -502,8 +502,8 @@ INLINE void qz_pair(int dt, int N, const uint8_t *ga, const uint8_t *gb, const q
 /* Full groups [g0, g1) x QZ_MIN_N..QG_MAX_N inputs, two at a time, QZ_CHUNK
  * blocks at a time (the interleaved inputs, 40 KB, live on the stack); an
  * odd last group through the group stream. */
-static void qz_groups(int dt, const vx_weight *W, const int8_t *xq, const float *xd, int n,
-                      float *Y, int ldy, int64_t g0, int64_t g1) {
+static void qz_groups(int dt, const vx_weight *W, const vx_qact *X, int n, float *Y, int ldy,
+                      int64_t g0, int64_t g1) {
     const int64_t cols = W->cols, nblk = cols / VX_QBLOCK;
     const size_t group_bytes = (size_t)VX_QGROUP * vx_row_bytes(dt, cols);
     const size_t gbb = VX_QGROUP * vx_q_block_bytes(dt);
@@ -515,9 +515,9 @@ static void qz_groups(int dt, const vx_weight *W, const int8_t *xq, const float 
         const int nb = (int)(nblk - cb0 < QZ_CHUNK ? nblk - cb0 : QZ_CHUNK);
         for (int b = 0; b < nb; b++)
             for (int i = 0; i < n; i++) {
-                const int8_t *xb = xq + (size_t)i * cols + (size_t)(cb0 + b) * VX_QBLOCK;
-                memcpy(in.x[b][i], xb, VX_QBLOCK);
-                in.s[b][i] = (qz_xs){unit * q_block_xsum(xb), xd[(size_t)i * nblk + cb0 + b]};
+                const size_t ib = (size_t)i * (size_t)nblk + (size_t)(cb0 + b);
+                memcpy(in.x[b][i], X->q + ib * VX_QBLOCK, VX_QBLOCK);
+                in.s[b][i] = (qz_xs){unit * X->s[ib], X->d[ib]};
             }
         const uint8_t *gc = g + (size_t)cb0 * gbb;
         for (int64_t r = g0; r < p1; r += 2 * VX_QGROUP, gc += 2 * group_bytes) {
@@ -533,7 +533,7 @@ static void qz_groups(int dt, const vx_weight *W, const int8_t *xq, const float 
             }
         }
     }
-    if (p1 < g1) q_groups(dt, W, xq, xd, n, Y, ldy, p1, g1);
+    if (p1 < g1) q_groups(dt, W, X, n, Y, ldy, p1, g1);
 }
 #endif
 
@@ -697,18 +697,15 @@ static void xt_prefetch(int dt, const vx_weight *W, int64_t r, int rows, int64_t
 /* What a tile's block sums start from: the correction of unsigned weights,
  * -128 (VNNI: w + 128) or -8 (AVX2 Q4: the nibbles) times the sum of the
  * input block; 0 where the weights stay signed (AVX2 Q8). */
-INLINE int32_t xt_xsum(int dt, const int8_t *xb) {
-    const int32_t unit = XQ_VNNI ? -128 : dt == VX_DT_Q4 ? -8 : 0;
-    return unit ? unit * q_block_xsum(xb) : 0;
-}
+INLINE int32_t xt_unit(int dt) { return XQ_VNNI ? -128 : dt == VX_DT_Q4 ? -8 : 0; }
 
 /* One register tile: the scratch's rows x N inputs over the chunk's nb
  * blocks from cb0; y[i * ldy + k] (k < rows) holds the chains in and out
- * (first: start from zero). xs[i * XT_CHUNK + bb]: xt_xsum of input i's
- * block cb0 + bb. AVX2 Q4 adds a block's 8 vpmaddubsw pair sums in int16
- * before widening them: each is at most 2 * 15 * 128, and 8 of them stay
- * below 2^15: exact, and 2 instructions per slice and input where Q8's
- * sign, multiply, widen and add take 4. */
+ * (first: start from zero). xs[i * XT_CHUNK + bb]: xt_unit x the sum of
+ * input i's block cb0 + bb. AVX2 Q4 adds a block's 8 vpmaddubsw pair sums
+ * in int16 before widening them: each is at most 2 * 15 * 128, and 8 of
+ * them stay below 2^15: exact, and 2 instructions per slice and input where
+ * Q8's sign, multiply, widen and add take 4. */
 INLINE void xt_tile(int dt, int N, const xt_scratch *sc, int nb, int64_t cb0, const int8_t *xq,
                     const float *xd, const int32_t *xs, int64_t cols, int first, float *y,
                     int ldy, int rows) {
@@ -807,8 +804,8 @@ INLINE void xt_tile(int dt, int N, const xt_scratch *sc, int nb, int64_t cb0, co
 
 /* Rows [r0, r1) x n inputs through the tiles, a chunk of blocks at a time
  * (the chains live in Y between chunks: blocks stay in order). */
-static void q_tiles(int dt, const vx_weight *W, const int8_t *xq, const float *xd, int n,
-                    float *Y, int ldy, int64_t r0, int64_t r1) {
+static void q_tiles(int dt, const vx_weight *W, const vx_qact *X, int n, float *Y, int ldy,
+                    int64_t r0, int64_t r1) {
     const int64_t cols = W->cols, nblk = cols / VX_QBLOCK;
     xt_scratch sc;
     int32_t xs[XQ_MAX_N * XT_CHUNK];
@@ -817,7 +814,7 @@ static void q_tiles(int dt, const vx_weight *W, const int8_t *xq, const float *x
         xt_prefetch(dt, W, r0, (int)(r1 - r0 < XT_R ? r1 - r0 : XT_R), cb0, nb);
         for (int i = 0; i < n; i++)
             for (int bb = 0; bb < nb; bb++)
-                xs[i * XT_CHUNK + bb] = xt_xsum(dt, xq + (size_t)i * cols + (cb0 + bb) * VX_QBLOCK);
+                xs[i * XT_CHUNK + bb] = xt_unit(dt) * X->s[(size_t)(i * nblk + cb0 + bb)];
         for (int64_t r = r0; r < r1; r += XT_R) {
             const int rows = (int)(r1 - r < XT_R ? r1 - r : XT_R);
             xt_pack(dt, W, r, rows, cb0, nb, &sc);
@@ -825,8 +822,8 @@ static void q_tiles(int dt, const vx_weight *W, const int8_t *xq, const float *x
                 xt_prefetch(dt, W, r + XT_R, (int)(r1 - r - XT_R < XT_R ? r1 - r - XT_R : XT_R), cb0, nb);
             for (int i = 0; i < n; i += XT_NI) {
                 const int nt = n - i < XT_NI ? n - i : XT_NI;
-                const int8_t *x = xq + (size_t)i * cols;
-                const float *d = xd + (size_t)i * nblk;
+                const int8_t *x = X->q + (size_t)i * cols;
+                const float *d = X->d + (size_t)i * nblk;
                 const int32_t *s = xs + i * XT_CHUNK;
                 float *y = Y + (size_t)i * ldy + r;
                 const int first = cb0 == 0;
@@ -852,34 +849,34 @@ static void q_tiles(int dt, const vx_weight *W, const int8_t *xq, const float *x
     }
 }
 
-INLINE void q_rows(int dt, const vx_weight *W, const int8_t *xq, const float *xd, int n, float *Y,
-                   int ldy, int64_t r0, int64_t r1) {
+INLINE void q_rows(int dt, const vx_weight *W, const vx_qact *X, int n, float *Y, int ldy,
+                   int64_t r0, int64_t r1) {
     /* full groups streamed when few inputs share them; the rest (rows
      * outside full groups, or many inputs) through the tiles */
     const int64_t g0 = (r0 + VX_QGROUP - 1) / VX_QGROUP * VX_QGROUP;
     const int64_t g1 = r1 / VX_QGROUP * VX_QGROUP;
     if (n > QG_MAX_N || g0 >= g1) {
-        q_tiles(dt, W, xq, xd, n, Y, ldy, r0, r1);
+        q_tiles(dt, W, X, n, Y, ldy, r0, r1);
         return;
     }
-    if (r0 < g0) q_tiles(dt, W, xq, xd, n, Y, ldy, r0, g0);
+    if (r0 < g0) q_tiles(dt, W, X, n, Y, ldy, r0, g0);
 #if XQ_VNNI == 2
-    if (n >= QZ_MIN_N) qz_groups(dt, W, xq, xd, n, Y, ldy, g0, g1);
+    if (n >= QZ_MIN_N) qz_groups(dt, W, X, n, Y, ldy, g0, g1);
     else
 #endif
-        q_groups(dt, W, xq, xd, n, Y, ldy, g0, g1);
-    if (g1 < r1) q_tiles(dt, W, xq, xd, n, Y, ldy, g1, r1);
+        q_groups(dt, W, X, n, Y, ldy, g0, g1);
+    if (g1 < r1) q_tiles(dt, W, X, n, Y, ldy, g1, r1);
 }
 
-static void q_rows_q8(const vx_weight *W, const int8_t *xq, const float *xd, int n, float *Y, int ldy, int64_t r0, int64_t r1) { q_rows(VX_DT_Q8, W, xq, xd, n, Y, ldy, r0, r1); }
-static void q_rows_q4(const vx_weight *W, const int8_t *xq, const float *xd, int n, float *Y, int ldy, int64_t r0, int64_t r1) { q_rows(VX_DT_Q4, W, xq, xd, n, Y, ldy, r0, r1); }
+static void q_rows_q8(const vx_weight *W, const vx_qact *X, int n, float *Y, int ldy, int64_t r0, int64_t r1) { q_rows(VX_DT_Q8, W, X, n, Y, ldy, r0, r1); }
+static void q_rows_q4(const vx_weight *W, const vx_qact *X, int n, float *Y, int ldy, int64_t r0, int64_t r1) { q_rows(VX_DT_Q4, W, X, n, Y, ldy, r0, r1); }
 
-static int x86_matmul_rows_q(const vx_weight *W, const int8_t *xq, const float *xd, int n,
-                              float *Y, int ldy, int64_t r0, int64_t r1) {
+static int x86_matmul_rows_q(const vx_weight *W, const vx_qact *X, int n, float *Y, int ldy,
+                             int64_t r0, int64_t r1) {
     if (!vx_dt_is_block(W->dtype) || W->cols % VX_QBLOCK != 0 || n > XQ_MAX_N) return -1;
     if (n <= 0 || r0 >= r1) return 0;
-    if (W->dtype == VX_DT_Q8) q_rows_q8(W, xq, xd, n, Y, ldy, r0, r1);
-    else q_rows_q4(W, xq, xd, n, Y, ldy, r0, r1);
+    if (W->dtype == VX_DT_Q8) q_rows_q8(W, X, n, Y, ldy, r0, r1);
+    else q_rows_q4(W, X, n, Y, ldy, r0, r1);
     return 0;
 }
 
