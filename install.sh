@@ -484,7 +484,13 @@ start_service() {
 }
 
 next_steps() {
-    local target="$STATE_DIR/model"
+    # $1: the exit status so far (none: 0).
+    local status=${1:-0} target="$STATE_DIR/model"
+    if ((status != 0)) && [[ -z $MODEL_STATE ]]; then
+        # Stopped before the model step: voxd itself may not be installed, so
+        # its commands would only fail; running install.sh again is the step.
+        return 0
+    fi
     if [[ $MODEL_STATE != ready ]] && ! model_present; then
         case "$MODEL_STATE" in
         failed) printf '\nThe model download failed (the error is above). Next, one of:\n' ;;
@@ -530,7 +536,7 @@ summary() {
     else
         printf '  - nothing changed\n'
     fi
-    next_steps
+    next_steps "$status"
 }
 
 on_exit() {
