@@ -510,13 +510,15 @@ next_steps() {
 then: sudo systemctl start $SERVICE
 EOF
     fi
+    # The checks run as the service user: the config (it may hold the MQTT
+    # password) and the model directory are closed to other users.
     cat <<EOF
 
-  config:  $CONF_DIR/voxd.toml   (check: voxd config check; then: sudo systemctl restart $SERVICE)
+  config:  $CONF_DIR/voxd.toml   (check: sudo -u $SERVICE_USER voxd config check; then: sudo systemctl restart $SERVICE)
   status:  systemctl status $SERVICE
   logs:    journalctl -u $SERVICE -f
   GPU:     journalctl -u $SERVICE | grep -i cuda   (which backend runs, and why)
-  model:   voxd model check --dir $target
+  model:   sudo -u $SERVICE_USER voxd model check --dir $target
   remove:  sudo $SRC_DIR/uninstall.sh   (--purge also deletes config and model)
 EOF
 }
