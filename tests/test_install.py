@@ -168,6 +168,27 @@ def test_model_step_without_network_says_what_to_run(install_root: Path) -> None
     assert not (target / WEIGHTS).exists()
 
 
+def test_a_stop_before_the_model_step_only_says_to_run_it_again(tmp_path: Path) -> None:
+    # As when pip cannot build voxd: no voxd command exists yet, so the summary
+    # must not send the user to `voxd model download` or `voxd config check`.
+    script = f"""
+        STATE_DIR={tmp_path}/state DONE=("created system user voxd (group audio)")
+        summary 1
+    """
+    p = sourced(script)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert "voxd install stopped by the error above (exit 1)" in out
+    assert "fix it and run install.sh again" in out
+    assert "  - created system user voxd (group audio)" in out
+    assert "voxd model download" not in out and "config check" not in out
+    # Once the model step ran, a later failure still gets the usual next steps.
+    failed = sourced(f"STATE_DIR={tmp_path}/state MODEL_STATE=failed; summary 1")
+    out, err = failed.communicate(timeout=60)
+    assert "voxd install done, except the model" in out
+    assert f"voxd model download --dir {tmp_path}/state/model" in out
+
+
 def test_dry_run_shows_the_model_step_and_the_link(tmp_path: Path) -> None:
     prefix = tmp_path / "prefix"
     r = subprocess.run(
