@@ -445,6 +445,8 @@ install_model() {
     model_command
     if [[ -n $MODEL_FROM ]]; then
         log "installing the model from $MODEL_FROM into $target"
+    elif model_present; then # a re-run: the download step only checks it
+        log "checking the model in $target (downloaded only if it is missing or not the wanted format)"
     else
         log "fetching the model into $target (an 8.9 GB download, then quantized to fit this machine)"
     fi
