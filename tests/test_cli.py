@@ -155,6 +155,12 @@ def test_bench_without_model_dir_reads_the_config(tmp_path: Path) -> None:
     r = voxd("bench", "--config", str(bad), "--seconds", "1")
     assert r.returncode == 2
     assert "no --model-dir" in r.stderr and "engine.format" in r.stderr
+    # the way out it names is this command's option (download's is --dir)
+    assert "pass --model-dir to skip it" in r.stderr
+    r = voxd("transcribe", "x.wav", "--config", str(bad))
+    assert r.returncode != 0 and "pass --model-dir to skip it" in r.stderr
+    r = voxd("model", "download", "--config", str(bad))
+    assert r.returncode != 0 and "pass --dir and --format to skip it" in r.stderr
 
 
 def test_config_check_warns_when_the_model_does_not_fit(tmp_path: Path) -> None:

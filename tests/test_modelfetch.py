@@ -17,8 +17,12 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import socket
 import struct
+import subprocess
+import sys
+import tempfile
 import threading
 import urllib.parse
 from collections.abc import Iterator
@@ -47,6 +51,8 @@ from voxd.tools.modelfetch import (
     install_local,
     model_format,
 )
+
+ROOT = Path(__file__).resolve().parent.parent
 
 REPO = "voxd-test/tiny-realtime"
 COMMIT = "3f2e1d0c9b8a7f6e5d4c3b2a1f0e9d8c7b6a5f4e"
@@ -511,6 +517,43 @@ def test_check_reports_missing_and_partial(tmp_path: Path) -> None:
     problems = check_model(tmp_path)
     assert len(problems) == 3
     assert "consolidated.safetensors: missing (a partial download exists" in problems[2]
+
+
+def test_check_of_a_directory_it_cannot_read_says_so() -> None:
+    # The service's model (/var/lib/voxd is 0750 voxd) checked by the user who
+    # installed it: one clear line and the command that works, no traceback.
+    # Not tmp_path: pytest's 0700 directory would close it to 'nobody' anyway.
+    closed = Path(tempfile.mkdtemp(prefix="voxd-closed-"))
+    (closed / "model").mkdir()
+    cmd = [sys.executable, "-m", "voxd.cli", "model", "check", "--dir", str(closed / "model")]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    try:
+        if os.geteuid() == 0:  # root reads anything: check as 'nobody'
+            probe = ["runuser", "-u", "nobody", "--", sys.executable, "-c", "import voxd.cli"]
+            runs = (
+                shutil.which("runuser") and not subprocess.run(probe, env=env, cwd="/").returncode
+            )
+            if not runs:
+                pytest.skip("'nobody' cannot run this interpreter and checkout")
+            cmd = ["runuser", "-u", "nobody", "--", *cmd]
+            closed.chmod(0o700)
+        else:
+            closed.chmod(0o000)
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd="/", timeout=120)
+    finally:
+        closed.chmod(0o700)
+        shutil.rmtree(closed)
+    assert p.returncode == 1, p.stderr
+    assert "Traceback" not in p.stderr
+    assert f"cannot read {closed / 'model'} (Permission denied)" in p.stderr
+    assert "sudo -u voxd voxd model check" in p.stderr
+
+
+def test_check_turns_an_unreadable_path_into_a_problem(tmp_path: Path) -> None:
+    # Any error from looking at the directory (here a name too long, which
+    # root meets as well) is reported as a problem, never raised.
+    problems = check_model(tmp_path / ("x" * 300))
+    assert len(problems) == 1 and "(File name too long)" in problems[0], problems
 
 
 @pytest.mark.parametrize(

@@ -120,7 +120,7 @@ def _model_dir(args: argparse.Namespace) -> Path | None:
     from voxd.tools.modelfetch import ModelFetchError, configured_engine
 
     try:
-        return Path(configured_engine(args.config).model_dir)
+        return Path(configured_engine(args.config, "--model-dir").model_dir)
     except ModelFetchError as e:
         _err(f"no --model-dir, and {e}")
         return None

@@ -919,7 +919,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from voxd.tools.modelfetch import ModelFetchError, configured_engine
 
         try:
-            model_dir = configured_engine(args.config).model_dir
+            model_dir = configured_engine(args.config, "--model-dir").model_dir
         except ModelFetchError as exc:
             print(f"voxd bench: no --model-dir, and {exc}", file=sys.stderr)
             return 2

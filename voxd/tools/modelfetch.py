@@ -63,8 +63,10 @@ class ModelFetchError(Exception):
     """A failure with a message meant for the person running the command."""
 
 
-def configured_engine(config: Path | None = None) -> EngineSettings:
-    """The [engine] section of the configuration file (voxd.config.EngineSettings).
+def configured_engine(config: Path | None, skip: str) -> EngineSettings:
+    """The [engine] section of the configuration file (voxd.config.EngineSettings);
+    skip: the calling command's options that make reading it unnecessary, for
+    the error message.
 
     Imported here: the config module pulls in pydantic, which a plain
     `import voxd.tools.modelfetch` need not pay for."""
@@ -73,9 +75,7 @@ def configured_engine(config: Path | None = None) -> EngineSettings:
     try:
         return load_settings(config).engine
     except ConfigError as exc:
-        raise ModelFetchError(
-            f"configuration error (pass --dir and --format to skip it):\n{exc}"
-        ) from None
+        raise ModelFetchError(f"configuration error (pass {skip} to skip it):\n{exc}") from None
 
 
 def _human(n: float) -> str:
@@ -558,8 +558,15 @@ def check_model(
 ) -> list[str]:
     """Everything wrong with a model directory, as messages (empty: usable)."""
     directory = Path(directory)
-    if not directory.is_dir():
-        return [f"{directory} does not exist or is not a directory"]
+    try:
+        if not directory.is_dir():
+            return [f"{directory} does not exist or is not a directory"]
+        os.listdir(directory)
+    except OSError as exc:  # e.g. the service's 0750 directory, read by another user
+        return [
+            f"cannot read {directory} ({exc.strerror}): check it as a user who can, "
+            f"e.g. the service's model with `sudo -u voxd voxd model check`"
+        ]
     problems: list[str] = []
     for name in files:
         path = directory / name
@@ -625,7 +632,7 @@ def _target_and_format(args: argparse.Namespace) -> tuple[Path, str]:
     fmt: str | None = getattr(args, "format", None)
     if args.dir and (fmt or not hasattr(args, "format")):
         return Path(args.dir), fmt or "auto"
-    engine = configured_engine(args.config)
+    engine = configured_engine(args.config, "--dir and --format")
     return Path(args.dir or engine.model_dir), str(fmt or engine.format)
 
 
