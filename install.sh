@@ -518,8 +518,8 @@ EOF
 
   config:  $CONF_DIR/voxd.toml   (check: sudo -u $SERVICE_USER voxd config check; then: sudo systemctl restart $SERVICE)
   status:  systemctl status $SERVICE
-  logs:    journalctl -u $SERVICE -f
-  GPU:     journalctl -u $SERVICE | grep -i cuda   (which backend runs, and why)
+  logs:    sudo journalctl -u $SERVICE -f
+  GPU:     sudo journalctl -u $SERVICE | grep -i cuda   (which backend runs, and why)
   model:   sudo -u $SERVICE_USER voxd model check --dir $target
   remove:  sudo $SRC_DIR/uninstall.sh   (--purge also deletes config and model)
 EOF
