@@ -11,7 +11,9 @@
 # with fp16 and dotprod, the target the NEON file is compiled for) and the
 # kernel test again on a Cortex-A57 (ARMv8.0, Jetson Nano): the NEON backend
 # claims to need only base Advanced SIMD, and QEMU traps any newer
-# instruction the compiler might have emitted.
+# instruction the compiler might have emitted. The kernel and several-stream
+# tests run a third time on QEMU's "max" CPU, which has FEAT_I8MM, so the
+# SMMLA backend (neon_i8mm.c) runs too.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -32,7 +34,7 @@ src="$root/native/src"
 mkdir -p "$out/obj"
 # The same warning flags as native/CMakeLists.txt; -O2 keeps the build quick.
 cflags=(-std=gnu11 -O2 -Wall -Wextra -Werror -Wno-unused-parameter -pthread
-        -I"$root/native/include" -I"$src" -DVX_HAVE_NEON=1)
+        -I"$root/native/include" -I"$src" -DVX_HAVE_NEON=1 -DVX_HAVE_NEON_I8MM=1)
 
 # Engine sources: everything in src/ and src/kernels/ except other
 # architectures' backends.
@@ -43,6 +45,7 @@ for f in "$src"/*.c "$src"/kernels/*.c; do
     case "$name" in
     avx2) continue ;;
     neon) extra=(-march=armv8.2-a+fp16+dotprod) ;;
+    neon_i8mm) extra=(-march=armv8.2-a+fp16+dotprod+i8mm) ;;
     quant) extra=(-ffp-contract=off) ;; # as in CMakeLists.txt
     *) extra=() ;;
     esac
@@ -87,6 +90,9 @@ run() { # cpu test
 
 for name in "${tests[@]}"; do run cortex-a76 "$name"; done
 for name in "${tests[@]}"; do [[ $name == test_kernels ]] && run cortex-a57 "$name"; done
+for name in "${tests[@]}"; do
+    [[ $name == test_kernels || $name == test_group ]] && run max "$name"
+done
 
 if [[ " ${tests[*]} " != *" test_kernels "* ]]; then
     echo "aarch64-test: test_kernels missing" >&2

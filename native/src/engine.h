@@ -147,6 +147,7 @@ const vx_backend *vx_backend_avx2(void);   /* NULL where not compiled / CPU lack
 const vx_backend *vx_backend_avxvnni(void);
 const vx_backend *vx_backend_avx512vnni(void);
 const vx_backend *vx_backend_neon(void);
+const vx_backend *vx_backend_neon_i8mm(void); /* NEON with SMMLA in the Q8/Q4 kernels */
 const vx_backend *vx_backend_select(const char *name, char *err, size_t err_len);
 
 /* Thread pool: run fn(ctx, task) for task in [0, n_tasks) on all threads. */

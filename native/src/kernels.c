@@ -23,6 +23,9 @@ const vx_backend *vx_backend_avx512vnni(void) { return NULL; }
 #if !defined(VX_HAVE_NEON)
 const vx_backend *vx_backend_neon(void) { return NULL; }
 #endif
+#if !defined(VX_HAVE_NEON_I8MM)
+const vx_backend *vx_backend_neon_i8mm(void) { return NULL; }
+#endif
 
 /* "avx2": the AVX2 backend with the best int8 dot product this CPU has for
  * its Q8/Q4 kernels (vpdpbusd from AVX512-VNNI or AVX-VNNI, else
@@ -32,6 +35,13 @@ static const vx_backend *x86_best(void) {
     const vx_backend *b = vx_backend_avx512vnni(); /* EVEX: 32 registers, wider tiles */
     if (!b) b = vx_backend_avxvnni();
     return b ? b : vx_backend_avx2();
+}
+
+/* "neon": likewise SMMLA where the CPU has FEAT_I8MM, else SDOT or the base
+ * instructions; "neon-plain" and "neon-i8mm" name one. */
+static const vx_backend *neon_best(void) {
+    const vx_backend *b = vx_backend_neon_i8mm();
+    return b ? b : vx_backend_neon();
 }
 
 /* The CPU backends, best first: the default is the first one this CPU and
@@ -44,7 +54,9 @@ static const struct {
     {"avx2-plain", vx_backend_avx2},
     {"avxvnni", vx_backend_avxvnni},
     {"avx512vnni", vx_backend_avx512vnni},
-    {"neon", vx_backend_neon},
+    {"neon", neon_best},
+    {"neon-plain", vx_backend_neon},
+    {"neon-i8mm", vx_backend_neon_i8mm},
     {"portable", vx_backend_portable},
 };
 #define N_BACKENDS (sizeof backends / sizeof backends[0])

@@ -273,8 +273,9 @@ static void quantize_decoder(tiny_model *t) {
 }
 
 int main(void) {
-    const vx_backend *backends[3] = {vx_backend_portable(), vx_backend_avx2(), vx_backend_neon()};
-    for (int b = 0; b < 3 * 2; b++) {
+    const vx_backend *backends[4] = {vx_backend_portable(), vx_backend_avx2(), vx_backend_neon(),
+                                     vx_backend_neon_i8mm()};
+    for (int b = 0; b < 4 * 2; b++) {
         const int q4 = b % 2;
         if (!backends[b / 2]) continue;
         tiny_model t;

@@ -570,11 +570,13 @@ static void check_argmax(void) {
 
 int main(void) {
     /* the x86 variants differ only in their Q8/Q4 kernels' int8 dot product
-     * (vpmaddubsw, AVX-VNNI / AVX512-VNNI vpdpbusd); each must give the
-     * portable backend's bits */
-    const vx_backend *backends[] = {vx_backend_portable(), vx_backend_avx2(), vx_backend_avxvnni(),
-                                    vx_backend_avx512vnni(), vx_backend_neon()};
-    const char *const names[] = {"portable", "avx2", "avx2+avxvnni", "avx2+avx512vnni", "neon"};
+     * (vpmaddubsw, AVX-VNNI / AVX512-VNNI vpdpbusd), the NEON ones in SDOT
+     * or SMMLA (FEAT_I8MM); each must give the portable backend's bits */
+    const vx_backend *backends[] = {vx_backend_portable(),   vx_backend_avx2(),
+                                    vx_backend_avxvnni(),    vx_backend_avx512vnni(),
+                                    vx_backend_neon(),       vx_backend_neon_i8mm()};
+    const char *const names[] = {"portable", "avx2", "avx2+avxvnni", "avx2+avx512vnni",
+                                 "neon",     "neon+i8mm"};
     const int dtypes[] = {VX_DT_F32, VX_DT_F16, VX_DT_BF16, VX_DT_Q8, VX_DT_Q4};
     const int64_t shapes[][2] = {{37, 64}, {5, 1088}, {3, 32}, {1, 256}, {67, 320}};
     const int ns[] = {1, 2, 3, 64};

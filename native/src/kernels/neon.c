@@ -56,6 +56,7 @@
 #include <sys/auxv.h>
 
 #include "engine.h"
+#include "neon.h"
 #include "quant.h"
 
 #ifndef HWCAP_FP
@@ -403,8 +404,8 @@ INLINE int matmul_rows_q(int dp, const vx_weight *W, const vx_qact *X, int n, fl
 }
 
 /* Two entry points, SDOT or not, so the choice is made once at load. */
-static int neon_matmul_rows_q_dot(const vx_weight *W, const vx_qact *X, int n, float *Y, int ldy,
-                                  int64_t r0, int64_t r1) {
+int vx_neon_matmul_rows_q_dot(const vx_weight *W, const vx_qact *X, int n, float *Y, int ldy,
+                              int64_t r0, int64_t r1) {
     return matmul_rows_q(1, W, X, n, Y, ldy, r0, r1);
 }
 static int neon_matmul_rows_q_base(const vx_weight *W, const vx_qact *X, int n, float *Y, int ldy,
@@ -412,7 +413,22 @@ static int neon_matmul_rows_q_base(const vx_weight *W, const vx_qact *X, int n, 
     return matmul_rows_q(0, W, X, n, Y, ldy, r0, r1);
 }
 
-static const vx_backend neon_dot = {"neon",  simd_matmul_rows, neon_matmul_rows_q_dot,
+/* The float paths, for neon_i8mm.c too. */
+int vx_neon_matmul_rows(const vx_weight *W, const float *X, int n, int ldx, float *Y, int ldy,
+                        int64_t r0, int64_t r1) {
+    return simd_matmul_rows(W, X, n, ldx, Y, ldy, r0, r1);
+}
+void vx_neon_attn_scores(const float *const *q, int nq, const void *K, int f16, size_t ldk,
+                         int64_t nk, int hd, float *S, size_t lds) {
+    simd_attn_scores(q, nq, K, f16, ldk, nk, hd, S, lds);
+}
+void vx_neon_attn_values(const float *P, size_t ldp, int nq, const void *V, int f16, size_t ldv,
+                         int64_t nk, int hd, float *const *o) {
+    simd_attn_values(P, ldp, nq, V, f16, ldv, nk, hd, o);
+}
+
+_Static_assert(DTYPES == VX_NEON_DTYPES, "neon.h's dtypes are the driver's");
+static const vx_backend neon_dot = {"neon",  simd_matmul_rows, vx_neon_matmul_rows_q_dot,
                                     DTYPES,  simd_attn_scores, simd_attn_values};
 static const vx_backend neon_base = {"neon", simd_matmul_rows, neon_matmul_rows_q_base,
                                      DTYPES, simd_attn_scores, simd_attn_values};
