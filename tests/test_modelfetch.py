@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import urllib.parse
+import wave
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -519,34 +520,50 @@ def test_check_reports_missing_and_partial(tmp_path: Path) -> None:
     assert "consolidated.safetensors: missing (a partial download exists" in problems[2]
 
 
-def test_check_of_a_directory_it_cannot_read_says_so() -> None:
-    # The service's model (/var/lib/voxd is 0750 voxd) checked by the user who
-    # installed it: one clear line and the command that works, no traceback.
+def test_a_model_directory_it_cannot_read_is_named_as_such() -> None:
+    # The service's model (/var/lib/voxd is 0750 voxd) used by the user who
+    # installed it: `model check` and the engine's load each say it cannot be
+    # read, and how to check it; no traceback, no "missing".
     # Not tmp_path: pytest's 0700 directory would close it to 'nobody' anyway.
-    closed = Path(tempfile.mkdtemp(prefix="voxd-closed-"))
-    (closed / "model").mkdir()
-    cmd = [sys.executable, "-m", "voxd.cli", "model", "check", "--dir", str(closed / "model")]
+    top = Path(tempfile.mkdtemp(prefix="voxd-closed-"))
+    top.chmod(0o755)
+    closed, model, wav = top / "closed", top / "closed" / "model", top / "x.wav"
+    make_model(model, TINY, seed=1)
+    with wave.open(str(wav), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
+        w.writeframes(b"\0\0" * 1600)
+    voxd = [sys.executable, "-m", "voxd.cli"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     try:
-        if os.geteuid() == 0:  # root reads anything: check as 'nobody'
+        if os.geteuid() == 0:  # root reads anything: run as 'nobody'
             probe = ["runuser", "-u", "nobody", "--", sys.executable, "-c", "import voxd.cli"]
             runs = (
                 shutil.which("runuser") and not subprocess.run(probe, env=env, cwd="/").returncode
             )
             if not runs:
                 pytest.skip("'nobody' cannot run this interpreter and checkout")
-            cmd = ["runuser", "-u", "nobody", "--", *cmd]
+            voxd = ["runuser", "-u", "nobody", "--", *voxd]
             closed.chmod(0o700)
         else:
             closed.chmod(0o000)
-        p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd="/", timeout=120)
+        check, load = (
+            subprocess.run(
+                voxd + args, capture_output=True, text=True, env=env, cwd="/", timeout=120
+            )
+            for args in (
+                ["model", "check", "--dir", str(model)],
+                ["transcribe", str(wav), "--model-dir", str(model)],
+            )
+        )
     finally:
         closed.chmod(0o700)
-        shutil.rmtree(closed)
-    assert p.returncode == 1, p.stderr
-    assert "Traceback" not in p.stderr
-    assert f"cannot read {closed / 'model'} (Permission denied)" in p.stderr
-    assert "sudo -u voxd voxd model check" in p.stderr
+        shutil.rmtree(top)
+    assert check.returncode == 1, check.stderr
+    assert "Traceback" not in check.stderr
+    assert f"cannot read {model} (Permission denied)" in check.stderr
+    assert "sudo -u voxd voxd model check" in check.stderr
+    assert load.returncode == 2, load.stderr
+    assert "params.json: cannot read it (Permission denied)" in load.stderr
 
 
 def test_check_turns_an_unreadable_path_into_a_problem(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
  * weights (used in place, never copied whole) and tekken.json; every tensor's
  * shape is checked against params.json so that a mismatched checkpoint fails
  * at load with a message instead of computing garbage. */
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -248,6 +249,18 @@ double vx_cuda_membw(size_t bytes, int reps, char *err, size_t err_len) {
 }
 #endif
 
+/* Whether a model file can be read; if not, err says why: missing (with
+ * hint, when given), or the reason (a directory closed to this user: the
+ * service's model read by another one). */
+static int model_file_readable(const char *path, const char *hint, char *err, size_t err_len) {
+    if (access(path, R_OK) == 0) return 1;
+    if (errno == ENOENT || errno == ENOTDIR)
+        snprintf(err, err_len, "%s: missing%s", path, hint ? hint : "");
+    else
+        snprintf(err, err_len, "%s: cannot read it (%s)", path, strerror(errno));
+    return 0;
+}
+
 vx_status vx_model_load(const char *dir, const vx_model_options *opt, vx_model **out, char *err,
                         size_t err_len) {
     char path[4096], file_err[1024];
@@ -272,17 +285,16 @@ vx_status vx_model_load(const char *dir, const vx_model_options *opt, vx_model *
     vx_status st = VX_ERR_FORMAT;
 
     snprintf(path, sizeof path, "%s/params.json", dir);
-    if (access(path, R_OK) != 0) {
-        snprintf(err, err_len, "%s: missing or unreadable (is '%s' a Voxtral model directory?)",
-                 path, dir);
+    char hint[4200];
+    snprintf(hint, sizeof hint, " (is '%s' a Voxtral model directory?)", dir);
+    if (!model_file_readable(path, hint, err, err_len)) {
         st = VX_ERR_IO;
         goto fail;
     }
     if (vx_params_load(path, &m->p, err, err_len) != 0) goto fail;
 
     snprintf(path, sizeof path, "%s/consolidated.safetensors", dir);
-    if (access(path, R_OK) != 0) {
-        snprintf(err, err_len, "%s: missing or unreadable", path);
+    if (!model_file_readable(path, NULL, err, err_len)) {
         st = VX_ERR_IO;
         goto fail;
     }
@@ -301,8 +313,7 @@ vx_status vx_model_load(const char *dir, const vx_model_options *opt, vx_model *
     }
 
     snprintf(path, sizeof path, "%s/tekken.json", dir);
-    if (access(path, R_OK) != 0) {
-        snprintf(err, err_len, "%s: missing or unreadable", path);
+    if (!model_file_readable(path, NULL, err, err_len)) {
         st = VX_ERR_IO;
         goto fail;
     }
