@@ -304,7 +304,7 @@ install_config() {
     elif [[ -f $SRC_DIR/config/voxd.toml ]]; then
         # Readable by the service's group only: it may hold the MQTT password.
         run install -m 0640 -o root -g "$SERVICE_USER" "$SRC_DIR/config/voxd.toml" "$CONF_DIR/voxd.toml"
-        did "installed $CONF_DIR/voxd.toml (edit it, then: systemctl restart $SERVICE)"
+        did "installed $CONF_DIR/voxd.toml (edit it with sudo, then: sudo systemctl restart $SERVICE)"
     else
         warn "no config/voxd.toml in $SRC_DIR; create $CONF_DIR/voxd.toml yourself"
     fi

@@ -111,13 +111,14 @@ def test_transcribe_bad_input(
 def test_transcribe_missing_model(wav_44k_stereo: Path, tmp_path: Path) -> None:
     r = voxd("transcribe", str(wav_44k_stereo), "--model-dir", str(tmp_path / "none"))
     assert r.returncode == 2
-    assert "params.json" in r.stderr and "Traceback" not in r.stderr
+    assert "params.json: missing (is" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_config_check(tmp_path: Path) -> None:
     good = voxd("config", "check", "--config", str(ROOT / "config" / "voxd.toml"))
     assert good.returncode == 0, good.stderr
     assert "[mqtt]" in good.stdout
+    assert "configuration OK" in good.stderr  # a verdict, not only the values
     bad = tmp_path / "bad.toml"
     bad.write_text("[mqtt]\nport = 70000\n")
     r = voxd("config", "check", "--config", str(bad))

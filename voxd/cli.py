@@ -189,16 +189,20 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
     for warning in warnings:
         _err(f"warning: {warning}")
     model_dir = settings.engine.model_dir
-    if not model_dir.is_dir():  # installation state, not configuration: a note only
-        _err(
-            f"note: engine.model_dir {model_dir} does not exist yet; `voxd run` needs the "
-            "model there (`voxd model download`)"
-        )
+    try:  # installation state, not configuration: notes only
+        if not model_dir.is_dir():
+            _err(
+                f"note: engine.model_dir {model_dir} does not exist yet; `voxd run` needs the "
+                "model there (`voxd model download`)"
+            )
+    except OSError as e:
+        _err(f"note: cannot look into engine.model_dir {model_dir} ({e.strerror}) as this user")
     print(effective_config_toml(settings), end="")
     from voxd.modelsize import fit_warning
 
     if (fit := fit_warning(settings.engine.model_dir)) is not None:
         _err(f"warning: {fit}")
+    _err("configuration OK: `voxd run` accepts it (the effective values are above)")
     return 0
 
 
