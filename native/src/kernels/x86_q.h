@@ -163,7 +163,10 @@ INLINE __m256i q4_rows8(const __m256i *p) {
 #define Q4_EVEN_ODD _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7)
 #define Q4_ROW_ORDER _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)
 
-#define Q_PREFETCH_BLOCKS 8 /* group blocks of look-ahead */
+/* Group blocks of look-ahead (Q4 6.9 KB, Q8 13 KB): with 8 (1.2 / 2.2 KB) one
+ * thread's stream kept too few lines in flight and read at 0.50-0.73 of the
+ * 1-thread bandwidth in voxd bench's q4 decoder step, 0.84-0.86 with 48 */
+#define Q_PREFETCH_BLOCKS 48
 
 INLINE void q_prefetch(const uint8_t *gb, size_t gbb) {
     const char *p = (const char *)gb + Q_PREFETCH_BLOCKS * gbb;
