@@ -162,6 +162,8 @@ def test_bench_without_model_dir_reads_the_config(tmp_path: Path) -> None:
     assert r.returncode != 0 and "pass --model-dir to skip it" in r.stderr
     r = voxd("model", "download", "--config", str(bad))
     assert r.returncode != 0 and "pass --dir and --format to skip it" in r.stderr
+    r = voxd("model", "check", "--config", str(bad))
+    assert r.returncode != 0 and "pass --dir to skip it" in r.stderr
 
 
 def test_config_check_warns_when_the_model_does_not_fit(tmp_path: Path) -> None:

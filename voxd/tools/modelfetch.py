@@ -632,7 +632,9 @@ def _target_and_format(args: argparse.Namespace) -> tuple[Path, str]:
     fmt: str | None = getattr(args, "format", None)
     if args.dir and (fmt or not hasattr(args, "format")):
         return Path(args.dir), fmt or "auto"
-    engine = configured_engine(args.config, "--dir and --format")
+    engine = configured_engine(
+        args.config, "--dir and --format" if hasattr(args, "format") else "--dir"
+    )
     return Path(args.dir or engine.model_dir), str(fmt or engine.format)
 
 
