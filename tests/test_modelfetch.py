@@ -22,7 +22,6 @@ import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import urllib.parse
 import wave
@@ -520,32 +519,25 @@ def test_check_reports_missing_and_partial(tmp_path: Path) -> None:
     assert "consolidated.safetensors: missing (a partial download exists" in problems[2]
 
 
-def test_a_model_directory_it_cannot_read_is_named_as_such() -> None:
+def test_a_model_directory_it_cannot_read_is_named_as_such(tmp_path: Path) -> None:
     # The service's model (/var/lib/voxd is 0750 voxd) used by the user who
     # installed it: `model check` and the engine's load each say it cannot be
     # read, and how to check it; no traceback, no "missing".
-    # Not tmp_path: pytest's 0700 directory would close it to 'nobody' anyway.
-    top = Path(tempfile.mkdtemp(prefix="voxd-closed-"))
-    top.chmod(0o755)
-    closed, model, wav = top / "closed", top / "closed" / "model", top / "x.wav"
+    voxd = [sys.executable, "-m", "voxd.cli"]
+    if os.geteuid() == 0:  # root reads anything: drop the capabilities that let it
+        if shutil.which("setpriv") is None:
+            pytest.skip("root, and no setpriv (util-linux) to drop CAP_DAC_OVERRIDE")
+        dac = "-dac_override,-dac_read_search"
+        voxd = ["setpriv", f"--bounding-set={dac}", f"--inh-caps={dac}", "--", *voxd]
+    closed, wav = tmp_path / "closed", tmp_path / "x.wav"
+    model = closed / "model"
     make_model(model, TINY, seed=1)
     with wave.open(str(wav), "wb") as w:
         w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
         w.writeframes(b"\0\0" * 1600)
-    voxd = [sys.executable, "-m", "voxd.cli"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    closed.chmod(0o000)
     try:
-        if os.geteuid() == 0:  # root reads anything: run as 'nobody'
-            probe = ["runuser", "-u", "nobody", "--", sys.executable, "-c", "import voxd.cli"]
-            runs = (
-                shutil.which("runuser") and not subprocess.run(probe, env=env, cwd="/").returncode
-            )
-            if not runs:
-                pytest.skip("'nobody' cannot run this interpreter and checkout")
-            voxd = ["runuser", "-u", "nobody", "--", *voxd]
-            closed.chmod(0o700)
-        else:
-            closed.chmod(0o000)
         check, load = (
             subprocess.run(
                 voxd + args, capture_output=True, text=True, env=env, cwd="/", timeout=120
@@ -557,7 +549,6 @@ def test_a_model_directory_it_cannot_read_is_named_as_such() -> None:
         )
     finally:
         closed.chmod(0o700)
-        shutil.rmtree(top)
     assert check.returncode == 1, check.stderr
     assert "Traceback" not in check.stderr
     assert f"cannot read {model} (Permission denied)" in check.stderr
