@@ -559,9 +559,9 @@ def check_model(
     """Everything wrong with a model directory, as messages (empty: usable)."""
     directory = Path(directory)
     try:
-        if not directory.is_dir():
-            return [f"{directory} does not exist or is not a directory"]
         os.listdir(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return [f"{directory} does not exist or is not a directory"]
     except OSError as exc:  # e.g. the service's 0750 directory, read by another user
         return [
             f"cannot read {directory} ({exc.strerror}): check it as a user who can, "
