@@ -249,13 +249,15 @@ double vx_cuda_membw(size_t bytes, int reps, char *err, size_t err_len) {
 }
 #endif
 
-/* Whether a model file can be read; if not, err says why: missing (with
- * hint, when given), or the reason (a directory closed to this user: the
- * service's model read by another one). */
-static int model_file_readable(const char *path, const char *hint, char *err, size_t err_len) {
+/* Whether a model file can be read; if not, err says why: missing (asking
+ * whether dir is a model directory, when given), or the reason (a directory
+ * closed to this user: the service's model read by another one). */
+static int model_file_readable(const char *path, const char *dir, char *err, size_t err_len) {
     if (access(path, R_OK) == 0) return 1;
-    if (errno == ENOENT || errno == ENOTDIR)
-        snprintf(err, err_len, "%s: missing%s", path, hint ? hint : "");
+    if ((errno == ENOENT || errno == ENOTDIR) && dir)
+        snprintf(err, err_len, "%s: missing (is '%s' a Voxtral model directory?)", path, dir);
+    else if (errno == ENOENT || errno == ENOTDIR)
+        snprintf(err, err_len, "%s: missing", path);
     else
         snprintf(err, err_len, "%s: cannot read it (%s)", path, strerror(errno));
     return 0;
@@ -285,9 +287,7 @@ vx_status vx_model_load(const char *dir, const vx_model_options *opt, vx_model *
     vx_status st = VX_ERR_FORMAT;
 
     snprintf(path, sizeof path, "%s/params.json", dir);
-    char hint[4200];
-    snprintf(hint, sizeof hint, " (is '%s' a Voxtral model directory?)", dir);
-    if (!model_file_readable(path, hint, err, err_len)) {
+    if (!model_file_readable(path, dir, err, err_len)) {
         st = VX_ERR_IO;
         goto fail;
     }
