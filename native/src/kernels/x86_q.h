@@ -168,8 +168,9 @@ INLINE __m256i q4_rows8(const __m256i *p) {
  * 1-thread bandwidth in voxd bench's q4 decoder step, 0.84-0.86 with 48 */
 #define Q_PREFETCH_BLOCKS 48
 
-INLINE void q_prefetch(const uint8_t *gb, size_t gbb) {
-    const char *p = (const char *)gb + Q_PREFETCH_BLOCKS * gbb;
+/* The group block `ahead` blocks (of gbb bytes) past gb, into L1. */
+INLINE void q_prefetch(const uint8_t *gb, size_t gbb, int ahead) {
+    const char *p = (const char *)gb + (size_t)ahead * gbb;
     for (size_t o = 0; o < gbb; o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
 }
 
@@ -198,7 +199,7 @@ INLINE void q8_group(int N, const uint8_t *g, const int8_t *xq, const float *xd,
     _Pragma("GCC unroll 8")
     for (int i = 0; i < N; i++) a[i] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nblk; b++, g += gbb) {
-        q_prefetch(g, gbb);
+        q_prefetch(g, gbb, Q_PREFETCH_BLOCKS);
         const __m256 dw = q_dw8(g);
         __m256i wb[8], aw[8];
         _Pragma("GCC unroll 8")
@@ -227,7 +228,7 @@ INLINE void q4_group(int N, const uint8_t *g, const int8_t *xq, const float *xd,
     _Pragma("GCC unroll 8")
     for (int i = 0; i < N; i++) a[i] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nblk; b++, g += gbb) {
-        q_prefetch(g, gbb);
+        q_prefetch(g, gbb, Q_PREFETCH_BLOCKS);
         const __m256 dw = _mm256_permutevar8x32_ps(q_dw8(g), Q4_EVEN_ODD);
         __m256i nl[4], nh[4];
         _Pragma("GCC unroll 4")
@@ -285,7 +286,7 @@ INLINE void q4_group_z(int N, const uint8_t *g, const int8_t *xq, const float *x
     _Pragma("GCC unroll 8")
     for (int i = 0; i < N; i++) a[i] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nblk; b++, g += gbb) {
-        q_prefetch(g, gbb);
+        q_prefetch(g, gbb, Q_PREFETCH_BLOCKS);
         const __m256 dw = q_dw8(g);
         const __m512i va = _mm512_loadu_si512((const void *)(g + 16));
         const __m512i vb = _mm512_loadu_si512((const void *)(g + 16 + 64));
@@ -319,7 +320,7 @@ INLINE void q8_group_z(int N, const uint8_t *g, const int8_t *xq, const float *x
     _Pragma("GCC unroll 8")
     for (int i = 0; i < N; i++) a[i] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nblk; b++, g += gbb) {
-        q_prefetch(g, gbb);
+        q_prefetch(g, gbb, Q_PREFETCH_BLOCKS);
         const __m256 dw = q_dw8(g);
         __m512i w[4], ws[4];
         _Pragma("GCC unroll 4")
@@ -475,10 +476,8 @@ INLINE void qz_pair(int dt, int N, const uint8_t *ga, const uint8_t *gb, const q
     for (int i = 0; i < N; i++)
         f[i] = first ? _mm512_setzero_ps() : _mm512_permutexvar_ps(QZ_ROWS, _mm512_loadu_ps(y + (size_t)i * ldy));
     for (int b = 0; b < nb; b++, ga += gbb, gb += gbb) {
-        for (size_t o = 0; o < gbb; o += 64) {
-            _mm_prefetch((const char *)ga + QZ_PF * gbb + o, _MM_HINT_T0);
-            _mm_prefetch((const char *)gb + QZ_PF * gbb + o, _MM_HINT_T0);
-        }
+        q_prefetch(ga, gbb, QZ_PF);
+        q_prefetch(gb, gbb, QZ_PF);
         const __m256i h = _mm256_inserti128_si256(
             _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)ga)),
             _mm_loadu_si128((const __m128i *)(const void *)gb), 1);
