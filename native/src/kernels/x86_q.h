@@ -468,16 +468,32 @@ typedef struct {
 /* Groups ga, gb (at the chunk's first block) x N inputs over the chunk's nb
  * blocks: y[i * ldy + 0..15] input i's 16 outputs, the chains in and out
  * (first: start from zero); between chunks the blocks stay in order. */
-INLINE void qz_pair(int dt, int N, const uint8_t *ga, const uint8_t *gb, const qz_inputs *in,
-                    int nb, int first, float *y, int ldy) {
+INLINE void qz_pair(int dt, int N, const uint8_t *ga, const uint8_t *gb, const uint8_t *const next[2],
+                    const qz_inputs *in, int nb, int first, float *y, int ldy) {
     const size_t gbb = VX_QGROUP * vx_q_block_bytes(dt);
+    /* the look-ahead runs on into the next call's groups (next, NULL at the
+     * end), so a call's first blocks are not cold misses */
+    const uint8_t *pa = ga + (size_t)QZ_PF * gbb, *pb = gb + (size_t)QZ_PF * gbb;
+    int ahead = 1; /* whether pa, pb point at blocks still to be read */
+    if (nb <= QZ_PF) {
+        ahead = next[0] != NULL;
+        if (ahead) pa = next[0], pb = next[1];
+    }
     __m512 f[QG_MAX_N];
     _Pragma("GCC unroll 8")
     for (int i = 0; i < N; i++)
         f[i] = first ? _mm512_setzero_ps() : _mm512_permutexvar_ps(QZ_ROWS, _mm512_loadu_ps(y + (size_t)i * ldy));
     for (int b = 0; b < nb; b++, ga += gbb, gb += gbb) {
-        q_prefetch(ga, gbb, QZ_PF);
-        q_prefetch(gb, gbb, QZ_PF);
+        if (b + QZ_PF == nb) {
+            ahead = next[0] != NULL;
+            if (ahead) pa = next[0], pb = next[1];
+        }
+        if (ahead) {
+            q_prefetch(pa, gbb, 0);
+            q_prefetch(pb, gbb, 0);
+            pa += gbb;
+            pb += gbb;
+        }
         const __m256i h = _mm256_inserti128_si256(
             _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)ga)),
             _mm_loadu_si128((const __m128i *)(const void *)gb), 1);
@@ -523,11 +539,16 @@ static void qz_groups(int dt, const vx_weight *W, const vx_qact *X, int n, float
             }
         const uint8_t *gc = g + (size_t)cb0 * gbb;
         for (int64_t r = g0; r < p1; r += 2 * VX_QGROUP, gc += 2 * group_bytes) {
+            /* the blocks read after these: the next pair's, or the next chunk's first pair's */
+            const uint8_t *next[2] = {NULL, NULL};
+            if (r + 2 * VX_QGROUP < p1) next[0] = gc + 2 * group_bytes;
+            else if (cb0 + QZ_CHUNK < nblk) next[0] = g + (size_t)(cb0 + QZ_CHUNK) * gbb;
+            if (next[0]) next[1] = next[0] + group_bytes;
             switch (n) {
 #define QZ_CASE(N)                                                                                 \
     case N:                                                                                        \
-        if (dt == VX_DT_Q4) qz_pair(VX_DT_Q4, N, gc, gc + group_bytes, &in, nb, cb0 == 0, Y + r, ldy); \
-        else qz_pair(VX_DT_Q8, N, gc, gc + group_bytes, &in, nb, cb0 == 0, Y + r, ldy);            \
+        if (dt == VX_DT_Q4) qz_pair(VX_DT_Q4, N, gc, gc + group_bytes, next, &in, nb, cb0 == 0, Y + r, ldy); \
+        else qz_pair(VX_DT_Q8, N, gc, gc + group_bytes, next, &in, nb, cb0 == 0, Y + r, ldy);            \
         break
                 QZ_CASE(8); QZ_CASE(7); QZ_CASE(6); QZ_CASE(5);
             default: QZ_CASE(4);
