@@ -498,20 +498,25 @@ INLINE void qz_pair(int dt, int N, const uint8_t *ga, const uint8_t *gb, const u
             _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)ga)),
             _mm_loadu_si128((const __m128i *)(const void *)gb), 1);
         const __m512 dw = _mm512_permutexvar_ps(QZ_ROWS, _mm512_cvtph_ps(h));
-        __m512i e[8];
+        __m512i e[8], s[QG_MAX_N];
         qz_block(dt, ga, gb, e);
         _Pragma("GCC unroll 8")
-        for (int i = 0; i < N; i++) {
-            const int8_t *xb = in->x[b][i];
-            __m512i s = _mm512_set1_epi32(in->s[b][i].corr);
+        for (int i = 0; i < N; i++) s[i] = _mm512_set1_epi32(in->s[b][i].corr);
+        /* t outer, inputs inner: the N sums' chains interleave in program
+         * order, so N independent dot products are in flight at once (input
+         * by input, each 8-deep chain waited on its own latency) */
+        _Pragma("GCC unroll 8")
+        for (int t = 0; t < 8; t++) {
             _Pragma("GCC unroll 8")
-            for (int t = 0; t < 8; t++) {
+            for (int i = 0; i < N; i++) {
                 int32_t x4;
-                memcpy(&x4, xb + 4 * t, 4);
-                s = _mm512_dpbusd_epi32(s, e[t], _mm512_set1_epi32(x4));
+                memcpy(&x4, in->x[b][i] + 4 * t, 4);
+                s[i] = _mm512_dpbusd_epi32(s[i], e[t], _mm512_set1_epi32(x4));
             }
-            f[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_set1_ps(in->s[b][i].dx)), f[i]);
         }
+        _Pragma("GCC unroll 8")
+        for (int i = 0; i < N; i++)
+            f[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[i]), _mm512_mul_ps(dw, _mm512_set1_ps(in->s[b][i].dx)), f[i]);
     }
     _Pragma("GCC unroll 8")
     for (int i = 0; i < N; i++) _mm512_storeu_ps(y + (size_t)i * ldy, _mm512_permutexvar_ps(QZ_ROWS, f[i]));
