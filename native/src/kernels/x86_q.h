@@ -412,7 +412,7 @@ INLINE void qz_transpose4(const __m512i *a, __m512i *c) {
 /* 4 inputs and up: with fewer, the group stream (one memory stream per
  * thread, where a pair reads two) is as fast or faster here */
 #define QZ_MIN_N 4
-#define QZ_PF 16 /* blocks of look-ahead of both groups' streams */
+#define QZ_PF 32 /* blocks of look-ahead of both groups' streams */
 #define QZ_CHUNK 128 /* blocks of the inputs interleaved at a time */
 
 /* Dword p's row, and (the order being its own inverse) row r's dword. */
