@@ -199,12 +199,28 @@ static int mm_plan(const vx_model *m, int nw, const vx_weight *const *W, float *
     return tasks;
 }
 
+/* Rows [i0, i0 + task) of X quantized into the activation buffer: a pool job
+ * of one task per row, so that with several rows (streams stacked in one
+ * decoder pass, encoder batches) no thread waits while one quantizes. */
+typedef struct {
+    const float *X;
+    int64_t cols;
+    vx_actbuf *a;
+} quant_job;
+
+static void quant_task(void *ctx, int i) {
+    const quant_job *q = ctx;
+    const int64_t nblk = q->cols / VX_QBLOCK;
+    vx_quantize_act_q8(q->X + (size_t)i * (size_t)q->cols, q->cols, q->a->q + (size_t)i * (size_t)q->cols,
+                       q->a->d + (size_t)i * (size_t)nblk, q->a->s + (size_t)i * (size_t)nblk);
+}
+
 /* BATCH rows of X at a time are quantized into the model's buffer (held for
  * the whole call: the tasks read it) and multiplied on the pool. */
 static void matmul_q(const vx_model *m, int nw, const vx_weight *const *W, const float *X, int n,
                      float *const *Y, const float *const *bias) {
     vx_actbuf *a = m->act;
-    const int64_t cols = W[0]->cols, nblk = cols / VX_QBLOCK;
+    const int64_t cols = W[0]->cols;
     if (!a || a->max_cols < cols) {
         for (int p = 0; p < nw; p++)
             for (size_t k = 0; k < (size_t)n * (size_t)W[p]->rows; k++) Y[p][k] = NAN;
@@ -215,9 +231,9 @@ static void matmul_q(const vx_model *m, int nw, const vx_weight *const *W, const
     pthread_mutex_lock(&a->mu);
     for (int i0 = 0; i0 < n; i0 += BATCH) {
         const int nb = n - i0 < BATCH ? n - i0 : BATCH;
-        for (int i = 0; i < nb; i++)
-            vx_quantize_act_q8(X + (size_t)(i0 + i) * cols, cols, a->q + (size_t)i * cols,
-                               a->d + (size_t)i * nblk, a->s + (size_t)i * nblk);
+        quant_job qj = {X + (size_t)i0 * (size_t)cols, cols, a};
+        if (nb > 1) vx_pool_run(m->pool, nb, quant_task, &qj);
+        else quant_task(&qj, 0);
         j.xq = (vx_qact){a->q, a->d, a->s};
         j.n = nb;
         for (int p = 0; p < nw; p++) j.part[p].Y = Y[p] + (size_t)i0 * W[p]->rows;
