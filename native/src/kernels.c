@@ -199,9 +199,10 @@ static int mm_plan(const vx_model *m, int nw, const vx_weight *const *W, float *
     return tasks;
 }
 
-/* Rows [i0, i0 + task) of X quantized into the activation buffer: a pool job
- * of one task per row, so that with several rows (streams stacked in one
- * decoder pass, encoder batches) no thread waits while one quantizes. */
+/* Row i of a batch (X at the batch's first row) quantized into row i of the
+ * activation buffer. With several rows (streams stacked in one decoder
+ * pass, encoder batches) this is a pool job of one task per row, so that no
+ * thread waits while one quantizes. */
 typedef struct {
     const float *X;
     int64_t cols;

@@ -503,8 +503,9 @@ INLINE void qz_pair(int dt, int N, const uint8_t *ga, const uint8_t *gb, const u
         _Pragma("GCC unroll 8")
         for (int i = 0; i < N; i++) s[i] = _mm512_set1_epi32(in->s[b][i].corr);
         /* t outer, inputs inner: the N sums' chains interleave in program
-         * order, so N independent dot products are in flight at once (input
-         * by input, each 8-deep chain waited on its own latency) */
+         * order, so N independent dot products are in flight at once (with
+         * the inputs outer, each input's 8-deep chain waited on its own
+         * latency) */
         _Pragma("GCC unroll 8")
         for (int t = 0; t < 8; t++) {
             _Pragma("GCC unroll 8")
