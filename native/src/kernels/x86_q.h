@@ -29,7 +29,8 @@
  *    at a time are instead transposed in registers to rows in lanes (16 rows
  *    per zmm, as the tiles below but with no scratch), so the per-input work
  *    has no reduction: one vpdpbusd per 4 columns of 16 rows, and one
- *    conversion, scale and FMA per 16 outputs and block.
+ *    conversion, scale and FMA per 16 outputs and block. AVX-VNNI does the
+ *    same one group (8 rows per ymm) at a time.
  *  n > 8 (encoder, prefill), and rows outside full groups: a tile of R rows
  *    (8 in ymm; 16 in zmm with AVX512) is first rewritten, a chunk of blocks
  *    at a time, into an L1 scratch where register s of a block holds the 4
@@ -389,8 +390,65 @@ static void q_groups(int dt, const vx_weight *W, const vx_qact *X, int n, float 
     }
 }
 
+#if XQ_VNNI
+/* ---- QZ_MIN_N <= n <= QG_MAX_N with a VNNI dot product: full groups with
+ * their block transposed in registers to rows in lanes (below: two groups
+ * per zmm step with EVEX, one group per ymm step with AVX-VNNI), the
+ * inputs of a chunk of blocks interleaved once per call. */
+
+/* 4 inputs and up: with fewer, the group stream (one memory stream per
+ * thread, where a pair reads two) is as fast or faster here */
+#define QZ_MIN_N 4
+#define QZ_PF 32 /* blocks of look-ahead of a step's group streams */
+#define QZ_CHUNK 128 /* blocks of the inputs interleaved at a time */
+
+/* A chunk's inputs, interleaved so that one pointer reaches every input's
+ * block: x[b][i] the 32 int8 elements of input i's block b, s[b][i] its
+ * correction and scale (engine.h's dx). */
+typedef struct {
+    int32_t corr;
+    float dx;
+} qz_xs;
+
+typedef struct {
+    int8_t x[QZ_CHUNK][QG_MAX_N][VX_QBLOCK];
+    qz_xs s[QZ_CHUNK][QG_MAX_N];
+} qz_inputs;
+
+/* The look-ahead of a step's streams: p the next block to prefetch of the
+ * first group (the others follow at `stride`), running on into the next
+ * step's groups (next, NULL at the end) once this step's are covered, so a
+ * step's first blocks are not cold misses. */
+typedef struct {
+    const uint8_t *p;
+    const uint8_t *next;
+    int ahead; /* whether p points at blocks still to be read */
+} qz_look;
+
+INLINE qz_look qz_look_start(const uint8_t *g, size_t gbb, const uint8_t *next, int nb) {
+    qz_look l = {g + (size_t)QZ_PF * gbb, next, 1};
+    if (nb <= QZ_PF) {
+        l.ahead = next != NULL;
+        l.p = next;
+    }
+    return l;
+}
+
+/* Before block b of nb: prefetch one block of each of the step's `groups`
+ * streams, `stride` bytes apart. */
+INLINE void qz_look_step(qz_look *l, int b, int nb, size_t gbb, int groups, size_t stride) {
+    if (b + QZ_PF == nb) {
+        l->ahead = l->next != NULL;
+        l->p = l->next;
+    }
+    if (!l->ahead) return;
+    for (int k = 0; k < groups; k++) q_prefetch(l->p + (size_t)k * stride, gbb, 0);
+    l->p += gbb;
+}
+#endif
+
 #if XQ_VNNI == 2
-/* ---- QZ_MIN_N <= n <= QG_MAX_N with EVEX, two groups (16 rows) at a time: each
+/* ---- EVEX, two groups (16 rows) at a time: each
  * group block is transposed in registers to rows in lanes (register t holds
  * elements 4t..4t+3 of all 16 rows, unsigned), so one vpdpbusd with the
  * input's 4 bytes broadcast advances 16 rows' block sums: no reduction
@@ -408,12 +466,6 @@ INLINE void qz_transpose4(const __m512i *a, __m512i *c) {
     c[2] = _mm512_unpacklo_epi64(t1, t3);
     c[3] = _mm512_unpackhi_epi64(t1, t3);
 }
-
-/* 4 inputs and up: with fewer, the group stream (one memory stream per
- * thread, where a pair reads two) is as fast or faster here */
-#define QZ_MIN_N 4
-#define QZ_PF 32 /* blocks of look-ahead of both groups' streams */
-#define QZ_CHUNK 128 /* blocks of the inputs interleaved at a time */
 
 /* Dword p's row, and (the order being its own inverse) row r's dword. */
 #define QZ_ROWS _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15)
@@ -452,48 +504,21 @@ INLINE void qz_block(int dt, const uint8_t *ga, const uint8_t *gb, __m512i *e) {
     qz_transpose4(h, e + 4);
 }
 
-/* A chunk's inputs, interleaved so that one pointer reaches every input's
- * block: x[b][i] the 32 int8 elements of input i's block b, s[b][i] its
- * correction and scale (engine.h's dx). */
-typedef struct {
-    int32_t corr;
-    float dx;
-} qz_xs;
-
-typedef struct {
-    int8_t x[QZ_CHUNK][QG_MAX_N][VX_QBLOCK];
-    qz_xs s[QZ_CHUNK][QG_MAX_N];
-} qz_inputs;
-
-/* Groups ga, gb (at the chunk's first block) x N inputs over the chunk's nb
- * blocks: y[i * ldy + 0..15] input i's 16 outputs, the chains in and out
- * (first: start from zero); between chunks the blocks stay in order. */
-INLINE void qz_pair(int dt, int N, const uint8_t *ga, const uint8_t *gb, const uint8_t *const next[2],
+/* Groups ga and ga + group_bytes (at the chunk's first block) x N inputs
+ * over the chunk's nb blocks: y[i * ldy + 0..15] input i's 16 outputs, the
+ * chains in and out (first: start from zero); between chunks the blocks
+ * stay in order. next: the first block read after these (qz_look). */
+INLINE void qz_pair(int dt, int N, const uint8_t *ga, size_t group_bytes, const uint8_t *next,
                     const qz_inputs *in, int nb, int first, float *y, int ldy) {
     const size_t gbb = VX_QGROUP * vx_q_block_bytes(dt);
-    /* the look-ahead runs on into the next call's groups (next, NULL at the
-     * end), so a call's first blocks are not cold misses */
-    const uint8_t *pa = ga + (size_t)QZ_PF * gbb, *pb = gb + (size_t)QZ_PF * gbb;
-    int ahead = 1; /* whether pa, pb point at blocks still to be read */
-    if (nb <= QZ_PF) {
-        ahead = next[0] != NULL;
-        if (ahead) pa = next[0], pb = next[1];
-    }
+    const uint8_t *gb = ga + group_bytes;
+    qz_look look = qz_look_start(ga, gbb, next, nb);
     __m512 f[QG_MAX_N];
     _Pragma("GCC unroll 8")
     for (int i = 0; i < N; i++)
         f[i] = first ? _mm512_setzero_ps() : _mm512_permutexvar_ps(QZ_ROWS, _mm512_loadu_ps(y + (size_t)i * ldy));
     for (int b = 0; b < nb; b++, ga += gbb, gb += gbb) {
-        if (b + QZ_PF == nb) {
-            ahead = next[0] != NULL;
-            if (ahead) pa = next[0], pb = next[1];
-        }
-        if (ahead) {
-            q_prefetch(pa, gbb, 0);
-            q_prefetch(pb, gbb, 0);
-            pa += gbb;
-            pb += gbb;
-        }
+        qz_look_step(&look, b, nb, gbb, 2, group_bytes);
         const __m256i h = _mm256_inserti128_si256(
             _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)ga)),
             _mm_loadu_si128((const __m128i *)(const void *)gb), 1);
@@ -523,9 +548,113 @@ INLINE void qz_pair(int dt, int N, const uint8_t *ga, const uint8_t *gb, const u
     for (int i = 0; i < N; i++) _mm512_storeu_ps(y + (size_t)i * ldy, _mm512_permutexvar_ps(QZ_ROWS, f[i]));
 }
 
-/* Full groups [g0, g1) x QZ_MIN_N..QG_MAX_N inputs, two at a time, QZ_CHUNK
- * blocks at a time (the interleaved inputs, 40 KB, live on the stack); an
- * odd last group through the group stream. */
+#endif
+
+#if XQ_VNNI == 1
+/* ---- AVX-VNNI (16 ymm registers), one group (8 rows) at a time: its block
+ * transposed in registers to rows in lanes (register t holds elements
+ * 4t..4t+3 of the 8 rows, in row order), so one vpdpbusd with the input's
+ * 4 bytes broadcast advances the 8 rows' block sums: no vphaddd tree per
+ * input, as the group stream above needs. The sums start from the unsigned
+ * weights' correction, as with EVEX. The inputs go 4 at a time, so that the
+ * block's 8 registers and 4 sums fit. */
+
+/* In each 128-bit lane, a 4 x 4 transpose of dwords: lane l of c[s] holds
+ * dword s of a[0..3]'s lane l, in that order. */
+INLINE void qy_transpose4(const __m256i *a, __m256i *c) {
+    const __m256i t0 = _mm256_unpacklo_epi32(a[0], a[1]), t1 = _mm256_unpackhi_epi32(a[0], a[1]);
+    const __m256i t2 = _mm256_unpacklo_epi32(a[2], a[3]), t3 = _mm256_unpackhi_epi32(a[2], a[3]);
+    c[0] = _mm256_unpacklo_epi64(t0, t2);
+    c[1] = _mm256_unpackhi_epi64(t0, t2);
+    c[2] = _mm256_unpacklo_epi64(t1, t3);
+    c[3] = _mm256_unpackhi_epi64(t1, t3);
+}
+
+/* Group block g as e[t]: elements 4t..4t+3 of rows 0-7 in row order,
+ * unsigned (Q4 the nibbles, Q8 w + 128). Each 128-bit lane pairs row k with
+ * row k + 4 before the transpose. */
+INLINE void qy_block(int dt, const uint8_t *g, __m256i *e) {
+    __m256i a[4], b[4], c[4];
+    if (dt == VX_DT_Q4) {
+        const __m256i m4 = _mm256_set1_epi8(0x0f);
+        _Pragma("GCC unroll 4")
+        for (int k = 0; k < 4; k++) /* rows 2k | 2k + 1 */
+            a[k] = _mm256_loadu_si256((const __m256i *)(const void *)(g + 16 + 32 * k));
+        b[0] = _mm256_permute2x128_si256(a[0], a[2], 0x20); /* rows 0 | 4 */
+        b[1] = _mm256_permute2x128_si256(a[0], a[2], 0x31); /* rows 1 | 5 */
+        b[2] = _mm256_permute2x128_si256(a[1], a[3], 0x20); /* rows 2 | 6 */
+        b[3] = _mm256_permute2x128_si256(a[1], a[3], 0x31); /* rows 3 | 7 */
+        qy_transpose4(b, c);
+        _Pragma("GCC unroll 4")
+        for (int s = 0; s < 4; s++) {
+            e[s] = _mm256_and_si256(c[s], m4);
+            e[4 + s] = _mm256_and_si256(_mm256_srli_epi16(c[s], 4), m4);
+        }
+        return;
+    }
+    const __m256i bias = _mm256_set1_epi8(-128);
+    __m256i r[8];
+    _Pragma("GCC unroll 8")
+    for (int k = 0; k < 8; k++) /* row k */
+        r[k] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(const void *)(g + 16 + 32 * k)), bias);
+    _Pragma("GCC unroll 4")
+    for (int k = 0; k < 4; k++) { /* rows k | k + 4: elements 0-15, then 16-31 */
+        a[k] = _mm256_permute2x128_si256(r[k], r[k + 4], 0x20);
+        b[k] = _mm256_permute2x128_si256(r[k], r[k + 4], 0x31);
+    }
+    qy_transpose4(a, e);
+    qy_transpose4(b, e + 4);
+}
+
+/* Group g (at the chunk's first block) x N inputs over the chunk's nb blocks:
+ * y[i * ldy + 0..7] input i's 8 outputs, as qz_pair. */
+INLINE void qy_group(int dt, int N, const uint8_t *g, size_t group_bytes, const uint8_t *next,
+                     const qz_inputs *in, int nb, int first, float *y, int ldy) {
+    const size_t gbb = VX_QGROUP * vx_q_block_bytes(dt);
+    qz_look look = qz_look_start(g, gbb, next, nb);
+    __m256 f[QG_MAX_N];
+    _Pragma("GCC unroll 8")
+    for (int i = 0; i < N; i++) f[i] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(y + (size_t)i * ldy);
+    for (int b = 0; b < nb; b++, g += gbb) {
+        qz_look_step(&look, b, nb, gbb, 1, group_bytes);
+        const __m256 dw = q_dw8(g);
+        __m256i e[8];
+        qy_block(dt, g, e);
+        _Pragma("GCC unroll 2")
+        for (int i0 = 0; i0 < N; i0 += 4) {
+            __m256i s[4];
+            _Pragma("GCC unroll 4")
+            for (int j = 0; j < 4; j++)
+                if (i0 + j < N) s[j] = _mm256_set1_epi32(in->s[b][i0 + j].corr);
+            _Pragma("GCC unroll 8")
+            for (int t = 0; t < 8; t++) {
+                _Pragma("GCC unroll 4")
+                for (int j = 0; j < 4; j++) {
+                    if (i0 + j >= N) continue;
+                    int32_t x4;
+                    memcpy(&x4, in->x[b][i0 + j] + 4 * t, 4);
+                    s[j] = XQ_DPBUSD(s[j], e[t], _mm256_set1_epi32(x4));
+                }
+            }
+            _Pragma("GCC unroll 4")
+            for (int j = 0; j < 4; j++)
+                if (i0 + j < N) f[i0 + j] = q_step8(f[i0 + j], s[j], dw, in->s[b][i0 + j].dx);
+        }
+    }
+    _Pragma("GCC unroll 8")
+    for (int i = 0; i < N; i++) _mm256_storeu_ps(y + (size_t)i * ldy, f[i]);
+}
+#define QZ_GROUPS 1 /* groups per step */
+#define QZ_STEP qy_group
+#elif XQ_VNNI == 2
+#define QZ_GROUPS 2
+#define QZ_STEP qz_pair
+#endif
+
+#if XQ_VNNI
+/* Full groups [g0, g1) x QZ_MIN_N..QG_MAX_N inputs, QZ_GROUPS at a time,
+ * QZ_CHUNK blocks at a time (the interleaved inputs, 40 KB, live on the
+ * stack); groups left over through the group stream. */
 static void qz_groups(int dt, const vx_weight *W, const vx_qact *X, int n, float *Y, int ldy,
                       int64_t g0, int64_t g1) {
     const int64_t cols = W->cols, nblk = cols / VX_QBLOCK;
@@ -533,7 +662,8 @@ static void qz_groups(int dt, const vx_weight *W, const vx_qact *X, int n, float
     const size_t gbb = VX_QGROUP * vx_q_block_bytes(dt);
     const uint8_t *g = (const uint8_t *)W->data + (size_t)(g0 / VX_QGROUP) * group_bytes;
     const int32_t unit = dt == VX_DT_Q4 ? -8 : -128;
-    const int64_t p1 = g0 + (g1 - g0) / (2 * VX_QGROUP) * (2 * VX_QGROUP); /* end of the pairs */
+    const int64_t step = QZ_GROUPS * VX_QGROUP; /* rows per step */
+    const int64_t p1 = g0 + (g1 - g0) / step * step; /* end of the steps */
     qz_inputs in;
     for (int64_t cb0 = 0; cb0 < nblk && g0 < p1; cb0 += QZ_CHUNK) {
         const int nb = (int)(nblk - cb0 < QZ_CHUNK ? nblk - cb0 : QZ_CHUNK);
@@ -544,17 +674,16 @@ static void qz_groups(int dt, const vx_weight *W, const vx_qact *X, int n, float
                 in.s[b][i] = (qz_xs){unit * X->s[ib], X->d[ib]};
             }
         const uint8_t *gc = g + (size_t)cb0 * gbb;
-        for (int64_t r = g0; r < p1; r += 2 * VX_QGROUP, gc += 2 * group_bytes) {
-            /* the blocks read after these: the next pair's, or the next chunk's first pair's */
-            const uint8_t *next[2] = {NULL, NULL};
-            if (r + 2 * VX_QGROUP < p1) next[0] = gc + 2 * group_bytes;
-            else if (cb0 + QZ_CHUNK < nblk) next[0] = g + (size_t)(cb0 + QZ_CHUNK) * gbb;
-            if (next[0]) next[1] = next[0] + group_bytes;
+        for (int64_t r = g0; r < p1; r += step, gc += QZ_GROUPS * group_bytes) {
+            /* the blocks read after these: the next step's, or the next chunk's first step's */
+            const uint8_t *next = NULL;
+            if (r + step < p1) next = gc + QZ_GROUPS * group_bytes;
+            else if (cb0 + QZ_CHUNK < nblk) next = g + (size_t)(cb0 + QZ_CHUNK) * gbb;
             switch (n) {
 #define QZ_CASE(N)                                                                                 \
     case N:                                                                                        \
-        if (dt == VX_DT_Q4) qz_pair(VX_DT_Q4, N, gc, gc + group_bytes, next, &in, nb, cb0 == 0, Y + r, ldy); \
-        else qz_pair(VX_DT_Q8, N, gc, gc + group_bytes, next, &in, nb, cb0 == 0, Y + r, ldy);            \
+        if (dt == VX_DT_Q4) QZ_STEP(VX_DT_Q4, N, gc, group_bytes, next, &in, nb, cb0 == 0, Y + r, ldy); \
+        else QZ_STEP(VX_DT_Q8, N, gc, group_bytes, next, &in, nb, cb0 == 0, Y + r, ldy);            \
         break
                 QZ_CASE(8); QZ_CASE(7); QZ_CASE(6); QZ_CASE(5);
             default: QZ_CASE(4);
@@ -889,7 +1018,7 @@ INLINE void q_rows(int dt, const vx_weight *W, const vx_qact *X, int n, float *Y
         return;
     }
     if (r0 < g0) q_tiles(dt, W, X, n, Y, ldy, r0, g0);
-#if XQ_VNNI == 2
+#if XQ_VNNI
     if (n >= QZ_MIN_N) qz_groups(dt, W, X, n, Y, ldy, g0, g1);
     else
 #endif
