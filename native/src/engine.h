@@ -57,6 +57,12 @@ typedef struct {
     const int32_t *s;
 } vx_qact;
 
+/* Every weight dtype a model may hold (bit per vx_dtype): what the CPU
+ * backends handle. */
+#define VX_WEIGHT_DTYPES                                                                       \
+    ((1u << VX_DT_F32) | (1u << VX_DT_F16) | (1u << VX_DT_BF16) | (1u << VX_DT_Q8) |           \
+     (1u << VX_DT_Q4))
+
 typedef struct vx_pool vx_pool;
 typedef struct vx_device vx_device; /* device.h */
 typedef struct vx_dbuf vx_dbuf;     /* memory owned by a device */
@@ -120,7 +126,7 @@ struct vx_backend {
     int (*matmul_rows_q)(const vx_weight *W, const vx_qact *X, int n, float *Y, int ldy,
                          int64_t r0, int64_t r1);
     /* Which dtypes the backend handles (bit per vx_dtype): F32/F16/BF16 go
-     * to matmul_rows, Q8/Q4 to matmul_rows_q. */
+     * to matmul_rows, Q8/Q4 to matmul_rows_q; VX_WEIGHT_DTYPES is all of them. */
     unsigned dtypes;
     /* Attention over a run of nk cache rows (f16: uint16_t halves, else float),
      * row t at K + t * ldk elements; q[i] / o[i] are hd floats.

@@ -128,8 +128,8 @@ void vx_avx2_attn_values(const float *P, size_t ldp, int nq, const void *V, int 
     simd_attn_values(P, ldp, nq, V, f16, ldv, nk, hd, o);
 }
 
-static const vx_backend avx2 = {"avx2",          simd_matmul_rows, x86_matmul_rows_q,
-                                DTYPES,          simd_attn_scores, simd_attn_values};
+static const vx_backend avx2 = {"avx2",           simd_matmul_rows, x86_matmul_rows_q,
+                                VX_WEIGHT_DTYPES, simd_attn_scores, simd_attn_values};
 
 const vx_backend *vx_backend_avx2(void) {
     __builtin_cpu_init();

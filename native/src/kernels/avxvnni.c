@@ -10,8 +10,8 @@
 #define XQ_VNNI 1
 #include "x86_q.h"
 
-static const vx_backend avxvnni = {"avx2+avxvnni",      vx_avx2_matmul_rows, x86_matmul_rows_q,
-                                   VX_AVX2_DTYPES,      vx_avx2_attn_scores, vx_avx2_attn_values};
+static const vx_backend avxvnni = {"avx2+avxvnni",   vx_avx2_matmul_rows, x86_matmul_rows_q,
+                                   VX_WEIGHT_DTYPES, vx_avx2_attn_scores, vx_avx2_attn_values};
 
 const vx_backend *vx_backend_avxvnni(void) {
     __builtin_cpu_init();

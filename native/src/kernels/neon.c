@@ -427,11 +427,10 @@ void vx_neon_attn_values(const float *P, size_t ldp, int nq, const void *V, int 
     simd_attn_values(P, ldp, nq, V, f16, ldv, nk, hd, o);
 }
 
-_Static_assert(DTYPES == VX_NEON_DTYPES, "neon.h's dtypes are the driver's");
-static const vx_backend neon_dot = {"neon",  simd_matmul_rows, vx_neon_matmul_rows_q_dot,
-                                    DTYPES,  simd_attn_scores, simd_attn_values};
-static const vx_backend neon_base = {"neon", simd_matmul_rows, neon_matmul_rows_q_base,
-                                     DTYPES, simd_attn_scores, simd_attn_values};
+static const vx_backend neon_dot = {"neon",           simd_matmul_rows, vx_neon_matmul_rows_q_dot,
+                                    VX_WEIGHT_DTYPES, simd_attn_scores, simd_attn_values};
+static const vx_backend neon_base = {"neon",           simd_matmul_rows, neon_matmul_rows_q_base,
+                                     VX_WEIGHT_DTYPES, simd_attn_scores, simd_attn_values};
 
 const vx_backend *vx_backend_neon(void) {
     unsigned long hw = getauxval(AT_HWCAP);

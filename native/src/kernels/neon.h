@@ -14,7 +14,4 @@ void vx_neon_attn_scores(const float *const *q, int nq, const void *K, int f16, 
                          int64_t nk, int hd, float *S, size_t lds);
 void vx_neon_attn_values(const float *P, size_t ldp, int nq, const void *V, int f16, size_t ldv,
                          int64_t nk, int hd, float *const *o);
-#define VX_NEON_DTYPES                                                                         \
-    ((1u << VX_DT_F32) | (1u << VX_DT_F16) | (1u << VX_DT_BF16) | (1u << VX_DT_Q8) |           \
-     (1u << VX_DT_Q4))
 #endif

@@ -202,9 +202,9 @@ static int i8mm_matmul_rows_q(const vx_weight *W, const vx_qact *X, int n, float
     return 0;
 }
 
-static const vx_backend neon_i8mm = {"neon+i8mm",          vx_neon_matmul_rows,
-                                     i8mm_matmul_rows_q,   VX_NEON_DTYPES,
-                                     vx_neon_attn_scores,  vx_neon_attn_values};
+static const vx_backend neon_i8mm = {"neon+i8mm",         vx_neon_matmul_rows,
+                                     i8mm_matmul_rows_q,  VX_WEIGHT_DTYPES,
+                                     vx_neon_attn_scores, vx_neon_attn_values};
 
 const vx_backend *vx_backend_neon_i8mm(void) {
     /* FEAT_I8MM comes with Armv8.6, where DotProd is mandatory; checked anyway */

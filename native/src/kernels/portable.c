@@ -129,7 +129,7 @@ static void portable_attn_values(const float *P, size_t ldp, int nq, const void 
 
 static const vx_backend portable = {
     "portable", portable_matmul_rows, portable_matmul_rows_q,
-    (1u << VX_DT_F32) | (1u << VX_DT_F16) | (1u << VX_DT_BF16) | (1u << VX_DT_Q8) | (1u << VX_DT_Q4),
+    VX_WEIGHT_DTYPES,
     portable_attn_scores, portable_attn_values};
 
 const vx_backend *vx_backend_portable(void) { return &portable; }

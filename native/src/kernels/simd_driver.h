@@ -414,7 +414,4 @@ INLINE int q_args(const vx_weight *W, int n, int64_t r0, int64_t r1) {
     return n > 0 && r0 < r1;
 }
 
-#define DTYPES                                                                                 \
-    ((1u << VX_DT_F32) | (1u << VX_DT_F16) | (1u << VX_DT_BF16) | (1u << VX_DT_Q8) |           \
-     (1u << VX_DT_Q4))
 #endif
