@@ -211,9 +211,9 @@ typedef struct {
 
 static void quant_task(void *ctx, int i) {
     const quant_job *q = ctx;
-    const int64_t nblk = q->cols / VX_QBLOCK;
-    vx_quantize_act_q8(q->X + (size_t)i * (size_t)q->cols, q->cols, q->a->q + (size_t)i * (size_t)q->cols,
-                       q->a->d + (size_t)i * (size_t)nblk, q->a->s + (size_t)i * (size_t)nblk);
+    const size_t cols = (size_t)q->cols, nblk = cols / VX_QBLOCK;
+    vx_quantize_act_q8(q->X + (size_t)i * cols, q->cols, q->a->q + (size_t)i * cols,
+                       q->a->d + (size_t)i * nblk, q->a->s + (size_t)i * nblk);
 }
 
 /* BATCH rows of X at a time are quantized into the model's buffer (held for

@@ -148,9 +148,10 @@ void vx_quantize_row_q4(const float *x, int64_t cols, uint8_t *dst) {
  *
  * In vec4.h's 4-lane vectors (SSE2, NEON): the decoder quantizes ~20k values
  * per layer and row before each matrix job (one row on the caller alone,
- * several on the pool: kernels.c), ~0.7 ms of a step as scalar code. Lane by lane the operations are those of the scalar
- * definition (engine.h): abs, compare, max, multiply, add, subtract, clamp,
- * truncate; each exact or one IEEE rounding, so the bytes do not change. */
+ * several on the pool: kernels.c), ~0.7 ms of a step as scalar code. Lane by
+ * lane the operations are those of the scalar definition (engine.h): abs,
+ * compare, max, multiply, add, subtract, clamp, truncate; each exact or one
+ * IEEE rounding, so the bytes do not change. */
 #define LANES 4
 #define VECS (VX_QBLOCK / LANES)
 

@@ -80,8 +80,8 @@ static void interleave_inputs(const vx_qact *X, int n, int64_t cols, int64_t c0,
 }
 
 /* A block of 4 consecutive rows of one group (row 0's payload at p, the
- * next rows' 32 (Q8) or 16 (Q4) bytes apart) as SMMLA operands: w[rp][k] columns 8k..8k+7 of rows 2rp
- * and 2rp + 1 (8 of each). Q8 as stored; Q4 as its nibbles (quant.h: byte j
+ * next rows' 32 (Q8) or 16 (Q4) bytes apart) as SMMLA operands: w[rp][k]
+ * columns 8k..8k+7 of rows 2rp and 2rp + 1 (8 of each). Q8 as stored; Q4 as its nibbles (quant.h: byte j
  * holds elements j and j + 16), 0..15 and so valid signed bytes. */
 INLINE void tile_weights(int dt, const uint8_t *p, int8x16_t w[2][4]) {
     int64x2_t lo[TILE_ROWS], hi[TILE_ROWS]; /* elements 0-15 and 16-31 of each row */
