@@ -413,32 +413,23 @@ typedef struct {
 } qz_inputs;
 
 /* The look-ahead of a step's streams: p the next block to prefetch of the
- * first group (the others follow at `stride`), running on into the next
- * step's groups (next, NULL at the end) once this step's are covered, so a
- * step's first blocks are not cold misses. */
+ * first group (the others follow at `stride`; NULL: nothing left to read),
+ * running on into the next step's groups (next, NULL at the end) once this
+ * step's are covered, so a step's first blocks are not cold misses. */
 typedef struct {
     const uint8_t *p;
     const uint8_t *next;
-    int ahead; /* whether p points at blocks still to be read */
 } qz_look;
 
 INLINE qz_look qz_look_start(const uint8_t *g, size_t gbb, const uint8_t *next, int nb) {
-    qz_look l = {g + (size_t)QZ_PF * gbb, next, 1};
-    if (nb <= QZ_PF) {
-        l.ahead = next != NULL;
-        l.p = next;
-    }
-    return l;
+    return (qz_look){nb <= QZ_PF ? next : g + (size_t)QZ_PF * gbb, next};
 }
 
 /* Before block b of nb: prefetch one block of each of the step's `groups`
  * streams, `stride` bytes apart. */
 INLINE void qz_look_step(qz_look *l, int b, int nb, size_t gbb, int groups, size_t stride) {
-    if (b + QZ_PF == nb) {
-        l->ahead = l->next != NULL;
-        l->p = l->next;
-    }
-    if (!l->ahead) return;
+    if (b + QZ_PF == nb) l->p = l->next;
+    if (!l->p) return;
     for (int k = 0; k < groups; k++) q_prefetch(l->p + (size_t)k * stride, gbb, 0);
     l->p += gbb;
 }
