@@ -291,6 +291,18 @@ def test_model_info_reads_dims_from_params(engine_tiny2: Engine, tiny2_model_dir
     assert info.vocab_size == params["vocab_size"]
 
 
+def test_the_weights_are_copied_into_memory_and_the_info_says_so(
+    engine_tiny2: Engine, tiny2_model_dir: Path
+) -> None:
+    # a tiny model always fits: the CPU device reads it from anonymous memory
+    # (huge pages where the kernel has them), not from the file's page cache
+    note = engine_tiny2.info.weights_note
+    assert note.startswith("weights copied into memory ("), note
+    maps = Path("/proc/self/maps").read_text()
+    weights_file = str(tiny2_model_dir / "consolidated.safetensors")
+    assert weights_file not in maps  # the file's mapping was replaced
+
+
 def test_portable_backend_gives_the_same_tokens(
     tiny_model_dir: Path, engine_tiny: Engine, clips: dict[str, np.ndarray]
 ) -> None:

@@ -183,7 +183,7 @@ def load_engine(settings: Settings, notifier: Notifier) -> Engine | str:
     info = engine.info
     log.info(
         "model loaded from %s in %.1f s (%.0f MB of weights, %s backend, %d threads, "
-        "stacks on %s: %s)",
+        "stacks on %s: %s; %s)",
         model_dir,
         time.monotonic() - started,
         info.weight_bytes / 1e6,
@@ -191,6 +191,7 @@ def load_engine(settings: Settings, notifier: Notifier) -> Engine | str:
         info.n_threads,
         info.device,
         info.device_note or "as configured",
+        info.weights_note,
     )
     return engine
 

@@ -87,6 +87,7 @@ class _ModelInfo(ctypes.Structure):
         ("n_threads", ctypes.c_int),
         ("device", ctypes.c_char_p),
         ("device_note", ctypes.c_char_p),
+        ("weights_note", ctypes.c_char_p),
     ]
 
 
@@ -308,6 +309,7 @@ class ModelInfo:
     n_threads: int
     device: str = "cpu"  # where the transformer stacks run: "cpu" or "cuda"
     device_note: str = ""  # the GPU, or why not a GPU (backend "auto")
+    weights_note: str = ""  # copied into memory (huge pages), or mapped from the file and why
 
 
 @dataclass(frozen=True)
@@ -475,6 +477,7 @@ class Engine(_NativeHandle):
         values["backend"] = (raw.backend or b"").decode()
         values["device"] = (raw.device or b"cpu").decode()
         values["device_note"] = (raw.device_note or b"").decode("utf-8", "replace")
+        values["weights_note"] = (raw.weights_note or b"").decode("utf-8", "replace")
         self.info = ModelInfo(**values)
         self._streams: list[Stream] = []
         self.nonfinite = self.find_nonfinite(full=False)

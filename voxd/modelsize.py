@@ -1,8 +1,10 @@
 """How much memory each model format needs, which one a board takes, and
 whether a model directory fits in this machine's memory.
 
-The engine maps the weights file and reads all of it for every decoder step,
-so the whole file has to stay in RAM: when it does not, the kernel drops
+The engine reads all of the weights for every decoder step, so the whole
+file has to stay in RAM. Where it fits in the available memory the engine
+copies it into its own (huge) pages at load (the file's page cache is then
+free to go); where it does not, it maps the file, and the kernel drops
 mapped pages and reads them back from the SD card on every step, which is
 hundreds of times slower than memory (or the OOM killer ends the service).
 

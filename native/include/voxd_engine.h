@@ -72,6 +72,8 @@ typedef struct {
     int n_threads;
     const char *device;      /* where the transformer stacks run: "cpu" or "cuda" */
     const char *device_note; /* why that device (the GPU, or why not a GPU); may be "" */
+    const char *weights_note; /* where the weights live: copied into memory (with how much
+                                 of it in huge pages), or mapped from the file and why */
 } vx_model_info;
 
 /* Read bandwidth of CUDA device 0 in GB/s, from a streaming-read kernel

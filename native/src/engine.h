@@ -32,7 +32,13 @@ int vx_params_load(const char *path, vx_params *p, char *err, size_t err_len);
 
 /* ---- weights ---- */
 
-/* A 2-D weight [rows, cols] viewed in place inside the mapping. */
+/* Memory the engine needs beside its weights: the KV caches and activations
+ * (a few hundred MB at the largest windows). A device takes the weights only
+ * where they leave this much free (the CUDA device's memory; the host's for
+ * the copy of vx_st_into_memory). */
+#define VX_RUNTIME_BYTES ((int64_t)512 << 20)
+
+/* A 2-D weight [rows, cols] viewed in place inside the file's bytes. */
 typedef struct {
     vx_dtype dtype;
     int64_t rows, cols;
@@ -98,6 +104,7 @@ struct vx_model {
     int n_threads;
     int64_t weight_bytes;
     char dev_note[384]; /* why m->dev (model.c's device choice) */
+    char mem_note[192]; /* where the weights' bytes live (vx_st_into_memory) */
 };
 
 /* ---- CPU kernel table (kernels.c picks one at load; the CPU device, device_cpu.c,

@@ -338,6 +338,10 @@ vx_status vx_model_load(const char *dir, const vx_model_options *opt, vx_model *
     }
     if ((want_cuda || want_auto) && (st = choose_device(m, want_cuda, err, err_len)) != VX_OK)
         goto fail;
+    /* the CPU reads every weight at every decoder step: from anonymous huge
+     * pages when they fit (a GPU keeps its own copies; its host mapping stays) */
+    if (m->dev->host_visible) vx_st_into_memory(&m->st, VX_RUNTIME_BYTES, m->mem_note, sizeof m->mem_note);
+    else snprintf(m->mem_note, sizeof m->mem_note, "weights on the %s device", m->dev->name);
     int threads = opt && opt->n_threads > 0 ? opt->n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     if (threads < 1) threads = 1;
     if (threads > 256) threads = 256;
@@ -387,6 +391,7 @@ void vx_model_get_info(const vx_model *m, vx_model_info *o) {
     o->n_threads = m->n_threads;
     o->device = m->dev->name;
     o->device_note = m->dev_note;
+    o->weights_note = m->mem_note;
 }
 
 const char *vx_model_token_bytes(const vx_model *m, int id, int *len) {

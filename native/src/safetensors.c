@@ -4,7 +4,7 @@
  *
  * Layout: u64 little-endian header length N, N bytes of JSON, then the data
  * area; data_offsets count from the start of the data area. */
-#define _POSIX_C_SOURCE 200809L
+#define _GNU_SOURCE /* mremap, MAP_ANONYMOUS, madvise */
 #include "safetensors.h"
 
 #include <errno.h>
@@ -190,7 +190,40 @@ static int read_entry(const json_value *e, vx_st_tensor *t, const unsigned char 
     return 0;
 }
 
-/* Map the file read-only into st->map / st->map_size. */
+/* ---- where the bytes live
+ * The file is mapped read-only at an address aligned to the kernel's huge
+ * page (PMD) size, inside a reservation of whole huge pages (st->map_len),
+ * so that vx_st_into_memory can later put anonymous huge pages at the very
+ * same address: every pointer into the tensors stays valid. */
+
+/* The kernel's PMD-sized huge page (2 MiB on x86-64 and arm64 with 4 KB
+ * pages, 32 MiB with the Pi 5's 16 KB pages), else 2 MiB. */
+static size_t huge_page_size(void) {
+    size_t hp = (size_t)2 << 20;
+    FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size", "r");
+    if (f) {
+        unsigned long long v = 0;
+        if (fscanf(f, "%llu", &v) == 1 && v >= 4096 && v <= ((unsigned long long)1 << 30) &&
+            (v & (v - 1)) == 0)
+            hp = (size_t)v;
+        fclose(f);
+    }
+    return hp;
+}
+
+/* len bytes of fresh anonymous memory (prot) at an address aligned to
+ * align (a power of two), or NULL. */
+static void *map_aligned(size_t len, size_t align, int prot) {
+    unsigned char *res = mmap(NULL, len + align, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                              -1, 0);
+    if (res == MAP_FAILED) return NULL;
+    unsigned char *a = (unsigned char *)(((uintptr_t)res + align - 1) & ~(uintptr_t)(align - 1));
+    if (a > res) munmap(res, (size_t)(a - res));
+    if (a + len < res + len + align) munmap(a + len, (size_t)(res + len + align - (a + len)));
+    return a;
+}
+
+/* Map the file read-only into st->map / st->map_size (see above). */
 static int map_file(const char *path, vx_safetensors *st, char *err, size_t err_len) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return st_fail(err, err_len, path, NULL, "cannot open: %s", strerror(errno));
@@ -215,7 +248,13 @@ static int map_file(const char *path, vx_safetensors *st, char *err, size_t err_
         return st_fail(err, err_len, path, NULL, "file is too large to map on this system");
     }
     size_t size = (size_t)sb.st_size;
-    void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    const size_t hp = huge_page_size(), len = (size + hp - 1) / hp * hp;
+    void *map = MAP_FAILED;
+    unsigned char *at = len >= size ? map_aligned(len, hp, PROT_NONE) : NULL;
+    if (at) {
+        map = mmap(at, size, PROT_READ, MAP_PRIVATE | MAP_FIXED, fd, 0);
+        if (map == MAP_FAILED) munmap(at, len);
+    }
     int map_errno = errno;
     close(fd); /* the mapping keeps the file alive */
     if (map == MAP_FAILED)
@@ -223,7 +262,97 @@ static int map_file(const char *path, vx_safetensors *st, char *err, size_t err_
                        strerror(map_errno));
     st->map = map;
     st->map_size = size;
+    st->map_len = len;
     return 0;
+}
+
+/* Bytes of the mapping at `start` that sit in huge pages (its AnonHugePages
+ * line in /proc/self/smaps), -1 when unknown. */
+static int64_t huge_bytes_at(const void *start) {
+    FILE *f = fopen("/proc/self/smaps", "r");
+    if (!f) return -1;
+    char line[256];
+    int inside = 0;
+    long long kb = -1;
+    while (fgets(line, sizeof line, f)) {
+        unsigned long lo, hi;
+        if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2) {
+            if (inside) break;
+            inside = lo == (unsigned long)(uintptr_t)start;
+        } else if (inside && sscanf(line, "AnonHugePages: %lld kB", &kb) == 1) {
+            break;
+        }
+    }
+    fclose(f);
+    return kb < 0 ? -1 : (int64_t)kb * 1024;
+}
+
+int vx_st_into_memory(vx_safetensors *st, int64_t reserve, char *note, size_t note_len) {
+    const double gb = 1e-9;
+    if (!st || !st->map || st->in_memory) return 0;
+#ifdef __linux__
+    const int64_t avail = vx_mem_available(), size = (int64_t)st->map_size;
+    if (avail <= 0) {
+        snprintf(note, note_len, "weights mapped from the file (free memory unknown)");
+        return -1;
+    }
+    if (size + reserve > avail) {
+        snprintf(note, note_len,
+                 "weights mapped from the file: a %.2f GB copy would leave less than %.2f GB "
+                 "of the %.2f GB available",
+                 size * gb, reserve * gb, avail * gb);
+        return -1;
+    }
+    const size_t len = st->map_len;
+    unsigned char *a = map_aligned(len, huge_page_size(), PROT_READ | PROT_WRITE);
+    if (!a) {
+        snprintf(note, note_len, "weights mapped from the file: no %.2f GB of anonymous memory (%s)",
+                 len * gb, strerror(errno));
+        return -1;
+    }
+    madvise(a, len, MADV_HUGEPAGE); /* a kernel without THP says EINVAL: 4 KB pages then */
+    /* read from the file rather than copied from its mapping: no page
+     * faults on the way (4 KB each), and the process holds the weights once,
+     * not twice, at its peak (the page cache keeps the file for the next
+     * start, for as long as memory allows) */
+    int fd = open(st->path, O_RDONLY | O_CLOEXEC), read_errno = errno;
+    size_t got = 0;
+    while (fd >= 0 && got < st->map_size) {
+        const size_t want = st->map_size - got < ((size_t)64 << 20) ? st->map_size - got : (size_t)64 << 20;
+        const ssize_t r = pread(fd, a + got, want, (off_t)got);
+        if (r < 0 && errno == EINTR) continue;
+        read_errno = r < 0 ? errno : 0;
+        if (r <= 0) break;
+        got += (size_t)r;
+    }
+    if (fd >= 0) close(fd);
+    if (got < st->map_size) { /* the file went away or shrank since it was opened */
+        snprintf(note, note_len, "weights mapped from the file: reading it again failed after "
+                 "%zu of %zu bytes (%s)", got, st->map_size,
+                 read_errno ? strerror(read_errno) : "it is shorter now");
+        munmap(a, len);
+        return -1;
+    }
+    if (mprotect(a, len, PROT_READ) != 0 ||
+        mremap(a, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, st->map) == MAP_FAILED) {
+        snprintf(note, note_len, "weights mapped from the file: moving the copy failed (%s)",
+                 strerror(errno));
+        munmap(a, len);
+        return -1;
+    }
+    st->in_memory = 1;
+    const int64_t huge = huge_bytes_at(st->map);
+    if (huge < 0)
+        snprintf(note, note_len, "weights copied into memory (%.2f GB)", size * gb);
+    else
+        snprintf(note, note_len, "weights copied into memory (%.2f GB, %.2f GB of it in huge pages)",
+                 size * gb, huge * gb);
+    return 0;
+#else
+    (void)reserve;
+    snprintf(note, note_len, "weights mapped from the file (no anonymous memory move here)");
+    return -1;
+#endif
 }
 
 /* The header's entries into st->tensors (their byte spans into spans), and
@@ -356,7 +485,7 @@ void vx_st_close(vx_safetensors *st) {
         for (int i = 0; i < st->n_tensors; i++) free(st->tensors[i].name);
     free(st->tensors);
     free(st->q_layout);
-    if (st->map) munmap(st->map, st->map_size);
+    if (st->map) munmap(st->map, st->map_len);
     free(st->path);
     memset(st, 0, sizeof *st);
 }

@@ -69,3 +69,14 @@ char *vx_read_file(const char *path, size_t *len, char *err, size_t err_len) {
     *len = (size_t)n;
     return buf;
 }
+
+int64_t vx_mem_available(void) {
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (!f) return 0;
+    char line[128];
+    unsigned long long kb = 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) break;
+    fclose(f);
+    return (int64_t)kb * 1024;
+}

@@ -1,5 +1,6 @@
 /* util.h - the engine's small shared utilities, one of each: the error
- * message formatter, the grow-by-doubling buffer, and the whole-file reader. */
+ * message formatter, the grow-by-doubling buffer, the whole-file reader and
+ * the memory the kernel can hand out. */
 #ifndef VX_UTIL_H
 #define VX_UTIL_H
 #include <stdarg.h>
@@ -25,4 +26,8 @@ int vx_grow(void **buf, int64_t *cap, int64_t need, size_t elem, int64_t first);
 /* The whole file (read to its end, so pipes work too), NUL-terminated, its
  * length in *len; NULL with "PATH: what" in err when it cannot be read. */
 char *vx_read_file(const char *path, size_t *len, char *err, size_t err_len);
+
+/* MemAvailable of /proc/meminfo in bytes (what the kernel can hand out
+ * without swapping, its reclaimable page cache included), 0 when unknown. */
+int64_t vx_mem_available(void);
 #endif

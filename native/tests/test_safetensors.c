@@ -1,7 +1,7 @@
 /* test_safetensors.c - writes small .safetensors files to a temp dir: one
  * valid file, then one file per kind of damage, each of which must fail with
  * a message naming the file, the tensor and the problem. */
-#define _POSIX_C_SOURCE 200809L
+#define _POSIX_C_SOURCE 200809L /* truncate, mkdtemp */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -127,6 +127,68 @@ static void test_valid(void) {
     vx_st_close(&st);
     CHECK(st.map == NULL && st.tensors == NULL && st.path == NULL);
     vx_st_close(&st); /* twice is harmless */
+
+    /* into memory: the same bytes at the same addresses, no longer the file's */
+    rc = vx_st_open(path, &st, err, sizeof err);
+    CHECK(rc == 0);
+    if (rc == 0) {
+        const void *before = vx_st_find(&st, "q8w")->data;
+        CHECK(((uintptr_t)st.map & 4095) == 0 && st.map_len >= st.map_size);
+        char note[256] = "";
+        rc = vx_st_into_memory(&st, 0, note, sizeof note);
+#ifdef __linux__
+        CHECK(rc == 0 && st.in_memory && strstr(note, "copied into memory"));
+#else
+        CHECK(rc == -1 && strstr(note, "mapped from the file"));
+#endif
+        t = vx_st_find(&st, "q8w");
+        CHECK(t && t->data == before && memcmp(t->data, data + 28, 68) == 0);
+        t = vx_st_find(&st, "norm.weight");
+        CHECK(t && memcmp(t->data, data, 16) == 0);
+        /* once moved, a second call changes nothing */
+        CHECK(vx_st_into_memory(&st, 0, note, sizeof note) == 0);
+        /* a file rewritten on disk no longer shows through */
+        FILE *f = fopen(path, "r+b");
+        CHECK(f != NULL);
+        if (f) {
+            fseek(f, (long)(8 + hl), SEEK_SET);
+            fputc(0x55, f);
+            fclose(f);
+        }
+        t = vx_st_find(&st, "norm.weight");
+#ifdef __linux__
+        CHECK(t && memcmp(t->data, data, 16) == 0);
+#endif
+        vx_st_close(&st);
+        write_st("valid.safetensors", h, 1, data, sizeof data);
+    }
+#ifdef __linux__
+    /* a file cut short since it was opened: no copy, and the note says why */
+    rc = vx_st_open(path, &st, err, sizeof err);
+    CHECK(rc == 0);
+    if (rc == 0) {
+        char note[256] = "";
+        CHECK(truncate(path, (off_t)(8 + hl)) == 0);
+        CHECK(vx_st_into_memory(&st, 0, note, sizeof note) == -1 && !st.in_memory);
+        CHECK(strstr(note, "reading it again failed") && strstr(note, "shorter now"));
+        vx_st_close(&st);
+        write_st("valid.safetensors", h, 1, data, sizeof data);
+    }
+#endif
+    /* a copy that would not leave the reserve free keeps the file mapped, and says so */
+    rc = vx_st_open(path, &st, err, sizeof err);
+    CHECK(rc == 0);
+    if (rc == 0) {
+        char note[256] = "";
+        CHECK(vx_st_into_memory(&st, INT64_MAX / 4, note, sizeof note) == -1 && !st.in_memory);
+        CHECK(strstr(note, "mapped from the file") != NULL);
+#ifdef __linux__
+        CHECK(strstr(note, "GB available") != NULL);
+#endif
+        t = vx_st_find(&st, "emb");
+        CHECK(t && memcmp(t->data, data + 16, 12) == 0);
+        vx_st_close(&st);
+    }
 
     /* an empty header object is a valid file with no tensors */
     write_st("none.safetensors", "{}", 1, NULL, 0);

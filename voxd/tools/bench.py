@@ -669,6 +669,7 @@ def run_bench(
             "backend": info.backend,
             "device": info.device,
             "device_note": info.device_note,
+            "weights_note": info.weights_note,
             "weight_format": weights.label,
             "weight_dtypes": weights.groups,
             "weight_bytes": weights.total_bytes,

@@ -33,6 +33,7 @@
 extern "C" {
 #include "../device.h"
 #include "../quant.h"
+#include "../util.h"
 }
 
 /* ---------------------------------------------------------------- state -- */
@@ -756,18 +757,6 @@ static void cu_matmul(const vx_model *m, int nw, const vx_weight *const *W, cons
 
 static int supported(const cudaDeviceProp *pr) { return pr->major >= 8; }
 
-/* MemAvailable of /proc/meminfo in bytes, 0 when unknown. */
-static size_t mem_available(void) {
-    FILE *f = fopen("/proc/meminfo", "r");
-    if (!f) return 0;
-    char line[128];
-    unsigned long long kb = 0;
-    while (fgets(line, sizeof line, f))
-        if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) break;
-    fclose(f);
-    return (size_t)kb * 1024;
-}
-
 extern "C" int vx_cuda_probe(int64_t need_bytes, char *desc, size_t desc_len, char *why,
                              size_t why_len) {
     int count = 0;
@@ -803,7 +792,7 @@ extern "C" int vx_cuda_probe(int64_t need_bytes, char *desc, size_t desc_len, ch
      * leaves out what the kernel would reclaim (the page cache: the mapped
      * weights themselves, say); MemAvailable counts it */
     if (pr.integrated) {
-        const size_t avail = mem_available();
+        const size_t avail = (size_t)vx_mem_available();
         if (avail > free_b) free_b = avail;
     }
     snprintf(desc, desc_len, "%s (sm_%d%d, %.1f of %.1f GiB free)", pr.name, pr.major, pr.minor,
@@ -813,9 +802,7 @@ extern "C" int vx_cuda_probe(int64_t need_bytes, char *desc, size_t desc_len, ch
                  "sm_80 or newer", pr.name, pr.major, pr.minor);
         return -1;
     }
-    /* the constants plus room for caches and activations (a few hundred MB
-     * at the largest window) */
-    const int64_t margin = 512ll << 20;
+    const int64_t margin = VX_RUNTIME_BYTES; /* caches and activations */
     if (need_bytes + margin > (int64_t)free_b) {
         snprintf(why, why_len, "out of memory: the model needs %.2f GiB on %s and %.2f GiB is "
                  "free", (need_bytes + margin) / 1073741824.0, pr.name,
