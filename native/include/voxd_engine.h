@@ -1,8 +1,9 @@
 /*
  * voxd_engine.h - the public C API of voxd's Voxtral Realtime engine.
  *
- * A model is loaded once (weights are memory-mapped, read-only) and may be
- * shared by any number of streams. A stream turns 16 kHz mono float audio
+ * A model is loaded once (weights read-only: copied into anonymous huge
+ * pages where they fit in free memory, else memory-mapped; weights_note in
+ * vx_model_info says which) and may be shared by any number of streams. A stream turns 16 kHz mono float audio
  * into token events as the audio arrives.
  *
  * Concurrency:
@@ -67,7 +68,7 @@ typedef struct {
     int sample_rate, hop_length, window_size;
     int n_special;        /* ids below this are control tokens */
     int bos_id, eos_id, pad_id;
-    int64_t weight_bytes; /* bytes of all mapped tensors */
+    int64_t weight_bytes; /* bytes of all the model's tensors */
     const char *backend;  /* kernel backend in use */
     int n_threads;
     const char *device;      /* where the transformer stacks run: "cpu" or "cuda" */
