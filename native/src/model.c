@@ -339,8 +339,14 @@ vx_status vx_model_load(const char *dir, const vx_model_options *opt, vx_model *
     if ((want_cuda || want_auto) && (st = choose_device(m, want_cuda, err, err_len)) != VX_OK)
         goto fail;
     /* the CPU reads every weight at every decoder step: from anonymous huge
-     * pages when they fit (a GPU keeps its own copies; its host mapping stays) */
-    if (m->dev->host_visible) vx_st_into_memory(&m->st, VX_RUNTIME_BYTES, m->mem_note, sizeof m->mem_note);
+     * pages when they fit (a GPU keeps its own copies; its host mapping
+     * stays). Unlike the file's pages, the copy cannot be dropped under
+     * memory pressure, so it leaves the runtime's share and as much again
+     * for the rest of the system: where free memory barely holds the
+     * weights they stay mapped, where the kernel can evict them (slow)
+     * rather than kill the daemon. */
+    if (m->dev->host_visible)
+        vx_st_into_memory(&m->st, 2 * VX_RUNTIME_BYTES, m->mem_note, sizeof m->mem_note);
     else snprintf(m->mem_note, sizeof m->mem_note, "weights on the %s device", m->dev->name);
     int threads = opt && opt->n_threads > 0 ? opt->n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     if (threads < 1) threads = 1;
