@@ -33,9 +33,9 @@ int vx_params_load(const char *path, vx_params *p, char *err, size_t err_len);
 /* ---- weights ---- */
 
 /* Memory the engine needs beside its weights: the KV caches and activations
- * (a few hundred MB at the largest windows). A device takes the weights only
- * where they leave this much free (the CUDA device's memory; the host's for
- * the copy of vx_st_into_memory). */
+ * (a few hundred MB at the largest windows). The CUDA device takes the
+ * weights only where they leave this much of its memory free; the host's
+ * copy of them (vx_st_into_memory) leaves twice this (model.c). */
 #define VX_RUNTIME_BYTES ((int64_t)512 << 20)
 
 /* A 2-D weight [rows, cols] viewed in place inside the file's bytes. */

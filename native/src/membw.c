@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "util.h"
 #include "voxd_bench.h"
 
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
@@ -30,7 +31,6 @@
 #endif
 
 #define PAGE 4096
-#define HUGE_PAGE ((size_t)2 << 20) /* x86-64 and arm64 with 4 KB pages */
 #define MAX_THREADS 1024
 #define FMA_REPS 5   /* best of: a shared machine's other load only slows a repetition */
 #define FMA_CHAINS 12 /* > latency x ports on current cores (5 x 2 on Haswell, 4 x 2 on A76) */
@@ -363,7 +363,7 @@ double vx_measure_read_bandwidth(size_t bytes, int n_threads, int reps) {
     /* in huge pages where the kernel has them, as the engine's weights are
      * (vx_st_into_memory): the roof is what the memory gives at its best */
     void *buf = NULL;
-    if (posix_memalign(&buf, HUGE_PAGE, part * (size_t)n) != 0 || !buf) return -1;
+    if (posix_memalign(&buf, vx_huge_page_size(), part * (size_t)n) != 0 || !buf) return -1;
 #ifdef MADV_HUGEPAGE
     madvise(buf, part * (size_t)n, MADV_HUGEPAGE);
 #endif

@@ -196,21 +196,6 @@ static int read_entry(const json_value *e, vx_st_tensor *t, const unsigned char 
  * so that vx_st_into_memory can later put anonymous huge pages at the very
  * same address: every pointer into the tensors stays valid. */
 
-/* The kernel's PMD-sized huge page (2 MiB on x86-64 and arm64 with 4 KB
- * pages, 32 MiB with the Pi 5's 16 KB pages), else 2 MiB. */
-static size_t huge_page_size(void) {
-    size_t hp = (size_t)2 << 20;
-    FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size", "r");
-    if (f) {
-        unsigned long long v = 0;
-        if (fscanf(f, "%llu", &v) == 1 && v >= 4096 && v <= ((unsigned long long)1 << 30) &&
-            (v & (v - 1)) == 0)
-            hp = (size_t)v;
-        fclose(f);
-    }
-    return hp;
-}
-
 /* len bytes of fresh anonymous memory (prot) at an address aligned to
  * align (a power of two), or NULL. */
 static void *map_aligned(size_t len, size_t align, int prot) {
@@ -248,7 +233,7 @@ static int map_file(const char *path, vx_safetensors *st, char *err, size_t err_
         return st_fail(err, err_len, path, NULL, "file is too large to map on this system");
     }
     size_t size = (size_t)sb.st_size;
-    const size_t hp = huge_page_size(), len = (size + hp - 1) / hp * hp;
+    const size_t hp = vx_huge_page_size(), len = (size + hp - 1) / hp * hp;
     void *map = MAP_FAILED;
     unsigned char *at = len >= size ? map_aligned(len, hp, PROT_NONE) : NULL;
     if (at) {
@@ -304,7 +289,7 @@ int vx_st_into_memory(vx_safetensors *st, int64_t reserve, char *note, size_t no
         return -1;
     }
     const size_t len = st->map_len;
-    unsigned char *a = map_aligned(len, huge_page_size(), PROT_READ | PROT_WRITE);
+    unsigned char *a = map_aligned(len, vx_huge_page_size(), PROT_READ | PROT_WRITE);
     if (!a) {
         snprintf(note, note_len, "weights mapped from the file: no %.2f GB of anonymous memory (%s)",
                  len * gb, strerror(errno));

@@ -80,3 +80,16 @@ int64_t vx_mem_available(void) {
     fclose(f);
     return (int64_t)kb * 1024;
 }
+
+size_t vx_huge_page_size(void) {
+    size_t hp = (size_t)2 << 20;
+    FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size", "r");
+    if (f) {
+        unsigned long long v = 0;
+        if (fscanf(f, "%llu", &v) == 1 && v >= 4096 && v <= ((unsigned long long)1 << 30) &&
+            (v & (v - 1)) == 0)
+            hp = (size_t)v;
+        fclose(f);
+    }
+    return hp;
+}

@@ -1,6 +1,6 @@
 /* util.h - the engine's small shared utilities, one of each: the error
- * message formatter, the grow-by-doubling buffer, the whole-file reader and
- * the memory the kernel can hand out. */
+ * message formatter, the grow-by-doubling buffer, the whole-file reader, the
+ * memory the kernel can hand out and its huge page size. */
 #ifndef VX_UTIL_H
 #define VX_UTIL_H
 #include <stdarg.h>
@@ -30,4 +30,8 @@ char *vx_read_file(const char *path, size_t *len, char *err, size_t err_len);
 /* MemAvailable of /proc/meminfo in bytes (what the kernel can hand out
  * without swapping, its reclaimable page cache included), 0 when unknown. */
 int64_t vx_mem_available(void);
+
+/* The kernel's PMD-sized transparent huge page (2 MiB on x86-64 and on arm64
+ * with 4 KB pages, 32 MiB with the Pi 5's 16 KB pages), else 2 MiB. */
+size_t vx_huge_page_size(void);
 #endif
