@@ -3,6 +3,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 int vx_verrf(char *err, size_t err_len, const char *prefix, const char *fmt, va_list ap) {
     if (!err || err_len == 0) return -1;
@@ -70,6 +71,77 @@ char *vx_read_file(const char *path, size_t *len, char *err, size_t err_len) {
     return buf;
 }
 
+/* The first integer in file dir/name (after "key " when key is given), or
+ * -1; "max" (cgroup v2's no limit) reads as INT64_MAX. */
+static int64_t read_value(const char *dir, const char *name, const char *key) {
+    char path[4352];
+    const int n = snprintf(path, sizeof path, "%s/%s", dir, name);
+    if (n < 0 || (size_t)n >= sizeof path) return -1;
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    char line[256];
+    long long v = -1;
+    const size_t kl = key ? strlen(key) : 0;
+    while (fgets(line, sizeof line, f)) {
+        if (key && (strncmp(line, key, kl) != 0 || line[kl] != ' ')) continue;
+        const char *p = line + (key ? kl + 1 : 0);
+        if (strncmp(p, "max", 3) == 0) v = INT64_MAX;
+        else if (sscanf(p, "%lld", &v) != 1) v = -1;
+        break;
+    }
+    fclose(f);
+    return (int64_t)v;
+}
+
+/* The headroom of cgroup dir and its ancestors up to top (both under the
+ * same hierarchy), least first: v2 names its files memory.max / memory.current
+ * and inactive_file, v1 memory.limit_in_bytes / memory.usage_in_bytes and
+ * total_inactive_file (a v1 "no limit" is near 2^63). */
+static int64_t headroom_up(char *dir, size_t top, int v2) {
+    int64_t least = INT64_MAX;
+    for (;;) {
+        const int64_t lim = read_value(dir, v2 ? "memory.max" : "memory.limit_in_bytes", NULL);
+        if (lim >= 0 && lim < ((int64_t)1 << 62)) {
+            const int64_t use = read_value(dir, v2 ? "memory.current" : "memory.usage_in_bytes", NULL);
+            int64_t idle = read_value(dir, "memory.stat", v2 ? "inactive_file" : "total_inactive_file");
+            if (idle < 0) idle = 0;
+            int64_t room = use < 0 ? lim : lim - use + idle;
+            if (room < 0) room = 0;
+            if (room < least) least = room;
+        }
+        char *slash = strrchr(dir, '/');
+        if (!slash || (size_t)(slash - dir) < top) break;
+        *slash = 0;
+    }
+    return least;
+}
+
+int64_t vx_cgroup_headroom(const char *proc_cgroup, const char *root) {
+    FILE *f = fopen(proc_cgroup, "r");
+    if (!f) return INT64_MAX;
+    char line[4096], dir[4096];
+    int64_t least = INT64_MAX;
+    while (fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\n")] = 0;
+        char *c1 = strchr(line, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+        if (!c2 || c2[1] != '/') continue;
+        *c1 = *c2 = 0; /* line: the hierarchy's number */
+        const char *ctrl = c1 + 1, *path = c2 + 1;
+        int v2 = strcmp(line, "0") == 0 && ctrl[0] == 0, v1 = 0;
+        for (const char *p = ctrl; !v2 && *p; p += strcspn(p, ",") + (p[strcspn(p, ",")] != 0))
+            if (strncmp(p, "memory", 6) == 0 && (p[6] == ',' || p[6] == 0)) v1 = 1;
+        if (!v1 && !v2) continue;
+        const int k = snprintf(dir, sizeof dir, "%s%s", root, v1 ? "/memory" : "");
+        if (k < 0 || (size_t)k >= sizeof dir) continue;
+        const size_t top = (size_t)k;
+        snprintf(dir + top, sizeof dir - top, "%s", strcmp(path, "/") == 0 ? "" : path);
+        const int64_t room = headroom_up(dir, top, v2);
+        if (room < least) least = room;
+    }
+    fclose(f);
+    return least;
+}
+
 int64_t vx_mem_available(void) {
     FILE *f = fopen("/proc/meminfo", "r");
     if (!f) return 0;
@@ -78,7 +150,9 @@ int64_t vx_mem_available(void) {
     while (fgets(line, sizeof line, f))
         if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) break;
     fclose(f);
-    return (int64_t)kb * 1024;
+    const int64_t avail = (int64_t)kb * 1024;
+    const int64_t room = vx_cgroup_headroom("/proc/self/cgroup", "/sys/fs/cgroup");
+    return room < avail ? room : avail;
 }
 
 size_t vx_huge_page_size(void) {

@@ -27,9 +27,19 @@ int vx_grow(void **buf, int64_t *cap, int64_t need, size_t elem, int64_t first);
  * length in *len; NULL with "PATH: what" in err when it cannot be read. */
 char *vx_read_file(const char *path, size_t *len, char *err, size_t err_len);
 
-/* MemAvailable of /proc/meminfo in bytes (what the kernel can hand out
- * without swapping, its reclaimable page cache included), 0 when unknown. */
+/* What this process can still take in bytes: MemAvailable of /proc/meminfo
+ * (what the kernel can hand out without swapping, its reclaimable page cache
+ * included), or less where its memory cgroup's limit leaves less
+ * (vx_cgroup_headroom); 0 when unknown. */
 int64_t vx_mem_available(void);
+
+/* The least headroom of the memory cgroups this process is in (proc_cgroup:
+ * its /proc/self/cgroup) and their ancestors, under root (/sys/fs/cgroup):
+ * limit - usage + inactive page cache, cgroup v2 (memory.max) or v1
+ * (memory.limit_in_bytes); INT64_MAX where none has a limit, 0 where the
+ * usage is past it. A systemd MemoryMax= or a container's limit is what the
+ * OOM killer enforces, whatever the machine has free. */
+int64_t vx_cgroup_headroom(const char *proc_cgroup, const char *root);
 
 /* The kernel's PMD-sized transparent huge page (2 MiB on x86-64 and on arm64
  * with 4 KB pages, 32 MiB with the Pi 5's 16 KB pages), else 2 MiB. */

@@ -6,9 +6,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "safetensors.h"
+#include "util.h"
 
 #include "check.h"
 
@@ -374,6 +376,56 @@ static void test_broken(void) {
     FAILS("duplicate key \"x\"", NULL, NULL);
 }
 
+/* dir/rel (its parent directories made), holding text. */
+static void put(const char *rel, const char *text) {
+    char p[768];
+    snprintf(p, sizeof p, "%s/cg/%s", dir, rel);
+    for (char *s = p + strlen(dir) + 1; (s = strchr(s, '/')) != NULL; s++) {
+        *s = 0;
+        mkdir(p, 0700);
+        *s = '/';
+    }
+    FILE *f = fopen(p, "w");
+    CHECK(f != NULL);
+    if (f) {
+        fputs(text, f);
+        fclose(f);
+    }
+}
+
+/* The memory a copy may take: a memory cgroup's limit binds before the
+ * machine's free memory (fake /proc/self/cgroup and /sys/fs/cgroup trees). */
+static void test_cgroup_headroom(void) {
+    char proc[512], root[512];
+    snprintf(proc, sizeof proc, "%s/cg/proc", dir);
+    snprintf(root, sizeof root, "%s/cg/root", dir);
+    /* cgroup v2, the limit on the parent: limit - usage + inactive page cache */
+    put("proc", "0::/a/b\n");
+    put("root/a/memory.max", "1000000000\n");
+    put("root/a/memory.current", "600000000\n");
+    put("root/a/memory.stat", "anon 5\ninactive_file 100000000\nactive_file 7\n");
+    put("root/a/b/memory.max", "max\n");
+    put("root/a/b/memory.current", "500000000\n");
+    CHECK(vx_cgroup_headroom(proc, root) == 500000000);
+    /* usage past the limit: no room */
+    put("root/a/b/memory.max", "400000000\n");
+    CHECK(vx_cgroup_headroom(proc, root) == 0);
+    /* cgroup v1, the memory controller among others */
+    put("proc", "5:cpu,cpuacct:/\n4:memory:/x\n0::/\n");
+    put("root/memory/x/memory.limit_in_bytes", "2000000000\n");
+    put("root/memory/x/memory.usage_in_bytes", "500000000\n");
+    put("root/memory/x/memory.stat", "cache 1\ntotal_inactive_file 250000000\n");
+    CHECK(vx_cgroup_headroom(proc, root) == 1750000000);
+    /* v1's "no limit", and no cgroup file at all */
+    put("root/memory/x/memory.limit_in_bytes", "9223372036854771712\n");
+    CHECK(vx_cgroup_headroom(proc, root) == INT64_MAX);
+    char none[512];
+    snprintf(none, sizeof none, "%s/cg/none", dir);
+    CHECK(vx_cgroup_headroom(none, root) == INT64_MAX);
+    /* this machine: never more than MemAvailable, never negative */
+    CHECK(vx_mem_available() >= 0);
+}
+
 int main(void) {
     const char *tmp = getenv("TMPDIR");
     snprintf(dir, sizeof dir, "%s/vx_st_XXXXXX", tmp && tmp[0] ? tmp : "/tmp");
@@ -383,6 +435,7 @@ int main(void) {
     }
     test_dtypes();
     test_valid();
+    test_cgroup_headroom();
     test_broken();
     /* clean up: every file this test wrote */
     static const char *names[] = {
@@ -394,6 +447,9 @@ int main(void) {
         snprintf(path, sizeof path, "%s/%s.safetensors", dir, names[i]);
         unlink(path);
     }
+    char rm[600];
+    snprintf(rm, sizeof rm, "rm -rf '%s/cg'", dir);
+    if (system(rm) != 0) fprintf(stderr, "note: could not remove %s/cg\n", dir);
     if (rmdir(dir) != 0) fprintf(stderr, "note: could not remove %s\n", dir);
     if (failures) {
         fprintf(stderr, "test_safetensors: %d failure(s)\n", failures);
