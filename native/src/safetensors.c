@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -272,6 +273,64 @@ static int64_t huge_bytes_at(const void *start) {
     return kb < 0 ? -1 : (int64_t)kb * 1024;
 }
 
+/* One reader's part of the copy: bytes [begin, end) of the file into dst. */
+typedef struct {
+    int fd;
+    unsigned char *dst;
+    size_t begin, end, got; /* got: bytes read from begin on */
+    int err;                /* errno of a failed read, else 0 */
+} read_part;
+
+static void *read_part_run(void *arg) {
+    read_part *p = arg;
+    while (p->begin + p->got < p->end) {
+        const size_t at = p->begin + p->got, rest = p->end - at;
+        const ssize_t r = pread(p->fd, p->dst + at, rest < ((size_t)64 << 20) ? rest : (size_t)64 << 20,
+                                (off_t)at);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) {
+            p->err = r < 0 ? errno : 0;
+            break;
+        }
+        p->got += (size_t)r;
+    }
+    return NULL;
+}
+
+int vx_st_read_parallel(const char *path, unsigned char *dst, size_t size, size_t min_part,
+                        size_t *failed_at) {
+    *failed_at = 0;
+    if (min_part == 0) min_part = 1;
+    const int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return errno;
+    const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    const size_t hp = min_part < vx_huge_page_size() ? 4096 : vx_huge_page_size();
+    int k = cpus < 1 ? 1 : cpus > 4 ? 4 : (int)cpus;
+    if ((size_t)k > size / min_part + 1) k = (int)(size / min_part + 1);
+    read_part part[4];
+    pthread_t th[4];
+    int started[4] = {0};
+    const size_t step = (size / (size_t)k + hp - 1) / hp * hp;
+    for (int i = 0; i < k; i++) {
+        const size_t b = (size_t)i * step < size ? (size_t)i * step : size;
+        part[i] = (read_part){fd, dst, b, b + step < size && i + 1 < k ? b + step : size, 0, 0};
+        if (i > 0) started[i] = pthread_create(&th[i], NULL, read_part_run, &part[i]) == 0;
+    }
+    read_part_run(&part[0]);
+    for (int i = 1; i < k; i++) {
+        if (started[i]) pthread_join(th[i], NULL);
+        else read_part_run(&part[i]); /* no thread: read it here */
+    }
+    close(fd);
+    *failed_at = size;
+    for (int i = 0; i < k; i++)
+        if (part[i].begin + part[i].got < part[i].end) {
+            *failed_at = part[i].begin + part[i].got;
+            return part[i].err;
+        }
+    return 0;
+}
+
 int vx_st_into_memory(vx_safetensors *st, int64_t reserve, char *note, size_t note_len) {
     const double gb = 1e-9;
     if (!st || !st->map || st->in_memory) return 0;
@@ -300,20 +359,11 @@ int vx_st_into_memory(vx_safetensors *st, int64_t reserve, char *note, size_t no
      * faults on the way (4 KB each), and the process holds the weights once,
      * not twice, at its peak (the page cache keeps the file for the next
      * start, for as long as memory allows) */
-    int fd = open(st->path, O_RDONLY | O_CLOEXEC), read_errno = errno;
-    size_t got = 0;
-    while (fd >= 0 && got < st->map_size) {
-        const size_t want = st->map_size - got < ((size_t)64 << 20) ? st->map_size - got : (size_t)64 << 20;
-        const ssize_t r = pread(fd, a + got, want, (off_t)got);
-        if (r < 0 && errno == EINTR) continue;
-        read_errno = r < 0 ? errno : 0;
-        if (r <= 0) break;
-        got += (size_t)r;
-    }
-    if (fd >= 0) close(fd);
-    if (got < st->map_size) { /* the file went away or shrank since it was opened */
-        snprintf(note, note_len, "weights mapped from the file: reading it again failed after "
-                 "%zu of %zu bytes (%s)", got, st->map_size,
+    size_t failed_at = 0;
+    const int read_errno = vx_st_read_parallel(st->path, a, st->map_size, (size_t)256 << 20, &failed_at);
+    if (failed_at < st->map_size) { /* the file went away or shrank since it was opened */
+        snprintf(note, note_len, "weights mapped from the file: reading it again failed at byte "
+                 "%zu of %zu (%s)", failed_at, st->map_size,
                  read_errno ? strerror(read_errno) : "it is shorter now");
         munmap(a, len);
         return -1;

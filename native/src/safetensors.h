@@ -83,5 +83,14 @@ void vx_st_close(vx_safetensors *st);
  * the file stays mapped. note says which, with the numbers. 0 when the
  * bytes are in memory, -1 when they stay mapped. */
 int vx_st_into_memory(vx_safetensors *st, int64_t reserve, char *note, size_t note_len);
+/* The first size bytes of the file at path into dst, by up to 4 readers at
+ * once (one per core, parts of at least min_part bytes, each on whole huge
+ * pages of its own, or 4 KB pages when min_part is smaller than a huge
+ * page): faulting in and zeroing fresh pages is most of the work, and it
+ * runs on every core. *failed_at is size when all was read,
+ * else the first byte not read; returns that failure's errno (0: the file
+ * ended early). */
+int vx_st_read_parallel(const char *path, unsigned char *dst, size_t size, size_t min_part,
+                        size_t *failed_at);
 const vx_st_tensor *vx_st_find(const vx_safetensors *st, const char *name);
 #endif

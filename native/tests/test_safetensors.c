@@ -2,6 +2,7 @@
  * valid file, then one file per kind of damage, each of which must fail with
  * a message naming the file, the tensor and the problem. */
 #define _POSIX_C_SOURCE 200809L /* truncate, mkdtemp */
+#include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -376,6 +377,36 @@ static void test_broken(void) {
     FAILS("duplicate key \"x\"", NULL, NULL);
 }
 
+/* The copy's readers in parallel: each part lands where it belongs, and a
+ * file shorter than asked names the first byte missing. */
+static void test_read_parallel(void) {
+    const size_t n = 100 * 1024 + 123;
+    unsigned char *src = malloc(n), *dst = malloc(n + 8192);
+    CHECK(src && dst);
+    if (!src || !dst) {
+        free(src);
+        free(dst);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) src[i] = (unsigned char)(i * 2654435761u >> 13);
+    write_raw("parts.bin", src, n);
+    size_t at = 1;
+    memset(dst, 0, n);
+    CHECK(vx_st_read_parallel(path, dst, n, 4096, &at) == 0 && at == n && memcmp(dst, src, n) == 0);
+    /* more than the file holds: the readers stop at its end */
+    CHECK(vx_st_read_parallel(path, dst, n + 8192, 4096, &at) == 0 && at == n);
+    CHECK(memcmp(dst, src, n) == 0);
+    /* one part only (min_part past the size) */
+    memset(dst, 0, n);
+    CHECK(vx_st_read_parallel(path, dst, n, (size_t)1 << 30, &at) == 0 && at == n &&
+          memcmp(dst, src, n) == 0);
+    unlink(path);
+    /* no file: nothing read, and why */
+    CHECK(vx_st_read_parallel(path, dst, n, 4096, &at) == ENOENT && at == 0);
+    free(src);
+    free(dst);
+}
+
 /* dir/rel (its parent directories made), holding text. */
 static void put(const char *rel, const char *text) {
     char p[768];
@@ -436,6 +467,7 @@ int main(void) {
     test_dtypes();
     test_valid();
     test_cgroup_headroom();
+    test_read_parallel();
     test_broken();
     /* clean up: every file this test wrote */
     static const char *names[] = {
