@@ -71,25 +71,26 @@ char *vx_read_file(const char *path, size_t *len, char *err, size_t err_len) {
     return buf;
 }
 
-/* The first integer in file dir/name (after "key " when key is given), or
- * -1; "max" (cgroup v2's no limit) reads as INT64_MAX. */
+/* The integer after "key" (at a line's start; NULL: the file's first) in
+ * file dir/name, or -1; "max" (cgroup v2's no limit) reads as INT64_MAX. */
 static int64_t read_value(const char *dir, const char *name, const char *key) {
     char path[4352];
     const int n = snprintf(path, sizeof path, "%s/%s", dir, name);
     if (n < 0 || (size_t)n >= sizeof path) return -1;
-    FILE *f = fopen(path, "r");
-    if (!f) return -1;
-    char line[256];
-    long long v = -1;
+    size_t len;
+    char *text = vx_read_file(path, &len, NULL, 0);
+    if (!text) return -1;
     const size_t kl = key ? strlen(key) : 0;
-    while (fgets(line, sizeof line, f)) {
-        if (key && (strncmp(line, key, kl) != 0 || line[kl] != ' ')) continue;
-        const char *p = line + (key ? kl + 1 : 0);
+    const char *p = text;
+    while (key && p && !(strncmp(p, key, kl) == 0 && (p[kl] == ' ' || p[kl] == ':')))
+        if ((p = strchr(p, '\n')) != NULL) p++;
+    long long v = -1;
+    if (p) {
+        p += kl + (key != NULL);
         if (strncmp(p, "max", 3) == 0) v = INT64_MAX;
         else if (sscanf(p, "%lld", &v) != 1) v = -1;
-        break;
     }
-    fclose(f);
+    free(text);
     return (int64_t)v;
 }
 
@@ -143,27 +144,15 @@ int64_t vx_cgroup_headroom(const char *proc_cgroup, const char *root) {
 }
 
 int64_t vx_mem_available(void) {
-    FILE *f = fopen("/proc/meminfo", "r");
-    if (!f) return 0;
-    char line[128];
-    unsigned long long kb = 0;
-    while (fgets(line, sizeof line, f))
-        if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) break;
-    fclose(f);
-    const int64_t avail = (int64_t)kb * 1024;
+    const int64_t kb = read_value("/proc", "meminfo", "MemAvailable");
+    if (kb < 0) return 0;
+    const int64_t avail = kb * 1024;
     const int64_t room = vx_cgroup_headroom("/proc/self/cgroup", "/sys/fs/cgroup");
     return room < avail ? room : avail;
 }
 
 size_t vx_huge_page_size(void) {
-    size_t hp = (size_t)2 << 20;
-    FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size", "r");
-    if (f) {
-        unsigned long long v = 0;
-        if (fscanf(f, "%llu", &v) == 1 && v >= 4096 && v <= ((unsigned long long)1 << 30) &&
-            (v & (v - 1)) == 0)
-            hp = (size_t)v;
-        fclose(f);
-    }
-    return hp;
+    const int64_t v = read_value("/sys/kernel/mm/transparent_hugepage", "hpage_pmd_size", NULL);
+    /* a power of two from 4 KB to 1 GB, else x86-64's and arm64's 2 MiB */
+    return v >= 4096 && v <= ((int64_t)1 << 30) && (v & (v - 1)) == 0 ? (size_t)v : (size_t)2 << 20;
 }
