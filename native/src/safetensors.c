@@ -297,20 +297,20 @@ static void *read_part_run(void *arg) {
     return NULL;
 }
 
-int vx_st_read_parallel(const char *path, unsigned char *dst, size_t size, size_t min_part,
+int vx_st_read_parallel(const char *path, unsigned char *dst, size_t size, size_t align,
                         size_t *failed_at) {
     *failed_at = 0;
-    if (min_part == 0) min_part = 1;
+    if (align == 0) align = 1;
     const int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return errno;
     const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    const size_t hp = min_part < vx_huge_page_size() ? 4096 : vx_huge_page_size();
+    const size_t min_part = VX_ST_MIN_PART_ALIGNS * align;
     int k = cpus < 1 ? 1 : cpus > 4 ? 4 : (int)cpus;
     if ((size_t)k > size / min_part + 1) k = (int)(size / min_part + 1);
     read_part part[4];
     pthread_t th[4];
     int started[4] = {0};
-    const size_t step = (size / (size_t)k + hp - 1) / hp * hp;
+    const size_t step = (size / (size_t)k + align - 1) / align * align;
     for (int i = 0; i < k; i++) {
         const size_t b = (size_t)i * step < size ? (size_t)i * step : size;
         part[i] = (read_part){fd, dst, b, b + step < size && i + 1 < k ? b + step : size, 0, 0};
@@ -347,8 +347,8 @@ int vx_st_into_memory(vx_safetensors *st, int64_t reserve, char *note, size_t no
                  size * gb, reserve * gb, avail * gb);
         return -1;
     }
-    const size_t len = st->map_len;
-    unsigned char *a = map_aligned(len, vx_huge_page_size(), PROT_READ | PROT_WRITE);
+    const size_t len = st->map_len, hp = vx_huge_page_size();
+    unsigned char *a = map_aligned(len, hp, PROT_READ | PROT_WRITE);
     if (!a) {
         snprintf(note, note_len, "weights mapped from the file: no %.2f GB of anonymous memory (%s)",
                  len * gb, strerror(errno));
@@ -360,7 +360,7 @@ int vx_st_into_memory(vx_safetensors *st, int64_t reserve, char *note, size_t no
      * not twice, at its peak (the page cache keeps the file for the next
      * start, for as long as memory allows) */
     size_t failed_at = 0;
-    const int read_errno = vx_st_read_parallel(st->path, a, st->map_size, (size_t)256 << 20, &failed_at);
+    const int read_errno = vx_st_read_parallel(st->path, a, st->map_size, hp, &failed_at);
     if (failed_at < st->map_size) { /* the file went away or shrank since it was opened */
         snprintf(note, note_len, "weights mapped from the file: reading it again failed at byte "
                  "%zu of %zu (%s)", failed_at, st->map_size,

@@ -84,13 +84,14 @@ void vx_st_close(vx_safetensors *st);
  * bytes are in memory, -1 when they stay mapped. */
 int vx_st_into_memory(vx_safetensors *st, int64_t reserve, char *note, size_t note_len);
 /* The first size bytes of the file at path into dst, by up to 4 readers at
- * once (one per core, parts of at least min_part bytes, each on whole huge
- * pages of its own, or 4 KB pages when min_part is smaller than a huge
- * page): faulting in and zeroing fresh pages is most of the work, and it
- * runs on every core. *failed_at is size when all was read,
- * else the first byte not read; returns that failure's errno (0: the file
- * ended early). */
-int vx_st_read_parallel(const char *path, unsigned char *dst, size_t size, size_t min_part,
+ * once (one per core): faulting in and zeroing fresh pages is most of the
+ * work, and it runs on every core. Each reader takes whole units of align
+ * bytes (the huge page: no two fault the same one) and at least
+ * VX_ST_MIN_PART_ALIGNS of them (256 MB of 2 MiB pages: a thread for less
+ * does not pay). *failed_at is size when all was read, else the first byte
+ * not read; returns that failure's errno (0: the file ended early). */
+#define VX_ST_MIN_PART_ALIGNS 128
+int vx_st_read_parallel(const char *path, unsigned char *dst, size_t size, size_t align,
                         size_t *failed_at);
 const vx_st_tensor *vx_st_find(const vx_safetensors *st, const char *name);
 #endif

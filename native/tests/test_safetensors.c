@@ -378,9 +378,10 @@ static void test_broken(void) {
 }
 
 /* The copy's readers in parallel: each part lands where it belongs, and a
- * file shorter than asked names the first byte missing. */
+ * file shorter than asked names the first byte missing. 4 KB units make
+ * parts of 512 KB, so a file of 1.1 MB takes every reader this CPU gives. */
 static void test_read_parallel(void) {
-    const size_t n = 100 * 1024 + 123;
+    const size_t unit = 4096, n = 2 * VX_ST_MIN_PART_ALIGNS * unit + 123 * 1024 + 77;
     unsigned char *src = malloc(n), *dst = malloc(n + 8192);
     CHECK(src && dst);
     if (!src || !dst) {
@@ -392,17 +393,17 @@ static void test_read_parallel(void) {
     write_raw("parts.bin", src, n);
     size_t at = 1;
     memset(dst, 0, n);
-    CHECK(vx_st_read_parallel(path, dst, n, 4096, &at) == 0 && at == n && memcmp(dst, src, n) == 0);
+    CHECK(vx_st_read_parallel(path, dst, n, unit, &at) == 0 && at == n && memcmp(dst, src, n) == 0);
     /* more than the file holds: the readers stop at its end */
-    CHECK(vx_st_read_parallel(path, dst, n + 8192, 4096, &at) == 0 && at == n);
+    CHECK(vx_st_read_parallel(path, dst, n + 8192, unit, &at) == 0 && at == n);
     CHECK(memcmp(dst, src, n) == 0);
-    /* one part only (min_part past the size) */
+    /* one part only (units past the size) */
     memset(dst, 0, n);
-    CHECK(vx_st_read_parallel(path, dst, n, (size_t)1 << 30, &at) == 0 && at == n &&
+    CHECK(vx_st_read_parallel(path, dst, n, (size_t)1 << 20, &at) == 0 && at == n &&
           memcmp(dst, src, n) == 0);
     unlink(path);
     /* no file: nothing read, and why */
-    CHECK(vx_st_read_parallel(path, dst, n, 4096, &at) == ENOENT && at == 0);
+    CHECK(vx_st_read_parallel(path, dst, n, unit, &at) == ENOENT && at == 0);
     free(src);
     free(dst);
 }
