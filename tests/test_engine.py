@@ -228,6 +228,55 @@ def test_flush_gives_full_text_and_next_utterance_is_fresh(
         assert "".join(e.text for e in events).strip() == text
 
 
+@pytest.mark.parametrize("silent_positions", [1.5, 8.75, 17.0])
+def test_silence_after_the_speech_counts_as_the_flush_padding(
+    engine_tiny: Engine, clips: dict[str, np.ndarray], silent_positions: float
+) -> None:
+    """Zeros fed after the speech and named as silence give the speech's own
+    tokens, in fewer decoder positions than a plain flush of the same audio."""
+    speech = clips["hello"]
+    _, solo_ids = transcribe(engine_tiny, speech)
+    zeros = np.zeros(round(silent_positions * 1280), np.float32)
+    audio = np.concatenate([speech, zeros])
+    ids: dict[int, list[int]] = {}
+    positions: dict[int, int] = {}
+    for quiet in (0, zeros.size):
+        s = engine_tiny.stream()
+        before = s.stats().positions
+        events = s.feed(audio) + s.flush(silence=quiet)
+        positions[quiet] = s.stats().positions - before
+        ids[quiet] = [e.token_id for e in events if isinstance(e, TokenEvent)]
+        assert isinstance(events[-1], UtteranceEnd)
+        s.close()
+    assert ids[zeros.size] == solo_ids
+    # a plain flush decodes the silence and then the whole padding after it
+    assert positions[0] - positions[zeros.size] == (
+        -(-(speech.size + zeros.size) // 1280) - -(-speech.size // 1280)
+    )
+
+
+def test_silence_longer_than_the_padding_is_decoded_not_dropped(
+    engine_tiny: Engine, clips: dict[str, np.ndarray]
+) -> None:
+    """Audio fed is never taken back: past the padding's length, the flush
+    only completes the last position, and the utterance's end is its audio's."""
+    speech = clips["hello"][:20000]
+    quiet = np.full(30 * 1280 + 100, 1e-4, np.float32)  # longer than 17 positions
+    audio = np.concatenate([speech, quiet])
+    decoded: dict[int, int] = {}
+    for named in (0, 10**9):
+        s = engine_tiny.stream()
+        events = s.feed(audio) + s.flush(silence=named)
+        decoded[named] = s.stats().positions
+        s.close()
+        assert isinstance(events[-1], UtteranceEnd)
+        assert not any(isinstance(e, TokenEvent) and e.token_id == 2 for e in events)
+    # every position of the audio; the plain flush adds delay + 1 + 10 more
+    assert decoded[0] - decoded[10**9] == 6 + 1 + 10
+    with pytest.raises(ValueError, match="silence"):
+        engine_tiny.stream().flush(silence=-1)
+
+
 def test_flush_without_audio_only_ends(engine_tiny: Engine) -> None:
     s = engine_tiny.stream()
     for _ in range(2):  # also right after another flush

@@ -48,7 +48,7 @@ from voxd.config import (
     WakewordSettings,
 )
 from voxd.endpoint import Audio, Endpointer, SpeechEnd, SpeechJudge
-from voxd.engine import Engine, transcribe
+from voxd.engine import Engine, TokenEvent, transcribe
 from voxd.events import StateChanged, Stats, TranscriptDelta, TranscriptFinal, WakeWordDetected
 from voxd.pipeline import Pipeline
 from voxd.resample import resample
@@ -917,18 +917,34 @@ class FloodSource:
         return 0
 
 
-def utterances_of(audio: np.ndarray, settings: Settings) -> list[tuple[np.ndarray, str]]:
-    """The endpointer's utterances in ``audio``, offline: (their audio, end reason)."""
+def utterances_of(audio: np.ndarray, settings: Settings) -> list[tuple[np.ndarray, str, int]]:
+    """The endpointer's utterances in ``audio``, offline: (their audio, end
+    reason, samples of it after the end of speech: the hangover)."""
     endpointer = Endpointer(settings.endpoint)
-    found: list[tuple[np.ndarray, str]] = []
+    found: list[tuple[np.ndarray, str, int]] = []
     pieces: list[np.ndarray] = []
     for event in endpointer.process(audio) + endpointer.flush():
         if isinstance(event, Audio):
             pieces.append(event.samples)
         elif isinstance(event, SpeechEnd):
-            found.append((np.concatenate(pieces), event.reason))
+            hangover = round((event.audio_t - event.t) * RATE)
+            found.append((np.concatenate(pieces), event.reason, hangover))
             pieces = []
     return found
+
+
+def transcribe_utterance(
+    engine: Engine, audio: np.ndarray, hangover: int, settings: Settings
+) -> tuple[str, list[int]]:
+    """What the pipeline makes of one utterance: its audio, then a flush that
+    counts the hangover as padding."""
+    stream = engine.stream(delay_ms=settings.engine.delay_ms)
+    try:
+        events = stream.feed(audio) + stream.flush(silence=hangover)
+    finally:
+        stream.close()
+    ids = [e.token_id for e in events if isinstance(e, TokenEvent)]
+    return "".join(e.text for e in events).strip(), ids
 
 
 def check_wait(final: TranscriptFinal) -> None:
@@ -947,8 +963,8 @@ def test_a_lagging_engine_gets_every_sample_of_the_utterance(
     long = sentences[2]
     audio = np.concatenate([silence(LEAD_S), long, silence(GAP_S)])
     settings = Settings(mqtt=MqttSettings(stats_interval_s=0.5))  # the shortest allowed
-    ((spoken, reason),) = utterances_of(audio, settings)
-    assert reason == "silence"
+    ((spoken, reason, hangover),) = utterances_of(audio, settings)
+    assert reason == "silence" and hangover > 0
     # Capture's queue holds much less than the utterance: a reader that waits
     # for the engine would have to drop audio in the middle of it.
     source = FloodSource(audio, queue_seconds=0.5, speed=FLOOD_SPEED)
@@ -972,7 +988,7 @@ def test_a_lagging_engine_gets_every_sample_of_the_utterance(
     assert final.reason == "silence"
     # Every sample reached the engine: the same audio and tokens as offline.
     assert round(final.audio_seconds * RATE) == len(spoken)
-    text, token_ids = transcribe(slow_engine, spoken, delay_ms=settings.engine.delay_ms)
+    text, token_ids = transcribe_utterance(slow_engine, spoken, hangover, settings)
     assert list(final.token_ids) == token_ids
     assert final.text == text
     check_wait(final)

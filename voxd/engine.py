@@ -198,6 +198,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     for name in ("vx_stream_flush", "vx_stream_finish", "vx_stream_reset"):
         getattr(lib, name).argtypes = [p]
         getattr(lib, name).restype = c_int
+    lib.vx_stream_flush_after_silence.argtypes = [p, c_size]
+    lib.vx_stream_flush_after_silence.restype = c_int
     lib.vx_stream_read_events.argtypes = [p, ctypes.POINTER(_Event), c_size]
     lib.vx_stream_read_events.restype = c_size
     lib.vx_stream_error.argtypes = [p]
@@ -590,9 +592,16 @@ class Stream:
         self._check(self._lib.vx_stream_feed(self._ptr(), ptr, x.size))
         return self._drain()
 
-    def flush(self) -> list[StreamEvent]:
-        """End of utterance (not terminal): the rest of its tokens, then UtteranceEnd."""
-        self._check(self._lib.vx_stream_flush(self._ptr()))
+    def flush(self, silence: int = 0) -> list[StreamEvent]:
+        """End of utterance (not terminal): the rest of its tokens, then UtteranceEnd.
+
+        ``silence``: how many of the last samples fed were silence after the
+        speech (the endpointer's hangover); they count toward the right
+        padding, so the decoder stops that much sooner (vx_stream_flush_after_silence).
+        """
+        if silence < 0:
+            raise ValueError(f"silence must be 0 or more samples, not {silence}")
+        self._check(self._lib.vx_stream_flush_after_silence(self._ptr(), silence))
         return self._drain()
 
     def finish(self) -> list[StreamEvent]:

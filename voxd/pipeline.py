@@ -963,8 +963,12 @@ class Pipeline:
         assert utt is not None
         caught_up = time.monotonic()
         self._set_state("processing")
+        # The audio fed after the end of speech (the hangover) is silence the
+        # flush counts as its right padding: the decoder stops delay + 11
+        # positions past the speech, not past the silence.
+        silence = 0 if end is None else round(max(utt.end.mono - end.mono, 0.0) * SAMPLE_RATE)
         try:
-            events = self._stream.flush()
+            events = self._stream.flush(silence=silence)
         except EngineError as err:
             self._engine_failed(err, "flush")
             return

@@ -165,6 +165,17 @@ VX_EXPORT vx_status vx_stream_feed(vx_stream *s, const float *samples, size_t n)
  * last flush only emits the utterance end. */
 VX_EXPORT vx_status vx_stream_flush(vx_stream *s);
 
+/* vx_stream_flush when the last `silence` samples fed were silence after the
+ * speech (an endpointer's hangover): they count toward the right padding, so
+ * the decoder stops delay+1+10 positions past the end of the speech instead of
+ * past the end of the silence, and the final comes that much sooner. Nothing
+ * fed is dropped: where the silence is longer than the padding, the padding
+ * only completes the last position. silence = 0 is vx_stream_flush; more
+ * than the utterance's samples counts as all of them. When the silence is
+ * exact zeros, the tokens are those of vx_stream_flush on the audio without
+ * it. */
+VX_EXPORT vx_status vx_stream_flush_after_silence(vx_stream *s, size_t silence);
+
 /* Terminal flush: like vx_stream_flush, after which feed/flush return
  * VX_ERR_STATE until vx_stream_reset. */
 VX_EXPORT vx_status vx_stream_finish(vx_stream *s);

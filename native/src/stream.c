@@ -521,8 +521,11 @@ vx_status vx_stream_feed(vx_stream *s, const float *x, size_t n) {
 }
 
 /* A flush up to the decoder: the offline recipe's right padding through the
- * encoder; *decode as in feed_audio. */
-static vx_status flush_audio(vx_stream *s, int *decode) {
+ * encoder; *decode as in feed_audio. The last `silence` samples fed are
+ * silence after the speech (an endpointer's hangover): the padding is counted
+ * from the speech's end, so the decoder stops delay + 11 positions past the
+ * last speech, not past the silence. Zeros never replace audio already fed. */
+static vx_status flush_audio(vx_stream *s, int64_t silence, int *decode) {
     vx_state *st = &s->st;
     *decode = 0;
     vx_status rc = ensure_snapshot(s);
@@ -530,9 +533,12 @@ static vx_status flush_audio(vx_stream *s, int *decode) {
     if (st->utt_samples > 0 && !st->eos) {
         /* the offline recipe's right padding: zeros to a whole position, then
          * delay + 1 + 10 positions; 40 more zeros complete the last frame */
-        int64_t total = (int64_t)VX_LEFT_PAD_POS * VX_POS_SAMPLES + st->utt_samples;
-        int64_t pad = (VX_POS_SAMPLES - total % VX_POS_SAMPLES) % VX_POS_SAMPLES +
-                      (int64_t)(s->delay_pos + 1 + 10) * VX_POS_SAMPLES;
+        const int64_t pos = VX_POS_SAMPLES;
+        int64_t total = (int64_t)VX_LEFT_PAD_POS * pos + st->utt_samples;
+        int64_t speech_end = total - (silence < st->utt_samples ? silence : st->utt_samples);
+        int64_t end = (speech_end + pos - 1) / pos * pos + (int64_t)(s->delay_pos + 1 + 10) * pos;
+        int64_t whole = (total + pos - 1) / pos * pos;
+        int64_t pad = (end > whole ? end : whole) - total;
         int64_t frames = (total + pad) / s->m->p.hop;
         if (push_samples(s, NULL, (size_t)(pad + s->m->n_fft / 2), 1) != 0 ||
             produce_mel(s, frames) != 0 || run_audio(s, 1) != 0)
@@ -551,27 +557,29 @@ static vx_status flush_end(vx_stream *s) {
     return VX_OK;
 }
 
-static vx_status flush_impl(vx_stream *s) {
+static vx_status flush_impl(vx_stream *s, int64_t silence) {
     int decode;
-    vx_status rc = flush_audio(s, &decode);
+    vx_status rc = flush_audio(s, silence, &decode);
     if (rc != VX_OK) return rc;
     if (decode && run_decoder(s) != 0) return oom(s, "flush");
     return flush_end(s);
 }
 
-vx_status vx_stream_flush(vx_stream *s) {
+vx_status vx_stream_flush_after_silence(vx_stream *s, size_t silence) {
     if (!s) return VX_ERR_ARG;
     s->err[0] = 0;
     if (s->finished)
         return set_err(s, VX_ERR_STATE, "flush after finish: call vx_stream_reset to start again");
-    return flush_impl(s);
+    return flush_impl(s, silence > INT64_MAX ? INT64_MAX : (int64_t)silence);
 }
+
+vx_status vx_stream_flush(vx_stream *s) { return vx_stream_flush_after_silence(s, 0); }
 
 vx_status vx_stream_finish(vx_stream *s) {
     if (!s) return VX_ERR_ARG;
     s->err[0] = 0;
     if (s->finished) return set_err(s, VX_ERR_STATE, "finish called twice");
-    vx_status rc = flush_impl(s);
+    vx_status rc = flush_impl(s, 0);
     if (rc == VX_OK) s->finished = 1;
     return rc;
 }
@@ -841,7 +849,7 @@ vx_status vx_group_feed(vx_group *g, vx_stream *const *s, const float *const *sa
         t->enc_pending = 0;
         g->st[i] = feed_audio(t, samples ? samples[i] : NULL, n ? n[i] : 0, &decode);
         /* (a finished stream already failed its feed) */
-        if (g->st[i] == VX_OK && g->flush[i]) g->st[i] = flush_audio(t, &fdecode);
+        if (g->st[i] == VX_OK && g->flush[i]) g->st[i] = flush_audio(t, 0, &fdecode);
         g->active[i] = g->st[i] == VX_OK && (decode || fdecode);
     }
     group_encode(g, s, count);
