@@ -14,6 +14,7 @@ import pytest
 from speech import synth
 
 from voxd.audio import read_wav
+from voxd.endpoint import trailing_silence
 from voxd.engine import Engine, transcribe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,6 +60,31 @@ def test_transcribe_json_matches_the_api(tiny_model_dir: Path, wav_44k_stereo: P
         text, ids = transcribe(e, read_wav(wav_44k_stereo))
     assert out["token_ids"] == ids and out["text"] == text
     assert len(ids) > 10
+
+
+def test_transcribe_pad_after_speech_is_what_the_daemon_makes_of_it(
+    tiny_model_dir: Path, wav_44k_stereo: Path
+) -> None:
+    """--pad-after-speech counts the file's closing silence as the padding."""
+    r = voxd(
+        "transcribe",
+        str(wav_44k_stereo),
+        "--model-dir",
+        str(tiny_model_dir),
+        "--json",
+        "--pad-after-speech",
+    )
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    audio = read_wav(wav_44k_stereo)
+    quiet = trailing_silence(audio)
+    assert quiet > 1280  # espeak-ng ends with silence: more than a position of it
+    with Engine(tiny_model_dir) as e:
+        text, ids = transcribe(e, audio, silence=quiet)
+        _, padded_after_the_file = transcribe(e, audio)
+    assert out["token_ids"] == ids and out["text"] == text
+    # fewer decoder positions than the offline recipe's
+    assert len(ids) < len(padded_after_the_file)
 
 
 def test_transcribe_plain_text_and_delay(tiny_model_dir: Path, wav_44k_stereo: Path) -> None:

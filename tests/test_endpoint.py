@@ -299,3 +299,31 @@ def test_judge_is_called_once_per_frame_in_order() -> None:
 def test_end_event_types() -> None:
     e = SpeechEnd(1.0, "silence", 1.7)
     assert (e.t, e.reason, e.audio_t) == (1.0, "silence", 1.7)
+
+
+def test_trailing_silence_counts_what_follows_the_last_voiced_frame() -> None:
+    """A request ended by someone else: the silence after its speech, in samples."""
+    burst = noise(RATE, 0.2, seed=3)  # a second of -14 dBFS "speech"
+    ep = Endpointer()
+    lead = silence(1.0) + noise(RATE, 0.001, seed=4)
+    ep.process(lead)
+    assert ep.trailing_silence == 0  # no speech yet
+    ep.process(burst[: RATE // 10])
+    assert ep.trailing_silence == 0  # a candidate: it may become speech
+    ep.process(burst[RATE // 10 :])
+    assert ep.in_speech and ep.trailing_silence == 0
+    quiet = noise(RATE * 4 // 10 + 37, 0.001, seed=5)  # shorter than the hangover
+    ep.process(quiet)
+    # the burst ends on a frame boundary, so exactly the quiet samples count
+    assert ep.in_speech and ep.trailing_silence == len(quiet)
+    more = noise(RATE, 0.001, seed=6)  # past the hangover: the utterance ended
+    ep.process(more)
+    assert not ep.in_speech and ep.trailing_silence == len(quiet) + len(more)
+    # a loud frame after it is sound (the filler puts it on a frame of its own)
+    given = len(lead) + len(burst) + len(quiet) + len(more)
+    filler = noise(-given % ep.frame_len, 0.001, seed=8)
+    click = noise(ep.frame_len, 0.2, seed=7)
+    ep.process(np.concatenate([filler, click, quiet]))
+    assert ep.trailing_silence == len(quiet)
+    ep.reset()
+    assert ep.trailing_silence == 0

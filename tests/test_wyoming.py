@@ -46,6 +46,7 @@ from zeroconf import IPVersion, ServiceBrowser, ServiceStateChange, Zeroconf
 
 from voxd import cli
 from voxd.config import ConfigError, EngineSettings, WyomingSettings, load_settings
+from voxd.endpoint import trailing_silence
 from voxd.engine import Engine, transcribe
 from voxd.resample import resample
 from voxd.wyoming.server import (
@@ -102,7 +103,9 @@ def engine(tiny_model_dir: Path) -> Iterator[Engine]:
 
 
 def offline(engine: Engine, pcm: bytes, rate: int = 16000, width: int = 2, ch: int = 1) -> str:
-    text, _ = transcribe(engine, heard(pcm, rate, width, ch))
+    """`voxd transcribe --pad-after-speech` of the audio the server hears."""
+    audio = heard(pcm, rate, width, ch)
+    text, _ = transcribe(engine, audio, silence=trailing_silence(audio))
     assert text, "the tiny model says nothing for this audio: the comparison would be empty"
     return text
 

@@ -44,6 +44,7 @@ def _err(msg: str) -> None:
 
 def _cmd_transcribe(args: argparse.Namespace) -> int:
     from voxd.audio import read_wav
+    from voxd.endpoint import trailing_silence
     from voxd.engine import DEBUG_ALL, Engine, EngineError, StreamStats, transcribe
 
     model_dir = _model_dir(args)
@@ -84,6 +85,7 @@ def _cmd_transcribe(args: argparse.Namespace) -> int:
             audio,
             delay_ms=args.delay_ms,
             chunk=PROGRESS_CHUNK,
+            silence=trailing_silence(audio) if args.pad_after_speech else 0,
             debug=debug,
             on_progress=progress,
             before_close=finished,
@@ -143,6 +145,12 @@ def _add_transcribe(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--delay-ms", type=int, default=DELAY_MS_DEFAULT, help=DELAY_MS_RULE)
     p.add_argument("--json", action="store_true", help="print text and token_ids as JSON")
     p.add_argument("--dump", metavar="DIR", help="write mel/encoder/adapter/logits as .npy")
+    p.add_argument(
+        "--pad-after-speech",
+        action="store_true",
+        help="pad after the speech, not after the file: the silence that ends it counts as "
+        "padding, as the daemon's flush and Wyoming server do (default endpoint settings)",
+    )
     p.add_argument("--threads", type=int, default=0, help="0 = all cores")
     p.add_argument("--backend", default=None, help="portable, avx2, neon (default: best)")
     p.set_defaults(func=_cmd_transcribe)

@@ -280,7 +280,7 @@ def _serve(
         if settings.wyoming.enabled:  # Home Assistant Assist's STT, beside the microphone
             from voxd.wyoming.server import WyomingServer, WyomingStartError
 
-            wyoming = WyomingServer(settings.wyoming, engine, settings.engine)
+            wyoming = WyomingServer(settings.wyoming, engine, settings.engine, settings.endpoint)
             try:
                 wyoming.start()
             except WyomingStartError as err:

@@ -156,6 +156,8 @@ class Endpointer:
         keep = self._preroll_frames + self.settings.start_frames
         self._history: deque[tuple[int, FloatArray]] = deque(maxlen=keep)
         self._probs: deque[float] = deque(maxlen=self.settings.start_frames)
+        self._heard_speech = False  # an utterance was confirmed since the reset
+        self._sound_end = 0  # sample just after the last voiced (or loud) frame
 
     @property
     def floor_dbfs(self) -> float | None:
@@ -166,6 +168,21 @@ class Endpointer:
     def in_speech(self) -> bool:
         """True while a confirmed utterance is in progress."""
         return self._mode is _Mode.SPEECH
+
+    @property
+    def trailing_silence(self) -> int:
+        """Samples given since the last voiced frame of confirmed speech.
+
+        What a flush may count as padding (``Stream.flush(silence=...)``) when
+        someone else decided the end, e.g. a Wyoming client's own voice
+        activity detection. 0 while no utterance was confirmed and while a
+        candidate is open; a loud frame after the speech counts as sound,
+        so the figure errs toward a plain flush.
+        """
+        if not self._heard_speech or self._mode is _Mode.CANDIDATE:
+            return 0
+        given = self._frame_index * self.frame_len + len(self._pending)
+        return max(given - self._sound_end, 0)
 
     def process(self, samples: npt.NDArray[np.floating[Any]]) -> list[EndpointEvent]:
         x = np.asarray(samples, dtype=np.float32).reshape(-1)
@@ -221,6 +238,8 @@ class Endpointer:
         self._history.append((i, frame))
         loud = energy > self._floor + self.settings.start_db
         self._loud_run = self._loud_run + 1 if loud else 0
+        if loud:
+            self._sound_end = (i + 1) * self.frame_len
         self._track_floor(energy)
         if self._loud_run < self.settings.start_frames:
             return
@@ -242,6 +261,7 @@ class Endpointer:
             utt.voiced += 1
             utt.silence_run = 0
             utt.last_voiced_end = i + 1
+            self._sound_end = (i + 1) * self.frame_len
         else:
             utt.silence_run += 1
         if self._mode is _Mode.CANDIDATE:
@@ -291,6 +311,7 @@ class Endpointer:
         utt = self._utt
         assert utt is not None
         ev.append(SpeechStart(self._time_f(utt.onset), self._time(utt.audio_start)))
+        self._heard_speech = True
         held, utt.frames = utt.frames, []
         self._emit_audio(np.concatenate([f for _, f in held]), utt.audio_start, ev)
         self._mode = _Mode.SPEECH
@@ -335,6 +356,19 @@ class Endpointer:
 
     def _time_f(self, frame: int) -> float:
         return frame * self.frame_len / self.sample_rate
+
+
+def trailing_silence(
+    samples: npt.NDArray[np.floating[Any]], settings: EndpointSettings | None = None
+) -> int:
+    """Samples of silence after the last speech of a whole recording (16 kHz).
+
+    What the daemon's flush counts as padding when it transcribes this audio
+    as a Wyoming request (see :attr:`Endpointer.trailing_silence`).
+    """
+    endpointer = Endpointer(settings)
+    endpointer.process(samples)
+    return endpointer.trailing_silence
 
 
 def _merge_audio(events: list[EndpointEvent]) -> list[EndpointEvent]:

@@ -247,6 +247,7 @@ def _declare_group(lib: ctypes.CDLL) -> None:
         ctypes.POINTER(ctypes.POINTER(ctypes.c_float)),
         ctypes.POINTER(ctypes.c_size_t),
         ctypes.POINTER(c_int),
+        ctypes.POINTER(ctypes.c_size_t),
         c_int,
         ctypes.POINTER(c_int),
     ]
@@ -667,11 +668,16 @@ class StreamGroup(_NativeHandle):
         self._handle: ctypes.c_void_p | None = handle
 
     def feed(
-        self, audio: Mapping[Stream, npt.ArrayLike], flush: Collection[Stream] = ()
+        self,
+        audio: Mapping[Stream, npt.ArrayLike],
+        flush: Collection[Stream] = (),
+        silence: Mapping[Stream, int] | None = None,
     ) -> dict[Stream, list[StreamEvent] | EngineError]:
         """Feed each stream its samples, flush those in `flush` after their audio.
 
-        A stream in `flush` but not in `audio` is flushed with no new audio.
+        A stream in `flush` but not in `audio` is flushed with no new audio;
+        ``silence`` gives a flushing stream's samples of silence after its
+        speech, as ``Stream.flush(silence=...)`` takes them (default 0).
         Returns each stream's events, or the EngineError of that stream alone
         (a NaN sample, a feed after finish...): the other streams go on.
         """
@@ -687,8 +693,12 @@ class StreamGroup(_NativeHandle):
         pcm = (f_ptr * n)(*[a.ctypes.data_as(f_ptr) for a in arrays])
         sizes = (ctypes.c_size_t * n)(*[a.size for a in arrays])
         flags = (ctypes.c_int * n)(*[int(s in flush) for s in streams])
+        quiet = [(silence or {}).get(s, 0) for s in streams]
+        if any(q < 0 for q in quiet):
+            raise ValueError(f"silence must be 0 or more samples, not {min(quiet)}")
+        silent = (ctypes.c_size_t * n)(*quiet)
         status = (ctypes.c_int * n)()
-        st = self._lib.vx_group_feed(self._handle, handles, pcm, sizes, flags, n, status)
+        st = self._lib.vx_group_feed(self._handle, handles, pcm, sizes, flags, silent, n, status)
         if st != Status.OK and not any(status):  # refused before running: bad arguments
             raise EngineError(
                 "vx_group_feed refused the call: streams must be distinct, open and of this "
@@ -724,11 +734,16 @@ def transcribe(
     chunk: int = 0,
     max_speculation: int = 0,
     *,
+    silence: int = 0,
     debug: int = 0,
     on_progress: Callable[[int], None] | None = None,
     before_close: Callable[[Stream], None] | None = None,
 ) -> tuple[str, list[int]]:
     """Offline transcription: feed everything (in chunks if given), finish.
+
+    ``silence``: the audio's last samples that are silence after its speech,
+    counted as padding as the daemon does (``Stream.flush(silence=...)``);
+    0 pads after the end of the audio, the offline recipe.
 
     Returns the final text (pieces joined, surrounding white space stripped) and
     every token id the decoder produced, control ids included. ``voxd
@@ -751,7 +766,7 @@ def transcribe(
             events += stream.feed(x[i : i + step])
             if on_progress is not None:
                 on_progress(min(i + step, x.size))
-        events += stream.finish()
+        events += stream.flush(silence=silence) if silence else stream.finish()
         if before_close is not None:
             before_close(stream)
     finally:

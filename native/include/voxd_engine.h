@@ -230,7 +230,7 @@ VX_EXPORT const char *vx_status_name(vx_status st);
  * runs the decoder passes of all of them at once, the rows of every stream
  * stacked in the matrix products (one read of the weights), attention and
  * the KV cache per stream. Each stream's events are exactly those it gives
- * on its own (vx_stream_feed, then vx_stream_flush when asked), whatever the
+ * on its own (vx_stream_feed, then vx_stream_flush_after_silence when asked), whatever the
  * other streams and however the audio arrives. Encoder passes run per
  * stream. A group belongs to one model and one thread at a time; streams
  * may join or leave from one call to the next (a stream is in no group
@@ -241,18 +241,19 @@ VX_EXPORT vx_status vx_group_new(vx_model *m, vx_group **out);
 VX_EXPORT void vx_group_free(vx_group *g);
 
 /* For each i < count: vx_stream_feed(streams[i], samples[i], n[i]) and,
- * where flush and flush[i] are non-zero, vx_stream_flush(streams[i]) after
- * it when the feed succeeded (its right padding decodes in the same stacked
- * passes). samples and
- * n may be NULL (nothing to feed; samples[i] may be NULL when n[i] is 0),
- * flush may be NULL (no flush). Streams must be distinct and of the group's
- * model (else VX_ERR_ARG and nothing is done). Each stream's status goes to
- * status[i] when status is non-NULL, its message to vx_stream_error; a
- * failing stream does not stop the others. Returns VX_OK when all succeeded,
- * else the first stream's failure. Read each stream's events afterwards. */
+ * where flush and flush[i] are non-zero, vx_stream_flush_after_silence(
+ * streams[i], silence[i]) after it when the feed succeeded (its right padding
+ * decodes in the same stacked passes). samples and n may be NULL (nothing to
+ * feed; samples[i] may be NULL when n[i] is 0), flush may be NULL (no flush),
+ * silence may be NULL (plain flushes). Streams must be distinct and of the
+ * group's model (else VX_ERR_ARG and nothing is done). Each stream's status
+ * goes to status[i] when status is non-NULL, its message to vx_stream_error;
+ * a failing stream does not stop the others. Returns VX_OK when all
+ * succeeded, else the first stream's failure. Read each stream's events
+ * afterwards. */
 VX_EXPORT vx_status vx_group_feed(vx_group *g, vx_stream *const *streams,
                                   const float *const *samples, const size_t *n, const int *flush,
-                                  int count, vx_status *status);
+                                  const size_t *silence, int count, vx_status *status);
 
 typedef struct {
     int64_t calls;          /* vx_group_feed calls */

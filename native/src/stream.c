@@ -829,7 +829,8 @@ static void group_encode(vx_group *g, vx_stream *const *s, int count) {
 }
 
 vx_status vx_group_feed(vx_group *g, vx_stream *const *s, const float *const *samples,
-                        const size_t *n, const int *flush, int count, vx_status *status) {
+                        const size_t *n, const int *flush, const size_t *silence, int count,
+                        vx_status *status) {
     if (!g || count < 0 || (count > 0 && !s)) return VX_ERR_ARG;
     for (int i = 0; i < count; i++) {
         if (!s[i] || s[i]->m != g->m) return VX_ERR_ARG;
@@ -849,7 +850,10 @@ vx_status vx_group_feed(vx_group *g, vx_stream *const *s, const float *const *sa
         t->enc_pending = 0;
         g->st[i] = feed_audio(t, samples ? samples[i] : NULL, n ? n[i] : 0, &decode);
         /* (a finished stream already failed its feed) */
-        if (g->st[i] == VX_OK && g->flush[i]) g->st[i] = flush_audio(t, 0, &fdecode);
+        if (g->st[i] == VX_OK && g->flush[i]) {
+            size_t quiet = silence ? silence[i] : 0;
+            g->st[i] = flush_audio(t, quiet > INT64_MAX ? INT64_MAX : (int64_t)quiet, &fdecode);
+        }
         g->active[i] = g->st[i] == VX_OK && (decode || fdecode);
     }
     group_encode(g, s, count);

@@ -254,7 +254,7 @@ static void run_pair(const vx_device *dev, int grouped, float *out[2], int64_t n
         const size_t nn[2] = {k, k};
         const int fl[2] = {i + PIECE >= N, i + PIECE >= N};
         if (grouped) {
-            CHECK(vx_group_feed(g, s, pcm, nn, fl, 2, NULL) == VX_OK);
+            CHECK(vx_group_feed(g, s, pcm, nn, fl, NULL, 2, NULL) == VX_OK);
         } else {
             for (int j = 0; j < 2; j++) {
                 CHECK(vx_stream_feed(s[j], pcm[j], k) == VX_OK);

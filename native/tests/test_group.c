@@ -3,10 +3,12 @@
  * streams with different delays, speculation depths and audio (noise of
  * different loudness, silence), fed in seeded random interleavings (random
  * piece sizes, random subsets per call, streams joining late and leaving
- * early), with flushes mid-way, against each stream run alone with
- * vx_stream_feed / vx_stream_flush. The model runs with F32 weights and
- * again with the decoder quantized as the q4 models are (Q4 layers, a Q8
- * embedding), so the integer kernels' rows are checked stacked too. */
+ * early), with flushes mid-way (each naming a random count of its last
+ * samples as silence, some beyond the padding), against each stream run
+ * alone with vx_stream_feed / vx_stream_flush_after_silence. The model runs
+ * with F32 weights and again with the decoder quantized as the q4 models are
+ * (Q4 layers, a Q8 embedding), so the integer kernels' rows are checked
+ * stacked too. */
 #include "check.h"
 #include "quant.h"
 #include "stream.h"
@@ -19,6 +21,7 @@ typedef struct {
     float *audio;
     size_t n;
     size_t flush_at[MAX_FLUSHES]; /* flush after this many samples (ascending) */
+    size_t silence[MAX_FLUSHES];  /* the samples before it its flush calls silence */
     int n_flush;                  /* the last flush is at n: the stream's end */
 } stream_case;
 
@@ -75,7 +78,7 @@ static void run_solo(vx_model *m, const stream_case *c, event_log *log) {
             CHECK(vx_stream_feed(s, c->audio + at, k) == VX_OK);
             at += k;
         }
-        CHECK(vx_stream_flush(s) == VX_OK);
+        CHECK(vx_stream_flush_after_silence(s, c->silence[f]) == VX_OK);
     }
     drain(s, log);
     keep_logits(s, log);
@@ -117,7 +120,7 @@ static void run_grouped(vx_model *m, const stream_case *c, int ns, uint64_t seed
     for (int call = 0;; call++) {
         vx_stream *cs[MAX_STREAMS];
         const float *pcm[MAX_STREAMS];
-        size_t n[MAX_STREAMS];
+        size_t n[MAX_STREAMS], sil[MAX_STREAMS];
         int fl[MAX_STREAMS], who[MAX_STREAMS], count = 0, live = 0;
         for (int i = 0; i < ns; i++) {
             if (next_flush[i] == c[i].n_flush) continue; /* left */
@@ -131,13 +134,14 @@ static void run_grouped(vx_model *m, const stream_case *c, int ns, uint64_t seed
             pcm[count] = c[i].audio + at[i];
             n[count] = k;
             fl[count] = at[i] + k == lim && rng_below(&r, 3) != 0;
+            sil[count] = c[i].silence[next_flush[i]];
             who[count++] = i;
             at[i] += k;
         }
         if (!live) break;
         if (!count) continue;
         vx_status st[MAX_STREAMS];
-        CHECK(vx_group_feed(g, cs, pcm, n, fl, count, st) == VX_OK);
+        CHECK(vx_group_feed(g, cs, pcm, n, fl, sil, count, st) == VX_OK);
         for (int j = 0; j < count; j++) {
             const int i = who[j];
             CHECKF(st[j] == VX_OK, "seed %llu stream %d: %s", (unsigned long long)seed, i,
@@ -168,6 +172,9 @@ static void make_case(tiny_model *t, stream_case *c, int i, uint64_t *r) {
     for (int f = 0; f < c->n_flush - 1; f++)
         c->flush_at[f] = c->n * (size_t)(f + 1) / (size_t)c->n_flush + (size_t)rng_below(r, 900);
     c->flush_at[c->n_flush - 1] = c->n;
+    /* none, part of the padding's 17 positions, or more than all of it */
+    for (int f = 0; f < c->n_flush; f++)
+        c->silence[f] = rng_below(r, 3) == 0 ? 0 : (size_t)rng_below(r, 30000);
 }
 
 static void check_seed(tiny_model *t, int ns, uint64_t seed) {
@@ -214,9 +221,9 @@ static void check_args(tiny_model *t) {
     CHECK(vx_group_new(t->m, &g) == VX_OK);
     if (!a || !g) return;
     vx_stream *twice[2] = {a, a};
-    CHECK(vx_group_feed(g, twice, NULL, NULL, NULL, 2, NULL) == VX_ERR_ARG);
-    CHECK(vx_group_feed(g, twice, NULL, NULL, NULL, -1, NULL) == VX_ERR_ARG);
-    CHECK(vx_group_feed(g, twice, NULL, NULL, NULL, 0, NULL) == VX_OK);
+    CHECK(vx_group_feed(g, twice, NULL, NULL, NULL, NULL, 2, NULL) == VX_ERR_ARG);
+    CHECK(vx_group_feed(g, twice, NULL, NULL, NULL, NULL, -1, NULL) == VX_ERR_ARG);
+    CHECK(vx_group_feed(g, twice, NULL, NULL, NULL, NULL, 0, NULL) == VX_OK);
     /* a NaN fails its stream only */
     tiny_model t2;
     tiny_model_init(&t2, t->m->be, 1);
@@ -226,11 +233,11 @@ static void check_args(tiny_model *t) {
     const float *pcm[2] = {bad, good};
     size_t n[2] = {4, 4};
     vx_status st[2];
-    CHECK(vx_group_feed(g, two, pcm, n, NULL, 2, st) == VX_ERR_ARG);
+    CHECK(vx_group_feed(g, two, pcm, n, NULL, NULL, 2, st) == VX_ERR_ARG);
     CHECK(st[0] == VX_ERR_ARG && st[1] == VX_OK);
     CHECK(strstr(vx_stream_error(a), "NaN") != NULL);
     vx_stream *mixed[2] = {b, other}; /* another model's stream */
-    CHECK(vx_group_feed(g, mixed, NULL, NULL, NULL, 2, NULL) == VX_ERR_ARG);
+    CHECK(vx_group_feed(g, mixed, NULL, NULL, NULL, NULL, 2, NULL) == VX_ERR_ARG);
     vx_stream_free(other);
     tiny_model_free(&t2);
     vx_stream_free(a);

@@ -18,6 +18,11 @@ as Home Assistant's Wyoming integration drives it, on one connection::
 transcript streaming). ``audio-stop`` is voxd's non-terminal flush
 (:meth:`voxd.engine.Stream.flush`): the stream stays open and the
 connection serves the next ``transcribe`` as a fresh utterance. A client
+ends a request once its own voice activity detection heard enough silence;
+the microphone's endpointer, run over the request's audio as it arrives,
+finds where the speech ended, and the flush counts the silence after it as
+its padding, as the microphone pipeline does with its hangover (``voxd
+transcribe --pad-after-speech`` gives the same text for the same audio). A client
 may also send ``audio-start`` without ``transcribe`` first (Wyoming
 satellites do); ``ping`` gets ``pong``; other events are ignored, as the
 protocol asks.
@@ -82,7 +87,8 @@ from wyoming.ping import Ping, Pong
 from wyoming.server import AsyncEventHandler, AsyncTcpServer
 
 from voxd import __version__
-from voxd.config import EngineSettings, WyomingSettings
+from voxd.config import EndpointSettings, EngineSettings, WyomingSettings
+from voxd.endpoint import Endpointer
 from voxd.engine import (
     Engine,
     EngineError,
@@ -216,6 +222,7 @@ class _Op:
     kind: _OpKind
     gen: int  # the request it belongs to (AsrSession.gen when queued)
     audio: FloatArray | None = None
+    silence: int = 0  # "end": samples of silence after the request's speech
 
 
 @dataclass
@@ -227,6 +234,7 @@ class _Work:
     audio: list[FloatArray]
     flush: bool
     gen: int
+    silence: int  # the flush's: samples of silence after the speech
 
 
 class AsrSession:
@@ -239,10 +247,20 @@ class AsrSession:
     belong to the worker (``ops`` under its lock).
     """
 
-    def __init__(self, worker: EngineWorker, name: str, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        worker: EngineWorker,
+        name: str,
+        loop: asyncio.AbstractEventLoop,
+        endpoint: EndpointSettings | None = None,
+    ) -> None:
         self.name = name
         self._worker = worker
         self._loop = loop
+        self._endpoint = endpoint or EndpointSettings()
+        # The request's speech as the microphone's endpointer would judge it:
+        # the silence after it (the client's own hangover) is the flush's padding.
+        self._listener = Endpointer(self._endpoint)
         self._resampler: Resampler | None = None
         self._fmt: PcmFormat | None = None
         self._opened = False
@@ -274,6 +292,7 @@ class AsrSession:
             self._resampler.reset()
         self._fmt = fmt
         self._new_request()
+        self._listener.reset()
 
     def feed(self, pcm: bytes) -> None:
         """Convert whole frames of PCM and queue them for the engine."""
@@ -281,15 +300,23 @@ class AsrSession:
         samples: npt.NDArray[Any] = np.frombuffer(pcm, dtype=_SAMPLE_TYPES[self._fmt.width])
         x = self._resampler.process(samples)
         if len(x):
+            self._listener.process(x)
             self._worker.submit(self, _Op("audio", self.gen, x))
 
     def end(self) -> None:
-        """End of the request: the converter's tail, then the engine's flush (``ended``)."""
+        """End of the request: the converter's tail, then the engine's flush (``ended``).
+
+        The flush counts the silence after the request's last speech as its
+        padding, as the microphone's does with its hangover.
+        """
         assert self._resampler is not None
         tail = self._resampler.flush()
         if len(tail):
+            self._listener.process(tail)
             self._worker.submit(self, _Op("audio", self.gen, tail))
-        self._worker.submit(self, _Op("end", self.gen))
+        silence = self._listener.trailing_silence
+        log.debug("%s: request ends with %.2f s of silence", self.name, silence / SAMPLE_RATE)
+        self._worker.submit(self, _Op("end", self.gen, silence=silence))
 
     def drop(self) -> None:
         """Forget the request in progress: its queued audio, and what the stream heard of it."""
@@ -440,6 +467,7 @@ class EngineWorker:
     def _round(self, group: StreamGroup, work: list[_Work]) -> None:
         audio: dict[Stream, FloatArray] = {}
         flush: set[Stream] = set()
+        silence: dict[Stream, int] = {}
         fed: dict[Stream, _Work] = {}
         for w in work:
             for kind in w.controls:
@@ -451,11 +479,12 @@ class EngineWorker:
                 audio[stream] = np.concatenate(w.audio) if len(w.audio) > 1 else w.audio[0]
             if w.flush:
                 flush.add(stream)
+                silence[stream] = w.silence
             fed[stream] = w
         if not fed:
             return
         try:
-            results = group.feed(audio, flush=flush)
+            results = group.feed(audio, flush=flush, silence=silence)
         except EngineError as err:  # the call as a whole was refused
             results = dict.fromkeys(fed, err)
         stats = group.stats()
@@ -521,9 +550,11 @@ def _take_work(session: AsrSession) -> _Work:
         taken += audio[-1].size
         gen = op.gen
     flush = bool(ops) and ops[0].kind == "end"
+    silence = 0
     if flush:
-        gen = ops.popleft().gen
-    return _Work(session, controls, audio, flush, gen)
+        end = ops.popleft()
+        gen, silence = end.gen, end.silence
+    return _Work(session, controls, audio, flush, gen, silence)
 
 
 # -- the protocol -------------------------------------------------------------------------
@@ -555,8 +586,15 @@ def asr_info() -> Info:
 class _Hub:
     """What the connections of one server share."""
 
-    def __init__(self, settings: WyomingSettings, engine: Engine, engine_settings: EngineSettings):
+    def __init__(
+        self,
+        settings: WyomingSettings,
+        engine: Engine,
+        engine_settings: EngineSettings,
+        endpoint_settings: EndpointSettings,
+    ):
         self.settings = settings
+        self.endpoint_settings = endpoint_settings
         self.info_event = asr_info().event()
         self.active: set[WyomingHandler] = set()
         self.tasks: set[asyncio.Task[None]] = set()
@@ -565,7 +603,7 @@ class _Hub:
 
     def new_session(self) -> AsrSession:
         name = f"wyoming-{self.connections}"
-        return AsrSession(self.worker, name, asyncio.get_running_loop())
+        return AsrSession(self.worker, name, asyncio.get_running_loop(), self.endpoint_settings)
 
 
 _State = Literal["idle", "audio", "over_limit"]
@@ -868,10 +906,14 @@ class WyomingServer:
     """
 
     def __init__(
-        self, settings: WyomingSettings, engine: Engine, engine_settings: EngineSettings
+        self,
+        settings: WyomingSettings,
+        engine: Engine,
+        engine_settings: EngineSettings,
+        endpoint_settings: EndpointSettings | None = None,
     ) -> None:
         self.settings = settings
-        self._hub = _Hub(settings, engine, engine_settings)
+        self._hub = _Hub(settings, engine, engine_settings, endpoint_settings or EndpointSettings())
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_async: asyncio.Event | None = None
