@@ -65,7 +65,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.fixtures_mqtt import Mosquitto, find_mosquitto
-from tests.speech import have_espeak, synth
+from tests.speech import have_espeak, synth, trim_silence
 
 REPO = Path(__file__).resolve().parent.parent
 RATE = 16000
@@ -83,9 +83,7 @@ Audio = npt.NDArray[np.float32]
 def speech(text: str) -> Audio:
     """espeak-ng speech of ``text``, 16 kHz float32, its leading and trailing silence cut,
     so that its last sample is the end of speech."""
-    x = synth(text, RATE)
-    loud = np.flatnonzero(np.abs(x) > 0.01)
-    return x[loud[0] : loud[-1] + 1] if len(loud) else x[:0]
+    return trim_silence(synth(text, RATE))
 
 
 # -- the microphone ---------------------------------------------------------------------------

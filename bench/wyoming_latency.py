@@ -4,8 +4,12 @@ A Wyoming client (the `wyoming` package's AsyncTcpClient, driven as Home
 Assistant drives it) sends espeak-ng commands to voxd's Wyoming server at the
 pace a satellite streams them (real time, 80 ms chunks), and times
 ``audio-stop`` -> ``transcript``: the engine's remaining lag plus its flush,
-the same parts as the MQTT path's ``lag_s + flush_s`` (bench/e2e_wait.py),
-without the endpointer's hangover, which a Wyoming client does itself.
+the same parts as the MQTT path's ``lag_s + flush_s`` (bench/e2e_wait.py).
+Each request is the command (espeak-ng's own silence trimmed) and then
+``--trailing-silence-s`` of -60 dBFS room noise: Home Assistant sends
+``audio-stop`` once its voice activity detection heard that much silence
+(0.7 s at its default sensitivity, 0.25 s aggressive, 1.25 s relaxed), which
+is the client's hangover; ``speech_end_s`` adds it to the wait.
 
     PYTHONPATH=. python bench/wyoming_latency.py --model-dir DIR [--threads 2] [--json]
 """
@@ -26,7 +30,7 @@ from wyoming.asr import Transcribe, Transcript
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.client import AsyncTcpClient
 
-from tests.speech import synth
+from tests.speech import synth, trim_silence
 from voxd.config import EngineSettings, WyomingSettings
 from voxd.engine import Engine
 from voxd.events import SAMPLE_RATE
@@ -42,7 +46,9 @@ REPLY_TIMEOUT_S = 300.0
 class Request:
     command: str
     speech_s: float
+    trailing_s: float  # silence sent after the speech, before audio-stop
     wait_s: float  # audio-stop sent -> transcript received
+    speech_end_s: float  # end of the speech -> transcript (trailing_s + wait_s)
     text_chars: int
 
 
@@ -56,8 +62,9 @@ def _pcm(x: np.ndarray) -> bytes:
     return bytes((np.clip(x, -1.0, 1.0) * 32767.0).astype("<i2").tobytes())
 
 
-async def _one(port: int, command: str, audio: np.ndarray) -> Request:
-    pcm = _pcm(audio)
+async def _one(port: int, command: str, speech: np.ndarray, trailing_s: float) -> Request:
+    quiet = np.random.default_rng(0).standard_normal(round(trailing_s * SAMPLE_RATE)) * 1e-3
+    pcm = _pcm(np.concatenate([speech, quiet.astype(np.float32)]))
     step = int(CHUNK_S * SAMPLE_RATE) * 2
     async with AsyncTcpClient(HOST, port) as client:
         await client.write_event(Transcribe(language="en").event())
@@ -76,20 +83,22 @@ async def _one(port: int, command: str, audio: np.ndarray) -> Request:
             if Transcript.is_type(event.type):
                 waited = time.monotonic() - stopped
                 text = Transcript.from_event(event).text
-                return Request(command, len(audio) / SAMPLE_RATE, waited, len(text))
+                speech_s = len(speech) / SAMPLE_RATE
+                total = trailing_s + waited
+                return Request(command, speech_s, trailing_s, waited, total, len(text))
 
 
-def run(model_dir: Path, threads: int, rounds: int) -> list[Request]:
+def run(model_dir: Path, threads: int, rounds: int, trailing_s: float) -> list[Request]:
     engine = Engine(model_dir, threads=threads)
     settings = WyomingSettings(enabled=True, host=HOST, port=_free_port(), zeroconf=False)
     server = WyomingServer(settings, engine, EngineSettings(model_dir=model_dir, threads=threads))
     server.start()
     try:
-        speech = {c: synth(c) for c in COMMANDS}
+        speech = {c: trim_silence(synth(c)) for c in COMMANDS}
         results: list[Request] = []
         for _ in range(rounds):
-            for command in COMMANDS:
-                results.append(asyncio.run(_one(settings.port, command, speech[command])))
+            for c in COMMANDS:
+                results.append(asyncio.run(_one(settings.port, c, speech[c], trailing_s)))
         return results
     finally:
         server.stop()
@@ -101,15 +110,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=0, help="0 = all cores")
     parser.add_argument("--rounds", type=int, default=2, help="times each command is sent")
+    parser.add_argument(
+        "--trailing-silence-s",
+        type=float,
+        default=0.7,
+        help="silence after each command before audio-stop (Home Assistant's default: 0.7)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    results = run(args.model_dir, args.threads, args.rounds)
+    results = run(args.model_dir, args.threads, args.rounds, args.trailing_silence_s)
     if args.json:
         print(json.dumps([asdict(r) for r in results], indent=2))
         return 0
-    print(f"{'#':>2} {'speech s':>8} {'wait s':>7} {'chars':>5}  command")
+    print(f"{'#':>2} {'speech s':>8} {'silence s':>9} {'wait s':>7} {'from speech s':>13}  command")
     for n, r in enumerate(results, 1):
-        print(f"{n:>2} {r.speech_s:8.2f} {r.wait_s:7.2f} {r.text_chars:5d}  {r.command}")
+        print(
+            f"{n:>2} {r.speech_s:8.2f} {r.trailing_s:9.2f} {r.wait_s:7.2f} "
+            f"{r.speech_end_s:13.2f}  {r.command}"
+        )
     return 0
 
 

@@ -69,7 +69,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from speech import have_espeak, synth
+from speech import have_espeak, synth, trim_silence
 
 REPO = Path(__file__).resolve().parent.parent
 SILERO_CACHE = REPO / ".cache" / "silero"
@@ -139,12 +139,6 @@ def silero_model() -> Path:
 
 
 # -- speech -------------------------------------------------------------------------
-
-
-def trim_silence(x: np.ndarray, threshold: float = 0.01) -> np.ndarray:
-    """Cut leading and trailing samples quieter than threshold (espeak pads with silence)."""
-    loud = np.flatnonzero(np.abs(x) > threshold)
-    return x[loud[0] : loud[-1] + 1] if len(loud) else x[:0]
 
 
 @pytest.fixture(scope="session")

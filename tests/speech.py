@@ -52,3 +52,9 @@ def synth(text: str, rate: int = 16000, voice: str = "en-us", wpm: int = 160) ->
 
 def silence(seconds: float, rate: int = 16000) -> np.ndarray:
     return np.zeros(int(round(seconds * rate)), dtype=np.float32)
+
+
+def trim_silence(x: np.ndarray, threshold: float = 0.01) -> np.ndarray:
+    """Cut leading and trailing samples quieter than threshold (espeak pads with silence)."""
+    loud = np.flatnonzero(np.abs(x) > threshold)
+    return x[loud[0] : loud[-1] + 1] if len(loud) else x[:0]
