@@ -873,6 +873,9 @@ class WyomingHandler(AsyncEventHandler):
             self._frames / self._fmt.rate,
             reason,
         )
+        # The request is done: a client that closes once it has its transcript
+        # (Home Assistant does) has not left in the middle of one.
+        self._state = "idle"
         await self.write_event(Transcript(text=text).event())
         await self.write_event(TranscriptStop().event())
 
