@@ -209,10 +209,17 @@ def test_report_is_consistent(report: dict[str, Any], tiny_model_dir: Path) -> N
     assert d["passes"] <= d["positions"]
     assert report["encoder"]["fma_peak_fraction"] < 1.5
     assert 0 < report["encoder"]["frames_per_pass"] <= 64  # the engine's encoder batch
-    assert a["seconds"] == pytest.approx(2.0)
+    # the speech, then the daemon's hangover fed as room noise
+    hangover_s = EndpointSettings().hangover_ms / 1000
+    assert a["hangover_seconds"] == pytest.approx(hangover_s)
+    assert a["seconds"] == pytest.approx(2.0 + hangover_s)
     assert a["chunk_ms"] == 80
-    # 2 s = 25 positions of audio plus the flush padding (delay + 1 + 10 positions)
-    assert d["positions"] >= 25
+    # 2 s of speech = 25 positions, then the flush padding (delay + 1 + 10 positions)
+    # counted from the end of the speech: the hangover is part of it, not more.
+    # The delay's positions come with the prompt (below).
+    delay_pos = a["delay_ms"] // 80
+    if not report["stream"]["eos"]:
+        assert d["positions"] == 25 + delay_pos + 1 + 10 - delay_pos
     # the last padding position's last mel frame reaches into the audio: 31 or 32
     assert bench.LEFT_PAD_POS - 1 <= report["prefill"]["positions"] <= bench.LEFT_PAD_POS
     # the rest of the prompt (BOS, left padding, delay) comes with the first audio and
@@ -229,7 +236,9 @@ def test_report_is_consistent(report: dict[str, Any], tiny_model_dir: Path) -> N
     assert m["decoder_pass_bytes"] + m["head_bytes"] < m["weight_bytes"]
     # the engine maps every tensor it uses
     assert 0 < m["mapped_bytes"] <= m["weight_bytes"]
-    assert report["stream"]["flush_positions"] >= 17
+    # the padding less the hangover's whole positions
+    assert report["stream"]["flush_silence_samples"] == round(hangover_s * 16000)
+    assert report["stream"]["flush_positions"] >= 17 - int(hangover_s / 0.08)
     assert report["stream"]["flush_positions"] <= d["positions"]
     # the modelled wait: the daemon's hangover, the lag at real time, this run's flush
     w = report["wait"]

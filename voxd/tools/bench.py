@@ -19,13 +19,17 @@ compares figures taken side by side (same threads, same build):
   of the read bandwidth (the decoder at batch 1 is bandwidth bound: the
   "roofline" fraction), decoder passes vs positions (pad speculation batches
   several positions into one pass);
-* end of utterance: the latency of ``flush()`` after the last chunk, the
-  real-time factor of the whole run, and the wait a speaker would have
-  after the end of speech, modelled as the daemon's final reports it
-  (``latency_s`` = ``hangover_s`` + ``lag_s`` + ``flush_s``): the configured
-  hangover (``--hangover-ms``, the daemon's by default), plus the lag (this
-  run's chunk times replayed as if the audio came in real time: how far the
-  engine is behind when the last chunk has been spoken), plus the flush;
+* end of utterance, as the daemon ends one: the speech is followed by the
+  endpointer's hangover (``--hangover-ms`` of -60 dBFS room noise, the
+  daemon's by default), fed like the rest, and the flush counts that
+  silence as its padding (``--hangover-ms 0``: the offline recipe's flush,
+  padding after the end of the audio). Reported: the latency of
+  ``flush()`` after the last chunk, the real-time factor of the whole run,
+  and the wait a speaker would have after the end of speech, modelled as
+  the daemon's final reports it (``latency_s`` = ``hangover_s`` + ``lag_s``
+  + ``flush_s``): the hangover, plus the lag (this run's chunk times
+  replayed as if the audio came in real time: how far the engine is behind
+  when the hangover's last chunk has arrived), plus the flush;
 * projections for other boards (``--project NAME=GBPS[,GFLOPS]``; a Raspberry
   Pi 5 and a Jetson Orin Nano by default), spec section 10's cost model with
   this run's figures: a decoder step takes bytes per step / bandwidth (at
@@ -37,8 +41,9 @@ compares figures taken side by side (same threads, same build):
   12.5 decoder steps per second plus the encoder within the same second.
 
 "Streaming" figures cover the feeds alone (one position per decoder pass
-when 80 ms arrive at a time); the flush decodes its ~18 padding positions in
-one go, where pad speculation batches guesses, and is reported on its own.
+when 80 ms arrive at a time); the flush decodes its padding positions (~18
+less the hangover's) in one go, where pad speculation batches guesses, and
+is reported on its own.
 
 Audio is the WAV given with ``--audio``, else ``--seconds`` of espeak-ng
 speech (a synthetic voiced signal if espeak-ng is missing), fed in 80 ms
@@ -486,6 +491,12 @@ def realtime_lag_ms(arrivals_s: Sequence[float], chunk_ms: Sequence[float]) -> f
     return max(done - last, 0.0) * 1e3
 
 
+def hangover_noise(hangover_ms: int) -> F32:
+    """The hangover's audio: -60 dBFS room noise, seeded (the same in every run)."""
+    n = SAMPLE_RATE * hangover_ms // 1000
+    return (np.random.default_rng(0).standard_normal(n) * 1e-3).astype(np.float32)
+
+
 def _prefill(stream: Stream) -> tuple[float, StreamStats]:
     t0 = time.perf_counter()
     stream.feed(np.zeros(0, dtype=np.float32))
@@ -525,7 +536,9 @@ def run_bench(
         stream = engine.stream(delay_ms, interval_ms, max_speculation, kv_f32)
         prefill_ms, pre = _prefill(stream)
 
-        x = np.ascontiguousarray(audio, dtype=np.float32).reshape(-1)
+        speech = np.ascontiguousarray(audio, dtype=np.float32).reshape(-1)
+        x = np.concatenate([speech, hangover_noise(hangover_ms)])
+        hangover_samples = x.size - speech.size
         chunk_ms: list[float] = []
         tokens = text_tokens = 0
         eos = False
@@ -542,7 +555,7 @@ def run_bench(
         feed_s = time.perf_counter() - t_feed
         fed = stream.stats()
         t_flush = time.perf_counter()
-        for ev in stream.flush():
+        for ev in stream.flush(silence=hangover_samples):
             if isinstance(ev, TokenEvent):
                 tokens += 1
                 text_tokens += not engine.is_control(ev.token_id)
@@ -682,7 +695,8 @@ def run_bench(
         },
         "audio": {
             "source": audio_source,
-            "seconds": audio_s,
+            "seconds": audio_s,  # the speech and the hangover after it
+            "hangover_seconds": hangover_samples / SAMPLE_RATE,
             "chunk_ms": CHUNK_SAMPLES * 1000 // SAMPLE_RATE,
             "delay_ms": delay_ms,
             "interval_ms": interval_ms,
@@ -751,6 +765,7 @@ def run_bench(
             "chunk_ms_p50": float(np.percentile(chunk_ms, 50)) if chunk_ms else 0.0,
             "chunk_ms_max": max(chunk_ms, default=0.0),
             "flush_ms": flush_ms,
+            "flush_silence_samples": hangover_samples,  # the hangover, counted as padding
             "flush_positions": flushed.positions,
             "flush_passes": flushed.decoder_passes,
             "flush_encoder_ms": flushed.encoder_ms,
@@ -856,7 +871,8 @@ def format_report(r: dict[str, Any]) -> str:
         ("feed chunk time", f"p50 {s['chunk_ms_p50']:.0f} ms, max {s['chunk_ms_max']:.0f} ms"),
         (
             "flush latency",
-            f"{s['flush_ms']:.0f} ms ({s['flush_positions']} positions in "
+            f"{s['flush_ms']:.0f} ms after {s['flush_silence_samples'] / SAMPLE_RATE:.2f} s of "
+            f"hangover ({s['flush_positions']} positions in "
             f"{s['flush_passes']} passes: encoder {s['flush_encoder_ms']:.0f} ms, "
             f"decoder {s['flush_decoder_ms']:.0f} ms)",
         ),
