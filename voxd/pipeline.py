@@ -258,6 +258,7 @@ class _SpeechEnd:
     reason: EndReason
     at: _When  # end of the last voiced frame, or of the audio when there is no silence
     decided: float  # monotonic: when the reader saw it
+    silence: int = 0  # samples of the utterance's audio after ``at`` (the hangover)
 
 
 @dataclass(frozen=True)
@@ -739,7 +740,9 @@ class Pipeline:
             elif isinstance(event, SpeechEnd):
                 self._end_skip()
                 end_reason: EndReason = reason or event.reason
-                self._backlog.put(_SpeechEnd(end_reason, self._clock.at(event.t), decided))
+                silence = round((event.audio_t - event.t) * SAMPLE_RATE)
+                at = self._clock.at(event.t)
+                self._backlog.put(_SpeechEnd(end_reason, at, decided, max(silence, 0)))
 
     def _forward_audio(self, event: Audio) -> None:
         samples = event.samples
@@ -924,7 +927,7 @@ class Pipeline:
             self._discarding = False
             self._set_state(self._resting_state())
             return
-        self._finish(msg.reason, msg.decided, end=msg.at)
+        self._finish(msg.reason, msg.decided, end=msg.at, silence=msg.silence)
 
     def _on_cut(self, msg: _Cut) -> None:
         self._discarding = self._in_speech  # the reader sends no more of this speech
@@ -952,21 +955,22 @@ class Pipeline:
                 utt.seq += 1
         return eos
 
-    def _finish(self, reason: EndReason, decided: float, end: _When | None = None) -> None:
+    def _finish(
+        self, reason: EndReason, decided: float, end: _When | None = None, silence: int = 0
+    ) -> None:
         """Flush the engine for the utterance in progress and publish its final.
 
         ``end`` is the end of speech (default: the end of the audio fed);
-        ``decided`` (monotonic) when the end was decided. Everything before
-        this message has been fed, so the engine has caught up now.
+        ``decided`` (monotonic) when the end was decided; ``silence`` the
+        samples fed after the end of speech (the hangover), which the flush
+        counts as its right padding: the decoder stops delay + 11 positions
+        past the speech, not past the silence. Everything before this
+        message has been fed, so the engine has caught up now.
         """
         utt = self._utt
         assert utt is not None
         caught_up = time.monotonic()
         self._set_state("processing")
-        # The audio fed after the end of speech (the hangover) is silence the
-        # flush counts as its right padding: the decoder stops delay + 11
-        # positions past the speech, not past the silence.
-        silence = 0 if end is None else round(max(utt.end.mono - end.mono, 0.0) * SAMPLE_RATE)
         try:
             events = self._stream.flush(silence=silence)
         except EngineError as err:
