@@ -15,8 +15,9 @@ pending frames (run_audio / run_encoder) -> adapter rows the decoder consumes
 (run_decoder: plan_pass, vx_decoder_pass, finish_pass / keep_tokens), the 32
 positions of left padding and the prompt's prefill (ensure_snapshot), EOS
 (feeds ignored until the flush) and the flush's right padding (flush_audio:
-the rest of the last position + delay + 1 + 10 positions), after which the
-stream is back at the state saved after the left padding (flush_end). Audio is
+delay + 1 + 10 positions past the end of the speech, the hangover's silence
+counted as part of them, at least the rest of the last position), after which
+the stream is back at the state saved after the left padding (flush_end). Audio is
 fed in 80 ms chunks as the daemon does, so with the default interval of 480 ms
 positions arrive 6 at a time, and 17 (plus the unencoded rest) at the flush.
 tests/test_pi5_projection.py checks the pass counts against the real engine.
@@ -27,8 +28,10 @@ A word is 1, 2 or 3 text tokens, equally likely (mean 2). A pad run is
 geometric, smaller r gives more very short gaps and more long silences), p set
 so that the mean run is m = 2 s / (1 - s) for the PAD share s, which makes s
 the expected share. Each utterance is --utterance-s of audio (default 4 s: a
-spoken command) fed in 80 ms chunks, then flushed; its outputs start with a pad
-run. The realized share is printed beside the target.
+spoken command) fed in 80 ms chunks, then flushed; its last --hangover-ms
+(the daemon's, 700) are the endpointer's hangover, which the flush counts as
+padding as the daemon does; its outputs start with a pad run. The realized
+share is printed beside the target.
 
 Pi 5 model, per format (bf16, q8, q4), from --inputs (measurements, see
 bench/pi5_inputs.example.json for the keys and where each comes from):
@@ -42,11 +45,11 @@ bench/pi5_inputs.example.json for the keys and where each comes from):
 The instruction roof treats the matrix-vector kernel's SIMD instructions as the
 bound, one per pipe per cycle (no stalls, scalar work hidden); the memory roof
 counts the weights once per pass and every row's read of the KV cache. The
-decoder's seconds per audio second are 12.5 positions / (positions per second
-over the simulated passes, flush padding included), the encoder's add to them
-(both run on the same cores, one after the other): RTF = decoder + encoder,
-real time needs RTF < 1. The prompt's prefill (batched with or without
-speculation) is left out. Offline, stdlib + NumPy:
+decoder's seconds per audio second are the simulated passes' seconds, flush
+padding included, over the utterances' seconds of audio (positions/s is the
+passes' rate alone); the encoder's add to them (both run on the same cores,
+one after the other): RTF = decoder + encoder, real time needs RTF < 1. The
+prompt's prefill (batched with or without speculation) is left out. Offline, stdlib + NumPy:
 
     python bench/pi5_projection.py --inputs bench/pi5_inputs.example.json
 """
@@ -73,12 +76,14 @@ HOP = 160  # hop_length
 HALF_FFT = 200  # n_fft / 2
 LEFT_PAD_POS = 32  # VX_LEFT_PAD_POS
 DEC_BATCH = 32  # VX_DEC_BATCH: positions per prefill pass
-RIGHT_PAD_EXTRA = 1 + 10  # flush_audio: delay + 1 + 10 positions of zeros
+RIGHT_PAD_EXTRA = 1 + 10  # flush_audio: delay + 1 + 10 positions past the speech
 POSITIONS_PER_AUDIO_S = SAMPLE_RATE / POS_SAMPLES  # 12.5
-# The daemon's defaults (voxd.config.EngineSettings; the test checks they agree).
+# The daemon's defaults (voxd.config.EngineSettings, EndpointSettings; the test
+# checks they agree).
 INTERVAL_MS_DEFAULT = 480
 DELAY_MS_DEFAULT = 480
 MAX_SPECULATION_DEFAULT = 8
+HANGOVER_MS_DEFAULT = 700
 
 # A decoder output, as far as the schedule cares.
 PAD, TEXT, EOS = 0, 1, 2
@@ -222,14 +227,17 @@ class Stream:
         self._run_audio(force=False)
         self._run_decoder()
 
-    def flush(self, next_outputs: Iterator[int] | None = None) -> None:
-        """End the utterance; the next one's outputs come from next_outputs."""
+    def flush(self, silence: int = 0, next_outputs: Iterator[int] | None = None) -> None:
+        """End the utterance, its last `silence` samples counted as padding; the next
+        one's outputs come from next_outputs."""
         self._ensure_snapshot()
         st = self.st
         if st.utt_samples > 0 and not st.eos:
             total = LEFT_PAD_POS * POS_SAMPLES + st.utt_samples
-            pad = (POS_SAMPLES - total % POS_SAMPLES) % POS_SAMPLES
-            pad += (self.delay_pos + RIGHT_PAD_EXTRA) * POS_SAMPLES
+            speech_end = total - min(silence, st.utt_samples)
+            end = -(-speech_end // POS_SAMPLES) * POS_SAMPLES
+            end += (self.delay_pos + RIGHT_PAD_EXTRA) * POS_SAMPLES
+            pad = max(end, -(-total // POS_SAMPLES) * POS_SAMPLES) - total
             st.samples += pad + HALF_FFT
             self._produce_mel((total + pad) // HOP)
             self._run_audio(force=True)
@@ -246,15 +254,17 @@ def run_utterances(
     delay_ms: int = DELAY_MS_DEFAULT,
     max_speculation: int = MAX_SPECULATION_DEFAULT,
     chunk: int = POS_SAMPLES,
+    silence: int = 0,
 ) -> PassCounts:
     """Pass counts of a stream fed (samples, outputs) utterances in `chunk`-sample feeds,
-    each followed by a flush, as the daemon and bench/pad_speculation.py do."""
+    each followed by a flush that counts its last `silence` samples as padding, as the
+    daemon and bench/pad_speculation.py do."""
     stream = Stream(iter(()), interval_ms, delay_ms, max_speculation)
     for n_samples, outputs in utterances:
         stream.outputs = outputs
         for start in range(0, n_samples, chunk):
             stream.feed(min(chunk, n_samples - start))
-        stream.flush()
+        stream.flush(silence)
     return stream.counts
 
 
@@ -304,6 +314,7 @@ class ShareResult:
     realized_share: float
     on: PassCounts
     off: PassCounts
+    audio_s: float  # the simulated utterances' audio
 
 
 def simulate_share(
@@ -316,9 +327,11 @@ def simulate_share(
     max_speculation: int,
     run_shape: float,
     seed: int,
+    hangover_ms: int = 0,
 ) -> ShareResult:
     """The same synthetic utterances with speculation on and off."""
     n_samples = round(utterance_s * SAMPLE_RATE)
+    silence = min(SAMPLE_RATE * hangover_ms // 1000, n_samples)
     results = []
     counted: list[_Counted] = []
     for spec in (max_speculation, 1):
@@ -331,11 +344,13 @@ def simulate_share(
                 interval_ms=interval_ms,
                 delay_ms=delay_ms,
                 max_speculation=spec,
+                silence=silence,
             )
         )
     given = sum(c.given for c in counted)
     realized = sum(c.pads for c in counted) / given if given else 0.0
-    return ShareResult(share, realized, results[0], results[1])
+    audio_s = utterances * n_samples / SAMPLE_RATE
+    return ShareResult(share, realized, results[0], results[1], audio_s)
 
 
 # ---------------------------------------------------------------- Pi 5 model
@@ -445,10 +460,10 @@ def encoder_s_per_audio_s(f: FormatInputs, board: Board) -> float:
 
 def project(f: FormatInputs, board: Board, r: ShareResult) -> dict[str, Any]:
     """One format at one pad share: the row of the projection table."""
-    pos_s_on = r.on.positions / decoder_seconds(f, board, r.on)
-    pos_s_off = r.off.positions / decoder_seconds(f, board, r.off)
-    dec_on = POSITIONS_PER_AUDIO_S / pos_s_on
-    dec_off = POSITIONS_PER_AUDIO_S / pos_s_off
+    sec_on, sec_off = decoder_seconds(f, board, r.on), decoder_seconds(f, board, r.off)
+    pos_s_on, pos_s_off = r.on.positions / sec_on, r.off.positions / sec_off
+    # the whole stream: the flush's padding positions are work for the same audio
+    dec_on, dec_off = sec_on / r.audio_s, sec_off / r.audio_s
     enc = encoder_s_per_audio_s(f, board)
     mem1, ins1 = pass_seconds(f, board, 1)
     return {
@@ -544,6 +559,7 @@ def build_report(args: argparse.Namespace) -> dict[str, Any]:
             max_speculation=args.max_speculation,
             run_shape=args.run_shape,
             seed=args.seed,
+            hangover_ms=args.hangover_ms,
         )
         for share in args.shares
     ]
@@ -551,6 +567,7 @@ def build_report(args: argparse.Namespace) -> dict[str, Any]:
         "simulation": {
             "utterances": args.utterances,
             "utterance_s": args.utterance_s,
+            "hangover_ms": args.hangover_ms,
             "interval_ms": args.interval_ms,
             "delay_ms": args.delay_ms,
             "max_speculation": args.max_speculation,
@@ -592,6 +609,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--interval-ms", type=int, default=INTERVAL_MS_DEFAULT)
     ap.add_argument("--delay-ms", type=int, default=DELAY_MS_DEFAULT)
     ap.add_argument("--utterance-s", type=float, default=4.0, help="audio per utterance")
+    ap.add_argument(
+        "--hangover-ms",
+        type=int,
+        default=HANGOVER_MS_DEFAULT,
+        help="the utterance's closing silence, counted as flush padding (default: the daemon's)",
+    )
     ap.add_argument("--utterances", type=int, default=200, help="utterances per pad share")
     ap.add_argument("--run-shape", type=float, default=1.0, help="pad runs' NB shape r")
     ap.add_argument("--seed", type=int, default=0)

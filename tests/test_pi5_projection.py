@@ -15,7 +15,7 @@ from speech import SENTENCES, have_espeak, synth
 
 from bench import pi5_projection as pp
 from bench.pad_speculation import pad_variant
-from voxd.config import EngineSettings
+from voxd.config import EndpointSettings, EngineSettings
 from voxd.engine import Engine, TokenEvent, UtteranceEnd
 from voxd.events import DELAY_MS_DEFAULT
 
@@ -25,6 +25,7 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "bench" / "pi5_inputs.example
 def test_defaults_are_the_daemons() -> None:
     assert EngineSettings().interval_ms == pp.INTERVAL_MS_DEFAULT
     assert pp.DELAY_MS_DEFAULT == DELAY_MS_DEFAULT == EngineSettings().delay_ms
+    assert EndpointSettings().hangover_ms == pp.HANGOVER_MS_DEFAULT
 
 
 # ---------------------------------------------------------------- against the engine
@@ -54,10 +55,11 @@ def _utterances() -> list[np.ndarray]:
 
 
 def _engine_run(
-    model: Path, utterances: list[np.ndarray], interval_ms: int, spec: int
+    model: Path, utterances: list[np.ndarray], interval_ms: int, spec: int, silence: int = 0
 ) -> tuple[list[list[int]], int, int, int, int]:
     """(token ids per utterance, step positions, step passes, guesses, accepted guesses)
-    of one stream fed 80 ms chunks, flushed after each utterance."""
+    of one stream fed 80 ms chunks, flushed after each utterance (its last `silence`
+    samples counted as padding)."""
     with Engine(model) as engine:
         s = engine.stream(interval_ms=interval_ms, max_speculation=spec)
         per_utt: list[list[int]] = []
@@ -65,7 +67,7 @@ def _engine_run(
             events = []
             for i in range(0, audio.size, pp.POS_SAMPLES):
                 events += s.feed(audio[i : i + pp.POS_SAMPLES])
-            events += s.flush()
+            events += s.flush(silence=silence)
             assert isinstance(events[-1], UtteranceEnd)
             per_utt.append([e.token_id for e in events if isinstance(e, TokenEvent)])
         st = s.stats()
@@ -85,23 +87,34 @@ def _kinds(ids: list[int], pad: int, eos: int) -> Iterator[int]:
 
 @pytest.mark.skipif(not have_espeak(), reason="espeak-ng is not installed")
 @pytest.mark.parametrize(
-    ("alpha", "interval_ms", "spec"),
-    [(1.5, 480, 8), (1.5, 80, 8), (1.5, 800, 16), (1.5, 480, 3), (1.25, 480, 8), (1.0, 480, 8)],
+    ("alpha", "interval_ms", "spec", "silence"),
+    [
+        (1.5, 480, 8, 0),
+        (1.5, 480, 8, 9600),  # the second utterance's closing zeros counted as padding
+        (1.5, 80, 8, 0),
+        (1.5, 800, 16, 7000),
+        (1.5, 480, 3, 0),
+        (1.25, 480, 8, 9600),
+        (1.0, 480, 8, 0),
+    ],
 )
 def test_simulated_passes_are_the_engines(
-    pad_models: dict[float, Path], alpha: float, interval_ms: int, spec: int
+    pad_models: dict[float, Path], alpha: float, interval_ms: int, spec: int, silence: int
 ) -> None:
     """The engine's own token sequence through the simulator, chunked as the engine was
     fed: the same step passes, positions and speculation guesses as the engine counted."""
     model = pad_models[alpha]
     utterances = _utterances()
-    ids, positions, passes, guesses, accepted = _engine_run(model, utterances, interval_ms, spec)
+    ids, positions, passes, guesses, accepted = _engine_run(
+        model, utterances, interval_ms, spec, silence
+    )
     with Engine(model) as e:
         pad, eos = e.info.pad_id, e.info.eos_id
     sim = pp.run_utterances(
         [(a.size, _kinds(u, pad, eos)) for a, u in zip(utterances, ids, strict=True)],
         interval_ms=interval_ms,
         max_speculation=spec,
+        silence=silence,
     )
     all_ids = [t for u in ids for t in u]
     share = all_ids.count(pad) / len(all_ids)
@@ -268,8 +281,9 @@ def test_projection_row_adds_encoder_and_decoder() -> None:
     on.widths.update({1: 30, 4: 20})
     off = pp.PassCounts(positions=100)
     off.widths.update({1: 100})
-    row = pp.project(f, board, pp.ShareResult(0.9, 0.9, on, off))
-    dec = 12.5 * pp.decoder_seconds(f, board, on) / 100
+    # 100 positions for 6.4 s of audio: 80 of them audio, 20 the flushes' padding
+    row = pp.project(f, board, pp.ShareResult(0.9, 0.9, on, off, audio_s=6.4))
+    dec = pp.decoder_seconds(f, board, on) / 6.4
     enc = 1.0 / (4.0 * 4 * 2.4)
     assert row["decoder_s_per_audio_s"] == pytest.approx(dec)
     assert row["rtf"] == pytest.approx(dec + enc)
