@@ -1,13 +1,13 @@
 """The `voxd` command line.
 
-voxd run [--config PATH] [--stdout]     the daemon (systemd runs this)
-voxd transcribe FILE [--model-dir DIR]  one file, offline
-voxd devices                            audio inputs PortAudio sees
-voxd config check [--config PATH]       the effective config, or what is wrong
-voxd model download|check               fetch / verify the model
-voxd quantize IN OUT --format q8|q4     8- and 4-bit weights
-voxd bench [--model-dir DIR]            speed figures of this machine
-voxd dev make-model DIR --preset tiny   random models for tests and benches
+    voxd run [--config PATH] [--stdout]     the daemon (systemd runs this)
+    voxd transcribe FILE [--model-dir DIR]  one file, offline
+    voxd devices                            audio inputs PortAudio sees
+    voxd config check [--config PATH]       the effective config, or what is wrong
+    voxd model download|check               fetch / verify the model
+    voxd quantize IN OUT --format q8|q4     8- and 4-bit weights
+    voxd bench [--model-dir DIR]            speed figures of this machine
+    voxd dev make-model DIR --preset tiny   random models for tests and benches
 """
 
 from __future__ import annotations
@@ -227,7 +227,9 @@ def _cmd_devices(args: argparse.Namespace) -> int:
         return 1
     for d in devices:
         mark = "*" if getattr(d, "is_default", False) else " "
-        print(f"{mark}{d.index:3d}  {d.name}  ({d.max_input_channels} ch, {d.default_rate:.0f} Hz)")
+        print(
+            f"{mark}{d.index:3d}  {d.name}  ({d.max_input_channels} ch, {d.default_rate:.0f} Hz)"
+        )
     return 0
 
 

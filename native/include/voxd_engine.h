@@ -230,11 +230,11 @@ VX_EXPORT const char *vx_status_name(vx_status st);
  * runs the decoder passes of all of them at once, the rows of every stream
  * stacked in the matrix products (one read of the weights), attention and
  * the KV cache per stream. Each stream's events are exactly those it gives
- * on its own (vx_stream_feed, then vx_stream_flush_after_silence when asked), whatever the
- * other streams and however the audio arrives. Encoder passes run per
- * stream. A group belongs to one model and one thread at a time; streams
- * may join or leave from one call to the next (a stream is in no group
- * between calls, and may also be fed alone). */
+ * on its own (vx_stream_feed, then vx_stream_flush_after_silence when asked),
+ * whatever the other streams and however the audio arrives. Encoder passes
+ * run per stream. A group belongs to one model and one thread at a time;
+ * streams may join or leave from one call to the next (a stream is in no
+ * group between calls, and may also be fed alone). */
 typedef struct vx_group vx_group;
 
 VX_EXPORT vx_status vx_group_new(vx_model *m, vx_group **out);

@@ -531,8 +531,10 @@ static vx_status flush_audio(vx_stream *s, int64_t silence, int *decode) {
     vx_status rc = ensure_snapshot(s);
     if (rc != VX_OK) return rc;
     if (st->utt_samples > 0 && !st->eos) {
-        /* the offline recipe's right padding: zeros to a whole position, then
-         * delay + 1 + 10 positions; 40 more zeros complete the last frame */
+        /* the offline recipe's right padding, counted from the speech's end:
+         * zeros to a whole position, then delay + 1 + 10 positions (at least
+         * to the whole position the audio fed reaches); 40 more zeros
+         * complete the last frame */
         const int64_t pos = VX_POS_SAMPLES;
         int64_t total = (int64_t)VX_LEFT_PAD_POS * pos + st->utt_samples;
         int64_t speech_end = total - (silence < st->utt_samples ? silence : st->utt_samples);
@@ -565,12 +567,15 @@ static vx_status flush_impl(vx_stream *s, int64_t silence) {
     return flush_end(s);
 }
 
+/* A caller's count of silent samples (more than any utterance holds is all of it). */
+static int64_t silence_samples(size_t n) { return n > INT64_MAX ? INT64_MAX : (int64_t)n; }
+
 vx_status vx_stream_flush_after_silence(vx_stream *s, size_t silence) {
     if (!s) return VX_ERR_ARG;
     s->err[0] = 0;
     if (s->finished)
         return set_err(s, VX_ERR_STATE, "flush after finish: call vx_stream_reset to start again");
-    return flush_impl(s, silence > INT64_MAX ? INT64_MAX : (int64_t)silence);
+    return flush_impl(s, silence_samples(silence));
 }
 
 vx_status vx_stream_flush(vx_stream *s) { return vx_stream_flush_after_silence(s, 0); }
@@ -850,10 +855,8 @@ vx_status vx_group_feed(vx_group *g, vx_stream *const *s, const float *const *sa
         t->enc_pending = 0;
         g->st[i] = feed_audio(t, samples ? samples[i] : NULL, n ? n[i] : 0, &decode);
         /* (a finished stream already failed its feed) */
-        if (g->st[i] == VX_OK && g->flush[i]) {
-            size_t quiet = silence ? silence[i] : 0;
-            g->st[i] = flush_audio(t, quiet > INT64_MAX ? INT64_MAX : (int64_t)quiet, &fdecode);
-        }
+        if (g->st[i] == VX_OK && g->flush[i])
+            g->st[i] = flush_audio(t, silence ? silence_samples(silence[i]) : 0, &fdecode);
         g->active[i] = g->st[i] == VX_OK && (decode || fdecode);
     }
     group_encode(g, s, count);
