@@ -22,8 +22,8 @@ ends a request once its own voice activity detection heard enough silence;
 the microphone's endpointer, run over the request's audio as it arrives,
 finds where the speech ended, and the flush counts the silence after it as
 its padding, as the microphone pipeline does with its hangover (``voxd
-transcribe --pad-after-speech`` gives the same text for the same audio). A client
-may also send ``audio-start`` without ``transcribe`` first (Wyoming
+transcribe --pad-after-speech`` gives the same text for the same audio). A
+client may also send ``audio-start`` without ``transcribe`` first (Wyoming
 satellites do); ``ping`` gets ``pong``; other events are ignored, as the
 protocol asks.
 
@@ -257,10 +257,9 @@ class AsrSession:
         self.name = name
         self._worker = worker
         self._loop = loop
-        self._endpoint = endpoint or EndpointSettings()
         # The request's speech as the microphone's endpointer would judge it:
         # the silence after it (the client's own hangover) is the flush's padding.
-        self._listener = Endpointer(self._endpoint)
+        self._listener = Endpointer(endpoint or EndpointSettings())
         self._resampler: Resampler | None = None
         self._fmt: PcmFormat | None = None
         self._opened = False
