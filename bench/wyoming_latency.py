@@ -34,6 +34,7 @@ from tests.speech import synth, trim_silence
 from voxd.config import EngineSettings, WyomingSettings
 from voxd.engine import Engine
 from voxd.events import SAMPLE_RATE
+from voxd.tools.bench import hangover_noise
 from voxd.wyoming.server import WyomingServer
 
 HOST = "127.0.0.1"
@@ -63,8 +64,7 @@ def _pcm(x: np.ndarray) -> bytes:
 
 
 async def _one(port: int, command: str, speech: np.ndarray, trailing_s: float) -> Request:
-    quiet = np.random.default_rng(0).standard_normal(round(trailing_s * SAMPLE_RATE)) * 1e-3
-    pcm = _pcm(np.concatenate([speech, quiet.astype(np.float32)]))
+    pcm = _pcm(np.concatenate([speech, hangover_noise(round(trailing_s * 1000))]))
     step = int(CHUNK_S * SAMPLE_RATE) * 2
     async with AsyncTcpClient(HOST, port) as client:
         await client.write_event(Transcribe(language="en").event())
