@@ -57,13 +57,20 @@ def plan(audio: np.ndarray, rng: random.Random) -> list[int]:
     return [*cuts, audio.size]
 
 
-def solo(engine: Engine, audio: np.ndarray, flushes: list[int], delay: int) -> list[Key]:
+def quiet_ends(flushes: list[int], rng: random.Random) -> list[int]:
+    """Each flush's count of closing silence: none, part of the padding, or more."""
+    return [rng.choice([0, 3000, 12000, 40000]) for _ in flushes]
+
+
+def solo(
+    engine: Engine, audio: np.ndarray, flushes: list[int], quiet: list[int], delay: int
+) -> list[Key]:
     s = engine.stream(delay_ms=delay)
     events: list[StreamEvent] = []
     at = 0
-    for f in flushes:
+    for f, q in zip(flushes, quiet, strict=True):
         events += s.feed(audio[at:f])
-        events += s.flush()
+        events += s.flush(silence=q)
         at = f
     s.close()
     return keys(events)
@@ -73,6 +80,7 @@ def grouped(
     engine: Engine,
     audio: list[np.ndarray],
     flushes: list[list[int]],
+    quiet: list[list[int]],
     delays: list[int],
     rng: random.Random,
 ) -> tuple[list[list[Key]], int]:
@@ -87,6 +95,7 @@ def grouped(
         while any(nxt[i] < len(flushes[i]) for i in range(n)):
             feeds: dict[Stream, np.ndarray] = {}
             to_flush: set[Stream] = set()
+            silence: dict[Stream, int] = {}
             index: dict[Stream, int] = {}
             for i in range(n):
                 if nxt[i] == len(flushes[i]) or call < join[i] or rng.random() < 0.25:
@@ -99,10 +108,11 @@ def grouped(
                 index[s] = i
                 if at[i] == lim and rng.random() < 0.7:
                     to_flush.add(s)
+                    silence[s] = quiet[i][nxt[i]]
             call += 1
             if not feeds:
                 continue
-            for s, res in group.feed(feeds, flush=to_flush).items():
+            for s, res in group.feed(feeds, flush=to_flush, silence=silence).items():
                 assert not isinstance(res, EngineError), res
                 i = index[s]
                 out[i] += keys(res)
@@ -129,8 +139,11 @@ def test_group_gives_each_stream_its_solo_tokens(
     audio = [sources[k] for k in order]
     delays = [rng.choice([160, 480, 240]) for _ in range(n)]
     flushes = [plan(a, rng) for a in audio]
-    want = [solo(engine, a, f, d) for a, f, d in zip(audio, flushes, delays, strict=True)]
-    got, most = grouped(engine, audio, flushes, delays, rng)
+    quiet = [quiet_ends(f, rng) for f in flushes]
+    want = [
+        solo(engine, a, f, q, d) for a, f, q, d in zip(audio, flushes, quiet, delays, strict=True)
+    ]
+    got, most = grouped(engine, audio, flushes, quiet, delays, rng)
     for i in range(n):
         assert got[i] == want[i], f"stream {i} ({delays[i]} ms delay)"
         assert sum(k[0] == "end" for k in got[i]) == len(flushes[i])
@@ -148,7 +161,7 @@ def test_group_reports_a_bad_stream_and_runs_the_others(
         assert not isinstance(res[b], EngineError)
         # nothing of the bad call was used: a still gives its solo tokens
         res = group.feed({a: sources[0][:8000]}, flush={a, b})
-        want = solo(engine_tiny, sources[0][:8000], [8000], 480)
+        want = solo(engine_tiny, sources[0][:8000], [8000], [0], 480)
         got_a, got_b = res[a], res[b]
         assert not isinstance(got_a, EngineError) and not isinstance(got_b, EngineError)
         assert keys(got_a) == want
