@@ -298,7 +298,24 @@ def test_judge_is_called_once_per_frame_in_order() -> None:
 
 def test_end_event_types() -> None:
     e = SpeechEnd(1.0, "silence", 1.7)
-    assert (e.t, e.reason, e.audio_t) == (1.0, "silence", 1.7)
+    assert (e.t, e.reason, e.audio_t, e.silence) == (1.0, "silence", 1.7, 0)
+
+
+def test_an_end_counts_the_hangover_it_carries() -> None:
+    """An end after silence carries the samples fed after its speech (the
+    hangover); a cut at the maximum length and a shutdown carry none."""
+    s = EndpointSettings(max_utterance_s=2.0)
+    burst = noise(RATE * 2, 0.2, seed=9)  # cut once, then 0.3 s of it and the hangover
+    x = np.concatenate([silence(1.0), burst, silence(2.0)]) + noise(RATE * 5, 0.001, seed=10)
+    ends = [e for e in run(Endpointer(s), x) if isinstance(e, SpeechEnd)]
+    assert [e.reason for e in ends] == ["max_length", "silence"]
+    assert ends[0].silence == 0
+    assert ends[1].silence == round((ends[1].audio_t - ends[1].t) * RATE)
+    assert ends[1].silence >= s.hangover_ms * RATE // 1000
+    ep = Endpointer()
+    events = ep.process(np.concatenate([silence(1.0), burst]) + noise(RATE * 3, 0.001))
+    ends = [e for e in events + ep.flush() if isinstance(e, SpeechEnd)]
+    assert [(e.reason, e.silence) for e in ends] == [("shutdown", 0)]
 
 
 def test_trailing_silence_counts_what_follows_the_last_voiced_frame() -> None:

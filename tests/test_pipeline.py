@@ -927,8 +927,7 @@ def utterances_of(audio: np.ndarray, settings: Settings) -> list[tuple[np.ndarra
         if isinstance(event, Audio):
             pieces.append(event.samples)
         elif isinstance(event, SpeechEnd):
-            hangover = round((event.audio_t - event.t) * RATE)
-            found.append((np.concatenate(pieces), event.reason, hangover))
+            found.append((np.concatenate(pieces), event.reason, event.silence))
             pieces = []
     return found
 

@@ -81,6 +81,7 @@ class SpeechEnd:
     t: float  # end of the last voiced frame ("silence"), or the cut ("max_length")
     reason: EndReason
     audio_t: float  # where the utterance audio ends (includes the hangover)
+    silence: int = 0  # samples of the utterance's audio after t (the hangover)
 
 
 EndpointEvent = SpeechStart | Audio | SpeechEnd
@@ -209,7 +210,7 @@ class Endpointer:
         if utt is not None and self._mode is _Mode.SPEECH:
             if len(self._pending):
                 self._emit_audio(self._pending, self._frame_index * self.frame_len, events)
-            self._end(self._time(self._emitted_upto), "shutdown", events)
+            self._end(self._emitted_upto, "shutdown", events)
         elif utt is not None:
             log.debug(
                 "endpoint: candidate at %.2fs dropped at end of stream", self._time_f(utt.onset)
@@ -273,7 +274,7 @@ class Endpointer:
             return
         self._emit_audio(frame, i * self.frame_len, ev)
         if utt.silence_run >= self._hangover_frames:
-            self._end(self._time_f(utt.last_voiced_end), "silence", ev)
+            self._end(utt.last_voiced_end * self.frame_len, "silence", ev)
         elif utt.samples >= self._max_samples:
             self._split(i, voiced, ev)
 
@@ -326,8 +327,10 @@ class Endpointer:
         self._utt = None
         self._mode = _Mode.SILENCE
 
-    def _end(self, t: float, reason: EndReason, ev: list[EndpointEvent]) -> None:
-        ev.append(SpeechEnd(t, reason, self._time(self._emitted_upto)))
+    def _end(self, end: int, reason: EndReason, ev: list[EndpointEvent]) -> None:
+        """End the utterance; its speech ends at sample ``end``."""
+        t, audio_t = self._time(end), self._time(self._emitted_upto)
+        ev.append(SpeechEnd(t, reason, audio_t, max(self._emitted_upto - end, 0)))
         log.debug("endpoint: speech ended at %.2fs (%s)", t, reason)
         self._utt = None
         self._mode = _Mode.SILENCE
@@ -337,7 +340,7 @@ class Endpointer:
     def _split(self, i: int, voiced: bool, ev: list[EndpointEvent]) -> None:
         """Utterance at its maximum length: end it; if speech goes on, go on with a new one."""
         cut = i + 1
-        self._end(self._time_f(cut), "max_length", ev)
+        self._end(cut * self.frame_len, "max_length", ev)
         if not voiced:
             return  # already in the hangover: a new start must be earned
         t = self._time_f(cut)

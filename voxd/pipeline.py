@@ -740,9 +740,8 @@ class Pipeline:
             elif isinstance(event, SpeechEnd):
                 self._end_skip()
                 end_reason: EndReason = reason or event.reason
-                silence = round((event.audio_t - event.t) * SAMPLE_RATE)
                 at = self._clock.at(event.t)
-                self._backlog.put(_SpeechEnd(end_reason, at, decided, max(silence, 0)))
+                self._backlog.put(_SpeechEnd(end_reason, at, decided, event.silence))
 
     def _forward_audio(self, event: Audio) -> None:
         samples = event.samples
