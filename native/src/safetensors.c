@@ -249,6 +249,7 @@ static int map_file(const char *path, vx_safetensors *st, char *err, size_t err_
     st->map = map;
     st->map_size = size;
     st->map_len = len;
+    st->map_align = hp;
     return 0;
 }
 
@@ -305,11 +306,11 @@ int vx_st_read_parallel(const char *path, unsigned char *dst, size_t size, size_
     if (fd < 0) return errno;
     const long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     const size_t min_part = VX_ST_MIN_PART_ALIGNS * align;
-    int k = cpus < 1 ? 1 : cpus > 4 ? 4 : (int)cpus;
+    int k = cpus < 1 ? 1 : cpus > VX_ST_MAX_READERS ? VX_ST_MAX_READERS : (int)cpus;
     if ((size_t)k > size / min_part + 1) k = (int)(size / min_part + 1);
-    read_part part[4];
-    pthread_t th[4];
-    int started[4] = {0};
+    read_part part[VX_ST_MAX_READERS];
+    pthread_t th[VX_ST_MAX_READERS];
+    int started[VX_ST_MAX_READERS] = {0};
     const size_t step = (size / (size_t)k + align - 1) / align * align;
     for (int i = 0; i < k; i++) {
         const size_t b = (size_t)i * step < size ? (size_t)i * step : size;
@@ -347,7 +348,7 @@ int vx_st_into_memory(vx_safetensors *st, int64_t reserve, char *note, size_t no
                  size * gb, reserve * gb, avail * gb);
         return -1;
     }
-    const size_t len = st->map_len, hp = vx_huge_page_size();
+    const size_t len = st->map_len, hp = st->map_align;
     unsigned char *a = map_aligned(len, hp, PROT_READ | PROT_WRITE);
     if (!a) {
         snprintf(note, note_len, "weights mapped from the file: no %.2f GB of anonymous memory (%s)",

@@ -47,9 +47,10 @@ typedef struct {
 typedef struct {
     char *path;
     void *map;
-    size_t map_size; /* the file's bytes at map */
-    size_t map_len;  /* the reservation map heads: map_size rounded up to huge pages */
-    int in_memory;   /* vx_st_into_memory moved the bytes into anonymous memory */
+    size_t map_size;  /* the file's bytes at map */
+    size_t map_len;   /* the reservation map heads: map_size rounded up to huge pages */
+    size_t map_align; /* the huge page size map and map_len are aligned to */
+    int in_memory;    /* vx_st_into_memory moved the bytes into anonymous memory */
     vx_st_tensor *tensors;
     int n_tensors;
     char *q_layout; /* __metadata__'s "voxd_q_layout" (quant.h), or NULL */
@@ -83,14 +84,15 @@ void vx_st_close(vx_safetensors *st);
  * the file stays mapped. note says which, with the numbers. 0 when the
  * bytes are in memory, -1 when they stay mapped. */
 int vx_st_into_memory(vx_safetensors *st, int64_t reserve, char *note, size_t note_len);
-/* The first size bytes of the file at path into dst, by up to 4 readers at
- * once (one per core): faulting in and zeroing fresh pages is most of the
- * work, and it runs on every core. Each reader takes whole units of align
+/* The first size bytes of the file at path into dst, by up to
+ * VX_ST_MAX_READERS readers at once (one per core): faulting in and zeroing
+ * fresh pages is most of the work, and it runs on every core. Each reader takes whole units of align
  * bytes (the huge page: no two fault the same one) and at least
  * VX_ST_MIN_PART_ALIGNS of them (256 MB of 2 MiB pages: a thread for less
  * does not pay). *failed_at is size when all was read, else the first byte
  * not read; returns that failure's errno (0: the file ended early). */
 #define VX_ST_MIN_PART_ALIGNS 128
+#define VX_ST_MAX_READERS 4 /* readers at most */
 int vx_st_read_parallel(const char *path, unsigned char *dst, size_t size, size_t align,
                         size_t *failed_at);
 const vx_st_tensor *vx_st_find(const vx_safetensors *st, const char *name);
