@@ -181,3 +181,19 @@ def test_group_refuses_other_engines_and_closed_streams(
         with pytest.raises(EngineError, match="closed"):
             group.feed({a: x})
     foreign.close()
+
+
+def test_group_refuses_a_negative_silence_and_feeds_nothing(
+    engine_tiny: Engine, sources: list[np.ndarray]
+) -> None:
+    a = engine_tiny.stream()
+    audio = sources[0][:8000]
+    with engine_tiny.group() as group:
+        with pytest.raises(ValueError, match="silence must be 0 or more"):
+            group.feed({a: audio}, flush={a}, silence={a: -1})
+        # the refused call fed nothing: the stream still gives its solo tokens
+        res = group.feed({a: audio}, flush={a}, silence={a: 3000})
+        got = res[a]
+        assert not isinstance(got, EngineError)
+        assert keys(got) == solo(engine_tiny, audio, [8000], [3000], 480)
+    a.close()
