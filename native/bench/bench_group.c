@@ -23,7 +23,8 @@
  *   cmake --build build/bench -j2 --target voxd_engine_static
  *   gcc -O2 -Inative/src -Inative/include native/bench/bench_group.c \
  *       build/bench/libvoxd_engine_static.a -lm -lpthread -o build/bench/bench_group
- *   build/bench/bench_group MODEL_DIR [threads [passes [rounds]]]
+ *   build/bench/bench_group MODEL_DIR [threads [passes [rounds [backend]]]]
+ * (backend: a CPU backend's name, as voxd bench's --backend; default the best)
  */
 #define _POSIX_C_SOURCE 200809L
 #include <stdint.h>
@@ -149,10 +150,11 @@ static int cmp_double(const void *a, const void *b) {
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: %s MODEL_DIR [threads [passes [rounds]]]\n", argv[0]);
+        fprintf(stderr, "usage: %s MODEL_DIR [threads [passes [rounds [backend]]]]\n", argv[0]);
         return 2;
     }
-    vx_model_options opt = {.n_threads = argc > 2 ? atoi(argv[2]) : 0};
+    vx_model_options opt = {.n_threads = argc > 2 ? atoi(argv[2]) : 0,
+                            .backend = argc > 5 ? argv[5] : NULL};
     const int passes = argc > 3 && atoi(argv[3]) > 0 ? atoi(argv[3]) : 3;
     const int rounds = argc > 4 && atoi(argv[4]) > 0 ? atoi(argv[4]) : 4;
     char err[1024];
