@@ -10,15 +10,9 @@ set -euo pipefail
 # umask the caller's shell (or sudo) passed on.
 umask 022
 
-PREFIX=/opt/voxd
-CONF_DIR=/etc/voxd
-STATE_DIR=/var/lib/voxd
-UNIT_DIR=/etc/systemd/system
-SERVICE=voxd
-SERVICE_USER=voxd
-SERVICE_GROUP=voxd # its own group (useradd --user-group)
-DEFAULT_PREFIX=/opt/voxd
-BIN_DIR=/usr/local/bin
+SRC_DIR="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source-path=SCRIPTDIR source=scripts/install-common.sh
+source "$SRC_DIR/scripts/install-common.sh" # paths, log/warn/die/did/run
 # apt and dpkg hold these while they run; on a first boot the automatic
 # updates often do, for minutes.
 DPKG_LOCKS=(/var/lib/dpkg/lock-frontend /var/lib/dpkg/lock /var/lib/apt/lists/lock
@@ -31,7 +25,6 @@ LOCK_POLL_S=5
 GPU_DEVICES=(/dev/nvidiactl /dev/nvhost-ctrl /dev/nvmap)
 JETSON_DEVICES=(/dev/nvhost-ctrl /dev/nvmap)
 GPU_GROUP=video
-GPU_DROPINS=(gpu.conf jetson.conf)
 
 MODEL_FROM=""
 MODEL_REPO=""
@@ -43,12 +36,9 @@ WITH_VAD=0
 WITH_WAKEWORD=0
 WITH_GPU=auto # auto (by GPU_DEVICES), 1 (--with-gpu), 0 (--without-gpu)
 START=1
-DRY_RUN=0
 PYTHON=""
 
-SRC_DIR="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)"
 ORIG_ARGS=("$@")
-DONE=()
 
 usage() {
     cat <<EOF
@@ -80,25 +70,6 @@ A model download that needs a Hugging Face login reads HF_TOKEN (HF_ENDPOINT
 for a mirror):
   sudo HF_TOKEN=hf_... ./install.sh
 EOF
-}
-
-log() { printf '==> %s\n' "$*"; }
-warn() { printf 'warning: %s\n' "$*" >&2; }
-die() {
-    printf 'error: %s\n' "$*" >&2
-    exit 1
-}
-did() { DONE+=("$*"); }
-
-# Run a command, or only show it with --dry-run. Every change goes through here.
-run() {
-    if ((DRY_RUN)); then
-        printf '+'
-        printf ' %q' "$@"
-        printf '\n'
-        return 0
-    fi
-    "$@"
 }
 
 parse_args() {

@@ -5,21 +5,12 @@
 # --purge is given, so that uninstall + install does not cost a download.
 set -euo pipefail
 
-PREFIX=/opt/voxd
-CONF_DIR=/etc/voxd
-STATE_DIR=/var/lib/voxd
-UNIT_DIR=/etc/systemd/system
-SERVICE=voxd
-SERVICE_USER=voxd
-BIN_DIR=/usr/local/bin
-# The drop-ins install.sh adds for an NVIDIA GPU; other drop-ins are yours.
-GPU_DROPINS=(gpu.conf jetson.conf)
+SRC_DIR="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source-path=SCRIPTDIR source=scripts/install-common.sh
+source "$SRC_DIR/scripts/install-common.sh" # paths, log/warn/die/did/run
 
 PURGE=0
-DRY_RUN=0
-SRC_DIR="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)"
 ORIG_ARGS=("$@")
-DONE=()
 
 usage() {
     cat <<EOF
@@ -35,24 +26,6 @@ Options:
   --dry-run      print what would be done, change nothing
   -h, --help     show this help
 EOF
-}
-
-log() { printf '==> %s\n' "$*"; }
-warn() { printf 'warning: %s\n' "$*" >&2; }
-die() {
-    printf 'error: %s\n' "$*" >&2
-    exit 1
-}
-did() { DONE+=("$*"); }
-
-run() {
-    if ((DRY_RUN)); then
-        printf '+'
-        printf ' %q' "$@"
-        printf '\n'
-        return 0
-    fi
-    "$@"
 }
 
 parse_args() {
