@@ -352,6 +352,17 @@ static double run_parallel(task *tasks, int n) {
     return ok ? dt : -1;
 }
 
+/* The shortest of reps runs of tasks in seconds; -1 if a run failed. */
+static double best_of(task *tasks, int n, int reps) {
+    double best = -1;
+    for (int r = 0; r < reps; r++) {
+        double s = run_parallel(tasks, n);
+        if (s < 0) return -1;
+        if (best < 0 || s < best) best = s;
+    }
+    return best;
+}
+
 /* ---- public ---- */
 
 double vx_measure_read_bandwidth(size_t bytes, int n_threads, int reps) {
@@ -381,16 +392,8 @@ double vx_measure_read_bandwidth(size_t bytes, int n_threads, int reps) {
     }
     double best = run_parallel(tasks, n);
     if (best >= 0) {
-        best = -1;
         for (int i = 0; i < n; i++) tasks[i].kind = TASK_READ;
-        for (int r = 0; r < reps; r++) {
-            double s = run_parallel(tasks, n);
-            if (s < 0) {
-                best = -1;
-                break;
-            }
-            if (best < 0 || s < best) best = s;
-        }
+        best = best_of(tasks, n, reps);
     }
     free(tasks);
     free(buf);
@@ -415,15 +418,7 @@ static double measure_peak(int kind, int simd, long ops_per_iter, int n_threads)
         tasks[i].simd = simd;
         tasks[i].iters = iters;
     }
-    double best = -1;
-    for (int r = 0; r < FMA_REPS; r++) {
-        double s = run_parallel(tasks, n);
-        if (s < 0) {
-            best = -1;
-            break;
-        }
-        if (best < 0 || s < best) best = s;
-    }
+    const double best = best_of(tasks, n, FMA_REPS);
     free(tasks);
     if (best <= 0) return -1;
     return (double)n * (double)iters * (double)ops_per_iter / best * 1e-9;
