@@ -49,6 +49,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import termios
 import threading
 import time
 import uuid
@@ -164,6 +165,20 @@ class ClockMic:
             os.write(self._fd, data)
         except BlockingIOError:
             self.dropped_blocks += 1
+
+    def unread_bytes(self) -> int:
+        """Bytes written to the FIFO that nobody has read yet."""
+        buf = fcntl.ioctl(self._fd, termios.FIONREAD, b"\0\0\0\0")
+        return int.from_bytes(buf, sys.byteorder, signed=True)
+
+    def wait_drained(self, timeout_s: float) -> bool:
+        """Wait until the reader has taken what piled up (less than two blocks left)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.unread_bytes() < 2 * BLOCK * 2:  # two blocks of int16
+                return True
+            time.sleep(0.01)
+        return False
 
     def close(self) -> None:
         self._stop.set()
@@ -472,7 +487,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 why = "exited" if proc.poll() is not None else "sent no READY=1"
                 raise SystemExit(f"the daemon {why}; its log:\n{stderr_tail(work)}")
             report["ready_s"] = round(time.monotonic() - started, 2)
-            mic.dropped_blocks = mic.late_blocks = 0  # before capture started: not counted
+            # READY=1 comes once capture is started, not yet reading: the silence that
+            # piled up in the FIFO (and what did not fit) is not counted
+            if not mic.wait_drained(args.ready_timeout_s):
+                log_tail = stderr_tail(work)
+                raise SystemExit(f"the daemon never read the microphone; its log:\n{log_tail}")
+            mic.dropped_blocks = mic.late_blocks = 0
             time.sleep(args.lead_s)
             for n in range(args.commands):
                 text, audio = clips[n % len(clips)]
