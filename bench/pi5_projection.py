@@ -40,8 +40,15 @@ bench/pi5_inputs.example.json for the keys and where each comes from):
     memory       = (weight bytes + k x KV bytes per step) / (bandwidth x fraction)
     instructions = weight bytes x (instr/B for 1 input + (k - 1) x instr/B per extra input)
                    / (cores x SIMD pipes x GHz)
-  encoder s per audio s = GOP per audio s / (int8 ops per cycle per core x cores x GHz)
+  encoder s per audio s = GOP per audio s / (int8 ops per cycle per core x cores x GHz
+                                            x encoder fraction)
 
+The encoder fraction is the share of its matrix kernel's rate that the whole
+encoder stage keeps, measured on x86 (voxd bench's encoder GFLOP/s over
+bench_kernels' matmul rate in the same format): attention over the window, the
+activation quantizer, norms and the daemon's small batches take the rest, and
+the Pi is assumed to pay them in the same proportion. A fraction measured on a
+Pi (encoder_fraction) takes its place where given.
 The instruction roof treats the matrix-vector kernel's SIMD instructions as the
 bound, one per pipe per cycle (no stalls, scalar work hidden); the memory roof
 counts the weights once per pass and every row's read of the KV cache. The
@@ -373,6 +380,7 @@ class FormatInputs:
     instr_per_byte_extra: float
     encoder_gop_per_audio_s: float
     encoder_ops_per_cycle_per_core: float
+    encoder_fraction: float
 
 
 INPUT_KEYS = {
@@ -384,6 +392,8 @@ INPUT_KEYS = {
     "neon_instr_per_byte_extra_input": "NEON instructions per weight byte per extra input row",
     "encoder_gop_per_audio_s": "the bench report's encoder.gflop_per_audio_s_steady",
     "encoder_ops_per_cycle_per_core": "the NEON encoder tile's (int8) ops per cycle per core",
+    "encoder_fraction_x86": "the bench report's encoder.gflops over bench_kernels' matmul "
+    "GFLOP/s in that format, on x86",
 }
 
 
@@ -402,6 +412,15 @@ def _number(entry: dict[str, Any], where: str, key: str, positive: bool = True) 
     return float(v)
 
 
+def _fraction(entry: dict[str, Any], where: str, key: str) -> float:
+    """The Pi's own fraction `key` where measured, else the x86 one (`key`_x86)."""
+    x86 = _number(entry, where, f"{key}_x86")
+    frac = _number(entry, where, key) if key in entry else x86
+    if frac > 1:
+        raise InputsError(f"{where}.{key} is {frac}: a fraction is at most 1")
+    return frac
+
+
 def parse_inputs(doc: Any, source: str) -> dict[str, FormatInputs]:
     """Per-format inputs from the JSON document (format of bench/pi5_inputs.example.json)."""
     formats = doc.get("formats") if isinstance(doc, dict) else None
@@ -414,19 +433,15 @@ def parse_inputs(doc: Any, source: str) -> dict[str, FormatInputs]:
             raise InputsError(f"{where}: unknown format; use {', '.join(FORMATS)}")
         if not isinstance(entry, dict):
             raise InputsError(f"{where} must be an object of numbers")
-        x86 = _number(entry, where, "bandwidth_fraction_x86")
-        # the Pi's own fraction where measured, the x86 one otherwise
-        frac = _number(entry, where, "bandwidth_fraction") if "bandwidth_fraction" in entry else x86
-        if frac > 1:
-            raise InputsError(f"{where}.bandwidth_fraction is {frac}: a fraction is at most 1")
         out[name] = FormatInputs(
             weight_bytes_per_pass=_number(entry, where, "weight_bytes_per_pass"),
             kv_bytes_per_step=_number(entry, where, "kv_bytes_per_step", positive=False),
-            bandwidth_fraction=frac,
+            bandwidth_fraction=_fraction(entry, where, "bandwidth_fraction"),
             instr_per_byte=_number(entry, where, "neon_instr_per_byte"),
             instr_per_byte_extra=_number(entry, where, "neon_instr_per_byte_extra_input", False),
             encoder_gop_per_audio_s=_number(entry, where, "encoder_gop_per_audio_s"),
             encoder_ops_per_cycle_per_core=_number(entry, where, "encoder_ops_per_cycle_per_core"),
+            encoder_fraction=_fraction(entry, where, "encoder_fraction"),
         )
     return out
 
@@ -455,7 +470,8 @@ def decoder_seconds(f: FormatInputs, board: Board, counts: PassCounts) -> float:
 
 
 def encoder_s_per_audio_s(f: FormatInputs, board: Board) -> float:
-    return f.encoder_gop_per_audio_s / (f.encoder_ops_per_cycle_per_core * board.cores * board.ghz)
+    ops_per_s = f.encoder_ops_per_cycle_per_core * board.cores * board.ghz * f.encoder_fraction
+    return f.encoder_gop_per_audio_s / ops_per_s
 
 
 def project(f: FormatInputs, board: Board, r: ShareResult) -> dict[str, Any]:

@@ -253,6 +253,7 @@ def _inputs(**over: float) -> pp.FormatInputs:
         instr_per_byte_extra=0.05,
         encoder_gop_per_audio_s=8.0,
         encoder_ops_per_cycle_per_core=4.0,
+        encoder_fraction=1.0,
     )
     base.update(over)
     return pp.FormatInputs(**base)
@@ -272,6 +273,8 @@ def test_pass_cost_is_the_larger_roof() -> None:
     assert pp.decoder_seconds(f, board, counts) == pytest.approx(2 * 0.2 + 0.3)
     # encoder: 8 GOP / (4 ops/cycle x 1 core x 1 GHz)
     assert pp.encoder_s_per_audio_s(f, board) == pytest.approx(2.0)
+    # a stage that keeps a quarter of its kernel's rate takes four times as long
+    assert pp.encoder_s_per_audio_s(_inputs(encoder_fraction=0.25), board) == pytest.approx(8.0)
 
 
 def test_projection_row_adds_encoder_and_decoder() -> None:
@@ -297,8 +300,20 @@ def test_example_inputs_parse_and_are_marked_as_placeholders() -> None:
     inputs = pp.load_inputs(EXAMPLE)
     assert set(inputs) == set(pp.FORMATS)
     for name, f in inputs.items():
-        # no Pi fraction given: the x86 one stands in
+        # no Pi fractions given: the x86 ones stand in
         assert f.bandwidth_fraction == doc["formats"][name]["bandwidth_fraction_x86"]
+        assert f.encoder_fraction == doc["formats"][name]["encoder_fraction_x86"]
+
+
+def test_a_fraction_measured_on_a_pi_replaces_the_x86_one(tmp_path: Path) -> None:
+    doc = json.loads(EXAMPLE.read_text())
+    doc["formats"]["q4"].update(bandwidth_fraction=0.6, encoder_fraction=0.7)
+    path = tmp_path / "in.json"
+    path.write_text(json.dumps(doc))
+    inputs = pp.load_inputs(path)
+    assert (inputs["q4"].bandwidth_fraction, inputs["q4"].encoder_fraction) == (0.6, 0.7)
+    x86 = doc["formats"]["q8"]
+    assert inputs["q8"].encoder_fraction == x86["encoder_fraction_x86"]
 
 
 @pytest.mark.parametrize(
@@ -307,6 +322,8 @@ def test_example_inputs_parse_and_are_marked_as_placeholders() -> None:
         (lambda d: d["formats"]["q8"].pop("kv_bytes_per_step"), "formats.q8.kv_bytes_per_step"),
         (lambda d: d["formats"]["q4"].update(neon_instr_per_byte="x"), "must be a number"),
         (lambda d: d["formats"]["bf16"].update(bandwidth_fraction=1.5), "at most 1"),
+        (lambda d: d["formats"]["q4"].update(encoder_fraction_x86=1.2), "at most 1"),
+        (lambda d: d["formats"]["q8"].pop("encoder_fraction_x86"), "q8.encoder_fraction_x86"),
         (lambda d: d["formats"].update(f16=d["formats"]["q8"]), "unknown format"),
         (lambda d: d.pop("formats"), 'no "formats"'),
     ],
