@@ -207,8 +207,12 @@ static void att_task(void *ctx, int task) {
     const vx_tf_params *p = j->p;
     const vx_backend *be = j->m->be;
     const int hd = p->head_dim, kvd = p->n_kv_heads * hd, grp = p->n_heads / p->n_kv_heads;
-    const int g = task % p->n_kv_heads; /* consecutive query heads share a KV head */
-    const int i0 = task / p->n_kv_heads * ATT_ROWS;
+    const int row_groups = (j->n + ATT_ROWS - 1) / ATT_ROWS;
+    /* a KV head's row groups are consecutive tasks, so its cached slices are
+     * read from memory once and then found in cache; its query heads are
+     * consecutive too and share them */
+    const int g = task / row_groups;
+    const int i0 = task % row_groups * ATT_ROWS;
     const int i1 = i0 + ATT_ROWS < j->n ? i0 + ATT_ROWS : j->n;
     const int64_t cap = j->kv->cap_max;
     const size_t es = vx_kv_elem_bytes(j->kv);

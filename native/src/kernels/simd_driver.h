@@ -343,14 +343,27 @@ INLINE void scores_tile(int QB, int NK, const float *const *q, const void *k0, c
         for (int j = 0; j < NK; j++) S[(size_t)i * lds + (size_t)t + (size_t)j] = vf8_hsum(a[i][j]);
 }
 
+/* Attention reads one head's slice of each cached position, a whole KV row
+ * (kv_dim elements: 4 KB in the encoder) apart, a stride the hardware
+ * prefetchers do not follow: the slices KV_PF positions ahead are fetched
+ * while these compute (bytes [from, to) of the row). */
+#define KV_PF 8
+
+INLINE void kv_prefetch(const uint8_t *row, size_t from, size_t to) {
+    for (size_t o = from & ~(size_t)63; o < to; o += 64) prefetch_line(row + o);
+}
+
 INLINE void scores_rows(int QB, const float *const *q, const void *K, int f16, size_t ldk,
                         int64_t nk, int hd, float *S, size_t lds) {
-    const size_t es = f16 ? 2 : 4;
+    const size_t es = f16 ? 2 : 4, row = ldk * es;
     const uint8_t *base = K;
     int64_t t = 0;
-    for (; t + 2 <= nk; t += 2)
-        scores_tile(QB, 2, q, base + (size_t)t * ldk * es, base + (size_t)(t + 1) * ldk * es, f16,
-                    hd, S, lds, t);
+    for (; t + 2 <= nk; t += 2) {
+        for (int64_t u = t + KV_PF; u < t + KV_PF + 2 && u < nk; u++)
+            kv_prefetch(base + (size_t)u * row, 0, (size_t)hd * es);
+        scores_tile(QB, 2, q, base + (size_t)t * row, base + (size_t)(t + 1) * row, f16, hd, S,
+                    lds, t);
+    }
     if (t < nk) scores_tile(QB, 1, q, base + (size_t)t * ldk * es, NULL, f16, hd, S, lds, t);
 }
 
@@ -371,6 +384,8 @@ INLINE void values_tile(int QB, int CB, const float *P, size_t ldp, const void *
         for (int b = 0; b < CB; b++) a[i][b] = vf8_loadu(o[i] + c + 8 * b);
     for (int64_t t = 0; t < nk; t++) {
         const void *row = base + (size_t)t * ldv * es;
+        if (t + KV_PF < nk)
+            kv_prefetch(base + (size_t)(t + KV_PF) * ldv * es, (size_t)c * es, (size_t)(c + 8 * CB) * es);
         const vf8 v0 = kv_load8(row, f16, c), v1 = CB > 1 ? kv_load8(row, f16, c + 8) : v0;
         for (int i = 0; i < QB; i++) {
             const vf8 p = vf8_bcast(P + (size_t)i * ldp + (size_t)t);
