@@ -384,8 +384,6 @@ INLINE void values_tile(int QB, int CB, const float *P, size_t ldp, const void *
         for (int b = 0; b < CB; b++) a[i][b] = vf8_loadu(o[i] + c + 8 * b);
     for (int64_t t = 0; t < nk; t++) {
         const void *row = base + (size_t)t * ldv * es;
-        if (t + KV_PF < nk)
-            kv_prefetch(base + (size_t)(t + KV_PF) * ldv * es, (size_t)c * es, (size_t)(c + 8 * CB) * es);
         const vf8 v0 = kv_load8(row, f16, c), v1 = CB > 1 ? kv_load8(row, f16, c + 8) : v0;
         for (int i = 0; i < QB; i++) {
             const vf8 p = vf8_bcast(P + (size_t)i * ldp + (size_t)t);
@@ -397,27 +395,42 @@ INLINE void values_tile(int QB, int CB, const float *P, size_t ldp, const void *
         for (int b = 0; b < CB; b++) vf8_storeu(o[i] + c + 8 * b, a[i][b]);
 }
 
+/* Keys per block of the values pass. The column slices of a block's rows
+ * are read one after another, and its rows are a KV row apart (4 KB in the
+ * encoder), so they share an L1 set: 8 rows of 2 lines stay within its 12
+ * ways, where a pass of a slice over all the keys evicted the rows before
+ * the next slice came back to them (2.5x the time per value here). */
+#define VALUES_KEYS 8
+
 static void simd_attn_values(const float *P, size_t ldp, int nq, const void *V, int f16,
                              size_t ldv, int64_t nk, int hd, float *const *o) {
-    int hd8 = hd - hd % 8;
+    const int hd8 = hd - hd % 8;
+    const size_t es = f16 ? 2 : 4;
     for (int i = 0; i < nq; i += 4) {
-        int qb = nq - i < 4 ? nq - i : 4;
-        const float *Pi = P + (size_t)i * ldp;
-        int c = 0;
-        for (; c + 16 <= hd8; c += 16) {
-            if (qb == 4) values_tile(4, 2, Pi, ldp, V, f16, ldv, nk, o + i, c);
-            else
-                for (int k = 0; k < qb; k++)
-                    values_tile(1, 2, Pi + (size_t)k * ldp, ldp, V, f16, ldv, nk, o + i + k, c);
+        const int qb = nq - i < 4 ? nq - i : 4;
+        /* each output's sum still runs over t in order: block by block */
+        for (int64_t t0 = 0; t0 < nk; t0 += VALUES_KEYS) {
+            const int64_t nb = nk - t0 < VALUES_KEYS ? nk - t0 : VALUES_KEYS;
+            const float *Pi = P + (size_t)i * ldp + (size_t)t0;
+            const uint8_t *Vb = (const uint8_t *)V + (size_t)t0 * ldv * es;
+            for (int64_t t = t0 + KV_PF; t < t0 + KV_PF + nb && t < nk; t++) /* the next block */
+                kv_prefetch((const uint8_t *)V + (size_t)t * ldv * es, 0, (size_t)hd * es);
+            int c = 0;
+            for (; c + 16 <= hd8; c += 16) {
+                if (qb == 4) values_tile(4, 2, Pi, ldp, Vb, f16, ldv, nb, o + i, c);
+                else
+                    for (int k = 0; k < qb; k++)
+                        values_tile(1, 2, Pi + (size_t)k * ldp, ldp, Vb, f16, ldv, nb, o + i + k, c);
+            }
+            for (; c < hd8; c += 8) {
+                if (qb == 4) values_tile(4, 1, Pi, ldp, Vb, f16, ldv, nb, o + i, c);
+                else
+                    for (int k = 0; k < qb; k++)
+                        values_tile(1, 1, Pi + (size_t)k * ldp, ldp, Vb, f16, ldv, nb, o + i + k, c);
+            }
+            /* columns past the last 8: the same fused multiply-add per element */
+            vx_attn_values_fma_cols(Pi, ldp, qb, Vb, f16, ldv, nb, hd8, hd, o + i);
         }
-        for (; c < hd8; c += 8) {
-            if (qb == 4) values_tile(4, 1, Pi, ldp, V, f16, ldv, nk, o + i, c);
-            else
-                for (int k = 0; k < qb; k++)
-                    values_tile(1, 1, Pi + (size_t)k * ldp, ldp, V, f16, ldv, nk, o + i + k, c);
-        }
-        /* columns past the last 8: the same fused multiply-add per element */
-        vx_attn_values_fma_cols(Pi, ldp, qb, V, f16, ldv, nk, hd8, hd, o + i);
     }
 }
 
