@@ -86,10 +86,10 @@ void vx_st_close(vx_safetensors *st);
 int vx_st_into_memory(vx_safetensors *st, int64_t reserve, char *note, size_t note_len);
 /* The first size bytes of the file at path into dst, by up to
  * VX_ST_MAX_READERS readers at once (one per core): faulting in and zeroing
- * fresh pages is most of the work, and it runs on every core. Each reader takes whole units of align
- * bytes (the huge page: no two fault the same one) and at least
- * VX_ST_MIN_PART_ALIGNS of them (256 MB of 2 MiB pages: a thread for less
- * does not pay). *failed_at is size when all was read, else the first byte
+ * fresh pages is most of the work, and it runs on every core. Each reader
+ * takes whole units of align bytes (the huge page: no two fault the same one)
+ * and at least VX_ST_MIN_PART_ALIGNS of them (256 MB of 2 MiB pages: a
+ * thread for less does not pay). *failed_at is size when all was read, else the first byte
  * not read; returns that failure's errno (0: the file ended early). */
 #define VX_ST_MIN_PART_ALIGNS 128
 #define VX_ST_MAX_READERS 4 /* readers at most */

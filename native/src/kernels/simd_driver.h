@@ -370,7 +370,8 @@ INLINE void scores_rows(int QB, const float *const *q, const void *K, int f16, s
 static void simd_attn_scores(const float *const *q, int nq, const void *K, int f16, size_t ldk,
                              int64_t nk, int hd, float *S, size_t lds) {
     int i = 0;
-    for (; i + 4 <= nq; i += 4) scores_rows(4, q + i, K, f16, ldk, nk, hd, S + (size_t)i * lds, lds);
+    for (; i + 4 <= nq; i += 4)
+        scores_rows(4, q + i, K, f16, ldk, nk, hd, S + (size_t)i * lds, lds);
     for (; i < nq; i++) scores_rows(1, q + i, K, f16, ldk, nk, hd, S + (size_t)i * lds, lds);
 }
 
@@ -402,34 +403,40 @@ INLINE void values_tile(int QB, int CB, const float *P, size_t ldp, const void *
  * the next slice came back to them (2.5x the time per value here). */
 #define VALUES_KEYS 8
 
+/* qb (<= 4) queries' outputs over nk keys, every column: 16, then 8 at a
+ * time, the columns past the last 8 one FMA per element. */
+INLINE void values_rows(int qb, const float *P, size_t ldp, const void *V, int f16, size_t ldv,
+                        int64_t nk, int hd, float *const *o) {
+    const int hd8 = hd - hd % 8;
+    int c = 0;
+    for (; c + 16 <= hd8; c += 16) {
+        if (qb == 4) values_tile(4, 2, P, ldp, V, f16, ldv, nk, o, c);
+        else
+            for (int k = 0; k < qb; k++)
+                values_tile(1, 2, P + (size_t)k * ldp, ldp, V, f16, ldv, nk, o + k, c);
+    }
+    for (; c < hd8; c += 8) {
+        if (qb == 4) values_tile(4, 1, P, ldp, V, f16, ldv, nk, o, c);
+        else
+            for (int k = 0; k < qb; k++)
+                values_tile(1, 1, P + (size_t)k * ldp, ldp, V, f16, ldv, nk, o + k, c);
+    }
+    vx_attn_values_fma_cols(P, ldp, qb, V, f16, ldv, nk, hd8, hd, o);
+}
+
 static void simd_attn_values(const float *P, size_t ldp, int nq, const void *V, int f16,
                              size_t ldv, int64_t nk, int hd, float *const *o) {
-    const int hd8 = hd - hd % 8;
-    const size_t es = f16 ? 2 : 4;
+    const size_t es = f16 ? 2 : 4, row = ldv * es;
+    const uint8_t *base = V;
     for (int i = 0; i < nq; i += 4) {
         const int qb = nq - i < 4 ? nq - i : 4;
-        /* each output's sum still runs over t in order: block by block */
+        /* each output's sum still runs over the keys in order: block by block */
         for (int64_t t0 = 0; t0 < nk; t0 += VALUES_KEYS) {
             const int64_t nb = nk - t0 < VALUES_KEYS ? nk - t0 : VALUES_KEYS;
-            const float *Pi = P + (size_t)i * ldp + (size_t)t0;
-            const uint8_t *Vb = (const uint8_t *)V + (size_t)t0 * ldv * es;
-            for (int64_t t = t0 + KV_PF; t < t0 + KV_PF + nb && t < nk; t++) /* the next block */
-                kv_prefetch((const uint8_t *)V + (size_t)t * ldv * es, 0, (size_t)hd * es);
-            int c = 0;
-            for (; c + 16 <= hd8; c += 16) {
-                if (qb == 4) values_tile(4, 2, Pi, ldp, Vb, f16, ldv, nb, o + i, c);
-                else
-                    for (int k = 0; k < qb; k++)
-                        values_tile(1, 2, Pi + (size_t)k * ldp, ldp, Vb, f16, ldv, nb, o + i + k, c);
-            }
-            for (; c < hd8; c += 8) {
-                if (qb == 4) values_tile(4, 1, Pi, ldp, Vb, f16, ldv, nb, o + i, c);
-                else
-                    for (int k = 0; k < qb; k++)
-                        values_tile(1, 1, Pi + (size_t)k * ldp, ldp, Vb, f16, ldv, nb, o + i + k, c);
-            }
-            /* columns past the last 8: the same fused multiply-add per element */
-            vx_attn_values_fma_cols(Pi, ldp, qb, Vb, f16, ldv, nb, hd8, hd, o + i);
+            for (int64_t t = t0 + KV_PF; t < t0 + KV_PF + nb && t < nk; t++)
+                kv_prefetch(base + (size_t)t * row, 0, (size_t)hd * es); /* the next block */
+            values_rows(qb, P + (size_t)i * ldp + (size_t)t0, ldp, base + (size_t)t0 * row, f16,
+                        ldv, nb, hd, o + i);
         }
     }
 }
