@@ -84,7 +84,6 @@ HALF_FFT = 200  # n_fft / 2
 LEFT_PAD_POS = 32  # VX_LEFT_PAD_POS
 DEC_BATCH = 32  # VX_DEC_BATCH: positions per prefill pass
 RIGHT_PAD_EXTRA = 1 + 10  # flush_audio: delay + 1 + 10 positions past the speech
-POSITIONS_PER_AUDIO_S = SAMPLE_RATE / POS_SAMPLES  # 12.5
 # The daemon's defaults (voxd.config.EngineSettings, EndpointSettings; the test
 # checks they agree).
 INTERVAL_MS_DEFAULT = 480

@@ -555,6 +555,13 @@ class Engine(_NativeHandle):
             self._handle = None
 
 
+def _silence(samples: int) -> int:
+    """A flush's count of silent samples, checked before it reaches the engine."""
+    if samples < 0:
+        raise ValueError(f"silence must be 0 or more samples, not {samples}")
+    return samples
+
+
 class Stream:
     """One audio stream: feed 16 kHz mono float audio, get token events."""
 
@@ -600,9 +607,7 @@ class Stream:
         speech (the endpointer's hangover); they count toward the right
         padding, so the decoder stops that much sooner (vx_stream_flush_after_silence).
         """
-        if silence < 0:
-            raise ValueError(f"silence must be 0 or more samples, not {silence}")
-        self._check(self._lib.vx_stream_flush_after_silence(self._ptr(), silence))
+        self._check(self._lib.vx_stream_flush_after_silence(self._ptr(), _silence(silence)))
         return self._drain()
 
     def finish(self) -> list[StreamEvent]:
@@ -693,10 +698,7 @@ class StreamGroup(_NativeHandle):
         pcm = (f_ptr * n)(*[a.ctypes.data_as(f_ptr) for a in arrays])
         sizes = (ctypes.c_size_t * n)(*[a.size for a in arrays])
         flags = (ctypes.c_int * n)(*[int(s in flush) for s in streams])
-        quiet = [(silence or {}).get(s, 0) for s in streams]
-        if any(q < 0 for q in quiet):
-            raise ValueError(f"silence must be 0 or more samples, not {min(quiet)}")
-        silent = (ctypes.c_size_t * n)(*quiet)
+        silent = (ctypes.c_size_t * n)(*[_silence((silence or {}).get(s, 0)) for s in streams])
         status = (ctypes.c_int * n)()
         st = self._lib.vx_group_feed(self._handle, handles, pcm, sizes, flags, silent, n, status)
         if st != Status.OK and not any(status):  # refused before running: bad arguments
