@@ -613,9 +613,11 @@ int main(void) {
                  * left over, and rows of more than one 128-block chunk */
                 for (int n = 4; n <= 8; n++) check_q_exact(be, dt, 29, 1088, n);
                 for (int n = 4; n <= 8; n += 4) check_q_exact(be, dt, 16, 32 * 300, n);
-                /* the stacked steps' chunks: 21 blocks in one, and a chunk
-                 * of one block after a full one */
-                for (int n = 4; n <= 8; n++) check_q_exact(be, dt, 32, 32 * 21, n);
+                /* the stacked steps' chunks (from 3 inputs with AVX2's Q4,
+                 * 4 with VNNI): 21 blocks in one, and a chunk of one block
+                 * after a full one */
+                for (int n = 2; n <= 8; n++) check_q_exact(be, dt, 32, 32 * 21, n);
+                check_q_exact(be, dt, 16, 32 * 129, 3);
                 check_q_exact(be, dt, 16, 32 * 129, 5);
                 check_determinism(be, dt, 37, 1088);
                 check_q_exact(be, dt, 16, 32, 1);

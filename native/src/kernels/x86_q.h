@@ -30,7 +30,9 @@
  *    per zmm, as the tiles below but with no scratch), so the per-input work
  *    has no reduction: one vpdpbusd per 4 columns of 16 rows, and one
  *    conversion, scale and FMA per 16 outputs and block. AVX-VNNI does the
- *    same one group (8 rows per ymm) at a time.
+ *    same one group (8 rows per ymm) at a time, and AVX2 for Q4 from 3
+ *    inputs, with vpmaddubsw and the block's int16 pair sums added before
+ *    one widening per input.
  *  n > 8 (encoder, prefill), and rows outside full groups: a tile of R rows
  *    (8 in ymm; 16 in zmm with AVX512) is first rewritten, a chunk of blocks
  *    at a time, into an L1 scratch where register s of a block holds the 4
@@ -387,15 +389,29 @@ static void q_groups(int dt, const vx_weight *W, const vx_qact *X, int n, float 
     }
 }
 
-#if XQ_VNNI
-/* ---- QZ_MIN_N <= n <= QG_MAX_N with a VNNI dot product: full groups with
- * their block transposed in registers to rows in lanes (below: two groups
- * per zmm step with EVEX, one group per ymm step with AVX-VNNI), the
- * inputs of a chunk of blocks interleaved once per call. */
+/* ---- QZ_MIN_N <= n <= QG_MAX_N: full groups with their block transposed
+ * in registers to rows in lanes (below: two groups per zmm step with EVEX,
+ * one group per ymm step with AVX-VNNI and AVX2), the inputs of a chunk of
+ * blocks interleaved once per call. AVX2 takes Q4 only (QZ_Q8). */
 
+#if XQ_VNNI
 /* 4 inputs and up: with fewer, the group stream (one memory stream per
  * thread, where a pair reads two) is as fast or faster here */
 #define QZ_MIN_N 4
+#define QZ_Q8 1
+#else
+/* AVX2 from 3 inputs: per input and block the step issues about 29
+ * instructions (8 broadcasts, 8 vpmaddubsw, 7 vpaddw, the widening and the
+ * float step) where the group stream's vphaddd tree makes it over 40; the
+ * block's transpose is shared by the inputs, and with 2 it cost as much as
+ * it saved (in cache on a Zen 3 core: 3 inputs 0.94x the group stream's
+ * time, 8 inputs 0.87x, 2 inputs 1.06x). Q8 stays on the group stream:
+ * w + 128 times x overflows vpmaddubsw's int16 pairs, and |w| x sign(x, w)
+ * needs a sign and a widening per input and slice, about what it costs
+ * there. */
+#define QZ_MIN_N 3
+#define QZ_Q8 0
+#endif
 #define QZ_PF 32 /* blocks of look-ahead of a step's group streams */
 #define QZ_CHUNK 128 /* blocks of the inputs interleaved at a time */
 
@@ -433,7 +449,6 @@ INLINE void qz_look_step(qz_look *l, int b, int nb, size_t gbb, int groups, size
     for (int k = 0; k < groups; k++) q_prefetch(l->p + (size_t)k * stride, gbb, 0);
     l->p += gbb;
 }
-#endif
 
 #if XQ_VNNI == 2
 /* ---- EVEX, two groups (16 rows) at a time: each
@@ -538,14 +553,14 @@ INLINE void qz_pair(int dt, int N, const uint8_t *ga, size_t group_bytes, const 
 
 #endif
 
-#if XQ_VNNI == 1
-/* ---- AVX-VNNI (16 ymm registers), one group (8 rows) at a time: its block
- * transposed in registers to rows in lanes (register t holds elements
- * 4t..4t+3 of the 8 rows, in row order), so one vpdpbusd with the input's
- * 4 bytes broadcast advances the 8 rows' block sums: no vphaddd tree per
- * input, as the group stream above needs. The sums start from the unsigned
- * weights' correction, as with EVEX. The inputs go 4 at a time, so that the
- * block's 8 registers and 4 sums fit. */
+#if XQ_VNNI != 2
+/* ---- AVX-VNNI and AVX2 (16 ymm registers), one group (8 rows) at a time:
+ * its block transposed in registers to rows in lanes (register t holds
+ * elements 4t..4t+3 of the 8 rows, in row order), so one vpdpbusd (AVX2:
+ * vpmaddubsw) with the input's 4 bytes broadcast advances the 8 rows' block
+ * sums: no vphaddd tree per input, as the group stream above needs. The
+ * sums start from the unsigned weights' correction, as with EVEX. The
+ * inputs go 4 at a time, so that the block's 8 registers and 4 sums fit. */
 
 /* In each 128-bit lane, a 4 x 4 transpose of dwords: lane l of c[s] holds
  * dword s of a[0..3]'s lane l, in that order. */
@@ -594,6 +609,53 @@ INLINE void qy_block(int dt, const uint8_t *g, __m256i *e) {
     qy_transpose4(b, e + 4);
 }
 
+/* The block sums s[j] of inputs i0 + j (j < 4, i0 + j < N) against the
+ * block e (qy_block), x the block's interleaved inputs and xs their
+ * corrections. */
+INLINE void qy_sums(const __m256i *e, const int8_t (*x)[VX_QBLOCK], const qz_xs *xs, int i0,
+                    int N, __m256i *s) {
+#if XQ_VNNI
+    _Pragma("GCC unroll 4")
+    for (int j = 0; j < 4; j++)
+        if (i0 + j < N) s[j] = _mm256_set1_epi32(xs[i0 + j].corr);
+    _Pragma("GCC unroll 8")
+    for (int t = 0; t < 8; t++) {
+        _Pragma("GCC unroll 4")
+        for (int j = 0; j < 4; j++) {
+            if (i0 + j >= N) continue;
+            int32_t x4;
+            memcpy(&x4, x[i0 + j] + 4 * t, 4);
+            s[j] = XQ_DPBUSD(s[j], e[t], _mm256_set1_epi32(x4));
+        }
+    }
+#else
+    /* Q4 only: the 8 slices' vpmaddubsw pair sums added in int16 (as the
+     * AVX2 tile does: each at most 2 * 15 * 128, 8 of them below 2^15), one
+     * widening per input */
+    __m256i p[4];
+    _Pragma("GCC unroll 8")
+    for (int t = 0; t < 8; t++) {
+        _Pragma("GCC unroll 4")
+        for (int j = 0; j < 4; j++) {
+            if (i0 + j >= N) continue;
+            int32_t x4;
+            memcpy(&x4, x[i0 + j] + 4 * t, 4);
+            const __m256i d = _mm256_maddubs_epi16(e[t], _mm256_set1_epi32(x4));
+            p[j] = t ? _mm256_add_epi16(p[j], d) : d;
+            /* keep each input's chain in order: GCC otherwise rebalances
+             * the exact integer adds into a tree of all 64 products, which
+             * spills them to the stack */
+            __asm__("" : "+x"(p[j]));
+        }
+    }
+    _Pragma("GCC unroll 4")
+    for (int j = 0; j < 4; j++)
+        if (i0 + j < N)
+            s[j] = _mm256_add_epi32(_mm256_set1_epi32(xs[i0 + j].corr),
+                                    _mm256_madd_epi16(p[j], _mm256_set1_epi16(1)));
+#endif
+}
+
 /* Group g (at the chunk's first block) x N inputs over the chunk's nb blocks:
  * y[i * ldy + 0..7] input i's 8 outputs, as qz_pair. */
 INLINE void qy_group(int dt, int N, const uint8_t *g, size_t group_bytes, const uint8_t *next,
@@ -611,19 +673,7 @@ INLINE void qy_group(int dt, int N, const uint8_t *g, size_t group_bytes, const 
         _Pragma("GCC unroll 2")
         for (int i0 = 0; i0 < N; i0 += 4) {
             __m256i s[4];
-            _Pragma("GCC unroll 4")
-            for (int j = 0; j < 4; j++)
-                if (i0 + j < N) s[j] = _mm256_set1_epi32(in->s[b][i0 + j].corr);
-            _Pragma("GCC unroll 8")
-            for (int t = 0; t < 8; t++) {
-                _Pragma("GCC unroll 4")
-                for (int j = 0; j < 4; j++) {
-                    if (i0 + j >= N) continue;
-                    int32_t x4;
-                    memcpy(&x4, in->x[b][i0 + j] + 4 * t, 4);
-                    s[j] = XQ_DPBUSD(s[j], e[t], _mm256_set1_epi32(x4));
-                }
-            }
+            qy_sums(e, in->x[b], in->s[b], i0, N, s);
             _Pragma("GCC unroll 4")
             for (int j = 0; j < 4; j++)
                 if (i0 + j < N) f[i0 + j] = q_step8(f[i0 + j], s[j], dw, in->s[b][i0 + j].dx);
@@ -639,7 +689,6 @@ INLINE void qy_group(int dt, int N, const uint8_t *g, size_t group_bytes, const 
 #define QZ_STEP qz_pair
 #endif
 
-#if XQ_VNNI
 /* Full groups [g0, g1) x QZ_MIN_N..QG_MAX_N inputs, QZ_GROUPS at a time,
  * QZ_CHUNK blocks at a time (the interleaved inputs, 40 KB, live on the
  * stack); groups left over through the group stream. */
@@ -671,17 +720,19 @@ static void qz_groups(int dt, const vx_weight *W, const vx_qact *X, int n, float
 #define QZ_CASE(N)                                                                                 \
     case N:                                                                                        \
         if (dt == VX_DT_Q4) QZ_STEP(VX_DT_Q4, N, gc, group_bytes, next, &in, nb, cb0 == 0, Y + r, ldy); \
-        else QZ_STEP(VX_DT_Q8, N, gc, group_bytes, next, &in, nb, cb0 == 0, Y + r, ldy);            \
+        else if (QZ_Q8) QZ_STEP(VX_DT_Q8, N, gc, group_bytes, next, &in, nb, cb0 == 0, Y + r, ldy); \
         break
                 QZ_CASE(8); QZ_CASE(7); QZ_CASE(6); QZ_CASE(5);
-            default: QZ_CASE(4);
+#if QZ_MIN_N == 3
+                QZ_CASE(4);
+#endif
+            default: QZ_CASE(QZ_MIN_N);
 #undef QZ_CASE
             }
         }
     }
     if (p1 < g1) q_groups(dt, W, X, n, Y, ldy, p1, g1);
 }
-#endif
 
 /* ---- the batched tiles: rows in lanes (n > QG_MAX_N, and rows outside
  * full groups). XT_R rows per tile, XT_NI inputs per register tile,
@@ -1006,11 +1057,8 @@ INLINE void q_rows(int dt, const vx_weight *W, const vx_qact *X, int n, float *Y
         return;
     }
     if (r0 < g0) q_tiles(dt, W, X, n, Y, ldy, r0, g0);
-#if XQ_VNNI
-    if (n >= QZ_MIN_N) qz_groups(dt, W, X, n, Y, ldy, g0, g1);
-    else
-#endif
-        q_groups(dt, W, X, n, Y, ldy, g0, g1);
+    if (n >= QZ_MIN_N && (QZ_Q8 || dt == VX_DT_Q4)) qz_groups(dt, W, X, n, Y, ldy, g0, g1);
+    else q_groups(dt, W, X, n, Y, ldy, g0, g1);
     if (g1 < r1) q_tiles(dt, W, X, n, Y, ldy, g1, r1);
 }
 
