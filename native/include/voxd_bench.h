@@ -51,7 +51,8 @@ VX_EXPORT double vx_measure_fma_peak(int n_threads);
 
 /* Peak int8 dot-product throughput in GOP/s (a multiply-add counts 2, as an
  * FMA lane does), the instructions of the Q8/Q4 kernels: vpdpbusd on zmm
- * (AVX512-VNNI) or ymm (AVX-VNNI), vpmaddubsw + vpmaddwd (AVX2), SDOT
+ * (AVX512-VNNI) or ymm (AVX-VNNI), vpmaddubsw + vpaddw (AVX2: the Q4
+ * kernels' int16 accumulation; Q8's needs a vpmaddwd more), SDOT
  * (AArch64 with the dot-product extension); 12 independent chains per
  * thread, best of 5 repetitions. The compute roof of the int8 matrix work.
  * Returns a negative value where the CPU has none of these (or a thread
