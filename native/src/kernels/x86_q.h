@@ -30,9 +30,9 @@
  *    per zmm, as the tiles below but with no scratch), so the per-input work
  *    has no reduction: one vpdpbusd per 4 columns of 16 rows, and one
  *    conversion, scale and FMA per 16 outputs and block. AVX-VNNI does the
- *    same one group (8 rows per ymm) at a time, and AVX2 for Q4 from 3
- *    inputs, with vpmaddubsw and the block's int16 pair sums added before
- *    one widening per input.
+ *    same one group (8 rows per ymm) at a time, and AVX2 from 3 inputs with
+ *    vpmaddubsw (Q4: the block's int16 pair sums added before one widening
+ *    per input; Q8: |w| x sign(x, w), widened per slice).
  *  n > 8 (encoder, prefill), and rows outside full groups: a tile of R rows
  *    (8 in ymm; 16 in zmm with AVX512) is first rewritten, a chunk of blocks
  *    at a time, into an L1 scratch where register s of a block holds the 4
@@ -392,25 +392,21 @@ static void q_groups(int dt, const vx_weight *W, const vx_qact *X, int n, float 
 /* ---- QZ_MIN_N <= n <= QG_MAX_N: full groups with their block transposed
  * in registers to rows in lanes (below: two groups per zmm step with EVEX,
  * one group per ymm step with AVX-VNNI and AVX2), the inputs of a chunk of
- * blocks interleaved once per call. AVX2 takes Q4 only (QZ_Q8). */
+ * blocks interleaved once per call. */
 
 #if XQ_VNNI
 /* 4 inputs and up: with fewer, the group stream (one memory stream per
  * thread, where a pair reads two) is as fast or faster here */
 #define QZ_MIN_N 4
-#define QZ_Q8 1
 #else
-/* AVX2 from 3 inputs: per input and block the step issues about 29
+/* AVX2 from 3 inputs: per input and block the Q4 step issues about 29
  * instructions (8 broadcasts, 8 vpmaddubsw, 7 vpaddw, the widening and the
  * float step) where the group stream's vphaddd tree makes it over 40; the
  * block's transpose is shared by the inputs, and with 2 it cost as much as
  * it saved (in cache on a Zen 3 core: 3 inputs 0.94x the group stream's
- * time, 8 inputs 0.87x, 2 inputs 1.06x). Q8 stays on the group stream:
- * w + 128 times x overflows vpmaddubsw's int16 pairs, and |w| x sign(x, w)
- * needs a sign and a widening per input and slice, about what it costs
- * there. */
+ * time, 8 inputs 0.87x, 2 inputs 1.06x). Q8 (a sign and a widening per
+ * slice instead of the vphaddd tree): 0.89-0.96x from 3 to 8 inputs. */
 #define QZ_MIN_N 3
-#define QZ_Q8 0
 #endif
 #define QZ_PF 32 /* blocks of look-ahead of a step's group streams */
 #define QZ_CHUNK 128 /* blocks of the inputs interleaved at a time */
@@ -559,8 +555,9 @@ INLINE void qz_pair(int dt, int N, const uint8_t *ga, size_t group_bytes, const 
  * elements 4t..4t+3 of the 8 rows, in row order), so one vpdpbusd (AVX2:
  * vpmaddubsw) with the input's 4 bytes broadcast advances the 8 rows' block
  * sums: no vphaddd tree per input, as the group stream above needs. The
- * sums start from the unsigned weights' correction, as with EVEX. The
- * inputs go 4 at a time, so that the block's 8 registers and 4 sums fit. */
+ * sums start from the unsigned weights' correction, as with EVEX (AVX2's
+ * Q8, |w| x sign(x, w), needs none). The inputs go 4 at a time, so that
+ * the block's 8 registers and 4 sums fit. */
 
 /* In each 128-bit lane, a 4 x 4 transpose of dwords: lane l of c[s] holds
  * dword s of a[0..3]'s lane l, in that order. */
@@ -574,8 +571,8 @@ INLINE void qy_transpose4(const __m256i *a, __m256i *c) {
 }
 
 /* Group block g as e[t]: elements 4t..4t+3 of rows 0-7 in row order,
- * unsigned (Q4 the nibbles, Q8 w + 128). Each 128-bit lane pairs row k with
- * row k + 4 before the transpose. */
+ * unsigned (Q4 the nibbles, Q8 w + 128; AVX2's Q8 w, signed). Each
+ * 128-bit lane pairs row k with row k + 4 before the transpose. */
 INLINE void qy_block(int dt, const uint8_t *g, __m256i *e) {
     __m256i a[4], b[4], c[4];
     if (dt == VX_DT_Q4) {
@@ -595,11 +592,12 @@ INLINE void qy_block(int dt, const uint8_t *g, __m256i *e) {
         }
         return;
     }
-    const __m256i bias = _mm256_set1_epi8(-128);
     __m256i r[8];
     _Pragma("GCC unroll 8")
-    for (int k = 0; k < 8; k++) /* row k */
-        r[k] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(const void *)(g + 16 + 32 * k)), bias);
+    for (int k = 0; k < 8; k++) { /* row k */
+        r[k] = _mm256_loadu_si256((const __m256i *)(const void *)(g + 16 + 32 * k));
+        if (XQ_VNNI) r[k] = _mm256_xor_si256(r[k], _mm256_set1_epi8(-128));
+    }
     _Pragma("GCC unroll 4")
     for (int k = 0; k < 4; k++) { /* rows k | k + 4: elements 0-15, then 16-31 */
         a[k] = _mm256_permute2x128_si256(r[k], r[k + 4], 0x20);
@@ -610,11 +608,12 @@ INLINE void qy_block(int dt, const uint8_t *g, __m256i *e) {
 }
 
 /* The block sums s[j] of inputs i0 + j (j < 4, i0 + j < N) against the
- * block e (qy_block), x the block's interleaved inputs and xs their
- * corrections. */
-INLINE void qy_sums(const __m256i *e, const int8_t (*x)[VX_QBLOCK], const qz_xs *xs, int i0,
-                    int N, __m256i *s) {
+ * block e (qy_block; AVX2's Q8: |w| in e, w in w), x the block's
+ * interleaved inputs and xs their corrections. */
+INLINE void qy_sums(int dt, const __m256i *e, const __m256i *w, const int8_t (*x)[VX_QBLOCK],
+                    const qz_xs *xs, int i0, int N, __m256i *s) {
 #if XQ_VNNI
+    (void)dt, (void)w;
     _Pragma("GCC unroll 4")
     for (int j = 0; j < 4; j++)
         if (i0 + j < N) s[j] = _mm256_set1_epi32(xs[i0 + j].corr);
@@ -629,8 +628,27 @@ INLINE void qy_sums(const __m256i *e, const int8_t (*x)[VX_QBLOCK], const qz_xs 
         }
     }
 #else
-    /* Q4 only: the 8 slices' vpmaddubsw pair sums added in int16 (as the
-     * AVX2 tile does: each at most 2 * 15 * 128, 8 of them below 2^15), one
+    if (dt == VX_DT_Q8) {
+        /* |w| x sign(x, w), widened per slice (a pair can reach 2 * 128 *
+         * 127: two do not fit int16); signed weights need no correction */
+        _Pragma("GCC unroll 8")
+        for (int t = 0; t < 8; t++) {
+            _Pragma("GCC unroll 4")
+            for (int j = 0; j < 4; j++) {
+                if (i0 + j >= N) continue;
+                int32_t x4;
+                memcpy(&x4, x[i0 + j] + 4 * t, 4);
+                const __m256i d = _mm256_madd_epi16(
+                    _mm256_maddubs_epi16(e[t], _mm256_sign_epi8(_mm256_set1_epi32(x4), w[t])),
+                    _mm256_set1_epi16(1));
+                s[j] = t ? _mm256_add_epi32(s[j], d) : d;
+                __asm__("" : "+x"(s[j])); /* the chains in order, as for Q4 below */
+            }
+        }
+        return;
+    }
+    /* Q4: the 8 slices' vpmaddubsw pair sums added in int16 (as the AVX2
+     * tile does: each at most 2 * 15 * 128, 8 of them below 2^15), one
      * widening per input */
     __m256i p[4];
     _Pragma("GCC unroll 8")
@@ -668,12 +686,18 @@ INLINE void qy_group(int dt, int N, const uint8_t *g, size_t group_bytes, const 
     for (int b = 0; b < nb; b++, g += gbb) {
         qz_look_step(&look, b, nb, gbb, 1, group_bytes);
         const __m256 dw = q_dw8(g);
-        __m256i e[8];
+        __m256i e[8], w[8];
         qy_block(dt, g, e);
+        if (!XQ_VNNI && dt == VX_DT_Q8)
+            _Pragma("GCC unroll 8")
+            for (int t = 0; t < 8; t++) {
+                w[t] = e[t];
+                e[t] = _mm256_abs_epi8(e[t]);
+            }
         _Pragma("GCC unroll 2")
         for (int i0 = 0; i0 < N; i0 += 4) {
             __m256i s[4];
-            qy_sums(e, in->x[b], in->s[b], i0, N, s);
+            qy_sums(dt, e, w, in->x[b], in->s[b], i0, N, s);
             _Pragma("GCC unroll 4")
             for (int j = 0; j < 4; j++)
                 if (i0 + j < N) f[i0 + j] = q_step8(f[i0 + j], s[j], dw, in->s[b][i0 + j].dx);
@@ -698,7 +722,7 @@ static void qz_groups(int dt, const vx_weight *W, const vx_qact *X, int n, float
     const size_t group_bytes = (size_t)VX_QGROUP * vx_row_bytes(dt, cols);
     const size_t gbb = VX_QGROUP * vx_q_block_bytes(dt);
     const uint8_t *g = (const uint8_t *)W->data + (size_t)(g0 / VX_QGROUP) * group_bytes;
-    const int32_t unit = dt == VX_DT_Q4 ? -8 : -128;
+    const int32_t unit = dt == VX_DT_Q4 ? -8 : XQ_VNNI ? -128 : 0;
     const int64_t step = QZ_GROUPS * VX_QGROUP; /* rows per step */
     const int64_t p1 = g0 + (g1 - g0) / step * step; /* end of the steps */
     qz_inputs in;
@@ -720,7 +744,7 @@ static void qz_groups(int dt, const vx_weight *W, const vx_qact *X, int n, float
 #define QZ_CASE(N)                                                                                 \
     case N:                                                                                        \
         if (dt == VX_DT_Q4) QZ_STEP(VX_DT_Q4, N, gc, group_bytes, next, &in, nb, cb0 == 0, Y + r, ldy); \
-        else if (QZ_Q8) QZ_STEP(VX_DT_Q8, N, gc, group_bytes, next, &in, nb, cb0 == 0, Y + r, ldy); \
+        else QZ_STEP(VX_DT_Q8, N, gc, group_bytes, next, &in, nb, cb0 == 0, Y + r, ldy);            \
         break
                 QZ_CASE(8); QZ_CASE(7); QZ_CASE(6); QZ_CASE(5);
 #if QZ_MIN_N == 3
@@ -1057,7 +1081,7 @@ INLINE void q_rows(int dt, const vx_weight *W, const vx_qact *X, int n, float *Y
         return;
     }
     if (r0 < g0) q_tiles(dt, W, X, n, Y, ldy, r0, g0);
-    if (n >= QZ_MIN_N && (QZ_Q8 || dt == VX_DT_Q4)) qz_groups(dt, W, X, n, Y, ldy, g0, g1);
+    if (n >= QZ_MIN_N) qz_groups(dt, W, X, n, Y, ldy, g0, g1);
     else q_groups(dt, W, X, n, Y, ldy, g0, g1);
     if (g1 < r1) q_tiles(dt, W, X, n, Y, ldy, g1, r1);
 }
