@@ -9,7 +9,10 @@ Each request is the command (espeak-ng's own silence trimmed) and then
 ``--trailing-silence-s`` of -60 dBFS room noise: Home Assistant sends
 ``audio-stop`` once its voice activity detection heard that much silence
 (0.7 s at its default sensitivity, 0.25 s aggressive, 1.25 s relaxed), which
-is the client's hangover; ``speech_end_s`` adds it to the wait.
+is the client's hangover; ``speech_end_s`` adds it to the wait. Each request
+starts once the server is idle with the next connection's stream readied
+(its prompt prefill done, as between two voice commands a user speaks);
+``ready_s`` is how long that took after the previous request's transcript.
 
     PYTHONPATH=. python bench/wyoming_latency.py --model-dir DIR [--threads 2] [--json]
 """
@@ -22,7 +25,7 @@ import json
 import socket
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +54,7 @@ class Request:
     wait_s: float  # audio-stop sent -> transcript received
     speech_end_s: float  # end of the speech -> transcript (trailing_s + wait_s)
     text_chars: int
+    ready_s: float = 0.0  # previous transcript -> the server's next stream readied
 
 
 def _free_port() -> int:
@@ -88,6 +92,16 @@ async def _one(port: int, command: str, speech: np.ndarray, trailing_s: float) -
                 return Request(command, speech_s, trailing_s, waited, total, len(text))
 
 
+def _wait_ready(server: WyomingServer) -> float:
+    """Seconds until the server has the next connection's stream ready."""
+    start = time.monotonic()
+    while not server.stream_ready():
+        if time.monotonic() - start > REPLY_TIMEOUT_S:
+            raise RuntimeError("the server readied no stream (see its log)")
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
 def run(model_dir: Path, threads: int, rounds: int, trailing_s: float) -> list[Request]:
     engine = Engine(model_dir, threads=threads)
     settings = WyomingSettings(enabled=True, host=HOST, port=_free_port(), zeroconf=False)
@@ -98,7 +112,9 @@ def run(model_dir: Path, threads: int, rounds: int, trailing_s: float) -> list[R
         results: list[Request] = []
         for _ in range(rounds):
             for c in COMMANDS:
-                results.append(asyncio.run(_one(settings.port, c, speech[c], trailing_s)))
+                ready_s = _wait_ready(server)
+                r = asyncio.run(_one(settings.port, c, speech[c], trailing_s))
+                results.append(replace(r, ready_s=ready_s))
         return results
     finally:
         server.stop()
@@ -122,10 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps([asdict(r) for r in results], indent=2))
         return 0
-    print(f"{'#':>2} {'speech s':>8} {'silence s':>9} {'wait s':>7} {'from speech s':>13}  command")
+    print(
+        f"{'#':>2} {'ready s':>7} {'speech s':>8} {'silence s':>9} {'wait s':>7} "
+        f"{'from speech s':>13}  command"
+    )
     for n, r in enumerate(results, 1):
         print(
-            f"{n:>2} {r.speech_s:8.2f} {r.trailing_s:9.2f} {r.wait_s:7.2f} "
+            f"{n:>2} {r.ready_s:7.2f} {r.speech_s:8.2f} {r.trailing_s:9.2f} {r.wait_s:7.2f} "
             f"{r.speech_end_s:13.2f}  {r.command}"
         )
     return 0

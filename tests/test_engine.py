@@ -194,6 +194,23 @@ def test_processing_interval_does_not_change_tokens(
     assert [e.token_id for e in events if isinstance(e, TokenEvent)] == base
 
 
+def test_prepare_runs_the_prompt_prefill_ahead_and_changes_no_token(
+    engine_tiny: Engine, clips: dict[str, np.ndarray]
+) -> None:
+    audio = clips["hello"]
+    _, fresh = transcribe(engine_tiny, audio)
+    s = engine_tiny.stream()
+    assert s.stats().positions == 0
+    s.prepare()
+    prefilled = s.stats().positions
+    assert prefilled > 0  # BOS and the left padding, before any audio
+    s.prepare()  # nothing left to do
+    assert s.stats().positions == prefilled
+    events = s.feed(audio) + s.finish()
+    s.close()
+    assert [e.token_id for e in events if isinstance(e, TokenEvent)] == fresh
+
+
 def test_streaming_emits_tokens_before_the_flush(
     engine_tiny: Engine, clips: dict[str, np.ndarray]
 ) -> None:

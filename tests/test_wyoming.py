@@ -234,6 +234,18 @@ def test_request_like_home_assistant_matches_offline(
     assert final_of(events) == offline(engine, pcm)
 
 
+def test_next_connections_stream_is_readied_between_requests(
+    wyoming_server: ServerFactory, engine: Engine, speech16: dict[str, np.ndarray]
+) -> None:
+    """The worker prepares a stream ahead; a request on it reads as on a fresh one."""
+    server = wyoming_server()
+    wait_until(server.stream_ready, what="a stream readied at start")
+    pcm = to_pcm(speech16["numbers"], 2)
+    assert final_of(asyncio.run(ha_transcribe(server.settings.port, pcm))) == offline(engine, pcm)
+    wait_until(server.stream_ready, what="a stream readied again after the request")
+    assert final_of(asyncio.run(ha_transcribe(server.settings.port, pcm))) == offline(engine, pcm)
+
+
 def test_two_utterances_on_one_connection(
     wyoming_server: ServerFactory, engine: Engine, speech16: dict[str, np.ndarray]
 ) -> None:
@@ -612,6 +624,12 @@ def test_stream_the_engine_refuses_is_an_engine_error_for_that_client(
             error = asyncio.run(go())
         assert error.code == "engine-error" and "delay_ms 1" in error.text
         assert any("delay_ms 1" in r.getMessage() for r in caplog.records)
+        # the stream it readies ahead fails the same way, and it says so once
+        def ahead() -> list[logging.LogRecord]:
+            return [r for r in caplog.records if "cannot ready a stream ahead" in r.getMessage()]
+
+        wait_until(ahead, what="the warning about the stream readied ahead")
+        assert len(ahead()) == 1 and not server.stream_ready()
         asyncio.run(describe())  # the server goes on
     finally:
         server.stop()

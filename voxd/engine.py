@@ -198,6 +198,9 @@ def _declare(lib: ctypes.CDLL) -> None:
     for name in ("vx_stream_flush", "vx_stream_finish", "vx_stream_reset"):
         getattr(lib, name).argtypes = [p]
         getattr(lib, name).restype = c_int
+    if hasattr(lib, "vx_stream_prepare"):  # not in a library set by VOXD_ENGINE_LIB of old
+        lib.vx_stream_prepare.argtypes = [p]
+        lib.vx_stream_prepare.restype = c_int
     lib.vx_stream_flush_after_silence.argtypes = [p, c_size]
     lib.vx_stream_flush_after_silence.restype = c_int
     lib.vx_stream_read_events.argtypes = [p, ctypes.POINTER(_Event), c_size]
@@ -617,6 +620,10 @@ class Stream:
 
     def reset(self) -> None:
         self._check(self._lib.vx_stream_reset(self._ptr()))
+
+    def prepare(self) -> None:
+        """Compute the left padding now, not at the first feed (the output is the same)."""
+        self._check(self._lib.vx_stream_prepare(self._ptr()))
 
     def stats(self) -> StreamStats:
         raw = _StreamStats()

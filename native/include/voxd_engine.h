@@ -184,6 +184,12 @@ VX_EXPORT vx_status vx_stream_finish(vx_stream *s);
  * for new audio (also after finish). */
 VX_EXPORT vx_status vx_stream_reset(vx_stream *s);
 
+/* Compute the left padding now: the stream's first feed, flush or reset
+ * otherwise does (the prompt's prefill, on the clock of its first audio).
+ * A server readies a stream before a client's audio arrives with it; the
+ * stream's output is the same either way. Nothing to do the second time. */
+VX_EXPORT vx_status vx_stream_prepare(vx_stream *s);
+
 /* Copy up to max pending events into out; returns how many were copied. */
 VX_EXPORT size_t vx_stream_read_events(vx_stream *s, vx_event *out, size_t max);
 

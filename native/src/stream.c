@@ -600,6 +600,12 @@ vx_status vx_stream_reset(vx_stream *s) {
     return VX_OK;
 }
 
+vx_status vx_stream_prepare(vx_stream *s) {
+    if (!s) return VX_ERR_ARG;
+    s->err[0] = 0;
+    return ensure_snapshot(s);
+}
+
 size_t vx_stream_read_events(vx_stream *s, vx_event *out, size_t max) {
     if (!s || !out) return 0;
     size_t n = s->n_events - s->ev_head;

@@ -32,9 +32,14 @@ model, beside the microphone pipeline's, and one engine worker thread per
 server does the work of all of them together (:class:`EngineWorker`). It owns
 a :class:`voxd.engine.StreamGroup` and every connection's stream: streams are
 made, reset and closed only there, between group calls, and never used from
-another thread. The connection handlers on the event loop only convert audio
-(voxd's resampler, to 16 kHz float32) and queue it, with their utterance ends
-(``audio-stop``) and stream open/reset/close requests. Each round the worker
+another thread. While no request is in progress the worker readies the next
+connection's stream ahead (:meth:`voxd.engine.Stream.prepare`: the prompt's
+prefill over the left padding, the same for every stream), so a request's
+first audio does not wait for it: Home Assistant opens a connection per
+request, and on a slow board the prefill is seconds. The connection handlers
+on the event loop only convert audio (voxd's resampler, to 16 kHz float32)
+and queue it, with their utterance ends (``audio-stop``) and stream
+open/reset/close requests. Each round the worker
 takes every connection's queued work, at most ``ROUND_SAMPLES`` (480 ms) of
 audio per connection so that one client's long request does not hold up the
 others, and makes one ``StreamGroup.feed`` call: the decoder passes of all the
@@ -392,6 +397,10 @@ class EngineWorker:
         self._ready = threading.Event()
         self._start_error: EngineError | None = None
         self._stats: GroupStats | None = None
+        # the next connection's stream, its prefill done (worker thread only)
+        self._ready_stream: Stream | None = None
+        self._ready_failed = False  # making one failed: each open makes its own
+        self._in_progress: set[AsrSession] = set()  # opened or fed, not flushed (worker only)
 
     def start(self) -> None:
         """Start the thread and its StreamGroup; EngineError if the group cannot be made."""
@@ -417,6 +426,12 @@ class EngineWorker:
         with self._cond:
             return self._stats
 
+    @property
+    def stream_ready(self) -> bool:
+        """Whether the next connection's stream is made and prepared."""
+        with self._cond:
+            return self._ready_stream is not None
+
     def submit(self, session: AsrSession, op: _Op, *, drop_queued: bool = False) -> None:
         """Queue work for a connection (from the event loop)."""
         with self._cond:
@@ -437,6 +452,9 @@ class EngineWorker:
         self._ready.set()
         try:
             while (work := self._take()) is not None:
+                if not work:
+                    self._prepare_next()
+                    continue
                 try:
                     self._round(group, work)
                 except Exception:  # a bug: these connections fail, the others go on
@@ -452,16 +470,41 @@ class EngineWorker:
                 sessions, self._sessions = self._sessions, []
             for session in sessions:
                 self._close_stream(session)
+            if self._ready_stream is not None:
+                self._ready_stream.close()
+                self._ready_stream = None
             group.close()
 
     def _take(self) -> list[_Work] | None:
-        """Wait for queued work and take this round's; None once stopping."""
+        """Wait for queued work and take this round's; None once stopping, [] when
+        idle with the next connection's stream to prepare."""
         with self._cond:
             while not self._stopping and not any(s.ops for s in self._sessions):
+                if self._ready_stream is None and not self._ready_failed and not self._in_progress:
+                    return []
                 self._cond.wait()
             if self._stopping:
                 return None
             return [_take_work(s) for s in self._sessions if s.ops]
+
+    def _new_stream(self) -> Stream:
+        s = self._settings
+        return self._engine.stream(delay_ms=s.delay_ms, interval_ms=s.interval_ms)
+
+    def _prepare_next(self) -> None:
+        """Make the next connection's stream and its prefill, between requests."""
+        stream: Stream | None = None
+        try:
+            stream = self._new_stream()
+            stream.prepare()
+        except EngineError as err:
+            if stream is not None:
+                stream.close()
+            log.warning("cannot ready a stream ahead (%s): each request makes its own", err)
+            self._ready_failed = True
+            return
+        with self._cond:
+            self._ready_stream = stream
 
     def _round(self, group: StreamGroup, work: list[_Work]) -> None:
         audio: dict[Stream, FloatArray] = {}
@@ -482,6 +525,11 @@ class EngineWorker:
             fed[stream] = w
         if not fed:
             return
+        for w in fed.values():  # in progress until its flush round
+            if w.flush:
+                self._in_progress.discard(w.session)
+            else:
+                self._in_progress.add(w.session)
         try:
             results = group.feed(audio, flush=flush, silence=silence)
         except EngineError as err:  # the call as a whole was refused
@@ -498,6 +546,10 @@ class EngineWorker:
                 w.session.deliver(w.gen, text_pieces(result), w.flush, None)
 
     def _control(self, session: AsrSession, kind: _OpKind, gen: int) -> None:
+        if kind == "open":  # a request begins: no stream readied until its end
+            self._in_progress.add(session)
+        elif kind in ("close", "reset"):
+            self._in_progress.discard(session)
         if kind == "close":
             self._close_stream(session)
             with self._cond:
@@ -508,8 +560,10 @@ class EngineWorker:
             return
         try:
             if kind == "open" and session.stream is None:
-                s = self._settings
-                session.stream = self._engine.stream(delay_ms=s.delay_ms, interval_ms=s.interval_ms)
+                with self._cond:
+                    session.stream, self._ready_stream = self._ready_stream, None
+                if session.stream is None:
+                    session.stream = self._new_stream()
             elif kind == "reset" and session.stream is not None:
                 session.stream.reset()
         except EngineError as err:
@@ -930,6 +984,10 @@ class WyomingServer:
     def group_stats(self) -> GroupStats | None:
         """The engine worker's StreamGroup counters after its last round (None before one)."""
         return self._hub.worker.stats()
+
+    def stream_ready(self) -> bool:
+        """Whether the next connection's stream is made and its prefill done."""
+        return self._hub.worker.stream_ready
 
     def start(self) -> None:
         try:
