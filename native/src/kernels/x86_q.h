@@ -555,9 +555,10 @@ INLINE void qz_pair(int dt, int N, const uint8_t *ga, size_t group_bytes, const 
  * elements 4t..4t+3 of the 8 rows, in row order), so one vpdpbusd (AVX2:
  * vpmaddubsw) with the input's 4 bytes broadcast advances the 8 rows' block
  * sums: no vphaddd tree per input, as the group stream above needs. The
- * sums start from the unsigned weights' correction, as with EVEX (AVX2's
- * Q8, |w| x sign(x, w), needs none). The inputs go 4 at a time, so that
- * the block's 8 registers and 4 sums fit. */
+ * unsigned weights' correction is the sums' start with VNNI, as with EVEX,
+ * and added after the widening with AVX2's Q4; AVX2's Q8, |w| x sign(x, w),
+ * needs none. The inputs go 4 at a time, so that the block's 8 registers
+ * and 4 sums fit. */
 
 /* In each 128-bit lane, a 4 x 4 transpose of dwords: lane l of c[s] holds
  * dword s of a[0..3]'s lane l, in that order. */
@@ -607,50 +608,37 @@ INLINE void qy_block(int dt, const uint8_t *g, __m256i *e) {
     qy_transpose4(b, e + 4);
 }
 
-/* The block sums s[j] of inputs i0 + j (j < 4, i0 + j < N) against the
- * block e (qy_block; AVX2's Q8: |w| in e, w in w), x the block's
- * interleaved inputs and xs their corrections. */
-INLINE void qy_sums(int dt, const __m256i *e, const __m256i *w, const int8_t (*x)[VX_QBLOCK],
-                    const qz_xs *xs, int i0, int N, __m256i *s) {
+/* Slice t of one input's block sum: acc advanced by the products of e (and
+ * AVX2's Q8: w, for the signs) with the input's 4 bytes x4, or started by
+ * them (first). VNNI: int32 sums from the correction. AVX2 Q4: int16 pair
+ * sums (as the AVX2 tile: each at most 2 * 15 * 128, 8 of them below 2^15),
+ * widened once per block by qy_sums. AVX2 Q8: |w| x sign(x, w), widened per
+ * slice (a pair can reach 2 * 128 * 127: two do not fit int16). */
+INLINE __m256i qy_slice(int dt, __m256i acc, __m256i e, __m256i w, int32_t x4, int first) {
+    const __m256i xb = _mm256_set1_epi32(x4);
 #if XQ_VNNI
-    (void)dt, (void)w;
-    _Pragma("GCC unroll 4")
-    for (int j = 0; j < 4; j++)
-        if (i0 + j < N) s[j] = _mm256_set1_epi32(xs[i0 + j].corr);
-    _Pragma("GCC unroll 8")
-    for (int t = 0; t < 8; t++) {
-        _Pragma("GCC unroll 4")
-        for (int j = 0; j < 4; j++) {
-            if (i0 + j >= N) continue;
-            int32_t x4;
-            memcpy(&x4, x[i0 + j] + 4 * t, 4);
-            s[j] = XQ_DPBUSD(s[j], e[t], _mm256_set1_epi32(x4));
-        }
-    }
+    (void)dt, (void)w, (void)first;
+    return XQ_DPBUSD(acc, e, xb);
 #else
     if (dt == VX_DT_Q8) {
-        /* |w| x sign(x, w), widened per slice (a pair can reach 2 * 128 *
-         * 127: two do not fit int16); signed weights need no correction */
-        _Pragma("GCC unroll 8")
-        for (int t = 0; t < 8; t++) {
-            _Pragma("GCC unroll 4")
-            for (int j = 0; j < 4; j++) {
-                if (i0 + j >= N) continue;
-                int32_t x4;
-                memcpy(&x4, x[i0 + j] + 4 * t, 4);
-                const __m256i d = _mm256_madd_epi16(
-                    _mm256_maddubs_epi16(e[t], _mm256_sign_epi8(_mm256_set1_epi32(x4), w[t])),
-                    _mm256_set1_epi16(1));
-                s[j] = t ? _mm256_add_epi32(s[j], d) : d;
-                __asm__("" : "+x"(s[j])); /* the chains in order, as for Q4 below */
-            }
-        }
-        return;
+        const __m256i d = _mm256_madd_epi16(_mm256_maddubs_epi16(e, _mm256_sign_epi8(xb, w)),
+                                            _mm256_set1_epi16(1));
+        return first ? d : _mm256_add_epi32(acc, d);
     }
-    /* Q4: the 8 slices' vpmaddubsw pair sums added in int16 (as the AVX2
-     * tile does: each at most 2 * 15 * 128, 8 of them below 2^15), one
-     * widening per input */
-    __m256i p[4];
+    const __m256i d = _mm256_maddubs_epi16(e, xb);
+    return first ? d : _mm256_add_epi16(acc, d);
+#endif
+}
+
+/* The block sums s[j] of inputs i0 + j (j < 4, i0 + j < N) against the
+ * block e (qy_block; AVX2's Q8: |w| in e, w in w), x the block's
+ * interleaved inputs and xs their corrections (AVX2's Q8 needs none). */
+INLINE void qy_sums(int dt, const __m256i *e, const __m256i *w, const int8_t (*x)[VX_QBLOCK],
+                    const qz_xs *xs, int i0, int N, __m256i *s) {
+    __m256i a[4];
+    _Pragma("GCC unroll 4")
+    for (int j = 0; j < 4; j++)
+        if (i0 + j < N) a[j] = XQ_VNNI ? _mm256_set1_epi32(xs[i0 + j].corr) : _mm256_setzero_si256();
     _Pragma("GCC unroll 8")
     for (int t = 0; t < 8; t++) {
         _Pragma("GCC unroll 4")
@@ -658,20 +646,23 @@ INLINE void qy_sums(int dt, const __m256i *e, const __m256i *w, const int8_t (*x
             if (i0 + j >= N) continue;
             int32_t x4;
             memcpy(&x4, x[i0 + j] + 4 * t, 4);
-            const __m256i d = _mm256_maddubs_epi16(e[t], _mm256_set1_epi32(x4));
-            p[j] = t ? _mm256_add_epi16(p[j], d) : d;
-            /* keep each input's chain in order: GCC otherwise rebalances
-             * the exact integer adds into a tree of all 64 products, which
-             * spills them to the stack */
-            __asm__("" : "+x"(p[j]));
+            a[j] = qy_slice(dt, a[j], e[t], w[t], x4, !XQ_VNNI && t == 0);
+#if !XQ_VNNI
+            /* keep each input's chain in order: GCC otherwise rebalances the
+             * exact integer adds into a tree of all the block's products,
+             * which spills them to the stack */
+            __asm__("" : "+x"(a[j]));
+#endif
         }
     }
     _Pragma("GCC unroll 4")
-    for (int j = 0; j < 4; j++)
-        if (i0 + j < N)
+    for (int j = 0; j < 4; j++) {
+        if (i0 + j >= N) continue;
+        s[j] = a[j];
+        if (!XQ_VNNI && dt == VX_DT_Q4)
             s[j] = _mm256_add_epi32(_mm256_set1_epi32(xs[i0 + j].corr),
-                                    _mm256_madd_epi16(p[j], _mm256_set1_epi16(1)));
-#endif
+                                    _mm256_madd_epi16(a[j], _mm256_set1_epi16(1)));
+    }
 }
 
 /* Group g (at the chunk's first block) x N inputs over the chunk's nb blocks:
@@ -687,17 +678,20 @@ INLINE void qy_group(int dt, int N, const uint8_t *g, size_t group_bytes, const 
         qz_look_step(&look, b, nb, gbb, 1, group_bytes);
         const __m256 dw = q_dw8(g);
         __m256i e[8], w[8];
+        const __m256i *signs = e; /* read by AVX2's Q8 only */
         qy_block(dt, g, e);
-        if (!XQ_VNNI && dt == VX_DT_Q8)
+        if (!XQ_VNNI && dt == VX_DT_Q8) {
             _Pragma("GCC unroll 8")
             for (int t = 0; t < 8; t++) {
                 w[t] = e[t];
                 e[t] = _mm256_abs_epi8(e[t]);
             }
+            signs = w;
+        }
         _Pragma("GCC unroll 2")
         for (int i0 = 0; i0 < N; i0 += 4) {
             __m256i s[4];
-            qy_sums(dt, e, w, in->x[b], in->s[b], i0, N, s);
+            qy_sums(dt, e, signs, in->x[b], in->s[b], i0, N, s);
             _Pragma("GCC unroll 4")
             for (int j = 0; j < 4; j++)
                 if (i0 + j < N) f[i0 + j] = q_step8(f[i0 + j], s[j], dw, in->s[b][i0 + j].dx);
