@@ -195,12 +195,9 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.vx_stream_free.restype = None
     lib.vx_stream_feed.argtypes = [p, ctypes.POINTER(ctypes.c_float), c_size]
     lib.vx_stream_feed.restype = c_int
-    for name in ("vx_stream_flush", "vx_stream_finish", "vx_stream_reset"):
+    for name in ("vx_stream_flush", "vx_stream_finish", "vx_stream_reset", "vx_stream_prepare"):
         getattr(lib, name).argtypes = [p]
         getattr(lib, name).restype = c_int
-    if hasattr(lib, "vx_stream_prepare"):  # not in a library set by VOXD_ENGINE_LIB of old
-        lib.vx_stream_prepare.argtypes = [p]
-        lib.vx_stream_prepare.restype = c_int
     lib.vx_stream_flush_after_silence.argtypes = [p, c_size]
     lib.vx_stream_flush_after_silence.restype = c_int
     lib.vx_stream_read_events.argtypes = [p, ctypes.POINTER(_Event), c_size]
