@@ -364,7 +364,7 @@ INLINE void scores_rows(int QB, const float *const *q, const void *K, int f16, s
         scores_tile(QB, 2, q, base + (size_t)t * row, base + (size_t)(t + 1) * row, f16, hd, S,
                     lds, t);
     }
-    if (t < nk) scores_tile(QB, 1, q, base + (size_t)t * ldk * es, NULL, f16, hd, S, lds, t);
+    if (t < nk) scores_tile(QB, 1, q, base + (size_t)t * row, NULL, f16, hd, S, lds, t);
 }
 
 static void simd_attn_scores(const float *const *q, int nq, const void *K, int f16, size_t ldk,
@@ -433,7 +433,7 @@ static void simd_attn_values(const float *P, size_t ldp, int nq, const void *V, 
         /* each output's sum still runs over the keys in order: block by block */
         for (int64_t t0 = 0; t0 < nk; t0 += VALUES_KEYS) {
             const int64_t nb = nk - t0 < VALUES_KEYS ? nk - t0 : VALUES_KEYS;
-            for (int64_t t = t0 + KV_PF; t < t0 + KV_PF + nb && t < nk; t++)
+            for (int64_t t = t0 + VALUES_KEYS; t < t0 + 2 * VALUES_KEYS && t < nk; t++)
                 kv_prefetch(base + (size_t)t * row, 0, (size_t)hd * es); /* the next block */
             values_rows(qb, P + (size_t)i * ldp + (size_t)t0, ldp, base + (size_t)t0 * row, f16,
                         ldv, nb, hd, o + i);
