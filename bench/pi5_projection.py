@@ -414,9 +414,10 @@ def _number(entry: dict[str, Any], where: str, key: str, positive: bool = True) 
 def _fraction(entry: dict[str, Any], where: str, key: str) -> float:
     """The Pi's own fraction `key` where measured, else the x86 one (`key`_x86)."""
     x86 = _number(entry, where, f"{key}_x86")
+    used = key if key in entry else f"{key}_x86"
     frac = _number(entry, where, key) if key in entry else x86
     if frac > 1:
-        raise InputsError(f"{where}.{key} is {frac}: a fraction is at most 1")
+        raise InputsError(f"{where}.{used} is {frac}: a fraction is at most 1")
     return frac
 
 
