@@ -515,6 +515,8 @@ def test_closed_stream_is_an_error(engine_tiny: Engine) -> None:
     s.close()
     with pytest.raises(EngineError, match="closed"):
         s.feed(np.zeros(10, dtype=np.float32))
+    with pytest.raises(EngineError, match="closed"):
+        s.prepare()
 
 
 def test_library_env_override_is_respected() -> None:

@@ -121,6 +121,7 @@ static void check_backend(const vx_backend *be, int kv_f16) {
     vx_stream_options opt = {.delay_ms = DELAY_MS, .kv_f32 = !kv_f16};
     vx_stream *s = NULL;
     CHECK(vx_stream_new(t.m, &opt, &s) == VX_OK);
+    CHECK(vx_stream_prepare(NULL) == VX_ERR_ARG);
     if (!s) {
         tiny_model_free(&t);
         return;
