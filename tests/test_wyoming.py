@@ -518,6 +518,9 @@ def test_client_that_disconnects_mid_utterance_is_dropped(
     server = wyoming_server()
     port = server.settings.port
     pcm = to_pcm(speech16["numbers"], 2)
+    # Counted once the worker has readied the next connection's stream, as it
+    # will have again after the drop: the count is then the same, or a stream leaked.
+    wait_until(server.stream_ready, WAIT_S, "a stream readied at start")
     streams_before = len(engine._streams)  # the engine's open streams (private, read only)
 
     async def go() -> None:
@@ -535,7 +538,11 @@ def test_client_that_disconnects_mid_utterance_is_dropped(
             "the log line about the dropped request",
         )
     wait_until(lambda: server.clients == 0, WAIT_S, "the connection to be released")
-    wait_until(lambda: len(engine._streams) == streams_before, WAIT_S, "its stream closed")
+    wait_until(
+        lambda: server.stream_ready() and len(engine._streams) == streams_before,
+        WAIT_S,
+        "its stream closed and the next one readied",
+    )
     # The server goes on serving, from a fresh stream.
     events = asyncio.run(ha_transcribe(port, pcm))
     assert final_of(events) == offline(engine, pcm)
