@@ -38,23 +38,33 @@
 /* The peak loops (FMA and int8 dot products, every ISA): FMA_CHAINS
  * independent chains a0..a11, named because an array of vectors may be kept
  * in memory; chain c starts at INIT(c) and takes a = OP(a) iters times.
- * SUM12(ADD) adds them up so the compiler cannot drop the work. */
+ * SUM12(ADD) adds them up so the compiler cannot drop the work. PIN keeps
+ * each chain in a register through every link: without it GCC kept the
+ * AVX2 and AVX-VNNI integer chains half on the stack (a store per link and
+ * loads back), and those loops measured 0.4-0.5x what the core can issue. */
+#if defined(__x86_64__) || defined(__i386__)
+#define PIN(a) __asm__("" : "+x"(a))
+#elif defined(__aarch64__)
+#define PIN(a) __asm__("" : "+w"(a))
+#else
+#define PIN(a) ((void)0)
+#endif
 #define CHAINS12(T, INIT, OP)                                                                  \
     T a0 = INIT(0), a1 = INIT(1), a2 = INIT(2), a3 = INIT(3), a4 = INIT(4), a5 = INIT(5),      \
       a6 = INIT(6), a7 = INIT(7), a8 = INIT(8), a9 = INIT(9), a10 = INIT(10), a11 = INIT(11);  \
     for (long it = 0; it < iters; it++) {                                                      \
-        a0 = OP(a0);                                                                           \
-        a1 = OP(a1);                                                                           \
-        a2 = OP(a2);                                                                           \
-        a3 = OP(a3);                                                                           \
-        a4 = OP(a4);                                                                           \
-        a5 = OP(a5);                                                                           \
-        a6 = OP(a6);                                                                           \
-        a7 = OP(a7);                                                                           \
-        a8 = OP(a8);                                                                           \
-        a9 = OP(a9);                                                                           \
-        a10 = OP(a10);                                                                         \
-        a11 = OP(a11);                                                                         \
+        a0 = OP(a0); PIN(a0);                                                                  \
+        a1 = OP(a1); PIN(a1);                                                                  \
+        a2 = OP(a2); PIN(a2);                                                                  \
+        a3 = OP(a3); PIN(a3);                                                                  \
+        a4 = OP(a4); PIN(a4);                                                                  \
+        a5 = OP(a5); PIN(a5);                                                                  \
+        a6 = OP(a6); PIN(a6);                                                                  \
+        a7 = OP(a7); PIN(a7);                                                                  \
+        a8 = OP(a8); PIN(a8);                                                                  \
+        a9 = OP(a9); PIN(a9);                                                                  \
+        a10 = OP(a10); PIN(a10);                                                               \
+        a11 = OP(a11); PIN(a11);                                                               \
     }
 #define SUM12(ADD)                                                                             \
     ADD(ADD(ADD(ADD(a0, a1), ADD(a2, a3)), ADD(ADD(a4, a5), ADD(a6, a7))),                     \
@@ -201,11 +211,11 @@ __attribute__((target("avx2,avxvnni"))) static uint64_t dot_avxvnni(long iters) 
 }
 
 /* AVX2: vpmaddubsw with its pair sums added in int16, the Q4 kernels' inner
- * pair (they widen once per 8 vpmaddubsw). It measured 1.2x the rate of
- * vpmaddubsw + vpmaddwd + vpaddd on a Zen 3 core, and the Q4 group step
- * reached it in cache, so a peak taken with the widening in every link was
- * no ceiling for Q4. Q8's pairs can fill int16 and need the widening per
- * product: Q8 on AVX2 is held to a rate it cannot reach. */
+ * pair (they widen once per 8 vpmaddubsw). On a Zen 3 core it runs at 1.9x
+ * the rate of vpmaddubsw + vpmaddwd + vpaddd (both multiplies share the two
+ * multiply pipes), so it is the ceiling for Q4. Q8's pairs can fill int16
+ * and need the widening per product: Q8 on AVX2 is held to a rate it cannot
+ * reach. */
 __attribute__((target("avx2"))) static uint64_t dot_avx2(long iters) {
     const __m256i u = _mm256_set1_epi8(3), one = _mm256_set1_epi16(1);
     /* the chain runs through the multiply (with a fixed v, the products
