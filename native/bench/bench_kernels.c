@@ -16,6 +16,7 @@
  *       build/bench/libvoxd_engine_static.a -lm -lpthread -o build/bench/bench_kernels
  *   build/bench/bench_kernels [backend [dtypes]]
  *   build/bench/bench_kernels ab [A B [threads [rounds]]]   (see run_ab)
+ *   build/bench/bench_kernels step [backend [rounds]]     (see run_step)
  * dtypes: a comma-separated subset (e.g. Q8,Q4) to time only those, which
  * also skips the FMA-peak measurement unless it names "peak" (Q8,Q4,peak).
  * backend "avx2" takes the best x86 int8 dot product (VNNI where present),
@@ -208,7 +209,78 @@ static int run_ab(const char *a_name, const char *b_name, int threads, int round
     return 0;
 }
 
+/* ---- "step": the Q8/Q4 decoder-step kernels in cache
+ *
+ * One thread calls the backend's matmul_rows_q on a [128 x 3072] matrix
+ * (216 KB as Q4, 408 KB as Q8: in L2 on current cores) with n = 1, 2, 3, 4
+ * and 8 inputs, as the stacked decoder step of n streams does per task, so
+ * memory stays out of the figure: what is left is the kernel's instruction
+ * throughput, against the one-thread int8 peak taken in the same rounds.
+ * Best of the rounds for each, in ns per 8-row block of 32 columns. */
+static int run_step(const char *name, int rounds) {
+    char err[256];
+    const vx_backend *be = vx_backend_select(name, err, sizeof err);
+    if (!be) {
+        fprintf(stderr, "%s\n", err);
+        return 2;
+    }
+    const int64_t rows = 128, cols = 3072, nblk = cols / VX_QBLOCK;
+    enum { NS = 5, NMAX = 8, REPS = 400 };
+    const int ns[NS] = {1, 2, 3, 4, 8};
+    float *src = xmalloc(sizeof(float) * NMAX * cols), *Y = xmalloc(sizeof(float) * NMAX * rows);
+    for (int64_t i = 0; i < NMAX * cols; i++) src[i] = (float)((i * 7919) % 255) / 255.0f - 0.5f;
+    int8_t *q = xmalloc((size_t)(NMAX * cols));
+    float *d = xmalloc(sizeof(float) * NMAX * nblk);
+    int32_t *sums = xmalloc(sizeof(int32_t) * NMAX * nblk);
+    for (int i = 0; i < NMAX; i++)
+        vx_quantize_act_q8(src + i * cols, cols, q + i * cols, d + i * nblk, sums + i * nblk);
+    const vx_qact X = {q, d, sums};
+    const int dts[2] = {VX_DT_Q8, VX_DT_Q4};
+    vx_weight w[2];
+    double best[2][NS], ipeak = 0;
+    for (int k = 0; k < 2; k++) {
+        fill_weight(&w[k], dts[k], rows, cols, 7);
+        for (int j = 0; j < NS; j++) best[k][j] = 1e9;
+    }
+    for (int r = 0; r < rounds; r++) {
+        const double ip = vx_measure_int8_peak(1);
+        ipeak = ip > ipeak ? ip : ipeak;
+        for (int k = 0; k < 2; k++)
+            for (int j = 0; j < NS; j++) {
+                const double t0 = now();
+                for (int it = 0; it < REPS; it++)
+                    if (be->matmul_rows_q(&w[k], &X, ns[j], Y, (int)rows, 0, rows) != 0) {
+                        fprintf(stderr, "%s has no %s kernel\n", be->name, dt_name(dts[k]));
+                        return 2;
+                    }
+                const double t = (now() - t0) / REPS;
+                best[k][j] = t < best[k][j] ? t : best[k][j];
+            }
+    }
+    const double blocks = (double)(rows / 8) * (double)nblk;
+    printf("%s, 1 thread, [%d x %d] in cache, best of %d rounds; int8 peak %.1f GOP/s\n",
+           be->name, (int)rows, (int)cols, rounds, ipeak);
+    for (int k = 0; k < 2; k++) {
+        printf("%s:", dt_name(dts[k]));
+        for (int j = 0; j < NS; j++) {
+            const double gops = 2.0 * (double)rows * (double)cols * ns[j] / best[k][j] * 1e-9;
+            printf("  n=%d %.2f ns/block %.0f GOP/s (%.2f)", ns[j], best[k][j] * 1e9 / blocks, gops,
+                   ipeak > 0 ? gops / ipeak : 0.0);
+        }
+        printf("\n");
+        free((void *)w[k].data);
+    }
+    free(src);
+    free(Y);
+    free(q);
+    free(d);
+    free(sums);
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc > 1 && strcmp(argv[1], "step") == 0) /* step [backend [rounds]] */
+        return run_step(argc > 2 ? argv[2] : NULL, argc > 3 ? atoi(argv[3]) : 7);
     if (argc > 1 && strcmp(argv[1], "ab") == 0) /* ab A B [threads [rounds]] */
         return run_ab(argc > 2 ? argv[2] : "avx2-plain", argc > 3 ? argv[3] : "avx2",
                       argc > 4 ? atoi(argv[4]) : 1, argc > 5 ? atoi(argv[5]) : 15);
