@@ -58,6 +58,7 @@ from voxd.wyoming.server import (
     WyomingServer,
     WyomingStartError,
 )
+from voxd.wyoming.zeroconf import Advertisement
 
 WAIT_S = 60.0
 HOST = "127.0.0.1"
@@ -692,6 +693,22 @@ def test_zeroconf_advertisement_is_seen_by_a_browser(wyoming_server: ServerFacto
         browser.cancel()
     finally:
         zc.close()
+
+
+def test_advertisement_withdrawn_at_once_leaves_no_announcement_running() -> None:
+    """A server stopped within a second of starting (a restart, a failed start)
+    cancels its pending announcements: nothing is left on the loop to be
+    destroyed when it closes ("Task was destroyed but it is pending")."""
+
+    async def go() -> list[str]:
+        advert = Advertisement(f"voxd-test-{os.getpid()}-quick", HOST, free_port())
+        await advert.start()
+        await advert.stop()  # before its announcements (about a second apart) are sent
+        me = asyncio.current_task()
+        return [repr(t.get_coro()) for t in asyncio.all_tasks() if t is not me and not t.done()]
+
+    left = asyncio.run(go())
+    assert not [c for c in left if "broadcast" in c], left
 
 
 # -- configuration ------------------------------------------------------------------------------

@@ -16,9 +16,12 @@ name that Avahi already publishes.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
 import logging
 import socket
+from typing import Any
 
 import ifaddr
 from zeroconf import InterfaceChoice, IPVersion
@@ -80,6 +83,7 @@ class Advertisement:
         self.port = port
         self._zc: AsyncZeroconf | None = None
         self._info: AsyncServiceInfo | None = None
+        self._announcing: asyncio.Future[Any] | None = None  # the registration's announcements
 
     async def start(self) -> None:
         """Register the service; raises OSError/zeroconf errors if that is impossible."""
@@ -94,7 +98,10 @@ class Advertisement:
             parsed_addresses=addresses,
         )
         # Another device with the same name: zeroconf picks "name (2)" rather than fail.
-        await self._zc.async_register_service(self._info, allow_name_change=True)
+        # The announcements go on in the background, about a second apart.
+        self._announcing = asyncio.ensure_future(
+            await self._zc.async_register_service(self._info, allow_name_change=True)
+        )
         log.info(
             "zeroconf: advertising %r as %s on %s port %d",
             self._info.name.removesuffix("." + SERVICE_TYPE),
@@ -105,6 +112,13 @@ class Advertisement:
 
     async def stop(self) -> None:
         """Withdraw the service (a goodbye packet) and close the sockets."""
+        announcing, self._announcing = self._announcing, None
+        if announcing is not None and not announcing.done():
+            # stopped before they were all sent: left pending, the task would be
+            # destroyed with the loop ("Task was destroyed but it is pending")
+            announcing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await announcing
         zc, self._zc = self._zc, None
         if zc is not None:
             await zc.async_close()
