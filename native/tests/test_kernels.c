@@ -609,15 +609,16 @@ int main(void) {
                  * chunks, a single block, and a full batch */
                 for (int n = 1; n <= 9; n++) check_q_exact(be, dt, 37, 320, n);
                 for (int n = 2; n <= 8; n++) check_q_exact(be, dt, 21, 1088, n);
-                /* pairs of groups (AVX-512 from 4 inputs, AVX2's Q4 from
+                /* pairs of groups (AVX-512 from 2 inputs, AVX2's Q4 from
                  * 3): an odd group left over, and rows of more than one
                  * 128-block chunk */
-                for (int n = 3; n <= 8; n++) check_q_exact(be, dt, 29, 1088, n);
-                for (int n = 4; n <= 8; n += 4) check_q_exact(be, dt, 16, 32 * 300, n);
-                /* the stacked steps' chunks (from 3 inputs with AVX2's Q4,
-                 * 4 with VNNI): 21 blocks in one, and a chunk of one block
-                 * after a full one */
+                for (int n = 2; n <= 8; n++) check_q_exact(be, dt, 29, 1088, n);
+                for (int n = 2; n <= 8; n *= 2) check_q_exact(be, dt, 16, 32 * 300, n);
+                /* the stacked steps' chunks (from 2 inputs with AVX-512, 3
+                 * with AVX2, 4 with AVX-VNNI): 21 blocks in one, and a
+                 * chunk of one block after a full one */
                 for (int n = 2; n <= 8; n++) check_q_exact(be, dt, 32, 32 * 21, n);
+                check_q_exact(be, dt, 16, 32 * 129, 2);
                 check_q_exact(be, dt, 16, 32 * 129, 3);
                 check_q_exact(be, dt, 16, 32 * 129, 5);
                 check_determinism(be, dt, 37, 1088);

@@ -25,15 +25,15 @@
  *    weight sum, computed once per block). n == 1 stays on ymm: it is bound
  *    by memory either way (Q4 excepted: its nibble splitting made the ymm
  *    stream bound by instructions per core, and it takes the zmm one).
- *    With AVX-512 and 4 or more inputs, two groups
- *    at a time are instead transposed in registers to rows in lanes (16 rows
- *    per zmm, as the tiles below but with no scratch), so the per-input work
- *    has no reduction: one vpdpbusd per 4 columns of 16 rows, and one
- *    conversion, scale and FMA per 16 outputs and block. AVX-VNNI does the
- *    same one group (8 rows per ymm) at a time, and AVX2 from 3 inputs with
- *    vpmaddubsw (Q4: the block's int16 pair sums added before one widening
- *    per input, two groups at a time so that each broadcast input feeds
- *    both; Q8: |w| x sign(x, w), widened per slice, one group).
+ *    With AVX-512 and 2 or more inputs, two groups at a time are instead
+ *    transposed in registers to rows in lanes (16 rows per zmm, as the tiles
+ *    below but with no scratch), so the per-input work has no reduction: one
+ *    vpdpbusd per 4 columns of 16 rows, and one conversion, scale and FMA per
+ *    16 outputs and block. AVX-VNNI does the same one group (8 rows per ymm) at
+ *    a time from 4 inputs, and AVX2 from 3 inputs with vpmaddubsw (Q4: the
+ *    block's int16 pair sums added before one widening per input, two groups at
+ *    a time so that each broadcast input feeds both; Q8: |w| x sign(x, w),
+ *    widened per slice, one group).
  *  n > 8 (encoder, prefill), and rows outside full groups: a tile of R rows
  *    (8 in ymm; 16 in zmm with AVX512) is first rewritten, a chunk of blocks
  *    at a time, into an L1 scratch where register s of a block holds the 4
@@ -395,9 +395,19 @@ static void q_groups(int dt, const vx_weight *W, const vx_qact *X, int n, float 
  * one group per ymm step with AVX-VNNI and AVX2), the inputs of a chunk of
  * blocks interleaved once per call. */
 
-#if XQ_VNNI
-/* 4 inputs and up: with fewer, the group stream (one memory stream per
- * thread, where a pair reads two) is as fast or faster here */
+#if XQ_VNNI == 2
+/* EVEX from 2 inputs. In cache on a Zen 4 core (bench_kernels step), the
+ * pair against the group stream: Q4 2 inputs 4.16 against 5.70 ns per
+ * 8-row block, 3 inputs 5.06 against 8.17; Q8 5.75 against 9.64 and 6.22
+ * against 13.14. Out of cache (2 threads, [9216 x 3072] cycled past the
+ * L3, median of 8 alternated rounds, GB/s of weights): Q4 2 inputs
+ * 26.7-31.0 -> 29.1-31.5, 3 inputs 24.9-25.3 -> 29.2-29.3; Q8 28.1 -> 30.8
+ * and 25.1 -> 29.7. (On an Intel Xeon, before the step's weights went to
+ * L2 only, the group stream had been as fast below 4 inputs.) */
+#define QZ_MIN_N 2
+#elif XQ_VNNI
+/* AVX-VNNI, one group per step, not measured on a CPU that has it: from 4
+ * inputs, where EVEX's pair had first paid */
 #define QZ_MIN_N 4
 #else
 /* AVX2 from 3 inputs: per input and block the Q4 step issues about 29
@@ -779,8 +789,11 @@ static void qz_groups(int dt, const vx_weight *W, const vx_qact *X, int n, float
         else QZ_STEP(VX_DT_Q8, N, gc, group_bytes, next, &in, nb, cb0 == 0, Y + r, ldy);            \
         break
                 QZ_CASE(8); QZ_CASE(7); QZ_CASE(6); QZ_CASE(5);
-#if QZ_MIN_N == 3
+#if QZ_MIN_N <= 3
                 QZ_CASE(4);
+#endif
+#if QZ_MIN_N <= 2
+                QZ_CASE(3);
 #endif
             default: QZ_CASE(QZ_MIN_N);
 #undef QZ_CASE
