@@ -17,6 +17,13 @@
  * median, min and max of the rounds are printed, and the share of the
  * threads' time this process got (its CPU time / wall time / threads): on a
  * machine busy with other work, pos/s falls with it.
+ * The read bandwidth is also measured before every round (256 MiB, best of
+ * 2), and each round's pos/s is set against the lower roof at that reading:
+ * on a VM whose memory bandwidth moves between spells (here 31-36 GB/s, at
+ * times 55-63), a reading at the start or the end alone can belong to
+ * another spell than the passes. The "of lower" column is the median of
+ * the rounds' shares (min..max); the roofs printed are at the median
+ * reading.
  *
  * Build (from the repository root):
  *   cmake -S native -B build/bench -DVX_BUILD_TESTS=ON -DCMAKE_BUILD_TYPE=Release
@@ -148,6 +155,11 @@ static int cmp_double(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+/* The median of n sorted values. */
+static double median(const double *v, int n) {
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: %s MODEL_DIR [threads [passes [rounds [backend]]]]\n", argv[0]);
@@ -182,9 +194,10 @@ int main(int argc, char **argv) {
             fprintf(stderr, "out of memory for %d streams\n", counts[c]);
             return 2;
         }
-    double ms[N_COUNTS][64], cpu[N_COUNTS] = {0}, wall[N_COUNTS] = {0};
+    double ms[N_COUNTS][64], cpu[N_COUNTS] = {0}, wall[N_COUNTS] = {0}, bw_round[64];
     for (int c = 0; c < N_COUNTS; c++) group_steps(m, &g[c], 1); /* warm-up: pages in */
-    for (int r = 0; r < rounds && r < 64; r++)
+    for (int r = 0; r < rounds && r < 64; r++) {
+        bw_round[r] = vx_measure_read_bandwidth((size_t)256 << 20, info.n_threads, 2);
         for (int k = 0; k < N_COUNTS; k++) {
             const int c = r % 2 ? N_COUNTS - 1 - k : k;
             const double w0 = now_ms(), c0 = cpu_ms();
@@ -192,35 +205,45 @@ int main(int argc, char **argv) {
             cpu[c] += cpu_ms() - c0;
             wall[c] += now_ms() - w0;
         }
+    }
     const double bw1 = vx_measure_read_bandwidth((size_t)1 << 30, info.n_threads, 3);
     const double peak1 = vx_measure_fma_peak(info.n_threads);
     const double ipeak1 = vx_measure_int8_peak(info.n_threads);
-    const double bw = bw0 > bw1 ? bw0 : bw1, peak = peak0 > peak1 ? peak0 : peak1;
+    const int nr = rounds < 64 ? rounds : 64;
+    double bw_sorted[64];
+    memcpy(bw_sorted, bw_round, sizeof(double) * (size_t)nr);
+    qsort(bw_sorted, (size_t)nr, sizeof(double), cmp_double);
+    const double bw = median(bw_sorted, nr), peak = peak0 > peak1 ? peak0 : peak1;
     /* no int8 instructions: the kernels' integer work runs at about the FMA rate */
     const double ipeak = ipeak0 > 0 || ipeak1 > 0 ? (ipeak0 > ipeak1 ? ipeak0 : ipeak1) : peak;
-    printf("read bandwidth %.2f / %.2f GB/s (start / end), FMA peak %.1f / %.1f GFLOP/s, "
-           "int8 peak %.1f / %.1f GOP/s\n", bw0, bw1, peak0, peak1, ipeak0, ipeak1);
-    printf("streams  ms/pass (min..max)       pos/s  bw roof  compute roof (fma only)  of lower  cpu share\n");
+    printf("read bandwidth %.2f / %.2f GB/s (start / end), before each round %.2f..%.2f "
+           "(median %.2f); FMA peak %.1f / %.1f GFLOP/s, int8 peak %.1f / %.1f GOP/s\n",
+           bw0, bw1, bw_sorted[0], bw_sorted[nr - 1], bw, peak0, peak1, ipeak0, ipeak1);
+    printf("streams  ms/pass (min..max)       pos/s  bw roof  compute roof (fma only)  of lower (min..max)  cpu share\n");
     const int kvd = m->p.dec.n_kv_heads * m->p.dec.head_dim, nl = m->p.dec.n_layers;
     const int heads = m->p.dec.n_heads, hd = m->p.dec.head_dim;
     for (int c = 0; c < N_COUNTS; c++) {
-        const int n = counts[c], nr = rounds < 64 ? rounds : 64;
-        double sorted[64];
+        const int n = counts[c];
+        double sorted[64], shares[64];
         memcpy(sorted, ms[c], sizeof(double) * (size_t)nr);
         qsort(sorted, (size_t)nr, sizeof(double), cmp_double);
-        const double med = nr % 2 ? sorted[nr / 2] : 0.5 * (sorted[nr / 2 - 1] + sorted[nr / 2]);
+        const double med = median(sorted, nr);
         const double keys = (double)g[c].pos; /* about the cache length during the steps */
         const double bytes = wbytes + (double)n * nl * 2.0 * keys * kvd * 2.0;
         const double flops = (double)n * (flops_row + nl * 4.0 * heads * hd * keys);
         const double iops = (double)n * int8_row;
         const double pos_s = n * 1e3 / med;
-        const double bw_roof = n / (bytes / (bw * 1e9));
         const double compute_roof = n / (flops / (peak * 1e9) + iops / (ipeak * 1e9));
         const double fma_roof = n / ((flops + iops) / (peak * 1e9));
-        const double lower = bw_roof < compute_roof ? bw_roof : compute_roof;
-        printf("%7d  %7.1f (%6.1f..%6.1f) %7.2f %8.2f %12.2f (%7.2f)  %7.0f%%  %8.0f%%\n", n, med,
-               sorted[0], sorted[nr - 1], pos_s, bw_roof, compute_roof, fma_roof,
-               100.0 * pos_s / lower, 100.0 * cpu[c] / (wall[c] * info.n_threads));
+        for (int r = 0; r < nr; r++) { /* each round against the roof at its own reading */
+            const double roof = n / (bytes / (bw_round[r] * 1e9));
+            shares[r] = n * 1e3 / ms[c][r] / (roof < compute_roof ? roof : compute_roof);
+        }
+        qsort(shares, (size_t)nr, sizeof(double), cmp_double);
+        printf("%7d  %7.1f (%6.1f..%6.1f) %7.2f %8.2f %12.2f (%7.2f)  %4.0f%% (%3.0f..%3.0f%%)  %8.0f%%\n",
+               n, med, sorted[0], sorted[nr - 1], pos_s, n / (bytes / (bw * 1e9)), compute_roof,
+               fma_roof, 100.0 * median(shares, nr), 100.0 * shares[0], 100.0 * shares[nr - 1],
+               100.0 * cpu[c] / (wall[c] * info.n_threads));
     }
     for (int c = 0; c < N_COUNTS; c++) group_free(m, &g[c]);
     vx_model_free(m);
