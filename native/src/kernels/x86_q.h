@@ -406,8 +406,9 @@ static void q_groups(int dt, const vx_weight *W, const vx_qact *X, int n, float 
  * L2 only, the group stream had been as fast below 4 inputs.) */
 #define QZ_MIN_N 2
 #elif XQ_VNNI
-/* AVX-VNNI, one group per step, not measured on a CPU that has it: from 4
- * inputs, where EVEX's pair had first paid */
+/* AVX-VNNI, one group per ymm step: from 4 inputs, the threshold EVEX had
+ * until it was re-measured above; not re-measured (no CPU here has
+ * AVX-VNNI without AVX-512, which takes EVEX) */
 #define QZ_MIN_N 4
 #else
 /* AVX2 from 3 inputs: per input and block the Q4 step issues about 29
