@@ -175,6 +175,11 @@ INLINE void q_prefetch(const uint8_t *gb, size_t gbb, int ahead) {
     for (size_t o = 0; o < gbb; o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
 }
 
+/* The group block at gb (gbb bytes) into L2 only (qz_look_step says why). */
+INLINE void q_prefetch_l2(const uint8_t *gb, size_t gbb) {
+    for (size_t o = 0; o < gbb; o += 64) _mm_prefetch((const char *)gb + o, _MM_HINT_T1);
+}
+
 /* The 8 fp16 scales of a group block as floats, row order. */
 INLINE __m256 q_dw8(const uint8_t *gb) {
     return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)gb));
@@ -460,10 +465,7 @@ INLINE qz_look qz_look_start(const uint8_t *g, size_t gbb, const uint8_t *next, 
 INLINE void qz_look_step(qz_look *l, int b, int nb, size_t gbb, int groups, size_t stride) {
     if (b + QZ_PF == nb) l->p = l->next;
     if (!l->p) return;
-    for (int k = 0; k < groups; k++) {
-        const char *p = (const char *)l->p + (size_t)k * stride;
-        for (size_t o = 0; o < gbb; o += 64) _mm_prefetch(p + o, _MM_HINT_T1);
-    }
+    for (int k = 0; k < groups; k++) q_prefetch_l2(l->p + (size_t)k * stride, gbb);
     l->p += gbb;
 }
 
