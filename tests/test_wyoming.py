@@ -16,7 +16,6 @@ import asyncio
 import json
 import logging
 import os
-import socket
 import wave
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fixtures_mqtt import wait_until
+from fixtures_mqtt import free_port, wait_until
 from speech import SENTENCES, have_espeak, synth
 from test_daemon import (  # noqa: F401 (fixtures)
     Daemon,
@@ -112,13 +111,6 @@ def offline(engine: Engine, pcm: bytes, rate: int = 16000, width: int = 2, ch: i
 
 
 # -- the server ---------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 ServerFactory = Callable[..., WyomingServer]
