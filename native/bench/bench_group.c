@@ -155,9 +155,11 @@ static int cmp_double(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-/* The median of n sorted values. */
-static double median(const double *v, int n) {
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+/* v's n values sorted into out; returns their median. */
+static double sort_median(const double *v, int n, double *out) {
+    memcpy(out, v, sizeof(double) * (size_t)n);
+    qsort(out, (size_t)n, sizeof(double), cmp_double);
+    return n % 2 ? out[n / 2] : 0.5 * (out[n / 2 - 1] + out[n / 2]);
 }
 
 int main(int argc, char **argv) {
@@ -211,9 +213,7 @@ int main(int argc, char **argv) {
     const double ipeak1 = vx_measure_int8_peak(info.n_threads);
     const int nr = rounds < 64 ? rounds : 64;
     double bw_sorted[64];
-    memcpy(bw_sorted, bw_round, sizeof(double) * (size_t)nr);
-    qsort(bw_sorted, (size_t)nr, sizeof(double), cmp_double);
-    const double bw = median(bw_sorted, nr), peak = peak0 > peak1 ? peak0 : peak1;
+    const double bw = sort_median(bw_round, nr, bw_sorted), peak = peak0 > peak1 ? peak0 : peak1;
     /* no int8 instructions: the kernels' integer work runs at about the FMA rate */
     const double ipeak = ipeak0 > 0 || ipeak1 > 0 ? (ipeak0 > ipeak1 ? ipeak0 : ipeak1) : peak;
     printf("read bandwidth %.2f / %.2f GB/s (start / end), before each round %.2f..%.2f "
@@ -224,10 +224,8 @@ int main(int argc, char **argv) {
     const int heads = m->p.dec.n_heads, hd = m->p.dec.head_dim;
     for (int c = 0; c < N_COUNTS; c++) {
         const int n = counts[c];
-        double sorted[64], shares[64];
-        memcpy(sorted, ms[c], sizeof(double) * (size_t)nr);
-        qsort(sorted, (size_t)nr, sizeof(double), cmp_double);
-        const double med = median(sorted, nr);
+        double sorted[64], shares[64], share_sorted[64];
+        const double med = sort_median(ms[c], nr, sorted);
         const double keys = (double)g[c].pos; /* about the cache length during the steps */
         const double bytes = wbytes + (double)n * nl * 2.0 * keys * kvd * 2.0;
         const double flops = (double)n * (flops_row + nl * 4.0 * heads * hd * keys);
@@ -239,10 +237,10 @@ int main(int argc, char **argv) {
             const double roof = n / (bytes / (bw_round[r] * 1e9));
             shares[r] = n * 1e3 / ms[c][r] / (roof < compute_roof ? roof : compute_roof);
         }
-        qsort(shares, (size_t)nr, sizeof(double), cmp_double);
+        const double share = sort_median(shares, nr, share_sorted);
         printf("%7d  %7.1f (%6.1f..%6.1f) %7.2f %8.2f %12.2f (%7.2f)  %4.0f%% (%3.0f..%3.0f%%)  %8.0f%%\n",
                n, med, sorted[0], sorted[nr - 1], pos_s, n / (bytes / (bw * 1e9)), compute_roof,
-               fma_roof, 100.0 * median(shares, nr), 100.0 * shares[0], 100.0 * shares[nr - 1],
+               fma_roof, 100.0 * share, 100.0 * share_sorted[0], 100.0 * share_sorted[nr - 1],
                100.0 * cpu[c] / (wall[c] * info.n_threads));
     }
     for (int c = 0; c < N_COUNTS; c++) group_free(m, &g[c]);
