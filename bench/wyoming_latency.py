@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -33,6 +32,7 @@ from wyoming.asr import Transcribe, Transcript
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.client import AsyncTcpClient
 
+from tests.fixtures_mqtt import free_port
 from tests.speech import synth, trim_silence
 from voxd.config import EngineSettings, WyomingSettings
 from voxd.engine import Engine
@@ -55,12 +55,6 @@ class Request:
     speech_end_s: float  # end of the speech -> transcript (trailing_s + wait_s)
     text_chars: int
     ready_s: float = 0.0  # previous transcript -> the server's next stream readied
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def _pcm(x: np.ndarray) -> bytes:
@@ -104,7 +98,7 @@ def _wait_ready(server: WyomingServer) -> float:
 
 def run(model_dir: Path, threads: int, rounds: int, trailing_s: float) -> list[Request]:
     engine = Engine(model_dir, threads=threads)
-    settings = WyomingSettings(enabled=True, host=HOST, port=_free_port(), zeroconf=False)
+    settings = WyomingSettings(enabled=True, host=HOST, port=free_port(), zeroconf=False)
     server = WyomingServer(settings, engine, EngineSettings(model_dir=model_dir, threads=threads))
     server.start()
     try:
