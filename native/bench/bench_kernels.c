@@ -209,13 +209,63 @@ static int run_ab(const char *a_name, const char *b_name, int threads, int round
     return 0;
 }
 
+/* ---- the EVEX pair step's instruction bound
+ *
+ * Per input, block and 16 rows the pair step (x86_q.h, qz_pair) issues 8
+ * vpdpbusd, then a vmulps (the weights' scales times the input block's) and
+ * a vfmadd231ps (the block's sum into the output). On a Zen 4 core the
+ * float multiplies take the same pipes as the zmm vpdpbusd, so these 10
+ * instructions, not the 8 dot products alone, are the step's floor once
+ * enough inputs hide the rest: ns per input and 16-row block, on one
+ * thread, best of 5 (0 where the CPU lacks AVX512-VNNI). */
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
+__attribute__((target("avx512f,avx512vnni"))) static double pair_mix_ns(void) {
+    enum { ITERS = 4000000 };
+    const __m512i u = _mm512_set1_epi8(3), v = _mm512_set1_epi8(-5);
+    const __m512 g = _mm512_set1_ps(0.999f), h = _mm512_set1_ps(1e-3f);
+    double best = 1e9;
+    for (int r = 0; r < 5; r++) {
+        /* chains from distinct values, so the compiler cannot merge them */
+        __m512i a[8];
+        for (int k = 0; k < 8; k++) a[k] = _mm512_set1_epi32(k + r);
+        __m512 f = _mm512_set1_ps((float)r), m = _mm512_set1_ps(1.0f);
+        const double t0 = now();
+        for (int it = 0; it < ITERS; it++) {
+            _Pragma("GCC unroll 8") /* the chains in registers, not in the array */
+            for (int k = 0; k < 8; k++) a[k] = _mm512_dpbusd_epi32(a[k], u, v);
+            m = _mm512_mul_ps(m, g);
+            f = _mm512_fmadd_ps(m, h, f);
+        }
+        const double t = (now() - t0) / ITERS * 1e9;
+        best = t < best ? t : best;
+        __m512i sum = a[0];
+        for (int k = 1; k < 8; k++) sum = _mm512_add_epi32(sum, a[k]);
+        volatile int32_t isink = _mm512_reduce_add_epi32(sum);
+        volatile float fsink = _mm512_reduce_add_ps(f);
+        (void)isink, (void)fsink;
+    }
+    return best;
+}
+
+static double pair_bound_ns(void) {
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx512vnni") || !__builtin_cpu_supports("avx512f")) return 0;
+    return pair_mix_ns();
+}
+#else
+static double pair_bound_ns(void) { return 0; }
+#endif
+
 /* ---- "step": the Q8/Q4 decoder-step kernels in cache
  *
  * One thread calls the backend's matmul_rows_q on a [128 x 3072] matrix
  * (216 KB as Q4, 408 KB as Q8: in L2 on current cores) with n = 1, 2, 3, 4
  * and 8 inputs, as the stacked decoder step of n streams does per task, so
  * memory stays out of the figure: what is left is the kernel's instruction
- * throughput, against the one-thread int8 peak taken in the same rounds.
+ * throughput, against the one-thread int8 peak taken in the same rounds
+ * and, with AVX512-VNNI, against the pair step's instruction floor (above).
  * Best of the rounds for each, in ns per 8-row block of 32 columns. */
 static int run_step(const char *name, int rounds) {
     char err[256];
@@ -258,14 +308,21 @@ static int run_step(const char *name, int rounds) {
             }
     }
     const double blocks = (double)(rows / 8) * (double)nblk;
+    const double mix = strstr(be->name, "avx512vnni") ? pair_bound_ns() : 0;
     printf("%s, 1 thread, [%d x %d] in cache, best of %d rounds; int8 peak %.1f GOP/s\n",
            be->name, (int)rows, (int)cols, rounds, ipeak);
+    if (mix > 0) /* per 8-row block: half a 16-row step */
+        printf("pair-step floor (8 vpdpbusd + vmulps + vfmadd231ps per input and 16 rows, zmm): "
+               "%.3f ns per input and 8-row block; [x] = that floor x n / the kernel's time\n",
+               mix / 2);
     for (int k = 0; k < 2; k++) {
         printf("%s:", dt_name(dts[k]));
         for (int j = 0; j < NS; j++) {
             const double gops = 2.0 * (double)rows * (double)cols * ns[j] / best[k][j] * 1e-9;
-            printf("  n=%d %.2f ns/block %.0f GOP/s (%.2f)", ns[j], best[k][j] * 1e9 / blocks, gops,
+            const double ns_block = best[k][j] * 1e9 / blocks;
+            printf("  n=%d %.2f ns/block %.0f GOP/s (%.2f)", ns[j], ns_block, gops,
                    ipeak > 0 ? gops / ipeak : 0.0);
+            if (mix > 0 && ns[j] > 1) printf(" [%.2f]", mix / 2 * ns[j] / ns_block);
         }
         printf("\n");
         free((void *)w[k].data);
