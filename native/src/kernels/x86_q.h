@@ -476,7 +476,12 @@ INLINE void qz_look_step(qz_look *l, int b, int nb, size_t gbb, int groups, size
  * input's 4 bytes broadcast advances 16 rows' block sums: no reduction
  * across lanes, and one conversion and FMA per 16 outputs. The accumulators
  * start from the correction of the unsigned weights (Q4: -8, Q8: -128,
- * times the input block's sum), which depends on the input block alone. */
+ * times the input block's sum), which depends on the input block alone.
+ * The floor: per input, block and 16 rows, 8 vpdpbusd and the block's
+ * vmulps and vfmadd231ps, which on a Zen 4 core take the same pipes, so the
+ * step cannot pass 0.8 of the vpdpbusd peak while the scales are per
+ * 32-element block (bench_kernels step times that mix: in cache Q4 reaches
+ * 0.91-0.93 of it at 4 and 8 inputs). */
 
 /* Lane l of a[k] holds row 4k + l: c[s] dword 4l + k = a[k] dword 4l + s,
  * so a register's dword p holds row 4 (p % 4) + p / 4 (QZ_ROWS). */
