@@ -46,7 +46,7 @@ for f in "$src"/*.c "$src"/kernels/*.c; do
     avx2) continue ;;
     neon) extra=(-march=armv8.2-a+fp16+dotprod) ;;
     neon_i8mm) extra=(-march=armv8.2-a+fp16+dotprod+i8mm) ;;
-    quant) extra=(-ffp-contract=off) ;; # as in CMakeLists.txt
+    quant | device_cpu) extra=(-ffp-contract=off) ;; # as in CMakeLists.txt
     *) extra=() ;;
     esac
     "$CC" "${cflags[@]}" "${extra[@]}" -c "$f" -o "$out/obj/$name.o" &

@@ -7,6 +7,7 @@
 
 #include "device.h"
 #include "quant.h"
+#include "vec4.h"
 
 /* A handle's host memory (the CPU device's handles are host pointers). */
 static inline float *F(vx_dbuf *b) { return (float *)(void *)b; }
@@ -61,9 +62,39 @@ static void cpu_add(const vx_model *m, vx_dbuf *h, const vx_dbuf *x, size_t coun
     for (size_t i = 0; i < count; i++) hp[i] += xp[i];
 }
 
-/* h1 = silu(h1) * h3 on the pool: expf per element of [n, hidden] is the
- * largest element-wise cost of the feed-forward. */
-#define SWIGLU_TASK 4096 /* elements per task */
+/* Four floats at v as a vector, lanes past the k < 4 given 0; and back. */
+static inline vx_f32x4 load_part(const float *v, size_t k) {
+    vx_f32x4 x = vx_splat4(0.0f);
+    memcpy(&x, v, k * sizeof(float));
+    return x;
+}
+
+static inline void store_part(float *v, vx_f32x4 x, size_t k) { memcpy(v, &x, k * sizeof(float)); }
+
+/* e^v[i] for i < count in place, four at a time (vec4.h's vx_exp4, the
+ * tail padded through the same operations, so an element's bits do not
+ * depend on where a loop starts). Returns the double sum of the results,
+ * in order. */
+static double exp_in_place(float *v, size_t count) {
+    double sum = 0;
+    size_t i = 0;
+    for (; i + 4 <= count; i += 4) {
+        const vx_f32x4 e = vx_exp4(vx_load4(v + i));
+        store_part(v + i, e, 4);
+        sum += e[0], sum += e[1], sum += e[2], sum += e[3];
+    }
+    if (i < count) {
+        store_part(v + i, vx_exp4(load_part(v + i, count - i)), count - i);
+        for (; i < count; i++) sum += v[i];
+    }
+    return sum;
+}
+
+/* h1 = silu(h1) * h3 on the pool: the exponential per element of [n,
+ * hidden] is the largest element-wise cost of the feed-forward; with four
+ * lanes of vx_exp4 an element takes about half the time it took with
+ * libm's expf (SSE2 on a Zen 4 core). */
+#define SWIGLU_TASK 4096 /* elements per task, a multiple of 4 */
 
 typedef struct {
     float *h1;
@@ -71,11 +102,18 @@ typedef struct {
     size_t count;
 } swiglu_job;
 
+static inline vx_f32x4 silu_mul4(vx_f32x4 x, vx_f32x4 h) {
+    return x / (vx_splat4(1.0f) + vx_exp4(-x)) * h;
+}
+
 static void swiglu_task(void *ctx, int t) {
     swiglu_job *j = ctx;
     const size_t i0 = (size_t)t * SWIGLU_TASK;
     const size_t i1 = i0 + SWIGLU_TASK < j->count ? i0 + SWIGLU_TASK : j->count;
-    for (size_t i = i0; i < i1; i++) j->h1[i] = vx_silu(j->h1[i]) * j->h3[i];
+    size_t i = i0;
+    for (; i + 4 <= i1; i += 4) store_part(j->h1 + i, silu_mul4(vx_load4(j->h1 + i), vx_load4(j->h3 + i)), 4);
+    if (i < i1)
+        store_part(j->h1 + i, silu_mul4(load_part(j->h1 + i, i1 - i), load_part(j->h3 + i, i1 - i)), i1 - i);
 }
 
 static void cpu_swiglu(const vx_model *m, vx_dbuf *h1, const vx_dbuf *h3, size_t count) {
@@ -250,11 +288,8 @@ static void att_task(void *ctx, int task) {
                 sc[t] *= scale;
                 if (sc[t] > mx) mx = sc[t];
             }
-            double sum = 0;
-            for (int64_t t = lo; t <= hi; t++) {
-                sc[t] = expf(sc[t] - mx);
-                sum += sc[t];
-            }
+            for (int64_t t = lo; t <= hi; t++) sc[t] -= mx;
+            const double sum = exp_in_place(sc + lo, (size_t)(hi - lo + 1));
             float inv = (float)(1.0 / sum);
             for (int64_t t = 0; t < lo; t++) sc[t] = 0.0f;
             for (int64_t t = lo; t <= hi; t++) sc[t] *= inv;

@@ -203,9 +203,6 @@ float vx_gelu(float x);
 /* Greedy decoding's pick: the lowest index of the largest value. NaNs never
  * win, except that a NaN at 0 gives 0 (as a "v[i] > v[best]" scan does). */
 int64_t vx_argmax(const float *v, int64_t n);
-/* inline: the feed-forward calls it per element, and a call cost as much
- * as the expf */
-static inline float vx_silu(float x) { return x / (1.0f + expf(-x)); }
 float vx_bf16_to_f32(uint16_t h);
 float vx_f16_to_f32(uint16_t h);
 

@@ -28,4 +28,34 @@ static inline vx_f32x4 vx_select4(vx_i32x4 mask, vx_f32x4 a, vx_f32x4 b) {
 static inline vx_i32x4 vx_select4i(vx_i32x4 mask, vx_i32x4 a, vx_i32x4 b) {
     return (a & mask) | (b & ~mask);
 }
+
+/* e^x per lane, within 2 ulp of expf: +Inf above ~88.72, 0 (through the
+ * subnormals) below ~-103.9, NaN kept. x = n ln 2 + r with |r| <= ln 2 / 2
+ * (ln 2 in two parts, so n ln2_hi is exact), e^r by its Taylor series to
+ * r^7 (the next term is below 2^-26 of the result), times 2^n as two
+ * factors 2^(n/2) and 2^(n - n/2) built from exponent bits, so both stay
+ * normal where 2^n alone would not. Plain multiplies and adds: the file
+ * that uses it is built without contraction, so every lane, platform and
+ * position in a loop gets the same bits. */
+static inline vx_f32x4 vx_exp4(vx_f32x4 x) {
+    const vx_i32x4 is_num = x == x;
+    vx_f32x4 xc = vx_select4(is_num, x, vx_splat4(0.0f));
+    xc = vx_select4(xc > vx_splat4(89.0f), vx_splat4(89.0f), xc);
+    xc = vx_select4(xc < vx_splat4(-104.0f), vx_splat4(-104.0f), xc);
+    /* n = round(x / ln 2) by the 1.5 * 2^23 shift (|n| <= 151) */
+    const vx_f32x4 shift = vx_splat4(12582912.0f);
+    const vx_f32x4 n = (xc * vx_splat4(1.44269504088896341f) + shift) - shift;
+    const vx_f32x4 r = (xc - n * vx_splat4(0.693145751953125f)) - n * vx_splat4(1.42860682030941723e-6f);
+    /* in pairs (Estrin), not one Horner chain: a chain of 14 dependent
+     * operations held the loops that call this to its latency */
+    const vx_f32x4 r2 = r * r, r4 = r2 * r2;
+    const vx_f32x4 p01 = vx_splat4(1.0f) + r, p23 = vx_splat4(0.5f) + r * vx_splat4(1.0f / 6.0f);
+    const vx_f32x4 p45 = vx_splat4(1.0f / 24.0f) + r * vx_splat4(1.0f / 120.0f);
+    const vx_f32x4 p67 = vx_splat4(1.0f / 720.0f) + r * vx_splat4(1.0f / 5040.0f);
+    const vx_f32x4 p = (p01 + r2 * p23) + r4 * (p45 + r2 * p67);
+    const vx_i32x4 ni = __builtin_convertvector(n, vx_i32x4);
+    const vx_i32x4 n1 = ni >> 1, n2 = ni - n1; /* each in [-75, 64] */
+    const vx_f32x4 s1 = (vx_f32x4)((n1 + 127) << 23), s2 = (vx_f32x4)((n2 + 127) << 23);
+    return vx_select4(is_num, (p * s1) * s2, x);
+}
 #endif

@@ -34,6 +34,7 @@
 #include "check.h"
 #include "engine.h"
 #include "quant.h"
+#include "vec4.h"
 
 
 /* xorshift64*: reproducible data without libc's rand state. */
@@ -568,6 +569,45 @@ static void check_argmax(void) {
     }
 }
 
+/* Units in the last place between two non-negative floats. */
+static int64_t ulp_distance(float a, float b) {
+    int32_t ia, ib;
+    memcpy(&ia, &a, 4);
+    memcpy(&ib, &b, 4);
+    return ia > ib ? (int64_t)ia - ib : (int64_t)ib - ia;
+}
+
+/* vx_exp4 against exp in double rounded to float: within 2 ulp from the
+ * subnormal results up to FLT_MAX, +Inf and 0 past the ends, NaN kept, and
+ * each lane's result the same in whichever lane it sits. */
+static void check_exp4(void) {
+    int64_t worst = 0;
+    for (int i = 0; i <= 2000000; i++) {
+        /* [-104, 88.72] evenly, then random points across the whole range */
+        const float x = i < 1000000 ? -104.0f + 192.72f * (float)i / 1000000.0f
+                                    : (float)(-110.0 + 200.0 * urand());
+        const float want = (float)exp((double)x);
+        const int lane = i % 4;
+        vx_f32x4 v = vx_splat4(0.5f);
+        v[lane] = x;
+        const vx_f32x4 e = vx_exp4(v);
+        const int64_t d = ulp_distance(e[lane], want);
+        worst = d > worst ? d : worst;
+        CHECKF(d <= 2, "exp(%.9g): %.9g, want %.9g (%lld ulp)", (double)x, (double)e[lane],
+               (double)want, (long long)d);
+        CHECKF(e[(lane + 1) % 4] == vx_exp4(vx_splat4(0.5f))[0], "lane %d's neighbour", lane);
+    }
+    printf("vx_exp4: worst %lld ulp from the rounded exp\n", (long long)worst);
+    const vx_f32x4 s = vx_exp4((vx_f32x4){INFINITY, -INFINITY, NAN, 0.0f});
+    CHECKF(s[0] == INFINITY && s[1] == 0.0f && isnan(s[2]) && s[3] == 1.0f,
+           "exp(inf, -inf, nan, 0): %g %g %g %g", (double)s[0], (double)s[1], (double)s[2],
+           (double)s[3]);
+    const vx_f32x4 t = vx_exp4((vx_f32x4){88.7229f, 89.5f, -103.98f, -120.0f});
+    CHECKF(t[0] == INFINITY && t[1] == INFINITY && t[2] == 0.0f && t[3] == 0.0f,
+           "exp past the ends: %g %g %g %g", (double)t[0], (double)t[1], (double)t[2],
+           (double)t[3]);
+}
+
 int main(void) {
     /* the x86 variants differ only in their Q8/Q4 kernels' int8 dot product
      * (vpmaddubsw, AVX-VNNI / AVX512-VNNI vpdpbusd), the NEON ones in SDOT
@@ -586,6 +626,7 @@ int main(void) {
     check_act_quant_vs_scalar();
     check_layout();
     check_argmax();
+    check_exp4();
     for (size_t b = 0; b < sizeof backends / sizeof backends[0]; b++) {
         const vx_backend *be = backends[b];
         if (!be) {
