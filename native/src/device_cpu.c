@@ -110,10 +110,15 @@ static void swiglu_task(void *ctx, int t) {
     swiglu_job *j = ctx;
     const size_t i0 = (size_t)t * SWIGLU_TASK;
     const size_t i1 = i0 + SWIGLU_TASK < j->count ? i0 + SWIGLU_TASK : j->count;
+    float *h1 = j->h1;
+    const float *h3 = j->h3;
     size_t i = i0;
-    for (; i + 4 <= i1; i += 4) store_part(j->h1 + i, silu_mul4(vx_load4(j->h1 + i), vx_load4(j->h3 + i)), 4);
-    if (i < i1)
-        store_part(j->h1 + i, silu_mul4(load_part(j->h1 + i, i1 - i), load_part(j->h3 + i, i1 - i)), i1 - i);
+    for (; i + 4 <= i1; i += 4)
+        store_part(h1 + i, silu_mul4(vx_load4(h1 + i), vx_load4(h3 + i)), 4);
+    if (i < i1) {
+        const size_t k = i1 - i;
+        store_part(h1 + i, silu_mul4(load_part(h1 + i, k), load_part(h3 + i, k)), k);
+    }
 }
 
 static void cpu_swiglu(const vx_model *m, vx_dbuf *h1, const vx_dbuf *h3, size_t count) {

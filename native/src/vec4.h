@@ -1,8 +1,10 @@
 /* vec4.h - 4-lane float / int32 vectors through the compiler's generic
  * vector extension (GCC, Clang): SSE2 on x86-64, Advanced SIMD on AArch64,
  * scalar code elsewhere. For the few loops outside the backends (argmax,
- * the activation quantizer) that must give the same bits everywhere: each
- * lane does the scalar code's IEEE operations, so no backend seam is needed.
+ * the activation quantizer, the CPU device's exponentials) that must give
+ * the same bits everywhere: each lane does the same IEEE operations in the
+ * same order (the scalar code's, where there is one), so no backend seam
+ * is needed.
  * Comparisons give int32 masks (-1 true, 0 false). */
 #ifndef VX_VEC4_H
 #define VX_VEC4_H
@@ -29,7 +31,7 @@ static inline vx_i32x4 vx_select4i(vx_i32x4 mask, vx_i32x4 a, vx_i32x4 b) {
     return (a & mask) | (b & ~mask);
 }
 
-/* e^x per lane, within 2 ulp of expf: +Inf above ~88.72, 0 (through the
+/* e^x per lane, within 2 ulp of e^x rounded to float: +Inf above ~88.72, 0 (through the
  * subnormals) below ~-103.9, NaN kept. x = n ln 2 + r with |r| <= ln 2 / 2
  * (ln 2 in two parts, so n ln2_hi is exact), e^r by its Taylor series to
  * r^7 (the next term is below 2^-26 of the result), times 2^n as two
@@ -42,10 +44,12 @@ static inline vx_f32x4 vx_exp4(vx_f32x4 x) {
     vx_f32x4 xc = vx_select4(is_num, x, vx_splat4(0.0f));
     xc = vx_select4(xc > vx_splat4(89.0f), vx_splat4(89.0f), xc);
     xc = vx_select4(xc < vx_splat4(-104.0f), vx_splat4(-104.0f), xc);
-    /* n = round(x / ln 2) by the 1.5 * 2^23 shift (|n| <= 151) */
+    /* n = round(x / ln 2) by the 1.5 * 2^23 shift (-150 <= n <= 128) */
     const vx_f32x4 shift = vx_splat4(12582912.0f);
     const vx_f32x4 n = (xc * vx_splat4(1.44269504088896341f) + shift) - shift;
-    const vx_f32x4 r = (xc - n * vx_splat4(0.693145751953125f)) - n * vx_splat4(1.42860682030941723e-6f);
+    const vx_f32x4 ln2_hi = vx_splat4(0.693145751953125f);
+    const vx_f32x4 ln2_lo = vx_splat4(1.42860682030941723e-6f);
+    const vx_f32x4 r = (xc - n * ln2_hi) - n * ln2_lo;
     /* in pairs (Estrin), not one Horner chain: a chain of 14 dependent
      * operations held the loops that call this to its latency */
     const vx_f32x4 r2 = r * r, r4 = r2 * r2;
