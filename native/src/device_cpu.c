@@ -71,20 +71,21 @@ static inline vx_f32x4 load_part(const float *v, size_t k) {
 
 static inline void store_part(float *v, vx_f32x4 x, size_t k) { memcpy(v, &x, k * sizeof(float)); }
 
-/* e^v[i] for i < count in place, four at a time (vec4.h's vx_exp4, the
- * tail padded through the same operations, so an element's bits do not
- * depend on where a loop starts). Returns the double sum of the results,
- * in order. */
-static double exp_in_place(float *v, size_t count) {
+/* e^(v[i] - sub) for i < count in place, four at a time (vec4.h's
+ * vx_exp4, the tail padded through the same operations, so an element's
+ * bits do not depend on where a loop starts). Returns the double sum of
+ * the results, in order. */
+static double exp_in_place(float *v, size_t count, float sub) {
+    const vx_f32x4 s = vx_splat4(sub);
     double sum = 0;
     size_t i = 0;
     for (; i + 4 <= count; i += 4) {
-        const vx_f32x4 e = vx_exp4(vx_load4(v + i));
+        const vx_f32x4 e = vx_exp4(vx_load4(v + i) - s);
         store_part(v + i, e, 4);
         sum += e[0], sum += e[1], sum += e[2], sum += e[3];
     }
     if (i < count) {
-        store_part(v + i, vx_exp4(load_part(v + i, count - i)), count - i);
+        store_part(v + i, vx_exp4(load_part(v + i, count - i) - s), count - i);
         for (; i < count; i++) sum += v[i];
     }
     return sum;
@@ -293,8 +294,7 @@ static void att_task(void *ctx, int task) {
                 sc[t] *= scale;
                 if (sc[t] > mx) mx = sc[t];
             }
-            for (int64_t t = lo; t <= hi; t++) sc[t] -= mx;
-            const double sum = exp_in_place(sc + lo, (size_t)(hi - lo + 1));
+            const double sum = exp_in_place(sc + lo, (size_t)(hi - lo + 1), mx);
             float inv = (float)(1.0 / sum);
             for (int64_t t = 0; t < lo; t++) sc[t] = 0.0f;
             for (int64_t t = lo; t <= hi; t++) sc[t] *= inv;
