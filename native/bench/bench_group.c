@@ -17,13 +17,17 @@
  * median, min and max of the rounds are printed, and the share of the
  * threads' time this process got (its CPU time / wall time / threads): on a
  * machine busy with other work, pos/s falls with it.
- * The read bandwidth is also measured before every round (256 MiB, best of
- * 2), and each round's pos/s is set against the lower roof at that reading:
- * on a VM whose memory bandwidth moves between spells (here 31-36 GB/s, at
- * times 55-63), a reading at the start or the end alone can belong to
- * another spell than the passes. The "of lower" column is the median of
- * the rounds' shares (min..max); the roofs printed are at the median
- * reading.
+ * The read bandwidth is also measured between every two counts' passes
+ * (256 MiB, best of 2), so each count's passes in a round lie between two
+ * readings, and its pos/s there is set against the lower roof at the
+ * higher of the two: on a VM whose memory bandwidth moves between spells
+ * (here 26-36 GB/s, at times 50-63) within a second, a reading a round
+ * away can belong to another spell than the passes, and where the spell
+ * changed between the two readings the higher one does not overstate the
+ * share. The "unsteady" column counts the rounds whose two readings
+ * differed by more than a fifth. The "of lower" column is the median of
+ * the rounds' shares (min..max); the bandwidth printed is the median (min..
+ * max) of the readings used, and the bandwidth roof is at that median.
  *
  * Build (from the repository root):
  *   cmake -S native -B build/bench -DVX_BUILD_TESTS=ON -DCMAKE_BUILD_TYPE=Release
@@ -150,6 +154,12 @@ static double group_steps(const vx_model *m, group_t *g, int passes) {
     return (now_ms() - t0) / passes;
 }
 
+/* The read bandwidth between two counts' passes: 256 MiB (far past the last
+ * level cache), best of 2, short enough to sit close to the passes. */
+static double read_bandwidth(int n_threads) {
+    return vx_measure_read_bandwidth((size_t)256 << 20, n_threads, 2);
+}
+
 static int cmp_double(const void *a, const void *b) {
     const double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
@@ -196,36 +206,42 @@ int main(int argc, char **argv) {
             fprintf(stderr, "out of memory for %d streams\n", counts[c]);
             return 2;
         }
-    double ms[N_COUNTS][64], cpu[N_COUNTS] = {0}, wall[N_COUNTS] = {0}, bw_round[64];
+    double ms[N_COUNTS][64], cpu[N_COUNTS] = {0}, wall[N_COUNTS] = {0}, bw_at[N_COUNTS][64];
+    int unsteady[N_COUNTS] = {0};
     for (int c = 0; c < N_COUNTS; c++) group_steps(m, &g[c], 1); /* warm-up: pages in */
-    for (int r = 0; r < rounds && r < 64; r++) {
-        bw_round[r] = vx_measure_read_bandwidth((size_t)256 << 20, info.n_threads, 2);
+    double bw_before = read_bandwidth(info.n_threads);
+    for (int r = 0; r < rounds && r < 64; r++)
         for (int k = 0; k < N_COUNTS; k++) {
             const int c = r % 2 ? N_COUNTS - 1 - k : k;
             const double w0 = now_ms(), c0 = cpu_ms();
             ms[c][r] = group_steps(m, &g[c], passes);
             cpu[c] += cpu_ms() - c0;
             wall[c] += now_ms() - w0;
+            const double bw_after = read_bandwidth(info.n_threads);
+            const double lo = bw_before < bw_after ? bw_before : bw_after;
+            bw_at[c][r] = bw_before < bw_after ? bw_after : bw_before;
+            if (bw_at[c][r] > 1.2 * lo) unsteady[c]++;
+            bw_before = bw_after;
         }
-    }
     const double bw1 = vx_measure_read_bandwidth((size_t)1 << 30, info.n_threads, 3);
     const double peak1 = vx_measure_fma_peak(info.n_threads);
     const double ipeak1 = vx_measure_int8_peak(info.n_threads);
     const int nr = rounds < 64 ? rounds : 64;
-    double bw_sorted[64];
-    const double bw = sort_median(bw_round, nr, bw_sorted), peak = peak0 > peak1 ? peak0 : peak1;
+    const double peak = peak0 > peak1 ? peak0 : peak1;
     /* no int8 instructions: the kernels' integer work runs at about the FMA rate */
     const double ipeak = ipeak0 > 0 || ipeak1 > 0 ? (ipeak0 > ipeak1 ? ipeak0 : ipeak1) : peak;
-    printf("read bandwidth %.2f / %.2f GB/s (start / end), before each round %.2f..%.2f "
-           "(median %.2f); FMA peak %.1f / %.1f GFLOP/s, int8 peak %.1f / %.1f GOP/s\n",
-           bw0, bw1, bw_sorted[0], bw_sorted[nr - 1], bw, peak0, peak1, ipeak0, ipeak1);
-    printf("streams  ms/pass (min..max)       pos/s  bw roof  compute roof (fma only)  of lower (min..max)  cpu share\n");
+    printf("read bandwidth %.2f / %.2f GB/s (start / end); FMA peak %.1f / %.1f GFLOP/s, "
+           "int8 peak %.1f / %.1f GOP/s\n",
+           bw0, bw1, peak0, peak1, ipeak0, ipeak1);
+    printf("streams  ms/pass (min..max)       pos/s  GB/s (min..max)  bw roof  compute roof (fma only)"
+           "  of lower (min..max)  unsteady  cpu share\n");
     const int kvd = m->p.dec.n_kv_heads * m->p.dec.head_dim, nl = m->p.dec.n_layers;
     const int heads = m->p.dec.n_heads, hd = m->p.dec.head_dim;
     for (int c = 0; c < N_COUNTS; c++) {
         const int n = counts[c];
-        double sorted[64], shares[64], share_sorted[64];
+        double sorted[64], bw_sorted[64], shares[64], share_sorted[64];
         const double med = sort_median(ms[c], nr, sorted);
+        const double bw = sort_median(bw_at[c], nr, bw_sorted);
         const double keys = (double)g[c].pos; /* about the cache length during the steps */
         const double bytes = wbytes + (double)n * nl * 2.0 * keys * kvd * 2.0;
         const double flops = (double)n * (flops_row + nl * 4.0 * heads * hd * keys);
@@ -233,14 +249,16 @@ int main(int argc, char **argv) {
         const double pos_s = n * 1e3 / med;
         const double compute_roof = n / (flops / (peak * 1e9) + iops / (ipeak * 1e9));
         const double fma_roof = n / ((flops + iops) / (peak * 1e9));
-        for (int r = 0; r < nr; r++) { /* each round against the roof at its own reading */
-            const double roof = n / (bytes / (bw_round[r] * 1e9));
+        for (int r = 0; r < nr; r++) { /* each round against the roof at its own readings */
+            const double roof = n / (bytes / (bw_at[c][r] * 1e9));
             shares[r] = n * 1e3 / ms[c][r] / (roof < compute_roof ? roof : compute_roof);
         }
         const double share = sort_median(shares, nr, share_sorted);
-        printf("%7d  %7.1f (%6.1f..%6.1f) %7.2f %8.2f %12.2f (%7.2f)  %4.0f%% (%3.0f..%3.0f%%)  %8.0f%%\n",
-               n, med, sorted[0], sorted[nr - 1], pos_s, n / (bytes / (bw * 1e9)), compute_roof,
-               fma_roof, 100.0 * share, 100.0 * share_sorted[0], 100.0 * share_sorted[nr - 1],
+        printf("%7d  %7.1f (%6.1f..%6.1f) %7.2f  %4.1f (%4.1f..%4.1f) %8.2f %12.2f (%7.2f)  %4.0f%% "
+               "(%3.0f..%3.0f%%)  %5d/%-2d  %8.0f%%\n",
+               n, med, sorted[0], sorted[nr - 1], pos_s, bw, bw_sorted[0], bw_sorted[nr - 1],
+               n / (bytes / (bw * 1e9)), compute_roof, fma_roof, 100.0 * share,
+               100.0 * share_sorted[0], 100.0 * share_sorted[nr - 1], unsteady[c], nr,
                100.0 * cpu[c] / (wall[c] * info.n_threads));
     }
     for (int c = 0; c < N_COUNTS; c++) group_free(m, &g[c]);
