@@ -166,18 +166,24 @@ INLINE __m256i q4_rows8(const __m256i *p) {
 
 /* Group blocks of look-ahead (Q4 6.9 KB, Q8 13 KB): with 8 (1.2 / 2.2 KB) one
  * thread's stream kept too few lines in flight and read at 0.50-0.73 of the
- * 1-thread bandwidth in voxd bench's q4 decoder step, 0.84-0.86 with 48 */
+ * 1-thread bandwidth in voxd bench's q4 decoder step, 0.84-0.86 with 48.
+ * Into L2 (q_prefetch), 24 was slower than 48 and 96 no faster. */
 #define Q_PREFETCH_BLOCKS 48
-
-/* The group block `ahead` blocks (of gbb bytes) past gb, into L1. */
-INLINE void q_prefetch(const uint8_t *gb, size_t gbb, int ahead) {
-    const char *p = (const char *)gb + (size_t)ahead * gbb;
-    for (size_t o = 0; o < gbb; o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
-}
 
 /* The group block at gb (gbb bytes) into L2 only (qz_look_step says why). */
 INLINE void q_prefetch_l2(const uint8_t *gb, size_t gbb) {
     for (size_t o = 0; o < gbb; o += 64) _mm_prefetch((const char *)gb + o, _MM_HINT_T1);
+}
+
+/* The group block `ahead` blocks (of gbb bytes) past gb, into L2 only: the
+ * group stream's look-ahead. Into L1 it was slower on a Zen 4 core, 2
+ * threads, the two hints alternated in one process (time L1 / L2, median
+ * of 16-30 pairs per run, the run's spread): [9216 x 3072] x 1 cycled past
+ * the L3, Q4 1.08-1.24 with AVX512-VNNI and 1.12-1.14 with plain AVX2, Q8
+ * 1.02-1.15 and 1.16 (AVX2's Q8 at 2 inputs, a group stream there too,
+ * 1.27); a whole q4 decoder pass of one stream 1.02-1.09 and 1.03-1.07. */
+INLINE void q_prefetch(const uint8_t *gb, size_t gbb, int ahead) {
+    q_prefetch_l2(gb + (size_t)ahead * gbb, gbb);
 }
 
 /* The 8 fp16 scales of a group block as floats, row order. */
