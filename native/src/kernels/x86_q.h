@@ -487,7 +487,12 @@ INLINE void qz_look_step(qz_look *l, int b, int nb, size_t gbb, int groups, size
  * vmulps and vfmadd231ps, which on a Zen 4 core take the same pipes, so the
  * step cannot pass 0.8 of the vpdpbusd peak while the scales are per
  * 32-element block (bench_kernels step times that mix: in cache Q4 reaches
- * 0.91-0.93 of it at 4 and 8 inputs). */
+ * 0.91-0.93 of it at 4 and 8 inputs). Activation scales that were powers
+ * of two would turn the vmulps into a vpaddd on the exponent bits, which
+ * does not take those pipes (alone, 8 vpdpbusd + vfmadd231ps + vpaddd ran
+ * 10% faster than with the vmulps); tried in its place, Q4 at 8 inputs in
+ * cache took 11.2-12.5 ns per 8-row block against 11.6-12.6 in five
+ * alternated runs: no clear gain, so the scales stay exact. */
 
 /* Lane l of a[k] holds row 4k + l: c[s] dword 4l + k = a[k] dword 4l + s,
  * so a register's dword p holds row 4 (p % 4) + p / 4 (QZ_ROWS). */
