@@ -143,7 +143,7 @@ void vx_quantize_row_q4(const float *x, int64_t cols, uint8_t *dst) {
 }
 
 /* quant.c is compiled with -ffp-contract=off (CMakeLists.txt, scripts/aarch64-test.sh):
- * a fused (x * inv + magic) would round differently from the two-step
+ * a fused x * inv + 1.5 * 2^23 (vx_round4) would round differently from the two-step
  * arithmetic written here, and on AArch64 the compiler would fuse it.
  *
  * In vec4.h's 4-lane vectors (SSE2, NEON): the decoder quantizes ~20k values
@@ -156,11 +156,6 @@ void vx_quantize_row_q4(const float *x, int64_t cols, uint8_t *dst) {
 #define VECS (VX_QBLOCK / LANES)
 
 void vx_quantize_act_q8(const float *x, int64_t cols, int8_t *q, float *d, int32_t *s) {
-    /* adding 1.5 * 2^23 to |v| <= 2^22 leaves a float whose ulp is 1, so the
-     * sum is v rounded to an integer, half to even (the default rounding
-     * mode), and subtracting it again is exact: a branch-free, vectorisable
-     * lrintf that does not depend on libm */
-    const vx_f32x4 magic = vx_splat4(12582912.0f);
     const vx_i32x4 abs_bits = {0x7fffffff, 0x7fffffff, 0x7fffffff, 0x7fffffff};
     for (int64_t b = 0; b < cols / VX_QBLOCK; b++) {
         vx_f32x4 v[VECS];
@@ -193,7 +188,7 @@ void vx_quantize_act_q8(const float *x, int64_t cols, int8_t *q, float *d, int32
         d[b] = amax / 127.0f;
         vx_i32x4 sum4 = {0, 0, 0, 0};
         for (int k = 0; k < VECS; k++) {
-            vx_f32x4 r = ((v[k] * vx_splat4(sc)) * vx_splat4(inv) + magic) - magic;
+            vx_f32x4 r = vx_round4((v[k] * vx_splat4(sc)) * vx_splat4(inv));
             r = vx_select4(r > vx_splat4(127.0f), vx_splat4(127.0f), r);
             r = vx_select4(r < vx_splat4(-127.0f), vx_splat4(-127.0f), r);
             const vx_i32x4 n = __builtin_convertvector(r, vx_i32x4);

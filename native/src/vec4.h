@@ -23,6 +23,14 @@ static inline vx_f32x4 vx_load4(const float *p) {
     return v;
 }
 
+/* x rounded to an integer, half to even (the default rounding mode), for
+ * |x| <= 2^22: adding 1.5 * 2^23 leaves a float whose ulp is 1, and
+ * subtracting it again is exact. A branch-free lrintf without libm. */
+static inline vx_f32x4 vx_round4(vx_f32x4 x) {
+    const vx_f32x4 shift = vx_splat4(12582912.0f);
+    return (x + shift) - shift;
+}
+
 /* mask ? a : b per lane, for int32 masks as comparisons make them. */
 static inline vx_f32x4 vx_select4(vx_i32x4 mask, vx_f32x4 a, vx_f32x4 b) {
     return (vx_f32x4)(((vx_i32x4)a & mask) | ((vx_i32x4)b & ~mask));
@@ -31,8 +39,8 @@ static inline vx_i32x4 vx_select4i(vx_i32x4 mask, vx_i32x4 a, vx_i32x4 b) {
     return (a & mask) | (b & ~mask);
 }
 
-/* e^x per lane, within 2 ulp of e^x rounded to float: +Inf above ~88.72, 0 (through the
- * subnormals) below ~-103.9, NaN kept. x = n ln 2 + r with |r| <= ln 2 / 2
+/* e^x per lane, within 2 ulp of e^x rounded to float: +Inf above ~88.72,
+ * 0 (through the subnormals) below ~-103.9, NaN kept. x = n ln 2 + r with |r| <= ln 2 / 2
  * (ln 2 in two parts, so n ln2_hi is exact), e^r by its Taylor series to
  * r^7 (the next term is below 2^-26 of the result), times 2^n as two
  * factors 2^(n/2) and 2^(n - n/2) built from exponent bits, so both stay
@@ -44,9 +52,7 @@ static inline vx_f32x4 vx_exp4(vx_f32x4 x) {
     vx_f32x4 xc = vx_select4(is_num, x, vx_splat4(0.0f));
     xc = vx_select4(xc > vx_splat4(89.0f), vx_splat4(89.0f), xc);
     xc = vx_select4(xc < vx_splat4(-104.0f), vx_splat4(-104.0f), xc);
-    /* n = round(x / ln 2) by the 1.5 * 2^23 shift (-150 <= n <= 128) */
-    const vx_f32x4 shift = vx_splat4(12582912.0f);
-    const vx_f32x4 n = (xc * vx_splat4(1.44269504088896341f) + shift) - shift;
+    const vx_f32x4 n = vx_round4(xc * vx_splat4(1.44269504088896341f)); /* x / ln 2: -150..128 */
     const vx_f32x4 ln2_hi = vx_splat4(0.693145751953125f);
     const vx_f32x4 ln2_lo = vx_splat4(1.42860682030941723e-6f);
     const vx_f32x4 r = (xc - n * ln2_hi) - n * ln2_lo;
