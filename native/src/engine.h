@@ -147,6 +147,10 @@ struct vx_backend {
                         int64_t nk, int hd, float *S, size_t lds);
     void (*attn_values)(const float *P, size_t ldp, int nq, const void *V, int f16, size_t ldv,
                         int64_t nk, int hd, float *const *o);
+    /* The activations matmul_rows_q takes: vx_quantize_act_q8's contract
+     * and its bytes exactly (test_kernels compares them), in the backend's
+     * vectors; vx_quantize_act_q8 itself where the 4-lane code is as fast. */
+    void (*quantize_act)(const float *x, int64_t cols, int8_t *q, float *d, int32_t *s);
 };
 
 /* attn_values for columns [c0, c1) one element at a time with fmaf: the

@@ -204,6 +204,7 @@ static int mm_plan(const vx_model *m, int nw, const vx_weight *const *W, float *
  * pass, encoder batches) this is a pool job of one task per row, so that no
  * thread waits while one quantizes. */
 typedef struct {
+    const vx_backend *be;
     const float *X;
     int64_t cols;
     vx_actbuf *a;
@@ -212,7 +213,7 @@ typedef struct {
 static void quant_task(void *ctx, int i) {
     const quant_job *q = ctx;
     const size_t cols = (size_t)q->cols, nblk = cols / VX_QBLOCK;
-    vx_quantize_act_q8(q->X + (size_t)i * cols, q->cols, q->a->q + (size_t)i * cols,
+    q->be->quantize_act(q->X + (size_t)i * cols, q->cols, q->a->q + (size_t)i * cols,
                        q->a->d + (size_t)i * nblk, q->a->s + (size_t)i * nblk);
 }
 
@@ -232,7 +233,7 @@ static void matmul_q(const vx_model *m, int nw, const vx_weight *const *W, const
     pthread_mutex_lock(&a->mu);
     for (int i0 = 0; i0 < n; i0 += BATCH) {
         const int nb = n - i0 < BATCH ? n - i0 : BATCH;
-        quant_job qj = {X + (size_t)i0 * (size_t)cols, cols, a};
+        quant_job qj = {m->be, X + (size_t)i0 * (size_t)cols, cols, a};
         if (nb > 1) vx_pool_run(m->pool, nb, quant_task, &qj);
         else quant_task(&qj, 0);
         j.xq = (vx_qact){a->q, a->d, a->s};

@@ -75,6 +75,7 @@ void vx_quantize_row_q4(const float *x, int64_t cols, uint8_t *dst);
  * (so every output that sees it is NaN). q gets cols bytes, d and s cols/32
  * floats / int32s: s the sum of the block's q (0 for a zero or non-finite
  * block), computed here once for every kernel that needs it.
- * This one C function serves every backend, so all see the same bytes. */
+ * This function defines the bytes: a backend's quantize_act (engine.h) may
+ * make them in wider vectors, and test_kernels checks that it gives these. */
 void vx_quantize_act_q8(const float *x, int64_t cols, int8_t *q, float *d, int32_t *s);
 #endif

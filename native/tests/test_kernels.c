@@ -383,8 +383,11 @@ static void ref_quantize_act_q8(const float *x, int64_t cols, int8_t *q, float *
     }
 }
 
-/* Random blocks over a wide range of scales, ties, tiny and non-finite ones. */
-static void check_act_quant_vs_scalar(void) {
+typedef void (*act_quant_fn)(const float *x, int64_t cols, int8_t *q, float *d, int32_t *s);
+
+/* Random blocks over a wide range of scales, ties, tiny and non-finite ones,
+ * through quant (vx_quantize_act_q8, or a backend's quantize_act). */
+static void check_act_quant_vs_scalar(act_quant_fn quant, const char *name) {
     enum { COLS = 32 * 200 };
     static float x[COLS], d0[COLS / 32], d1[COLS / 32];
     static int8_t q0[COLS], q1[COLS];
@@ -402,19 +405,19 @@ static void check_act_quant_vs_scalar(void) {
             }
         }
         ref_quantize_act_q8(x, COLS, q0, d0, s0);
-        vx_quantize_act_q8(x, COLS, q1, d1, s1);
+        quant(x, COLS, q1, d1, s1);
         int same_q = memcmp(q0, q1, sizeof q0) == 0, same_d = 1;
         int same_s = memcmp(s0, s1, sizeof s0) == 0;
         for (int b = 0; b < COLS / 32; b++)
             same_d &= memcmp(&d0[b], &d1[b], sizeof(float)) == 0 || (isnan(d0[b]) && isnan(d1[b]));
-        CHECKF(same_q && same_d && same_s, "trial %d: bytes %s, scales %s, sums %s", trial,
+        CHECKF(same_q && same_d && same_s, "%s trial %d: bytes %s, scales %s, sums %s", name, trial,
                same_q ? "same" : "differ", same_d ? "same" : "differ", same_s ? "same" : "differ");
     }
 }
 
-/* vx_quantize_act_q8: the block scale, rounding (half to even), clamping and
- * the special blocks. */
-static void check_act_quant(void) {
+/* vx_quantize_act_q8 (or a backend's quantize_act): the block scale,
+ * rounding (half to even), clamping and the special blocks. */
+static void check_act_quant(act_quant_fn quant) {
     float x[32 * 6];
     int8_t q[32 * 6];
     float d[6];
@@ -427,7 +430,7 @@ static void check_act_quant(void) {
         x[128 + j] = (float)(j - 16) * 1e-44f;         /* subnormal: 127/amax overflows */
         x[160 + j] = j == 0 ? -3.0f : 1.0f;            /* negative extreme */
     }
-    vx_quantize_act_q8(x, 32 * 6, q, d, s);
+    quant(x, 32 * 6, q, d, s);
     for (int b = 0; b < 6; b++) {
         int32_t sum = 0;
         for (int j = 0; j < 32; j++) sum += q[32 * b + j];
@@ -623,8 +626,8 @@ int main(void) {
     const int ns[] = {1, 2, 3, 64};
 
     check_roundtrip();
-    check_act_quant();
-    check_act_quant_vs_scalar();
+    check_act_quant(vx_quantize_act_q8);
+    check_act_quant_vs_scalar(vx_quantize_act_q8, "vx_quantize_act_q8");
     check_layout();
     check_argmax();
     check_exp4();
@@ -635,6 +638,8 @@ int main(void) {
             continue;
         }
         int before = failures;
+        check_act_quant(be->quantize_act);
+        check_act_quant_vs_scalar(be->quantize_act, be->name);
         for (size_t d = 0; d < sizeof dtypes / sizeof dtypes[0]; d++) {
             int dt = dtypes[d];
             CHECKF(be->dtypes & (1u << dt), "%s lacks %s", be->name, dt_name(dt));

@@ -32,6 +32,7 @@
  * Weight data is only guaranteed 2-byte aligned (safetensors.h), so every
  * load is an unaligned one and nothing wider than 2 bytes is dereferenced
  * through a typed pointer. */
+#include <float.h>
 #include <immintrin.h>
 #include <math.h>
 #include <string.h>
@@ -128,8 +129,67 @@ void vx_avx2_attn_values(const float *P, size_t ldp, int nq, const void *V, int 
     simd_attn_values(P, ldp, nq, V, f16, ldv, nk, hd, o);
 }
 
+/* vx_quantize_act_q8 (quant.h) a block in 4 ymm registers, for every x86
+ * backend: the same operations per element (abs, max, the scale's multiply,
+ * round half to even, clamp), so the same bytes. On a Zen 4 core a 9216-wide
+ * row took 0.27-0.31 ns per element against 0.97-0.99 for the SSE2 4-lane
+ * code, which stores its bytes one at a time. vcvtps2dq rounds half to even
+ * as vx_round4 does (for |x| <= 2^22; here |x| <= 128). This file may fuse
+ * a multiply into an add, but nothing here adds a product. */
+void vx_avx2_quantize_act(const float *x, int64_t cols, int8_t *q, float *d, int32_t *s) {
+    const __m256 abs_bits = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256 fmax = _mm256_set1_ps(FLT_MAX);
+    const __m256i lim = _mm256_set1_epi32(127), order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int64_t b = 0; b < cols / VX_QBLOCK; b++) {
+        const float *xb = x + b * VX_QBLOCK;
+        __m256 v[4], a[4];
+        int finite = 1;
+        for (int k = 0; k < 4; k++) {
+            v[k] = _mm256_loadu_ps(xb + 8 * k);
+            a[k] = _mm256_and_ps(v[k], abs_bits);
+            /* false for Inf and NaN */
+            finite &= _mm256_movemask_ps(_mm256_cmp_ps(a[k], fmax, _CMP_LE_OQ)) == 0xff;
+        }
+        int8_t *o = q + b * VX_QBLOCK;
+        if (!finite) {
+            memset(o, 0, VX_QBLOCK);
+            d[b] = NAN;
+            s[b] = 0;
+            continue;
+        }
+        /* all finite: the maximum is exact in any order */
+        const __m256 m8 = _mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3]));
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m8), _mm256_extractf128_ps(m8, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        const float amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+        if (amax == 0) {
+            memset(o, 0, VX_QBLOCK);
+            d[b] = 0.0f;
+            s[b] = 0;
+            continue;
+        }
+        const float sc = amax < 0x1p-100f ? 0x1p100f : 1.0f; /* as quant.c */
+        const float inv = 127.0f / (amax * sc);
+        d[b] = amax / 127.0f;
+        __m256i n[4];
+        for (int k = 0; k < 4; k++) {
+            const __m256 t = _mm256_mul_ps(_mm256_mul_ps(v[k], _mm256_set1_ps(sc)), _mm256_set1_ps(inv));
+            n[k] = _mm256_max_epi32(_mm256_min_epi32(_mm256_cvtps_epi32(t), lim), _mm256_sub_epi32(_mm256_setzero_si256(), lim));
+        }
+        /* int32 -> int8 (in range: the packs do not saturate), then the
+         * 128-bit lanes' dwords back in element order */
+        const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(n[0], n[1]), _mm256_packs_epi32(n[2], n[3]));
+        _mm256_storeu_si256((__m256i *)(void *)o, _mm256_permutevar8x32_epi32(p, order));
+        const __m256i t8 = _mm256_add_epi32(_mm256_add_epi32(n[0], n[1]), _mm256_add_epi32(n[2], n[3]));
+        __m128i t4 = _mm_add_epi32(_mm256_castsi256_si128(t8), _mm256_extracti128_si256(t8, 1));
+        t4 = _mm_add_epi32(t4, _mm_shuffle_epi32(t4, _MM_SHUFFLE(1, 0, 3, 2)));
+        s[b] = _mm_cvtsi128_si32(_mm_add_epi32(t4, _mm_shuffle_epi32(t4, _MM_SHUFFLE(2, 3, 0, 1))));
+    }
+}
+
 static const vx_backend avx2 = {"avx2",           simd_matmul_rows, x86_matmul_rows_q,
-                                VX_WEIGHT_DTYPES, simd_attn_scores, simd_attn_values};
+                                VX_WEIGHT_DTYPES, simd_attn_scores, simd_attn_values,
+                                vx_avx2_quantize_act};
 
 const vx_backend *vx_backend_avx2(void) {
     __builtin_cpu_init();

@@ -130,6 +130,7 @@ static void portable_attn_values(const float *P, size_t ldp, int nq, const void 
 static const vx_backend portable = {
     "portable", portable_matmul_rows, portable_matmul_rows_q,
     VX_WEIGHT_DTYPES,
-    portable_attn_scores, portable_attn_values};
+    portable_attn_scores, portable_attn_values,
+    vx_quantize_act_q8};
 
 const vx_backend *vx_backend_portable(void) { return &portable; }
