@@ -43,10 +43,10 @@ pids=()
 for f in "$src"/*.c "$src"/kernels/*.c; do
     name=$(basename "$f" .c)
     case "$name" in
-    avx2) continue ;;
+    avx2 | avx2_elem) continue ;;
     neon) extra=(-march=armv8.2-a+fp16+dotprod) ;;
     neon_i8mm) extra=(-march=armv8.2-a+fp16+dotprod+i8mm) ;;
-    quant | device_cpu) extra=(-ffp-contract=off) ;; # as in CMakeLists.txt
+    quant | device_cpu | elementwise) extra=(-ffp-contract=off) ;; # as in CMakeLists.txt
     *) extra=() ;;
     esac
     "$CC" "${cflags[@]}" "${extra[@]}" -c "$f" -o "$out/obj/$name.o" &

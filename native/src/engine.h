@@ -151,7 +151,13 @@ struct vx_backend {
      * and its bytes exactly (test_kernels compares them), in the backend's
      * vectors; vx_quantize_act_q8 itself where the 4-lane code is as fast. */
     void (*quantize_act)(const float *x, int64_t cols, int8_t *q, float *d, int32_t *s);
+    /* h1[i] = silu(h1[i]) * h3[i] for i < count: vx_swiglu4's bits
+     * (elementwise.c), in the backend's vectors. */
+    void (*swiglu)(float *h1, const float *h3, size_t count);
 };
+
+/* elementwise.c: the portable and NEON backends' swiglu, and its definition. */
+void vx_swiglu4(float *h1, const float *h3, size_t count);
 
 /* attn_values for columns [c0, c1) one element at a time with fmaf: the
  * bits of an FMA lane, for the SIMD backends' columns past their last 8. */

@@ -612,6 +612,43 @@ static void check_exp4(void) {
            (double)t[3]);
 }
 
+/* A backend's swiglu against vx_swiglu4 (elementwise.c), bit for bit:
+ * random values over the exponential's whole range, the specials, and
+ * every tail length; vx_swiglu4 itself against silu in double. */
+static void check_swiglu(const vx_backend *be) {
+    enum { N = 4099 };
+    static float x[N], h[N], a[N], b[N];
+    for (int i = 0; i < N; i++) {
+        x[i] = (float)(-120.0 + 240.0 * urand());
+        if (i % 3 == 0) x[i] = nrand() * 4.0f;
+        h[i] = nrand();
+    }
+    const float special[] = {INFINITY, -INFINITY, NAN, 0.0f, -0.0f, 1e-40f, -1e-40f, 88.8f, -88.8f, 104.5f};
+    for (size_t k = 0; k < sizeof special / sizeof special[0]; k++) x[7 * k + 1] = special[k];
+    for (int len = 1; len <= 40; len++) { /* tails, at several offsets */
+        const int off = (len * 37) % 200;
+        memcpy(a, x + off, sizeof(float) * (size_t)len);
+        memcpy(b, x + off, sizeof(float) * (size_t)len);
+        vx_swiglu4(a, h + off, (size_t)len);
+        be->swiglu(b, h + off, (size_t)len);
+        CHECKF(memcmp(a, b, sizeof(float) * (size_t)len) == 0, "%s swiglu, %d elements at %d", be->name, len, off);
+    }
+    memcpy(a, x, sizeof x);
+    memcpy(b, x, sizeof x);
+    vx_swiglu4(a, h, N);
+    be->swiglu(b, h, N);
+    int same = 1;
+    for (int i = 0; i < N; i++) same &= memcmp(&a[i], &b[i], sizeof(float)) == 0;
+    CHECKF(same, "%s swiglu, %d elements", be->name, N);
+    for (int i = 0; i < N; i++) {
+        if (!isfinite(x[i])) continue;
+        const double want = (double)x[i] / (1.0 + exp(-(double)x[i])) * (double)h[i];
+        /* below x ~ -88.7, e^-x is +Inf and the result 0: |want| < 1e-35 there */
+        CHECKF(fabs((double)a[i] - want) <= 1e-6 * fabs(want) + 1e-35, "swiglu(%g, %g) = %g, want %g",
+               (double)x[i], (double)h[i], (double)a[i], want);
+    }
+}
+
 int main(void) {
     /* the x86 variants differ only in their Q8/Q4 kernels' int8 dot product
      * (vpmaddubsw, AVX-VNNI / AVX512-VNNI vpdpbusd), the NEON ones in SDOT
@@ -640,6 +677,7 @@ int main(void) {
         int before = failures;
         check_act_quant(be->quantize_act);
         check_act_quant_vs_scalar(be->quantize_act, be->name);
+        check_swiglu(be);
         for (size_t d = 0; d < sizeof dtypes / sizeof dtypes[0]; d++) {
             int dt = dtypes[d];
             CHECKF(be->dtypes & (1u << dt), "%s lacks %s", be->name, dt_name(dt));

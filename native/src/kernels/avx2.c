@@ -189,7 +189,7 @@ void vx_avx2_quantize_act(const float *x, int64_t cols, int8_t *q, float *d, int
 
 static const vx_backend avx2 = {"avx2",           simd_matmul_rows, x86_matmul_rows_q,
                                 VX_WEIGHT_DTYPES, simd_attn_scores, simd_attn_values,
-                                vx_avx2_quantize_act};
+                                vx_avx2_quantize_act, vx_avx2_swiglu};
 
 const vx_backend *vx_backend_avx2(void) {
     __builtin_cpu_init();

@@ -12,7 +12,7 @@
 
 static const vx_backend avx512vnni = {"avx2+avx512vnni", vx_avx2_matmul_rows, x86_matmul_rows_q,
                                       VX_WEIGHT_DTYPES,  vx_avx2_attn_scores, vx_avx2_attn_values,
-                                      vx_avx2_quantize_act};
+                                      vx_avx2_quantize_act, vx_avx2_swiglu};
 
 const vx_backend *vx_backend_avx512vnni(void) {
     __builtin_cpu_init();

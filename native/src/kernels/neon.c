@@ -429,10 +429,10 @@ void vx_neon_attn_values(const float *P, size_t ldp, int nq, const void *V, int 
 
 static const vx_backend neon_dot = {"neon",           simd_matmul_rows, vx_neon_matmul_rows_q_dot,
                                     VX_WEIGHT_DTYPES, simd_attn_scores, simd_attn_values,
-                                    vx_quantize_act_q8};
+                                    vx_quantize_act_q8, vx_swiglu4};
 static const vx_backend neon_base = {"neon",           simd_matmul_rows, neon_matmul_rows_q_base,
                                      VX_WEIGHT_DTYPES, simd_attn_scores, simd_attn_values,
-                                     vx_quantize_act_q8};
+                                     vx_quantize_act_q8, vx_swiglu4};
 
 const vx_backend *vx_backend_neon(void) {
     unsigned long hw = getauxval(AT_HWCAP);

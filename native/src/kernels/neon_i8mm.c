@@ -205,7 +205,7 @@ static int i8mm_matmul_rows_q(const vx_weight *W, const vx_qact *X, int n, float
 static const vx_backend neon_i8mm = {"neon+i8mm",         vx_neon_matmul_rows,
                                      i8mm_matmul_rows_q,  VX_WEIGHT_DTYPES,
                                      vx_neon_attn_scores, vx_neon_attn_values,
-                                     vx_quantize_act_q8};
+                                     vx_quantize_act_q8, vx_swiglu4};
 
 const vx_backend *vx_backend_neon_i8mm(void) {
     /* FEAT_I8MM comes with Armv8.6, where DotProd is mandatory; checked anyway */

@@ -131,6 +131,6 @@ static const vx_backend portable = {
     "portable", portable_matmul_rows, portable_matmul_rows_q,
     VX_WEIGHT_DTYPES,
     portable_attn_scores, portable_attn_values,
-    vx_quantize_act_q8};
+    vx_quantize_act_q8, vx_swiglu4};
 
 const vx_backend *vx_backend_portable(void) { return &portable; }
