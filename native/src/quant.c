@@ -180,11 +180,8 @@ void vx_quantize_act_q8(const float *x, int64_t cols, int8_t *q, float *d, int32
             s[b] = 0;
             continue;
         }
-        /* 127 / amax overflows for amax below ~3.7e-37: scale such a block
-         * by 2^100 first (exact), so q is still x * (127 / amax) rounded;
-         * for every other block sc = 1 and v * sc is v */
-        const float sc = amax < 0x1p-100f ? 0x1p100f : 1.0f;
-        const float inv = 127.0f / (amax * sc);
+        float sc, inv;
+        vx_act_block_factors(amax, &sc, &inv);
         d[b] = amax / 127.0f;
         vx_i32x4 sum4 = {0, 0, 0, 0};
         for (int k = 0; k < VECS; k++) {

@@ -78,4 +78,14 @@ void vx_quantize_row_q4(const float *x, int64_t cols, uint8_t *dst);
  * This function defines the bytes: a backend's quantize_act (engine.h) may
  * make them in wider vectors, and test_kernels checks that it gives these. */
 void vx_quantize_act_q8(const float *x, int64_t cols, int8_t *q, float *d, int32_t *s);
+
+/* The two factors that take a block of largest magnitude amax (finite and
+ * above 0) to q = round(x * sc * inv), in that order. 127 / amax overflows
+ * for amax below ~3.7e-37: such a block is scaled by 2^100 first (exact),
+ * so q is still x * (127 / amax) rounded; for every other block sc = 1 and
+ * x * sc is x. Shared by vx_quantize_act_q8 and the backends' quantize_act. */
+static inline void vx_act_block_factors(float amax, float *sc, float *inv) {
+    *sc = amax < 0x1p-100f ? 0x1p100f : 1.0f;
+    *inv = 127.0f / (amax * *sc);
+}
 #endif

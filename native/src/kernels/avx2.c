@@ -168,8 +168,8 @@ void vx_avx2_quantize_act(const float *x, int64_t cols, int8_t *q, float *d, int
             s[b] = 0;
             continue;
         }
-        const float sc = amax < 0x1p-100f ? 0x1p100f : 1.0f; /* as quant.c */
-        const float inv = 127.0f / (amax * sc);
+        float sc, inv;
+        vx_act_block_factors(amax, &sc, &inv);
         d[b] = amax / 127.0f;
         __m256i n[4];
         for (int k = 0; k < 4; k++) {

@@ -79,10 +79,10 @@ int vx_avx2_matmul_rows(const vx_weight *W, const float *X, int n, int ldx, floa
                         int64_t r0, int64_t r1);
 void vx_avx2_attn_scores(const float *const *q, int nq, const void *K, int f16, size_t ldk,
                          int64_t nk, int hd, float *S, size_t lds);
-void vx_avx2_quantize_act(const float *x, int64_t cols, int8_t *q, float *d, int32_t *s);
-void vx_avx2_swiglu(float *h1, const float *h3, size_t count); /* avx2_elem.c */
 void vx_avx2_attn_values(const float *P, size_t ldp, int nq, const void *V, int f16, size_t ldv,
                          int64_t nk, int hd, float *const *o);
+void vx_avx2_quantize_act(const float *x, int64_t cols, int8_t *q, float *d, int32_t *s);
+void vx_avx2_swiglu(float *h1, const float *h3, size_t count); /* avx2_elem.c */
 
 #define XQ_MAX_N 64 /* rows of X per call (kernels.c's BATCH) */
 
