@@ -2,10 +2,11 @@
  * defines VX_ROUND_NAME and VX_EXP_NAME (the two functions' names),
  * VX_EXP_F and VX_EXP_I (float and int32 generic vectors of one lane count)
  * and includes this: vec4.h for 4 lanes, the AVX2 backend's element-wise
- * file (kernels/avx2_elem.c) for 8. Each width does the same IEEE
- * operations per lane, so an element gets the same bits from any of them,
- * as long as the including file is built without contraction (a fused
- * multiply-add rounds once where these round twice). */
+ * file (kernels/avx2_elem.c) for 8 (vswiglu.h builds SwiGLU on them).
+ * Each width does the same IEEE operations per lane, so an element gets the
+ * same bits from any of them, as long as the including file is built
+ * without contraction (a fused multiply-add rounds once where these round
+ * twice). */
 #if !defined(VX_ROUND_NAME) || !defined(VX_EXP_NAME) || !defined(VX_EXP_F) || !defined(VX_EXP_I)
 #error "define VX_ROUND_NAME, VX_EXP_NAME, VX_EXP_F and VX_EXP_I before including vecw.h"
 #endif
