@@ -434,7 +434,19 @@ static void q_groups(int dt, const vx_weight *W, const vx_qact *X, int n, float 
 #define QZ_MIN_N 3
 #endif
 #define QZ_PF 32 /* blocks of look-ahead of a step's group streams */
-#define QZ_CHUNK 128 /* blocks of the inputs interleaved at a time */
+/* Blocks of the inputs interleaved at a time: 320 (10240 columns) holds a
+ * whole row of every decoder matrix, w2's 9216 columns included, so that
+ * each thread sweeps its rows' weights once, front to back. In chunks of
+ * 128, w2 was read in three strided sweeps (each row group's first 128
+ * blocks, then the next 128, then the last 32), and took longer. On a Zen 4
+ * core, 2 threads, Q4 [3072 x 9216] cycled past the L3, time with 320 /
+ * with 128, medians of 16-20 alternated rounds in two runs: AVX512-VNNI 2
+ * inputs 0.95-0.97, 4 inputs 0.92-0.93, 8 inputs 0.97-0.99; plain AVX2 4
+ * inputs 0.94-0.98, 8 inputs 0.99-1.00. Chunks of 64 or 48, which keep
+ * the interleaved inputs in L1, made whole 8-stream decoder passes slower
+ * still (1.04-1.08 the time of 128). The cost is stack: 100 KB at 8
+ * inputs. */
+#define QZ_CHUNK 320
 
 /* A chunk's inputs, interleaved so that one pointer reaches every input's
  * block: x[b][i] the 32 int8 elements of input i's block b, s[b][i] its
@@ -464,9 +476,10 @@ INLINE qz_look qz_look_start(const uint8_t *g, size_t gbb, const uint8_t *next, 
 
 /* Before block b of nb: prefetch one block of each of the step's `groups`
  * streams, `stride` bytes apart, into L2 only. L1 holds the chunk's
- * interleaved inputs (up to 40 KB, read for every group); weights fetched
- * into L1 as well evicted them. On a Zen 4 core with AVX512-VNNI, 2
- * threads, [9216 x 3072] cycled past the L3, median of 8 alternated rounds
+ * interleaved inputs (read for every group; 40 KB at 8 inputs when this
+ * was measured, with 128-block chunks); weights fetched into L1 as well
+ * evicted them. On a Zen 4 core with AVX512-VNNI, 2 threads,
+ * [9216 x 3072] cycled past the L3, median of 8 alternated rounds
  * (GB/s of weights, from the L1 hint): Q4 4 inputs 22-25 -> 29-32 in four
  * runs, Q8 4 inputs 24.8 -> 32.1, Q8 8 inputs 26.3 -> 32.3; AVX2 without
  * VNNI, bound by its instructions there, the same either way. */
@@ -776,8 +789,8 @@ INLINE void qy_groups(int dt, int G, int N, const uint8_t *g, size_t group_bytes
 #endif
 
 /* Full groups [g0, g1) x QZ_MIN_N..QG_MAX_N inputs, QZ_GROUPS at a time,
- * QZ_CHUNK blocks at a time (the interleaved inputs, 40 KB, live on the
- * stack); groups left over through the group stream. */
+ * QZ_CHUNK blocks at a time (the interleaved inputs, up to 100 KB, live on
+ * the stack); groups left over through the group stream. */
 static void qz_groups(int dt, const vx_weight *W, const vx_qact *X, int n, float *Y, int ldy,
                       int64_t g0, int64_t g1) {
     const int64_t cols = W->cols, nblk = cols / VX_QBLOCK;
