@@ -166,26 +166,37 @@ INLINE __m256i q4_rows8(const __m256i *p) {
 #define Q4_EVEN_ODD _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7)
 #define Q4_ROW_ORDER _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)
 
-/* Group blocks of look-ahead (Q4 6.9 KB, Q8 13 KB): with 8 (1.2 / 2.2 KB) one
- * thread's stream kept too few lines in flight and read at 0.50-0.73 of the
- * 1-thread bandwidth in voxd bench's q4 decoder step, 0.84-0.86 with 48.
- * Into L2 (q_prefetch), 24 was slower than 48 and 96 no faster. */
-#define Q_PREFETCH_BLOCKS 48
+/* Look-ahead of a group stream, in bytes (whole group blocks of it: Q4 48
+ * blocks, Q8 25). With 8 blocks of either (1.2 / 2.2 KB) one thread's
+ * stream kept too few lines in flight and read at 0.50-0.73 of the 1-thread
+ * bandwidth in voxd bench's q4 decoder step, 0.84-0.86 with 48. Into L2
+ * (q_prefetch), 24 Q4 blocks were slower than 48, and 96 slower again
+ * (1.05-1.07 the time of a one-stream q4 decoder pass). It is the bytes that
+ * count: the Q8 output head had 48 blocks too (13 KB), and took longer than
+ * with 24 (6.5 KB). A one-stream q4 decoder pass, the head's time with the
+ * Q8 look-ahead below / with 48 blocks, AVX512-VNNI, medians of 16 rounds
+ * alternated in one process, 4-6 runs each: 16 blocks 1.03-1.23 (the worst
+ * when memory was fast), 20 blocks 0.93-0.98, 24 blocks 0.91-0.92, 32
+ * blocks 0.93-0.96; and 48 / 25 (this rule), 4 runs each: AVX512-VNNI
+ * 1.02-1.12, plain AVX2 0.99-1.12. A q8 model's one-stream pass (every
+ * matrix Q8), 48 / 25: 1.07-1.13 with AVX512-VNNI, 1.05-1.12 plain. */
+#define Q_PREFETCH_BYTES ((size_t)48 * VX_QGROUP * VX_Q4_BLOCK_BYTES)
 
 /* The group block at gb (gbb bytes) into L2 only (qz_look_step says why). */
 INLINE void q_prefetch_l2(const uint8_t *gb, size_t gbb) {
     for (size_t o = 0; o < gbb; o += 64) _mm_prefetch((const char *)gb + o, _MM_HINT_T1);
 }
 
-/* The group block `ahead` blocks (of gbb bytes) past gb, into L2 only: the
- * group stream's look-ahead. Into L1 it was slower on a Zen 4 core, 2
- * threads, the two hints alternated in one process (time L1 / L2, median
- * of 16-30 pairs per run, the run's spread): [9216 x 3072] x 1 cycled past
- * the L3, Q4 1.08-1.24 with AVX512-VNNI and 1.12-1.14 with plain AVX2, Q8
- * 1.02-1.15 and 1.16 (AVX2's Q8 at 2 inputs, a group stream there too,
- * 1.27); a whole q4 decoder pass of one stream 1.02-1.09 and 1.03-1.07. */
-INLINE void q_prefetch(const uint8_t *gb, size_t gbb, int ahead) {
-    q_prefetch_l2(gb + (size_t)ahead * gbb, gbb);
+/* The group block Q_PREFETCH_BYTES (rounded down to whole group blocks of
+ * gbb bytes) past gb, into L2 only: the group stream's look-ahead. Into L1
+ * it was slower on a Zen 4 core, 2 threads, the two hints alternated in
+ * one process (time L1 / L2, median of 16-30 pairs per run, the run's
+ * spread): [9216 x 3072] x 1 cycled past the L3, Q4 1.08-1.24 with
+ * AVX512-VNNI and 1.12-1.14 with plain AVX2, Q8 1.02-1.15 and 1.16 (AVX2's
+ * Q8 at 2 inputs, a group stream there too, 1.27); a whole q4 decoder pass
+ * of one stream 1.02-1.09 and 1.03-1.07. */
+INLINE void q_prefetch(const uint8_t *gb, size_t gbb) {
+    q_prefetch_l2(gb + Q_PREFETCH_BYTES / gbb * gbb, gbb);
 }
 
 /* The 8 fp16 scales of a group block as floats, row order. */
@@ -213,7 +224,7 @@ INLINE void q8_group(int N, const uint8_t *g, const int8_t *xq, const float *xd,
     _Pragma("GCC unroll 8")
     for (int i = 0; i < N; i++) a[i] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nblk; b++, g += gbb) {
-        q_prefetch(g, gbb, Q_PREFETCH_BLOCKS);
+        q_prefetch(g, gbb);
         const __m256 dw = q_dw8(g);
         __m256i wb[8], aw[8];
         _Pragma("GCC unroll 8")
@@ -242,7 +253,7 @@ INLINE void q4_group(int N, const uint8_t *g, const int8_t *xq, const float *xd,
     _Pragma("GCC unroll 8")
     for (int i = 0; i < N; i++) a[i] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nblk; b++, g += gbb) {
-        q_prefetch(g, gbb, Q_PREFETCH_BLOCKS);
+        q_prefetch(g, gbb);
         const __m256 dw = _mm256_permutevar8x32_ps(q_dw8(g), Q4_EVEN_ODD);
         __m256i nl[4], nh[4];
         _Pragma("GCC unroll 4")
@@ -300,7 +311,7 @@ INLINE void q4_group_z(int N, const uint8_t *g, const int8_t *xq, const float *x
     _Pragma("GCC unroll 8")
     for (int i = 0; i < N; i++) a[i] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nblk; b++, g += gbb) {
-        q_prefetch(g, gbb, Q_PREFETCH_BLOCKS);
+        q_prefetch(g, gbb);
         const __m256 dw = q_dw8(g);
         const __m512i va = _mm512_loadu_si512((const void *)(g + 16));
         const __m512i vb = _mm512_loadu_si512((const void *)(g + 16 + 64));
@@ -334,7 +345,7 @@ INLINE void q8_group_z(int N, const uint8_t *g, const int8_t *xq, const float *x
     _Pragma("GCC unroll 8")
     for (int i = 0; i < N; i++) a[i] = _mm256_setzero_ps();
     for (int64_t b = 0; b < nblk; b++, g += gbb) {
-        q_prefetch(g, gbb, Q_PREFETCH_BLOCKS);
+        q_prefetch(g, gbb);
         const __m256 dw = q_dw8(g);
         __m512i w[4], ws[4];
         _Pragma("GCC unroll 4")
