@@ -28,6 +28,11 @@
  * differed by more than a fifth. The "of lower" column is the median of
  * the rounds' shares (min..max); the bandwidth printed is the median (min..
  * max) of the readings used, and the bandwidth roof is at that median.
+ * A second table says where those passes' time went, on the CPU device
+ * (a GPU's operations return before they finish): each of the device's
+ * layer operations is timed, the matrices by kind with the rate at which
+ * their weights were read (rest: what runs outside the device's layer
+ * operations: the RoPE table, copies in and out).
  *
  * Build (from the repository root):
  *   cmake -S native -B build/bench -DVX_BUILD_TESTS=ON -DCMAKE_BUILD_TYPE=Release
@@ -44,6 +49,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "device.h"
 #include "quant.h"
 #include "stages.h"
 #include "voxd_bench.h"
@@ -160,6 +166,85 @@ static double read_bandwidth(int n_threads) {
     return vx_measure_read_bandwidth((size_t)256 << 20, n_threads, 2);
 }
 
+/* ---- where a pass's time goes: the model's device, each layer operation
+ * timed around the real device's function. A device's functions take no
+ * context, so the clock is this file's one piece of state. */
+enum { PH_QKV, PH_WO, PH_W13, PH_W2, PH_HEAD, PH_NORM, PH_ROPE, PH_ATT, PH_SWIGLU, PH_ADD, PH_COUNT };
+static const char *const phase_names[PH_COUNT] = {"qkv",   "wo",      "w1+w3",     "w2",     "head",
+                                                  "norms", "rope+kv", "attention", "swiglu", "adds"};
+
+typedef struct {
+    const vx_device *real;
+    double ms[PH_COUNT], bytes[PH_COUNT]; /* since the last reset */
+} phase_clock;
+static phase_clock phases;
+
+static void phase_add(int ph, double t0) { phases.ms[ph] += now_ms() - t0; }
+
+static void timed_matmul(const vx_model *m, int nw, const vx_weight *const *W, const vx_dbuf *X,
+                         int n, vx_dbuf *const *Y, const float *const *bias) {
+    const double t0 = now_ms();
+    phases.real->matmul(m, nw, W, X, n, Y, bias);
+    /* the stack's calls: q/k/v together, w1 with w3, then wo or w2 (w2
+     * reads the hidden width); the head is the token embedding */
+    int ph = PH_WO;
+    if (nw == 3) ph = PH_QKV;
+    else if (nw == 2) ph = PH_W13;
+    else if (W[0] == &m->tok_emb) ph = PH_HEAD;
+    else if (W[0]->cols == m->p.dec.hidden_dim) ph = PH_W2;
+    phase_add(ph, t0);
+    for (int p = 0; p < nw; p++) phases.bytes[ph] += weight_bytes(W[p]);
+}
+
+static void timed_rmsnorm(const vx_model *m, vx_dbuf *out, const vx_dbuf *x, const float *w,
+                          const float *scale, int n, int dim, double eps) {
+    const double t0 = now_ms();
+    phases.real->rmsnorm(m, out, x, w, scale, n, dim, eps);
+    phase_add(PH_NORM, t0);
+}
+
+static void timed_rope_store(const vx_model *m, const vx_tf_params *p, vx_kv *kv, int layer,
+                             vx_dbuf *q, vx_dbuf *k, const vx_dbuf *v, const vx_dbuf *cs, int n,
+                             int64_t pos0) {
+    const double t0 = now_ms();
+    phases.real->rope_store(m, p, kv, layer, q, k, v, cs, n, pos0);
+    phase_add(PH_ROPE, t0);
+}
+
+static void timed_attention(const vx_model *m, const vx_tf_params *p, const vx_kv *kv, int layer,
+                            const vx_dbuf *q, vx_dbuf *att, vx_dbuf *scratch, int n,
+                            int64_t pos0) {
+    const double t0 = now_ms();
+    phases.real->attention(m, p, kv, layer, q, att, scratch, n, pos0);
+    phase_add(PH_ATT, t0);
+}
+
+static void timed_add(const vx_model *m, vx_dbuf *h, const vx_dbuf *x, size_t count) {
+    const double t0 = now_ms();
+    phases.real->add(m, h, x, count);
+    phase_add(PH_ADD, t0);
+}
+
+static void timed_swiglu(const vx_model *m, vx_dbuf *h1, const vx_dbuf *h3, size_t count) {
+    const double t0 = now_ms();
+    phases.real->swiglu(m, h1, h3, count);
+    phase_add(PH_SWIGLU, t0);
+}
+
+/* *timed: m's device with its layer operations timed; m runs on it from
+ * here (the same memory functions, so buffers made before stay valid). */
+static void time_phases(vx_model *m, vx_device *timed) {
+    phases.real = m->dev;
+    *timed = *m->dev;
+    timed->matmul = timed_matmul;
+    timed->rmsnorm = timed_rmsnorm;
+    timed->rope_store = timed_rope_store;
+    timed->attention = timed_attention;
+    timed->add = timed_add;
+    timed->swiglu = timed_swiglu;
+    m->dev = timed;
+}
+
 static int cmp_double(const void *a, const void *b) {
     const double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
@@ -200,6 +285,11 @@ int main(int argc, char **argv) {
     printf("decoder weights + head %.3f GB per pass, %.2f GFLOP (float) + %.2f GOP (int8) per row\n",
            wbytes / 1e9, flops_row / 1e9, int8_row / 1e9);
 
+    vx_device timed;
+    const int timing = m->dev->host_visible; /* the CPU device */
+    if (timing) time_phases(m, &timed);
+    double ph_ms[N_COUNTS][PH_COUNT] = {{0}}, ph_bytes[N_COUNTS][PH_COUNT] = {{0}};
+
     group_t g[N_COUNTS];
     for (int c = 0; c < N_COUNTS; c++)
         if (group_init(m, &g[c], counts[c]) != 0) {
@@ -213,10 +303,16 @@ int main(int argc, char **argv) {
     for (int r = 0; r < rounds && r < 64; r++)
         for (int k = 0; k < N_COUNTS; k++) {
             const int c = r % 2 ? N_COUNTS - 1 - k : k;
+            memset(phases.ms, 0, sizeof phases.ms);
+            memset(phases.bytes, 0, sizeof phases.bytes);
             const double w0 = now_ms(), c0 = cpu_ms();
             ms[c][r] = group_steps(m, &g[c], passes);
             cpu[c] += cpu_ms() - c0;
             wall[c] += now_ms() - w0;
+            for (int ph = 0; ph < PH_COUNT; ph++) {
+                ph_ms[c][ph] += phases.ms[ph];
+                ph_bytes[c][ph] += phases.bytes[ph];
+            }
             const double bw_after = read_bandwidth(info.n_threads);
             const double lo = bw_before < bw_after ? bw_before : bw_after;
             bw_at[c][r] = bw_before < bw_after ? bw_after : bw_before;
@@ -260,6 +356,27 @@ int main(int argc, char **argv) {
                n / (bytes / (bw * 1e9)), compute_roof, fma_roof, 100.0 * share,
                100.0 * share_sorted[0], 100.0 * share_sorted[nr - 1], unsteady[c], nr,
                100.0 * cpu[c] / (wall[c] * info.n_threads));
+    }
+    if (timing) {
+        printf("where the passes' time went, ms per pass (the matrices: GB/s of weights read)\n");
+        printf("streams");
+        for (int ph = 0; ph < PH_COUNT; ph++) printf(ph <= PH_HEAD ? " %13s" : " %9s", phase_names[ph]);
+        printf(" %7s\n", "rest");
+        for (int c = 0; c < N_COUNTS; c++) {
+            const double n_passes = (double)nr * passes;
+            double sum = 0, total = 0;
+            for (int r = 0; r < nr; r++) total += ms[c][r] / nr;
+            printf("%7d", counts[c]);
+            for (int ph = 0; ph < PH_COUNT; ph++) {
+                sum += ph_ms[c][ph] / n_passes;
+                if (ph <= PH_HEAD)
+                    printf(" %6.2f (%4.1f)", ph_ms[c][ph] / n_passes,
+                           ph_bytes[c][ph] / (ph_ms[c][ph] * 1e6));
+                else printf(" %9.2f", ph_ms[c][ph] / n_passes);
+            }
+            printf(" %7.2f\n", total - sum);
+        }
+        m->dev = phases.real;
     }
     for (int c = 0; c < N_COUNTS; c++) group_free(m, &g[c]);
     vx_model_free(m);
