@@ -444,7 +444,15 @@ static void q_groups(int dt, const vx_weight *W, const vx_qact *X, int n, float 
  * slice instead of the vphaddd tree): 0.89-0.96x from 3 to 8 inputs. */
 #define QZ_MIN_N 3
 #endif
-#define QZ_PF 32 /* blocks of look-ahead of a step's group streams */
+/* Look-ahead of each of a step's group streams, in bytes, as the group
+ * stream's (Q_PREFETCH_BYTES): Q4 32 blocks (4.6 KB), Q8 16. With 32 Q8
+ * blocks (8.7 KB) a q8 model's decoder passes took longer: 2 and 4
+ * streams, AVX512-VNNI, time with 16 / with 32 blocks, medians of 12
+ * alternated rounds: 0.96-0.98 in four runs; this rule against 32 blocks,
+ * time with 32 / with the rule, 2, 4 and 8 streams, two runs each:
+ * 0.99-1.00, 1.00-1.05 and 1.03 (a small gain). For Q4, 64 and
+ * 128 blocks were no faster than 32 (0.99-1.01 at 2, 4 and 8 inputs). */
+#define QZ_PF_BYTES ((size_t)32 * VX_QGROUP * VX_Q4_BLOCK_BYTES)
 /* Blocks of the inputs interleaved at a time: 320 (10240 columns) holds a
  * whole row of every decoder matrix, w2's 9216 columns included, so that
  * each thread sweeps its rows' weights once, front to back. In chunks of
@@ -474,15 +482,18 @@ typedef struct {
 
 /* The look-ahead of a step's streams: p the next block to prefetch of the
  * first group (the others follow at `stride`; NULL: nothing left to read),
- * running on into the next step's groups (next, NULL at the end) once this
- * step's are covered, so a step's first blocks are not cold misses. */
+ * `ahead` blocks ahead, running on into the next step's groups (next, NULL
+ * at the end) once this step's are covered, so a step's first blocks are
+ * not cold misses. */
 typedef struct {
     const uint8_t *p;
     const uint8_t *next;
+    int ahead; /* blocks of look-ahead */
 } qz_look;
 
 INLINE qz_look qz_look_start(const uint8_t *g, size_t gbb, const uint8_t *next, int nb) {
-    return (qz_look){nb <= QZ_PF ? next : g + (size_t)QZ_PF * gbb, next};
+    const int ahead = (int)(QZ_PF_BYTES / gbb);
+    return (qz_look){nb <= ahead ? next : g + (size_t)ahead * gbb, next, ahead};
 }
 
 /* Before block b of nb: prefetch one block of each of the step's `groups`
@@ -495,7 +506,7 @@ INLINE qz_look qz_look_start(const uint8_t *g, size_t gbb, const uint8_t *next, 
  * runs, Q8 4 inputs 24.8 -> 32.1, Q8 8 inputs 26.3 -> 32.3; AVX2 without
  * VNNI, bound by its instructions there, the same either way. */
 INLINE void qz_look_step(qz_look *l, int b, int nb, size_t gbb, int groups, size_t stride) {
-    if (b + QZ_PF == nb) l->p = l->next;
+    if (b + l->ahead == nb) l->p = l->next;
     if (!l->p) return;
     for (int k = 0; k < groups; k++) q_prefetch_l2(l->p + (size_t)k * stride, gbb);
     l->p += gbb;
