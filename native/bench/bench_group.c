@@ -232,7 +232,8 @@ static void timed_swiglu(const vx_model *m, vx_dbuf *h1, const vx_dbuf *h3, size
 }
 
 /* *timed: m's device with its layer operations timed; m runs on it from
- * here (the same memory functions, so buffers made before stay valid). */
+ * here. Call it before any stream buffer is made: a scratch or KV cache
+ * keeps the device it was made for and refuses another (transformer.c). */
 static void time_phases(vx_model *m, vx_device *timed) {
     phases.real = m->dev;
     *timed = *m->dev;
