@@ -1041,27 +1041,59 @@ static void xt_pack(int dt, const vx_weight *W, int64_t r, int rows, int64_t cb0
     }
 }
 
-/* Prefetch blocks [b0, b0 + nb) of the groups holding rows [r, r + rows)
- * into L2: in the row-group layout they are one contiguous run per group.
- * q_tiles issues it for the next tile while the current one computes, as
- * the chunk-by-chunk walk over the rows defeats the hardware's stream
- * detection (the packing was bound by cache misses without it). Into L1
- * (up to 144 lines at once) it was slower on a Zen 4 core, 2 threads, the
- * two hints alternated in one process (time L1 / L2, median of 10-20
- * pairs): [5120 x 1280] x 24 cycled past the L3, Q4 1.10, Q8 1.13 (x 64:
- * 1.04, 1.09; in cache 0.97-0.99, noise); a q4 encoder pass of 24 frames
- * 1.04-1.06 with AVX512-VNNI and 1.07 with plain AVX2, of 64 frames 1.05
- * and 1.00. */
-static void xt_prefetch(int dt, const vx_weight *W, int64_t r, int rows, int64_t b0, int nb) {
-    const int64_t cols = W->cols, nblk = cols / VX_QBLOCK;
+/* The weights of a tile's chunk, blocks [b0, b0 + nb) of the groups
+ * holding rows [r, r + rows): in the row-group layout one contiguous run
+ * per group, from p[k] (a line boundary) for run[k] bytes. q_tiles has the
+ * next tile's chunk fetched into L2 while the current one computes, as the
+ * chunk-by-chunk walk over the rows defeats the hardware's stream
+ * detection (the packing was bound by cache misses without it). */
+typedef struct {
+    const char *p[XT_R / VX_QGROUP + 1];
+    size_t run[XT_R / VX_QGROUP + 1];
+    size_t slice[XT_R / VX_QGROUP + 1]; /* bytes per part (whole lines) */
+    int groups; /* 0: nothing to fetch */
+} xt_look;
+
+/* The runs, to be fetched in `parts` parts (xt_look_part). */
+static xt_look xt_look_at(int dt, const vx_weight *W, int64_t r, int rows, int64_t b0, int nb,
+                          int parts) {
+    const int64_t nblk = W->cols / VX_QBLOCK;
     const size_t bb = vx_q_block_bytes(dt);
     const int64_t end = r + rows < W->rows ? r + rows : W->rows;
-    for (int64_t g = r / VX_QGROUP * VX_QGROUP; g < end; g += VX_QGROUP) {
+    xt_look l = {.groups = 0};
+    for (int64_t g = r / VX_QGROUP * VX_QGROUP; g < end; g += VX_QGROUP, l.groups++) {
         const int64_t n = W->rows - g < VX_QGROUP ? W->rows - g : VX_QGROUP;
-        const char *base = (const char *)W->data + (size_t)g * (size_t)nblk * bb;
         const size_t gbb = (size_t)n * bb;
-        const char *p = base + (size_t)b0 * gbb, *q = p + (size_t)nb * gbb;
-        for (p = (const char *)((uintptr_t)p & ~(uintptr_t)63); p < q; p += 64) _mm_prefetch(p, _MM_HINT_T1);
+        const char *p = (const char *)W->data + (size_t)g * (size_t)nblk * bb + (size_t)b0 * gbb;
+        const char *q = p + (size_t)nb * gbb;
+        l.p[l.groups] = (const char *)((uintptr_t)p & ~(uintptr_t)63);
+        l.run[l.groups] = (size_t)(q - l.p[l.groups]);
+        l.slice[l.groups] = parts == 1 ? l.run[l.groups]
+                                       : (l.run[l.groups] + (size_t)parts * 64 - 1) / ((size_t)parts * 64) * 64;
+    }
+    return l;
+}
+
+/* Part k of every run of l (of the parts xt_look_at was given) into L2.
+ * With EVEX the next tile's chunk comes a slice per block of the tile
+ * computing meanwhile (XT_SPREAD); in one burst of up to 144 lines, issued
+ * as a tile began, products of few inputs waited on memory. A Zen 4 core,
+ * 2 threads, Q4 cycled past the L3, time sliced / burst, medians of 15
+ * alternated rounds, 9 / 16 / 24 / 48 / 64 inputs: [5120 x 1280] 0.91 /
+ * 0.93 / 0.94 / 0.97 / 0.98, [1280 x 5120] 0.91 / 0.93 / 0.93 / 0.95 /
+ * 0.97; fetching two tiles ahead rather than one, 1.00. AVX2 keeps the
+ * burst: its tiles are bound by their arithmetic. Into L1 it was slower on
+ * a Zen 4 core, 2 threads, the two hints alternated in one process (time
+ * L1 / L2, median of 10-20 pairs): [5120 x 1280] x 24 cycled past the L3,
+ * Q4 1.10, Q8 1.13 (x 64: 1.04, 1.09; in cache 0.97-0.99, noise); a q4
+ * encoder pass of 24 frames 1.04-1.06 with AVX512-VNNI and 1.07 with plain
+ * AVX2, of 64 frames 1.05 and 1.00. */
+#define XT_SPREAD (XQ_VNNI == 2)
+INLINE void xt_look_part(const xt_look *l, int k) {
+    for (int g = 0; g < l->groups; g++) {
+        const size_t lo = (size_t)k * l->slice[g], end = lo + l->slice[g];
+        const size_t hi = end < l->run[g] ? end : l->run[g];
+        for (size_t o = lo; o < hi; o += 64) _mm_prefetch(l->p[g] + o, _MM_HINT_T1);
     }
 }
 
@@ -1087,7 +1119,7 @@ INLINE int32_t xt_unit(int dt) { return dt == VX_DT_Q4 ? -8 : XQ_VNNI ? -128 : 0
  * Q8's sign, multiply, widen and add take 4. */
 INLINE void xt_tile(int dt, int N, const xt_scratch *sc, int nb, int64_t cb0, const int8_t *xq,
                     const float *xd, const int32_t *xs, int64_t cols, int first, float *y,
-                    int ldy, int rows) {
+                    int ldy, int rows, const xt_look *look) {
     const int64_t nblk = cols / VX_QBLOCK;
     const int VL = (int)(sizeof(xt_vi) / 4); /* rows per vector */
     _Alignas(64) float tmp[XT_R];
@@ -1103,6 +1135,7 @@ INLINE void xt_tile(int dt, int N, const xt_scratch *sc, int nb, int64_t cb0, co
         for (int v = 0; v < XT_V; v++) f[i][v] = first ? XT_ZEROF() : XT_ORDER(sc, XT_LOADUF(yi + v * VL));
     }
     for (int bb = 0; bb < nb; bb++) {
+        if (XT_SPREAD && look) xt_look_part(look, bb);
         const int64_t b = cb0 + bb;
         xt_vi acc[XT_NI][XT_V];
         _Pragma("GCC unroll 8")
@@ -1188,17 +1221,30 @@ static void q_tiles(int dt, const vx_weight *W, const vx_qact *X, int n, float *
     const int64_t cols = W->cols, nblk = cols / VX_QBLOCK;
     xt_scratch sc;
     int32_t xs[XQ_MAX_N * XT_CHUNK];
+    const int nb0 = (int)(nblk < XT_CHUNK ? nblk : XT_CHUNK);
+    const xt_look start = xt_look_at(dt, W, r0, (int)(r1 - r0 < XT_R ? r1 - r0 : XT_R), 0, nb0, 1);
+    xt_look_part(&start, 0);
     for (int64_t cb0 = 0; cb0 < nblk; cb0 += XT_CHUNK) {
         const int nb = (int)(nblk - cb0 < XT_CHUNK ? nblk - cb0 : XT_CHUNK);
-        xt_prefetch(dt, W, r0, (int)(r1 - r0 < XT_R ? r1 - r0 : XT_R), cb0, nb);
         for (int i = 0; i < n; i++)
             for (int bb = 0; bb < nb; bb++)
                 xs[i * XT_CHUNK + bb] = xt_unit(dt) * X->s[(size_t)(i * nblk + cb0 + bb)];
         for (int64_t r = r0; r < r1; r += XT_R) {
             const int rows = (int)(r1 - r < XT_R ? r1 - r : XT_R);
             xt_pack(dt, W, r, rows, cb0, nb, &sc);
-            if (r + XT_R < r1) /* the next tile's chunk, while this one computes */
-                xt_prefetch(dt, W, r + XT_R, (int)(r1 - r - XT_R < XT_R ? r1 - r - XT_R : XT_R), cb0, nb);
+            /* the next tile's chunk (after the last tile, the next chunk's
+             * first), fetched while this one computes its first inputs */
+            xt_look next = {.groups = 0};
+            const int parts = XT_SPREAD ? nb : 1;
+            if (r + XT_R < r1)
+                next = xt_look_at(dt, W, r + XT_R, (int)(r1 - r - XT_R < XT_R ? r1 - r - XT_R : XT_R), cb0, nb, parts);
+            else if (cb0 + XT_CHUNK < nblk)
+                next = xt_look_at(dt, W, r0, (int)(r1 - r0 < XT_R ? r1 - r0 : XT_R), cb0 + XT_CHUNK,
+                                  (int)(nblk - cb0 - XT_CHUNK < XT_CHUNK ? nblk - cb0 - XT_CHUNK : XT_CHUNK), parts);
+            if (!XT_SPREAD) { /* one burst, now */
+                xt_look_part(&next, 0);
+                next.groups = 0;
+            }
             for (int i = 0; i < n; i += XT_NI) {
                 const int nt = n - i < XT_NI ? n - i : XT_NI;
                 const int8_t *x = X->q + (size_t)i * cols;
@@ -1206,13 +1252,14 @@ static void q_tiles(int dt, const vx_weight *W, const vx_qact *X, int n, float *
                 const int32_t *s = xs + i * XT_CHUNK;
                 float *y = Y + (size_t)i * ldy + r;
                 const int first = cb0 == 0;
+                const xt_look *look = i == 0 && next.groups ? &next : NULL;
 #if XQ_VNNI /* one tile for both formats */
-#define XT_CASE(N) case N: xt_tile(dt, N, &sc, nb, cb0, x, d, s, cols, first, y, ldy, rows); break
+#define XT_CASE(N) case N: xt_tile(dt, N, &sc, nb, cb0, x, d, s, cols, first, y, ldy, rows, look); break
 #else /* the AVX2 tile's Q4 and Q8 inner loops differ: one tile each, no branch inside */
 #define XT_CASE(N)                                                                                 \
     case N:                                                                                        \
-        if (dt == VX_DT_Q4) xt_tile(VX_DT_Q4, N, &sc, nb, cb0, x, d, s, cols, first, y, ldy, rows); \
-        else xt_tile(VX_DT_Q8, N, &sc, nb, cb0, x, d, s, cols, first, y, ldy, rows);               \
+        if (dt == VX_DT_Q4) xt_tile(VX_DT_Q4, N, &sc, nb, cb0, x, d, s, cols, first, y, ldy, rows, look); \
+        else xt_tile(VX_DT_Q8, N, &sc, nb, cb0, x, d, s, cols, first, y, ldy, rows, look);               \
         break
 #endif
                 switch (nt) {
