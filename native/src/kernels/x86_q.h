@@ -946,19 +946,16 @@ INLINE void xt_transpose8(const __m256i *a, __m256i *c) {
     }
 }
 
-/* Rows [r, r + rows) (rows <= XT_R), blocks [cb0, cb0 + nb) into sc. A
- * tile of whole groups takes each group block's 8 scales with one load and
- * its payloads back to back; other tiles go row view by row view. */
 #if XQ_VNNI == 2
 /* xt_pack for a tile of whole groups with EVEX: each pair of groups
  * transposed in zmm registers as the stacked step's pairs are (qz_block),
- * so a vector's rows are in QZ_ROWS order (sc->perm), where the packing
- * row by row loaded each row's payload and transposed 8 rows at a time in
- * ymm registers. A Zen 4 core, Q4 [5120 x 1280], time with / without,
- * medians of 15 alternated rounds, 9 / 16 / 24 / 48 / 64 inputs: 2 threads
- * in cache 0.80 / 0.86 / 0.90 / 0.98 / 0.95, 1 thread 0.78 / 0.84 / 0.88 /
- * 0.95 / 0.95; 2 threads, 16 copies cycled past the L3, 0.92 / 0.93 / 0.96
- * / 0.97 / 0.98. */
+ * so a vector's rows are in QZ_ROWS order (sc->perm), where xt_pack
+ * unpacks a group block's 8 payloads one by one and transposes 8 rows at
+ * a time in ymm registers. A Zen 4 core, Q4 [5120 x 1280], time with /
+ * without, medians of 15 alternated rounds, 9 / 16 / 24 / 48 / 64 inputs:
+ * 2 threads in cache 0.80 / 0.86 / 0.90 / 0.98 / 0.95, 1 thread 0.78 /
+ * 0.84 / 0.88 / 0.95 / 0.95; 2 threads, 16 copies cycled past the L3,
+ * 0.92 / 0.93 / 0.96 / 0.97 / 0.98. */
 static void xt_pack_z(int dt, const vx_weight *W, int64_t r, int64_t cb0, int nb, xt_scratch *sc) {
     const size_t gbb = VX_QGROUP * vx_q_block_bytes(dt);
     const size_t group_bytes = (size_t)VX_QGROUP * vx_row_bytes(dt, W->cols);
@@ -981,6 +978,10 @@ static void xt_pack_z(int dt, const vx_weight *W, int64_t r, int64_t cb0, int nb
 }
 #endif
 
+/* Rows [r, r + rows) (rows <= XT_R), blocks [cb0, cb0 + nb) into sc. A
+ * tile of whole groups takes each group block's 8 scales with one load and
+ * its payloads back to back (with EVEX: xt_pack_z); other tiles go row
+ * view by row view. */
 static void xt_pack(int dt, const vx_weight *W, int64_t r, int rows, int64_t cb0, int nb,
                     xt_scratch *sc) {
     vx_qrow w[XT_R];
@@ -1106,7 +1107,7 @@ INLINE void xt_look_part(const xt_look *l, int k) {
 #endif
 
 /* What a tile's block sums start from: the correction of unsigned weights,
- * -128 (VNNI: w + 128) or -8 (AVX2 Q4: the nibbles) times the sum of the
+ * -8 (Q4: the nibbles) or -128 (VNNI Q8: w + 128) times the sum of the
  * input block; 0 where the weights stay signed (AVX2 Q8). */
 INLINE int32_t xt_unit(int dt) { return dt == VX_DT_Q4 ? -8 : XQ_VNNI ? -128 : 0; }
 
