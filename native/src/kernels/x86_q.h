@@ -545,6 +545,15 @@ INLINE void qz_transpose4(const __m512i *a, __m512i *c) {
 /* Dword p's row, and (the order being its own inverse) row r's dword. */
 #define QZ_ROWS _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15)
 
+/* The 16 scales of group blocks ga (rows 0-7) and gb (rows 8-15) as
+ * floats, QZ_ROWS order. */
+INLINE __m512 qz_dw16(const uint8_t *ga, const uint8_t *gb) {
+    const __m256i h = _mm256_inserti128_si256(
+        _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)ga)),
+        _mm_loadu_si128((const __m128i *)(const void *)gb), 1);
+    return _mm512_permutexvar_ps(QZ_ROWS, _mm512_cvtph_ps(h));
+}
+
 /* The group blocks ga (rows 0-7) and gb (rows 8-15) as e[t]: elements
  * 4t..4t+3 of the 16 rows (QZ_ROWS order), unsigned: Q4 the nibbles, Q8
  * w + 128. quant.h: a block's payload is Q4 bytes j = elements j (low
@@ -594,10 +603,7 @@ INLINE void qz_pair(int dt, int N, const uint8_t *ga, size_t group_bytes, const 
         f[i] = first ? _mm512_setzero_ps() : _mm512_permutexvar_ps(QZ_ROWS, _mm512_loadu_ps(y + (size_t)i * ldy));
     for (int b = 0; b < nb; b++, ga += gbb, gb += gbb) {
         qz_look_step(&look, b, nb, gbb, 2, group_bytes);
-        const __m256i h = _mm256_inserti128_si256(
-            _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)ga)),
-            _mm_loadu_si128((const __m128i *)(const void *)gb), 1);
-        const __m512 dw = _mm512_permutexvar_ps(QZ_ROWS, _mm512_cvtph_ps(h));
+        const __m512 dw = qz_dw16(ga, gb);
         __m512i e[8], s[QG_MAX_N];
         qz_block(dt, ga, gb, e);
         _Pragma("GCC unroll 8")
@@ -964,10 +970,7 @@ static void xt_pack_z(int dt, const vx_weight *W, int64_t r, int64_t cb0, int nb
         _Pragma("GCC unroll 2")
         for (int v = 0; v < XT_V; v++) {
             const uint8_t *ga = base + (size_t)(2 * v) * group_bytes + (size_t)bb * gbb, *gb = ga + group_bytes;
-            const __m256i h = _mm256_inserti128_si256(
-                _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)ga)),
-                _mm_loadu_si128((const __m128i *)(const void *)gb), 1);
-            _mm512_store_ps(sc->dw[bb] + 16 * v, _mm512_permutexvar_ps(QZ_ROWS, _mm512_cvtph_ps(h)));
+            _mm512_store_ps(sc->dw[bb] + 16 * v, qz_dw16(ga, gb));
             __m512i e[8];
             qz_block(dt, ga, gb, e);
             _Pragma("GCC unroll 8")
