@@ -1058,12 +1058,14 @@ typedef struct {
     int groups; /* 0: nothing to fetch */
 } xt_look;
 
-/* The runs, to be fetched in `parts` parts (xt_look_part). */
-static xt_look xt_look_at(int dt, const vx_weight *W, int64_t r, int rows, int64_t b0, int nb,
-                          int parts) {
+/* The runs of the tile from row r and the chunk from block b0 (as q_tiles
+ * cuts them: at most XT_R rows, not past r1, and XT_CHUNK blocks), to be
+ * fetched in `parts` parts (xt_look_part). */
+static xt_look xt_look_at(int dt, const vx_weight *W, int64_t r, int64_t r1, int64_t b0, int parts) {
     const int64_t nblk = W->cols / VX_QBLOCK;
+    const int64_t nb = nblk - b0 < XT_CHUNK ? nblk - b0 : XT_CHUNK;
     const size_t bb = vx_q_block_bytes(dt);
-    const int64_t end = r + rows < W->rows ? r + rows : W->rows;
+    const int64_t end = r + XT_R < r1 ? r + XT_R : r1; /* r1 <= W->rows */
     xt_look l = {.groups = 0};
     for (int64_t g = r / VX_QGROUP * VX_QGROUP; g < end; g += VX_QGROUP, l.groups++) {
         const int64_t n = W->rows - g < VX_QGROUP ? W->rows - g : VX_QGROUP;
@@ -1225,8 +1227,7 @@ static void q_tiles(int dt, const vx_weight *W, const vx_qact *X, int n, float *
     const int64_t cols = W->cols, nblk = cols / VX_QBLOCK;
     xt_scratch sc;
     int32_t xs[XQ_MAX_N * XT_CHUNK];
-    const int nb0 = (int)(nblk < XT_CHUNK ? nblk : XT_CHUNK);
-    const xt_look start = xt_look_at(dt, W, r0, (int)(r1 - r0 < XT_R ? r1 - r0 : XT_R), 0, nb0, 1);
+    const xt_look start = xt_look_at(dt, W, r0, r1, 0, 1);
     xt_look_part(&start, 0);
     for (int64_t cb0 = 0; cb0 < nblk; cb0 += XT_CHUNK) {
         const int nb = (int)(nblk - cb0 < XT_CHUNK ? nblk - cb0 : XT_CHUNK);
@@ -1240,11 +1241,8 @@ static void q_tiles(int dt, const vx_weight *W, const vx_qact *X, int n, float *
              * first), fetched while this one computes its first inputs */
             xt_look next = {.groups = 0};
             const int parts = XT_SPREAD ? nb : 1;
-            if (r + XT_R < r1)
-                next = xt_look_at(dt, W, r + XT_R, (int)(r1 - r - XT_R < XT_R ? r1 - r - XT_R : XT_R), cb0, nb, parts);
-            else if (cb0 + XT_CHUNK < nblk)
-                next = xt_look_at(dt, W, r0, (int)(r1 - r0 < XT_R ? r1 - r0 : XT_R), cb0 + XT_CHUNK,
-                                  (int)(nblk - cb0 - XT_CHUNK < XT_CHUNK ? nblk - cb0 - XT_CHUNK : XT_CHUNK), parts);
+            if (r + XT_R < r1) next = xt_look_at(dt, W, r + XT_R, r1, cb0, parts);
+            else if (cb0 + XT_CHUNK < nblk) next = xt_look_at(dt, W, r0, r1, cb0 + XT_CHUNK, parts);
             if (!XT_SPREAD) { /* one burst, now */
                 xt_look_part(&next, 0);
                 next.groups = 0;
